@@ -1,0 +1,1 @@
+"""Export backends for thin networks (installed as ``slimkit.exporters``)."""

@@ -1,0 +1,64 @@
+"""Counting multiply-accumulates (MACs) and parameters, the convention of the papers' tables.
+
+"FLOPs" in slimkit means multiply-accumulates of conv and linear layers at the model's input size,
+batch 1 — what MobileNet, AMC and "Pruning from Scratch" report (MobileNet-V1 569M). We use
+torch's own ``FlopCounterMode`` (it counts 2 FLOPs per MAC for conv/matmul ops and nothing for
+BN, activations or pooling), so the numbers match the papers to the MAC without a hand-written
+counter. Parameters include every parameter tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_flops", "count_params", "count_flops_per_layer", "format_count"]
+
+
+def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode:
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x = torch.zeros(1, *input_size, device=device)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
+    """MACs of one forward pass at ``input_size`` = (C, H, W), batch 1."""
+    return _run_counted(model, input_size).get_total_flops() // 2
+
+
+def count_flops_per_layer(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
+    """MACs of each leaf module (conv/linear) that does any, keyed by module name."""
+    counts = _run_counted(model, input_size).get_flop_counts()
+    root = type(model).__name__
+    leaf_names = {name for name, m in model.named_modules() if not list(m.children())}
+    out: dict[str, int] = {}
+    for key, per_op in counts.items():
+        name = key[len(root) + 1 :] if key.startswith(root + ".") else None
+        if name in leaf_names:
+            total = sum(per_op.values()) // 2
+            if total:
+                out[name] = total
+    return out
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def format_count(n: float, unit: str = "") -> str:
+    """150_000_000 -> '150.0M' (the budget strings' own units)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.{3 if suffix == 'G' else 1}f}{suffix}{unit}"
+    return f"{int(n)}{unit}"

@@ -1,0 +1,183 @@
+"""G: ChannelPlan -> thin (or widened) nn.Module, for any model the registry builds.
+
+G builds the source architecture with fresh random weights, then resizes every parameter and
+buffer that the channel graph ties to a group: conv/linear/norm modules get real smaller (or
+larger) tensors and their size attributes (``out_channels``, ``groups``, ``num_features``, ...)
+follow. No masks, no per-architecture code: timm's ``_prune.py`` rebuilds specific model families
+from a width file; G does the same for any traced model.
+
+New tensors are freshly initialised: Kaiming-normal (fan_out) for convs, as torchvision and timm
+CNNs do; tensors that were constant in the source model (BN scale 1, bias 0, running stats,
+layer-scale 1e-6, zero-init residual BN) keep that constant; other tensors are redrawn with the
+source tensor's mean and standard deviation (rescaled to the new fan-in for linear weights).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from slimkit import registry
+from slimkit.errors import PlanError
+from slimkit.flops import count_flops
+from slimkit.graph import ChannelGraph, analyze
+from slimkit.plan import ChannelPlan, load_plan
+
+__all__ = ["generate", "build_source", "channel_graph", "resize_model"]
+
+
+def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
+    return repr((registry.resolve(arch).canonical, sorted(arch_kwargs.items()), tuple(input_size)))
+
+
+_GRAPHS: dict[str, ChannelGraph] = {}
+
+
+def build_source(arch: str, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    return registry.create_model(arch, **(arch_kwargs or {}))
+
+
+def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tuple[int, ...],
+                  model: nn.Module | None = None) -> ChannelGraph:
+    """Channel groups of ``arch`` at ``input_size`` (traced once per process, then cached)."""
+    arch_kwargs = dict(arch_kwargs or {})
+    key = _kwargs_key(arch, arch_kwargs, input_size)
+    if key not in _GRAPHS:
+        model = model if model is not None else build_source(arch, arch_kwargs)
+        graph = analyze(model, tuple(input_size))
+        # MACs outside conv/linear weights (attention matmuls) stay constant: count them once.
+        graph.other_macs = count_flops(model, input_size) - graph.count_macs()
+        _GRAPHS[key] = graph
+    return _GRAPHS[key]
+
+
+def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: str) -> None:
+    with torch.no_grad():
+        if old.numel() == 0 or not old.is_floating_point():
+            new.zero_()
+            return
+        lo, hi = old.min(), old.max()
+        if lo == hi:  # constant init (BN scale/shift, running stats, layer scale)
+            new.fill_(lo.item())
+        elif isinstance(module, _ConvNd) and attr == "weight":
+            nn.init.kaiming_normal_(new, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear) and attr == "weight":
+            scale = math.sqrt(old.shape[1] / new.shape[1])
+            new.normal_(0.0, old.float().std().item() * scale)
+        else:
+            new.normal_(old.float().mean().item(), old.float().std().item())
+
+
+def _fix_module_attrs(name: str, module: nn.Module, graph: ChannelGraph) -> None:
+    """Make a module's size attributes agree with its (resized) tensors."""
+    if isinstance(module, _ConvNd):
+        out = module.weight.shape[0]
+        kind, per = graph.conv_kinds.get(name, ("dense", 1))
+        if kind in ("depthwise", "grouped"):
+            module.groups = out // per
+        module.out_channels = out
+        module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, _BatchNorm):
+        ref = module.weight if module.weight is not None else module.running_mean
+        module.num_features = ref.shape[0]
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+        module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(module, nn.GroupNorm) and module.weight is not None:
+        module.num_channels = module.weight.shape[0]
+
+
+def resize_model(model: nn.Module, graph: ChannelGraph, widths: dict[str, int]) -> nn.Module:
+    """Resize ``model`` in place so every group takes its width in ``widths``."""
+    shapes = graph.shapes(widths)
+    modules = dict(model.named_modules())
+    touched: dict[str, nn.Module] = {}
+    for fqn, shape in shapes.items():
+        mod_name, _, attr = fqn.rpartition(".")
+        module = modules[mod_name]
+        old = getattr(module, attr)
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        _init_tensor(new, old, module, attr)
+        if isinstance(old, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module._buffers[attr] = new
+        touched[mod_name] = module
+    old_classifier_in = _classifier_in(model)
+    for name, module in touched.items():
+        _fix_module_attrs(name, module, graph)
+    # timm models record their feature width (used by reset_classifier / forward_head).
+    new_classifier_in = _classifier_in(model)
+    if old_classifier_in is not None and new_classifier_in != old_classifier_in:
+        for attr in ("num_features", "head_hidden_size"):
+            if getattr(model, attr, None) == old_classifier_in:
+                setattr(model, attr, new_classifier_in)
+    return model
+
+
+def _classifier_in(model: nn.Module) -> int | None:
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        return None
+    head = get()
+    return getattr(head, "in_features", None) or getattr(head, "in_channels", None)
+
+
+def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
+    """The plan's groups must be exactly the architecture's groups, with the same full widths."""
+    mine, theirs = set(plan.groups), set(graph.groups)
+    if mine != theirs:
+        missing, extra = sorted(theirs - mine), sorted(mine - theirs)
+        raise PlanError(
+            f"plan does not fit {plan.arch} at input {plan.input_size}: "
+            f"{len(missing)} groups missing (e.g. {missing[:2]}), {len(extra)} unknown (e.g. {extra[:2]}); "
+            "regenerate the plan with this slimkit version"
+        )
+    for name, g in plan.groups.items():
+        if g["full"] != graph.groups[name].width:
+            raise PlanError(
+                f"plan group '{name}' says full width {g['full']} but {plan.arch} has "
+                f"{graph.groups[name].width}: the plan was made for other arch_kwargs"
+            )
+
+
+def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None) -> nn.Module:
+    """G(plan): the thin network a plan describes, freshly initialised.
+
+    Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
+    same weights; the global RNG is left untouched.
+    """
+    plan = load_plan(plan)
+    try:
+        graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+    except PlanError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise PlanError(f"cannot build {plan.arch} from the plan: {exc}") from exc
+    check_plan_fits(plan, graph)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(plan.seed if seed is None else seed)
+        model = build_source(plan.arch, plan.arch_kwargs)
+        resize_model(model, graph, plan.widths)
+    return model
+
+
+def group_module_map(graph: ChannelGraph) -> dict[str, list[str]]:
+    """Group name -> modules whose tensors follow it (for reports)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for fqn, dims in graph.param_dims.items():
+        for segs in dims.values():
+            for key, _ in segs:
+                if isinstance(key, str):
+                    mod = fqn.rpartition(".")[0]
+                    if mod not in out[key]:
+                        out[key].append(mod)
+    return dict(out)

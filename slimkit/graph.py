@@ -1,0 +1,733 @@
+"""Channel groups: which channels of a traced network must keep one width.
+
+The network is captured with ``torch.export(..., strict=False)`` (it captures every timm and
+torchvision CNN we tried, with exact shapes on every node) and each tensor's channel dimension is
+followed through the ATen graph. Every conv/linear output starts a *channel space*; spaces are
+merged (union-find) where an operation forces equal widths: residual adds and other element-wise
+ops, depthwise and grouped convolutions, BatchNorm/LayerNorm, squeeze-excite multiplies, layer
+scales. Concatenations are kept as ordered lists of spaces, so DenseNet/Inception concats work.
+
+Anything the analysis cannot prove width-agnostic (channel shuffles, splits with fixed sizes,
+reshapes to stored widths, matmuls) *freezes* the spaces involved: they keep their full width.
+That is the safe answer Torch-Pruning lacks: a frozen group costs some pruning freedom, never a
+broken network. The network input and the logits are frozen by definition.
+
+The result, :class:`ChannelGraph`, knows for every parameter which dimensions follow which group,
+so it can give new parameter shapes, parameter counts and multiply-accumulates for any choice of
+widths without building the model (that is what makes threshold searches fast); the generator
+then applies those shapes to real modules.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "analyze", "Segment"]
+
+
+class GraphError(RuntimeError):
+    """The model could not be traced or analysed."""
+
+
+# A segment of a channel dimension: `key` is a group name (variable width) or an int (frozen
+# width); `rep` multiplies it (a flatten of C×H×W feeds a Linear with C·H·W inputs).
+Segment = tuple[Any, int]
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must share one width."""
+
+    name: str
+    width: int  # width in the traced (source) model
+    divisor: int = 1  # structural divisor (grouped convs keep their group width)
+    can_expand: bool = True  # False where a no-op slice to a stored width would truncate
+    producers: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChannelGraph:
+    """Channel groups of one model at one input size, and how parameters follow them."""
+
+    input_size: tuple[int, ...]
+    groups: dict[str, ChannelGroup]
+    frozen: dict[str, str]  # frozen space name -> reason
+    param_dims: dict[str, dict[int, list[Segment]]]  # tensor fqn -> dim -> segments
+    tensor_shapes: dict[str, tuple[int, ...]]  # every parameter and buffer, source shapes
+    param_names: set[str]  # which of tensor_shapes are parameters (the rest are buffers)
+    conv_kinds: dict[str, tuple[str, int]]  # conv module -> ("depthwise"|"grouped"|"dense", per)
+    mac_terms: list[tuple[str, int]]  # (weight fqn, output positions) for every conv/linear call
+    other_macs: int = 0  # counted MACs not from conv/linear weights (e.g. attention matmuls)
+    unused_params: int = 0  # parameters never executed (aux heads): counted, never resized
+
+    # ----------------------------------------------------------------------------- widths
+    def full_widths(self) -> dict[str, int]:
+        return {name: g.width for name, g in self.groups.items()}
+
+    def _check(self, widths: dict[str, int]) -> None:
+        unknown = set(widths) - set(self.groups)
+        if unknown:
+            raise KeyError(f"unknown channel groups: {sorted(unknown)[:5]}")
+
+    def shapes(self, widths: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        """Shape of every parameter/buffer that changes when groups take ``widths``."""
+        self._check(widths)
+        out: dict[str, tuple[int, ...]] = {}
+        for fqn, dims in self.param_dims.items():
+            shape = list(self.tensor_shapes[fqn])
+            for dim, segs in dims.items():
+                shape[dim] = sum(
+                    (widths.get(k, self.groups[k].width) if isinstance(k, str) else k) * rep
+                    for k, rep in segs
+                )
+            if tuple(shape) != self.tensor_shapes[fqn]:
+                out[fqn] = tuple(shape)
+        return out
+
+    def count_macs(self, widths: dict[str, int] | None = None) -> int:
+        """Multiply-accumulates of conv/linear layers at ``input_size`` (batch 1)."""
+        shapes = self.shapes(widths) if widths else {}
+        total = self.other_macs
+        for fqn, positions in self.mac_terms:
+            total += positions * math.prod(shapes.get(fqn, self.tensor_shapes[fqn]))
+        return total
+
+    def count_params(self, widths: dict[str, int] | None = None) -> int:
+        shapes = self.shapes(widths) if widths else {}
+        return self.unused_params + sum(
+            math.prod(shapes.get(fqn, shape))
+            for fqn, shape in self.tensor_shapes.items()
+            if fqn in self.param_names
+        )
+
+
+# ------------------------------------------------------------------------------- analysis
+class _Spaces:
+    """Union-find over channel spaces, with the facts that must survive a merge."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.name: list[str] = []
+        self.frozen: dict[int, str] = {}
+        self.no_expand: set[int] = set()
+        self.divisor: list[int] = []
+        self.producers: list[list[str]] = []
+        self.consumers: list[list[str]] = []
+        # root -> segments it was re-expressed as (a residual add of one space and a concat)
+        self.subst: dict[int, tuple[tuple[int, int], ...]] = {}
+
+    def expand(self, segs: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        """Segments with every substituted space replaced by what it stands for."""
+        out: list[tuple[int, int]] = []
+        for sid, rep in segs:
+            root = self.find(sid)
+            if root in self.subst:
+                out.extend((s, r * rep) for s, r in self.expand(self.subst[root]))
+            else:
+                out.append((root, rep))
+        return tuple(out)
+
+    def substitute(self, sid: int, segs: tuple[tuple[int, int], ...], why: str) -> None:
+        """Re-express space ``sid`` as the concatenation ``segs`` (all reps 1 relative to it)."""
+        root = self.find(sid)
+        for s, _ in segs:
+            r = self.find(s)
+            if root in self.frozen:
+                self.freeze(r, self.frozen[root])
+            if root in self.no_expand:
+                self.no_expand.add(r)
+            self.divisor[r] = math.lcm(self.divisor[r], self.divisor[root])
+        first = self.find(segs[0][0])
+        self.producers[first] = self.producers[root] + self.producers[first]
+        self.consumers[first] += self.consumers[root]
+        self.subst[root] = segs
+
+    def new(self, size: int, name: str, producer: str | None = None) -> int:
+        sid = len(self.parent)
+        self.parent.append(sid)
+        self.size.append(size)
+        self.name.append(name)
+        self.divisor.append(1)
+        self.producers.append([producer] if producer else [])
+        self.consumers.append([])
+        return sid
+
+    def find(self, sid: int) -> int:
+        while self.parent[sid] != sid:
+            self.parent[sid] = self.parent[self.parent[sid]]
+            sid = self.parent[sid]
+        return sid
+
+    def freeze(self, sid: int, reason: str) -> None:
+        self.frozen.setdefault(self.find(sid), reason)
+
+    def union(self, a: int, b: int, why: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] != self.size[rb]:
+            self.freeze(ra, f"{why}: widths {self.size[ra]} and {self.size[rb]} differ")
+            self.freeze(rb, f"{why}: widths {self.size[ra]} and {self.size[rb]} differ")
+            return
+        if rb < ra:  # the older space (earlier in the graph) names the union
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        if rb in self.frozen:
+            self.frozen.setdefault(ra, self.frozen.pop(rb))
+        if rb in self.no_expand:
+            self.no_expand.add(ra)
+        self.divisor[ra] = math.lcm(self.divisor[ra], self.divisor[rb])
+        self.producers[ra] += self.producers[rb]
+        self.consumers[ra] += self.consumers[rb]
+
+
+# A tracked channel dimension of a tensor value: (dim, ((space id, rep), ...)).
+_CMap = tuple[int, tuple[tuple[int, int], ...]]
+
+
+class _ParamRef:
+    """A parameter or buffer flowing through the graph (before it meets activations)."""
+
+    def __init__(self, fqn: str, shape: tuple[int, ...]):
+        self.fqn, self.shape = fqn, shape
+
+
+_ELEMENTWISE_MULTI = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where",
+                      "maximum", "minimum", "addcmul", "lerp", "copy_"}
+_CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution"}
+_NORM_BN = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+            "native_batch_norm", "_native_batch_norm_legit_functional", "instance_norm"}
+_SHAPE_OPS = {"view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "unflatten"}
+
+
+def _op_name(target: Any) -> str:
+    if target is operator.getitem:
+        return "getitem"
+    name = getattr(target, "__name__", str(target))  # "conv2d.default"
+    return name.split(".")[0]
+
+
+def _meta_shape(node: Any) -> tuple[int, ...] | None:
+    val = node.meta.get("val") if hasattr(node, "meta") else None
+    if isinstance(val, torch.Tensor):
+        return tuple(int(s) for s in val.shape)
+    return None
+
+
+class _Analyzer:
+    def __init__(self, ep: torch.export.ExportedProgram, model: nn.Module):
+        self.ep = ep
+        self.model = model
+        self.sp = _Spaces()
+        self.env: dict[Any, Any] = {}
+        # tensor fqn -> dim -> [(space id, rep)]
+        self.ties: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        self.conv_kinds: dict[str, tuple[str, int]] = {}
+        self.mac_terms: list[tuple[str, int]] = []
+        self.used: set[str] = set()
+
+    # --------------------------------------------------------------------------- helpers
+    def freeze_value(self, v: Any, reason: str) -> None:
+        if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], int):
+            for sid, _ in self.sp.expand(v[1]):
+                self.sp.freeze(sid, reason)
+        elif isinstance(v, _ParamRef):
+            self.used.add(v.fqn)
+        elif isinstance(v, list):
+            for item in v:
+                self.freeze_value(item, reason)
+
+    def freeze_args(self, node: Any, reason: str) -> None:
+        for a in node.all_input_nodes:
+            self.freeze_value(self.env.get(a), reason)
+
+    def tie(self, fqn: str, dim: int, segs: tuple[tuple[int, int], ...], who: str) -> None:
+        self.used.add(fqn)
+        dims = self.ties.setdefault(fqn, {})
+        if dim in dims:  # shared module called twice: both uses must agree
+            old = dims[dim]
+            if len(old) == len(segs) and all(o[1] == s[1] for o, s in zip(old, segs)):
+                for (a, _), (b, _) in zip(old, segs):
+                    self.sp.union(a, b, f"{who} shared weights")
+            else:
+                for sid, _ in list(old) + list(segs):
+                    self.sp.freeze(sid, f"{who}: shared weights with differing inputs")
+            return
+        dims[dim] = list(segs)
+        for sid, _ in segs:
+            self.sp.consumers[self.sp.find(sid)].append(who)
+
+    def param_cmap(self, ref: _ParamRef) -> _CMap | None:
+        """A parameter used element-wise becomes a channel space of its own (e.g. a layer
+        scale); merging it with an activation's space ties the parameter to that group."""
+        nontrivial = [d for d, s in enumerate(ref.shape) if s > 1]
+        if len(nontrivial) != 1:
+            return None
+        d = nontrivial[0]
+        key = (ref.fqn, d)
+        if key not in self._param_spaces:
+            sid = self.sp.new(ref.shape[d], f"{ref.fqn}[{d}]")
+            self._param_spaces[key] = sid
+            self.tie(ref.fqn, d, ((sid, 1),), ref.fqn.rsplit(".", 1)[0])
+        return (d, ((self._param_spaces[key], 1),))
+
+    def lookup(self, a: Any) -> Any:
+        if hasattr(a, "op"):
+            return self.env.get(a)
+        if isinstance(a, (list, tuple)):
+            return [self.lookup(x) for x in a]
+        return a
+
+    def cmap_of(self, v: Any) -> _CMap | None:
+        if isinstance(v, _ParamRef):
+            return self.param_cmap(v)
+        if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], int):
+            return v
+        return None
+
+    def width(self, cm: _CMap) -> int:
+        return sum(self.sp.size[s] * r for s, r in self.sp.expand(cm[1]))
+
+    def module_of(self, fqn: str) -> str:
+        return fqn.rsplit(".", 1)[0] if "." in fqn else fqn
+
+    # --------------------------------------------------------------------------- walk
+    def run(self) -> None:
+        self._param_spaces: dict[tuple[str, int], int] = {}
+        sig = self.ep.graph_signature
+        p_map = dict(sig.inputs_to_parameters)
+        b_map = dict(sig.inputs_to_buffers)
+        self.shapes_by_fqn: dict[str, tuple[int, ...]] = {}
+        for name, t in list(self.model.named_parameters()) + list(self.model.named_buffers()):
+            self.shapes_by_fqn[name] = tuple(t.shape)
+        user_inputs = set(sig.user_inputs)
+        for node in self.ep.graph.nodes:
+            if node.op == "placeholder":
+                fqn = p_map.get(node.name) or b_map.get(node.name)
+                if fqn is not None:
+                    self.env[node] = _ParamRef(fqn, self.shapes_by_fqn.get(fqn, _meta_shape(node)))
+                elif node.name in user_inputs:
+                    shape = _meta_shape(node)
+                    sid = self.sp.new(shape[1], "input")
+                    self.sp.freeze(sid, "network input")
+                    self.env[node] = (1, ((sid, 1),))
+                else:  # lifted constants
+                    self.env[node] = None
+            elif node.op == "call_function":
+                try:
+                    self.env[node] = self.visit(node)
+                except Exception as exc:  # an op we misread must not break analysis
+                    self.freeze_args(node, f"{_op_name(node.target)}: {exc}")
+                    self.env[node] = None
+                self.check_width(node)
+            elif node.op == "output":
+                for a in node.all_input_nodes:
+                    self.freeze_value(self.env.get(a), "network output")
+
+    def check_width(self, node: Any) -> None:
+        """Safety net: a tracked dim whose width disagrees with the real shape is frozen."""
+        v = self.env.get(node)
+        if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], int):
+            shape = _meta_shape(node)
+            if shape is None or v[0] >= len(shape) or shape[v[0]] != self.width(v):
+                self.freeze_value(v, f"{_op_name(node.target)}: channel bookkeeping mismatch")
+                self.env[node] = None
+
+    def visit(self, node: Any) -> Any:
+        op = _op_name(node.target)
+        args = list(node.args)
+        ins = [self.lookup(a) for a in args]
+        out_shape = _meta_shape(node)
+
+        if op in _CONV_OPS:
+            return self.visit_conv(node, ins, out_shape)
+        if op in _NORM_BN:
+            return self.visit_norm(node, ins, [1, 2, 3, 4])
+        if op == "layer_norm":
+            return self.visit_layer_norm(node, ins)
+        if op == "linear":
+            return self.visit_linear(node, ins, out_shape)
+        if op == "getitem":
+            src, idx = ins[0], ins[1]
+            if isinstance(src, list) and isinstance(idx, int) and idx < len(src):
+                return src[idx]
+            return None
+        if op in ("flatten",):
+            return self.visit_flatten(node, ins[0], args[1] if len(args) > 1 else 0,
+                                      args[2] if len(args) > 2 else -1)
+        if op in _SHAPE_OPS:
+            return self.visit_reshape(node, ins[0], out_shape)
+        if op == "permute":
+            cm = self.cmap_of(ins[0])
+            if cm is None:
+                return None
+            dims = [d % len(args[1]) for d in args[1]]
+            return (dims.index(cm[0]), cm[1])
+        if op in ("transpose", "swapaxes"):
+            cm = self.cmap_of(ins[0])
+            if cm is None:
+                return None
+            nd = len(_meta_shape(args[0]))
+            a, b = args[1] % nd, args[2] % nd
+            return (b if cm[0] == a else a if cm[0] == b else cm[0], cm[1])
+        if op == "cat":
+            return self.visit_cat(node, ins[0], args[0], args[1] if len(args) > 1 else 0)
+        if op in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp"):
+            return self.visit_reduce(node, ins, args, out_shape)
+        if op == "alias":
+            cm = self.cmap_of(ins[0])
+            if op == "alias" and cm is not None:
+                # timm's GhostNet slices out[:, :self.out_chs]; export sees a no-op alias. It stays
+                # a no-op when the width shrinks, but would truncate an expanded width.
+                for sid, _ in cm[1]:
+                    self.sp.no_expand.add(self.sp.find(sid))
+            return cm
+        if op == "slice":
+            return self.visit_slice(node, ins, args, out_shape)
+
+        tensor_ins = [(a, v) for a, v in zip(args, ins) if hasattr(a, "op") and _meta_shape(a) is not None]
+        tracked = [(a, self.cmap_of(v)) for a, v in tensor_ins]
+        if not any(cm is not None for _, cm in tracked):
+            for _, v in tensor_ins:
+                if isinstance(v, _ParamRef):
+                    self.used.add(v.fqn)
+            return None
+        if len(tensor_ins) == 1:
+            # Single-tensor ops (activations, pooling, dropout, interpolation, softmax, ...) are
+            # width-agnostic when they keep the channel dimension where it was.
+            (a, cm), = tracked
+            in_shape = _meta_shape(a)
+            if out_shape is not None and len(out_shape) == len(in_shape) and out_shape[cm[0]] == in_shape[cm[0]]:
+                return cm
+            self.freeze_value(cm and (cm[0], cm[1]), f"{op} changes the channel dimension")
+            return None
+        if op.rstrip("_") in {o.rstrip("_") for o in _ELEMENTWISE_MULTI} and out_shape is not None:
+            return self.visit_elementwise(op, tracked, out_shape)
+        self.freeze_args(node, f"{op} mixes channels")
+        return None
+
+    # ------------------------------------------------------------------------ op handlers
+    def visit_conv(self, node: Any, ins: list, out_shape: tuple[int, ...]) -> _CMap:
+        x, w = ins[0], ins[1]
+        b = ins[2] if len(ins) > 2 else None
+        if not isinstance(w, _ParamRef):
+            raise ValueError("convolution with a computed weight")
+        groups = _meta_shape(node.args[0])[1] // w.shape[1]  # robust to omitted default args
+        module = self.module_of(w.fqn)
+        cm = self.cmap_of(x)
+        out_ch, in_per_group = w.shape[0], w.shape[1]
+        self.used.add(w.fqn)
+        self.mac_terms.append((w.fqn, math.prod(out_shape) // out_ch))
+        in_segs = cm[1] if cm else None
+        if groups == 1:
+            if in_segs is not None:
+                self.tie(w.fqn, 1, in_segs, module)
+            sid = self.sp.new(out_ch, module, producer=module)
+            segs = ((sid, 1),)
+            self.conv_kinds.setdefault(module, ("dense", 1))
+        elif in_per_group == 1 and out_ch == groups and in_segs is not None:
+            # Depthwise: output channels are the input's (concat pieces included).
+            segs = in_segs
+            for s_, _ in self.sp.expand(in_segs):
+                self.sp.producers[self.sp.find(s_)].append(module)
+            self.conv_kinds[module] = ("depthwise", 1)
+        elif in_per_group == out_ch // groups and in_segs is not None and len(in_segs) == 1 and in_segs[0][1] == 1:
+            # Depthwise (per == 1) and grouped convs with equal in/out group widths: output
+            # channels are the input's; group width stays, the number of groups follows.
+            segs = in_segs
+            sid = in_segs[0][0]
+            root = self.sp.find(sid)
+            self.sp.divisor[root] = math.lcm(self.sp.divisor[root], in_per_group)
+            self.sp.producers[root].append(module)
+            self.conv_kinds[module] = ("depthwise" if in_per_group == 1 else "grouped", in_per_group)
+        else:
+            if cm:
+                self.freeze_value(cm, f"{module}: grouped conv with unequal group widths")
+            sid = self.sp.new(out_ch, module, producer=module)
+            self.sp.freeze(sid, f"{module}: grouped conv with unequal group widths")
+            segs = ((sid, 1),)
+            self.conv_kinds[module] = ("frozen", in_per_group)
+        self.tie(w.fqn, 0, segs, module)
+        if isinstance(b, _ParamRef):
+            self.tie(b.fqn, 0, segs, module)
+        return (1, segs)
+
+    def visit_norm(self, node: Any, ins: list, param_positions: list[int]) -> Any:
+        cm = self.cmap_of(ins[0])
+        refs = [ins[i] for i in param_positions if i < len(ins) and isinstance(ins[i], _ParamRef)]
+        if cm is None or cm[0] != 1:
+            for r in refs:
+                self.used.add(r.fqn)
+            if cm is not None:
+                self.freeze_value(cm, "normalisation over an untracked dimension")
+            return None
+        for r in refs:
+            self.tie(r.fqn, 0, cm[1], self.module_of(r.fqn))
+        if isinstance(node.meta.get("val"), (tuple, list)):
+            return [cm] + [None] * (len(node.meta["val"]) - 1)
+        return cm
+
+    def visit_layer_norm(self, node: Any, ins: list) -> Any:
+        cm = self.cmap_of(ins[0])
+        shape = _meta_shape(node.args[0])
+        normalized = list(node.args[1])
+        refs = [v for v in ins[2:4] if isinstance(v, _ParamRef)]
+        if cm is None:
+            for r in refs:
+                self.used.add(r.fqn)
+            return None
+        if cm[0] == len(shape) - 1 and len(normalized) == 1:
+            for r in refs:
+                self.tie(r.fqn, 0, cm[1], self.module_of(r.fqn))
+            return cm
+        if cm[0] < len(shape) - len(normalized):  # normalising other dims: width-agnostic
+            for r in refs:
+                self.used.add(r.fqn)
+            return cm
+        self.freeze_value(cm, "layer_norm over channels and other dims")
+        for r in refs:
+            self.used.add(r.fqn)
+        return None
+
+    def visit_linear(self, node: Any, ins: list, out_shape: tuple[int, ...]) -> _CMap:
+        x, w = ins[0], ins[1]
+        b = ins[2] if len(ins) > 2 else None
+        if not isinstance(w, _ParamRef):
+            raise ValueError("linear with a computed weight")
+        module = self.module_of(w.fqn)
+        self.used.add(w.fqn)
+        self.mac_terms.append((w.fqn, math.prod(out_shape) // w.shape[0]))
+        cm = self.cmap_of(x)
+        in_ndim = len(_meta_shape(node.args[0]))
+        if cm is not None:
+            if cm[0] == in_ndim - 1:
+                self.tie(w.fqn, 1, cm[1], module)
+            else:
+                self.freeze_value(cm, f"{module}: linear over a non-channel dimension")
+        sid = self.sp.new(w.shape[0], module, producer=module)
+        self.tie(w.fqn, 0, ((sid, 1),), module)
+        if isinstance(b, _ParamRef):
+            self.tie(b.fqn, 0, ((sid, 1),), module)
+        return (len(out_shape) - 1, ((sid, 1),))
+
+    def visit_flatten(self, node: Any, v: Any, start: int, end: int) -> Any:
+        cm = self.cmap_of(v)
+        if cm is None:
+            return None
+        shape = _meta_shape(node.args[0])
+        nd = len(shape)
+        start, end = start % nd if nd else 0, end % nd if nd else 0
+        d = cm[0]
+        if d < start:
+            return cm
+        if d > end:
+            return (d - (end - start), cm[1])
+        if d == start:  # channel-major flatten: each channel becomes a run of H·W features
+            rep = math.prod(shape[start + 1 : end + 1])
+            return (start, tuple((s, r * rep) for s, r in cm[1]))
+        self.freeze_value(cm, "flatten with channels not leading")
+        return None
+
+    def visit_reshape(self, node: Any, v: Any, out_shape: tuple[int, ...] | None) -> Any:
+        cm = self.cmap_of(v)
+        if cm is None or out_shape is None:
+            return None
+        in_shape = _meta_shape(node.args[0])
+        d = cm[0]
+        # Only squeeze/unsqueeze-like reshapes (same non-1 dims in order) and channel-major
+        # flattens are width-agnostic; anything else (channel shuffle, head splits) freezes.
+        in_nz = [(i, s) for i, s in enumerate(in_shape) if s != 1]
+        out_nz = [(i, s) for i, s in enumerate(out_shape) if s != 1]
+        if [s for _, s in in_nz] == [s for _, s in out_nz] and in_shape[d] != 1:
+            k = [i for i, _ in in_nz].index(d)
+            return (out_nz[k][0], cm[1])
+        if (tuple(out_shape[:d]) == tuple(in_shape[:d]) and len(out_shape) == d + 1
+                and out_shape[d] == math.prod(in_shape[d:])):
+            rep = math.prod(in_shape[d + 1:])
+            return (d, tuple((s, r * rep) for s, r in cm[1]))
+        self.freeze_value(cm, f"reshape {list(in_shape)} -> {list(out_shape)}")
+        return None
+
+    def visit_cat(self, node: Any, vals: list, arg_nodes: list, dim: int) -> Any:
+        shapes = [_meta_shape(a) for a in arg_nodes]
+        nd = len(shapes[0])
+        dim %= nd
+        cms = [self.cmap_of(v) for v in vals]
+        if any(cm is not None and cm[0] == dim for cm in cms):
+            segs: list[tuple[int, int]] = []
+            for cm, shape in zip(cms, shapes):
+                if cm is not None and cm[0] == dim:
+                    segs.extend(cm[1])
+                else:  # an untracked piece keeps its width
+                    if cm is not None:
+                        self.freeze_value(cm, "concatenated with channels elsewhere")
+                    sid = self.sp.new(shape[dim], "cat-constant")
+                    self.sp.freeze(sid, "untracked input of a concat")
+                    segs.append((sid, 1))
+            return (dim, tuple(segs))
+        # concatenation along another dim (batch/tokens): the channel dims must agree
+        tracked = [(a, cm) for a, cm in zip(arg_nodes, cms)]
+        return self.visit_elementwise("cat", tracked, tuple(_meta_shape(node)))
+
+    def visit_reduce(self, node: Any, ins: list, args: list, out_shape: Any) -> Any:
+        cm = self.cmap_of(ins[0])
+        if cm is None:
+            return None
+        in_shape = _meta_shape(args[0])
+        nd = len(in_shape)
+        dims = args[1] if len(args) > 1 else None
+        if dims is None or dims == []:
+            return None
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        dims = [d % nd for d in dims]
+        if cm[0] in dims:
+            return None  # channels reduced away: works for any width
+        keepdim = bool(args[2]) if len(args) > 2 else bool(node.kwargs.get("keepdim", False))
+        d = cm[0] if keepdim else cm[0] - sum(1 for x in dims if x < cm[0])
+        return (d, cm[1])
+
+    def visit_slice(self, node: Any, ins: list, args: list, out_shape: Any) -> Any:
+        cm = self.cmap_of(ins[0])
+        if cm is None:
+            return None
+        in_shape = _meta_shape(args[0])
+        dim = (args[1] if len(args) > 1 else 0) % len(in_shape)
+        if dim != cm[0]:
+            return cm
+        if out_shape is not None and out_shape[dim] == in_shape[dim]:
+            for sid, _ in cm[1]:
+                self.sp.no_expand.add(self.sp.find(sid))
+            return cm
+        self.freeze_value(cm, "slice of channels to a fixed width")
+        return None
+
+    def visit_elementwise(self, op: str, tracked: list, out_shape: tuple[int, ...]) -> Any:
+        nd = len(out_shape)
+        aligned: list[tuple[int, _CMap]] = []
+        for a, cm in tracked:
+            shape = _meta_shape(a)
+            if cm is None:
+                continue
+            aligned.append((cm[0] + nd - len(shape), cm))
+        out_dim = aligned[0][0]
+        ref = aligned[0][1]
+        ok = all(d == out_dim for d, _ in aligned)
+        for a, cm in tracked:
+            if cm is not None:
+                continue
+            shape = _meta_shape(a)
+            k = out_dim - (nd - len(shape))
+            if 0 <= k < len(shape) and shape[k] != 1:
+                ok = False  # an untracked full-width operand: its width cannot follow
+        if ok:
+            # Align each operand with the most finely segmented one; a single space facing a
+            # concat (GhostNet's shortcut + cat([primary, cheap])) is re-expressed as that concat.
+            ref = max((cm for _, cm in aligned), key=lambda cm: len(self.sp.expand(cm[1])))
+            ref_segs = self.sp.expand(ref[1])
+            for _, cm in aligned:
+                segs = self.sp.expand(cm[1])
+                if len(segs) == len(ref_segs) and all(x[1] == y[1] for x, y in zip(segs, ref_segs)):
+                    for (a, _), (b, _) in zip(ref_segs, segs):
+                        self.sp.union(a, b, op)
+                elif (len(segs) == 1 and segs[0][0] not in self.sp.frozen
+                      and all(r == segs[0][1] for _, r in ref_segs)
+                      and all(self.sp.find(s) != segs[0][0] for s, _ in ref_segs)):
+                    self.sp.substitute(segs[0][0], tuple((s, 1) for s, _ in ref_segs), op)
+                else:
+                    ok = False
+                    break
+        if not ok:
+            for _, cm in aligned:
+                self.freeze_value(cm, f"{op}: operands' channels do not line up")
+            return None
+        return (out_dim, ref[1])
+
+
+def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | None = None) -> ChannelGraph:
+    """Trace ``model`` at ``input_size`` (C, H, W) and return its channel groups.
+
+    ``other_macs`` (MACs the counter sees beyond conv/linear weights) can be passed when known;
+    by default they are assumed zero, which holds for CNNs.
+    """
+    was_training = model.training
+    model.eval()
+    example = torch.zeros(1, *input_size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(model, (example,), strict=False)
+    except Exception as exc:  # noqa: BLE001 - report any capture failure as one error
+        raise GraphError(f"could not trace the model: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        model.train(was_training)
+
+    an = _Analyzer(ep, model)
+    an.run()
+    sp = an.sp
+
+    # Name every root space; a group is a root with a producer that is not frozen.
+    groups: dict[str, ChannelGroup] = {}
+    root_key: dict[int, Any] = {}
+    frozen: dict[str, str] = {}
+    used_names: set[str] = set()
+    for sid in range(len(sp.parent)):
+        root = sp.find(sid)
+        if root in root_key or root in sp.subst:
+            continue
+        if root in sp.frozen or not sp.producers[root]:
+            root_key[root] = sp.size[root]
+            if sp.producers[root]:
+                frozen[sp.name[root]] = sp.frozen[root]
+            continue
+        name = sp.producers[root][0]
+        base, k = name, 1
+        while name in used_names:
+            k += 1
+            name = f"{base}#{k}"
+        used_names.add(name)
+        root_key[root] = name
+        groups[name] = ChannelGroup(
+            name=name,
+            width=sp.size[root],
+            divisor=sp.divisor[root],
+            can_expand=root not in sp.no_expand,
+            producers=list(dict.fromkeys(sp.producers[root])),
+            consumers=list(dict.fromkeys(sp.consumers[root])),
+        )
+
+    param_dims: dict[str, dict[int, list[Segment]]] = {}
+    for fqn, dims in an.ties.items():
+        resolved = {
+            dim: [(root_key[sid], rep) for sid, rep in sp.expand(tuple(segs))] for dim, segs in dims.items()
+        }
+        if any(isinstance(k, str) for segs in resolved.values() for k, _ in segs):
+            param_dims[fqn] = resolved
+
+    # Conv kinds are only needed where the conv's groups attribute must follow a group.
+    conv_kinds = {m: k for m, k in an.conv_kinds.items() if k[0] in ("depthwise", "grouped")}
+    param_names = {n for n, _ in model.named_parameters()}
+    unused = sum(
+        p.numel() for n, p in model.named_parameters() if n not in an.used
+    )
+    tensor_shapes = {n: s for n, s in an.shapes_by_fqn.items() if n in an.used}
+    return ChannelGraph(
+        input_size=tuple(input_size),
+        groups=groups,
+        frozen=frozen,
+        param_dims=param_dims,
+        tensor_shapes=tensor_shapes,
+        param_names=param_names & set(tensor_shapes),
+        conv_kinds=conv_kinds,
+        mac_terms=an.mac_terms,
+        other_macs=other_macs or 0,
+        unused_params=unused,
+    )

@@ -1,0 +1,144 @@
+"""ChannelPlan: the hand-off between every stage (a small, versioned, human-readable JSON file).
+
+A plan is "architecture name + the width of every channel group". ``slimkit.generate(plan)``
+rebuilds the same thin network from it on any machine. Field names are a fixed contract (see
+DESIGN.md); unknown top-level fields are rejected so typos do not pass silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimkit.errors import PlanError
+
+__all__ = ["ChannelPlan", "load_plan", "save_plan", "atomic_write_text", "PLAN_FORMAT"]
+
+PLAN_FORMAT = "slimkit.plan/1"
+
+
+def _version() -> str:
+    from slimkit import __version__
+
+    return __version__
+
+
+@dataclass
+class ChannelPlan:
+    arch: str
+    input_size: list[int]
+    groups: dict[str, dict[str, int]]  # name -> {"full": int, "width": int}
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    expand: float = 1.0
+    round_to: int = 8
+    method: str = "uniform"
+    seed: int = 0
+    budget: dict[str, Any] | None = None  # {"kind", "text", "value"}
+    flops: int | None = None
+    params: int | None = None
+    latency: dict[str, Any] | None = None
+    search: dict[str, Any] = field(default_factory=dict)
+    slimkit_version: str = field(default_factory=_version)
+    format: str = PLAN_FORMAT
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: g["width"] for name, g in self.groups.items()}
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.arch_kwargs.get("num_classes")
+
+    def keep_ratios(self) -> dict[str, float]:
+        return {name: g["width"] / g["full"] for name, g in self.groups.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        order = ["format", "arch", "arch_kwargs", "input_size", "expand", "round_to", "method",
+                 "seed", "budget", "groups", "flops", "params", "latency", "search",
+                 "slimkit_version"]
+        return {k: d[k] for k in order}
+
+    def to_json(self) -> str:
+        # One group per line: readable by a person, diffable in review.
+        d = self.to_dict()
+        groups = d.pop("groups")
+        body = json.dumps(d, indent=2)
+        lines = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in groups.items())
+        return body[:-2] + ',\n  "groups": {\n' + lines + "\n  }\n}\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> ChannelPlan:
+        if not isinstance(data, dict):
+            raise PlanError(f"{source} is not a ChannelPlan (expected a JSON object)")
+        fmt = data.get("format")
+        if fmt != PLAN_FORMAT:
+            raise PlanError(
+                f"{source} has format {fmt!r}, expected {PLAN_FORMAT!r}: regenerate it with `slimkit prune`"
+            )
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanError(f"{source} has unknown fields {unknown}: remove them (see DESIGN.md)")
+        for key in ("arch", "input_size", "groups"):
+            if key not in data:
+                raise PlanError(f"{source} lacks the required field '{key}'")
+        if not isinstance(data["arch"], str) or not data["arch"]:
+            raise PlanError(f"{source}: 'arch' must be a model name like 'timm:mobilenetv1_100'")
+        size = data["input_size"]
+        if not (isinstance(size, list) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
+            raise PlanError(f"{source}: 'input_size' must be [C, H, W] positive integers, got {size!r}")
+        groups = data["groups"]
+        if not isinstance(groups, dict) or not groups:
+            raise PlanError(f"{source}: 'groups' must be a non-empty object of name -> {{full, width}}")
+        for name, g in groups.items():
+            if not (isinstance(g, dict) and set(g) == {"full", "width"}
+                    and all(isinstance(g[k], int) and not isinstance(g[k], bool) and g[k] >= 1 for k in g)):
+                raise PlanError(
+                    f"{source}: group '{name}' must be {{\"full\": int >= 1, \"width\": int >= 1}}, got {g!r}"
+                )
+        kwargs = data.get("arch_kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise PlanError(f"{source}: 'arch_kwargs' must be an object")
+        return cls(**data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write via a temp file in the same folder + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, plan.to_json())
+
+
+def load_plan(path: str | os.PathLike | dict | ChannelPlan) -> ChannelPlan:
+    """Read and validate a plan from a path (or pass a dict / plan through)."""
+    if isinstance(path, ChannelPlan):
+        return path
+    if isinstance(path, dict):
+        return ChannelPlan.from_dict(path)
+    p = Path(path)
+    if not p.is_file():
+        raise PlanError(f"plan file not found: {p} (create one with `slimkit prune ARCH --out {p}`)")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"{p} is not valid JSON ({exc}); regenerate it with `slimkit prune`") from exc
+    return ChannelPlan.from_dict(data, source=str(p))

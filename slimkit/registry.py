@@ -1,0 +1,181 @@
+"""Architecture names -> freshly initialised models (timm, torchvision, slimkit's built-ins).
+
+Names resolve in this order: a friendly alias (``mobilenet_v1``), slimkit's built-in CIFAR
+networks, torchvision's classification models, then timm. ``timm:NAME``, ``torchvision:NAME`` and
+``slimkit:NAME`` pick a source explicitly. Every model starts from random weights: nothing is
+ever downloaded. The canonical ``source:name`` form is what a ChannelPlan records.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torchvision
+from torch import nn
+
+from slimkit.errors import RegistryError
+from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
+
+__all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES"]
+
+SOURCES = ("slimkit", "torchvision", "timm")
+
+# Names people use for the papers' networks that no library spells that way.
+ALIASES: dict[str, str] = {
+    "mobilenet_v1": "timm:mobilenetv1_100",
+    "mobilenetv1": "timm:mobilenetv1_100",
+    "mobilenet_v1_125": "timm:mobilenetv1_125",
+    "mobilenetv2": "torchvision:mobilenet_v2",
+    "mobilenetv3": "torchvision:mobilenet_v3_large",
+    "mobilenet_v3": "torchvision:mobilenet_v3_large",
+    "vgg16_cifar10": "slimkit:vgg16_cifar",
+    "vgg19_cifar10": "slimkit:vgg19_cifar",
+}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    source: str  # "slimkit" | "torchvision" | "timm"
+    name: str
+
+    @property
+    def canonical(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@functools.cache
+def _torchvision_names() -> tuple[str, ...]:
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+@functools.cache
+def _timm_names() -> frozenset[str]:
+    return frozenset(timm.list_models())
+
+
+def _exists(source: str, name: str) -> bool:
+    if source == "slimkit":
+        return name in BUILTIN_MODELS
+    if source == "torchvision":
+        return name in _torchvision_names()
+    return name in _timm_names()
+
+
+def resolve(name: str) -> ArchSpec:
+    """Turn a user's architecture name into its canonical source and name."""
+    text = name.strip()
+    text = ALIASES.get(text, text)
+    if ":" in text:
+        source, _, bare = text.partition(":")
+        if source not in SOURCES:
+            raise RegistryError(
+                f"unknown model source '{source}' in '{name}': use one of {', '.join(SOURCES)} "
+                "(e.g. timm:resnet50)"
+            )
+        if not _exists(source, bare):
+            raise RegistryError(f"{source} has no model '{bare}'{_suggest(bare, source)}")
+        return ArchSpec(source, bare)
+    for source in SOURCES:
+        if _exists(source, text):
+            return ArchSpec(source, text)
+    raise RegistryError(f"unknown architecture '{name}'{_suggest(text)}")
+
+
+def _suggest(name: str, source: str | None = None) -> str:
+    pool: list[str] = []
+    if source in (None, "slimkit"):
+        pool += list(ALIASES) + list(BUILTIN_MODELS)
+    if source in (None, "torchvision"):
+        pool += list(_torchvision_names())
+    if source in (None, "timm"):
+        pool += sorted(_timm_names())
+    close = difflib.get_close_matches(name, pool, n=4, cutoff=0.6)
+    hint = " (see `slimkit models --filter PATTERN`)"
+    return f"; did you mean {', '.join(close)}?{hint}" if close else hint
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
+                 **kwargs: Any) -> nn.Module:
+    """Build ``name`` with random weights. ``num_classes``/``in_chans`` default to the model's own."""
+    spec = resolve(name)
+    if num_classes is not None and num_classes < 1:
+        raise RegistryError(f"--num-classes must be >= 1, got {num_classes}")
+    if in_chans is not None and in_chans < 1:
+        raise RegistryError(f"--in-chans must be >= 1, got {in_chans}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's init-weights FutureWarnings etc.
+        try:
+            if spec.source == "slimkit":
+                opts = dict(kwargs)
+                if num_classes is not None:
+                    opts["num_classes"] = num_classes
+                if in_chans is not None:
+                    opts["in_chans"] = in_chans
+                return BUILTIN_MODELS[spec.name](**opts)
+            if spec.source == "timm":
+                opts = dict(kwargs)
+                if num_classes is not None:
+                    opts["num_classes"] = num_classes
+                if in_chans is not None:
+                    opts["in_chans"] = in_chans
+                return timm.create_model(spec.name, pretrained=False, **opts)
+            if in_chans not in (None, 3):
+                raise RegistryError(
+                    f"torchvision:{spec.name} takes 3-channel input; drop --in-chans (slimkit's data "
+                    "loader repeats grayscale to 3 channels) or use a timm model"
+                )
+            opts = dict(kwargs)
+            if num_classes is not None:
+                opts["num_classes"] = num_classes
+            return torchvision.models.get_model(spec.name, weights=None, **opts)
+        except TypeError as exc:
+            raise RegistryError(f"{spec.canonical} does not accept these arguments: {exc}") from exc
+
+
+def default_input_size(name: str, model: nn.Module | None = None, in_chans: int | None = None) -> tuple[int, int, int]:
+    """(C, H, W) the architecture is designed for: timm's config, torchvision's weights'
+    crop size, 32x32 for the CIFAR built-ins."""
+    spec = resolve(name)
+    size: tuple[int, int, int] = (3, 224, 224)
+    if spec.source == "slimkit":
+        size = tuple(getattr(model, "default_input_size", (3, 32, 32)))  # type: ignore[assignment]
+    elif spec.source == "timm":
+        m = model if model is not None else create_model(name)
+        cfg = getattr(m, "pretrained_cfg", None) or {}
+        size = tuple(cfg.get("input_size", size))  # type: ignore[assignment]
+    else:
+        try:
+            crop = torchvision.models.get_model_weights(spec.name).DEFAULT.transforms().crop_size
+            side = int(crop[0])
+            size = (3, side, side)
+        except Exception:  # noqa: BLE001 - models without weights metadata keep 224
+            pass
+    if in_chans is not None:
+        size = (in_chans, size[1], size[2])
+    return size
+
+
+def list_archs(pattern: str | None = None) -> list[tuple[str, str]]:
+    """(name, description) for every architecture whose name matches the glob ``pattern``."""
+    import fnmatch
+
+    def keep(n: str) -> bool:
+        return pattern is None or fnmatch.fnmatch(n, pattern) or (
+            not any(c in pattern for c in "*?[") and pattern in n
+        )
+
+    out: list[tuple[str, str]] = []
+    for alias, target in ALIASES.items():
+        if keep(alias):
+            out.append((alias, f"alias of {target}"))
+    for n, desc in BUILTIN_DESCRIPTIONS.items():
+        if keep(n):
+            out.append((f"slimkit:{n}", desc))
+    out += [(f"torchvision:{n}", "torchvision") for n in _torchvision_names() if keep(n)]
+    out += [(f"timm:{n}", "timm") for n in sorted(_timm_names()) if keep(n)]
+    return out
