@@ -60,5 +60,5 @@ def format_count(n: float, unit: str = "") -> str:
     """150_000_000 -> '150.0M' (the budget strings' own units)."""
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= scale:
-            return f"{n / scale:.{3 if suffix == 'G' else 1}f}{suffix}{unit}"
+            return f"{n / scale:.{2 if suffix == 'G' else 1}f}{suffix}{unit}"
     return f"{int(n)}{unit}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +68,9 @@ class ChannelPlan:
         # One group per line: readable by a person, diffable in review.
         d = self.to_dict()
         groups = d.pop("groups")
-        body = json.dumps(d, indent=2)
+        body = re.sub(r"\[\s*([-\d.,\s]*?)\s*\]",
+                      lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+                      json.dumps(d, indent=2))
         lines = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in groups.items())
         return body[:-2] + ',\n  "groups": {\n' + lines + "\n  }\n}\n"
 

@@ -1,0 +1,23 @@
+"""The ``slimkit`` command: a thin Typer layer over the Python API, one module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from slimkit.cli import info as _info
+from slimkit.cli import prune as _prune
+
+app = typer.Typer(
+    name="slimkit",
+    help="Prune any timm/torchvision CNN from scratch to a FLOPs or latency budget.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("models")(_info.models)
+app.command("info")(_info.info)
+app.command("prune")(_prune.prune)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,73 @@
+"""``slimkit models`` and ``slimkit info``: what the registry can build, and what a model costs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from slimkit import registry
+from slimkit.cli._common import console, parse_input_size, user_errors
+from slimkit.flops import count_flops_per_layer, count_params, format_count
+from slimkit.generator import channel_graph
+from slimkit.prune import arch_kwargs_for
+
+
+@user_errors
+def models(
+    filter: Annotated[Optional[str], typer.Option("--filter", "-f", help="Substring or glob, e.g. 'mobilenet*'.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many rows (0 = all).")] = 200,
+) -> None:
+    """List the architectures slimkit can build (aliases, built-ins, torchvision, timm)."""
+    rows = registry.list_archs(filter)
+    table = Table(title=f"{len(rows)} architectures" + (f" matching '{filter}'" if filter else ""))
+    table.add_column("name")
+    table.add_column("source / note")
+    for name, desc in rows[: limit or None]:
+        table.add_row(name, desc)
+    console.print(table)
+    if limit and len(rows) > limit:
+        console.print(f"... {len(rows) - limit} more; narrow with --filter or pass --limit 0")
+
+
+@user_errors
+def info(
+    arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:resnet50.")],
+    num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
+    in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
+    input_size: Annotated[Optional[str], typer.Option(help="224, 224x224 or 3,224,224 (default: the model's).")] = None,
+    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Per-layer MACs breakdown.")] = False,
+    groups: Annotated[bool, typer.Option("--groups/--no-groups", help="List every channel group.")] = False,
+) -> None:
+    """Show an architecture's input size, MACs, parameters and channel groups."""
+    spec = registry.resolve(arch)
+    kwargs = arch_kwargs_for(num_classes, in_chans)
+    model = registry.create_model(spec.canonical, **kwargs)
+    size = parse_input_size(input_size) or registry.default_input_size(spec.canonical, model, in_chans)
+    if in_chans:
+        size = (in_chans, size[1], size[2])
+    graph = channel_graph(spec.canonical, kwargs, size, model=model)
+    macs, params = graph.count_macs(), count_params(model)
+    console.print(f"[bold]{spec.canonical}[/]  input {list(size)}  "
+                  f"MACs {format_count(macs)}  params {format_count(params)}  "
+                  f"channel groups {len(graph.groups)} prunable, {len(graph.frozen)} frozen")
+    for name, why in graph.frozen.items():
+        console.print(f"  frozen [cyan]{name}[/]: {why}", highlight=False)
+    if groups:
+        table = Table(title="channel groups")
+        for col in ("group", "width", "divisor", "modules"):
+            table.add_column(col)
+        for g in graph.groups.values():
+            mods = g.producers + [c for c in g.consumers if c not in g.producers]
+            table.add_row(g.name, str(g.width), str(g.divisor), ", ".join(mods[:4]) + (" ..." if len(mods) > 4 else ""))
+        console.print(table)
+    if layers:
+        per = count_flops_per_layer(model, size)
+        table = Table(title="MACs per layer")
+        table.add_column("layer")
+        table.add_column("MACs", justify="right")
+        table.add_column("share", justify="right")
+        for name, n in per.items():
+            table.add_row(name, format_count(n), f"{100 * n / max(macs, 1):.1f}%")
+        console.print(table)

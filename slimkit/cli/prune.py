@@ -1,0 +1,83 @@
+"""``slimkit prune``: architecture + budget -> ChannelPlan JSON (+ a channels-per-group PNG)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from slimkit.cli._common import console, parse_input_size, user_errors
+from slimkit.errors import SlimkitError
+from slimkit.flops import format_count
+from slimkit.plan import ChannelPlan, save_plan
+
+
+def render_plan(plan: ChannelPlan, title: str) -> None:
+    """Rich table of a plan: widths before/after per group, then totals."""
+    table = Table(title=title, show_lines=False)
+    for col, just in (("group", "left"), ("full", "right"), ("width", "right"), ("keep", "right")):
+        table.add_column(col, justify=just)
+    for name, g in plan.groups.items():
+        ratio = g["width"] / g["full"]
+        style = "green" if ratio > 1 else ("yellow" if ratio < 0.5 else "")
+        table.add_row(name, str(g["full"]), str(g["width"]), f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}")
+    console.print(table)
+    full_flops = plan.search.get("full_flops")
+    full_params = plan.search.get("full_params")
+    line = f"MACs {format_count(plan.flops)}"
+    if full_flops:
+        line += f" ({100 * plan.flops / full_flops:.1f}% of {format_count(full_flops)})"
+    line += f"   params {format_count(plan.params)}"
+    if full_params:
+        line += f" ({100 * plan.params / full_params:.1f}% of {format_count(full_params)})"
+    if plan.budget:
+        target = plan.budget["value"]
+        line += f"   budget {plan.budget['text']}"
+        if plan.budget["kind"] == "flops" and target:
+            line += f" = {format_count(target)} (off by {100 * (plan.flops - target) / target:+.2f}%)"
+    console.print(line, highlight=False)
+
+
+@user_errors
+def prune(
+    arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:efficientnet_b0.")],
+    flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
+    params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
+    method: Annotated[str, typer.Option(help="uniform: one width factor for all groups.")] = "uniform",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
+    num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
+    in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
+    input_size: Annotated[Optional[str], typer.Option(help="224, 224x224 or 3,224,224 (default: the model's).")] = None,
+    expand: Annotated[float, typer.Option(help="Widen every group by this factor before pruning (paper: 1.25 on CIFAR).")] = 1.0,
+    round_to: Annotated[int, typer.Option(help="Round channel counts to multiples of this (8: fast kernels).")] = 8,
+    tolerance: Annotated[float, typer.Option(help="Relative budget tolerance of the search.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a channels-per-group PNG.")] = True,
+) -> None:
+    """Plan a thinner network that meets a FLOPs or parameter budget."""
+    from slimkit.budget import parse_budget
+    from slimkit.prune import prune as run_prune
+
+    if (flops is None) == (params is None):
+        raise SlimkitError("give exactly one budget: --flops 150M (or 50%) or --params 2.1M")
+    budget = parse_budget(flops) if flops is not None else parse_budget(params, kind="params")
+    size = parse_input_size(input_size)
+    if size and in_chans:
+        size = (in_chans, size[1], size[2])
+    if out.exists() and out.is_dir():
+        raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
+    start = time.perf_counter()
+    with console.status(f"tracing {arch} and searching widths ({method})..."):
+        plan = run_prune(arch, budget, method=method, num_classes=num_classes, in_chans=in_chans,
+                         input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance)
+    render_plan(plan, f"{plan.arch} — {method} plan")
+    save_plan(plan, out)
+    console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)")
+    if plot:
+        from slimkit.plots import plot_channels
+
+        png = plot_channels(plan, out.with_suffix(".png"))
+        console.print(f"wrote {png}")

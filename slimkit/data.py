@@ -1,0 +1,788 @@
+"""Datasets shared by gate search and training: Fashion-MNIST (offline default), CIFAR, ImageFolder.
+
+``load_data(name, input_size=...)`` returns a :class:`DataBundle` of train / val / test datasets
+whose images come out at the architecture's input size ``(C, H, W)``: resized, expanded to its
+input channels (grayscale repeated to 3 channels, RGB turned to luma for 1-channel models) and
+normalized with the dataset's mean/std. ``make_loader`` batches any of them.
+
+The validation split is always carved from the *training* set, never the test set, as in the
+pruning papers: "Pruning from Scratch" (Wang et al., AAAI 2020) holds out 5,000 CIFAR-10 training
+images (we do the same for Fashion-MNIST and CIFAR-100) and 50 images per class on ImageNet
+(our default for ``imagefolder:``). The split is a deterministic function of ``seed``.
+
+Small datasets (Fashion-MNIST, CIFAR, synthetic) stay in memory as one uint8 tensor and are
+resized, augmented and normalized a whole batch at a time with tensor ops, which on CPU is an
+order of magnitude faster than per-sample PIL transforms and needs no worker processes.
+ImageFolder trees are decoded per sample by a standard ``DataLoader`` with torchvision transforms.
+
+Names accepted by :func:`load_data` (see :data:`DATASETS`):
+
+* ``fashion-mnist`` — read from ``data_dir``, else Debian's ``dataset-fashion-mnist`` package
+  (``/usr/share/datasets/fashion-mnist``), else a torchvision download into ``~/.cache/slimkit``.
+* ``cifar10`` / ``cifar100`` — torchvision's python-format archives under ``data_dir``.
+* ``imagefolder:PATH`` — ``PATH/train/<class>/*`` for training, ``PATH/val/<class>/*`` as test.
+* ``synthetic`` — random uint8 images and labels, for speed tests only.
+
+Every failure to find or read data raises :class:`DataError` with a one-line message saying what
+is missing and how to fix it, so the CLI can print it as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import socket
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from slimkit.errors import SlimkitError
+
+__all__ = [
+    "CACHE_DIR",
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "FASHION_MNIST_DIR",
+    "DataBundle",
+    "DataError",
+    "ImageFolderDataset",
+    "ImageTensorDataset",
+    "Loader",
+    "load_data",
+    "make_loader",
+]
+
+InputSize = tuple[int, int, int]
+
+DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
+DEFAULT_DATASET = "fashion-mnist"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CACHE_DIR = Path.home() / ".cache" / "slimkit"
+
+# Paper settings (Wang et al. 2020): 5,000 held-out CIFAR-10 training images; 50 per ImageNet class.
+PAPER_VAL_SIZE = 5000
+PAPER_VAL_PER_CLASS = 50
+
+SYNTHETIC_DESCRIPTION = "SYNTHETIC random tensors — for speed tests only"
+
+# Per-channel mean/std of the training images, in [0, 1] units.
+_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
+    "synthetic": ((0.5,), (0.2887,)),  # uniform on [0, 1]: std = 1 / sqrt(12)
+}
+
+# ITU-R 601 luma, the weights PIL's convert("L") uses, so that in-memory data and ImageFolder data
+# (converted by torchvision's Grayscale) agree for 1-channel models.
+_LUMA = (0.299, 0.587, 0.114)
+
+_FMNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_FMNIST_FIX = (
+    "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or pass --data-dir"
+)
+
+
+class DataError(SlimkitError):
+    """Data that cannot be found or read; the message is one line naming the problem and the fix.
+
+    A ``ValueError`` (through ``SlimkitError``), so the CLI reports it like any user error.
+    """
+
+    def __init__(self, message: str) -> None:
+        # One line so that CLI output and logs stay readable; nested exception text may span lines.
+        super().__init__(" ".join(message.split()))
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+
+def _working_stats(
+    mean: Sequence[float], std: Sequence[float], source_chans: int, chans: int
+) -> tuple[Tensor, Tensor]:
+    """Mean/std shaped (1, c, 1, 1) for the channels images are normalized at.
+
+    That is the source's channels, or 1 when an RGB source feeds a 1-channel model; a gray
+    source is normalized before it is repeated to the model's channels (all equal anyway).
+    """
+    m = torch.tensor(mean, dtype=torch.float32)
+    s = torch.tensor(std, dtype=torch.float32)
+    if source_chans == 3 and chans == 1:
+        w = torch.tensor(_LUMA)
+        # Approximation: ignores correlation between colour channels, so std is slightly off; it
+        # only sets the scale of the inputs, which BatchNorm absorbs.
+        m, s = (w * m).sum(), (w * s.square()).sum().sqrt()
+    return m.reshape(1, -1, 1, 1), s.reshape(1, -1, 1, 1)
+
+
+def _check_channels(source_chans: int, chans: int, what: str) -> None:
+    if source_chans != chans and source_chans != 1 and not (source_chans == 3 and chans == 1):
+        raise DataError(
+            f"{what} has {source_chans}-channel images but the model takes {chans} channels: "
+            "only gray→any and RGB→gray are supported; build the model with in_chans=3"
+        )
+
+
+def _random_crop_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Random crop with zero padding + random horizontal flip, independently per image.
+
+    Padding is 4 px at 32x32 (the CIFAR recipe of both papers), scaled with the image size.
+    """
+    b, c, h, w = x.shape
+    ph, pw = max(1, round(4 * h / 32)), max(1, round(4 * w / 32))
+    padded = F.pad(x, (pw, pw, ph, ph))
+    oy = torch.randint(0, 2 * ph + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pw + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    rows = oy[:, None] + torch.arange(h)
+    cols = ox[:, None] + torch.arange(w)
+    # Reading the crop's columns right-to-left is the flip, so the column gather does both.
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    x = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pw))
+    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+class ImageTensorDataset(Dataset[tuple[Tensor, int]]):
+    """Images held in memory as uint8 ``(N, c, h, w)``, delivered at ``input_size`` per batch.
+
+    ``batch(indices)`` is the fast path used by :func:`make_loader`; ``ds[i]`` returns one
+    preprocessed ``(image, label)`` pair for code that wants a plain map-style dataset.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        input_size: InputSize,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            shape = tuple(images.shape)
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {shape}")
+        if labels.shape != (images.shape[0],):
+            shape = tuple(labels.shape)
+            raise ValueError(f"need one label per image, got {shape} for {images.shape[0]} images")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.input_size: InputSize = (input_size[0], input_size[1], input_size[2])
+        self.source_mean = tuple(mean)
+        self.source_std = tuple(std)
+        source_chans, chans = images.shape[1], input_size[0]
+        _check_channels(source_chans, chans, "dataset")
+        self._mean, self._std = _working_stats(mean, std, source_chans, chans)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        x, y = self.batch(torch.tensor([index]))
+        return x[0], int(y[0])
+
+    def subset(self, indices: Tensor) -> ImageTensorDataset:
+        """A dataset of the given rows (copied, so the parent can be freed)."""
+        return ImageTensorDataset(
+            self.images[indices],
+            self.labels[indices],
+            input_size=self.input_size,
+            mean=self.source_mean,
+            std=self.source_std,
+        )
+
+    def batch(
+        self, indices: Tensor, *, augment: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Float32 NCHW images at ``input_size`` (normalized) and int64 labels for ``indices``."""
+        # Work at the fewest channels until the end (a gray source is repeated last): at 224x224
+        # that makes resize, crop and normalize 3x cheaper.
+        chans, height, width = self.input_size
+        x = self.images[indices].to(torch.float32).div_(255)
+        if x.shape[1] == 3 and chans == 1:
+            x = (x * torch.tensor(_LUMA).reshape(1, 3, 1, 1)).sum(1, keepdim=True)
+        h, w = x.shape[-2:]
+        if (h, w) != (height, width):
+            # Antialiasing (as PIL's resize does) only matters when shrinking, and costs time.
+            shrink = height < h or width < w
+            x = F.interpolate(
+                x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink
+            )
+        if augment:
+            x = _random_crop_flip(x, generator if generator is not None else torch.Generator())
+        x = (x - self._mean) / self._std
+        if x.shape[1] != chans:
+            x = x.expand(-1, chans, -1, -1).contiguous()
+        return x, self.labels[indices]
+
+
+def _folder_transform(
+    input_size: InputSize, augment: bool, mean: Tensor, std: Tensor
+) -> Callable[[Any], Tensor]:
+    """Per-sample torchvision transforms from a decoded RGB PIL image to a normalized tensor."""
+    from torchvision import transforms
+
+    chans, height, width = input_size
+    if augment:
+        # The standard ImageNet recipe (the papers' ImageNet setting): scale/aspect jitter + flip.
+        geometry = [transforms.RandomResizedCrop((height, width)), transforms.RandomHorizontalFlip()]
+    else:
+        # Standard evaluation crop: resize the short side to size / 0.875 (256 for 224), center crop.
+        short = round(min(height, width) / 0.875)
+        geometry = [transforms.Resize(short), transforms.CenterCrop((height, width))]
+    colour = [transforms.Grayscale(1)] if chans == 1 else []
+    return transforms.Compose(
+        [
+            *geometry,
+            *colour,
+            transforms.ToTensor(),
+            transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist()),
+        ]
+    )
+
+
+class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
+    """Image files (``(path, label)`` samples) decoded per sample with torchvision transforms."""
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        *,
+        input_size: InputSize,
+        augment: bool = False,
+    ) -> None:
+        chans = input_size[0]
+        _check_channels(3, chans, "imagefolder")
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.input_size: InputSize = (input_size[0], input_size[1], input_size[2])
+        self.augment = augment
+        mean, std = _STATS["imagefolder"]
+        self._mean, self._std = _working_stats(mean, std, 3, chans)
+        self._transform = _folder_transform(input_size, augment, self._mean, self._std)
+
+    @property
+    def labels(self) -> Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from torchvision.datasets.folder import default_loader
+
+        path, label = self.samples[index]
+        return self._transform(default_loader(path)), label
+
+    def subset(self, indices: Tensor) -> ImageFolderDataset:
+        return ImageFolderDataset(
+            [self.samples[i] for i in indices.tolist()],
+            self.classes,
+            input_size=self.input_size,
+            augment=self.augment,
+        )
+
+    def with_augment(self, augment: bool) -> ImageFolderDataset:
+        if augment == self.augment:
+            return self
+        return ImageFolderDataset(
+            self.samples,
+            self.classes,
+            input_size=self.input_size,
+            augment=augment,
+        )
+
+
+AnyDataset = ImageTensorDataset | ImageFolderDataset
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------
+
+
+class Loader(Protocol):
+    """What :func:`make_loader` returns: re-iterable batches, a length and an epoch setter."""
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) so nearby pairs such as (0, 1) and (1, 0) do not collide.
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _BatchCount:
+    batch_size: int
+    drop_last: bool
+    dataset: AnyDataset
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+class TensorLoader(_BatchCount):
+    """Batches of an in-memory dataset, shuffled and augmented from one seeded generator.
+
+    Each pass uses the generator for (seed, epoch); the epoch advances after every pass, and
+    ``set_epoch`` pins it (for resuming), so a run is reproducible epoch by epoch.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageTensorDataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        augment: bool,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.augment = augment
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        self.epoch += 1
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            indices = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.dataset.batch(indices, augment=self.augment, generator=generator)
+
+
+class FolderLoader(_BatchCount):
+    """A torch ``DataLoader`` over an ImageFolder dataset, reseeded per epoch.
+
+    Shuffling and, with ``num_workers > 0``, the workers' random transforms follow (seed, epoch);
+    with ``num_workers == 0`` the transforms draw from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageFolderDataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        augment: bool,
+        num_workers: int,
+    ) -> None:
+        self.dataset = dataset.with_augment(augment)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        self.epoch += 1
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            generator=generator,
+        )
+        yield from loader
+
+
+def make_loader(
+    dataset: AnyDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    augment: bool = False,
+    num_workers: int = 0,
+) -> Loader:
+    """Batches of ``(float32 NCHW images, int64 labels)`` from a dataset of :func:`load_data`.
+
+    ``augment`` adds random crop + horizontal flip (in-memory data: 4 px padding at 32x32,
+    scaled with the size; ImageFolder: the standard random-resized crop). In-memory data is
+    batched in the calling process, so ``num_workers`` only applies to ImageFolder.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(dataset, ImageTensorDataset):
+        return TensorLoader(
+            dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, augment=augment
+        )
+    if isinstance(dataset, ImageFolderDataset):
+        return FolderLoader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            augment=augment,
+            num_workers=num_workers,
+        )
+    raise TypeError(f"make_loader takes a dataset from load_data, got {type(dataset).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataBundle:
+    """The datasets of one run. ``val`` is carved from the training set (None when empty)."""
+
+    train: AnyDataset
+    val: AnyDataset | None
+    test: AnyDataset
+    num_classes: int
+    name: str
+    description: str
+    in_chans_source: int
+
+
+@dataclass
+class _Source:
+    """A dataset before the validation split."""
+
+    train: AnyDataset
+    test: AnyDataset
+    num_classes: int
+    in_chans_source: int
+    title: str
+    origin: str
+    default_val_size: int
+    stratified: bool  # split val evenly over classes (the paper's "50 images per class")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: big-endian dims, then uint8 data), gzipped or not."""
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}; reinstall the dataset or pass --data-dir") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not a uint8 IDX file: reinstall the dataset or pass --data-dir")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    if len(data) - offset != math.prod(dims):
+        raise DataError(f"{path} is truncated: reinstall the dataset or pass --data-dir")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _fmnist_files(directory: Path) -> dict[str, Path] | None:
+    """The four IDX files in ``directory`` (uncompressed preferred, ``.gz`` accepted), or None."""
+    found = {}
+    for key, stem in _FMNIST_FILES.items():
+        for candidate in (directory / stem, directory / f"{stem}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    # torchvision's downloader opens URLs without a timeout; offline it could hang for minutes.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download_fmnist() -> Path:
+    from torchvision.datasets import FashionMNIST
+
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with _socket_timeout(20):
+        FashionMNIST(str(CACHE_DIR), train=True, download=True)
+        FashionMNIST(str(CACHE_DIR), train=False, download=True)
+    return CACHE_DIR / "FashionMNIST" / "raw"
+
+
+def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Source:
+    torchvision_raw = Path("FashionMNIST") / "raw"  # where torchvision's own download puts them
+    files = None
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        files = _fmnist_files(root) or _fmnist_files(root / torchvision_raw)
+        if files is None:
+            names = ", ".join(f"{stem}[.gz]" for stem in _FMNIST_FILES.values())
+            raise DataError(f"Fashion-MNIST not found in {root} (need {names}): {_FMNIST_FIX}")
+    else:
+        files = _fmnist_files(FASHION_MNIST_DIR) or _fmnist_files(CACHE_DIR / torchvision_raw)
+        if files is None:
+            try:
+                files = _fmnist_files(_download_fmnist())
+            except Exception as exc:  # any network/IO failure means the same thing to the user
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DataError(
+                    f"Fashion-MNIST not found in {FASHION_MNIST_DIR} and download failed ({reason}): "
+                    f"{_FMNIST_FIX}"
+                ) from exc
+            if files is None:
+                raise DataError(
+                    f"Fashion-MNIST download left no IDX files in {CACHE_DIR}: {_FMNIST_FIX}"
+                )
+    arrays = {key: _read_idx(path) for key, path in files.items()}
+    mean, std = _STATS["fashion-mnist"]
+
+    def split(prefix: str) -> ImageTensorDataset:
+        images = torch.from_numpy(arrays[f"{prefix}_images"].copy()).unsqueeze(1)
+        labels = torch.from_numpy(arrays[f"{prefix}_labels"].astype(np.int64))
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(f"Fashion-MNIST {prefix} images and labels differ in count: reinstall it")
+        return ImageTensorDataset(images, labels, input_size=input_size, mean=mean, std=std)
+
+    return _Source(
+        train=split("train"),
+        test=split("test"),
+        num_classes=10,
+        in_chans_source=1,
+        title="Fashion-MNIST",
+        origin=str(files["train_images"].parent),
+        default_val_size=PAPER_VAL_SIZE,
+        stratified=False,
+    )
+
+
+def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Source:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, title, folder, archive, num_classes = {
+        "cifar10": (CIFAR10, "CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz", 10),
+        "cifar100": (CIFAR100, "CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", 100),
+    }[name]
+    root = Path(data_dir).expanduser() if data_dir is not None else CACHE_DIR
+    try:
+        train_set = cls(str(root), train=True, download=False)
+        test_set = cls(str(root), train=False, download=False)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+        raise DataError(
+            f"{title} not found in {root}: extract https://www.cs.toronto.edu/~kriz/{archive} there "
+            f"so that {root / folder} exists, or pass --data-dir"
+        ) from exc
+    mean, std = _STATS[name]
+
+    def to_dataset(ds: CIFAR10) -> ImageTensorDataset:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+        labels = torch.tensor(ds.targets, dtype=torch.int64)
+        return ImageTensorDataset(images, labels, input_size=input_size, mean=mean, std=std)
+
+    return _Source(
+        train=to_dataset(train_set),
+        test=to_dataset(test_set),
+        num_classes=num_classes,
+        in_chans_source=3,
+        title=title,
+        origin=str(root / folder),
+        default_val_size=PAPER_VAL_SIZE,
+        stratified=False,
+    )
+
+
+def _image_folder(path: str, input_size: InputSize) -> _Source:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path).expanduser()
+    layout = f"expected {root}/train/<class>/<image> and {root}/val/<class>/<image>"
+    folders = {}
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"imagefolder: {root / split} does not exist: {layout}")
+        try:
+            folders[split] = ImageFolder(str(root / split))
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"imagefolder: no images in {root / split} ({exc}): {layout}") from exc
+    classes = folders["train"].classes
+    if folders["val"].classes != classes:
+        missing = sorted(set(classes) ^ set(folders["val"].classes))
+        raise DataError(
+            f"imagefolder: train and val class folders differ ({', '.join(missing[:5])}): "
+            "give both splits the same class folders"
+        )
+    train = ImageFolderDataset(folders["train"].samples, classes, input_size=input_size)
+    test = ImageFolderDataset(folders["val"].samples, classes, input_size=input_size)
+    return _Source(
+        train=train,
+        test=test,
+        num_classes=len(classes),
+        in_chans_source=3,
+        title="ImageFolder",
+        origin=str(root),
+        default_val_size=PAPER_VAL_PER_CLASS * len(classes),
+        stratified=True,
+    )
+
+
+def _synthetic(input_size: InputSize, seed: int, size: int, num_classes: int) -> _Source:
+    if size < 2:
+        raise DataError(f"synthetic_size must be at least 2, got {size}")
+    n_test = max(1, size // 4)
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (size + n_test, *input_size), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, num_classes, (size + n_test,), generator=generator)
+    mean, std = _STATS["synthetic"]
+
+    def dataset(rows: slice) -> ImageTensorDataset:
+        return ImageTensorDataset(images[rows], labels[rows], input_size=input_size, mean=mean, std=std)
+
+    return _Source(
+        train=dataset(slice(0, size)),
+        test=dataset(slice(size, None)),
+        num_classes=num_classes,
+        in_chans_source=input_size[0],
+        title=SYNTHETIC_DESCRIPTION,
+        origin=f"seed {seed}",
+        default_val_size=size // 8,
+        stratified=False,
+    )
+
+
+def _split_indices(
+    labels: Tensor,
+    val_size: int,
+    num_classes: int,
+    seed: int,
+    stratified: bool,
+    class_names: Sequence[str],
+) -> tuple[Tensor, Tensor]:
+    """(train, val) row indices, sorted; a seeded permutation decides which rows are held out."""
+    n = labels.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if not stratified:
+        val = perm[:val_size]
+    else:
+        # Sorting the shuffled rows by label (stably) groups each class in random order; the
+        # first k of each group are held out, k spread as evenly as val_size allows.
+        grouped = perm[torch.argsort(labels[perm], stable=True)]
+        counts = torch.bincount(labels, minlength=num_classes).tolist()
+        parts, start = [], 0
+        for c, count in enumerate(counts):
+            k = val_size // num_classes + (1 if c < val_size % num_classes else 0)
+            if k > count:
+                raise DataError(
+                    f"class {class_names[c]!r} has {count} training images, fewer than the {k} to hold "
+                    f"out for validation: pass a smaller --val-size (now {val_size})"
+                )
+            parts.append(grouped[start : start + k])
+            start += count
+        val = torch.cat(parts)
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[val] = True
+    return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
+
+
+def _check_input_size(input_size: Sequence[int]) -> InputSize:
+    if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        raise DataError(f"input_size must be three positive ints (C, H, W), got {tuple(input_size)}")
+    return (input_size[0], input_size[1], input_size[2])
+
+
+def load_data(
+    name: str,
+    *,
+    data_dir: str | None,
+    input_size: tuple[int, int, int],
+    val_size: int | None = None,
+    seed: int = 0,
+    synthetic_size: int = 512,
+    num_classes_hint: int | None = None,
+) -> DataBundle:
+    """Load dataset ``name`` (one of :data:`DATASETS`) for a model taking ``input_size`` images.
+
+    ``val_size`` images are held out of the training set (default: 5,000 for Fashion-MNIST and
+    CIFAR, 50 per class for ImageFolder, 1/8 for synthetic; 0 for none), chosen by ``seed``.
+    ``synthetic_size`` and ``num_classes_hint`` (default 10) only shape the synthetic dataset.
+    """
+    size = _check_input_size(input_size)
+    if name == "fashion-mnist":
+        source = _fashion_mnist(data_dir, size)
+    elif name in ("cifar10", "cifar100"):
+        source = _cifar(name, data_dir, size)
+    elif name.startswith("imagefolder:"):
+        path = name.removeprefix("imagefolder:")
+        if not path:
+            raise DataError(
+                "imagefolder needs a path: use imagefolder:PATH with PATH/train and PATH/val"
+            )
+        source = _image_folder(path, size)
+    elif name == "synthetic":
+        source = _synthetic(size, seed, synthetic_size, num_classes_hint or 10)
+    else:
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+
+    pool = source.train
+    val_size = source.default_val_size if val_size is None else val_size
+    if not 0 <= val_size < len(pool):
+        raise DataError(
+            f"val_size {val_size} must be between 0 and {len(pool) - 1} "
+            f"({source.title} has {len(pool)} training images): pass a valid --val-size"
+        )
+    if isinstance(pool, ImageFolderDataset):
+        class_names = pool.classes
+    else:
+        class_names = [str(c) for c in range(source.num_classes)]
+    train_idx, val_idx = _split_indices(
+        pool.labels, val_size, source.num_classes, seed, source.stratified, class_names
+    )
+    train = pool.subset(train_idx)
+    val = pool.subset(val_idx) if val_size > 0 else None
+
+    c, h, w = size
+    n_val = len(val) if val is not None else 0
+    counts = f"{len(train):,} train / {n_val:,} val / {len(source.test):,} test"
+    description = (
+        f"{source.title} ({source.origin}): {counts}, {source.num_classes} classes, "
+        f"{source.in_chans_source}-channel source → {c}x{h}x{w}"
+    )
+    return DataBundle(
+        train=train,
+        val=val,
+        test=source.test,
+        num_classes=source.num_classes,
+        name=name,
+        description=description,
+        in_chans_source=source.in_chans_source,
+    )

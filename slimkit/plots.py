@@ -1,0 +1,43 @@
+"""PNG plots of results people would rather see than read (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from slimkit.plan import ChannelPlan  # noqa: E402
+
+
+def _save(fig: "plt.Figure", path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_channels(plan: ChannelPlan, path: str | os.PathLike,
+                  others: dict[str, ChannelPlan] | None = None) -> Path:
+    """Channels per group: full vs this plan (vs other plans, e.g. uniform), like Figure 3 of
+    "Pruning from Scratch"."""
+    names = list(plan.groups)
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(names) + 2), 3.6))
+    ax.bar(x, [plan.groups[n]["full"] for n in names], color="#dddddd", label="full")
+    for label, other in (others or {}).items():
+        ax.plot(x, [other.groups[n]["width"] for n in names], "o-", ms=3, lw=1, label=label)
+    ax.plot(x, [plan.groups[n]["width"] for n in names], "s-", ms=3, lw=1.4, color="#c0392b",
+            label=f"{plan.method} ({plan.budget['text'] if plan.budget else ''})")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylabel("channels")
+    ax.set_title(f"{plan.arch}: channels per group", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,12 @@
+import os
+
+import pytest
+import torch
+
+# Small, deterministic CPU runs; keep BLAS from oversubscribing the 2 CI cores.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

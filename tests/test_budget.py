@@ -1,0 +1,81 @@
+import pytest
+
+from slimkit.budget import make_divisible, parse_budget, search_uniform, uniform_widths
+from slimkit.errors import BudgetError
+from slimkit.generator import channel_graph
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("150M", "flops", 150e6), ("1.2G", "flops", 1.2e9), ("150000000", "flops", 150e6),
+    ("3.5Mp", "params", 3.5e6), ("20ms", "latency", 0.02), ("500us", "latency", 5e-4),
+    ("2.5K", "flops", 2500),
+])
+def test_parse_budget(text, kind, value):
+    b = parse_budget(text)
+    assert b.kind == kind and b.value == pytest.approx(value)
+
+
+def test_parse_fraction_resolves_against_full_model():
+    b = parse_budget("50%")
+    assert b.value is None and b.fraction == 0.5
+    assert b.resolve(1000).value == 500
+
+
+def test_params_flag_reads_plain_numbers_as_params():
+    assert parse_budget("2.1M", kind="params").kind == "params"
+    with pytest.raises(BudgetError):
+        parse_budget("50%", kind="params")
+
+
+@pytest.mark.parametrize("bad", ["150X", "fast", "", "-5M", "M150", "10 parsecs"])
+def test_unknown_units_are_errors(bad):
+    with pytest.raises(BudgetError, match="cannot read budget"):
+        parse_budget(bad)
+
+
+def test_make_divisible_is_torchvisions_rule():
+    assert make_divisible(32 * 0.5, 8) == 16
+    assert make_divisible(3, 8) == 8  # never below the divisor
+    assert make_divisible(20, 8) == 24  # 16 would lose more than 10%
+    assert make_divisible(100, 8) == 104
+
+
+@pytest.fixture(scope="module")
+def mnv1_graph():
+    return channel_graph("mobilenet_v1", {}, (3, 224, 224))
+
+
+def test_uniform_half_width_is_the_papers_0_5x_mobilenet(mnv1_graph):
+    widths = uniform_widths(mnv1_graph, 0.5)
+    assert mnv1_graph.count_macs(widths) == pytest.approx(149.5e6, rel=0.005)
+    assert all(w % 8 == 0 for w in widths.values())
+
+
+def test_search_uniform_meets_budget(mnv1_graph):
+    res = search_uniform(mnv1_graph, parse_budget("300M"))
+    assert abs(res.flops - 300e6) / 300e6 <= 0.01
+
+
+def test_search_uniform_params_budget(mnv1_graph):
+    res = search_uniform(mnv1_graph, parse_budget("2.0M", kind="params"))
+    assert abs(res.params - 2.0e6) / 2.0e6 <= 0.01
+
+
+@pytest.mark.parametrize("budget,match", [("1G", "above the largest"), ("1M", "below the smallest")])
+def test_impossible_budgets(mnv1_graph, budget, match):
+    with pytest.raises(BudgetError, match=match):
+        search_uniform(mnv1_graph, parse_budget(budget))
+
+
+def test_expansion_raises_the_ceiling(mnv1_graph):
+    res = search_uniform(mnv1_graph, parse_budget("700M"), expand=1.25)
+    assert abs(res.flops - 700e6) / 700e6 <= 0.01
+    assert max(res.widths[n] / g.width for n, g in mnv1_graph.groups.items()) > 1.0
+
+
+def test_coarse_rounding_is_an_error_not_a_silent_miss():
+    g = channel_graph("resnet20", {}, (3, 32, 32))
+    with pytest.raises(BudgetError, match="--round-to 1"):
+        search_uniform(g, parse_budget("50%"), round_to=8)
+    res = search_uniform(g, parse_budget("50%"), round_to=1)
+    assert abs(res.flops / g.count_macs() - 0.5) <= 0.01

@@ -1,0 +1,82 @@
+"""Channel groups on real architectures: what must share a width does, and what cannot be
+resized safely is frozen."""
+
+import random
+
+import pytest
+import torch
+
+from slimkit import count_flops, count_params
+from slimkit.generator import build_source, channel_graph, resize_model
+
+
+def test_resnet56_residual_stages_are_one_group_each():
+    g = channel_graph("resnet56", {}, (3, 32, 32))
+    # 27 inner block convs + 3 residual stages (stem, adds and projections share them)
+    assert len(g.groups) == 30
+    stage1 = g.groups["conv1"]
+    assert stage1.width == 16
+    assert {"layer1.0.conv2", "layer1.8.conv2"} <= set(stage1.producers)
+    assert "fc" in g.frozen  # the logits keep num_classes
+
+
+def test_depthwise_convs_join_their_input_group():
+    g = channel_graph("mobilenet_v1", {}, (3, 224, 224))
+    assert len(g.groups) == 14  # stem + 13 pointwise convs; depthwise convs follow them
+    assert g.conv_kinds["blocks.0.0.conv_dw"] == ("depthwise", 1)
+    assert "blocks.0.0.conv_dw" in g.groups["conv_stem"].producers
+
+
+def test_densenet_concat_pieces_are_separate_groups():
+    g = channel_graph("timm:densenet121", {}, (3, 64, 64))
+    assert len(g.frozen) == 1 and len(g.groups) == 120
+    # a transition conv reads the concat of the stem-derived block input and 6 new layers
+    segs = g.param_dims["features.transition1.conv.weight"][1]
+    assert len(segs) == 7 and all(isinstance(k, str) for k, _ in segs)
+
+
+def test_ghostnet_shortcut_is_expressed_as_the_ghost_concat():
+    g = channel_graph("timm:ghostnet_100", {}, (3, 64, 64))
+    assert list(g.frozen) == ["classifier"]
+    segs = g.param_dims["conv_stem.weight"][0]
+    assert len(segs) == 2 and segs[0][0] == segs[1][0]  # 16 = 8 primary + 8 cheap channels
+
+
+def test_channel_shuffle_is_frozen_not_broken():
+    g = channel_graph("torchvision:shufflenet_v2_x1_0", {}, (3, 64, 64))
+    assert any("reshape" in why for why in g.frozen.values())
+    assert g.groups  # the branch-internal convs stay prunable
+
+
+def test_grouped_conv_keeps_group_width_as_divisor():
+    g = channel_graph("timm:regnety_008", {}, (3, 64, 64))
+    grouped = [m for m, (kind, _) in g.conv_kinds.items() if kind == "grouped"]
+    assert grouped
+    assert any(grp.divisor > 1 for grp in g.groups.values())
+
+
+def test_convnext_layer_scale_follows_its_group():
+    g = channel_graph("timm:convnext_atto", {}, (3, 64, 64))
+    assert "stages.0.blocks.0.gamma" in g.param_dims
+
+
+@pytest.mark.parametrize("arch,size", [
+    ("resnet20", (3, 32, 32)), ("timm:efficientnet_b0", (3, 64, 64)),
+    ("torchvision:mobilenet_v3_large", (3, 64, 64)), ("timm:densenet121", (3, 64, 64)),
+    ("timm:ghostnet_100", (3, 64, 64)), ("timm:convnext_atto", (3, 64, 64)),
+    ("timm:regnety_008", (3, 64, 64)), ("torchvision:inception_v3", (3, 96, 96)),
+])
+def test_predicted_counts_equal_counted_for_random_widths(arch, size):
+    """The graph's MACs/params for arbitrary widths equal what the resized model counts."""
+    g = channel_graph(arch, {}, size)
+    rng = random.Random(0)
+    widths = {}
+    for name, grp in g.groups.items():
+        hi = grp.width * 5 // 4 if grp.can_expand else grp.width
+        widths[name] = grp.divisor * rng.randint(1, max(1, hi // grp.divisor))
+    classes = build_source(arch).eval()(torch.randn(1, *size)).shape[-1]
+    model = resize_model(build_source(arch), g, widths)
+    out = model.eval()(torch.randn(1, *size))
+    assert out.shape[-1] == classes
+    assert count_flops(model, size) == g.count_macs(widths)
+    assert count_params(model) == g.count_params(widths)
