@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import operator
+from fractions import Fraction
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,9 @@ class GraphError(RuntimeError):
 
 
 # A segment of a channel dimension: `key` is a group name (variable width) or an int (frozen
-# width); `rep` multiplies it (a flatten of C×H×W feeds a Linear with C·H·W inputs).
-Segment = tuple[Any, int]
+# width); `rep` multiplies it (a flatten of C×H×W feeds a Linear with C·H·W inputs; a grouped
+# conv that keeps its group count reads width/groups channels per group: a fractional rep).
+Segment = tuple[Any, Any]
 
 
 @dataclass
@@ -84,10 +86,10 @@ class ChannelGraph:
         for fqn, dims in self.param_dims.items():
             shape = list(self.tensor_shapes[fqn])
             for dim, segs in dims.items():
-                shape[dim] = sum(
+                shape[dim] = int(sum(  # reps may be fractions (grouped convs keeping their count)
                     (widths.get(k, self.groups[k].width) if isinstance(k, str) else k) * rep
                     for k, rep in segs
-                )
+                ))
             if tuple(shape) != self.tensor_shapes[fqn]:
                 out[fqn] = tuple(shape)
         return out
@@ -441,14 +443,19 @@ class _Analyzer:
                 self.sp.producers[self.sp.find(s_)].append(module)
             self.conv_kinds[module] = ("depthwise", 1)
         elif in_per_group == out_ch // groups and in_segs is not None and len(in_segs) == 1 and in_segs[0][1] == 1:
-            # Depthwise (per == 1) and grouped convs with equal in/out group widths: output
-            # channels are the input's; group width stays, the number of groups follows.
+            # Grouped convs with equal in/out group widths: output channels are the input's.
+            # Keep whichever of (group width, group count) gives the finer width steps: ResNeXt
+            # (32 groups of 4) keeps its group width, RegNet (few groups of up to 232) its count.
             segs = in_segs
-            sid = in_segs[0][0]
-            root = self.sp.find(sid)
-            self.sp.divisor[root] = math.lcm(self.sp.divisor[root], in_per_group)
+            root = self.sp.find(in_segs[0][0])
+            if groups < in_per_group:
+                self.sp.divisor[root] = math.lcm(self.sp.divisor[root], groups)
+                self.conv_kinds[module] = ("grouped_fixed", groups)
+                self.tie(w.fqn, 1, ((in_segs[0][0], Fraction(1, groups)),), module)
+            else:
+                self.sp.divisor[root] = math.lcm(self.sp.divisor[root], in_per_group)
+                self.conv_kinds[module] = ("grouped", in_per_group)
             self.sp.producers[root].append(module)
-            self.conv_kinds[module] = ("depthwise" if in_per_group == 1 else "grouped", in_per_group)
         else:
             if cm:
                 self.freeze_value(cm, f"{module}: grouped conv with unequal group widths")

@@ -9,15 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from slimkit import registry
-from slimkit.budget import Budget, parse_budget, search_uniform
+from slimkit.budget import Budget, max_widths, parse_budget, search_threshold, search_uniform
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
-from slimkit.generator import channel_graph, generate
+from slimkit.generator import channel_graph, generate, resize_model
 from slimkit.plan import ChannelPlan
 
 __all__ = ["prune", "arch_kwargs_for", "METHODS"]
 
-METHODS = ("uniform",)
+METHODS = ("scratch", "uniform")
+
+# A CPU cannot run the papers' gate budgets interactively: a short run at a reduced resolution.
+CPU_STEPS = 150
+CPU_SEARCH_SIDE = 64
+CPU_VAL_IMAGES = 2000
 
 
 def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, Any]:
@@ -30,11 +35,19 @@ def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, 
     return out
 
 
-def prune(arch: str, budget: str | Budget, *, method: str = "uniform", num_classes: int | None = None,
+def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_classes: int | None = None,
           in_chans: int | None = None, input_size: tuple[int, int, int] | None = None,
           expand: float = 1.0, round_to: int = 8, seed: int = 0, tolerance: float = 0.01,
-          verify: bool = True) -> ChannelPlan:
-    """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp')."""
+          verify: bool = True, data: str = "fashion-mnist", data_dir: str | None = None,
+          preset: str | None = None, gamma: float | None = None, lr: float = 0.01,
+          batch_size: int | None = None, epochs: float | None = None, steps: int | None = None,
+          search_size: int | None = None, val_size: int | None = None, device: str = "auto",
+          progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
+    """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
+
+    ``method='scratch'`` learns gates on random frozen weights (on ``data``) and thresholds them;
+    ``method='uniform'`` scales every group by one factor. ``log`` receives one-line notes.
+    """
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     if expand < 1.0:
@@ -42,6 +55,23 @@ def prune(arch: str, budget: str | Budget, *, method: str = "uniform", num_class
     if round_to < 1:
         raise SlimkitError(f"--round-to must be >= 1, got {round_to}")
     spec = registry.resolve(arch)
+    say = log or (lambda _msg: None)
+    bundle = None
+    if method == "scratch":
+        from slimkit.data import load_data
+
+        probe = registry.create_model(spec.canonical, **arch_kwargs_for(num_classes, in_chans))
+        size0 = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, probe, in_chans)
+        dev = _device(device)
+        side = search_size or (size0[1] if dev.type == "cuda" else min(size0[1], CPU_SEARCH_SIDE))
+        bundle = load_data(data, data_dir=data_dir, input_size=(size0[0], side, side * size0[2] // size0[1]),
+                           val_size=val_size, seed=seed)
+        if num_classes is None:
+            num_classes = bundle.num_classes
+        elif num_classes != bundle.num_classes:
+            raise SlimkitError(f"--num-classes {num_classes} but {data} has {bundle.num_classes} classes: "
+                               "drop --num-classes or use matching data")
+        say(f"data: {bundle.description}")
     kwargs = arch_kwargs_for(num_classes, in_chans)
     model = registry.create_model(spec.canonical, **kwargs)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, model, in_chans)
@@ -51,9 +81,21 @@ def prune(arch: str, budget: str | Budget, *, method: str = "uniform", num_class
     b = parse_budget(budget) if isinstance(budget, str) else budget
     full_flops = graph.count_macs()
     b = b.resolve(full_flops)
-    result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
-    search = {"factor": round(result.value, 6), "iterations": result.iterations, "tolerance": tolerance,
-              "full_flops": full_flops, "full_params": graph.count_params()}
+    if b.kind == "latency":
+        raise SlimkitError("latency budgets need `slimkit prune --latency` (not available yet); use --flops or --params")
+    if method == "uniform":
+        result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
+        search = {"factor": round(result.value, 6), "iterations": result.iterations}
+    else:
+        assert bundle is not None
+        gates_result, search = _learn_gates(
+            spec.canonical, kwargs, graph, b, bundle, expand=expand, seed=seed, preset=preset, gamma=gamma,
+            lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
+            progress=progress, say=say)
+        result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
+                                  tolerance=tolerance)
+        search.update({"threshold": round(result.value, 6), "threshold_iterations": result.iterations})
+    search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params()})
     plan = ChannelPlan(
         arch=spec.canonical, arch_kwargs=kwargs, input_size=list(size), expand=expand,
         round_to=round_to, method=method, seed=seed, budget=b.to_json(),
@@ -69,3 +111,61 @@ def prune(arch: str, budget: str | Budget, *, method: str = "uniform", num_class
                 f"{plan.flops} / {plan.params}; please report this with the architecture name"
             )
     return plan
+
+
+def _device(device: str):
+    from slimkit.search import resolve_device
+
+    return resolve_device(device)
+
+
+def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, *, expand: float, seed: int,
+                 preset: str | None, gamma: float | None, lr: float, batch_size: int | None,
+                 epochs: float | None, steps: int | None, device: str, data: str, progress: Any, say: Any):
+    """Build the (expanded) supernet with frozen random weights and learn its gates."""
+    import torch
+
+    from slimkit.gates import attach_gates
+    from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
+
+    preset = preset or ("imagenet" if data.startswith("imagefolder:") else "cifar")
+    if preset not in PRESETS:
+        raise SlimkitError(f"unknown --preset '{preset}': choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    dev = _device(device)
+    bs = batch_size or p["batch_size"]
+    if steps is None and epochs is None and dev.type == "cpu":
+        n_steps = CPU_STEPS
+        say(f"CPU: a short gate search of {n_steps} steps (paper: {p['epochs']:g} epochs); "
+            "pass --epochs or --steps for more")
+    else:
+        n_steps = steps or steps_for_epochs(epochs if epochs is not None else p["epochs"], len(bundle.train), bs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = registry.create_model(arch, **kwargs)
+    widths = max_widths(graph, expand, round_to=1)
+    if expand != 1.0:
+        resize_model(model, graph, widths)
+    supernet = attach_gates(model, graph, widths)
+    full_flops = graph.count_macs()
+    r = min(1.0, budget.value / graph.count_macs(widths)) if budget.kind == "flops" else \
+        min(1.0, budget.value / graph.count_params(widths))
+    cfg = GateSearchConfig(target=r, gamma=gamma if gamma is not None else p["gamma"], lr=lr, batch_size=bs,
+                           steps=n_steps, evals=10, val_images=CPU_VAL_IMAGES if dev.type == "cpu" else None,
+                           seed=seed, device=str(dev))
+    say(f"gates: {sum(widths.values())} channels in {len(widths)} groups, r = {r:.3f}, γ = {cfg.gamma}, "
+        f"batch {bs}, {n_steps} steps at {list(bundle.train.input_size)} on {dev}")
+    res = search_gates(supernet, bundle, cfg, progress=progress)
+    if not res.qualified:
+        say(f"warning: no snapshot reached mean gate <= r ({r:.3f}); using the sparsest (mean {res.gate_mean:.3f})")
+    flat = [v for vs in res.gates.values() for v in vs]
+    info = {"preset": preset, "gamma": cfg.gamma, "lr": lr, "batch_size": bs, "steps": n_steps,
+            "target_r": round(r, 6), "search_input": list(bundle.train.input_size), "data": data,
+            "device": str(dev), "chosen_step": res.step, "val_accuracy": round(res.val_accuracy, 4),
+            "qualified": res.qualified, "seconds": round(res.seconds, 1),
+            "gates": {"mean": round(sum(flat) / len(flat), 4), "min": round(min(flat), 4),
+                      "max": round(max(flat), 4),
+                      "zero": sum(1 for v in flat if v <= 0.0), "one": sum(1 for v in flat if v >= 1.0)},
+            "history": [{k: round(v, 4) for k, v in h.items()} for h in res.history]}
+    del full_flops
+    return res, info

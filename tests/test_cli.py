@@ -1,0 +1,73 @@
+"""The CLI as a user meets it: exit codes, one-line errors, artifacts written atomically."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from slimkit.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code != 0
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert text.startswith("error:") and len(text.splitlines()) <= 3  # rich may wrap one line
+    for n in needles:
+        assert n in text.replace("\n", " ")
+
+
+def test_models_filter():
+    r = run("models", "--filter", "resnet5")
+    assert r.exit_code == 0
+    assert "torchvision:resnet50" in r.output and "slimkit:resnet56" in r.output
+
+
+def test_info_shows_counts_and_groups():
+    r = run("info", "resnet20", "--groups", "--layers")
+    assert r.exit_code == 0, r.output
+    assert "40.8M" in r.output and "272.5K" in r.output
+    assert "layer1.0.conv1" in r.output
+
+
+def test_prune_uniform_writes_plan_and_plot(tmp_path):
+    out = tmp_path / "plan.json"
+    r = run("prune", "mobilenet_v1", "--flops", "150M", "--method", "uniform", "--out", out)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(out.read_text())
+    assert abs(plan["flops"] - 150e6) / 150e6 <= 0.01
+    assert plan["budget"] == {"kind": "flops", "text": "150M", "value": 150_000_000}
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["prune", "mobilenet_v11", "--flops", "150M"], ["unknown architecture", "mobilenet_v1"]),
+    (["prune", "mobilenet_v1", "--flops", "150X"], ["cannot read budget"]),
+    (["prune", "mobilenet_v1", "--flops", "2G"], ["above the largest"]),
+    (["prune", "mobilenet_v1", "--flops", "1M"], ["below the smallest"]),
+    (["prune", "mobilenet_v1"], ["exactly one budget"]),
+    (["prune", "mobilenet_v1", "--flops", "50%", "--method", "magic"], ["unknown method"]),
+    (["prune", "resnet20", "--flops", "50%"], ["--round-to 1"]),
+    (["info", "torchvision:resnet18", "--in-chans", "1"], ["3-channel"]),
+    (["info", "resnet20", "--input-size", "big"], ["--input-size"]),
+])
+def test_bad_input_is_one_line_error_and_no_plan(tmp_path, args, needles):
+    out = tmp_path / "plan.json"
+    extra = ["--out", str(out)] if args[0] == "prune" else []
+    r = run(*args, *extra)
+    assert_one_line_error(r, *needles)
+    assert not out.exists()
+
+
+def test_failed_prune_keeps_existing_plan(tmp_path):
+    out = tmp_path / "plan.json"
+    out.write_text("precious")
+    r = run("prune", "mobilenet_v1", "--flops", "1M", "--out", out)
+    assert r.exit_code != 0
+    assert out.read_text() == "precious"
