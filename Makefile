@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export MALLOC_TOP_PAD_ = 1073741824
 
-.PHONY: setup data test test-slow demo bench-zoo clean
+.PHONY: setup data test test-slow demo bench-zoo bench-gate-step clean
 
 setup: $(VENV)/.installed
 
@@ -39,11 +39,15 @@ test-slow: setup data
 # The main job, end to end on the offline default data.
 demo: setup data
 	$(SLIMKIT) info mobilenet_v1
-	$(SLIMKIT) prune mobilenet_v1 --flops 150M --method uniform --out runs/demo/mobilenet_v1_150M.json
-	$(SLIMKIT) prune resnet56 --flops 50% --method uniform --round-to 1 --num-classes 10 --out runs/demo/resnet56_50pct.json
+	$(SLIMKIT) prune mobilenet_v1 --flops 150M --out runs/demo/mobilenet_v1_150M.json
+	$(SLIMKIT) prune mobilenet_v1 --flops 150M --method uniform --out runs/demo/mobilenet_v1_150M_uniform.json
+	$(SLIMKIT) prune resnet56 --flops 50% --out runs/demo/resnet56_50pct.json
 
 bench-zoo: setup
 	$(PY) bench/zoo_roundtrip.py
+
+bench-gate-step: setup
+	$(PY) bench/gate_step.py
 
 clean:
 	rm -rf runs .pytest_cache

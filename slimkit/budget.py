@@ -23,7 +23,7 @@ from slimkit.errors import BudgetError
 from slimkit.flops import format_count
 from slimkit.graph import ChannelGraph
 
-__all__ = ["Budget", "parse_budget", "make_divisible", "round_width", "uniform_widths",
+__all__ = ["Budget", "parse_budget", "check_budget", "make_divisible", "round_width", "uniform_widths",
            "min_widths", "max_widths", "search_uniform", "search_threshold", "SearchResult"]
 
 _SCALES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -141,6 +141,14 @@ def _measure(graph: ChannelGraph, widths: dict[str, int], kind: str) -> int:
     return graph.count_params(widths) if kind == "params" else graph.count_macs(widths)
 
 
+def check_budget(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0) -> Budget:
+    """Resolve ``budget`` against the full model and fail fast if no width choice can meet it."""
+    budget = budget.resolve(graph.count_macs())
+    if budget.kind in ("flops", "params"):
+        _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
+    return budget
+
+
 def _check_range(graph: ChannelGraph, budget: Budget, lo_w: dict[str, int], hi_w: dict[str, int]) -> None:
     lo, hi = _measure(graph, lo_w, budget.kind), _measure(graph, hi_w, budget.kind)
     unit = "p" if budget.kind == "params" else ""
@@ -210,18 +218,29 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
                    0.0, expand, True, iterations, tolerance)
 
 
+def _tie_broken(gates: Mapping[str, list[float]]) -> dict[str, list[float]]:
+    """Gate values made distinct, order otherwise unchanged. Clamping leaves many gates tied at
+    exactly 0 or 1, and a threshold cannot split a tie; ties go to the group whose gates are
+    higher on average, then to the lower channel index (G re-initialises, so only counts matter)."""
+    out = {}
+    for name, values in gates.items():
+        mean = sum(values) / len(values)
+        n = len(values)
+        out[name] = [v + 1e-6 * mean - 1e-9 * i / n for i, v in enumerate(values)]
+    return out
+
+
 def threshold_widths(graph: ChannelGraph, gates: Mapping[str, list[float]], tau: float,
                      round_to: int = 8, expand: float = 1.0) -> dict[str, int]:
     """G(Λ > τ): each group keeps its gates above τ, as a share of its (expanded) width, rounded."""
     out = {}
+    mins = min_widths(graph, round_to)
     for name, g in graph.groups.items():
         values = gates[name]
         kept = sum(1 for v in values if v > tau) / len(values)
         full_factor = expand if g.can_expand else 1.0
-        w = round_width(graph, name, max(kept * full_factor, 1e-9), round_to)
-        out[name] = w
-    mins = min_widths(graph, round_to)
-    return {k: max(v, mins[k]) for k, v in out.items()}
+        out[name] = max(round_width(graph, name, max(kept * full_factor, 1e-9), round_to), mins[name])
+    return out
 
 
 def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
@@ -230,5 +249,6 @@ def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budg
     """Algorithm 1 (Wang et al. 2020): binary-search τ in [0, 1] so G(Λ > τ) meets the budget."""
     budget = budget.resolve(graph.count_macs())
     _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
-    return _bisect(lambda t: threshold_widths(graph, gates, t, round_to, expand), graph, budget,
-                   0.0, 1.0, False, iterations, tolerance)
+    distinct = _tie_broken(gates)
+    return _bisect(lambda t: threshold_widths(graph, distinct, t, round_to, expand), graph, budget,
+                   -1e-3, 1.0 + 1e-3, False, iterations, tolerance)

@@ -41,3 +41,20 @@ def plot_channels(plan: ChannelPlan, path: str | os.PathLike,
     ax.set_title(f"{plan.arch}: channels per group", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def uniform_reference(plan: ChannelPlan) -> ChannelPlan | None:
+    """The uniform plan at the same budget, for comparison (None if rounding cannot meet it)."""
+    from slimkit.budget import Budget, search_uniform
+    from slimkit.errors import BudgetError
+    from slimkit.generator import channel_graph
+
+    graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+    b = plan.budget or {}
+    try:
+        res = search_uniform(graph, Budget(b["kind"], b["text"], b["value"]), round_to=plan.round_to,
+                             expand=plan.expand, tolerance=0.05)
+    except (BudgetError, KeyError):
+        return None
+    return ChannelPlan(arch=plan.arch, input_size=plan.input_size, method="uniform", budget=plan.budget,
+                       groups={n: {"full": g["full"], "width": res.widths[n]} for n, g in plan.groups.items()})

@@ -137,7 +137,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
             if step in eval_at:
                 acc = _evaluate(supernet, val_loader, device, cfg.amp)
                 supernet.set_search_mode()
-                history.append({"step": step, "loss": float(loss), "ce": float(ce), "gate_mean": mean,
+                history.append({"step": step, "loss": loss.item(), "ce": ce.item(), "gate_mean": mean,
                                 "val_accuracy": acc})
                 snap = (acc, step, supernet.snapshot(), mean)
                 if mean <= cfg.target + 1e-6 and (best is None or acc > best[0]):
@@ -147,7 +147,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
             if task is not None:
                 last = history[-1]["val_accuracy"] if history else float("nan")
                 progress.update(task, advance=1, description=(
-                    f"learning gates  loss {float(loss):.3f}  mean λ {mean:.3f} (r {cfg.target:.3f})  "
+                    f"learning gates  loss {loss.item():.3f}  mean λ {mean:.3f} (r {cfg.target:.3f})  "
                     f"val acc {last:.3f}"))
             if step >= cfg.steps:
                 break

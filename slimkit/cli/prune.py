@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
 from slimkit.cli._common import console, parse_input_size, user_errors
@@ -46,7 +48,7 @@ def prune(
     arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:efficientnet_b0.")],
     flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
-    method: Annotated[str, typer.Option(help="uniform: one width factor for all groups.")] = "uniform",
+    method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = "scratch",
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
@@ -56,6 +58,17 @@ def prune(
     tolerance: Annotated[float, typer.Option(help="Relative budget tolerance of the search.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a channels-per-group PNG.")] = True,
+    data: Annotated[str, typer.Option(help="Gate-learning data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = "fashion-mnist",
+    data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives (default: Debian's /usr/share/datasets/fashion-mnist).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Paper gate settings: cifar (γ 0.5, batch 128, 10 epochs) or imagenet (γ 0.05, batch 100, 1 epoch); default from --data.")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="Weight of the sparsity term γ·(mean λ − r)².")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the gates (paper 0.01; 0.05 for the short CPU default).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Gate-learning epochs (default: the preset's; on CPU a short run).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Gate-learning steps (overrides --epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Gate-learning batch size (default: the preset's).")] = None,
+    search_size: Annotated[Optional[int], typer.Option(help="Image side for gate learning (default: the model's on GPU, at most 64 on CPU).")] = None,
+    val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Plan a thinner network that meets a FLOPs or parameter budget."""
     from slimkit.budget import parse_budget
@@ -70,14 +83,34 @@ def prune(
     if out.exists() and out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
     start = time.perf_counter()
-    with console.status(f"tracing {arch} and searching widths ({method})..."):
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                        transient=True)
+    with progress:
+        task = progress.add_task(f"tracing {arch}", total=None)
+        def log(msg: str) -> None:
+            progress.console.print(msg, highlight=False)
         plan = run_prune(arch, budget, method=method, num_classes=num_classes, in_chans=in_chans,
-                         input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance)
+                         input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance,
+                         data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, epochs=epochs,
+                         steps=steps, batch_size=batch_size, search_size=search_size, val_size=val_size,
+                         device=device, progress=progress, log=log)
+        progress.remove_task(task)
     render_plan(plan, f"{plan.arch} — {method} plan")
     save_plan(plan, out)
     console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)")
+    if plan.method == "scratch":
+        s = plan.search
+        console.print(f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} "
+                      f"on random frozen weights), mean λ {s['gates']['mean']:.3f}, threshold τ {s['threshold']:.4f}, "
+                      f"{s['seconds']:.0f}s", highlight=False)
     if plot:
-        from slimkit.plots import plot_channels
+        from slimkit.plots import plot_channels, uniform_reference
 
-        png = plot_channels(plan, out.with_suffix(".png"))
+        others = {}
+        if plan.method != "uniform":
+            ref = uniform_reference(plan)
+            if ref is not None:
+                others["uniform"] = ref
+        png = plot_channels(plan, out.with_suffix(".png"), others)
         console.print(f"wrote {png}")
