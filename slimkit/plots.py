@@ -58,3 +58,21 @@ def uniform_reference(plan: ChannelPlan) -> ChannelPlan | None:
         return None
     return ChannelPlan(arch=plan.arch, input_size=plan.input_size, method="uniform", budget=plan.budget,
                        groups={n: {"full": g["full"], "width": res.widths[n]} for n, g in plan.groups.items()})
+
+
+def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Loss and accuracy per epoch (train and test)."""
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(epochs, [m["train_loss"] for m in metrics], "o-", ms=3, label="train (smoothed labels)")
+    ax1.plot(epochs, [m["test_loss"] for m in metrics], "s-", ms=3, label="test")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend(fontsize=7)
+    ax2.plot(epochs, [m["train_accuracy"] for m in metrics], "o-", ms=3, label="train")
+    ax2.plot(epochs, [m["test_top1"] for m in metrics], "s-", ms=3, label="test top-1")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("accuracy")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

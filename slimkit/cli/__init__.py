@@ -6,6 +6,7 @@ import typer
 
 from slimkit.cli import info as _info
 from slimkit.cli import prune as _prune
+from slimkit.cli import train as _train
 
 app = typer.Typer(
     name="slimkit",
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.command("models")(_info.models)
 app.command("info")(_info.info)
 app.command("prune")(_prune.prune)
+app.command("train")(_train.train)
 
 
 def main() -> None:

@@ -1,0 +1,53 @@
+"""``slimkit train``: train a plan (or a full architecture) from scratch, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from slimkit.cli._common import console, user_errors
+
+
+@user_errors
+def train(
+    source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name for the unpruned baseline.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
+    data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = "fashion-mnist",
+    data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs of the full model; --budget scratch-b stretches them.")] = 30,
+    budget: Annotated[str, typer.Option(help="scratch-e: same epochs as the full model; scratch-b: same compute (x full/plan FLOPs, at most 2x); fixed.")] = "scratch-e",
+    batch_size: Annotated[int, typer.Option(help="Batch size (LR scales with it).")] = 128,
+    lr: Annotated[Optional[float], typer.Option(help="Peak LR (default 0.05 x batch/256, the paper's).")] = None,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 4e-5 for MobileNets).")] = 4e-5,
+    decay_bn_bias: Annotated[bool, typer.Option("--decay-bn-bias/--no-decay-bn-bias", help="Apply weight decay to BN and biases too.")] = False,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up epochs before the cosine decay.")] = 1.0,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop + flip.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (CUDA).")] = False,
+    workers: Annotated[int, typer.Option(help="Data-loader workers (ImageFolder).")] = 4,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from OUT/checkpoint.pt.")] = False,
+    max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch (quick looks).")] = None,
+) -> None:
+    """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine)."""
+    from slimkit.train import TrainConfig
+    from slimkit.train import train as run_train
+
+    cfg = TrainConfig(data=data, data_dir=data_dir, epochs=epochs, budget=budget, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, no_decay_bn_bias=not decay_bn_bias,
+                      label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, seed=seed,
+                      device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    with progress:
+        result = run_train(source, out, cfg, resume=resume, progress=progress,
+                           log=lambda m: progress.console.print(m, highlight=False))
+    if result.metrics:
+        final = result.metrics[-1]
+        console.print(f"final: test top-1 {final['test_top1']:.4f}, top-5 {final['test_top5']:.4f} after "
+                      f"{final['epoch']} epochs; wrote {out}/checkpoint.pt, metrics.json, curves.png", highlight=False)

@@ -1,0 +1,351 @@
+"""Training a plan's architecture from scratch, with the papers' recipe, resumably.
+
+"Rethinking the Value of Network Pruning" (Liu et al. 2019): a pruned architecture trained from
+random init matches fine-tuning when it gets enough training. Budgets: Scratch-E trains as many
+epochs as the full model; Scratch-B trains for the same total compute, epochs × full FLOPs /
+pruned FLOPs (capped at 2× as the paper does on ImageNet), with the LR schedule stretched along.
+Recipe ("Pruning from Scratch"): SGD, Nesterov momentum 0.9, linear warm-up then cosine LR,
+label smoothing 0.1, weight decay 4e-5 (MobileNets), batch size and LR scaled together.
+
+The loop reads top to bottom like torchvision's reference trainer: ``train_one_epoch``,
+``evaluate``, a checkpoint written atomically after every epoch holding weights, optimizer,
+scheduler, epoch, RNG state, config, metrics and the plan (as JSON text, so
+``torch.load(weights_only=True)`` can read it), and ``--resume`` that continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.data import load_data, make_loader
+from slimkit.errors import PlanError, SlimkitError
+from slimkit.plan import ChannelPlan, atomic_write_text, load_plan
+
+__all__ = ["TrainConfig", "scratch_b_epochs", "train", "load_checkpoint", "CheckpointError",
+           "model_from_checkpoint", "BUDGETS"]
+
+BUDGETS = ("fixed", "scratch-e", "scratch-b")
+CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
+
+
+class CheckpointError(SlimkitError):
+    """A checkpoint that cannot be read or does not match the run."""
+
+
+def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float = 2.0) -> int:
+    """Scratch-B (Liu et al. 2019): the same total compute as training the full model for
+    ``epochs`` — epochs × full / pruned FLOPs — but at most ``cap`` × epochs (their ImageNet rule)."""
+    if plan_flops <= 0 or full_flops <= 0:
+        raise ValueError("FLOPs must be positive")
+    factor = min(full_flops / plan_flops, cap)
+    return max(epochs, math.ceil(epochs * factor - 1e-9))
+
+
+@dataclass
+class TrainConfig:
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    epochs: int = 30  # the full model's epochs; Scratch-B stretches them
+    budget: str = "scratch-e"
+    batch_size: int = 128
+    lr: float | None = None  # default: 0.05 × batch / 256 (paper: 0.05 at batch 256, cosine)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 4e-5
+    no_decay_bn_bias: bool = True
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # CUDA only: bf16 autocast
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    workers: int = 4
+    max_steps_per_epoch: int | None = None  # for smoke tests and quick looks
+
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.05 * self.batch_size / 256
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_top1: float
+    test_top5: float
+    lr: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); any damage is a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong file type
+        raise CheckpointError(
+            f"{p} is not a readable checkpoint ({type(exc).__name__}); it may be truncated: "
+            "delete it to start over, or restore a good copy"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p} is not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ChannelPlan]:
+    """Rebuild the trained model from the checkpoint alone (its plan + G)."""
+    from slimkit.generator import generate
+
+    ckpt = load_checkpoint(path)
+    plan = load_plan(json.loads(ckpt["plan"]))
+    model = generate(plan)
+    model.load_state_dict(ckpt["model"])
+    return model, plan
+
+
+# ---------------------------------------------------------------------------- the loop
+def _param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
+    if not no_decay_bn_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up then cosine to zero, stepped per iteration (torchvision's reference)."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps - warmup_steps))
+    if warmup_steps <= 0:
+        return cosine
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cosine], milestones=[warmup_steps])
+
+
+def _autocast(device: torch.device, amp: bool):
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progress=None, task=None):
+    model.train()
+    total_loss = correct = seen = 0
+    start = time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda" and cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        n = y.numel()
+        total_loss += loss.item() * n
+        correct += int((logits.argmax(1) == y).sum())
+        seen += n
+        if progress is not None:
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            progress.update(task, advance=1, description=(
+                f"loss {total_loss / seen:.3f}  acc {correct / seen:.3f}  {rate:.0f} img/s"))
+    return total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start
+
+
+def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, float]:
+    """Loss, top-1 and top-5 accuracy (top-k capped at the number of classes)."""
+    model.eval()
+    total_loss = top1 = top5 = seen = 0
+    with torch.no_grad(), _autocast(device, amp):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x).float()
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            k = min(5, logits.shape[1])
+            topk = logits.topk(k, dim=1).indices
+            top1 += int((topk[:, 0] == y).sum())
+            top5 += int((topk == y[:, None]).any(1).sum())
+            seen += y.numel()
+    return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
+
+
+def _resolve_plan(source: str | ChannelPlan, num_classes: int) -> ChannelPlan:
+    """A plan file, or an architecture name (the unpruned baseline as a full-width plan)."""
+    if isinstance(source, ChannelPlan):
+        return source
+    if str(source).endswith(".json") or Path(source).is_file():
+        return load_plan(source)
+    from slimkit.prune import prune
+
+    return prune(str(source), "100%", method="uniform", num_classes=num_classes, round_to=1, verify=False)
+
+
+def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
+          progress: Any | None = None, log: Any | None = None) -> TrainResult:
+    """Train the architecture of ``source`` (plan path, plan, or architecture name) from scratch."""
+    from slimkit.generator import generate
+    from slimkit.search import resolve_device
+
+    say = log or (lambda _m: None)
+    if cfg.budget not in BUDGETS:
+        raise SlimkitError(f"unknown --budget '{cfg.budget}': choose one of {', '.join(BUDGETS)}")
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        saved = ckpt["config"]
+        for key in ("data", "batch_size", "seed", "budget", "epochs"):
+            if key in saved and saved[key] != getattr(cfg, key):
+                say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {getattr(cfg, key)!r})")
+        cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg)},
+                             "device": cfg.device, "workers": cfg.workers})
+        plan = load_plan(json.loads(ckpt["plan"]))
+    elif resume:
+        raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
+    elif ckpt_path.exists():
+        raise SlimkitError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, "
+                           "or choose another --out")
+    else:
+        plan = None
+
+    device = resolve_device(cfg.device)
+    size = None
+    if plan is None:
+        # Classes come from the data, so load it first for a bare architecture name.
+        probe = load_plan(source) if isinstance(source, str) and Path(source).is_file() else None
+        size = tuple(probe.input_size) if probe else None
+    data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size or _input_size_of(source), val_size=0,
+                     seed=cfg.seed)
+    if plan is None:
+        plan = _resolve_plan(source, data.num_classes)
+    if plan.num_classes not in (None, data.num_classes):
+        raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
+                        "prune again with this data (or --num-classes)")
+    if plan.num_classes is None:
+        raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune with --num-classes "
+                        f"{data.num_classes} (or with --data {cfg.data}) for this data")
+    if tuple(data.train.input_size) != tuple(plan.input_size):
+        data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=tuple(plan.input_size), val_size=0,
+                         seed=cfg.seed)
+
+    full_flops = plan.search.get("full_flops") or plan.flops
+    epochs = cfg.epochs
+    if cfg.budget == "scratch-b" and plan.flops:
+        epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops)
+    say(f"data: {data.description}")
+    say(f"budget {cfg.budget}: {epochs} epochs (full model: {cfg.epochs}; plan at "
+        f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
+
+    torch.manual_seed(cfg.seed)
+    model = generate(plan).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                               augment=cfg.augment, num_workers=cfg.workers)
+    test_loader = make_loader(data.test, max(256, cfg.batch_size), shuffle=False, seed=cfg.seed,
+                              num_workers=cfg.workers)
+    steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
+        len(train_loader), cfg.max_steps_per_epoch)
+    lr = cfg.base_lr()
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), lr=lr,
+                          momentum=cfg.momentum, nesterov=cfg.nesterov)
+    sched = _scheduler(opt, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    metrics: list[dict[str, Any]] = []
+    start_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        metrics = json.loads(ckpt["metrics"])
+        start_epoch = int(ckpt["epoch"])
+        say(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    step_fn = torch.compile(model) if cfg.compile else model
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "plan.json", plan.to_json())
+    atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs}, indent=2))
+    epoch_task = progress.add_task("epochs", total=epochs, completed=start_epoch) if progress else None
+    for epoch in range(start_epoch, epochs):
+        train_loader.set_epoch(epoch)
+        step_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch) if progress else None
+        loss, acc, seen, secs = train_one_epoch(step_fn, train_loader, opt, sched, cfg, device, progress, step_task)
+        if progress is not None:
+            progress.remove_task(step_task)
+        test_loss, top1, top5 = evaluate(model, test_loader, device, cfg.amp)
+        m = EpochMetrics(epoch + 1, round(loss, 5), round(acc, 5), round(test_loss, 5), round(top1, 5),
+                         round(top5, 5), round(opt.param_groups[0]["lr"], 7), round(secs, 2),
+                         round(seen / max(secs, 1e-9), 1))
+        metrics.append(asdict(m))
+        say(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train acc {acc:.4f}  test top-1 {top1:.4f}  "
+            f"top-5 {top5:.4f}  ({m.images_per_second:.0f} img/s)")
+        _atomic_torch_save({
+            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": torch.get_rng_state(),
+            "config": asdict(cfg), "metrics": json.dumps(metrics), "plan": plan.to_json(),
+            "slimkit_version": plan.slimkit_version,
+        }, ckpt_path)
+        atomic_write_text(out / "metrics.json", json.dumps(
+            {"epochs": epochs, "budget": cfg.budget, "final": metrics[-1], "history": metrics,
+             "flops": plan.flops, "params": plan.params}, indent=1))
+        if progress is not None:
+            progress.update(epoch_task, advance=1)
+    if metrics:
+        from slimkit.plots import plot_training
+
+        plot_training(metrics, out / "curves.png", title=f"{plan.arch} ({plan.method}, {cfg.budget})")
+    return TrainResult(out, epochs, metrics)
+
+
+def _input_size_of(source: Any) -> tuple[int, int, int]:
+    if isinstance(source, ChannelPlan):
+        return tuple(source.input_size)  # type: ignore[return-value]
+    from slimkit import registry
+
+    model = registry.create_model(str(source))
+    return registry.default_input_size(str(source), model)

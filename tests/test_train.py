@@ -1,0 +1,123 @@
+"""Trainer: Scratch-B arithmetic, exact resume, safe checkpoints, clear errors."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slimkit.cli import app
+from slimkit.errors import PlanError, SlimkitError
+from slimkit.prune import prune
+from slimkit.train import CheckpointError, TrainConfig, load_checkpoint, model_from_checkpoint, scratch_b_epochs, train
+
+
+def test_scratch_b_epochs_follow_the_papers_rule():
+    # same compute: epochs x full / pruned FLOPs ...
+    assert scratch_b_epochs(160, 1000, 800) == 200
+    assert scratch_b_epochs(100, 1000, 1000) == 100
+    # ... capped at 2x (their ImageNet rule)
+    assert scratch_b_epochs(90, 1000, 250) == 180
+    assert scratch_b_epochs(10, 3, 2) == 15
+    with pytest.raises(ValueError):
+        scratch_b_epochs(10, 1000, 0)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return prune("resnet20", "50%", method="uniform", num_classes=10, round_to=1)
+
+
+def cfg(**kw):
+    base = dict(data="synthetic", epochs=2, batch_size=32, max_steps_per_epoch=4, workers=0, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_writes_artifacts_and_checkpoint_rebuilds_model(plan, tmp_path):
+    res = train(plan, tmp_path / "run", cfg())
+    assert len(res.metrics) == 2 and 0.0 <= res.metrics[-1]["test_top1"] <= 1.0
+    for f in ("checkpoint.pt", "metrics.json", "curves.png", "plan.json", "config.json"):
+        assert (tmp_path / "run" / f).exists(), f
+    model, p = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert p.groups == plan.groups
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resume_continues_exactly(plan, tmp_path):
+    c = cfg(epochs=3)
+    full = train(plan, tmp_path / "a", c)
+    part = tmp_path / "b"
+    _train_epochs(plan, part, c, stop_after=1)  # killed during epoch 2
+    assert load_checkpoint(part / "checkpoint.pt")["epoch"] == 1  # at most one epoch lost
+    resumed = train(plan, part, c, resume=True)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    b = load_checkpoint(part / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["test_top1"] for m in resumed.metrics] == [m["test_top1"] for m in full.metrics]
+
+
+def _train_epochs(plan, out, c, stop_after):
+    """Run the same schedule but kill it after ``stop_after`` epochs (as SIGKILL would, between
+    epochs: the checkpoint of the last completed epoch is what survives)."""
+    import slimkit.train as t
+
+    real = t.evaluate
+    calls = {"n": 0}
+
+    def evaluate_then_die(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > stop_after:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    t.evaluate = evaluate_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(plan, out, c)
+    finally:
+        t.evaluate = real
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_untouched(plan, tmp_path):
+    run = tmp_path / "run"
+    train(plan, run, cfg(epochs=1))
+    ckpt = run / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        train(plan, run, cfg(epochs=2), resume=True)
+    assert ckpt.read_bytes() == data[: len(data) // 2]
+
+
+def test_existing_run_needs_resume(plan, tmp_path):
+    run = tmp_path / "run"
+    train(plan, run, cfg(epochs=1))
+    with pytest.raises(SlimkitError, match="--resume"):
+        train(plan, run, cfg(epochs=1))
+
+
+def test_plan_for_other_class_count_is_rejected(tmp_path):
+    p = prune("resnet20", "50%", method="uniform", num_classes=7, round_to=1)
+    with pytest.raises(PlanError, match="7 classes"):
+        train(p, tmp_path / "run", cfg())
+    assert not (tmp_path / "run").exists()
+
+
+def test_scratch_b_budget_stretches_epochs(plan, tmp_path):
+    res = train(plan, tmp_path / "run", cfg(epochs=1, budget="scratch-b", max_steps_per_epoch=1))
+    assert res.epochs == 2  # 50% FLOPs -> 2x epochs
+
+
+def test_cli_train_and_errors(plan, tmp_path):
+    runner = CliRunner()
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    r = runner.invoke(app, ["train", str(path), "--data", "synthetic", "--epochs", "1", "--batch-size", "32",
+                            "--max-steps-per-epoch", "2", "--workers", "0", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["epoch"] == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "slimkit.plan/1"}')
+    r = runner.invoke(app, ["train", str(bad), "--data", "synthetic", "--out", str(tmp_path / "run2")])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "lacks the required field" in r.output
