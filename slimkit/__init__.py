@@ -10,9 +10,10 @@ from slimkit.errors import BudgetError, PlanError, RegistryError, SlimkitError  
 from slimkit.flops import count_flops, count_params  # noqa: E402
 from slimkit.generator import generate  # noqa: E402
 from slimkit.plan import ChannelPlan, load_plan, save_plan  # noqa: E402
+from slimkit.prune import prune  # noqa: E402
 from slimkit.registry import create_model  # noqa: E402
 
 __all__ = [
     "BudgetError", "ChannelPlan", "PlanError", "RegistryError", "SlimkitError",
-    "count_flops", "count_params", "create_model", "generate", "load_plan", "save_plan",
+    "count_flops", "count_params", "create_model", "generate", "load_plan", "prune", "save_plan",
 ]

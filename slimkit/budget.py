@@ -246,9 +246,51 @@ def threshold_widths(graph: ChannelGraph, gates: Mapping[str, list[float]], tau:
 def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
                      round_to: int = 8, expand: float = 1.0, iterations: int = 40,
                      tolerance: float = 0.01) -> SearchResult:
-    """Algorithm 1 (Wang et al. 2020): binary-search τ in [0, 1] so G(Λ > τ) meets the budget."""
+    """Algorithm 1 (Wang et al. 2020): binary-search τ in [0, 1] so G(Λ > τ) meets the budget.
+
+    When one channel of a wide residual group moves the cost by more than the tolerance, no τ
+    lands within it; then channels are added greedily in gate order (most important first),
+    skipping any that would exceed the budget, starting from the best plan under budget.
+    """
     budget = budget.resolve(graph.count_macs())
     _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
     distinct = _tie_broken(gates)
-    return _bisect(lambda t: threshold_widths(graph, distinct, t, round_to, expand), graph, budget,
-                   -1e-3, 1.0 + 1e-3, False, iterations, tolerance)
+    try:
+        return _bisect(lambda t: threshold_widths(graph, distinct, t, round_to, expand), graph, budget,
+                       -1e-3, 1.0 + 1e-3, False, iterations, tolerance)
+    except BudgetError:
+        return _fill_by_gate_order(graph, distinct, budget, round_to, expand, tolerance)
+
+
+def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
+                        round_to: int, expand: float, tolerance: float) -> SearchResult:
+    target = float(budget.value)
+    mins = min_widths(graph, round_to)
+
+    def widths_for(kept: dict[str, int]) -> dict[str, int]:
+        out = {}
+        for name, g in graph.groups.items():
+            factor = kept[name] / len(gates[name]) * (expand if g.can_expand else 1.0)
+            out[name] = max(round_width(graph, name, max(factor, 1e-9), round_to), mins[name])
+        return out
+
+    kept = {name: 0 for name in graph.groups}
+    widths = widths_for(kept)
+    cost = _measure(graph, widths, budget.kind)
+    ranked = sorted(((v, name) for name, vs in gates.items() for v in vs), reverse=True)
+    for _, name in ranked:
+        kept[name] += 1
+        trial = widths_for(kept)
+        trial_cost = _measure(graph, trial, budget.kind)
+        if trial_cost <= target:
+            widths, cost = trial, trial_cost
+            if (target - cost) / target <= tolerance / 4:
+                break
+        else:
+            kept[name] -= 1
+    if abs(cost - target) / target > tolerance:
+        raise BudgetError(
+            f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): the closest "
+            f"is {format_count(cost)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
+        )
+    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), float("nan"), len(ranked))

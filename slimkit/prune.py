@@ -60,15 +60,14 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     if b.kind == "latency":
         raise SlimkitError("latency budgets (--latency) are not available yet; use --flops or --params")
     say = log or (lambda _msg: None)
+    size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     bundle = None
     if method == "scratch":
         from slimkit.data import load_data
 
-        probe = registry.create_model(spec.canonical, **arch_kwargs_for(num_classes, in_chans))
-        size0 = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, probe, in_chans)
         dev = _device(device)
-        side = search_size or (size0[1] if dev.type == "cuda" else min(size0[1], CPU_SEARCH_SIDE))
-        bundle = load_data(data, data_dir=data_dir, input_size=(size0[0], side, side * size0[2] // size0[1]),
+        side = search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
+        bundle = load_data(data, data_dir=data_dir, input_size=(size[0], side, side * size[2] // size[1]),
                            val_size=val_size, seed=seed)
         if num_classes is None:
             num_classes = bundle.num_classes
@@ -76,9 +75,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
             raise SlimkitError(f"--num-classes {num_classes} but {data} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
     kwargs = arch_kwargs_for(num_classes, in_chans)
-    model = registry.create_model(spec.canonical, **kwargs)
-    size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, model, in_chans)
-    graph = channel_graph(spec.canonical, kwargs, size, model=model)
+    graph = channel_graph(spec.canonical, kwargs, size)
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
     full_flops = graph.count_macs()
@@ -96,7 +93,10 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
             progress=progress, say=say)
         result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
                                   tolerance=tolerance)
-        search.update({"threshold": round(result.value, 6), "threshold_iterations": result.iterations})
+        filled = result.value != result.value  # NaN: no single τ fit, channels added in gate order
+        search.update({"threshold": None if filled else round(result.value, 6),
+                       "threshold_iterations": result.iterations,
+                       "selection": "gate-order fill" if filled else "threshold"})
     search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params()})
     plan = ChannelPlan(
         arch=spec.canonical, arch_kwargs=kwargs, input_size=list(size), expand=expand,
@@ -151,7 +151,6 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     if expand != 1.0:
         resize_model(model, graph, widths)
     supernet = attach_gates(model, graph, widths)
-    full_flops = graph.count_macs()
     r = min(1.0, budget.value / graph.count_macs(widths)) if budget.kind == "flops" else \
         min(1.0, budget.value / graph.count_params(widths))
     cfg = GateSearchConfig(target=r, gamma=gamma if gamma is not None else p["gamma"], lr=lr, batch_size=bs,
@@ -171,5 +170,4 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
                       "max": round(max(flat), 4),
                       "zero": sum(1 for v in flat if v <= 0.0), "one": sum(1 for v in flat if v >= 1.0)},
             "history": [{k: round(v, 4) for k, v in h.items()} for h in res.history]}
-    del full_flops
     return res, info

@@ -107,31 +107,23 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
         raise RegistryError(f"--num-classes must be >= 1, got {num_classes}")
     if in_chans is not None and in_chans < 1:
         raise RegistryError(f"--in-chans must be >= 1, got {in_chans}")
+    if spec.source == "torchvision" and in_chans not in (None, 3):
+        raise RegistryError(
+            f"torchvision:{spec.name} takes 3-channel input; drop --in-chans (slimkit's data "
+            "loader repeats grayscale to 3 channels) or use a timm model"
+        )
+    opts = dict(kwargs)
+    if num_classes is not None:
+        opts["num_classes"] = num_classes
+    if in_chans is not None and spec.source != "torchvision":
+        opts["in_chans"] = in_chans
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's init-weights FutureWarnings etc.
         try:
             if spec.source == "slimkit":
-                opts = dict(kwargs)
-                if num_classes is not None:
-                    opts["num_classes"] = num_classes
-                if in_chans is not None:
-                    opts["in_chans"] = in_chans
                 return BUILTIN_MODELS[spec.name](**opts)
             if spec.source == "timm":
-                opts = dict(kwargs)
-                if num_classes is not None:
-                    opts["num_classes"] = num_classes
-                if in_chans is not None:
-                    opts["in_chans"] = in_chans
                 return timm.create_model(spec.name, pretrained=False, **opts)
-            if in_chans not in (None, 3):
-                raise RegistryError(
-                    f"torchvision:{spec.name} takes 3-channel input; drop --in-chans (slimkit's data "
-                    "loader repeats grayscale to 3 channels) or use a timm model"
-                )
-            opts = dict(kwargs)
-            if num_classes is not None:
-                opts["num_classes"] = num_classes
             return torchvision.models.get_model(spec.name, weights=None, **opts)
         except TypeError as exc:
             raise RegistryError(f"{spec.canonical} does not accept these arguments: {exc}") from exc
@@ -145,9 +137,12 @@ def default_input_size(name: str, model: nn.Module | None = None, in_chans: int 
     if spec.source == "slimkit":
         size = tuple(getattr(model, "default_input_size", (3, 32, 32)))  # type: ignore[assignment]
     elif spec.source == "timm":
-        m = model if model is not None else create_model(name)
-        cfg = getattr(m, "pretrained_cfg", None) or {}
-        size = tuple(cfg.get("input_size", size))  # type: ignore[assignment]
+        if model is not None:
+            cfg_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+        else:  # timm's config registry answers without building the model
+            cfg = timm.models.get_pretrained_cfg(spec.name)
+            cfg_size = cfg.input_size if cfg is not None else None
+        size = tuple(cfg_size or size)  # type: ignore[assignment]
     else:
         try:
             crop = torchvision.models.get_model_weights(spec.name).DEFAULT.transforms().crop_size

@@ -213,17 +213,6 @@ def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, flo
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
-def _resolve_plan(source: str | ChannelPlan, num_classes: int) -> ChannelPlan:
-    """A plan file, or an architecture name (the unpruned baseline as a full-width plan)."""
-    if isinstance(source, ChannelPlan):
-        return source
-    if str(source).endswith(".json") or Path(source).is_file():
-        return load_plan(source)
-    from slimkit.prune import prune
-
-    return prune(str(source), "100%", method="uniform", num_classes=num_classes, round_to=1, verify=False)
-
-
 def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           progress: Any | None = None, log: Any | None = None) -> TrainResult:
     """Train the architecture of ``source`` (plan path, plan, or architecture name) from scratch."""
@@ -250,28 +239,32 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
     elif ckpt_path.exists():
         raise SlimkitError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, "
                            "or choose another --out")
+    elif isinstance(source, ChannelPlan):
+        plan = source
+    elif str(source).endswith(".json") or Path(source).is_file():
+        plan = load_plan(source)
     else:
-        plan = None
+        plan = None  # an architecture name: the full model, once the data says how many classes
 
     device = resolve_device(cfg.device)
-    size = None
+    if plan is not None:
+        size = tuple(plan.input_size)
+    else:
+        from slimkit import registry
+
+        size = registry.default_input_size(str(source))
+    data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed)
     if plan is None:
-        # Classes come from the data, so load it first for a bare architecture name.
-        probe = load_plan(source) if isinstance(source, str) and Path(source).is_file() else None
-        size = tuple(probe.input_size) if probe else None
-    data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size or _input_size_of(source), val_size=0,
-                     seed=cfg.seed)
-    if plan is None:
-        plan = _resolve_plan(source, data.num_classes)
+        from slimkit.prune import prune
+
+        plan = prune(str(source), "100%", method="uniform", num_classes=data.num_classes, round_to=1,
+                     input_size=size, verify=False)
     if plan.num_classes not in (None, data.num_classes):
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None:
         raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune with --num-classes "
                         f"{data.num_classes} (or with --data {cfg.data}) for this data")
-    if tuple(data.train.input_size) != tuple(plan.input_size):
-        data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=tuple(plan.input_size), val_size=0,
-                         seed=cfg.seed)
 
     full_flops = plan.search.get("full_flops") or plan.flops
     epochs = cfg.epochs
@@ -341,11 +334,3 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
         plot_training(metrics, out / "curves.png", title=f"{plan.arch} ({plan.method}, {cfg.budget})")
     return TrainResult(out, epochs, metrics)
 
-
-def _input_size_of(source: Any) -> tuple[int, int, int]:
-    if isinstance(source, ChannelPlan):
-        return tuple(source.input_size)  # type: ignore[return-value]
-    from slimkit import registry
-
-    model = registry.create_model(str(source))
-    return registry.default_input_size(str(source), model)

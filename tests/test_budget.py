@@ -1,6 +1,6 @@
 import pytest
 
-from slimkit.budget import make_divisible, parse_budget, search_uniform, uniform_widths
+from slimkit.budget import make_divisible, max_widths, parse_budget, search_uniform, uniform_widths
 from slimkit.errors import BudgetError
 from slimkit.generator import channel_graph
 
@@ -79,3 +79,25 @@ def test_coarse_rounding_is_an_error_not_a_silent_miss():
         search_uniform(g, parse_budget("50%"), round_to=8)
     res = search_uniform(g, parse_budget("50%"), round_to=1)
     assert abs(res.flops / g.count_macs() - 0.5) <= 0.01
+
+
+def test_gate_order_fill_meets_budget_and_follows_gate_order(monkeypatch):
+    """When no single threshold lands within tolerance (one channel of a wide residual group can
+    move MACs by more than 1%), channels are added in gate order without exceeding the budget."""
+    import random
+
+    import slimkit.budget as budget_mod
+
+    g = channel_graph("resnet20", {}, (3, 32, 32))
+    rng = random.Random(0)
+    widths = max_widths(g, 1.25, round_to=1)
+    gates = {n: [rng.random() for _ in range(widths[n])] for n in g.groups}
+    target = 0.5 * g.count_macs()
+
+    def no_threshold_fits(*args, **kwargs):
+        raise budget_mod.BudgetError("no plan within 1%")
+
+    monkeypatch.setattr(budget_mod, "_bisect", no_threshold_fits)
+    res = budget_mod.search_threshold(g, gates, parse_budget("50%"), round_to=1, expand=1.25)
+    assert res.value != res.value  # NaN marks the gate-order fill
+    assert target * 0.99 <= res.flops <= target

@@ -121,3 +121,10 @@ def test_cli_train_and_errors(plan, tmp_path):
     bad.write_text('{"format": "slimkit.plan/1"}')
     r = runner.invoke(app, ["train", str(bad), "--data", "synthetic", "--out", str(tmp_path / "run2")])
     assert r.exit_code != 0 and "Traceback" not in r.output and "lacks the required field" in r.output
+
+
+def test_architecture_name_trains_the_full_model(tmp_path):
+    res = train("resnet20", tmp_path / "run", cfg(epochs=1, max_steps_per_epoch=1))
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert all(g["width"] == g["full"] for g in plan["groups"].values())
+    assert plan["arch_kwargs"] == {"num_classes": 10} and len(res.metrics) == 1

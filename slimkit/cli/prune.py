@@ -102,8 +102,10 @@ def prune(
     if plan.method == "scratch":
         s = plan.search
         console.print(f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} "
-                      f"on random frozen weights), mean λ {s['gates']['mean']:.3f}, threshold τ {s['threshold']:.4f}, "
-                      f"{s['seconds']:.0f}s", highlight=False)
+                      f"on random frozen weights), mean λ {s['gates']['mean']:.3f}, "
+                      + (f"threshold τ {s['threshold']:.4f}, " if s["threshold"] is not None else
+                         "channels taken in gate order (no single τ within tolerance), ")
+                      + f"{s['seconds']:.0f}s", highlight=False)
     if plot:
         from slimkit.plots import plot_channels, uniform_reference
 
