@@ -13,11 +13,12 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from slimkit.errors import PlanError
 
-__all__ = ["ChannelPlan", "load_plan", "save_plan", "atomic_write_text", "PLAN_FORMAT"]
+__all__ = ["ChannelPlan", "load_plan", "save_plan", "atomic_write", "atomic_write_text", "PLAN_FORMAT"]
 
 PLAN_FORMAT = "slimkit.plan/1"
 
@@ -110,21 +111,33 @@ class ChannelPlan:
         return cls(**data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write via a temp file in the same folder + rename: readers never see half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Write via a temp file in the same folder + rename: readers never see half a file, and a
+    crash leaves the previous version intact. ``write(tmp_path)`` produces the content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import nn
 
 from slimkit.data import load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
-from slimkit.plan import ChannelPlan, atomic_write_text, load_plan
+from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, load_plan
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "train", "load_checkpoint", "CheckpointError",
            "model_from_checkpoint", "BUDGETS"]
@@ -101,17 +100,7 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------- checkpoints
 def _atomic_torch_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
