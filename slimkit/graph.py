@@ -203,8 +203,8 @@ class _ParamRef:
         self.fqn, self.shape = fqn, shape
 
 
-_ELEMENTWISE_MULTI = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where",
-                      "maximum", "minimum", "addcmul", "lerp", "copy_"}
+# Element-wise ops of several tensors (in-place variants share the name without "_").
+_ELEMENTWISE_MULTI = {"add", "sub", "mul", "div", "where", "maximum", "minimum", "addcmul", "lerp", "copy"}
 _CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution"}
 _NORM_BN = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
             "native_batch_norm", "_native_batch_norm_legit_functional", "instance_norm"}
@@ -296,6 +296,14 @@ class _Analyzer:
             return v
         return None
 
+    def mark_no_expand(self, cm: _CMap | None) -> _CMap | None:
+        """A full-range slice to a stored width stays a no-op when channels shrink but would
+        truncate them when they grow: such channels may be pruned, not expanded."""
+        if cm is not None:
+            for sid, _ in self.sp.expand(cm[1]):
+                self.sp.no_expand.add(sid)
+        return cm
+
     def width(self, cm: _CMap) -> int:
         return sum(self.sp.size[s] * r for s, r in self.sp.expand(cm[1]))
 
@@ -363,7 +371,7 @@ class _Analyzer:
             if isinstance(src, list) and isinstance(idx, int) and idx < len(src):
                 return src[idx]
             return None
-        if op in ("flatten",):
+        if op == "flatten":
             return self.visit_flatten(node, ins[0], args[1] if len(args) > 1 else 0,
                                       args[2] if len(args) > 2 else -1)
         if op in _SHAPE_OPS:
@@ -386,13 +394,8 @@ class _Analyzer:
         if op in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp"):
             return self.visit_reduce(node, ins, args, out_shape)
         if op == "alias":
-            cm = self.cmap_of(ins[0])
-            if op == "alias" and cm is not None:
-                # timm's GhostNet slices out[:, :self.out_chs]; export sees a no-op alias. It stays
-                # a no-op when the width shrinks, but would truncate an expanded width.
-                for sid, _ in cm[1]:
-                    self.sp.no_expand.add(self.sp.find(sid))
-            return cm
+            # timm's GhostNet slices out[:, :self.out_chs]; export sees a no-op alias.
+            return self.mark_no_expand(self.cmap_of(ins[0]))
         if op == "slice":
             return self.visit_slice(node, ins, args, out_shape)
 
@@ -410,9 +413,9 @@ class _Analyzer:
             in_shape = _meta_shape(a)
             if out_shape is not None and len(out_shape) == len(in_shape) and out_shape[cm[0]] == in_shape[cm[0]]:
                 return cm
-            self.freeze_value(cm and (cm[0], cm[1]), f"{op} changes the channel dimension")
+            self.freeze_value(cm, f"{op} changes the channel dimension")
             return None
-        if op.rstrip("_") in {o.rstrip("_") for o in _ELEMENTWISE_MULTI} and out_shape is not None:
+        if op.rstrip("_") in _ELEMENTWISE_MULTI and out_shape is not None:
             return self.visit_elementwise(op, tracked, out_shape)
         self.freeze_args(node, f"{op} mixes channels")
         return None
@@ -611,9 +614,7 @@ class _Analyzer:
         if dim != cm[0]:
             return cm
         if out_shape is not None and out_shape[dim] == in_shape[dim]:
-            for sid, _ in cm[1]:
-                self.sp.no_expand.add(self.sp.find(sid))
-            return cm
+            return self.mark_no_expand(cm)
         self.freeze_value(cm, "slice of channels to a fixed width")
         return None
 
