@@ -333,17 +333,31 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
-class _BatchCount:
+class _SeededLoader:
+    """What both loaders share: batch count and per-(seed, epoch) randomness."""
+
     batch_size: int
     drop_last: bool
     dataset: AnyDataset
+    seed: int
+    epoch: int
 
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
-class TensorLoader(_BatchCount):
+    def _next_generator(self) -> torch.Generator:
+        """The generator for this pass: (seed, epoch) fixes shuffling and augmentation; the
+        epoch then advances so the next pass differs."""
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        self.epoch += 1
+        return generator
+
+
+class TensorLoader(_SeededLoader):
     """Batches of an in-memory dataset, shuffled and augmented from one seeded generator.
 
     Each pass uses the generator for (seed, epoch); the epoch advances after every pass, and
@@ -368,12 +382,8 @@ class TensorLoader(_BatchCount):
         self.augment = augment
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        self.epoch += 1
+        generator = self._next_generator()
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
@@ -381,7 +391,7 @@ class TensorLoader(_BatchCount):
             yield self.dataset.batch(indices, augment=self.augment, generator=generator)
 
 
-class FolderLoader(_BatchCount):
+class FolderLoader(_SeededLoader):
     """A torch ``DataLoader`` over an ImageFolder dataset, reseeded per epoch.
 
     Shuffling and, with ``num_workers > 0``, the workers' random transforms follow (seed, epoch);
@@ -407,12 +417,8 @@ class FolderLoader(_BatchCount):
         self.num_workers = num_workers
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        self.epoch += 1
+        generator = self._next_generator()
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
