@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
 
 from slimkit.errors import SlimkitError
 
@@ -16,6 +18,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def make_progress() -> Progress:
+    """The progress display every long command uses (cleared when done)."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from slimkit.cli._common import console, parse_input_size, user_errors
+from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.flops import format_count
 from slimkit.plan import ChannelPlan, save_plan
@@ -83,9 +81,7 @@ def prune(
     if out.exists() and out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
     start = time.perf_counter()
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                        transient=True)
+    progress = make_progress()
     with progress:
         task = progress.add_task(f"tracing {arch}", total=None)
         def log(msg: str) -> None:

@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 
-from slimkit.cli._common import console, user_errors
+from slimkit.cli._common import console, make_progress, user_errors
 
 
 @user_errors
@@ -42,8 +40,7 @@ def train(
                       weight_decay=weight_decay, no_decay_bn_bias=not decay_bn_bias,
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, seed=seed,
                       device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch)
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    progress = make_progress()
     with progress:
         result = run_train(source, out, cfg, resume=resume, progress=progress,
                            log=lambda m: progress.console.print(m, highlight=False))
