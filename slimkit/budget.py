@@ -171,6 +171,10 @@ def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget
     """Binary search of a scalar knob; keep the closest plan at or under budget, or just over it
     within tolerance when nothing under is within tolerance."""
     target = float(budget.value)
+    top = hi if increasing else lo  # the largest model the knob can make
+    widths = make(top)
+    if _measure(graph, widths, budget.kind) <= target:  # e.g. a 100% budget: nothing larger fits
+        return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), top, 1)
     best_under: tuple[float, dict[str, int], int] | None = None
     best_over: tuple[float, dict[str, int], int] | None = None
     n = 0

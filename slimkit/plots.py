@@ -73,3 +73,21 @@ def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "")
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_latency(report, path: str | os.PathLike) -> Path:
+    """Latency distribution per model (box: p25-p75, whiskers p1-p99) with the ratio to the first."""
+    names = [m["name"] for m in report.models]
+    data = [report.times_ms[n] for n in names]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 3.6))
+    ax.boxplot(data, whis=(1, 99), showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1))
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=7)
+    for i, m in enumerate(report.models, start=1):
+        ax.annotate(f"{m['stats']['median_ms']:.2f} ms\n×{m['ratio']:.2f}", (i, m["stats"]["p99_ms"]),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("latency per batch (ms)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{report.backend}, batch {report.batch}, {report.threads} thread(s), {report.runs} "
+                 "interleaved rounds", fontsize=9)
+    return _save(fig, path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from slimkit.cli import bench as _bench
+from slimkit.cli import export as _export
 from slimkit.cli import info as _info
 from slimkit.cli import prune as _prune
 from slimkit.cli import train as _train
@@ -19,6 +21,8 @@ app.command("models")(_info.models)
 app.command("info")(_info.info)
 app.command("prune")(_prune.prune)
 app.command("train")(_train.train)
+app.command("export")(_export.export)
+app.command("bench")(_bench.bench)
 
 
 def main() -> None:

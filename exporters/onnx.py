@@ -1,0 +1,216 @@
+"""ONNX export: torch.onnx -> onnx.checker -> onnx-simplifier -> metadata -> onnxruntime parity.
+
+Both of torch's exporter paths are supported. ``dynamo`` (torch.export + onnxscript, torch's
+default) gives the smaller graph; ``torchscript`` (the legacy tracer) is faster to run. ``auto``
+tries dynamo and falls back to the tracer, saying so. ``bench/export_zoo.py`` measures both over
+the zoo.
+
+The file is written through :func:`slimkit.plan.atomic_write`: it only appears at ``out`` after
+the checker and the parity check passed, so a failure never leaves a partial ``.onnx`` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from slimkit.exporters import ExportError, ExportResult
+from slimkit.plan import atomic_write
+
+__all__ = ["export", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "read_metadata", "input_shape"]
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+DEFAULT_ATOL = 1e-4
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx and onnxsim print progress and warnings we summarise ourselves."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _failed_op(exc: BaseException) -> str | None:
+    """The ATen op an exporter choked on, from anywhere in the exception chain."""
+    seen = 0
+    while exc is not None and seen < 10:
+        m = re.search(r"aten(?:::|\.)([A-Za-z0-9_]+)", str(exc))
+        if m:
+            return m.group(1)
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _torch_export(model: nn.Module, x: torch.Tensor, path: str, exporter: str, opset: int | None,
+                  dynamic_batch: bool) -> None:
+    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic_batch:
+        kwargs["dynamic_axes"] = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    if exporter == "dynamo":
+        kwargs.update(dynamo=True, external_data=False, optimize=True)
+    else:
+        kwargs.update(dynamo=False, do_constant_folding=True)
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(model, (x,), path, **kwargs)
+
+
+def _outputs(result: Any) -> list[np.ndarray]:
+    if isinstance(result, torch.Tensor):
+        return [result.detach().float().numpy()]
+    if isinstance(result, (list, tuple)):
+        return [a for r in result for a in _outputs(r)]
+    if isinstance(result, dict):
+        return [a for r in result.values() for a in _outputs(r)]
+    raise ExportError(f"cannot compare model output of type {type(result).__name__}")
+
+
+def parity(model: nn.Module, onnx_bytes: bytes, input_size: tuple[int, ...], batches: list[int],
+           seed: int = 0) -> tuple[float, float]:
+    """Max |onnxruntime - PyTorch| over fresh random inputs, and the largest |output| seen."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed + 12345)  # not the export example: fresh inputs
+    worst, scale = 0.0, 0.0
+    for b in batches:
+        x = torch.randn(b, *input_size, generator=gen)
+        with torch.no_grad():
+            ref = _outputs(model(x))
+        got = session.run(None, {name: x.numpy()})
+        if len(got) != len(ref):
+            raise ExportError(f"ONNX model has {len(got)} outputs, PyTorch {len(ref)}")
+        for r, g in zip(ref, got):
+            if r.shape != g.shape:
+                raise ExportError(f"ONNX output shape {tuple(g.shape)} != PyTorch {tuple(r.shape)} at batch {b}")
+            worst = max(worst, float(np.abs(r - g).max()))
+            scale = max(scale, float(np.abs(r).max()))
+    return worst, scale
+
+
+def _simplify(proto: onnx.ModelProto, warn: Callable[[str], None]) -> tuple[onnx.ModelProto, bool]:
+    try:
+        from onnxsim import simplify
+
+        with _quiet():
+            simplified, ok = simplify(proto)
+    except Exception as exc:  # noqa: BLE001 - a simplifier failure must never fail the export
+        warn(f"onnx-simplifier failed ({type(exc).__name__}: {_first_line(exc)}); kept the unsimplified graph")
+        return proto, False
+    if not ok:
+        warn("onnx-simplifier's own check failed; kept the unsimplified graph")
+        return proto, False
+    return simplified, True
+
+
+def input_shape(proto_or_path: onnx.ModelProto | str | Path) -> list[int | str]:
+    """The first graph input's shape (symbolic dims as their names)."""
+    proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else onnx.load(
+        str(proto_or_path), load_external_data=False)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, *, batch: int = 1,
+           metadata: dict[str, Any] | None = None, opset: int | None = None, dynamic_batch: bool = False,
+           simplify: bool = True, exporter: str = "auto", atol: float = DEFAULT_ATOL, seed: int = 0,
+           warn: Callable[[str], None] | None = None) -> ExportResult:
+    """Export ``model`` (fp32, eval mode) to a checked, simplified, parity-verified ONNX file."""
+    warn = warn or (lambda _m: None)
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown --exporter '{exporter}': choose one of {', '.join(EXPORTERS)}")
+    if batch < 1:
+        raise ExportError(f"--batch must be >= 1, got {batch}")
+    out = Path(out)
+    model = model.float().eval().cpu()
+    # A batch-1 example would let torch.export specialise the batch dim; trace dynamic at 2.
+    example_batch = max(batch, 2) if dynamic_batch else batch
+    x = torch.randn(example_batch, *input_size, generator=torch.Generator().manual_seed(seed))
+
+    t0 = time.perf_counter()
+    tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    proto, used, errors = None, None, []
+    scratch = out.parent / f".{out.name}.export"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    for name in tried:
+        try:
+            _torch_export(model, x, str(scratch), name, opset, dynamic_batch)
+            proto = onnx.load(str(scratch))
+            used = name
+            break
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporter internals raise anything
+            errors.append((name, exc))
+        finally:
+            scratch.unlink(missing_ok=True)
+            Path(f"{scratch}.data").unlink(missing_ok=True)
+    if proto is None:
+        name, exc = errors[0]
+        op = _failed_op(exc)
+        why = (f"operator aten::{op} has no ONNX conversion" if op else _first_line(exc))
+        raise ExportError(f"cannot export to ONNX: {why} (tried the {' and '.join(n for n, _ in errors)} "
+                          f"exporter{'s' if len(errors) > 1 else ''}); replace that op or try another --opset")
+    if errors:
+        name, exc = errors[0]
+        op = _failed_op(exc)
+        warn(f"the {name} exporter failed ({'aten::' + op if op else _first_line(exc)}); used the {used} exporter")
+    export_seconds = time.perf_counter() - t0
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"the exported graph fails onnx.checker: {_first_line(exc)}") from exc
+    nodes_before = len(proto.graph.node)
+    simplified = False
+    if simplify:
+        proto, simplified = _simplify(proto, warn)
+    nodes_after = len(proto.graph.node)
+
+    props = {"slimkit.exporter": used, **{k: v if isinstance(v, str) else json.dumps(v)
+                                          for k, v in (metadata or {}).items()}}
+    onnx.helper.set_model_props(proto, props)
+    data = proto.SerializeToString()
+
+    batches = [batch, batch + 2] if dynamic_batch else [batch, batch]
+    max_diff, scale = parity(model, data, input_size, batches, seed=seed)
+    if not max_diff <= atol:  # also catches NaN
+        raise ExportError(f"onnxruntime output differs from PyTorch by {max_diff:.2e} (> {atol:g}, outputs up to "
+                          f"{scale:.3g}): the exported graph is wrong; try --exporter torchscript or another --opset")
+
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return ExportResult(path=out, backend="onnx", size_bytes=len(data), export_seconds=export_seconds,
+                        details={"exporter": used, "opset": opset_used, "nodes_before": nodes_before,
+                                 "nodes_after": nodes_after, "simplified": simplified,
+                                 "dynamic_batch": dynamic_batch, "batch": batch,
+                                 "input_shape": input_shape(proto), "parity_max_abs_diff": max_diff,
+                                 "parity_output_scale": scale, "parity_atol": atol})

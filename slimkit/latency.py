@@ -1,0 +1,371 @@
+"""Latency, measured side by side: every model in one run, interleaved, on the target backend.
+
+Machines drift (turbo, thermal, neighbours); timing model A for a minute and then model B for a
+minute mixes that drift into the comparison. Here each *round* runs every model once, in a
+rotating order, so noise hits all of them equally, and comparisons use the per-round ratio
+``t_model / t_reference``: drift common to both cancels. The ratio's median gets a bootstrap
+confidence interval, which is what the CI gate (:func:`check_regression`) decides on, so
+identical re-runs do not fail while a real slow-down does.
+
+Backends: ``ort-cpu`` (default; onnxruntime is 3.7-4.9x faster than eager PyTorch at batch 1 on
+these CPUs, so that is where latency matters), ``ort-cuda``, ``torch`` (eager) and
+``torch-compile`` on ``--device``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimkit.errors import SlimkitError
+from slimkit.plan import atomic_write_text
+
+__all__ = ["BACKENDS", "LatencyError", "Candidate", "LatencyReport", "physical_cores", "measure",
+           "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT"]
+
+BACKENDS = ("ort-cpu", "ort-cuda", "torch", "torch-compile")
+REPORT_FORMAT = "slimkit.latency/1"
+CONFIDENCE = 0.95
+
+
+class LatencyError(SlimkitError):
+    """A model or baseline that cannot be measured or compared."""
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share a core's units; ORT's own advice
+    is one intra-op thread per physical core)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in allowed:
+        f = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        cores.add(f.read_text().strip() if f.exists() else str(cpu))
+    return max(1, len(cores))
+
+
+def cpu_description() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({physical_cores()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({physical_cores()} cores)"
+
+
+@dataclass
+class Candidate:
+    """One model to time: an ONNX file (ORT backends) and/or an nn.Module (PyTorch backends)."""
+
+    name: str
+    input_shape: tuple[int, ...]  # with batch
+    onnx_path: Path | None = None
+    module: Any = None
+    spec: dict[str, Any] = field(default_factory=dict)  # how to rebuild it (for baselines)
+    flops: int | None = None
+    params: int | None = None
+    plan: dict[str, Any] | None = None  # the slimkit plan it was built from, when known
+
+
+def _ort_runner(c: Candidate, backend: str, threads: int) -> Callable[[], None]:
+    import onnxruntime as ort
+
+    if c.onnx_path is None:
+        raise LatencyError(f"{c.name}: backend {backend} needs an ONNX file")
+    provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        raise LatencyError(f"backend {backend} needs onnxruntime's {provider}, which this install lacks "
+                           "(install onnxruntime-gpu, or use --backend ort-cpu)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads that spin would steal cores from the model timed next; sleep instead.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(c.onnx_path), opts, providers=[provider])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise LatencyError(f"{c.onnx_path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from exc
+    inp = session.get_inputs()[0]
+    feed = {inp.name: np.random.default_rng(0).standard_normal(c.input_shape).astype(np.float32)}
+    return lambda: session.run(None, feed)
+
+
+def _torch_runner(c: Candidate, backend: str, device: str) -> Callable[[], None]:
+    import torch
+
+    if c.module is None:
+        raise LatencyError(f"{c.name}: backend {backend} needs the PyTorch model (give a plan, checkpoint or "
+                           "architecture, or an ONNX file exported by slimkit)")
+    dev = torch.device(device)
+    model = c.module.to(dev).eval()
+    if backend == "torch-compile":
+        model = torch.compile(model)
+    x = torch.randn(*c.input_shape, generator=torch.Generator().manual_seed(0)).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def run() -> None:
+        with torch.inference_mode():
+            model(x)
+        sync()
+
+    return run
+
+
+def make_runner(c: Candidate, backend: str, threads: int, device: str = "cpu") -> Callable[[], None]:
+    if backend not in BACKENDS:
+        raise LatencyError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if backend.startswith("ort"):
+        return _ort_runner(c, backend, threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    return _torch_runner(c, backend, device)
+
+
+def summarize(times_ms: np.ndarray, batch: int) -> dict[str, float]:
+    med = float(np.median(times_ms))
+    return {"min_ms": float(times_ms.min()), "median_ms": med,
+            "p90_ms": float(np.percentile(times_ms, 90)), "p99_ms": float(np.percentile(times_ms, 99)),
+            "mean_ms": float(times_ms.mean()), "std_ms": float(times_ms.std()),
+            "throughput_per_s": batch * 1000.0 / med if med > 0 else math.inf}
+
+
+def paired_ratio(t_model: np.ndarray, t_ref: np.ndarray, *, confidence: float = CONFIDENCE,
+                 n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of the per-round ratios t_model/t_ref and its bootstrap confidence interval."""
+    r = np.asarray(t_model, dtype=float) / np.asarray(t_ref, dtype=float)
+    rng = np.random.default_rng(seed)
+    boots = np.median(r[rng.integers(0, len(r), size=(n_boot, len(r)))], axis=1)
+    alpha = (1 - confidence) / 2
+    return float(np.median(r)), float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
+
+
+@dataclass
+class LatencyReport:
+    backend: str
+    device: str
+    threads: int
+    batch: int
+    warmup: int
+    runs: int
+    models: list[dict[str, Any]]  # name, input_shape, stats, ratio to the first, spec
+    times_ms: dict[str, list[float]] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    format: str = REPORT_FORMAT
+
+    def model(self, name: str) -> dict[str, Any]:
+        for m in self.models:
+            if m["name"] == name:
+                return m
+        raise KeyError(name)
+
+    def to_dict(self, with_times: bool = True) -> dict[str, Any]:
+        d = {"format": self.format, "backend": self.backend, "device": self.device, "threads": self.threads,
+             "batch": self.batch, "warmup": self.warmup, "runs": self.runs, "interleaved": True,
+             "environment": self.environment, "models": self.models}
+        if with_times:
+            d["times_ms"] = {k: [round(t, 4) for t in v] for k, v in self.times_ms.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyReport:
+        return cls(backend=d["backend"], device=d["device"], threads=d["threads"], batch=d["batch"],
+                   warmup=d["warmup"], runs=d["runs"], models=d["models"], times_ms=d.get("times_ms", {}),
+                   environment=d.get("environment", {}))
+
+    def markdown(self) -> str:
+        ref = self.models[0]["name"]
+        lines = [f"# Latency: {self.backend}, batch {self.batch}, {self.threads} thread(s)", "",
+                 f"{self.device}; {self.runs} interleaved rounds after {self.warmup} warm-up rounds. "
+                 f"Ratio = median of per-round ratios to **{ref}** ({int(CONFIDENCE * 100)}% CI).", "",
+                 "| model | input | MFLOPs | min ms | median ms | p90 ms | p99 ms | per s | ratio | CI |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for m in self.models:
+            s = m["stats"]
+            fl = f"{m['flops'] / 1e6:.1f}" if m.get("flops") else "–"
+            lines.append(f"| {m['name']} | {'x'.join(map(str, m['input_shape']))} | {fl} | {s['min_ms']:.3f} | "
+                         f"{s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | "
+                         f"{s['throughput_per_s']:.1f} | {m['ratio']:.3f} | {m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, stem: str | os.PathLike) -> list[Path]:
+        """``stem``.json / .md / .png, each written atomically."""
+        stem = str(stem)  # "model.latency" -> model.latency.json: append, never replace a suffix
+        paths = [atomic_write_text(f"{stem}.json", json.dumps(self.to_dict(), indent=1) + "\n"),
+                 atomic_write_text(f"{stem}.md", self.markdown())]
+        from slimkit.plots import plot_latency
+
+        paths.append(plot_latency(self, f"{stem}.png"))
+        return paths
+
+
+def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", threads: int | None = None,
+            warmup: int = 10, runs: int = 100, device: str = "cpu",
+            progress: Callable[[int, int], None] | None = None) -> LatencyReport:
+    """Time every candidate ``runs`` times, interleaved; ratios are to ``candidates[0]``."""
+    if not candidates:
+        raise LatencyError("nothing to measure: give at least one model")
+    if runs < 5:
+        raise LatencyError(f"--runs must be >= 5 for stable statistics, got {runs}")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise LatencyError(f"two models share a name ({', '.join(names)}); rename one file")
+    threads = threads or physical_cores()
+    batch = candidates[0].input_shape[0]
+    runners = [make_runner(c, backend, threads, device) for c in candidates]
+    n = len(runners)
+    for _ in range(warmup):
+        for run in runners:
+            run()
+    times = np.zeros((n, runs))
+    clock = time.perf_counter_ns
+    last = time.monotonic()
+    for i in range(runs):
+        for k in range(n):
+            j = (i + k) % n  # rotate the order so no model always runs first (cache, turbo)
+            t0 = clock()
+            runners[j]()
+            times[j, i] = (clock() - t0) / 1e6
+        if progress is not None and (time.monotonic() - last > 0.25 or i == runs - 1):
+            progress(i + 1, runs)  # outside the timed region
+            last = time.monotonic()
+
+    import onnxruntime as ort
+    import torch
+
+    models = []
+    for j, c in enumerate(candidates):
+        ratio, lo, hi = paired_ratio(times[j], times[0])
+        models.append({"name": c.name, "input_shape": list(c.input_shape),
+                       "onnx": str(c.onnx_path) if c.onnx_path else None, "flops": c.flops, "params": c.params,
+                       "stats": summarize(times[j], batch), "ratio": ratio, "ratio_ci": [lo, hi], "spec": c.spec})
+    device_text = cpu_description()
+    if backend in ("ort-cuda",) or (backend.startswith("torch") and device.startswith("cuda")):
+        device_text = torch.cuda.get_device_name(0)
+    env = {"onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version(),
+           "machine": platform.node(), "malloc": "tuned" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default"}
+    return LatencyReport(backend=backend, device=device_text, threads=threads, batch=batch, warmup=warmup,
+                         runs=runs, models=models, times_ms={c.name: times[j].tolist() for j, c in enumerate(candidates)},
+                         environment=env)
+
+
+# ---------------------------------------------------------------------------- the CI gate
+@dataclass
+class GateResult:
+    passed: bool
+    ratio: float
+    ratio_ci: tuple[float, float]
+    baseline_ratio: float
+    limit: float
+    message: str
+
+
+def check_regression(report: LatencyReport, baseline: dict[str, Any], max_regression: float) -> GateResult:
+    """Fail only when the model is *confidently* slower than allowed.
+
+    ``baseline`` holds model/reference = b from an earlier interleaved run; ``report`` re-measured
+    both. The model fails when the lower end of its ratio's confidence interval exceeds
+    b × (1 + max_regression): noise alone almost never pushes the whole interval past the limit,
+    a real slow-down beyond the tolerance does every time.
+    """
+    ref, model = report.models[0], report.models[1]
+    base = float(baseline["ratio"])
+    limit = base * (1 + max_regression)
+    ratio, (lo, hi) = model["ratio"], model["ratio_ci"]
+    change = ratio / base - 1
+    passed = not lo > limit
+    verdict = "PASS" if passed else "FAIL"
+    why = ("within" if passed else "beyond") + f" the allowed +{max_regression:.0%}"
+    message = (f"{verdict}: {model['name']} / {ref['name']} = {ratio:.3f} ({int(CONFIDENCE * 100)}% CI {lo:.3f}–{hi:.3f}) "
+               f"vs baseline {base:.3f}: {change:+.1%}, {why} (limit {limit:.3f})")
+    return GateResult(passed, ratio, (lo, hi), base, limit, message)
+
+
+# ---------------------------------------------------------------------------- what to time
+def _onnx_candidate(path: Path, batch: int, name: str | None) -> Candidate:
+    import onnx
+
+    from slimkit.exporters.onnx import input_shape, read_metadata
+
+    if not path.is_file():
+        raise LatencyError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        shape = input_shape(proto)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise LatencyError(f"{path} is not an ONNX model ({type(exc).__name__}); export one with "
+                           "`slimkit export PLAN --onnx`") from exc
+    if any(isinstance(d, int) and d < 1 for d in shape[1:]) or any(isinstance(d, str) for d in shape[1:]):
+        raise LatencyError(f"{path}: only the batch dimension may be dynamic (input shape {shape})")
+    if isinstance(shape[0], int) and shape[0] not in (0, batch):
+        raise LatencyError(f"{path} was exported for batch {shape[0]}, not --batch {batch}: re-export with "
+                           "--dynamic-batch or --batch")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    plan = json.loads(meta["slimkit.plan"]) if "slimkit.plan" in meta else {}
+    module = None
+    if plan:
+        from slimkit.generator import generate
+
+        module = generate(plan)  # for PyTorch backends; weights do not change latency
+    return Candidate(name=name or path.stem, input_shape=(batch, *shape[1:]), onnx_path=path, module=module,
+                     spec={"kind": "onnx", "path": str(path)}, flops=plan.get("flops"), params=plan.get("params"),
+                     plan=plan or None)
+
+
+def export_for_timing(source, out: Path, batch: int, name: str, spec: dict[str, Any]) -> Candidate:
+    """A checkpoint / plan / architecture, exported to ONNX at ``out`` (weights do not change latency)."""
+    from slimkit.exporters.onnx import export
+
+    export(source.model, source.input_size, out, batch=batch, metadata={"slimkit.plan": source.plan.to_json()})
+    return Candidate(name=name, input_shape=(batch, *source.input_size), onnx_path=out, module=source.model,
+                     spec=spec, flops=source.plan.flops, params=source.plan.params, plan=source.plan.to_dict())
+
+
+def load_candidate(text: str, workdir: Path, *, batch: int = 1, num_classes: int | None = None,
+                   input_size: tuple[int, int, int] | None = None, name: str | None = None) -> Candidate:
+    """An ONNX file as is; a checkpoint, plan or architecture name exported to ``workdir`` first."""
+    from slimkit.source import load_source
+
+    path = Path(text)
+    if path.suffix == ".onnx":
+        return _onnx_candidate(path, batch, name)
+    src = load_source(text, num_classes=num_classes, input_size=input_size)
+    label = name or (path.stem if path.suffix in (".json", ".pt", ".pth") else src.plan.arch.split(":")[-1])
+    spec = {"kind": "plan", "plan": src.plan.to_dict()} if not src.trained else {"kind": "checkpoint",
+                                                                                  "path": str(path)}
+    return export_for_timing(src, workdir / f"{label}.onnx", batch, label, spec)
+
+
+def candidate_from_spec(spec: dict[str, Any], workdir: Path, batch: int, name: str, base_dir: Path) -> Candidate:
+    """Rebuild a baseline's reference model from its recorded spec."""
+    kind = spec.get("kind")
+    if kind == "onnx":
+        p = Path(spec["path"])
+        return _onnx_candidate(p if p.is_absolute() else base_dir / p, batch, name)
+    if kind == "checkpoint":
+        p = Path(spec["path"])
+        return load_candidate(str(p if p.is_absolute() else base_dir / p), workdir, batch=batch, name=name)
+    if kind == "plan":
+        from slimkit.generator import generate
+        from slimkit.plan import load_plan
+        from slimkit.source import ModelSource, calibrate_bn
+
+        plan = load_plan(spec["plan"])
+        model = calibrate_bn(generate(plan), tuple(plan.input_size), seed=plan.seed).eval()
+        return export_for_timing(ModelSource(model, plan, False, name), workdir / f"{name}.onnx", batch, name, spec)
+    raise LatencyError(f"baseline reference has unknown kind {kind!r}; re-record it with --update-baseline")

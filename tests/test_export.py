@@ -1,0 +1,152 @@
+"""ONNX export: checker, simplifier, metadata, parity with PyTorch, atomic output, clear failures."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from slimkit import prune
+from slimkit.cli import app
+from slimkit.exporters import ExportError, get_exporter
+from slimkit.exporters.onnx import export, read_metadata
+from slimkit.source import calibrate_bn, load_source
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def half_plan(tmp_path_factory):
+    from slimkit.plan import save_plan
+
+    plan = prune("resnet20", "50%", method="uniform", num_classes=10, round_to=1)
+    path = tmp_path_factory.mktemp("plans") / "r20_50.json"
+    save_plan(plan, path)
+    return path
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix in (".onnx", ".tmp", ".data")]
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_both_exporters_give_checked_matching_onnx(half_plan, tmp_path, exporter):
+    src = load_source(str(half_plan))
+    out = tmp_path / "m.onnx"
+    res = export(src.model, src.input_size, out, exporter=exporter, dynamic_batch=True,
+                 metadata={"slimkit.plan": src.plan.to_json()})
+    assert res.details["exporter"] == exporter
+    assert res.details["parity_max_abs_diff"] <= 1e-4
+    assert res.details["input_shape"] == ["batch", 3, 32, 32]
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    assert json.loads(read_metadata(out)["slimkit.plan"])["groups"] == src.plan.to_dict()["groups"]
+    # the dynamic batch really is dynamic, and matches PyTorch at a batch it was not traced with
+    x = torch.randn(3, *src.input_size)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - src.model(x).numpy()).max() <= 1e-4
+
+
+def test_untrained_models_are_bn_calibrated_so_parity_means_something():
+    src = load_source("resnet56", calibrate=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        raw = src.model(x).abs().max().item()
+        calibrate_bn(src.model, (3, 32, 32))
+        calibrated = src.model.eval()(x).abs().max().item()
+    assert raw > 100 and 0.1 < calibrated < 50
+
+
+@pytest.mark.parametrize("arch,size", [("mobilenet_v2", 64), ("timm:efficientnet_b0", 64),
+                                       ("torchvision:mobilenet_v3_large", 64), ("resnet50", 64),
+                                       ("timm:mobilenetv1_100", 64), ("vgg16_cifar", 32)])
+def test_export_parity_over_a_zoo_subset(arch, size, tmp_path):
+    src = load_source(arch, num_classes=10, input_size=(3, size, size))
+    res = export(src.model, src.input_size, tmp_path / "m.onnx", exporter="torchscript")
+    assert res.details["parity_max_abs_diff"] <= 1e-4
+    assert res.details["parity_output_scale"] > 1e-3  # outputs are not trivially ~0
+    assert res.details["nodes_after"] <= res.details["nodes_before"]
+
+
+class _Unsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.cummax(self.conv(x), dim=1)[0]
+
+
+class _Random(nn.Module):
+    def forward(self, x):
+        return x + torch.rand_like(x)
+
+
+def test_unsupported_op_names_it_and_leaves_nothing(tmp_path):
+    with pytest.raises(ExportError, match="aten::cummax"):
+        export(_Unsupported(), (3, 8, 8), tmp_path / "m.onnx")
+    assert _leftovers(tmp_path) == []
+
+
+def test_parity_failure_is_an_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export(_Random(), (3, 8, 8), tmp_path / "m.onnx", exporter="torchscript")
+    assert _leftovers(tmp_path) == []
+
+
+def test_existing_file_survives_a_failed_export(tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous")
+    with pytest.raises(ExportError):
+        export(_Unsupported(), (3, 8, 8), out)
+    assert out.read_bytes() == b"previous"
+
+
+def test_simplifier_failure_only_warns(monkeypatch, half_plan, tmp_path):
+    import onnxsim
+
+    def boom(*a, **k):
+        raise RuntimeError("simplifier exploded")
+
+    monkeypatch.setattr(onnxsim, "simplify", boom)
+    warnings = []
+    src = load_source(str(half_plan))
+    res = export(src.model, src.input_size, tmp_path / "m.onnx", exporter="torchscript", warn=warnings.append)
+    assert not res.details["simplified"] and res.details["nodes_after"] == res.details["nodes_before"]
+    assert any("simplifier exploded" in w for w in warnings)
+
+
+def test_unknown_backend_is_clear():
+    with pytest.raises(ExportError, match="unknown export backend"):
+        get_exporter("tflite")
+
+
+def test_cli_export_writes_onnx_and_latency_report(half_plan, tmp_path):
+    out = tmp_path / "thin.onnx"
+    r = runner.invoke(app, ["export", str(half_plan), "--onnx", "--out", str(out), "--runs", "10",
+                            "--exporter", "torchscript"])
+    assert r.exit_code == 0, r.output
+    assert "parity" in r.output and "nodes" in r.output
+    meta = read_metadata(out)
+    assert meta["slimkit.version"] and json.loads(meta["slimkit.plan"])["arch"] == "slimkit:resnet20"
+    report = json.loads((tmp_path / "thin.latency.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["full-resnet20", "thin"]
+    assert (tmp_path / "thin.latency.md").exists() and (tmp_path / "thin.latency.png").exists()
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda p: p / "missing.json", "plan file not found"),
+    (lambda p: (p / "bad.json").write_text("{") and p / "bad.json", "not valid JSON"),
+    (lambda p: (p / "x.onnx").write_text("x") and p / "x.onnx", "already ONNX"),
+])
+def test_cli_export_bad_input_is_one_line(tmp_path, make, needle):
+    src = make(tmp_path)
+    r = runner.invoke(app, ["export", str(src), "--out", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 2
+    assert r.output.startswith("error:") and "Traceback" not in r.output and needle in r.output.replace("\n", " ")
+    assert not (tmp_path / "o.onnx").exists()

@@ -1,0 +1,131 @@
+"""Interleaved latency measurement, paired ratios, and the CI gate's decisions and errors."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from slimkit.cli import app
+from slimkit.latency import LatencyReport, check_regression, paired_ratio, physical_cores, summarize
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_physical_cores_is_positive():
+    assert physical_cores() >= 1
+
+
+def test_paired_ratio_cancels_common_drift():
+    rng = np.random.default_rng(0)
+    drift = np.linspace(1, 3, 200)  # the machine slows down 3x during the run
+    ref = 10 * drift * rng.lognormal(0, 0.02, 200)
+    model = 5 * drift * rng.lognormal(0, 0.02, 200)
+    ratio, lo, hi = paired_ratio(model, ref)
+    assert lo <= ratio <= hi
+    assert abs(ratio - 0.5) < 0.01 and hi - lo < 0.02
+    # the ratio of unpaired medians would be just as right here, but only pairing gives a tight CI
+    assert np.median(model) / np.median(ref) == pytest.approx(0.5, abs=0.02)
+
+
+def test_summary_statistics():
+    s = summarize(np.array([1.0, 2.0, 3.0, 4.0, 100.0]), batch=4)
+    assert s["min_ms"] == 1.0 and s["median_ms"] == 3.0 and s["p99_ms"] > s["p90_ms"] > s["median_ms"]
+    assert s["throughput_per_s"] == pytest.approx(4000 / 3)
+
+
+def _report(ratio, ci):
+    stats = summarize(np.ones(5), 1)
+    return LatencyReport(backend="ort-cpu", device="x", threads=1, batch=1, warmup=1, runs=5, models=[
+        {"name": "ref", "stats": stats, "ratio": 1.0, "ratio_ci": [1, 1]},
+        {"name": "m", "stats": stats, "ratio": ratio, "ratio_ci": list(ci)}])
+
+
+@pytest.mark.parametrize("ratio,ci,passed", [
+    (0.50, (0.49, 0.51), True),    # unchanged
+    (0.56, (0.54, 0.58), True),    # +12% but the interval reaches below the +10% limit: not proven
+    (0.60, (0.58, 0.62), False),   # +20%: the whole interval is past the limit
+    (1.00, (0.99, 1.01), False),   # the full model against a half-size model's baseline
+])
+def test_gate_fails_only_on_a_confident_regression(ratio, ci, passed):
+    res = check_regression(_report(ratio, ci), {"ratio": 0.5}, 0.10)
+    assert res.passed is passed
+    assert res.message.startswith("PASS" if passed else "FAIL")
+
+
+@pytest.fixture(scope="module")
+def onnx_pair(tmp_path_factory):
+    """A resnet20 at ~25% FLOPs (channels in multiples of 8: ragged widths are slow) and the full one,
+    exported (tiny: fast to time)."""
+    folder = tmp_path_factory.mktemp("pair")
+    assert run("prune", "resnet20", "--flops", "25%", "--method", "uniform", "--tolerance", "0.05",
+               "--num-classes", "10", "-o", folder / "half.json", "--no-plot").exit_code == 0
+    for src, out in (("half.json", "half.onnx"), ("resnet20", "full.onnx")):
+        r = run("export", src if src == "resnet20" else folder / src, "--out", folder / out, "--no-bench",
+                "--exporter", "torchscript", "--num-classes", "10")
+        assert r.exit_code == 0, r.output
+    return folder
+
+
+def test_bench_side_by_side_writes_report(onnx_pair, tmp_path):
+    r = run("bench", onnx_pair / "full.onnx", onnx_pair / "half.onnx", "--runs", "20", "--threads", "1",
+            "--out", tmp_path / "lat")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "lat.json").read_text())
+    assert rep["interleaved"] and rep["threads"] == 1 and rep["batch"] == 1
+    full, half = rep["models"]
+    assert full["ratio"] == 1.0 and len(rep["times_ms"]["half"]) == 20
+    assert half["flops"] < full["flops"]
+    assert (tmp_path / "lat.md").read_text().count("|") > 20 and (tmp_path / "lat.png").stat().st_size > 1000
+
+
+def test_gate_records_passes_and_catches_a_slower_model(onnx_pair, tmp_path):
+    base = tmp_path / "baseline.json"
+    r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "30",
+            "--threads", "1", "--out", tmp_path / "rec")
+    assert r.exit_code == 0, r.output
+    gate = json.loads(base.read_text())["gate"]
+    assert gate["reference"] == "full-resnet20" and 0.2 < gate["ratio"] < 0.7
+    # the same model again passes (generous tolerance: this test must never flake)...
+    r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--max-regression", "40%", "--runs", "30",
+            "--out", tmp_path / "chk")
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.output
+    # ...and the full model checked against the half model's baseline fails with exit code 1
+    r = run("bench", onnx_pair / "full.onnx", "--baseline", base, "--max-regression", "10%", "--runs", "30",
+            "--out", tmp_path / "chk2")
+    assert r.exit_code == 1, r.output
+    assert "FAIL" in r.output
+
+
+def _one_line_error(r, needle):
+    assert r.exit_code == 2, r.output
+    text = r.output.strip()
+    assert text.startswith("error:") and "Traceback" not in text and needle in text.replace("\n", " ")
+
+
+def test_bench_errors_are_one_line(onnx_pair, tmp_path):
+    _one_line_error(run("bench", tmp_path / "nope.onnx"), "not found")
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    _one_line_error(run("bench", junk), "not an ONNX model")
+    _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", tmp_path / "none.json"),
+                    "--update-baseline")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", bad), "not a slimkit latency baseline")
+    _one_line_error(run("bench", onnx_pair / "half.onnx", "--backend", "tpu"), "unknown --backend")
+
+
+def test_gate_rejects_a_model_with_another_input_shape(onnx_pair, tmp_path):
+    base = tmp_path / "baseline.json"
+    assert run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
+               "--threads", "1", "--out", tmp_path / "rec").exit_code == 0
+    other = tmp_path / "r20_64.onnx"
+    assert run("export", "resnet20", "--num-classes", "10", "--input-size", "64", "--out", other, "--no-bench",
+               "--exporter", "torchscript").exit_code == 0
+    _one_line_error(run("bench", other, "--baseline", base), "recorded at 1x3x32x32")
