@@ -53,7 +53,8 @@ class Budget:
 
 def parse_budget(text: str, kind: str | None = None) -> Budget:
     """Parse '150M', '1.2G', '50%', '3.5Mp', '20ms'. ``kind='params'`` reads a bare number
-    (``--params 3.5M``) as parameters."""
+    (``--params 3.5M``) as parameters; ``kind='latency'`` reads '50%' as a share of the full
+    model's measured latency."""
     raw = str(text).strip()
     t = raw.replace("_", "").replace(",", "")
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", t)
@@ -63,12 +64,15 @@ def parse_budget(text: str, kind: str | None = None) -> Budget:
             raise BudgetError(f"budget '{raw}' must be a positive percentage, e.g. 50%")
         if kind == "params":
             raise BudgetError(f"a parameter budget cannot be a percentage ('{raw}'): give e.g. 2.1M")
-        return Budget("flops", raw, None, frac)
+        return Budget("latency" if kind == "latency" else "flops", raw, None, frac)
     m = re.fullmatch(r"(\d+(?:\.\d+)?(?:e\d+)?)\s*(ms|us|s)", t)
     if m:
         if kind == "params":
             raise BudgetError(f"'{raw}' is a latency, not a parameter count")
         return Budget("latency", raw, float(m.group(1)) * _TIME[m.group(2)])
+    if kind == "latency":
+        raise BudgetError(f"cannot read latency budget '{raw}': use a time like 8ms or 500us, or 50% of the "
+                          "full model's latency")
     m = re.fullmatch(r"(\d+(?:\.\d+)?(?:e\d+)?)\s*([KkMGT]?)(p|P|params)?", t)
     if m:
         value = float(m.group(1)) * _SCALES[m.group(2).upper()]

@@ -10,7 +10,7 @@ from typing import Any
 
 from slimkit import registry
 from slimkit.budget import Budget, check_budget, max_widths, parse_budget, search_threshold, search_uniform
-from slimkit.errors import PlanError, SlimkitError
+from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.generator import channel_graph, generate, resize_model
 from slimkit.plan import ChannelPlan
@@ -38,16 +38,20 @@ def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, 
 
 def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_classes: int | None = None,
           in_chans: int | None = None, input_size: tuple[int, int, int] | None = None,
-          expand: float = 1.0, round_to: int = 8, seed: int = 0, tolerance: float = 0.01,
+          expand: float = 1.0, round_to: int = 8, seed: int = 0, tolerance: float | None = None,
           verify: bool = True, data: str = "fashion-mnist", data_dir: str | None = None,
           preset: str | None = None, gamma: float | None = None, lr: float | None = None,
           batch_size: int | None = None, epochs: float | None = None, steps: int | None = None,
           search_size: int | None = None, val_size: int | None = None, device: str = "auto",
+          backend: str = "ort-cpu", threads: int | None = None, batch: int = 1,
           progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
     ``method='scratch'`` learns gates on random frozen weights (on ``data``) and thresholds them;
     ``method='uniform'`` scales every group by one factor. ``log`` receives one-line notes.
+    A latency budget ('8ms', or '50%' with ``Budget(kind='latency')``) is measured on ``backend``
+    with ``threads`` and ``batch`` (see :mod:`slimkit.latency_search`); ``tolerance`` then
+    defaults to 5%.
     """
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
@@ -57,8 +61,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
         raise SlimkitError(f"--round-to must be >= 1, got {round_to}")
     spec = registry.resolve(arch)
     b = parse_budget(budget) if isinstance(budget, str) else budget
-    if b.kind == "latency":
-        raise SlimkitError("latency budgets (--latency) are not available yet; use --flops or --params")
+    if tolerance is None:
+        tolerance = 0.05 if b.kind == "latency" else 0.01  # measured latency is noisier than counted FLOPs
     say = log or (lambda _msg: None)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     bundle = None
@@ -79,10 +83,33 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
     full_flops = graph.count_macs()
-    b = check_budget(graph, b, round_to, expand)  # before any gate learning: fail in seconds, not minutes
+    meter = None
+    if b.kind == "latency":  # measure the full and smallest models first: fail before any gate learning
+        from slimkit.latency_search import LatencyMeter, resolve_target
+
+        template = ChannelPlan(arch=spec.canonical, arch_kwargs=kwargs, input_size=list(size), expand=expand,
+                               round_to=round_to, method=method, seed=seed, groups={})
+        meter = LatencyMeter(template, graph, backend=backend, threads=threads, batch=batch)
+        target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
+        flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
+    else:
+        b = check_budget(graph, b, round_to, expand)  # before any gate learning: fail in seconds, not minutes
     if bundle is not None:
         say(f"data: {bundle.description}")
-    if method == "uniform":
+    gates = None
+    if meter is not None:
+        if method == "scratch":
+            gates_result, search = _learn_gates(
+                spec.canonical, kwargs, graph, flops_guess, bundle, expand=expand, seed=seed, preset=preset,
+                gamma=gamma, lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
+                progress=progress, say=say)
+            gates = gates_result.gates
+        else:
+            search = {}
+        result, b, latency = _search_latency(meter, graph, b, gates, round_to, expand, tolerance, say)
+        search["latency_search"] = latency.pop("search")
+        meter.close()
+    elif method == "uniform":
         result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
         search = {"factor": round(result.value, 6), "iterations": result.iterations}
     else:
@@ -103,6 +130,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
         round_to=round_to, method=method, seed=seed, budget=b.to_json(),
         groups={n: {"full": g.width, "width": result.widths[n]} for n, g in graph.groups.items()},
         flops=result.flops, params=result.params, search=search,
+        latency=latency if meter is not None else None,
     )
     if verify:  # the contract: G(plan) counts exactly the plan's FLOPs and parameters
         thin = generate(plan)
@@ -171,3 +199,37 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
                       "zero": sum(1 for v in flat if v <= 0.0), "one": sum(1 for v in flat if v >= 1.0)},
             "history": [{k: round(v, 4) for k, v in h.items()} for h in res.history]}
     return res, info
+
+
+def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say):
+    """Latency budget -> widths, the resolved budget and the plan's ``latency`` record."""
+    from slimkit.budget import SearchResult
+    from slimkit.latency_search import search_latency
+
+    full_flops = graph.count_macs()
+
+    def plan_at(f: float) -> dict[str, int]:
+        b = Budget("flops", f"{f:.1%}", round(f * full_flops))
+        for tol in (0.01, 0.03, 0.1, 10.0):  # the latency search wants a plan near f, not exactly at it
+            try:
+                if gates is None:
+                    return search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tol).widths
+                return search_threshold(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol).widths
+            except BudgetError:
+                continue
+        raise BudgetError(f"no plan near {f:.1%} of the full model's MACs")
+
+    res = search_latency(meter, budget, plan_at, tolerance=tolerance, log=say)
+    m = res.measurement
+    resolved = Budget("latency", budget.text, res.target_ratio * res.full_ms / 1000.0, budget.fraction)
+    latency = {"backend": meter.backend, "device": meter.device_text, "threads": meter.threads, "batch": meter.batch,
+               "median_ms": round(m.median_ms, 4), "p90_ms": round(m.stats["p90_ms"], 4),
+               "std_ms": round(m.stats["std_ms"], 4), "ratio_to_full": round(m.ratio, 4),
+               "ratio_ci": [round(m.ci[0], 4), round(m.ci[1], 4)], "full_median_ms": round(res.full_ms, 4),
+               "target_ratio": round(res.target_ratio, 4), "runs": m.runs, "measured": True,
+               "search": {"measured_plans": res.measured_plans, "seconds": round(res.seconds, 1),
+                          "tolerance": tolerance, "trace": res.trace}}
+    say(f"latency: {m.ratio:.3f}x the full model ({m.ratio * res.full_ms:.3f} ms; budget {budget.text} = "
+        f"{res.target_ratio * res.full_ms:.3f} ms), {res.measured_plans} plans measured in {res.seconds:.0f}s")
+    widths = res.widths
+    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), float("nan"), 0), resolved, latency

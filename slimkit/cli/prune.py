@@ -39,6 +39,12 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
         if plan.budget["kind"] == "flops" and target:
             line += f" = {format_count(target)} (off by {100 * (plan.flops - target) / target:+.2f}%)"
     console.print(line, highlight=False)
+    if plan.latency:
+        lat = plan.latency
+        target_ms = lat["target_ratio"] * lat["full_median_ms"]
+        console.print(f"latency {lat['ratio_to_full'] * lat['full_median_ms']:.3f} ms = {lat['ratio_to_full']:.3f}x the full "
+                      f"model (95% CI {lat['ratio_ci'][0]:.3f}-{lat['ratio_ci'][1]:.3f}); budget {target_ms:.3f} ms, "
+                      f"measured on {lat['backend']}, {lat['threads']} thread(s), batch {lat['batch']}", highlight=False)
 
 
 @user_errors
@@ -46,14 +52,18 @@ def prune(
     arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:efficientnet_b0.")],
     flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
+    latency: Annotated[Optional[str], typer.Option("--latency", help="Measured-latency budget: 8ms, or 50% of the full model's latency on --backend.")] = None,
+    backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = "ort-cpu",
+    threads: Annotated[Optional[int], typer.Option(help="Threads for --latency (default: physical cores).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = 1,
     method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = "scratch",
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="224, 224x224 or 3,224,224 (default: the model's).")] = None,
     expand: Annotated[float, typer.Option(help="Widen every group by this factor before pruning (paper: 1.25 on CIFAR).")] = 1.0,
-    round_to: Annotated[int, typer.Option(help="Round channel counts to multiples of this (8: fast kernels).")] = 8,
-    tolerance: Annotated[float, typer.Option(help="Relative budget tolerance of the search.")] = 0.01,
+    round_to: Annotated[int, typer.Option(help="Round channel counts to multiples of this (8: onnxruntime's CPU kernels block channels by 8; ragged counts run up to 2x slower).")] = 8,
+    tolerance: Annotated[Optional[float], typer.Option(help="Relative budget tolerance of the search (default 1%; 5% for --latency).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a channels-per-group PNG.")] = True,
     data: Annotated[str, typer.Option(help="Gate-learning data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = "fashion-mnist",
@@ -72,9 +82,16 @@ def prune(
     from slimkit.budget import parse_budget
     from slimkit.prune import prune as run_prune
 
-    if (flops is None) == (params is None):
-        raise SlimkitError("give exactly one budget: --flops 150M (or 50%) or --params 2.1M")
-    budget = parse_budget(flops) if flops is not None else parse_budget(params, kind="params")
+    if sum(x is not None for x in (flops, params, latency)) != 1:
+        raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%)")
+    if flops is not None:
+        budget = parse_budget(flops)
+        if budget.kind != "flops":
+            raise SlimkitError(f"--flops {flops} is not a FLOPs budget: use 150M, 1.2G or 50% (or --latency / --params)")
+    elif params is not None:
+        budget = parse_budget(params, kind="params")
+    else:
+        budget = parse_budget(latency, kind="latency")
     size = parse_input_size(input_size)
     if size and in_chans:
         size = (in_chans, size[1], size[2])
@@ -90,7 +107,7 @@ def prune(
                          input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance,
                          data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, epochs=epochs,
                          steps=steps, batch_size=batch_size, search_size=search_size, val_size=val_size,
-                         device=device, progress=progress, log=log)
+                         device=device, backend=backend, threads=threads, batch=batch, progress=progress, log=log)
         progress.remove_task(task)
     render_plan(plan, f"{plan.arch} — {method} plan")
     save_plan(plan, out)

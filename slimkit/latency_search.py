@@ -1,0 +1,216 @@
+"""Measured-latency budgets: Algorithm 1 with latency, measured on the target backend, as the cost.
+
+FLOPs are a poor proxy for speed (fixed per-layer overheads, memory-bound depthwise convs, ragged
+channel counts), so every candidate here is *built and timed*: plan -> G -> ONNX -> onnxruntime,
+timed in interleaved rounds against the full model, so the cost is a ratio to the full model
+that machine drift cancels out of (the same measurement `slimkit bench` makes).
+
+The search walks the same family of plans as the FLOPs search: for a FLOPs fraction f, Algorithm 1
+(threshold over the learned gates, or one uniform factor) gives the plan P(f). Latency grows with
+f, roughly linearly plus a constant, so a secant search (regula falsi, bracketing kept) on f
+needs a handful of measurements instead of a full bisection of τ. The stop rule is noise-aware:
+accept a candidate when its measured ratio is within the tolerance of the target *and* its
+confidence interval is narrow enough to say so; otherwise measure it again with twice the rounds.
+Every measurement is cached by plan widths. A per-layer lookup table (NetAdapt/HALP style) would
+save little here: one candidate costs well under a second to export and time on the models
+below, and the final plan's latency must be measured anyway.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimkit.budget import Budget, min_widths
+from slimkit.errors import BudgetError
+from slimkit.graph import ChannelGraph
+from slimkit.latency import Candidate, measure
+from slimkit.plan import ChannelPlan
+
+__all__ = ["LatencyMeter", "resolve_target", "search_latency", "LatencySearchResult"]
+
+
+@dataclass
+class Measurement:
+    ratio: float
+    ci: tuple[float, float]
+    median_ms: float
+    full_median_ms: float
+    runs: int
+    stats: dict[str, float]
+
+
+@dataclass
+class LatencySearchResult:
+    widths: dict[str, int]
+    measurement: Measurement
+    target_ratio: float
+    full_ms: float
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    measured_plans: int = 0
+
+
+class LatencyMeter:
+    """Times plans (given as widths) as a ratio to the full model, on one backend; cached."""
+
+    def __init__(self, template: ChannelPlan, graph: ChannelGraph, *, backend: str = "ort-cpu",
+                 threads: int | None = None, batch: int = 1, runs: int = 40, warmup: int = 5,
+                 device: str = "cpu", workdir: str | Path | None = None):
+        self.template, self.graph = template, graph
+        self.backend, self.threads, self.batch, self.runs, self.warmup = backend, threads, batch, runs, warmup
+        self.device = device
+        self._tmp = tempfile.TemporaryDirectory(prefix="slimkit-latency-") if workdir is None else None
+        self.workdir = Path(workdir or self._tmp.name)
+        self._cache: dict[tuple, Measurement] = {}
+        self._files: dict[tuple, Candidate] = {}
+        self.full = self._candidate({n: g.width for n, g in graph.groups.items()}, "full")
+        self.device_text = ""
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def plan_for(self, widths: dict[str, int]) -> ChannelPlan:
+        t = self.template
+        return ChannelPlan(arch=t.arch, arch_kwargs=dict(t.arch_kwargs), input_size=list(t.input_size),
+                           expand=t.expand, round_to=t.round_to, seed=t.seed, method=t.method,
+                           groups={n: {"full": g.width, "width": widths[n]} for n, g in self.graph.groups.items()},
+                           flops=self.graph.count_macs(widths), params=self.graph.count_params(widths))
+
+    def _candidate(self, widths: dict[str, int], name: str | None = None) -> Candidate:
+        key = tuple(sorted(widths.items()))
+        if key in self._files:
+            return self._files[key]
+        from slimkit.exporters.onnx import export
+        from slimkit.generator import generate
+        from slimkit.source import calibrate_bn
+
+        plan = self.plan_for(widths)
+        model = generate(plan)
+        # Realistic activations (no denormals, no overflow) at little cost: weights do not change
+        # latency, but values that vanish into denormals would slow some CPUs down.
+        calibrate_bn(model, tuple(plan.input_size), batches=2, batch_size=2)
+        label = name or f"cand{len(self._files)}"
+        path = self.workdir / f"{label}.onnx"
+        export(model.eval(), tuple(plan.input_size), path, batch=self.batch, exporter="torchscript",
+               simplify=False, check_parity=False)
+        cand = Candidate(name=label, input_shape=(self.batch, *plan.input_size), onnx_path=path,
+                         flops=plan.flops, params=plan.params)
+        self._files[key] = cand
+        return cand
+
+    def measure(self, widths: dict[str, int], runs: int | None = None) -> Measurement:
+        key = tuple(sorted(widths.items()))
+        runs = runs or self.runs
+        cached = self._cache.get(key)
+        if cached is not None and cached.runs >= runs:
+            return cached
+        cand = self._candidate(widths)
+        if cand is self.full:  # the full model against itself: exactly 1 by definition
+            rep = measure([self.full], backend=self.backend, threads=self.threads, warmup=self.warmup, runs=runs,
+                          device=self.device)
+            m0 = rep.models[0]
+            result = Measurement(1.0, (1.0, 1.0), m0["stats"]["median_ms"], m0["stats"]["median_ms"], runs,
+                                 m0["stats"])
+        else:
+            rep = measure([self.full, cand], backend=self.backend, threads=self.threads, warmup=self.warmup,
+                          runs=runs, device=self.device)
+            m0, m1 = rep.models
+            result = Measurement(m1["ratio"], tuple(m1["ratio_ci"]), m1["stats"]["median_ms"],
+                                 m0["stats"]["median_ms"], runs, m1["stats"])
+        self.device_text, self.threads = rep.device, rep.threads
+        self._cache[key] = result
+        return result
+
+    @property
+    def measured(self) -> int:
+        return len(self._cache)
+
+
+def resolve_target(meter: LatencyMeter, budget: Budget, tolerance: float,
+                   say: Callable[[str], None] | None = None) -> tuple[float, float, Measurement]:
+    """Measure the full and the smallest buildable model; the budget as a ratio to the full model.
+    Fails fast (before any gate learning) when the budget is out of reach."""
+    say = say or (lambda _m: None)
+    smallest = meter.measure(min_widths(meter.graph, meter.template.round_to))
+    full_ms = smallest.full_median_ms
+    target = budget.fraction if budget.fraction is not None else budget.value * 1000.0 / full_ms
+    lo_ms = smallest.ratio * full_ms
+    say(f"latency on {meter.backend} ({meter.device_text}, {meter.threads} thread(s), batch {meter.batch}): "
+        f"full model {full_ms:.3f} ms, smallest buildable {lo_ms:.3f} ms ({smallest.ratio:.2f}x)")
+    achievable = f"achievable here: {lo_ms:.3f}-{full_ms:.3f} ms ({smallest.ratio:.0%}-100% of the full model)"
+    if target >= 1.0:
+        raise BudgetError(f"latency budget {budget.text} is at or above the full model's {full_ms:.3f} ms: nothing to "
+                          f"prune; {achievable}")
+    if target < smallest.ratio * (1 - tolerance):
+        raise BudgetError(f"latency budget {budget.text} ({target * full_ms:.3f} ms) is below the smallest model "
+                          f"slimkit can build ({lo_ms:.3f} ms); {achievable}, or pass a smaller --round-to")
+    return target, full_ms, smallest
+
+
+def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float], dict[str, int]], *,
+                   tolerance: float = 0.05, max_measurements: int = 10,
+                   log: Callable[[str], None] | None = None) -> LatencySearchResult:
+    """Find widths whose measured latency ratio to the full model meets ``budget`` within ``tolerance``.
+
+    ``plan_at(f)`` maps a FLOPs fraction to widths (Algorithm 1 at that FLOPs budget).
+    """
+    say = log or (lambda _m: None)
+    start = time.perf_counter()
+    graph = meter.graph
+    full_w = {n: g.width for n, g in graph.groups.items()}
+    min_w = min_widths(graph, meter.template.round_to)
+    target, full_ms, smallest = resolve_target(meter, budget, tolerance)  # cached: measured once
+    full_flops = graph.count_macs()  # fractions are of the unexpanded full model, as FLOPs budgets are
+    min_f = graph.count_macs(min_w) / full_flops
+    # Bracket in FLOPs-fraction space: (f, measured ratio) at both ends.
+    lo = (min_f, smallest.ratio, min_w)
+    hi = (1.0, 1.0, full_w)
+    trace: list[dict[str, Any]] = [{"flops_fraction": round(min_f, 4), "ratio": round(smallest.ratio, 4)}]
+    best: tuple[float, dict[str, int], Measurement] | None = None
+    f = min(max(target, min_f), 1.0)  # first guess: latency shrinks like FLOPs
+    side = 0
+    for _ in range(max_measurements):
+        widths = plan_at(f)
+        m = meter.measure(widths)
+        within = abs(m.ratio - target) <= tolerance * target
+        if within and (m.ci[1] - m.ci[0]) > tolerance * target and m.runs < 4 * meter.runs:
+            m = meter.measure(widths, runs=2 * m.runs)  # too noisy to decide: measure it longer
+            within = abs(m.ratio - target) <= tolerance * target
+        trace.append({"flops_fraction": round(f, 4), "flops": graph.count_macs(widths), "ratio": round(m.ratio, 4),
+                      "ci": [round(m.ci[0], 4), round(m.ci[1], 4)], "runs": m.runs})
+        say(f"  {graph.count_macs(widths) / 1e6:8.1f}M MACs ({f:.3f} of full) -> {m.ratio:.3f}x full "
+            f"({m.ratio * full_ms:.3f} ms; target {target:.3f}x)")
+        score = abs(m.ratio - target)
+        if best is None or (within and score < abs(best[2].ratio - target)) or (
+                not abs(best[2].ratio - target) <= tolerance * target and score < abs(best[2].ratio - target)):
+            best = (f, widths, m)
+        if within and m.ci[0] >= target * (1 - tolerance) and m.ci[1] <= target * (1 + tolerance):
+            break
+        if m.ratio > target:
+            hi = (f, m.ratio, widths)
+            if side == 1:  # Illinois: keep regula falsi from stalling on one side
+                lo = (lo[0], target + (lo[1] - target) / 2, lo[2])
+            side = 1
+        else:
+            lo = (f, m.ratio, widths)
+            if side == -1:
+                hi = (hi[0], target + (hi[1] - target) / 2, hi[2])
+            side = -1
+        if hi[0] - lo[0] < 1e-4:
+            break
+        f_new = lo[0] + (target - lo[1]) * (hi[0] - lo[0]) / max(hi[1] - lo[1], 1e-9)
+        f = min(max(f_new, lo[0] + 0.02 * (hi[0] - lo[0])), hi[0] - 0.02 * (hi[0] - lo[0]))
+    assert best is not None
+    _, widths, m = best
+    if abs(m.ratio - target) > tolerance * target:
+        raise BudgetError(f"no plan within {tolerance:.0%} of latency budget {budget.text} ({target * full_ms:.3f} ms) "
+                          f"after {meter.measured} measurements: the closest is {m.ratio * full_ms:.3f} ms "
+                          f"({m.ratio:.3f}x); pass a larger --tolerance or a smaller --round-to")
+    return LatencySearchResult(widths=widths, measurement=m, target_ratio=target, full_ms=full_ms, trace=trace,
+                               seconds=time.perf_counter() - start, measured_plans=meter.measured)

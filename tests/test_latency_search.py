@@ -1,0 +1,95 @@
+"""Latency budgets: the secant search on a known latency curve, then for real on onnxruntime."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from slimkit.budget import Budget, parse_budget, search_uniform
+from slimkit.cli import app
+from slimkit.errors import BudgetError
+from slimkit.generator import channel_graph
+from slimkit.latency_search import LatencyMeter, Measurement, search_latency
+from slimkit.plan import ChannelPlan
+
+runner = CliRunner()
+
+
+class CurveMeter(LatencyMeter):
+    """A meter whose 'measurements' follow a fixed latency curve: tests the search, not the machine."""
+
+    def __init__(self, graph, curve, round_to=1):
+        self.graph, self.curve = graph, curve
+        self.template = ChannelPlan(arch="slimkit:resnet20", input_size=[3, 32, 32], groups={}, round_to=round_to)
+        self.backend, self.threads, self.batch, self.runs, self.device_text = "fake", 1, 1, 40, "curve"
+        self._cache = {}
+        self.full_flops = graph.count_macs()
+
+    def measure(self, widths, runs=None):
+        key = tuple(sorted(widths.items()))
+        r = self.curve(self.graph.count_macs(widths) / self.full_flops)
+        self._cache[key] = Measurement(r, (r * 0.99, r * 1.01), r * 10, 10.0, runs or 40, {})
+        return self._cache[key]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+
+
+def _plan_at(graph):
+    full = graph.count_macs()
+    return lambda f: search_uniform(graph, Budget("flops", "x", round(f * full)), round_to=1, tolerance=0.05).widths
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_search_finds_the_budget_on_a_nonlinear_curve(graph, target):
+    meter = CurveMeter(graph, lambda f: 0.15 + 0.85 * f ** 1.5)  # fixed overhead + superlinear
+    res = search_latency(meter, Budget("latency", f"{target:.0%}", None, target), _plan_at(graph))
+    assert abs(res.measurement.ratio - target) <= 0.05 * target
+    assert res.measured_plans <= 8  # a handful of builds, not a 40-step bisection
+
+
+def test_budget_in_milliseconds_uses_the_measured_full_model(graph):
+    meter = CurveMeter(graph, lambda f: 0.1 + 0.9 * f)  # full model: 10 ms
+    res = search_latency(meter, parse_budget("4ms", "latency"), _plan_at(graph))
+    assert res.target_ratio == pytest.approx(0.4)
+    assert abs(res.measurement.ratio * 10 - 4) <= 0.2
+
+
+def test_unreachable_budgets_name_the_achievable_range(graph):
+    meter = CurveMeter(graph, lambda f: 0.2 + 0.8 * f)
+    with pytest.raises(BudgetError, match=r"below the smallest model.*achievable here: 2\.\d+-10\.000 ms"):
+        search_latency(meter, parse_budget("1ms", "latency"), _plan_at(graph))
+    with pytest.raises(BudgetError, match="at or above the full model"):
+        search_latency(meter, parse_budget("12ms", "latency"), _plan_at(graph))
+
+
+def test_cli_latency_budget_on_onnxruntime(tmp_path):
+    """For real: resnet20 on ORT CPU at 60% of the full model's latency (loose tolerance: CI is noisy;
+    --round-to 1 because multiples of 8 leave resnet20's 16/32/64-wide groups only a few widths)."""
+    out = tmp_path / "lat.json"
+    r = runner.invoke(app, ["prune", "resnet20", "--latency", "60%", "--method", "uniform", "--num-classes", "10",
+                            "--round-to", "1", "--threads", "1", "--tolerance", "0.15", "-o", str(out), "--no-plot"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(out.read_text())
+    lat = plan["latency"]
+    assert plan["budget"]["kind"] == "latency" and plan["budget"]["fraction"] == 0.6
+    assert lat["measured"] and lat["backend"] == "ort-cpu" and lat["threads"] == 1 and lat["batch"] == 1
+    assert abs(lat["ratio_to_full"] - 0.6) <= 0.15 * 0.6
+    assert plan["search"]["latency_search"]["measured_plans"] >= 2 and plan["flops"] < plan["search"]["full_flops"]
+    assert "latency" in r.output and "x the full" in r.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--latency", "150M"], "cannot read latency budget"),
+    (["--flops", "8ms"], "not a FLOPs budget"),
+    (["--latency", "50%", "--flops", "50%"], "exactly one budget"),
+    (["--latency", "0.001ms", "--method", "uniform"], "achievable here"),
+])
+def test_cli_latency_errors(tmp_path, args, needle):
+    r = runner.invoke(app, ["prune", "resnet20", *args, "-o", str(tmp_path / "p.json"), "--threads", "1"])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error:") or needle in r.output
+    assert needle in r.output.replace("\n", " ") and "Traceback" not in r.output
+    assert not (tmp_path / "p.json").exists()
