@@ -346,8 +346,23 @@ class _SeededLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    rank: int = 0
+    world_size: int = 1
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def shard(self, rank: int, world_size: int) -> "_SeededLoader":
+        """Under DDP: every process draws the same global batches (same (seed, epoch) order) and
+        takes its own contiguous slice of each, so N processes together see exactly the batches
+        one process would, whatever N is (which is also what lets --resume change the world size)."""
+        if world_size > 1 and self.batch_size % world_size:
+            raise ValueError(f"batch size {self.batch_size} is not divisible by {world_size} processes")
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    def _local(self, indices: Tensor) -> Tensor:
+        return indices.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else indices
 
     def _next_generator(self) -> torch.Generator:
         """The generator for this pass: (seed, epoch) fixes shuffling and augmentation; the
@@ -387,8 +402,9 @@ class TensorLoader(_SeededLoader):
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
-            indices = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.dataset.batch(indices, augment=self.augment, generator=generator)
+            indices = self._local(order[i * self.batch_size : (i + 1) * self.batch_size])
+            if len(indices):  # a short last batch may leave a process nothing
+                yield self.dataset.batch(indices, augment=self.augment, generator=generator)
 
 
 class FolderLoader(_SeededLoader):
@@ -419,14 +435,11 @@ class FolderLoader(_SeededLoader):
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = self._next_generator()
-        loader = DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            num_workers=self.num_workers,
-            generator=generator,
-        )
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        batches = [b for i in range(len(self))
+                   if (b := self._local(order[i * self.batch_size : (i + 1) * self.batch_size]).tolist())]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=generator)
         yield from loader
 
 

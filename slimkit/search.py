@@ -20,9 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from slimkit import distributed
 from slimkit.data import DataBundle, make_loader
+from slimkit.distributed import all_reduce_sum
+from slimkit.errors import SlimkitError
 from slimkit.gates import GatedSupernet
 
 __all__ = ["GateSearchConfig", "GateSearchResult", "PRESETS", "search_gates", "resolve_device"]
@@ -76,6 +80,7 @@ def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool) 
             x, y = _to(x, device), y.to(device, non_blocking=True)
             correct += int((supernet.model(x).argmax(1) == y).sum())
             total += y.numel()
+    correct, total = all_reduce_sum(correct, total, device=device)
     return correct / max(total, 1)
 
 
@@ -94,6 +99,9 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
                  progress: Any | None = None) -> GateSearchResult:
     """Learn the gates of ``supernet`` on ``data.train``; choose a snapshot on ``data.val``."""
     device = resolve_device(cfg.device)
+    info = distributed.setup(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
     torch.manual_seed(cfg.seed)
     model = supernet.model
     if device.type == "cuda":
@@ -101,12 +109,18 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
         for g in supernet.gates.values():
             g.data = g.data.to(device)
     supernet.set_search_mode()
+    # Under torchrun each process takes a slice of every global batch; gate gradients are averaged
+    # below, so every process holds the same gates after every step.
+    world, rank = distributed.world_size(), (dist.get_rank() if distributed.world_size() > 1 else 0)
+    if cfg.batch_size % world:
+        raise SlimkitError(f"gate batch size {cfg.batch_size} must divide by {world} processes")
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                               augment=False)
+                               augment=False).shard(rank, world)
     val_ds = data.val if data.val is not None else data.train
     if cfg.val_images is not None and len(val_ds) > cfg.val_images and hasattr(val_ds, "subset"):
         val_ds = val_ds.subset(torch.arange(cfg.val_images))
-    val_loader = make_loader(val_ds, max(cfg.batch_size, 256), shuffle=False, seed=cfg.seed)
+    val_batch = max(cfg.batch_size, 256)
+    val_loader = make_loader(val_ds, val_batch - val_batch % world, shuffle=False, seed=cfg.seed).shard(rank, world)
     opt = torch.optim.Adam(supernet.parameters(), lr=cfg.lr)
     eval_at = {max(1, round(cfg.steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}
 
@@ -129,6 +143,10 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
             loss = ce + cfg.gamma * (supernet.penalty_mean() - cfg.target) ** 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                for gate in supernet.parameters():
+                    dist.all_reduce(gate.grad)
+                    gate.grad /= world
             opt.step()
             supernet.clamp_()
             step += 1

@@ -15,6 +15,7 @@ scheduler, epoch, RNG state, config, metrics and the plan (as JSON text, so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit import distributed
 from slimkit.data import load_data, make_loader
+from slimkit.distributed import all_reduce_sum
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, load_plan
 
@@ -73,6 +76,8 @@ class TrainConfig:
     compile: bool = False
     workers: int = 4
     max_steps_per_epoch: int | None = None  # for smoke tests and quick looks
+    accum_steps: int = 1  # gradient accumulation: a small machine reproduces a large global batch
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
 
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else 0.05 * self.batch_size / 256
@@ -158,31 +163,38 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progress=None, task=None):
+    """One pass. ``loader`` yields this process's share of each global batch; it is split into
+    ``cfg.accum_steps`` micro-batches whose gradients add up (DDP syncs only on the last one)."""
     model.train()
     total_loss = correct = seen = 0
     start = time.perf_counter()
+    accum = max(1, cfg.accum_steps)
     for step, (x, y) in enumerate(loader):
         if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if device.type == "cuda" and cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, cfg.amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        chunks = list(zip(x.tensor_split(accum), y.tensor_split(accum)))
+        for i, (xm, ym) in enumerate(chunks):
+            sync = i == len(chunks) - 1 or not hasattr(model, "no_sync")
+            with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(device, cfg.amp):
+                logits = model(xm)
+            loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
+            (loss * (ym.numel() / y.numel())).backward()  # the mean over the whole local batch
+            total_loss += loss.item() * ym.numel()
+            correct += int((logits.argmax(1) == ym).sum())
         opt.step()
         sched.step()
-        n = y.numel()
-        total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == y).sum())
-        seen += n
+        seen += y.numel()
         if progress is not None:
             rate = seen / max(time.perf_counter() - start, 1e-9)
             progress.update(task, advance=1, description=(
                 f"loss {total_loss / seen:.3f}  acc {correct / seen:.3f}  {rate:.0f} img/s"))
-    return total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start
+    secs = time.perf_counter() - start
+    total_loss, correct, seen = all_reduce_sum(total_loss, correct, seen, device=device)
+    return total_loss / max(seen, 1), correct / max(seen, 1), int(seen), secs
 
 
 def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, float]:
@@ -199,6 +211,7 @@ def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, flo
             top1 += int((topk[:, 0] == y).sum())
             top5 += int((topk == y[:, None]).any(1).sum())
             seen += y.numel()
+    total_loss, top1, top5, seen = all_reduce_sum(total_loss, top1, top5, seen, device=device)
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
@@ -208,7 +221,13 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
     from slimkit.generator import generate
     from slimkit.search import resolve_device
 
-    say = log or (lambda _m: None)
+    device = resolve_device(cfg.device)
+    dist_info = distributed.setup(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    main = dist_info.is_main
+    say = (log or (lambda _m: None)) if main else (lambda _m: None)
+    progress = progress if main else None
     if cfg.budget not in BUDGETS:
         raise SlimkitError(f"unknown --budget '{cfg.budget}': choose one of {', '.join(BUDGETS)}")
     out = Path(out_dir)
@@ -221,7 +240,8 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
             if key in saved and saved[key] != getattr(cfg, key):
                 say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {getattr(cfg, key)!r})")
         cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg)},
-                             "device": cfg.device, "workers": cfg.workers})
+                             "device": cfg.device, "workers": cfg.workers, "accum_steps": cfg.accum_steps,
+                             "sync_bn": cfg.sync_bn})  # how to run it may change on resume; what to run may not
         plan = load_plan(json.loads(ckpt["plan"]))
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
@@ -235,7 +255,6 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
     else:
         plan = None  # an architecture name: the full model, once the data says how many classes
 
-    device = resolve_device(cfg.device)
     if plan is not None:
         size = tuple(plan.input_size)
     else:
@@ -263,14 +282,26 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
     say(f"budget {cfg.budget}: {epochs} epochs (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
 
+    world, accum = dist_info.world_size, max(1, cfg.accum_steps)
+    if cfg.batch_size % (world * accum):
+        raise SlimkitError(f"--batch-size {cfg.batch_size} (the global batch) must divide by {world} process(es) x "
+                           f"{accum} accumulation step(s); pick a multiple of {world * accum}")
+    if world > 1 or accum > 1:
+        say(f"global batch {cfg.batch_size} = {world} process(es) x {accum} accumulation step(s) x "
+            f"{cfg.batch_size // (world * accum)} images; LR {cfg.base_lr():g} is for the global batch"
+            + (f"; {dist_info.backend} process group" if world > 1 else ""))
+
     torch.manual_seed(cfg.seed)
     model = generate(plan).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                               augment=cfg.augment, num_workers=cfg.workers)
-    test_loader = make_loader(data.test, max(256, cfg.batch_size), shuffle=False, seed=cfg.seed,
-                              num_workers=cfg.workers)
+                               augment=cfg.augment, num_workers=cfg.workers).shard(dist_info.rank, world)
+    eval_batch = max(256, cfg.batch_size)
+    test_loader = make_loader(data.test, eval_batch - eval_batch % world, shuffle=False, seed=cfg.seed,
+                              num_workers=cfg.workers).shard(dist_info.rank, world)
     steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
         len(train_loader), cfg.max_steps_per_epoch)
     lr = cfg.base_lr()
@@ -287,11 +318,18 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
         metrics = json.loads(ckpt["metrics"])
         start_epoch = int(ckpt["epoch"])
         say(f"resumed from {ckpt_path} after epoch {start_epoch}")
-    step_fn = torch.compile(model) if cfg.compile else model
+    trainee = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "plan.json", plan.to_json())
-    atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs}, indent=2))
+        trainee = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_fn = torch.compile(trainee) if cfg.compile else trainee
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "plan.json", plan.to_json())
+        atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs,
+                                                           "world_size": world}, indent=2))
     epoch_task = progress.add_task("epochs", total=epochs, completed=start_epoch) if progress else None
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
@@ -306,6 +344,9 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
         metrics.append(asdict(m))
         say(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train acc {acc:.4f}  test top-1 {top1:.4f}  "
             f"top-5 {top5:.4f}  ({m.images_per_second:.0f} img/s)")
+        in_sync = distributed.replicas_identical(model) if world > 1 else None  # every rank takes part
+        if not main:
+            continue
         _atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": torch.get_rng_state(),
@@ -314,10 +355,12 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
         }, ckpt_path)
         atomic_write_text(out / "metrics.json", json.dumps(
             {"epochs": epochs, "budget": cfg.budget, "final": metrics[-1], "history": metrics,
-             "flops": plan.flops, "params": plan.params}, indent=1))
+             "flops": plan.flops, "params": plan.params, "world_size": world,
+             "replicas_identical": in_sync}, indent=1))
         if progress is not None:
             progress.update(epoch_task, advance=1)
-    if metrics:
+    distributed.barrier()  # nobody leaves before rank 0's last checkpoint is on disk
+    if metrics and main:
         from slimkit.plots import plot_training
 
         plot_training(metrics, out / "curves.png", title=f"{plan.arch} ({plan.method}, {cfg.budget})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from slimkit import distributed
 from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.flops import format_count
@@ -98,16 +100,30 @@ def prune(
     if out.exists() and out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
     start = time.perf_counter()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
+        try:
+            run_prune(arch, budget, method=method, num_classes=num_classes, in_chans=in_chans, input_size=size,
+                      expand=expand, round_to=round_to, seed=seed, tolerance=tolerance, data=data, data_dir=data_dir,
+                      preset=preset, gamma=gamma, lr=lr, epochs=epochs, steps=steps, batch_size=batch_size,
+                      search_size=search_size, val_size=val_size, device=device, backend=backend, threads=threads,
+                      batch=batch)
+        finally:
+            distributed.cleanup()
+        return
     progress = make_progress()
     with progress:
         task = progress.add_task(f"tracing {arch}", total=None)
         def log(msg: str) -> None:
             progress.console.print(msg, highlight=False)
-        plan = run_prune(arch, budget, method=method, num_classes=num_classes, in_chans=in_chans,
-                         input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance,
-                         data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, epochs=epochs,
-                         steps=steps, batch_size=batch_size, search_size=search_size, val_size=val_size,
-                         device=device, backend=backend, threads=threads, batch=batch, progress=progress, log=log)
+        try:
+            plan = run_prune(arch, budget, method=method, num_classes=num_classes, in_chans=in_chans,
+                             input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance,
+                             data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, epochs=epochs,
+                             steps=steps, batch_size=batch_size, search_size=search_size, val_size=val_size,
+                             device=device, backend=backend, threads=threads, batch=batch, progress=progress,
+                             log=log)
+        finally:
+            distributed.cleanup()
         progress.remove_task(task)
     render_plan(plan, f"{plan.arch} — {method} plan")
     save_plan(plan, out)

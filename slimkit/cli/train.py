@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from slimkit import distributed
 from slimkit.cli._common import console, make_progress, user_errors
+from slimkit.errors import SlimkitError
 
 
 @user_errors
@@ -31,6 +36,8 @@ def train(
     workers: Annotated[int, typer.Option(help="Data-loader workers (ImageFolder).")] = 4,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from OUT/checkpoint.pt.")] = False,
     max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch (quick looks).")] = None,
+    accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps: the global --batch-size is reached in this many micro-batches.")] = 1,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over all processes.")] = False,
 ) -> None:
     """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine)."""
     from slimkit.train import TrainConfig
@@ -39,12 +46,19 @@ def train(
     cfg = TrainConfig(data=data, data_dir=data_dir, epochs=epochs, budget=budget, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, no_decay_bn_bias=not decay_bn_bias,
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, seed=seed,
-                      device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch)
-    progress = make_progress()
-    with progress:
-        result = run_train(source, out, cfg, resume=resume, progress=progress,
-                           log=lambda m: progress.console.print(m, highlight=False))
-    if result.metrics:
+                      device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch,
+                      accum_steps=accum_steps, sync_bn=sync_bn)
+    if accum_steps < 1:
+        raise SlimkitError(f"--accum-steps must be >= 1, got {accum_steps}")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    progress = make_progress() if main else None
+    try:
+        with progress or contextlib.nullcontext():
+            result = run_train(source, out, cfg, resume=resume, progress=progress,
+                               log=lambda m: progress.console.print(m, highlight=False) if progress else None)
+    finally:
+        distributed.cleanup()
+    if result.metrics and main:
         final = result.metrics[-1]
         console.print(f"final: test top-1 {final['test_top1']:.4f}, top-5 {final['test_top5']:.4f} after "
                       f"{final['epoch']} epochs; wrote {out}/checkpoint.pt, metrics.json, curves.png", highlight=False)
