@@ -8,6 +8,7 @@ from slimkit.cli import bench as _bench
 from slimkit.cli import export as _export
 from slimkit.cli import info as _info
 from slimkit.cli import prune as _prune
+from slimkit.cli import run as _run
 from slimkit.cli import train as _train
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.command("prune")(_prune.prune)
 app.command("train")(_train.train)
 app.command("export")(_export.export)
 app.command("bench")(_bench.bench)
+app.command("run")(_run.run)
 
 
 def main() -> None:

@@ -22,6 +22,15 @@ def default_out(source: str) -> Path:
     return Path(source.split(":")[-1] + ".onnx")
 
 
+def onnx_metadata(src) -> dict[str, str]:
+    """What every exported file carries: slimkit version, plan, source, weights, input size."""
+    from slimkit import __version__
+
+    return {"slimkit.version": __version__, "slimkit.plan": src.plan.to_json(), "slimkit.source": src.description,
+            "slimkit.weights": "trained" if src.trained else "random init, BN statistics calibrated on noise",
+            "slimkit.input_size": "x".join(map(str, src.input_size))}
+
+
 @user_errors
 def export(
     source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name.")],
@@ -40,7 +49,6 @@ def export(
     runs: Annotated[int, typer.Option(help="Timed rounds for the report.")] = 100,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report."""
-    from slimkit import __version__
     from slimkit.exporters import get_exporter
     from slimkit.source import load_source
 
@@ -52,9 +60,7 @@ def export(
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
     src = load_source(source, num_classes=num_classes, input_size=parse_input_size(input_size))
-    metadata = {"slimkit.version": __version__, "slimkit.plan": src.plan.to_json(), "slimkit.source": src.description,
-                "slimkit.weights": "trained" if src.trained else "random init, BN statistics calibrated on noise",
-                "slimkit.input_size": "x".join(map(str, src.input_size))}
+    metadata = onnx_metadata(src)
     with console.status(f"exporting {src.description}"):
         result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
                                       dynamic_batch=dynamic_batch, simplify=simplify, exporter=exporter, atol=atol,

@@ -1,0 +1,454 @@
+"""Recipes: one YAML file that names a published setting end to end (``slimkit run RECIPE``).
+
+A recipe holds what the commands would otherwise take as options: the architecture, the data, the
+pruning budget and method, the training recipe, the export and latency settings. The schema is
+strict (dataclasses below): an unknown key or a value of the wrong type is an error naming it, so a
+typo never silently falls back to a default. Defaults are the CLI's.
+
+```yaml
+name: resnet56_50                 # the run folder: runs/<name>
+arch: resnet56
+num_classes: 10                   # optional (default: the data's)
+input_size: 32                    # optional: 32, [32, 32] or [3, 32, 32] (default: the model's)
+data: {name: cifar10, data_dir: /path/to/cifar10}
+prune: {method: scratch, flops: 50%, expand: 1.25, round_to: 1, preset: cifar}
+train: {epochs: 160, lr: 0.1, weight_decay: 1.0e-4, compare: [full, uniform]}
+export: {exporter: auto}
+bench: {threads: 2, runs: 100}
+```
+
+``load_recipe(path, overrides)`` applies ``--set section.key=value`` overrides (each value read
+as YAML, so ``train.epochs=3`` is an int) before validation.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slimkit.errors import SlimkitError
+
+__all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
+           "RecipeError", "load_recipe", "parse_recipe", "apply_overrides", "dump_recipe", "read_yaml",
+           "SECTIONS", "COMPARE", "BUDGET_KEYS", "num_classes_of"]
+
+COMPARE = ("full", "uniform")  # extra models train.compare may list
+BUDGET_KEYS = ("flops", "params", "latency")
+DATA_NAMES = ("fashion-mnist", "cifar10", "cifar100", "synthetic")  # + imagefolder:PATH
+_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
+
+
+class RecipeError(SlimkitError):
+    """A recipe (or a --set override) that does not fit the schema."""
+
+
+# ---------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-4`` as a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-4``) and ``1e-4`` is a *string*;
+    people write ``weight_decay: 1e-4`` (and ``--set train.lr=1e-4``) and mean the number, as in
+    YAML 1.2. Nothing else changes: no tags beyond the safe ones.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, but short lists on one line: ``compare: [full, uniform]``."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def read_yaml(text: str) -> Any:
+    """Safe YAML (see :class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# ---------------------------------------------------------------------------- schema
+@dataclass
+class DataSection:
+    name: str = "fashion-mnist"  # fashion-mnist, cifar10, cifar100, synthetic, imagefolder:PATH
+    data_dir: str | None = None
+
+
+@dataclass
+class PruneSection:
+    method: str = "scratch"  # scratch | uniform
+    flops: str | None = field(default=None, metadata={"budget": True})  # 150M, 1.2G, 50%
+    params: str | None = field(default=None, metadata={"budget": True})  # 2.1M
+    latency: str | None = field(default=None, metadata={"budget": True})  # 8ms, 50%
+    expand: float = 1.0
+    round_to: int = 8
+    tolerance: float | None = None
+    preset: str | None = None  # cifar | imagenet (default: from the data)
+    gamma: float | None = None
+    lr: float | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    backend: str = "ort-cpu"  # where latency is measured (latency budgets and the bench stage)
+    threads: int | None = None
+
+    @property
+    def budget_key(self) -> str:
+        return next(k for k in BUDGET_KEYS if getattr(self, k) is not None)
+
+    def budget(self):
+        """The :class:`slimkit.budget.Budget` this section asks for (parsed as the CLI does)."""
+        from slimkit.budget import parse_budget
+
+        key = self.budget_key
+        text = getattr(self, key)
+        if key == "flops":
+            b = parse_budget(text)
+            if b.kind != "flops":
+                raise RecipeError(f"prune.flops: '{text}' is not a FLOPs budget: use 150M, 1.2G or 50% "
+                                  "(or prune.latency / prune.params)")
+            return b
+        return parse_budget(text, kind="params" if key == "params" else "latency")
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 30
+    budget: str = "scratch-e"  # scratch-e | scratch-b | fixed
+    batch_size: int = 128
+    lr: float | None = None  # default 0.05 x batch / 256
+    weight_decay: float = 4e-5
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+    compare: list[str] = field(default_factory=list)  # also train these with the same budget: full, uniform
+
+
+@dataclass
+class ExportSection:
+    opset: int | None = None
+    exporter: str = "auto"  # auto | dynamo | torchscript
+    dynamic_batch: bool = False
+
+
+@dataclass
+class BenchSection:
+    threads: int | None = None
+    runs: int = 100
+    batch: int = 1
+
+
+@dataclass
+class Recipe:
+    name: str
+    arch: str
+    num_classes: int | None = None
+    input_size: int | list[int] | None = None  # resolved to [C, H, W] (or None: the model's)
+    data: DataSection = field(default_factory=DataSection)
+    prune: PruneSection = field(default_factory=PruneSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    bench: BenchSection = field(default_factory=BenchSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def input_tuple(self) -> tuple[int, int, int] | None:
+        return tuple(self.input_size) if self.input_size else None  # type: ignore[return-value,arg-type]
+
+
+SECTIONS: dict[str, type] = {"data": DataSection, "prune": PruneSection, "train": TrainSection,
+                             "export": ExportSection, "bench": BenchSection}
+_TOP = [f.name for f in fields(Recipe) if f.name not in SECTIONS]
+
+
+def _keys(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _allowed(cls: type) -> str:
+    return ", ".join(_keys(cls))
+
+
+# ---------------------------------------------------------------------------- type checks
+def _describe(tp: Any) -> str:
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        return f"a list of {_describe(arg).removeprefix('an ').removeprefix('a ')}s"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(matches, value converted to ``tp``): ints pass as floats, nothing else is converted."""
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for item in value:
+            ok, item = _coerce(item, arg)
+            if not ok:
+                return False, value
+            out.append(item)
+        return True, out
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    raise TypeError(f"unsupported schema type {tp!r}")  # a bug in this module, not user input
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    """``cls`` from a mapping: unknown keys, missing required keys and wrong types are errors."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: section '{where}' must be a mapping of keys ({_allowed(cls)}), "
+                          f"got {_show(raw)}")
+    hints = typing.get_type_hints(cls)
+    known = _keys(cls)
+    for key in raw:
+        if key not in known:
+            place = "at the top level" if where == "top level" else f"in section '{where}'"
+            raise RecipeError(f"{source}: unknown key '{key}' {place}: allowed keys are {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        path = f.name if where == "top level" else f"{where}.{f.name}"
+        if f.name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+                raise RecipeError(f"{source}: missing required key '{f.name}' ({where})")
+            continue
+        value = raw[f.name]
+        if f.name in SECTIONS and cls is Recipe:
+            kwargs[f.name] = _build(SECTIONS[f.name], value, f.name, source)
+            continue
+        if f.metadata.get("budget") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # flops: 150000000 means the same as flops: "150000000"
+        ok, value = _coerce(value, hints[f.name])
+        if not ok:
+            raise RecipeError(f"{source}: {path} must be {_describe(hints[f.name])}, got {_show(raw[f.name])}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------- values
+def _check(cond: bool, source: str, message: str) -> None:
+    if not cond:
+        raise RecipeError(f"{source}: {message}")
+
+
+def _resolve_input_size(value: int | list[int] | None, source: str) -> list[int] | None:
+    if value is None:
+        return None
+    nums = [value] if isinstance(value, int) else list(value)
+    _check(1 <= len(nums) <= 3 and all(n >= 1 for n in nums), source,
+           f"input_size must be 32, [32, 32] or [3, 32, 32] (positive), got {_show(value)}")
+    if len(nums) == 1:
+        nums = [3, nums[0], nums[0]]
+    elif len(nums) == 2:
+        nums = [3, *nums]
+    return nums
+
+
+def check_data_name(name: str, source: str = "recipe") -> None:
+    ok = name in DATA_NAMES or (name.startswith("imagefolder:") and len(name) > len("imagefolder:"))
+    _check(ok, source, f"unknown data.name '{name}': choose one of {', '.join(DATA_NAMES)} or imagefolder:PATH")
+
+
+def _validate(r: Recipe, source: str) -> Recipe:
+    """Value checks beyond types; resolves nothing heavy (no data, no models)."""
+    from slimkit import registry
+    from slimkit.exporters.onnx import EXPORTERS
+    from slimkit.latency import BACKENDS
+    from slimkit.prune import METHODS
+    from slimkit.search import PRESETS
+    from slimkit.train import BUDGETS
+
+    _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.name)), source,
+           f"name '{r.name}' must be a folder name: letters, digits, '.', '_' and '-'")
+    try:
+        registry.resolve(r.arch)
+    except SlimkitError as exc:
+        raise RecipeError(f"{source}: arch: {exc}") from None
+    _check(r.num_classes is None or r.num_classes >= 1, source, f"num_classes must be >= 1, got {r.num_classes}")
+    r.input_size = _resolve_input_size(r.input_size, source)
+    check_data_name(r.data.name, source)
+
+    p = r.prune
+    _check(p.method in METHODS, source, f"prune.method '{p.method}' is unknown: choose one of {', '.join(METHODS)}")
+    given = [k for k in BUDGET_KEYS if getattr(p, k) is not None]
+    _check(len(given) == 1, source,
+           "prune needs exactly one budget of flops, params or latency, got "
+           + (" and ".join(given) if given else "none") + " (set the others to null)")
+    try:
+        p.budget()
+    except RecipeError:
+        raise
+    except SlimkitError as exc:
+        raise RecipeError(f"{source}: prune.{p.budget_key}: {exc}") from None
+    _check(p.expand >= 1.0, source, f"prune.expand must be >= 1.0, got {p.expand}")
+    _check(p.round_to >= 1, source, f"prune.round_to must be >= 1, got {p.round_to}")
+    _check(p.tolerance is None or 0 < p.tolerance < 1, source, f"prune.tolerance must be in (0, 1), got {p.tolerance}")
+    _check(p.preset is None or p.preset in PRESETS, source,
+           f"prune.preset '{p.preset}' is unknown: choose one of {', '.join(PRESETS)} (or null: from the data)")
+    for key in ("gamma",):
+        _check(getattr(p, key) is None or getattr(p, key) >= 0, source, f"prune.{key} must be >= 0")
+    for key in ("lr", "epochs", "steps", "batch_size", "threads"):
+        _check(getattr(p, key) is None or getattr(p, key) > 0, source, f"prune.{key} must be > 0")
+    _check(p.backend in BACKENDS, source, f"prune.backend '{p.backend}' is unknown: choose one of {', '.join(BACKENDS)}")
+
+    t = r.train
+    _check(t.epochs >= 1, source, f"train.epochs must be >= 1, got {t.epochs}")
+    _check(t.budget in BUDGETS, source, f"train.budget '{t.budget}' is unknown: choose one of {', '.join(BUDGETS)}")
+    _check(t.batch_size >= 1, source, f"train.batch_size must be >= 1, got {t.batch_size}")
+    _check(t.lr is None or t.lr > 0, source, f"train.lr must be > 0, got {t.lr}")
+    _check(t.weight_decay >= 0, source, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _check(0 <= t.label_smoothing < 1, source, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _check(t.warmup_epochs >= 0, source, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}")
+    _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, source,
+           f"train.max_steps_per_epoch must be >= 1, got {t.max_steps_per_epoch}")
+    bad = [c for c in t.compare if c not in COMPARE]
+    _check(not bad, source, f"train.compare: unknown model '{bad[0] if bad else ''}': list any of {', '.join(COMPARE)}")
+    _check(len(set(t.compare)) == len(t.compare), source, f"train.compare lists a model twice: {t.compare}")
+
+    e = r.export
+    _check(e.exporter in EXPORTERS, source, f"export.exporter '{e.exporter}' is unknown: choose one of {', '.join(EXPORTERS)}")
+    _check(e.opset is None or e.opset >= 7, source, f"export.opset must be >= 7, got {e.opset}")
+
+    b = r.bench
+    _check(b.threads is None or b.threads >= 1, source, f"bench.threads must be >= 1, got {b.threads}")
+    _check(b.runs >= 5, source, f"bench.runs must be >= 5 for stable statistics, got {b.runs}")
+    _check(b.batch >= 1, source, f"bench.batch must be >= 1, got {b.batch}")
+    return r
+
+
+# ---------------------------------------------------------------------------- loading
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """``section.key=value`` (or ``key=value`` at the top level); the value is read as YAML."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"--set '{item}': use section.key=value, e.g. --set train.epochs=3")
+        try:
+            value = read_yaml(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise RecipeError(f"--set '{item}': cannot read the value as YAML ({problem}); quote it") from None
+        parts = key.split(".")
+        if len(parts) == 1:
+            if parts[0] in SECTIONS:
+                raise RecipeError(f"--set '{item}': '{parts[0]}' is a section: set one key, e.g. "
+                                  f"--set {parts[0]}.{_keys(SECTIONS[parts[0]])[0]}=...")
+            if parts[0] not in _TOP:
+                raise RecipeError(f"--set '{item}': unknown key '{parts[0]}': top-level keys are {', '.join(_TOP)}; "
+                                  f"sections are {', '.join(SECTIONS)} (section.key=value)")
+            out[parts[0]] = value
+        elif len(parts) == 2:
+            section, name = parts
+            if section not in SECTIONS:
+                raise RecipeError(f"--set '{item}': unknown section '{section}': sections are {', '.join(SECTIONS)}")
+            if name not in _keys(SECTIONS[section]):
+                raise RecipeError(f"--set '{item}': unknown key '{name}' in section '{section}': allowed keys are "
+                                  f"{_allowed(SECTIONS[section])}")
+            current = out.get(section)
+            if current is None:
+                current = {}
+            elif not isinstance(current, dict):
+                raise RecipeError(f"--set '{item}': section '{section}' in the recipe is not a mapping")
+            out[section] = {**current, name: value}
+        else:
+            raise RecipeError(f"--set '{item}': use section.key=value with one dot, e.g. --set train.epochs=3")
+    return out
+
+
+def parse_recipe(raw: Any, source: str = "recipe", overrides: list[str] | None = None,
+                 check: bool = True) -> Recipe:
+    """A validated :class:`Recipe` from already-parsed YAML (a dict) plus ``--set`` overrides."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping with keys {', '.join(_keys(Recipe))}")
+    recipe = _build(Recipe, apply_overrides(raw, overrides), "top level", source)
+    return _validate(recipe, source) if check else recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override (``--set section.key=value``) and validate a recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe not found: {p} (see recipes/ for examples)")
+    try:
+        raw = read_yaml(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise RecipeError(f"{p} is not valid YAML: {problem}{where}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p} is not a text file: a recipe is YAML") from None
+    return parse_recipe(raw, str(p), overrides)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (every key, defaults filled in); ``read_yaml`` reads it back."""
+    return yaml.dump(recipe.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+def num_classes_of(recipe: Recipe) -> int:
+    """The classifier size: the recipe's, or the data's (ImageFolder: the class folders in PATH/train)."""
+    if recipe.num_classes is not None:
+        return recipe.num_classes
+    name = recipe.data.name
+    if name in _CLASSES:
+        return _CLASSES[name]
+    root = Path(name.removeprefix("imagefolder:")).expanduser() / "train"
+    if not root.is_dir():
+        raise RecipeError(f"imagefolder: {root} does not exist: expected PATH/train/<class>/<image>; "
+                          "fix data.name (or set num_classes)")
+    return sum(1 for d in root.iterdir() if d.is_dir())

@@ -1,0 +1,165 @@
+"""Recipes and `slimkit run`: strict schema, one-line errors, every shipped recipe valid, a tiny
+end-to-end run that a second invocation skips entirely."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from slimkit.cli import app
+from slimkit.cli.run import train_state
+from slimkit.errors import SlimkitError
+from slimkit.recipe import dump_recipe, load_recipe, read_yaml
+
+runner = CliRunner()
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+MINIMAL = "name: tiny\narch: resnet20\nprune:\n  flops: 50%\n  round_to: 1\n"
+
+
+def run(*args):
+    return runner.invoke(app, ["run", *[str(a) for a in args]])
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert text.startswith("error:") and len(text.splitlines()) <= 3  # rich may wrap one line
+    for n in needles:
+        assert n in text.replace("\n", " "), text
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_recipes_folder_has_every_published_setting():
+    names = {p.stem for p in RECIPES}
+    for arch in ("resnet20", "resnet56", "resnet110", "vgg16", "vgg19"):
+        assert f"cifar10_{arch}_50" in names
+    for budget in ("150M", "286M", "569M"):
+        assert f"imagenet_mobilenet_v1_{budget}" in names
+    for name in ("imagenet_mobilenet_v2_210M", "imagenet_mobilenet_v2_300M", "imagenet_resnet50_1G",
+                 "imagenet_resnet50_2G", "imagenet_resnet50_3G", "fmnist_resnet20_50",
+                 "fmnist_resnet20_50_compare", "fmnist_mobilenet_v1_latency"):
+        assert name in names
+    for path in RECIPES:
+        assert path.read_text().startswith("#"), f"{path.name} needs a header comment saying what it reproduces"
+        assert load_recipe(path).name == path.stem  # default run folder runs/<file name>
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_dry_runs(path, tmp_path):
+    r = run(path, "--dry-run", "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    assert "plan.json" in r.output and "model.onnx" in r.output
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    rec = load_recipe(path, ["train.epochs=3", "train.lr=1e-4", "input_size=64", "train.compare=[full]",
+                             "prune.flops=null", "prune.params=100K"])
+    assert rec.train.epochs == 3 and isinstance(rec.train.epochs, int)
+    assert rec.train.lr == 1e-4
+    assert rec.input_size == [3, 64, 64]
+    assert rec.train.compare == ["full"]
+    assert rec.prune.budget().kind == "params"
+    assert (rec.data.name, rec.prune.method, rec.prune.round_to, rec.train.weight_decay, rec.bench.runs) == \
+        ("fashion-mnist", "scratch", 1, 4e-5, 100)
+    assert read_yaml(dump_recipe(rec)) == rec.to_dict()  # the resolved config round-trips
+
+
+@pytest.mark.parametrize("text,sets,needles", [
+    (MINIMAL + "train:\n  epoch: 3\n", [], ["unknown key 'epoch'", "section 'train'", "epochs"]),
+    (MINIMAL + "colour: red\n", [], ["unknown key 'colour' at the top level", "arch"]),
+    (MINIMAL + "train:\n  epochs: ten\n", [], ["train.epochs must be an integer", "'ten'"]),
+    (MINIMAL + "train:\n  augment: 1\n", [], ["train.augment must be true or false"]),
+    (MINIMAL + "train:\n  compare: [full, big]\n", [], ["train.compare", "'big'"]),
+    (MINIMAL.replace("flops: 50%", "flops: 50%\n  latency: 8ms"), [], ["exactly one budget", "flops and latency"]),
+    (MINIMAL.replace("flops: 50%", "flops: 20ms"), [], ["prune.flops", "not a FLOPs budget"]),
+    (MINIMAL.replace("resnet20", "resnet21"), [], ["arch", "unknown architecture 'resnet21'"]),
+    (MINIMAL + "data:\n  name: mnist\n", [], ["unknown data.name 'mnist'"]),
+    ("name: tiny\nprune: {flops: 50%}\n", [], ["missing required key 'arch'"]),
+    ("name: [tiny\n", [], ["not valid YAML", "line"]),
+    (MINIMAL, ["train.epoch=3"], ["--set 'train.epoch=3'", "unknown key 'epoch'", "section 'train'"]),
+    (MINIMAL, ["trian.epochs=3"], ["--set 'trian.epochs=3'", "unknown section 'trian'"]),
+    (MINIMAL, ["epochs=3"], ["--set 'epochs=3'", "unknown key 'epochs'"]),
+    (MINIMAL, ["train.epochs"], ["--set 'train.epochs'", "section.key=value"]),
+    (MINIMAL, ["prune.latency=8ms"], ["exactly one budget"]),
+    (MINIMAL, ["bench.runs=2"], ["bench.runs must be >= 5"]),
+])
+def test_bad_recipe_is_one_line_error(tmp_path, text, sets, needles):
+    path = write(tmp_path, text)
+    args = [path, "--dry-run", "--out", tmp_path / "run"]
+    for s in sets:
+        args += ["--set", s]
+    assert_one_line_error(run(*args), *needles)
+    with pytest.raises(SlimkitError):
+        load_recipe(path, sets)
+
+
+def test_missing_recipe_file(tmp_path):
+    assert_one_line_error(run(tmp_path / "nope.yaml", "--dry-run"), "recipe not found")
+
+
+def test_train_state(tmp_path):
+    folder = tmp_path / "train"
+    assert train_state(folder)[0] == "new"
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    (folder / "metrics.json").write_text(json.dumps({"epochs": 3, "history": [{}, {}]}))
+    assert train_state(folder) == ("resume", 2, 3)
+    (folder / "metrics.json").write_text(json.dumps({"epochs": 3, "history": [{}, {}, {}]}))
+    assert train_state(folder) == ("done", 3, 3)
+
+
+TINY = ["--set", "prune.method=uniform", "--set", "data.name=synthetic", "--set", "train.epochs=1",
+        "--set", "train.max_steps_per_epoch=2", "--set", "bench.runs=5", "--set", "bench.threads=1",
+        "--set", "export.exporter=torchscript"]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_end_to_end_then_skips_everything(tmp_path):
+    recipe = RECIPES[0].parent / "fmnist_resnet20_50_compare.yaml"
+    out = tmp_path / "run"
+    r = run(recipe, "--out", out, *TINY)
+    assert r.exit_code == 0, r.output
+    for name in ("recipe.yaml", "plan.json", "uniform.json", "plan.png", "model.onnx", "latency.json",
+                 "latency.md", "latency.png", "summary.json", "summary.md"):
+        assert (out / name).is_file(), name
+    for folder in ("train", "train-full"):
+        assert (out / folder / "checkpoint.pt").is_file() and (out / folder / "metrics.json").is_file()
+    assert not (out / "train-uniform").exists()  # method uniform: the pruned model is the uniform one
+    resolved = read_yaml((out / "recipe.yaml").read_text())
+    assert resolved["train"]["epochs"] == 1 and resolved["data"]["name"] == "synthetic"
+
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {m["name"]: m for m in summary["models"]}
+    assert set(rows) == {"pruned", "uniform", "full"}
+    assert rows["full"]["latency_ratio"] == 1.0 and rows["full"]["macs_ratio"] == 1.0
+    assert abs(rows["pruned"]["macs_ratio"] - 0.5) <= 0.01
+    for row in rows.values():
+        assert row["test_top1"] is not None and row["latency_median_ms"] > 0
+    latency = json.loads((out / "latency.json").read_text())
+    assert [m["name"] for m in latency["models"]] == ["full", "uniform", "pruned"]
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out / "model.onnx")).metadata_props}
+    assert meta["slimkit.weights"] == "trained" and json.loads(meta["slimkit.plan"])["method"] == "uniform"
+
+    before = _snapshot(out)
+    again = run(recipe, "--out", out, *TINY)
+    assert again.exit_code == 0, again.output
+    for stage in ("plan.json exists: skip", "uniform.json exists: skip", "train/ done", "train-full/ done",
+                  "model.onnx exists: skip", "latency.json exists: skip"):
+        assert stage in again.output, again.output
+    assert _snapshot(out) == before  # nothing rewritten, not even the summary
+
+    other = run(recipe, "--out", out, *TINY, "--set", "train.epochs=2")
+    assert_one_line_error(other, "different recipe", "train.epochs", "--out")
