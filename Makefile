@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export MALLOC_TOP_PAD_ = 1073741824
 
-.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget clean
+.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget bench-ddp clean
 
 setup: $(VENV)/.installed
 
@@ -64,6 +64,9 @@ bench-gate-step: setup
 
 bench-export: setup
 	$(PY) bench/export_parity.py
+
+bench-ddp: setup data
+	$(PY) bench/ddp_throughput.py
 
 bench-latency-budget: setup
 	$(PY) bench/latency_budget.py
