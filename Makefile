@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export MALLOC_TOP_PAD_ = 1073741824
 
-.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget bench-ddp clean
+.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget bench-ddp bench-reproduce clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,9 @@ bench-export: setup
 
 bench-ddp: setup data
 	$(PY) bench/ddp_throughput.py
+
+bench-reproduce: setup data
+	$(PY) bench/reproduce.py
 
 bench-latency-budget: setup
 	$(PY) bench/latency_budget.py

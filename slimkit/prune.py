@@ -43,7 +43,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
           preset: str | None = None, gamma: float | None = None, lr: float | None = None,
           batch_size: int | None = None, epochs: float | None = None, steps: int | None = None,
           search_size: int | None = None, val_size: int | None = None, device: str = "auto",
-          backend: str = "ort-cpu", threads: int | None = None, batch: int = 1,
+          backend: str = "ort-cpu", threads: int | None = None, batch: int = 1, weights: str | None = None,
           progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
@@ -51,7 +51,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     ``method='uniform'`` scales every group by one factor. ``log`` receives one-line notes.
     A latency budget ('8ms', or '50%' with ``Budget(kind='latency')``) is measured on ``backend``
     with ``threads`` and ``batch`` (see :mod:`slimkit.latency_search`); ``tolerance`` then
-    defaults to 5%.
+    defaults to 5%. ``weights`` (a checkpoint of the full model) learns the gates on those trained
+    weights instead of random ones: the paper's comparison with structures from trained weights.
     """
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
@@ -102,7 +103,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
             gates_result, search = _learn_gates(
                 spec.canonical, kwargs, graph, flops_guess, bundle, expand=expand, seed=seed, preset=preset,
                 gamma=gamma, lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
-                progress=progress, say=say)
+                progress=progress, say=say, weights=weights)
             gates = gates_result.gates
         else:
             search = {}
@@ -117,7 +118,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
         gates_result, search = _learn_gates(
             spec.canonical, kwargs, graph, b, bundle, expand=expand, seed=seed, preset=preset, gamma=gamma,
             lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
-            progress=progress, say=say)
+            progress=progress, say=say, weights=weights)
         result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
                                   tolerance=tolerance)
         filled = result.value != result.value  # NaN: no single τ fit, channels added in gate order
@@ -151,7 +152,8 @@ def _device(device: str):
 
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, *, expand: float, seed: int,
                  preset: str | None, gamma: float | None, lr: float | None, batch_size: int | None,
-                 epochs: float | None, steps: int | None, device: str, data: str, progress: Any, say: Any):
+                 epochs: float | None, steps: int | None, device: str, data: str, progress: Any, say: Any,
+                 weights: str | None = None):
     """Build the (expanded) supernet with frozen random weights and learn its gates."""
     import torch
 
@@ -175,6 +177,10 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = registry.create_model(arch, **kwargs)
+    if weights is not None:
+        _load_full_weights(model, weights, arch, kwargs)
+        if expand != 1.0:
+            raise SlimkitError("--weights learns gates on a trained full model: it cannot be combined with --expand")
     widths = max_widths(graph, expand, round_to=1)
     if expand != 1.0:
         resize_model(model, graph, widths)
@@ -190,7 +196,8 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     if not res.qualified:
         say(f"warning: no snapshot reached mean gate <= r ({r:.3f}); using the sparsest (mean {res.gate_mean:.3f})")
     flat = [v for vs in res.gates.values() for v in vs]
-    info = {"preset": preset, "gamma": cfg.gamma, "lr": lr, "batch_size": bs, "steps": n_steps,
+    info = {"weights": "random" if weights is None else f"trained ({weights})",
+            "preset": preset, "gamma": cfg.gamma, "lr": lr, "batch_size": bs, "steps": n_steps,
             "target_r": round(r, 6), "search_input": list(bundle.train.input_size), "data": data,
             "device": str(dev), "chosen_step": res.step, "val_accuracy": round(res.val_accuracy, 4),
             "qualified": res.qualified, "seconds": round(res.seconds, 1),
@@ -233,3 +240,18 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
         f"{res.target_ratio * res.full_ms:.3f} ms), {res.measured_plans} plans measured in {res.seconds:.0f}s")
     widths = res.widths
     return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), float("nan"), 0), resolved, latency
+
+
+def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> None:
+    """Trained weights for gate learning: a checkpoint of the *full* model of the same architecture."""
+    import json
+
+    from slimkit.train import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    plan = ChannelPlan.from_dict(json.loads(ckpt["plan"]), source=str(path))
+    if registry.resolve(plan.arch).canonical != arch or plan.arch_kwargs != kwargs or \
+            any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:
+        raise SlimkitError(f"{path} is not a checkpoint of the full {arch} {kwargs}: train one with "
+                           f"`slimkit train {arch.split(':')[-1]}`")
+    model.load_state_dict(ckpt["model"])

@@ -82,3 +82,20 @@ def test_cli_data_errors(tmp_path, args, needle):
         assert r.exit_code != 0 and "Traceback" not in r.output
         assert needle.lower() in r.output.lower()
     assert not out.exists()
+
+
+def test_gates_can_be_learned_on_trained_weights(tmp_path):
+    """The paper's comparison: the same gate method on a trained full model (and only a full one)."""
+    from slimkit.errors import SlimkitError
+    from slimkit.train import TrainConfig, train
+
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16)
+    train("resnet20", tmp_path / "full", cfg)
+    plan = prune("resnet20", "50%", round_to=1, data="synthetic", steps=2, batch_size=16,
+                 weights=str(tmp_path / "full" / "checkpoint.pt"))
+    assert plan.search["weights"].startswith("trained")
+    thin = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
+    train(thin, tmp_path / "thin", cfg)
+    with pytest.raises(SlimkitError, match="not a checkpoint of the full"):
+        prune("resnet20", "50%", round_to=1, data="synthetic", steps=2, batch_size=16,
+              weights=str(tmp_path / "thin" / "checkpoint.pt"))

@@ -79,6 +79,7 @@ def prune(
     search_size: Annotated[Optional[int], typer.Option(help="Image side for gate learning (default: the model's on GPU, at most 64 on CPU).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
 ) -> None:
     """Plan a thinner network that meets a FLOPs or parameter budget."""
     from slimkit.budget import parse_budget
@@ -106,7 +107,7 @@ def prune(
                       expand=expand, round_to=round_to, seed=seed, tolerance=tolerance, data=data, data_dir=data_dir,
                       preset=preset, gamma=gamma, lr=lr, epochs=epochs, steps=steps, batch_size=batch_size,
                       search_size=search_size, val_size=val_size, device=device, backend=backend, threads=threads,
-                      batch=batch)
+                      batch=batch, weights=weights)
         finally:
             distributed.cleanup()
         return
@@ -120,8 +121,8 @@ def prune(
                              input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance,
                              data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, epochs=epochs,
                              steps=steps, batch_size=batch_size, search_size=search_size, val_size=val_size,
-                             device=device, backend=backend, threads=threads, batch=batch, progress=progress,
-                             log=log)
+                             device=device, backend=backend, threads=threads, batch=batch, weights=weights,
+                             progress=progress, log=log)
         finally:
             distributed.cleanup()
         progress.remove_task(task)
