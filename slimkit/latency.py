@@ -108,6 +108,10 @@ def _ort_runner(c: Candidate, backend: str, threads: int) -> Callable[[], None]:
 def _torch_runner(c: Candidate, backend: str, device: str) -> Callable[[], None]:
     import torch
 
+    if c.module is None and c.plan:  # built only for PyTorch backends; weights do not change latency
+        from slimkit.generator import generate
+
+        c.module = generate(c.plan)
     if c.module is None:
         raise LatencyError(f"{c.name}: backend {backend} needs the PyTorch model (give a plan, checkpoint or "
                            "architecture, or an ONNX file exported by slimkit)")
@@ -317,12 +321,7 @@ def _onnx_candidate(path: Path, batch: int, name: str | None) -> Candidate:
                            "--dynamic-batch or --batch")
     meta = {p.key: p.value for p in proto.metadata_props}
     plan = json.loads(meta["slimkit.plan"]) if "slimkit.plan" in meta else {}
-    module = None
-    if plan:
-        from slimkit.generator import generate
-
-        module = generate(plan)  # for PyTorch backends; weights do not change latency
-    return Candidate(name=name or path.stem, input_shape=(batch, *shape[1:]), onnx_path=path, module=module,
+    return Candidate(name=name or path.stem, input_shape=(batch, *shape[1:]), onnx_path=path,
                      spec={"kind": "onnx", "path": str(path)}, flops=plan.get("flops"), params=plan.get("params"),
                      plan=plan or None)
 

@@ -101,13 +101,13 @@ def prune(
     if out.exists() and out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
     start = time.perf_counter()
+    options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
+                   round_to=round_to, seed=seed, tolerance=tolerance, data=data, data_dir=data_dir, preset=preset,
+                   gamma=gamma, lr=lr, epochs=epochs, steps=steps, batch_size=batch_size, search_size=search_size,
+                   val_size=val_size, device=device, backend=backend, threads=threads, batch=batch, weights=weights)
     if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
         try:
-            run_prune(arch, budget, method=method, num_classes=num_classes, in_chans=in_chans, input_size=size,
-                      expand=expand, round_to=round_to, seed=seed, tolerance=tolerance, data=data, data_dir=data_dir,
-                      preset=preset, gamma=gamma, lr=lr, epochs=epochs, steps=steps, batch_size=batch_size,
-                      search_size=search_size, val_size=val_size, device=device, backend=backend, threads=threads,
-                      batch=batch, weights=weights)
+            run_prune(arch, budget, **options)
         finally:
             distributed.cleanup()
         return
@@ -117,12 +117,7 @@ def prune(
         def log(msg: str) -> None:
             progress.console.print(msg, highlight=False)
         try:
-            plan = run_prune(arch, budget, method=method, num_classes=num_classes, in_chans=in_chans,
-                             input_size=size, expand=expand, round_to=round_to, seed=seed, tolerance=tolerance,
-                             data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, epochs=epochs,
-                             steps=steps, batch_size=batch_size, search_size=search_size, val_size=val_size,
-                             device=device, backend=backend, threads=threads, batch=batch, weights=weights,
-                             progress=progress, log=log)
+            plan = run_prune(arch, budget, **options, progress=progress, log=log)
         finally:
             distributed.cleanup()
         progress.remove_task(task)
