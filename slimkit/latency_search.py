@@ -53,6 +53,7 @@ class LatencySearchResult:
     trace: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     measured_plans: int = 0
+    selection: str = "within tolerance"  # or "largest under budget" when latency steps over the budget
 
 
 class LatencyMeter:
@@ -173,6 +174,7 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
     hi = (1.0, 1.0, full_w)
     trace: list[dict[str, Any]] = [{"flops_fraction": round(min_f, 4), "ratio": round(smallest.ratio, 4)}]
     best: tuple[float, dict[str, int], Measurement] | None = None
+    under: tuple[int, dict[str, int], Measurement] | None = None  # the most MACs measured under the budget
     f = min(max(target, min_f), 1.0)  # first guess: latency shrinks like FLOPs
     side = 0
     for _ in range(max_measurements):
@@ -187,6 +189,9 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
         say(f"  {graph.count_macs(widths) / 1e6:8.1f}M MACs ({f:.3f} of full) -> {m.ratio:.3f}x full "
             f"({m.ratio * full_ms:.3f} ms; target {target:.3f}x)")
         score = abs(m.ratio - target)
+        macs = graph.count_macs(widths)
+        if m.ratio <= target and (under is None or macs > under[0]):
+            under = (macs, widths, m)
         if best is None or (within and score < abs(best[2].ratio - target)) or (
                 not abs(best[2].ratio - target) <= tolerance * target and score < abs(best[2].ratio - target)):
             best = (f, widths, m)
@@ -208,9 +213,22 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
         f = min(max(f_new, lo[0] + 0.02 * (hi[0] - lo[0])), hi[0] - 0.02 * (hi[0] - lo[0]))
     assert best is not None
     _, widths, m = best
-    if abs(m.ratio - target) > tolerance * target:
+    selection = "within tolerance"
+    if abs(m.ratio - target) > tolerance * target and under is not None:
+        # Latency is a staircase in channel counts (kernels switch at some widths): the budget can
+        # fall in a step no plan lands in. A budget is a ceiling, so the largest plan measured under
+        # it meets it; say so rather than fail.
+        above = min((t for t in trace[1:] if t["ratio"] > target), key=lambda t: t["ratio"], default=None)
+        step = f", the next plan up measured {above['ratio']:.3f}x" if above else ""
+        say(f"warning: no plan within {tolerance:.0%} of {target:.3f}x: latency steps over the budget here{step}; "
+            f"using the largest plan under it, {under[2].ratio:.3f}x ({under[0] / 1e6:.1f}M MACs). Another "
+            "--round-to moves the steps.")
+        _, widths, m = under
+        selection = "largest under budget"
+    elif abs(m.ratio - target) > tolerance * target:
         raise BudgetError(f"no plan within {tolerance:.0%} of latency budget {budget.text} ({target * full_ms:.3f} ms) "
                           f"after {meter.measured} measurements: the closest is {m.ratio * full_ms:.3f} ms "
                           f"({m.ratio:.3f}x); pass a larger --tolerance or a smaller --round-to")
     return LatencySearchResult(widths=widths, measurement=m, target_ratio=target, full_ms=full_ms, trace=trace,
-                               seconds=time.perf_counter() - start, measured_plans=meter.measured)
+                               seconds=time.perf_counter() - start, measured_plans=meter.measured,
+                               selection=selection)

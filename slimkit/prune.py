@@ -235,7 +235,7 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
                "ratio_ci": [round(m.ci[0], 4), round(m.ci[1], 4)], "full_median_ms": round(res.full_ms, 4),
                "target_ratio": round(res.target_ratio, 4), "runs": m.runs, "measured": True,
                "search": {"measured_plans": res.measured_plans, "seconds": round(res.seconds, 1),
-                          "tolerance": tolerance, "trace": res.trace}}
+                          "tolerance": tolerance, "selection": res.selection, "trace": res.trace}}
     say(f"latency: {m.ratio:.3f}x the full model ({m.ratio * res.full_ms:.3f} ms; budget {budget.text} = "
         f"{res.target_ratio * res.full_ms:.3f} ms), {res.measured_plans} plans measured in {res.seconds:.0f}s")
     widths = res.widths
