@@ -7,18 +7,20 @@ DESIGN.md); unknown top-level fields are rejected so typos do not pass silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from slimkit.errors import PlanError
+from slimkit.errors import PlanError, SlimkitError
 
-__all__ = ["ChannelPlan", "load_plan", "save_plan", "atomic_write", "atomic_write_text", "PLAN_FORMAT"]
+__all__ = ["ChannelPlan", "load_plan", "save_plan", "atomic_write", "atomic_write_text", "folder_lock",
+           "PLAN_FORMAT"]
 
 PLAN_FORMAT = "slimkit.plan/1"
 
@@ -138,6 +140,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+LOCK_NAME = ".slimkit.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
+    """Hold ``folder`` for one writer: a second slimkit process writing the same run folder would
+    interleave checkpoints. flock is released by the kernel when the holder dies (even SIGKILL), so a
+    crash never leaves a stale lock; the lock file is removed on a clean exit."""
+    import fcntl
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, kind = os.pread(fd, 128, 0).decode(errors="replace").strip().partition(" ")
+            raise SlimkitError(f"{folder} is in use by another slimkit {kind or 'command'} (pid {pid or '?'}): "
+                               "wait for it to finish or choose another --out") from None
+        if not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino:
+            # The previous holder removed the file between our open and our lock: ours is stale.
+            raise SlimkitError(f"{folder} changed hands while locking it; run the command again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}".encode(), 0)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # before unlocking, so no one locks a file about to vanish
+    finally:
+        os.close(fd)
+        if created and path.parent.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a command that failed before writing anything leaves no empty folder
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:

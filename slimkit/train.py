@@ -32,7 +32,7 @@ from slimkit import distributed
 from slimkit.data import load_data, make_loader
 from slimkit.distributed import all_reduce_sum
 from slimkit.errors import PlanError, SlimkitError
-from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, load_plan
+from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, folder_lock, load_plan
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "train", "load_checkpoint", "CheckpointError",
            "model_from_checkpoint", "BUDGETS"]
@@ -218,6 +218,13 @@ def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, flo
 def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           progress: Any | None = None, log: Any | None = None) -> TrainResult:
     """Train the architecture of ``source`` (plan path, plan, or architecture name) from scratch."""
+    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
+    with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
+        return _train(source, out_dir, cfg, resume=resume, progress=progress, log=log)
+
+
+def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
+           progress: Any | None, log: Any | None) -> TrainResult:
     from slimkit.generator import generate
     from slimkit.search import resolve_device
 

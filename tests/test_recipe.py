@@ -163,3 +163,13 @@ def test_run_end_to_end_then_skips_everything(tmp_path):
 
     other = run(recipe, "--out", out, *TINY, "--set", "train.epochs=2")
     assert_one_line_error(other, "different recipe", "train.epochs", "--out")
+
+
+def test_run_folder_in_use_is_refused(tmp_path):
+    from slimkit.plan import folder_lock
+
+    out = tmp_path / "run"
+    with folder_lock(out, "train"):
+        r = run(RECIPES[0].parent / "fmnist_resnet20_50_compare.yaml", "--out", out, *TINY)
+    assert r.exit_code == 2 and "in use by another slimkit train (pid" in r.output
+    assert not out.exists()

@@ -128,3 +128,34 @@ def test_architecture_name_trains_the_full_model(tmp_path):
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert all(g["width"] == g["full"] for g in plan["groups"].values())
     assert plan["arch_kwargs"] == {"num_classes": 10} and len(res.metrics) == 1
+
+
+def test_a_run_folder_has_one_writer(plan, tmp_path):
+    """A second command on a folder in use fails at once; a holder that dies (SIGKILL) frees it."""
+    import subprocess
+    import sys
+    import time
+
+    from slimkit.plan import LOCK_NAME, folder_lock
+
+    out = tmp_path / "run"
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    args = ["train", str(path), "--data", "synthetic", "--epochs", "1", "--batch-size", "32",
+            "--max-steps-per-epoch", "1", "--workers", "0", "--out", str(out)]
+    with folder_lock(out):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "in use by another slimkit run (pid" in r.output and "Traceback" not in r.output
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing written
+    assert not out.exists()  # the lock made the folder and cleans it up
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from slimkit.plan import folder_lock\n"
+                               f"with folder_lock({str(out)!r}): print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert CliRunner().invoke(app, args).exit_code == 2
+    holder.kill()
+    holder.wait()
+    time.sleep(0.1)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert not (out / LOCK_NAME).exists() and (out / "checkpoint.pt").is_file()

@@ -385,7 +385,13 @@ def run(
         console.print(table)
         return
     start = time.perf_counter()
-    lay.root.mkdir(parents=True, exist_ok=True)
+    from slimkit.plan import folder_lock
+
+    with folder_lock(lay.root, "run"):
+        _run_stages(r, recipe, lay, same, resolved, start)
+
+
+def _run_stages(r, recipe: Path, lay: Layout, same: bool, resolved: str, start: float) -> None:
     if not same:
         from slimkit.plan import atomic_write_text
 
