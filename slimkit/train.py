@@ -215,6 +215,28 @@ def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, flo
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
+def _check_resumed_source(source: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
+    """--resume continues the checkpoint's model: a different plan or architecture is an error, not
+    something to ignore silently."""
+    if source is None:
+        return
+    if isinstance(source, ChannelPlan) or str(source).endswith(".json") or Path(source).is_file():
+        given = load_plan(source)
+        same = given.arch == plan.arch and {n: g["width"] for n, g in given.groups.items()} == {
+            n: g["width"] for n, g in plan.groups.items()}
+        what = "this plan"
+    else:
+        from slimkit import registry
+
+        same = registry.resolve(str(source)).canonical == plan.arch and all(
+            g["width"] == g["full"] for g in plan.groups.values())
+        what = f"the full {source}"
+    if not same:
+        held = f"{plan.arch} ({plan.method}, {plan.flops / 1e6:.1f}M MACs)" if plan.flops else plan.arch
+        raise SlimkitError(f"--resume: {out} holds a run of {held}, not {what}; resume it with its own plan "
+                           f"({out / 'plan.json'}) or choose another --out")
+
+
 def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           progress: Any | None = None, log: Any | None = None) -> TrainResult:
     """Train the architecture of ``source`` (plan path, plan, or architecture name) from scratch."""
@@ -243,13 +265,14 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         saved = ckpt["config"]
-        for key in ("data", "batch_size", "seed", "budget", "epochs"):
-            if key in saved and saved[key] != getattr(cfg, key):
-                say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {getattr(cfg, key)!r})")
-        cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg)},
-                             "device": cfg.device, "workers": cfg.workers, "accum_steps": cfg.accum_steps,
-                             "sync_bn": cfg.sync_bn})  # how to run it may change on resume; what to run may not
+        how = ("device", "workers", "accum_steps", "sync_bn")  # how to run it may change on resume; what to run may not
+        defaults = TrainConfig()
+        for key, value in asdict(cfg).items():
+            if key in saved and key not in how and saved[key] != value and value != getattr(defaults, key):
+                say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {value!r})")
+        cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg) and k not in how}})
         plan = load_plan(json.loads(ckpt["plan"]))
+        _check_resumed_source(source, plan, out)
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
     elif ckpt_path.exists():

@@ -97,6 +97,21 @@ def test_existing_run_needs_resume(plan, tmp_path):
         train(plan, run, cfg(epochs=1))
 
 
+def test_resume_refuses_another_model_and_names_ignored_options(plan, tmp_path):
+    run = tmp_path / "run"
+    train(plan, run, cfg(epochs=1, max_steps_per_epoch=1))
+    before = (run / "checkpoint.pt").read_bytes()
+    other = prune("resnet20", "30%", method="uniform", num_classes=10, round_to=1)
+    for source in (other, "resnet56", "resnet20"):  # resnet20 alone is the *full* model, not this plan
+        with pytest.raises(SlimkitError, match="holds a run of slimkit:resnet20"):
+            train(source, run, cfg(epochs=2, max_steps_per_epoch=1), resume=True)
+    assert (run / "checkpoint.pt").read_bytes() == before
+    said = []
+    res = train(plan, run, cfg(epochs=2, max_steps_per_epoch=1, lr=0.5), resume=True, log=said.append)
+    assert any("using the checkpoint's lr=None (asked 0.5)" in m for m in said)
+    assert any("using the checkpoint's epochs=1 (asked 2)" in m for m in said) and res.epochs == 1
+
+
 def test_plan_for_other_class_count_is_rejected(tmp_path):
     p = prune("resnet20", "50%", method="uniform", num_classes=7, round_to=1)
     with pytest.raises(PlanError, match="7 classes"):
