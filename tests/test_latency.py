@@ -55,6 +55,7 @@ def test_gate_fails_only_on_a_confident_regression(ratio, ci, passed):
     res = check_regression(_report(ratio, ci), {"ratio": 0.5}, 0.10)
     assert res.passed is passed
     assert res.message.startswith("PASS" if passed else "FAIL")
+    assert ("inconclusive" in res.message) is (passed and ratio > 0.55)  # over the limit, not confidently
 
 
 @pytest.fixture(scope="module")
