@@ -30,11 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.errors import SlimkitError
+
 __all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "analyze", "Segment"]
 
 
-class GraphError(RuntimeError):
-    """The model could not be traced or analysed."""
+class GraphError(SlimkitError, RuntimeError):
+    """The model could not be traced or analysed (a user-facing error: bad input sizes end here)."""
 
 
 # A segment of a channel dimension: `key` is a group name (variable width) or an int (frozen
@@ -674,7 +676,12 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
             warnings.simplefilter("ignore")
             ep = torch.export.export(model, (example,), strict=False)
     except Exception as exc:  # noqa: BLE001 - report any capture failure as one error
-        raise GraphError(f"could not trace the model: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        hint = ""
+        if "channels" in first and "expected input" in first:
+            hint = (f"; the input has {input_size[0]} channel(s): --input-size sets them only with the size "
+                    "(3,224,224), --in-chans changes the model's")
+        raise GraphError(f"could not trace the model at input {list(input_size)}: {type(exc).__name__}: {first}{hint}") from exc
     finally:
         model.train(was_training)
 

@@ -71,3 +71,17 @@ def test_failed_prune_keeps_existing_plan(tmp_path):
     r = run("prune", "mobilenet_v1", "--flops", "1M", "--out", out)
     assert r.exit_code != 0
     assert out.read_text() == "precious"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["info", "resnet20", "--input-size", "1,32,32"], "--in-chans"),
+    (["info", "resnet20", "--input-size", "3x"], "cannot read --input-size '3x'"),
+    (["train", "resnet20", "--epochs", "0"], "--epochs"),
+    (["train", "resnet20", "--batch-size", "0"], "--batch-size"),
+    (["bench", "x.onnx", "--warmup", "-1"], "--warmup"),
+    (["bench", "x.onnx", "--threads", "0"], "--threads"),
+])
+def test_out_of_range_options_are_usage_errors(tmp_path, args, needle):
+    r = runner.invoke(app, args + (["--out", str(tmp_path / "o")] if args[0] != "info" else []))
+    assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "o").exists()

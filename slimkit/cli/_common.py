@@ -53,7 +53,9 @@ def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
     """'224' -> (3,224,224) later filled with channels; '3,224,224' or '224x224' accepted."""
     if text is None:
         return None
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    parts = text.replace("x", ",").split(",")
+    if len(parts) not in (1, 2, 3) or any(not p.strip() for p in parts):
+        raise SlimkitError(f"cannot read --input-size '{text}': use 224, 224x224 or 3,224,224")
     try:
         nums = [int(p) for p in parts]
     except ValueError:
