@@ -8,6 +8,7 @@ weights from G) or an architecture name (the full model). One function turns any
 from __future__ import annotations
 
 from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 
 import torch
@@ -71,6 +72,10 @@ def calibrate_bn(model: nn.Module, input_size: tuple[int, ...], *, batches: int 
     return model
 
 
+# Suffixes that mark a file name rather than an architecture (timm names may hold a dot: resnet50.a1_in1k).
+FILE_SUFFIXES = (".pt", ".pth", ".json", ".onnx", ".txt", ".yaml", ".yml", ".ckpt", ".bin", ".safetensors", ".tar")
+
+
 def load_source(source: str, *, num_classes: int | None = None,
                 input_size: tuple[int, int, int] | None = None, calibrate: bool = True) -> ModelSource:
     """A checkpoint (``.pt``), a plan (``.json``) or an architecture name -> model in eval mode.
@@ -82,7 +87,13 @@ def load_source(source: str, *, num_classes: int | None = None,
     from slimkit.train import model_from_checkpoint
 
     path = Path(source)
-    if path.suffix in (".pt", ".pth") or (path.is_file() and path.suffix not in (".json", ".onnx")):
+    if path.is_file() and path.suffix not in (".pt", ".pth", ".json", ".onnx") and not zipfile.is_zipfile(path):
+        raise SlimkitError(f"{path} is neither a checkpoint (.pt, from `slimkit train`) nor a plan (.json, from "
+                           "`slimkit prune`); pass one of those or an architecture name")
+    if not path.exists() and path.suffix not in (".pt", ".pth", ".json") and (
+            "/" in str(source) or path.suffix.lower() in FILE_SUFFIXES):  # .pt/.json: their loaders say more
+        raise SlimkitError(f"file not found: {path}")
+    if path.suffix in (".pt", ".pth") or path.is_file() and path.suffix not in (".json", ".onnx"):
         model, plan = model_from_checkpoint(path)
         return ModelSource(model.eval(), plan, True, f"checkpoint {path} (trained weights)")
     if path.suffix == ".onnx":

@@ -85,3 +85,14 @@ def test_out_of_range_options_are_usage_errors(tmp_path, args, needle):
     r = runner.invoke(app, args + (["--out", str(tmp_path / "o")] if args[0] != "info" else []))
     assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_that_is_no_model_is_named_as_such(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    for cmd in ("export", "bench"):
+        r = runner.invoke(app, [cmd, str(notes)])
+        assert r.exit_code == 2 and "is neither a checkpoint" in r.output, r.output
+    r = runner.invoke(app, ["export", str(tmp_path / "missing.txt")])
+    assert r.exit_code == 2 and "file not found" in r.output
+    assert notes.read_text() == "hello"
