@@ -80,6 +80,11 @@ def parse_budget(text: str, kind: str | None = None) -> Budget:
             raise BudgetError(f"budget '{raw}' must be positive")
         is_params = kind == "params" or bool(m.group(3))
         return Budget("params" if is_params else "flops", raw, value)
+    if kind == "params":
+        raise BudgetError(f"cannot read parameter budget '{raw}': use a count like 2.1M or 500K")
+    if kind == "flops":
+        raise BudgetError(f"cannot read FLOPs budget '{raw}': use MACs like 150M or 1.2G, or a fraction like 50% "
+                          "(parameters: --params 2.1M; latency: --latency 8ms)")
     raise BudgetError(
         f"cannot read budget '{raw}': use MACs like 150M or 1.2G, a fraction like 50%, "
         "parameters like 3.5Mp, or a latency like 20ms"

@@ -197,7 +197,7 @@ class LatencyReport:
         lines = [f"# Latency: {self.backend}, batch {self.batch}, {self.threads} thread(s)", "",
                  f"{self.device}; {self.runs} interleaved rounds after {self.warmup} warm-up rounds. "
                  f"Ratio = median of per-round ratios to **{ref}** ({int(CONFIDENCE * 100)}% CI).", "",
-                 "| model | input | MFLOPs | min ms | median ms | p90 ms | p99 ms | per s | ratio | CI |",
+                 "| model | input | MMACs | min ms | median ms | p90 ms | p99 ms | per s | ratio | CI |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for m in self.models:
             s = m["stats"]
@@ -256,7 +256,9 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
     for j, c in enumerate(candidates):
         ratio, lo, hi = paired_ratio(times[j], times[0])
         models.append({"name": c.name, "input_shape": list(c.input_shape),
-                       "onnx": str(c.onnx_path) if c.onnx_path else None, "flops": c.flops, "params": c.params,
+                       # the user's file only: models exported for timing live in a temp folder that is gone
+                       "onnx": c.spec.get("path") if c.spec.get("kind") == "onnx" else None,
+                       "flops": c.flops, "params": c.params,
                        "stats": summarize(times[j], batch), "ratio": ratio, "ratio_ci": [lo, hi], "spec": c.spec})
     device_text = cpu_description()
     if backend in ("ort-cuda",) or (backend.startswith("torch") and device.startswith("cuda")):

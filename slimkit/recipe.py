@@ -114,7 +114,7 @@ class PruneSection:
         key = self.budget_key
         text = getattr(self, key)
         if key == "flops":
-            b = parse_budget(text)
+            b = parse_budget(text, kind="flops")
             if b.kind != "flops":
                 raise RecipeError(f"prune.flops: '{text}' is not a FLOPs budget: use 150M, 1.2G or 50% "
                                   "(or prune.latency / prune.params)")
@@ -414,8 +414,17 @@ def parse_recipe(raw: Any, source: str = "recipe", overrides: list[str] | None =
     """A validated :class:`Recipe` from already-parsed YAML (a dict) plus ``--set`` overrides."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping with keys {', '.join(_keys(Recipe))}")
-    recipe = _build(Recipe, apply_overrides(raw, overrides), "top level", source)
-    return _validate(recipe, source) if check else recipe
+    try:
+        recipe = _build(Recipe, apply_overrides(raw, overrides), "top level", source)
+        return _validate(recipe, source) if check else recipe
+    except RecipeError as exc:
+        if not overrides or not str(exc).startswith(f"{source}: "):
+            raise
+        try:  # blame the file only when the file alone is at fault
+            parse_recipe(raw, source, None, check)
+        except RecipeError:
+            raise exc from None
+        raise RecipeError(f"--set (on {source}): " + str(exc)[len(source) + 2:]) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -48,7 +48,7 @@ def test_prune_uniform_writes_plan_and_plot(tmp_path):
 
 @pytest.mark.parametrize("args,needles", [
     (["prune", "mobilenet_v11", "--flops", "150M"], ["unknown architecture", "mobilenet_v1"]),
-    (["prune", "mobilenet_v1", "--flops", "150X"], ["cannot read budget"]),
+    (["prune", "mobilenet_v1", "--flops", "150X"], ["cannot read FLOPs budget"]),
     (["prune", "mobilenet_v1", "--flops", "2G"], ["above the largest"]),
     (["prune", "mobilenet_v1", "--flops", "1M"], ["below the smallest"]),
     (["prune", "mobilenet_v1"], ["exactly one budget"]),

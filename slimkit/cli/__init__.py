@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from slimkit.cli import bench as _bench
@@ -18,6 +20,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from slimkit import __version__
+
+        typer.echo(f"slimkit {__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Prune any timm/torchvision CNN from scratch to a FLOPs or latency budget."""
+
+
 app.command("models")(_info.models)
 app.command("info")(_info.info)
 app.command("prune")(_prune.prune)

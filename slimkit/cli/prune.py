@@ -88,7 +88,7 @@ def prune(
     if sum(x is not None for x in (flops, params, latency)) != 1:
         raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%)")
     if flops is not None:
-        budget = parse_budget(flops)
+        budget = parse_budget(flops, kind="flops")
         if budget.kind != "flops":
             raise SlimkitError(f"--flops {flops} is not a FLOPs budget: use 150M, 1.2G or 50% (or --latency / --params)")
     elif params is not None:
