@@ -733,6 +733,29 @@ def _split_indices(
     return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
 
 
+def data_missing(name: str, data_dir: str | None = None) -> str | None:
+    """Why ``name`` cannot be loaded here, without reading it (for ``slimkit run --dry-run``), or None.
+
+    A cheap look at the paths each loader reads; the loaders themselves give the full error."""
+    if name == "synthetic":
+        return None
+    if name == "fashion-mnist":
+        roots = [Path(data_dir).expanduser()] if data_dir else [FASHION_MNIST_DIR, CACHE_DIR]
+        if any(_fmnist_files(r) or _fmnist_files(r / "FashionMNIST" / "raw") for r in roots):
+            return None
+        return (f"Fashion-MNIST not found in {roots[0]}" + ("" if data_dir else " (a download is tried at run time)")
+                + f": {_FMNIST_FIX}")
+    if name in ("cifar10", "cifar100"):
+        root = Path(data_dir).expanduser() if data_dir else CACHE_DIR
+        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+        return None if (root / folder).is_dir() else f"{name}: {root / folder} does not exist (set data.data_dir)"
+    if name.startswith("imagefolder:"):
+        root = Path(name.removeprefix("imagefolder:")).expanduser()
+        missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
+        return f"imagefolder: {', '.join(missing)} missing (set data.name=imagefolder:PATH)" if missing else None
+    return None  # an unknown name is the loader's (and the recipe check's) to report
+
+
 def _check_input_size(input_size: Sequence[int]) -> InputSize:
     if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
         raise DataError(f"input_size must be three positive ints (C, H, W), got {tuple(input_size)}")

@@ -56,7 +56,16 @@ def test_every_recipe_dry_runs(path, tmp_path):
     r = run(path, "--dry-run", "--out", tmp_path / "run")
     assert r.exit_code == 0, r.output
     assert "plan.json" in r.output and "model.onnx" in r.output
+    assert "reachable: the full model has" in r.output or "latency" in path.read_text()
+    assert ("data not available here" in r.output) is path.stem.startswith(("imagenet", "cifar"))  # placeholders
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_dry_run_checks_the_budget_against_the_model(tmp_path):
+    recipe = tmp_path / "big.yaml"
+    recipe.write_text(MINIMAL.replace("50%", "5G"))
+    r = run(recipe, "--dry-run", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "above the largest model (40.8M)" in r.output
 
 
 def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):

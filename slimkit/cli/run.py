@@ -146,6 +146,25 @@ def _stage(name: str, text: str) -> None:
     console.print(f"[bold cyan]{name}[/] {text}", highlight=False)
 
 
+def _budget_reach(recipe) -> str | None:
+    """Dry run: is a FLOPs/params budget reachable for this model at all? (The uniform plan at that
+    budget, seconds to find; a latency budget needs the machine it is measured on.)"""
+    from slimkit.prune import prune as run_prune
+    from slimkit.recipe import num_classes_of
+
+    b = recipe.prune.budget()
+    if b.kind == "latency":
+        return None
+    size = recipe.input_tuple
+    plan = run_prune(recipe.arch, b, method="uniform", num_classes=num_classes_of(recipe),
+                     in_chans=size[0] if size and size[0] != 3 else None, input_size=size,
+                     expand=recipe.prune.expand, round_to=recipe.prune.round_to,
+                     tolerance=0.05, verify=False)  # a BudgetError when out of reach; 5%: reach, not exactness
+    full = plan.search.get("full_flops") if b.kind == "flops" else plan.search.get("full_params")
+    unit = "MACs" if b.kind == "flops" else "params"
+    return f"reachable: the full model has {format_count(full)} {unit}"
+
+
 def _prune_stage(recipe, lay: Layout):
     from slimkit.plan import load_plan, save_plan
     from slimkit.prune import prune as run_prune
@@ -372,6 +391,9 @@ def run(
         b = r.prune.budget()
         what = (f"{b.fraction:.0%} of the full model's {'latency' if b.kind == 'latency' else 'MACs'}"
                 if b.fraction is not None else f"{b.kind} {b.text}")
+        reach = _budget_reach(r)
+        if reach:
+            what += f" ({reach})"
         console.print(f"arch {r.arch} -> {registry.resolve(r.arch).canonical}; budget {what}; "
                       f"run folder {lay.root}" + (" (holds this recipe: finished stages are skipped)" if same else ""),
                       highlight=False, soft_wrap=True)
@@ -383,6 +405,11 @@ def run(
                 name = path.relative_to(lay.root).as_posix() + ("/" if path.name.startswith("train") else "")
                 table.add_row(stage if i == 0 else "", name, text)
         console.print(table)
+        from slimkit.data import data_missing
+
+        missing = data_missing(r.data.name, r.data.data_dir)
+        if missing:
+            console.print(f"[yellow]warning:[/] data not available here: {missing}", highlight=False, soft_wrap=True)
         return
     start = time.perf_counter()
     from slimkit.plan import folder_lock
