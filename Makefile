@@ -42,7 +42,7 @@ demo: setup data
 	rm -rf runs/demo  # a fresh run each time (train refuses to overwrite a run silently)
 	$(SLIMKIT) info mobilenet_v1
 	$(SLIMKIT) prune mobilenet_v1 --flops 150M --out runs/demo/mobilenet_v1_150M.json
-	$(SLIMKIT) prune mobilenet_v1 --flops 150M --method uniform --out runs/demo/mobilenet_v1_150M_uniform.json
+	$(SLIMKIT) prune mobilenet_v1 --flops 150M --method uniform --num-classes 10 --out runs/demo/mobilenet_v1_150M_uniform.json
 	$(SLIMKIT) export runs/demo/mobilenet_v1_150M.json --onnx
 	$(SLIMKIT) prune resnet20 --flops 50% --round-to 1 --out runs/demo/resnet20_50pct.json
 	$(SLIMKIT) train runs/demo/resnet20_50pct.json --epochs 3 --lr 0.1 --weight-decay 1e-4 --out runs/demo/resnet20_50pct
