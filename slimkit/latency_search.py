@@ -184,12 +184,12 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
         if within and (m.ci[1] - m.ci[0]) > tolerance * target and m.runs < 4 * meter.runs:
             m = meter.measure(widths, runs=2 * m.runs)  # too noisy to decide: measure it longer
             within = abs(m.ratio - target) <= tolerance * target
-        trace.append({"flops_fraction": round(f, 4), "flops": graph.count_macs(widths), "ratio": round(m.ratio, 4),
+        macs = graph.count_macs(widths)
+        trace.append({"flops_fraction": round(f, 4), "flops": macs, "ratio": round(m.ratio, 4),
                       "ci": [round(m.ci[0], 4), round(m.ci[1], 4)], "runs": m.runs})
-        say(f"  {graph.count_macs(widths) / 1e6:8.1f}M MACs ({f:.3f} of full) -> {m.ratio:.3f}x full "
+        say(f"  {macs / 1e6:8.1f}M MACs ({f:.3f} of full) -> {m.ratio:.3f}x full "
             f"({m.ratio * full_ms:.3f} ms; target {target:.3f}x)")
         score = abs(m.ratio - target)
-        macs = graph.count_macs(widths)
         if m.ratio <= target and (under is None or macs > under[0]):
             under = (macs, widths, m)
         if best is None or (within and score < abs(best[2].ratio - target)) or (
@@ -214,7 +214,12 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
     assert best is not None
     _, widths, m = best
     selection = "within tolerance"
-    if abs(m.ratio - target) > tolerance * target and under is not None:
+    if abs(m.ratio - target) > tolerance * target:
+        if under is None:
+            raise BudgetError(f"no plan within {tolerance:.0%} of latency budget {budget.text} "
+                              f"({target * full_ms:.3f} ms) after {meter.measured} measurements: the closest is "
+                              f"{m.ratio * full_ms:.3f} ms ({m.ratio:.3f}x); pass a larger --tolerance or a smaller "
+                              "--round-to")
         # Latency is a staircase in channel counts (kernels switch at some widths): the budget can
         # fall in a step no plan lands in. A budget is a ceiling, so the largest plan measured under
         # it meets it; say so rather than fail.
@@ -225,10 +230,6 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
             "--round-to moves the steps.")
         _, widths, m = under
         selection = "largest under budget"
-    elif abs(m.ratio - target) > tolerance * target:
-        raise BudgetError(f"no plan within {tolerance:.0%} of latency budget {budget.text} ({target * full_ms:.3f} ms) "
-                          f"after {meter.measured} measurements: the closest is {m.ratio * full_ms:.3f} ms "
-                          f"({m.ratio:.3f}x); pass a larger --tolerance or a smaller --round-to")
     return LatencySearchResult(widths=widths, measurement=m, target_ratio=target, full_ms=full_ms, trace=trace,
                                seconds=time.perf_counter() - start, measured_plans=meter.measured,
                                selection=selection)
