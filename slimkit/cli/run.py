@@ -146,20 +146,25 @@ def _stage(name: str, text: str) -> None:
     console.print(f"[bold cyan]{name}[/] {text}", highlight=False)
 
 
+def _shape_kwargs(recipe) -> dict[str, Any]:
+    """The prune() arguments that fix the model and how widths are counted, as the recipe gives them."""
+    from slimkit.recipe import num_classes_of
+
+    size = recipe.input_tuple
+    return dict(num_classes=num_classes_of(recipe), in_chans=size[0] if size and size[0] != 3 else None,
+                input_size=size, expand=recipe.prune.expand, round_to=recipe.prune.round_to)
+
+
 def _budget_reach(recipe) -> str | None:
     """Dry run: is a FLOPs/params budget reachable for this model at all? (The uniform plan at that
     budget, seconds to find; a latency budget needs the machine it is measured on.)"""
     from slimkit.prune import prune as run_prune
-    from slimkit.recipe import num_classes_of
 
     b = recipe.prune.budget()
     if b.kind == "latency":
         return None
-    size = recipe.input_tuple
-    plan = run_prune(recipe.arch, b, method="uniform", num_classes=num_classes_of(recipe),
-                     in_chans=size[0] if size and size[0] != 3 else None, input_size=size,
-                     expand=recipe.prune.expand, round_to=recipe.prune.round_to,
-                     tolerance=0.05, verify=False)  # a BudgetError when out of reach; 5%: reach, not exactness
+    plan = run_prune(recipe.arch, b, method="uniform", **{**_shape_kwargs(recipe), "tolerance": 0.05},
+                     verify=False)  # a BudgetError when out of reach; 5%: reach, not exactness
     full = plan.search.get("full_flops") if b.kind == "flops" else plan.search.get("full_params")
     unit = "MACs" if b.kind == "flops" else "params"
     return f"reachable: the full model has {format_count(full)} {unit}"
@@ -168,13 +173,10 @@ def _budget_reach(recipe) -> str | None:
 def _prune_stage(recipe, lay: Layout):
     from slimkit.plan import load_plan, save_plan
     from slimkit.prune import prune as run_prune
-    from slimkit.recipe import num_classes_of
 
     p = recipe.prune
-    size = recipe.input_tuple
-    common = dict(num_classes=num_classes_of(recipe), in_chans=size[0] if size and size[0] != 3 else None,
-                  input_size=size, expand=p.expand, round_to=p.round_to, seed=p.seed, tolerance=p.tolerance,
-                  backend=p.backend, threads=p.threads, batch=recipe.bench.batch)
+    common = dict(_shape_kwargs(recipe), seed=p.seed, tolerance=p.tolerance, backend=p.backend, threads=p.threads,
+                  batch=recipe.bench.batch)
     plans = {}
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
         if path.exists():
