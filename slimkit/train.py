@@ -215,13 +215,22 @@ def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, flo
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
+def _plan_of(source: str | ChannelPlan) -> ChannelPlan | None:
+    """The plan a training source names (a plan, or a plan file), or None for an architecture name."""
+    if isinstance(source, ChannelPlan):
+        return source
+    if str(source).endswith(".json") or Path(source).is_file():
+        return load_plan(source)
+    return None
+
+
 def _check_resumed_source(source: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
     """--resume continues the checkpoint's model: a different plan or architecture is an error, not
     something to ignore silently."""
     if source is None:
         return
-    if isinstance(source, ChannelPlan) or str(source).endswith(".json") or Path(source).is_file():
-        given = load_plan(source)
+    given = _plan_of(source)
+    if given is not None:
         same = given.arch == plan.arch and {n: g["width"] for n, g in given.groups.items()} == {
             n: g["width"] for n, g in plan.groups.items()}
         what = "this plan"
@@ -278,12 +287,8 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
     elif ckpt_path.exists():
         raise SlimkitError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, "
                            "or choose another --out")
-    elif isinstance(source, ChannelPlan):
-        plan = source
-    elif str(source).endswith(".json") or Path(source).is_file():
-        plan = load_plan(source)
     else:
-        plan = None  # an architecture name: the full model, once the data says how many classes
+        plan = _plan_of(source)  # None for an architecture name: the full model, once the data gives the classes
 
     if plan is not None:
         size = tuple(plan.input_size)
