@@ -67,6 +67,8 @@ DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolde
 DEFAULT_DATASET = "fashion-mnist"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path.home() / ".cache" / "slimkit"
+_FMNIST_TORCHVISION_RAW = Path("FashionMNIST") / "raw"  # where torchvision's own download puts the files
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's layout
 
 # Paper settings (Wang et al. 2020): 5,000 held-out CIFAR-10 training images; 50 per ImageNet class.
 PAPER_VAL_SIZE = 5000
@@ -561,7 +563,7 @@ def _download_fmnist() -> Path:
 
 
 def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Source:
-    torchvision_raw = Path("FashionMNIST") / "raw"  # where torchvision's own download puts them
+    torchvision_raw = _FMNIST_TORCHVISION_RAW
     files = None
     if data_dir is not None:
         root = Path(data_dir).expanduser()
@@ -610,8 +612,8 @@ def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Source:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls, title, folder, archive, num_classes = {
-        "cifar10": (CIFAR10, "CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz", 10),
-        "cifar100": (CIFAR100, "CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", 100),
+        "cifar10": (CIFAR10, "CIFAR-10", _CIFAR_FOLDERS["cifar10"], "cifar-10-python.tar.gz", 10),
+        "cifar100": (CIFAR100, "CIFAR-100", _CIFAR_FOLDERS["cifar100"], "cifar-100-python.tar.gz", 100),
     }[name]
     root = Path(data_dir).expanduser() if data_dir is not None else CACHE_DIR
     try:
@@ -741,13 +743,13 @@ def data_missing(name: str, data_dir: str | None = None) -> str | None:
         return None
     if name == "fashion-mnist":
         roots = [Path(data_dir).expanduser()] if data_dir else [FASHION_MNIST_DIR, CACHE_DIR]
-        if any(_fmnist_files(r) or _fmnist_files(r / "FashionMNIST" / "raw") for r in roots):
+        if any(_fmnist_files(r) or _fmnist_files(r / _FMNIST_TORCHVISION_RAW) for r in roots):
             return None
         return (f"Fashion-MNIST not found in {roots[0]}" + ("" if data_dir else " (a download is tried at run time)")
                 + f": {_FMNIST_FIX}")
     if name in ("cifar10", "cifar100"):
         root = Path(data_dir).expanduser() if data_dir else CACHE_DIR
-        folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+        folder = _CIFAR_FOLDERS[name]
         return None if (root / folder).is_dir() else f"{name}: {root / folder} does not exist (set data.data_dir)"
     if name.startswith("imagefolder:"):
         root = Path(name.removeprefix("imagefolder:")).expanduser()
