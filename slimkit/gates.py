@@ -7,7 +7,8 @@ the BatchNorm affine: ``BN(x)·λ = normalise(x)·(γ·λ) + β·λ``, so no ext
 stored for backward. Groups no BatchNorm reads (e.g. a squeeze-excite reduction) get the gate
 as a forward hook on the layers that produce them. All weights are frozen; BatchNorm uses batch
 statistics, as in the paper's code. Dropout and stochastic depth are switched off: they would
-add noise to the gate signal and to the held-out accuracy used to pick a snapshot.
+add noise to the gate signal and to the held-out accuracy used to pick a snapshot. Activations
+that would clone their input to run in place run out of place (``slimkit.device``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
+from slimkit.device import out_of_place_activations
 from slimkit.graph import ChannelGraph
 
 __all__ = ["GatedSupernet", "attach_gates"]
@@ -101,6 +103,7 @@ class GatedSupernet:
         modules = dict(self.model.named_modules())
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._made_out_of_place = out_of_place_activations(self.model)
         covered: set[str] = set()
         for fqn, dims in self.graph.param_dims.items():
             mod_name, _, attr = fqn.rpartition(".")
@@ -153,8 +156,11 @@ class GatedSupernet:
         for module, attr in self._parametrized:
             if parametrize.is_parametrized(module, attr):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+        for m in self._made_out_of_place:
+            m.inplace = True
         self._hooks.clear()
         self._parametrized.clear()
+        self._made_out_of_place.clear()
 
 
 def attach_gates(model: nn.Module, graph: ChannelGraph, widths: dict[str, int]) -> GatedSupernet:

@@ -145,7 +145,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
 
 
 def _device(device: str):
-    from slimkit.search import resolve_device
+    from slimkit.device import resolve_device
 
     return resolve_device(device)
 

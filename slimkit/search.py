@@ -25,26 +25,17 @@ import torch.nn.functional as F
 
 from slimkit import distributed
 from slimkit.data import DataBundle, make_loader
+from slimkit.device import place_batch, place_model, resolve_device
 from slimkit.distributed import all_reduce_sum
 from slimkit.errors import SlimkitError
 from slimkit.gates import GatedSupernet
 
-__all__ = ["GateSearchConfig", "GateSearchResult", "PRESETS", "search_gates", "resolve_device"]
+__all__ = ["GateSearchConfig", "GateSearchResult", "PRESETS", "search_gates"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar": {"gamma": 0.5, "batch_size": 128, "epochs": 10.0},
     "imagenet": {"gamma": 0.05, "batch_size": 100, "epochs": 1.0},
 }
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from slimkit.errors import SlimkitError
-
-        raise SlimkitError("--device cuda asked but no CUDA GPU is visible: use --device cpu or auto")
-    return torch.device(device)
 
 
 @dataclass
@@ -77,16 +68,11 @@ def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool) 
     correct = total = 0
     with torch.no_grad(), _autocast(device, amp):
         for x, y in loader:
-            x, y = _to(x, device), y.to(device, non_blocking=True)
+            x, y = place_batch(x, device), y.to(device, non_blocking=True)
             correct += int((supernet.model(x).argmax(1) == y).sum())
             total += y.numel()
     correct, total = all_reduce_sum(correct, total, device=device)
     return correct / max(total, 1)
-
-
-def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -104,10 +90,9 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
         device = torch.device("cuda", info.local_rank)
     torch.manual_seed(cfg.seed)
     model = supernet.model
-    if device.type == "cuda":
-        model.to(device, memory_format=torch.channels_last)
-        for g in supernet.gates.values():
-            g.data = g.data.to(device)
+    place_model(model, device)
+    for g in supernet.gates.values():
+        g.data = g.data.to(device)
     supernet.set_search_mode()
     # Under torchrun each process takes a slice of every global batch; gate gradients are averaged
     # below, so every process holds the same gates after every step.
@@ -136,7 +121,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
         train_loader.set_epoch(epoch)
         for x, y in train_loader:
             t0 = time.perf_counter()
-            x, y = _to(x, device), y.to(device, non_blocking=True)
+            x, y = place_batch(x, device), y.to(device, non_blocking=True)
             with _autocast(device, cfg.amp):
                 logits = model(x)
             ce = F.cross_entropy(logits.float(), y)

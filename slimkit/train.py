@@ -30,6 +30,7 @@ from torch import nn
 
 from slimkit import distributed
 from slimkit.data import load_data, make_loader
+from slimkit.device import out_of_place_activations, place_batch, place_model
 from slimkit.distributed import all_reduce_sum
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, folder_lock, load_plan
@@ -72,7 +73,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # CUDA only: bf16 autocast
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC on every device (slimkit/device.py says why)
     compile: bool = False
     workers: int = 4
     max_steps_per_epoch: int | None = None  # for smoke tests and quick looks
@@ -172,9 +173,7 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
     for step, (x, y) in enumerate(loader):
         if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cuda" and cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = place_batch(x, device, cfg.channels_last), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         chunks = list(zip(x.tensor_split(accum), y.tensor_split(accum)))
         for i, (xm, ym) in enumerate(chunks):
@@ -197,13 +196,13 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
     return total_loss / max(seen, 1), correct / max(seen, 1), int(seen), secs
 
 
-def evaluate(model, loader, device, amp: bool = True) -> tuple[float, float, float]:
+def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True) -> tuple[float, float, float]:
     """Loss, top-1 and top-5 accuracy (top-k capped at the number of classes)."""
     model.eval()
     total_loss = top1 = top5 = seen = 0
     with torch.no_grad(), _autocast(device, amp):
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = place_batch(x, device, channels_last), y.to(device, non_blocking=True)
             logits = model(x).float()
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             k = min(5, logits.shape[1])
@@ -257,7 +256,7 @@ def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfi
 def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
            progress: Any | None, log: Any | None) -> TrainResult:
     from slimkit.generator import generate
-    from slimkit.search import resolve_device
+    from slimkit.device import resolve_device
 
     device = resolve_device(cfg.device)
     dist_info = distributed.setup(device.type)
@@ -327,9 +326,8 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
             + (f"; {dist_info.backend} process group" if world > 1 else ""))
 
     torch.manual_seed(cfg.seed)
-    model = generate(plan).to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(generate(plan), device, cfg.channels_last)
+    out_of_place_activations(model)
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
@@ -372,7 +370,7 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
         loss, acc, seen, secs = train_one_epoch(step_fn, train_loader, opt, sched, cfg, device, progress, step_task)
         if progress is not None:
             progress.remove_task(step_task)
-        test_loss, top1, top5 = evaluate(model, test_loader, device, cfg.amp)
+        test_loss, top1, top5 = evaluate(model, test_loader, device, cfg.amp, cfg.channels_last)
         m = EpochMetrics(epoch + 1, round(loss, 5), round(acc, 5), round(test_loss, 5), round(top1, 5),
                          round(top5, 5), round(opt.param_groups[0]["lr"], 7), round(secs, 2),
                          round(seen / max(secs, 1e-9), 1))
