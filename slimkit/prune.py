@@ -10,6 +10,7 @@ from typing import Any
 
 from slimkit import registry
 from slimkit.budget import Budget, check_budget, max_widths, parse_budget, search_threshold, search_uniform
+from slimkit.device import resolve_device
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.generator import channel_graph, generate, resize_model
@@ -70,7 +71,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     if method == "scratch":
         from slimkit.data import load_data
 
-        dev = _device(device)
+        dev = resolve_device(device)
         side = search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
         bundle = load_data(data, data_dir=data_dir, input_size=(size[0], side, side * size[2] // size[1]),
                            val_size=val_size, seed=seed)
@@ -144,12 +145,6 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     return plan
 
 
-def _device(device: str):
-    from slimkit.device import resolve_device
-
-    return resolve_device(device)
-
-
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, *, expand: float, seed: int,
                  preset: str | None, gamma: float | None, lr: float | None, batch_size: int | None,
                  epochs: float | None, steps: int | None, device: str, data: str, progress: Any, say: Any,
@@ -164,7 +159,7 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     if preset not in PRESETS:
         raise SlimkitError(f"unknown --preset '{preset}': choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    dev = _device(device)
+    dev = resolve_device(device)
     bs = batch_size or p["batch_size"]
     if steps is None and epochs is None and dev.type == "cpu":
         n_steps = CPU_STEPS
