@@ -563,16 +563,15 @@ def _download_fmnist() -> Path:
 
 
 def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Source:
-    torchvision_raw = _FMNIST_TORCHVISION_RAW
     files = None
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        files = _fmnist_files(root) or _fmnist_files(root / torchvision_raw)
+        files = _fmnist_files(root) or _fmnist_files(root / _FMNIST_TORCHVISION_RAW)
         if files is None:
             names = ", ".join(f"{stem}[.gz]" for stem in _FMNIST_FILES.values())
             raise DataError(f"Fashion-MNIST not found in {root} (need {names}): {_FMNIST_FIX}")
     else:
-        files = _fmnist_files(FASHION_MNIST_DIR) or _fmnist_files(CACHE_DIR / torchvision_raw)
+        files = _fmnist_files(FASHION_MNIST_DIR) or _fmnist_files(CACHE_DIR / _FMNIST_TORCHVISION_RAW)
         if files is None:
             try:
                 files = _fmnist_files(_download_fmnist())
