@@ -29,7 +29,7 @@ from slimkit.gates import attach_gates
 from slimkit.generator import build_source, channel_graph
 
 
-def _steps(arch: str, size: tuple[int, int, int], x: torch.Tensor, y: torch.Tensor, now: bool):
+def _steps(arch: str, graph, x: torch.Tensor, y: torch.Tensor, now: bool):
     """``now``: the steps as slimkit runs them; else as it ran them before (NCHW, activations in place)."""
     cpu = torch.device("cpu")
     xb = place_batch(x, cpu, now)
@@ -37,7 +37,6 @@ def _steps(arch: str, size: tuple[int, int, int], x: torch.Tensor, y: torch.Tens
     if now:
         out_of_place_activations(trained)
     sgd = torch.optim.SGD(trained.parameters(), lr=0.01, momentum=0.9)
-    graph = channel_graph(arch, {}, size)
     gated = build_source(arch)
     was_inplace = [m for m in gated.modules() if getattr(m, "inplace", False)]
     supernet = attach_gates(gated, graph, graph.full_widths())
@@ -78,9 +77,10 @@ def main() -> None:
     x = torch.randn(args.batch, *size)
     y = torch.randint(0, args.classes, (args.batch,))
 
+    graph = channel_graph(args.arch, {}, size)  # the same channel groups for both ways
     steps = {}
     for layout, now in (("now", True), ("before", False)):
-        train_step, gate_step = _steps(args.arch, size, x, y, now)
+        train_step, gate_step = _steps(args.arch, graph, x, y, now)
         steps[f"train/{layout}"], steps[f"gate/{layout}"] = train_step, gate_step
     for f in steps.values():  # warm-up (allocator, oneDNN primitive caches)
         f()
