@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from slimkit.artifacts import calibrate_bn
 from slimkit.errors import BudgetError, SlimkitError
 from slimkit.exporters.onnx import export
 from slimkit.generator import generate
 from slimkit.prune import prune
-from slimkit.source import calibrate_bn
 
 MODELS = ["mobilenet_v1", "mobilenet_v2", "resnet50", "timm:efficientnet_b0", "torchvision:mobilenet_v3_large",
           "resnet56"]

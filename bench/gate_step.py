@@ -1,7 +1,7 @@
 """Cost of one gate-learning step vs one ordinary training step (same model, batch, input).
 
 "Pruning from Scratch" only learns gates, so its search should cost well under training. Both
-steps are built the way slimkit runs them (``slimkit.device``: channels-last on every device,
+steps are built the way slimkit runs them (``slimkit.runtime``: channels-last on every device,
 activations that would clone their input run out of place) and timed round-robin in one process,
 so machine noise hits all alike; the same two steps as slimkit ran them before (NCHW, in place)
 run in the same rounds, as the reference for what those two changes buy. Training step: all weights trainable, SGD momentum 0.9, BN in train mode,
@@ -24,20 +24,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from slimkit.device import out_of_place_activations, place_batch, place_model
+from slimkit.runtime import out_of_place_activations, place_batch, place_model
 from slimkit.gates import attach_gates
-from slimkit.generator import build_source, channel_graph
+from slimkit.generator import build_model, channel_graph
 
 
 def _steps(arch: str, graph, x: torch.Tensor, y: torch.Tensor, now: bool):
     """``now``: the steps as slimkit runs them; else as it ran them before (NCHW, activations in place)."""
     cpu = torch.device("cpu")
     xb = place_batch(x, cpu, now)
-    trained = place_model(build_source(arch), cpu, now).train()
+    trained = place_model(build_model(arch), cpu, now).train()
     if now:
         out_of_place_activations(trained)
     sgd = torch.optim.SGD(trained.parameters(), lr=0.01, momentum=0.9)
-    gated = build_source(arch)
+    gated = build_model(arch)
     was_inplace = [m for m in gated.modules() if getattr(m, "inplace", False)]
     supernet = attach_gates(gated, graph, graph.full_widths())
     place_model(gated, cpu, now)

@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from slimkit.artifacts import calibrate_bn
 from slimkit.exporters.onnx import export
 from slimkit.generator import generate
 from slimkit.latency import Candidate, check_regression, measure
 from slimkit.prune import prune
-from slimkit.source import calibrate_bn
 
 ARCH = "mobilenet_v1"
 

@@ -31,10 +31,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from slimkit.cli.run import train_state  # noqa: E402
+from slimkit.pipeline import train_state  # noqa: E402
 from slimkit.plan import load_plan, save_plan  # noqa: E402
 from slimkit.plots import plot_channels  # noqa: E402
-from slimkit.prune import prune  # noqa: E402
+from slimkit.prune import GateOptions, prune  # noqa: E402
 from slimkit.train import TrainConfig, train  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -98,13 +98,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def cfg(seed: int, budget: str) -> TrainConfig:  # the recipe of recipes/fmnist_resnet20_50.yaml
+    def cfg(seed: int, schedule: str) -> TrainConfig:  # the recipe of recipes/fmnist_resnet20_50.yaml
         # Its warm-up is 1 of 15 epochs; a shorter run keeps that share, not a warm-up-only schedule.
-        return TrainConfig(data=args.data, epochs=args.epochs, budget=budget, batch_size=128, lr=0.1,
+        return TrainConfig(data=args.data, epochs=args.epochs, schedule=schedule, batch_size=128, lr=0.1,
                            weight_decay=1e-4, seed=seed, max_steps_per_epoch=args.max_steps,
                            warmup_epochs=min(1.0, args.epochs / 15))
 
-    common = dict(round_to=1, data=args.data, steps=args.steps)
+    common = dict(round_to=1)
+    gates = GateOptions(data=args.data, steps=args.steps)
     results: dict = {"arch": args.arch, "data": args.data, "epochs": args.epochs, "seeds": args.seeds,
                      "max_steps_per_epoch": args.max_steps, "warmup_epochs": min(1.0, args.epochs / 15),
                      "gate_steps": args.steps, "full": [], "budgets": {}}
@@ -122,9 +123,12 @@ def main() -> None:
             makers = {
                 "uniform": lambda: prune(args.arch, budget, method="uniform", round_to=1,
                                          num_classes=num_classes),
-                "scratch": lambda: prune(args.arch, budget, method="scratch", seed=seed, log=print, **common),
+                "scratch": lambda: prune(args.arch, budget, method="scratch", seed=seed, log=print, gates=gates,
+                                         **common),
                 "trained": lambda: prune(args.arch, budget, method="scratch", seed=seed, log=print,
-                                         weights=str(work / f"full-s{seed}" / "checkpoint.pt"), **common),
+                                         gates=GateOptions(data=args.data, steps=args.steps,
+                                                           weights=str(work / f"full-s{seed}" / "checkpoint.pt")),
+                                         **common),
             }
             for name in STRUCTURES:
                 plan_path = work / f"{name}-{tag}-s{seed}.json"

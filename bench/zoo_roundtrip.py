@@ -43,10 +43,10 @@ def expansion_plan(arch: str, size: tuple[int, int, int], expand: float) -> Chan
     graph = channel_graph(arch, {}, size)
     widths = max_widths(graph, expand)
     budget = graph.count_macs(widths)
-    return ChannelPlan(arch=arch, input_size=list(size), expand=expand, method="uniform",
-                       groups={n: {"full": g.width, "width": widths[n]} for n, g in graph.groups.items()},
-                       budget={"kind": "flops", "text": f"x{expand}", "value": budget},
-                       flops=budget, params=graph.count_params(widths))
+    return ChannelPlan.from_widths(arch, size, {n: g.width for n, g in graph.groups.items()}, widths,
+                                   expand=expand, method="uniform",
+                                   budget={"kind": "flops", "text": f"x{expand}", "value": budget},
+                                   flops=budget, params=graph.count_params(widths))
 
 
 def check(arch: str, budget: str, expand: float, side: int) -> dict:

@@ -2,10 +2,10 @@
 
 Both of torch's exporter paths are supported. ``dynamo`` (torch.export + onnxscript, torch's
 default) gives the smaller graph; ``torchscript`` (the legacy tracer) is faster to run. ``auto``
-tries dynamo and falls back to the tracer, saying so. ``bench/export_zoo.py`` measures both over
+tries dynamo and falls back to the tracer, saying so. ``bench/export_parity.py`` measures both over
 the zoo.
 
-The file is written through :func:`slimkit.plan.atomic_write`: it only appears at ``out`` after
+The file is written through :func:`slimkit.files.atomic_write`: it only appears at ``out`` after
 the checker and the parity check passed, so a failure never leaves a partial ``.onnx`` behind.
 """
 
@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from slimkit.exporters import ExportError, ExportResult
-from slimkit.plan import atomic_write
+from slimkit.files import atomic_write
+from slimkit.version import __version__
 
-__all__ = ["export", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "read_metadata", "input_shape"]
+__all__ = ["export", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "read_metadata", "input_shape", "slimkit_metadata"]
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -132,6 +133,12 @@ def input_shape(proto_or_path: onnx.ModelProto | str | Path) -> list[int | str]:
         str(proto_or_path), load_external_data=False)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def slimkit_metadata(plan_json: str, *, source: str, weights: str, input_size: tuple[int, ...]) -> dict[str, str]:
+    """What every exported file carries: slimkit version, plan, where it came from, weights, input size."""
+    return {"slimkit.version": __version__, "slimkit.plan": plan_json, "slimkit.source": source,
+            "slimkit.weights": weights, "slimkit.input_size": "x".join(map(str, input_size))}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -142,8 +142,9 @@ class SearchResult:
     widths: dict[str, int]
     flops: int
     params: int
-    value: float  # the factor (uniform) or threshold (gates) that produced the widths
+    value: float | None  # the factor (uniform) or threshold (gates) that produced the widths; None for a fill
     iterations: int
+    selection: str = "threshold"  # how the widths were chosen: "uniform", "threshold", "gate-order fill", ...
 
 
 def _measure(graph: ChannelGraph, widths: dict[str, int], kind: str) -> int:
@@ -227,8 +228,10 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
     if budget.kind not in ("flops", "params"):
         raise BudgetError(f"uniform search takes a FLOPs or parameter budget, not {budget.kind}")
     _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
-    return _bisect(lambda f: uniform_widths(graph, f, round_to), graph, budget,
-                   0.0, expand, True, iterations, tolerance)
+    result = _bisect(lambda f: uniform_widths(graph, f, round_to), graph, budget,
+                     0.0, expand, True, iterations, tolerance)
+    result.selection = "uniform"
+    return result
 
 
 def _tie_broken(gates: Mapping[str, list[float]]) -> dict[str, list[float]]:
@@ -306,4 +309,5 @@ def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], b
             f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): the closest "
             f"is {format_count(cost)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
         )
-    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), float("nan"), len(ranked))
+    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, len(ranked),
+                        selection="gate-order fill")

@@ -50,6 +50,7 @@ from slimkit.errors import SlimkitError
 __all__ = [
     "CACHE_DIR",
     "DATASETS",
+    "NUM_CLASSES",
     "DEFAULT_DATASET",
     "FASHION_MNIST_DIR",
     "DataBundle",
@@ -65,6 +66,8 @@ InputSize = tuple[int, int, int]
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
 DEFAULT_DATASET = "fashion-mnist"
+# Classes of the datasets whose size is fixed (an ImageFolder has as many as its class folders).
+NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path.home() / ".cache" / "slimkit"
 _FMNIST_TORCHVISION_RAW = Path("FashionMNIST") / "raw"  # where torchvision's own download puts the files

@@ -8,7 +8,7 @@ stored for backward. Groups no BatchNorm reads (e.g. a squeeze-excite reduction)
 as a forward hook on the layers that produce them. All weights are frozen; BatchNorm uses batch
 statistics, as in the paper's code. Dropout and stochastic depth are switched off: they would
 add noise to the gate signal and to the held-out accuracy used to pick a snapshot. Activations
-that would clone their input to run in place run out of place (``slimkit.device``).
+that would clone their input to run in place run out of place (``slimkit.runtime``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from slimkit.device import out_of_place_activations
+from slimkit.runtime import out_of_place_activations
 from slimkit.graph import ChannelGraph
 
 __all__ = ["GatedSupernet", "attach_gates"]

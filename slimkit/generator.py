@@ -30,7 +30,7 @@ from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, analyze
 from slimkit.plan import ChannelPlan, load_plan
 
-__all__ = ["generate", "build_source", "channel_graph", "resize_model"]
+__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -40,7 +40,7 @@ def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, .
 _GRAPHS: dict[str, ChannelGraph] = {}
 
 
-def build_source(arch: str, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
+def build_model(arch: str, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
     return registry.create_model(arch, **(arch_kwargs or {}))
 
 
@@ -50,12 +50,28 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     arch_kwargs = dict(arch_kwargs or {})
     key = _kwargs_key(arch, arch_kwargs, input_size)
     if key not in _GRAPHS:
-        model = model if model is not None else build_source(arch, arch_kwargs)
+        model = model if model is not None else build_model(arch, arch_kwargs)
         graph = analyze(model, tuple(input_size))
         # MACs outside conv/linear weights (attention matmuls) stay constant: count them once.
         graph.other_macs = count_flops(model, input_size) - graph.count_macs()
         _GRAPHS[key] = graph
     return _GRAPHS[key]
+
+
+def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None = None,
+              input_size: tuple[int, int, int] | None = None) -> ChannelPlan:
+    """The unpruned ``arch`` as a plan: every group at full width (what `slimkit train ARCH` trains and
+    what latency reports compare against). The same plan as a uniform prune to 100% at round_to 1."""
+    spec = registry.resolve(arch)
+    size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
+    graph = channel_graph(spec.canonical, kwargs, size)
+    full = {n: g.width for n, g in graph.groups.items()}
+    flops, params = graph.count_macs(), graph.count_params()
+    return ChannelPlan.from_widths(
+        spec.canonical, size, full, arch_kwargs=kwargs, expand=1.0, round_to=1, method="uniform",
+        budget={"kind": "flops", "text": "100%", "value": flops, "fraction": 1.0}, flops=flops, params=params,
+        search={"full_flops": flops, "full_params": params})
 
 
 def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: str) -> None:
@@ -165,7 +181,7 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     check_plan_fits(plan, graph)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed if seed is None else seed)
-        model = build_source(plan.arch, plan.arch_kwargs)
+        model = build_model(plan.arch, plan.arch_kwargs)
         resize_model(model, graph, plan.widths)
     return model
 

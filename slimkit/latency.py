@@ -14,6 +14,7 @@ these CPUs, so that is where latency matters), ``ort-cuda``, ``torch`` (eager) a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,12 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
 
 from slimkit.errors import SlimkitError
-from slimkit.plan import atomic_write_text
+from slimkit.files import atomic_write_text
+from slimkit.generator import generate
+from slimkit.plots import plot_latency
 
 __all__ = ["BACKENDS", "LatencyError", "Candidate", "LatencyReport", "physical_cores", "measure",
-           "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT"]
+           "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT", "model_fingerprint",
+           "read_baseline", "write_baseline"]
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch", "torch-compile")
 REPORT_FORMAT = "slimkit.latency/1"
@@ -80,8 +87,6 @@ class Candidate:
 
 
 def _ort_runner(c: Candidate, backend: str, threads: int) -> Callable[[], None]:
-    import onnxruntime as ort
-
     if c.onnx_path is None:
         raise LatencyError(f"{c.name}: backend {backend} needs an ONNX file")
     provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
@@ -106,11 +111,7 @@ def _ort_runner(c: Candidate, backend: str, threads: int) -> Callable[[], None]:
 
 
 def _torch_runner(c: Candidate, backend: str, device: str) -> Callable[[], None]:
-    import torch
-
     if c.module is None and c.plan:  # built only for PyTorch backends; weights do not change latency
-        from slimkit.generator import generate
-
         c.module = generate(c.plan)
     if c.module is None:
         raise LatencyError(f"{c.name}: backend {backend} needs the PyTorch model (give a plan, checkpoint or "
@@ -135,8 +136,6 @@ def make_runner(c: Candidate, backend: str, threads: int, device: str = "cpu") -
         raise LatencyError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     if backend.startswith("ort"):
         return _ort_runner(c, backend, threads)
-    import torch
-
     torch.set_num_threads(threads)
     return _torch_runner(c, backend, device)
 
@@ -212,8 +211,6 @@ class LatencyReport:
         stem = str(stem)  # "model.latency" -> model.latency.json: append, never replace a suffix
         paths = [atomic_write_text(f"{stem}.json", json.dumps(self.to_dict(), indent=1) + "\n"),
                  atomic_write_text(f"{stem}.md", self.markdown())]
-        from slimkit.plots import plot_latency
-
         paths.append(plot_latency(self, f"{stem}.png"))
         return paths
 
@@ -248,9 +245,6 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
         if progress is not None and (time.monotonic() - last > 0.25 or i == runs - 1):
             progress(i + 1, runs)  # outside the timed region
             last = time.monotonic()
-
-    import onnxruntime as ort
-    import torch
 
     models = []
     for j, c in enumerate(candidates):
@@ -308,71 +302,57 @@ def check_regression(report: LatencyReport, baseline: dict[str, Any], max_regres
     return GateResult(passed, ratio, (lo, hi), base, limit, message)
 
 
-# ---------------------------------------------------------------------------- what to time
-def _onnx_candidate(path: Path, batch: int, name: str | None) -> Candidate:
-    import onnx
+def model_fingerprint(c: Candidate) -> str:
+    """Which model a CI-gate baseline belongs to: its architecture (name, keyword arguments, input)
+    when slimkit made it, else the sequence of ops in its ONNX graph. Widths are left out on purpose:
+    the same model re-pruned or retrained slower is what the gate must catch, not refuse."""
+    if c.plan and "arch" in c.plan:
+        key: Any = ["plan", c.plan.get("arch"), c.plan.get("arch_kwargs"), c.plan.get("input_size")]
+    elif c.onnx_path is not None:
+        proto = onnx.load(str(c.onnx_path), load_external_data=False)
+        key = ["onnx", [n.op_type for n in proto.graph.node], list(c.input_shape[1:])]
+    else:
+        key = ["name", c.name]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    from slimkit.exporters.onnx import input_shape, read_metadata
 
+def write_baseline(path: str | os.PathLike, report: LatencyReport, reference: Candidate, model: Candidate,
+                   base_dir: Path) -> dict[str, Any]:
+    """Record ``model``/``reference`` from an interleaved ``report`` as the CI gate's baseline file.
+    File references are stored relative to the baseline's folder, so the file travels with the repo."""
+    spec = dict(reference.spec)
+    if spec.get("kind") in ("onnx", "checkpoint"):
+        spec["path"] = os.path.relpath(Path(spec["path"]).resolve(), base_dir)
+    m = report.models[1]
+    data = report.to_dict()
+    data["gate"] = {"model": m["name"], "model_fingerprint": model_fingerprint(model),
+                    "input_shape": m["input_shape"], "reference": reference.name, "reference_spec": spec,
+                    "ratio": m["ratio"], "ratio_ci": m["ratio_ci"]}
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return data["gate"]
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    """A baseline file, validated: any doubt about it is an error, never a silent pass."""
+    redo = "record it again with --update-baseline"
     if not path.is_file():
-        raise LatencyError(f"model file not found: {path}")
+        raise LatencyError(f"baseline not found: {path}; record one with --update-baseline")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-        shape = input_shape(proto)
-    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
-        raise LatencyError(f"{path} is not an ONNX model ({type(exc).__name__}); export one with "
-                           "`slimkit export PLAN --onnx`") from exc
-    if any(isinstance(d, int) and d < 1 for d in shape[1:]) or any(isinstance(d, str) for d in shape[1:]):
-        raise LatencyError(f"{path}: only the batch dimension may be dynamic (input shape {shape})")
-    if isinstance(shape[0], int) and shape[0] not in (0, batch):
-        raise LatencyError(f"{path} was exported for batch {shape[0]}, not --batch {batch}: re-export with "
-                           "--dynamic-batch or --batch")
-    meta = {p.key: p.value for p in proto.metadata_props}
-    plan = json.loads(meta["slimkit.plan"]) if "slimkit.plan" in meta else {}
-    return Candidate(name=name or path.stem, input_shape=(batch, *shape[1:]), onnx_path=path,
-                     spec={"kind": "onnx", "path": str(path)}, flops=plan.get("flops"), params=plan.get("params"),
-                     plan=plan or None)
-
-
-def export_for_timing(source, out: Path, batch: int, name: str, spec: dict[str, Any]) -> Candidate:
-    """A checkpoint / plan / architecture, exported to ONNX at ``out`` (weights do not change latency)."""
-    from slimkit.exporters.onnx import export
-
-    export(source.model, source.input_size, out, batch=batch, metadata={"slimkit.plan": source.plan.to_json()})
-    return Candidate(name=name, input_shape=(batch, *source.input_size), onnx_path=out, module=source.model,
-                     spec=spec, flops=source.plan.flops, params=source.plan.params, plan=source.plan.to_dict())
-
-
-def load_candidate(text: str, workdir: Path, *, batch: int = 1, num_classes: int | None = None,
-                   input_size: tuple[int, int, int] | None = None, name: str | None = None) -> Candidate:
-    """An ONNX file as is; a checkpoint, plan or architecture name exported to ``workdir`` first."""
-    from slimkit.source import load_source
-
-    path = Path(text)
-    if path.suffix == ".onnx":
-        return _onnx_candidate(path, batch, name)
-    src = load_source(text, num_classes=num_classes, input_size=input_size)
-    label = name or (path.stem if path.suffix in (".json", ".pt", ".pth") else src.plan.arch.split(":")[-1])
-    spec = {"kind": "plan", "plan": src.plan.to_dict()} if not src.trained else {"kind": "checkpoint",
-                                                                                  "path": str(path)}
-    return export_for_timing(src, workdir / f"{label}.onnx", batch, label, spec)
-
-
-def candidate_from_spec(spec: dict[str, Any], workdir: Path, batch: int, name: str, base_dir: Path) -> Candidate:
-    """Rebuild a baseline's reference model from its recorded spec."""
-    kind = spec.get("kind")
-    if kind == "onnx":
-        p = Path(spec["path"])
-        return _onnx_candidate(p if p.is_absolute() else base_dir / p, batch, name)
-    if kind == "checkpoint":
-        p = Path(spec["path"])
-        return load_candidate(str(p if p.is_absolute() else base_dir / p), workdir, batch=batch, name=name)
-    if kind == "plan":
-        from slimkit.generator import generate
-        from slimkit.plan import load_plan
-        from slimkit.source import ModelSource, calibrate_bn
-
-        plan = load_plan(spec["plan"])
-        model = calibrate_bn(generate(plan), tuple(plan.input_size), seed=plan.seed).eval()
-        return export_for_timing(ModelSource(model, plan, False, name), workdir / f"{name}.onnx", batch, name, spec)
-    raise LatencyError(f"baseline reference has unknown kind {kind!r}; re-record it with --update-baseline")
+        data = json.loads(path.read_text())
+        gate = data["gate"]
+        ratio, ci = float(gate["ratio"]), [float(x) for x in gate["ratio_ci"]]
+        shape = [int(d) for d in gate["input_shape"]]
+        str(gate["reference"]), dict(gate["reference_spec"])
+        backend, threads, batch = str(data["backend"]), int(data["threads"]), int(data["batch"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise LatencyError(f"{path} is not a slimkit latency baseline; {redo}") from None
+    if data.get("format") != REPORT_FORMAT:
+        raise LatencyError(f"{path} has format {data.get('format')!r}, not {REPORT_FORMAT!r}; {redo}")
+    if not (math.isfinite(ratio) and ratio > 0 and all(math.isfinite(x) and x > 0 for x in ci)):
+        raise LatencyError(f"{path} holds an impossible latency ratio ({ratio!r}); {redo}")
+    if len(shape) < 2 or min(shape) < 1 or threads < 1 or batch < 1 or backend not in BACKENDS:
+        raise LatencyError(f"{path} holds an impossible setting (input {shape}, {threads} threads, batch {batch}, "
+                           f"backend {backend!r}); {redo}")
+    if not isinstance(gate.get("model_fingerprint"), str):
+        raise LatencyError(f"{path} does not say which model it was recorded for; {redo}")
+    return data

@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slimkit.artifacts import calibrate_bn
 from slimkit.budget import Budget, min_widths
 from slimkit.errors import BudgetError
+from slimkit.exporters.onnx import export
+from slimkit.generator import generate
 from slimkit.graph import ChannelGraph
 from slimkit.latency import Candidate, measure
 from slimkit.plan import ChannelPlan
@@ -57,7 +60,10 @@ class LatencySearchResult:
 
 
 class LatencyMeter:
-    """Times plans (given as widths) as a ratio to the full model, on one backend; cached."""
+    """Times plans (given as widths) as a ratio to the full model, on one backend; cached.
+
+    ``template`` is the run's unpruned plan (arch, input size, expand, round_to, seed): every plan
+    timed is that plan with other widths."""
 
     def __init__(self, template: ChannelPlan, graph: ChannelGraph, *, backend: str = "ort-cpu",
                  threads: int | None = None, batch: int = 1, runs: int = 40, warmup: int = 5,
@@ -77,20 +83,13 @@ class LatencyMeter:
             self._tmp.cleanup()
 
     def plan_for(self, widths: dict[str, int]) -> ChannelPlan:
-        t = self.template
-        return ChannelPlan(arch=t.arch, arch_kwargs=dict(t.arch_kwargs), input_size=list(t.input_size),
-                           expand=t.expand, round_to=t.round_to, seed=t.seed, method=t.method,
-                           groups={n: {"full": g.width, "width": widths[n]} for n, g in self.graph.groups.items()},
-                           flops=self.graph.count_macs(widths), params=self.graph.count_params(widths))
+        return self.template.with_widths(widths, flops=self.graph.count_macs(widths),
+                                         params=self.graph.count_params(widths))
 
     def _candidate(self, widths: dict[str, int], name: str | None = None) -> Candidate:
         key = tuple(sorted(widths.items()))
         if key in self._files:
             return self._files[key]
-        from slimkit.exporters.onnx import export
-        from slimkit.generator import generate
-        from slimkit.source import calibrate_bn
-
         plan = self.plan_for(widths)
         model = generate(plan)
         # Realistic activations (no denormals, no overflow) at little cost: weights do not change

@@ -7,28 +7,20 @@ DESIGN.md); unknown top-level fields are rejected so typos do not pass silently.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import Any
 
-from slimkit.errors import PlanError, SlimkitError
+from slimkit.errors import PlanError
+from slimkit.files import atomic_write_text
+from slimkit.version import __version__
 
-__all__ = ["ChannelPlan", "load_plan", "save_plan", "atomic_write", "atomic_write_text", "folder_lock",
-           "PLAN_FORMAT"]
+__all__ = ["ChannelPlan", "load_plan", "save_plan", "PLAN_FORMAT"]
 
 PLAN_FORMAT = "slimkit.plan/1"
-
-
-def _version() -> str:
-    from slimkit import __version__
-
-    return __version__
 
 
 @dataclass
@@ -46,7 +38,7 @@ class ChannelPlan:
     params: int | None = None
     latency: dict[str, Any] | None = None
     search: dict[str, Any] = field(default_factory=dict)
-    slimkit_version: str = field(default_factory=_version)
+    slimkit_version: str = __version__
     format: str = PLAN_FORMAT
 
     @property
@@ -56,6 +48,31 @@ class ChannelPlan:
     @property
     def num_classes(self) -> int | None:
         return self.arch_kwargs.get("num_classes")
+
+    @classmethod
+    def from_widths(cls, arch: str, input_size: list[int] | tuple[int, ...], full: dict[str, int],
+                    widths: dict[str, int] | None = None, **fields: Any) -> ChannelPlan:
+        """A plan from each group's full width and planned width (default: full); ``fields`` are the
+        other plan fields (arch_kwargs, budget, flops, ...). Every plan slimkit makes is built here."""
+        widths = full if widths is None else widths
+        return cls(arch=arch, input_size=list(input_size),
+                   groups={n: {"full": int(f), "width": int(widths[n])} for n, f in full.items()}, **fields)
+
+    def with_widths(self, widths: dict[str, int], **changes: Any) -> ChannelPlan:
+        """This plan with other widths (and any other fields changed); FLOPs and params must be given
+        anew by the caller, which knows the graph, or they are cleared."""
+        groups = {n: {"full": g["full"], "width": int(widths[n])} for n, g in self.groups.items()}
+        changes.setdefault("flops", None)
+        changes.setdefault("params", None)
+        return replace(self, groups=groups, arch_kwargs=dict(self.arch_kwargs), input_size=list(self.input_size),
+                       search=dict(changes.pop("search", {})), **changes)
+
+    def unpruned(self) -> ChannelPlan:
+        """The unpruned model this plan was cut from: every group at its source width, no expansion."""
+        return self.with_widths({n: g["full"] for n, g in self.groups.items()}, expand=1.0, round_to=1,
+                                method="uniform", budget=None, latency=None,
+                                flops=self.search.get("full_flops"), params=self.search.get("full_params"),
+                                search={})
 
     def keep_ratios(self) -> dict[str, float]:
         return {name: g["width"] / g["full"] for name, g in self.groups.items()}
@@ -111,72 +128,6 @@ class ChannelPlan:
         if not isinstance(kwargs, dict):
             raise PlanError(f"{source}: 'arch_kwargs' must be an object")
         return cls(**data)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Write via a temp file in the same folder + rename: readers never see half a file, and a
-    crash leaves the previous version intact. ``write(tmp_path)`` produces the content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-LOCK_NAME = ".slimkit.lock"
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
-    """Hold ``folder`` for one writer: a second slimkit process writing the same run folder would
-    interleave checkpoints. flock is released by the kernel when the holder dies (even SIGKILL), so a
-    crash never leaves a stale lock; the lock file is removed on a clean exit."""
-    import fcntl
-
-    folder = Path(folder)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid, _, kind = os.pread(fd, 128, 0).decode(errors="replace").strip().partition(" ")
-            raise SlimkitError(f"{folder} is in use by another slimkit {kind or 'command'} (pid {pid or '?'}): "
-                               "wait for it to finish or choose another --out") from None
-        if not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino:
-            # The previous holder removed the file between our open and our lock: ours is stale.
-            raise SlimkitError(f"{folder} changed hands while locking it; run the command again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {what}".encode(), 0)
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)  # before unlocking, so no one locks a file about to vanish
-    finally:
-        os.close(fd)
-        if created and path.parent.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # a command that failed before writing anything leaves no empty folder
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from slimkit.plan import ChannelPlan, atomic_write  # noqa: E402
+from slimkit.files import atomic_write
+from slimkit.plan import ChannelPlan
 
 
-def _save(fig: "plt.Figure", path: str | os.PathLike) -> Path:
+def _pyplot():
+    """matplotlib's pyplot, headless; imported on first use because it adds ~0.4 s to every command."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    plt = _pyplot()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     finally:
@@ -24,6 +32,7 @@ def plot_channels(plan: ChannelPlan, path: str | os.PathLike,
                   others: dict[str, ChannelPlan] | None = None) -> Path:
     """Channels per group: full vs this plan (vs other plans, e.g. uniform), like Figure 3 of
     "Pruning from Scratch"."""
+    plt = _pyplot()
     names = list(plan.groups)
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(names) + 2), 3.6))
@@ -40,25 +49,9 @@ def plot_channels(plan: ChannelPlan, path: str | os.PathLike,
     return _save(fig, path)
 
 
-def uniform_reference(plan: ChannelPlan) -> ChannelPlan | None:
-    """The uniform plan at the same budget, for comparison (None if rounding cannot meet it)."""
-    from slimkit.budget import Budget, search_uniform
-    from slimkit.errors import BudgetError
-    from slimkit.generator import channel_graph
-
-    graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
-    b = plan.budget or {}
-    try:
-        res = search_uniform(graph, Budget(b["kind"], b["text"], b["value"]), round_to=plan.round_to,
-                             expand=plan.expand, tolerance=0.05)
-    except (BudgetError, KeyError):
-        return None
-    return ChannelPlan(arch=plan.arch, input_size=plan.input_size, method="uniform", budget=plan.budget,
-                       groups={n: {"full": g["full"], "width": res.widths[n]} for n, g in plan.groups.items()})
-
-
 def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Loss and accuracy per epoch (train and test)."""
+    plt = _pyplot()
     epochs = [m["epoch"] for m in metrics]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax1.plot(epochs, [m["train_loss"] for m in metrics], "o-", ms=3, label="train (smoothed labels)")
@@ -77,6 +70,7 @@ def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "")
 
 def plot_latency(report, path: str | os.PathLike) -> Path:
     """Latency distribution per model (box: p25-p75, whiskers p1-p99) with the ratio to the first."""
+    plt = _pyplot()
     names = [m["name"] for m in report.models]
     data = [report.times_ms[n] for n in names]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 3.6))

@@ -1,24 +1,40 @@
-"""``slimkit.prune``: architecture name + budget -> ChannelPlan.
+"""``slimkit.prune``: architecture name + budget -> ChannelPlan (orchestration only).
 
 Methods: ``uniform`` scales every channel group by one factor (the papers' baseline);
 ``scratch`` learns channel gates on random frozen weights and thresholds them (Wang et al. 2020).
+How the gates are learned (:class:`GateOptions`) and where a latency budget is measured
+(:class:`LatencyOptions`) are grouped options; their defaults, and the ones below, are the only
+copy: the CLI and the recipe schema read them from here.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from slimkit import registry
-from slimkit.budget import Budget, check_budget, max_widths, parse_budget, search_threshold, search_uniform
-from slimkit.device import resolve_device
+from slimkit.artifacts import load_checkpoint
+from slimkit.budget import (Budget, SearchResult, check_budget, max_widths, parse_budget, search_threshold,
+                            search_uniform)
+from slimkit.data import load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
+from slimkit.gates import attach_gates
 from slimkit.generator import channel_graph, generate, resize_model
+from slimkit.latency_search import LatencyMeter, resolve_target, search_latency
 from slimkit.plan import ChannelPlan
+from slimkit.runtime import resolve_device
+from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
 
-__all__ = ["prune", "arch_kwargs_for", "METHODS"]
+__all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
+           "DEFAULT_ROUND_TO"]
 
 METHODS = ("scratch", "uniform")
+DEFAULT_METHOD = "scratch"
+DEFAULT_ROUND_TO = 8  # onnxruntime's CPU kernels block channels by 8: ragged counts run up to 2x slower
 
 # A CPU cannot run the papers' gate budgets interactively: a short run at a reduced resolution.
 CPU_STEPS = 300
@@ -27,34 +43,50 @@ CPU_SEARCH_SIDE = 64
 CPU_VAL_IMAGES = 2000
 
 
-def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, Any]:
-    """Only what the user set goes into the plan: defaults stay the library's."""
-    out: dict[str, Any] = {}
-    if num_classes is not None:
-        out["num_classes"] = num_classes
-    if in_chans is not None:
-        out["in_chans"] = in_chans
-    return out
+@dataclass
+class GateOptions:
+    """How ``method='scratch'`` learns its gates. ``None`` means: the preset's value (or, on a CPU, the
+    short default run). ``epochs`` and ``steps`` count gate-learning epochs and steps."""
+
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    preset: str | None = None  # cifar | imagenet; default from the data
+    gamma: float | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    search_size: int | None = None  # image side for gate learning
+    val_size: int | None = None  # training images held out to choose the snapshot
+    device: str = "auto"
+    weights: str | None = None  # a trained full-model checkpoint instead of random weights
 
 
-def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_classes: int | None = None,
-          in_chans: int | None = None, input_size: tuple[int, int, int] | None = None,
-          expand: float = 1.0, round_to: int = 8, seed: int = 0, tolerance: float | None = None,
-          verify: bool = True, data: str = "fashion-mnist", data_dir: str | None = None,
-          preset: str | None = None, gamma: float | None = None, lr: float | None = None,
-          batch_size: int | None = None, epochs: float | None = None, steps: int | None = None,
-          search_size: int | None = None, val_size: int | None = None, device: str = "auto",
-          backend: str = "ort-cpu", threads: int | None = None, batch: int = 1, weights: str | None = None,
+@dataclass
+class LatencyOptions:
+    """Where a latency budget is measured."""
+
+    backend: str = "ort-cpu"
+    threads: int | None = None  # default: physical cores
+    batch: int = 1
+
+
+def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_classes: int | None = None,
+          in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, expand: float = 1.0,
+          round_to: int = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
+          gates: GateOptions | None = None, latency: LatencyOptions | None = None,
           progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
-    ``method='scratch'`` learns gates on random frozen weights (on ``data``) and thresholds them;
-    ``method='uniform'`` scales every group by one factor. ``log`` receives one-line notes.
-    A latency budget ('8ms', or '50%' with ``Budget(kind='latency')``) is measured on ``backend``
-    with ``threads`` and ``batch`` (see :mod:`slimkit.latency_search`); ``tolerance`` then
-    defaults to 5%. ``weights`` (a checkpoint of the full model) learns the gates on those trained
-    weights instead of random ones: the paper's comparison with structures from trained weights.
+    ``method='scratch'`` learns gates on random frozen weights (``gates`` says how and on which
+    data) and thresholds them; ``method='uniform'`` scales every group by one factor. ``log``
+    receives one-line notes. A latency budget ('8ms', or '50%' with ``Budget(kind='latency')``) is
+    measured as ``latency`` says (see :mod:`slimkit.latency_search`); ``tolerance`` then defaults to
+    5%. ``gates.weights`` (a checkpoint of the full model) learns the gates on those trained weights
+    instead of random ones: the paper's comparison with structures from trained weights.
     """
+    gates = gates or GateOptions()
+    latency_options = latency or LatencyOptions()
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     if expand < 1.0:
@@ -69,71 +101,60 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     bundle = None
     if method == "scratch":
-        from slimkit.data import load_data
-
-        dev = resolve_device(device)
-        side = search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
-        bundle = load_data(data, data_dir=data_dir, input_size=(size[0], side, side * size[2] // size[1]),
-                           val_size=val_size, seed=seed)
+        dev = resolve_device(gates.device)
+        side = gates.search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
+        bundle = load_data(gates.data, data_dir=gates.data_dir, input_size=(size[0], side, side * size[2] // size[1]),
+                           val_size=gates.val_size, seed=seed)
         if num_classes is None:
             num_classes = bundle.num_classes
         elif num_classes != bundle.num_classes:
-            raise SlimkitError(f"--num-classes {num_classes} but {data} has {bundle.num_classes} classes: "
+            raise SlimkitError(f"--num-classes {num_classes} but {gates.data} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
-    kwargs = arch_kwargs_for(num_classes, in_chans)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
     graph = channel_graph(spec.canonical, kwargs, size)
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
     full_flops = graph.count_macs()
+    # The unpruned model with this run's settings: the latency meter's reference, and the plan's template.
+    base = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
+                                   arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed)
     meter = None
     if b.kind == "latency":  # measure the full and smallest models first: fail before any gate learning
-        from slimkit.latency_search import LatencyMeter, resolve_target
-
-        template = ChannelPlan(arch=spec.canonical, arch_kwargs=kwargs, input_size=list(size), expand=expand,
-                               round_to=round_to, method=method, seed=seed, groups={})
-        meter = LatencyMeter(template, graph, backend=backend, threads=threads, batch=batch)
+        meter = LatencyMeter(base, graph, backend=latency_options.backend, threads=latency_options.threads,
+                             batch=latency_options.batch)
         target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
         flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
     else:
         b = check_budget(graph, b, round_to, expand)  # before any gate learning: fail in seconds, not minutes
     if bundle is not None:
         say(f"data: {bundle.description}")
-    gates = None
+    learned = None
+    latency_record = None
     if meter is not None:
         if method == "scratch":
-            gates_result, search = _learn_gates(
-                spec.canonical, kwargs, graph, flops_guess, bundle, expand=expand, seed=seed, preset=preset,
-                gamma=gamma, lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
-                progress=progress, say=say, weights=weights)
-            gates = gates_result.gates
+            gates_result, search = _learn_gates(spec.canonical, kwargs, graph, flops_guess, bundle, gates,
+                                                expand=expand, seed=seed, progress=progress, say=say)
+            learned = gates_result.gates
         else:
             search = {}
-        result, b, latency = _search_latency(meter, graph, b, gates, round_to, expand, tolerance, say)
-        search["latency_search"] = latency.pop("search")
+        result, b, latency_record = _search_latency(meter, graph, b, learned, round_to, expand, tolerance, say)
+        search["latency_search"] = latency_record.pop("search")
         meter.close()
     elif method == "uniform":
         result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
         search = {"factor": round(result.value, 6), "iterations": result.iterations}
     else:
         assert bundle is not None
-        gates_result, search = _learn_gates(
-            spec.canonical, kwargs, graph, b, bundle, expand=expand, seed=seed, preset=preset, gamma=gamma,
-            lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
-            progress=progress, say=say, weights=weights)
+        gates_result, search = _learn_gates(spec.canonical, kwargs, graph, b, bundle, gates, expand=expand,
+                                            seed=seed, progress=progress, say=say)
         result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
                                   tolerance=tolerance)
-        filled = result.value != result.value  # NaN: no single τ fit, channels added in gate order
+        filled = result.selection == "gate-order fill"  # no single τ fit: channels added in gate order
         search.update({"threshold": None if filled else round(result.value, 6),
-                       "threshold_iterations": result.iterations,
-                       "selection": "gate-order fill" if filled else "threshold"})
+                       "threshold_iterations": result.iterations, "selection": result.selection})
     search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params()})
-    plan = ChannelPlan(
-        arch=spec.canonical, arch_kwargs=kwargs, input_size=list(size), expand=expand,
-        round_to=round_to, method=method, seed=seed, budget=b.to_json(),
-        groups={n: {"full": g.width, "width": result.widths[n]} for n, g in graph.groups.items()},
-        flops=result.flops, params=result.params, search=search,
-        latency=latency if meter is not None else None,
-    )
+    plan = base.with_widths(result.widths, budget=b.to_json(), flops=result.flops, params=result.params,
+                            search=search, latency=latency_record)
     if verify:  # the contract: G(plan) counts exactly the plan's FLOPs and parameters
         thin = generate(plan)
         flops, params = count_flops(thin, size), count_params(thin)
@@ -145,35 +166,30 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     return plan
 
 
-def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, *, expand: float, seed: int,
-                 preset: str | None, gamma: float | None, lr: float | None, batch_size: int | None,
-                 epochs: float | None, steps: int | None, device: str, data: str, progress: Any, say: Any,
-                 weights: str | None = None):
+def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, opts: GateOptions, *,
+                 expand: float, seed: int, progress: Any, say: Any):
     """Build the (expanded) supernet with frozen random weights and learn its gates."""
-    import torch
-
-    from slimkit.gates import attach_gates
-    from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
-
-    preset = preset or ("imagenet" if data.startswith("imagefolder:") else "cifar")
+    preset = opts.preset or ("imagenet" if opts.data.startswith("imagefolder:") else "cifar")
     if preset not in PRESETS:
         raise SlimkitError(f"unknown --preset '{preset}': choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    dev = resolve_device(device)
-    bs = batch_size or p["batch_size"]
-    if steps is None and epochs is None and dev.type == "cpu":
+    dev = resolve_device(opts.device)
+    bs = opts.batch_size or p["batch_size"]
+    lr = opts.lr
+    if opts.steps is None and opts.epochs is None and dev.type == "cpu":
         n_steps = CPU_STEPS
         lr = CPU_LR if lr is None else lr
         say(f"CPU: a short gate search of {n_steps} steps at lr {lr} (paper: {p['epochs']:g} epochs at lr 0.01); "
             "pass --epochs or --steps for more")
     else:
-        n_steps = steps or steps_for_epochs(epochs if epochs is not None else p["epochs"], len(bundle.train), bs)
+        n_steps = opts.steps or steps_for_epochs(opts.epochs if opts.epochs is not None else p["epochs"],
+                                                 len(bundle.train), bs)
     lr = 0.01 if lr is None else lr
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = registry.create_model(arch, **kwargs)
-    if weights is not None:
-        _load_full_weights(model, weights, arch, kwargs)
+    if opts.weights is not None:
+        _load_full_weights(model, opts.weights, arch, kwargs)
         if expand != 1.0:
             raise SlimkitError("--weights learns gates on a trained full model: it cannot be combined with --expand")
     widths = max_widths(graph, expand, round_to=1)
@@ -182,18 +198,18 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     supernet = attach_gates(model, graph, widths)
     r = min(1.0, budget.value / graph.count_macs(widths)) if budget.kind == "flops" else \
         min(1.0, budget.value / graph.count_params(widths))
-    cfg = GateSearchConfig(target=r, gamma=gamma if gamma is not None else p["gamma"], lr=lr, batch_size=bs,
-                           steps=n_steps, evals=10, val_images=CPU_VAL_IMAGES if dev.type == "cpu" else None,
-                           seed=seed, device=str(dev))
+    cfg = GateSearchConfig(target=r, gamma=opts.gamma if opts.gamma is not None else p["gamma"], lr=lr,
+                           batch_size=bs, steps=n_steps, evals=10,
+                           val_images=CPU_VAL_IMAGES if dev.type == "cpu" else None, seed=seed, device=str(dev))
     say(f"gates: {sum(widths.values())} channels in {len(widths)} groups, r = {r:.3f}, γ = {cfg.gamma}, "
         f"batch {bs}, {n_steps} steps at {list(bundle.train.input_size)} on {dev}")
     res = search_gates(supernet, bundle, cfg, progress=progress)
     if not res.qualified:
         say(f"warning: no snapshot reached mean gate <= r ({r:.3f}); using the sparsest (mean {res.gate_mean:.3f})")
     flat = [v for vs in res.gates.values() for v in vs]
-    info = {"weights": "random" if weights is None else f"trained ({weights})",
+    info = {"weights": "random" if opts.weights is None else f"trained ({opts.weights})",
             "preset": preset, "gamma": cfg.gamma, "lr": lr, "batch_size": bs, "steps": n_steps,
-            "target_r": round(r, 6), "search_input": list(bundle.train.input_size), "data": data,
+            "target_r": round(r, 6), "search_input": list(bundle.train.input_size), "data": opts.data,
             "device": str(dev), "chosen_step": res.step, "val_accuracy": round(res.val_accuracy, 4),
             "qualified": res.qualified, "seconds": round(res.seconds, 1),
             "gates": {"mean": round(sum(flat) / len(flat), 4), "min": round(min(flat), 4),
@@ -205,9 +221,6 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
 
 def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say):
     """Latency budget -> widths, the resolved budget and the plan's ``latency`` record."""
-    from slimkit.budget import SearchResult
-    from slimkit.latency_search import search_latency
-
     full_flops = graph.count_macs()
 
     def plan_at(f: float) -> dict[str, int]:
@@ -234,15 +247,12 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
     say(f"latency: {m.ratio:.3f}x the full model ({m.ratio * res.full_ms:.3f} ms; budget {budget.text} = "
         f"{res.target_ratio * res.full_ms:.3f} ms), {res.measured_plans} plans measured in {res.seconds:.0f}s")
     widths = res.widths
-    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), float("nan"), 0), resolved, latency
+    return (SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, 0,
+                         selection="latency search"), resolved, latency)
 
 
 def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> None:
     """Trained weights for gate learning: a checkpoint of the *full* model of the same architecture."""
-    import json
-
-    from slimkit.train import load_checkpoint
-
     ckpt = load_checkpoint(path)
     plan = ChannelPlan.from_dict(json.loads(ckpt["plan"]), source=str(path))
     if registry.resolve(plan.arch).canonical != arch or plan.arch_kwargs != kwargs or \
@@ -250,3 +260,16 @@ def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> N
         raise SlimkitError(f"{path} is not a checkpoint of the full {arch} {kwargs}: train one with "
                            f"`slimkit train {arch.split(':')[-1]}`")
     model.load_state_dict(ckpt["model"])
+
+
+def uniform_reference(plan: ChannelPlan) -> ChannelPlan | None:
+    """The uniform plan at ``plan``'s budget, for comparison (None when rounding cannot meet it)."""
+    graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+    b = plan.budget or {}
+    try:
+        res = search_uniform(graph, Budget(b["kind"], b["text"], b["value"]), round_to=plan.round_to,
+                             expand=plan.expand, tolerance=0.05)
+    except (BudgetError, KeyError):
+        return None
+    return plan.with_widths(res.widths, method="uniform", flops=res.flops, params=res.params, search={},
+                            latency=None)

@@ -32,7 +32,15 @@ from typing import Any
 
 import yaml
 
+from slimkit import registry
+from slimkit.budget import Budget, parse_budget
+from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES
 from slimkit.errors import SlimkitError
+from slimkit.exporters.onnx import EXPORTERS
+from slimkit.latency import BACKENDS
+from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, METHODS, LatencyOptions
+from slimkit.search import PRESETS
+from slimkit.train import SCHEDULES, TrainConfig
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
            "RecipeError", "load_recipe", "parse_recipe", "apply_overrides", "dump_recipe", "read_yaml",
@@ -40,8 +48,8 @@ __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSecti
 
 COMPARE = ("full", "uniform")  # extra models train.compare may list
 BUDGET_KEYS = ("flops", "params", "latency")
-DATA_NAMES = ("fashion-mnist", "cifar10", "cifar100", "synthetic")  # + imagefolder:PATH
-_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
+DATA_NAMES = tuple(d for d in DATASETS if not d.startswith("imagefolder:"))  # + imagefolder:PATH
+_T = TrainConfig()  # defaults are the library's: read from where they live, never restated
 
 
 class RecipeError(SlimkitError):
@@ -80,18 +88,18 @@ def read_yaml(text: str) -> Any:
 # ---------------------------------------------------------------------------- schema
 @dataclass
 class DataSection:
-    name: str = "fashion-mnist"  # fashion-mnist, cifar10, cifar100, synthetic, imagefolder:PATH
+    name: str = DEFAULT_DATASET  # fashion-mnist, cifar10, cifar100, synthetic, imagefolder:PATH
     data_dir: str | None = None
 
 
 @dataclass
 class PruneSection:
-    method: str = "scratch"  # scratch | uniform
+    method: str = DEFAULT_METHOD  # scratch | uniform
     flops: str | None = field(default=None, metadata={"budget": True})  # 150M, 1.2G, 50%
     params: str | None = field(default=None, metadata={"budget": True})  # 2.1M
     latency: str | None = field(default=None, metadata={"budget": True})  # 8ms, 50%
     expand: float = 1.0
-    round_to: int = 8
+    round_to: int = DEFAULT_ROUND_TO
     tolerance: float | None = None
     preset: str | None = None  # cifar | imagenet (default: from the data)
     gamma: float | None = None
@@ -100,17 +108,15 @@ class PruneSection:
     steps: int | None = None
     batch_size: int | None = None
     seed: int = 0
-    backend: str = "ort-cpu"  # where latency is measured (latency budgets and the bench stage)
+    backend: str = LatencyOptions.backend  # where latency is measured (latency budgets and the bench stage)
     threads: int | None = None
 
     @property
     def budget_key(self) -> str:
         return next(k for k in BUDGET_KEYS if getattr(self, k) is not None)
 
-    def budget(self):
+    def budget(self) -> Budget:
         """The :class:`slimkit.budget.Budget` this section asks for (parsed as the CLI does)."""
-        from slimkit.budget import parse_budget
-
         key = self.budget_key
         text = getattr(self, key)
         if key == "flops":
@@ -124,16 +130,16 @@ class PruneSection:
 
 @dataclass
 class TrainSection:
-    epochs: int = 30
-    budget: str = "scratch-e"  # scratch-e | scratch-b | fixed
-    batch_size: int = 128
-    lr: float | None = None  # default 0.05 x batch / 256
-    weight_decay: float = 4e-5
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    augment: bool = True
-    seed: int = 0
-    max_steps_per_epoch: int | None = None
+    epochs: int = _T.epochs
+    schedule: str = _T.schedule  # scratch-e | scratch-b | fixed
+    batch_size: int = _T.batch_size
+    lr: float | None = _T.lr  # default 0.05 x batch / 256
+    weight_decay: float = _T.weight_decay
+    label_smoothing: float = _T.label_smoothing
+    warmup_epochs: float = _T.warmup_epochs
+    augment: bool = _T.augment
+    seed: int = _T.seed
+    max_steps_per_epoch: int | None = _T.max_steps_per_epoch
     compare: list[str] = field(default_factory=list)  # also train these with the same budget: full, uniform
 
 
@@ -254,6 +260,9 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = _keys(cls)
     for key in raw:
+        if key == "budget" and cls is TrainSection:
+            raise RecipeError(f"{source}: train.budget is now train.schedule (scratch-e, scratch-b or fixed): "
+                              "rename the key")
         if key not in known:
             place = "at the top level" if where == "top level" else f"in section '{where}'"
             raise RecipeError(f"{source}: unknown key '{key}' {place}: allowed keys are {', '.join(known)}")
@@ -303,13 +312,6 @@ def check_data_name(name: str, source: str = "recipe") -> None:
 
 def _validate(r: Recipe, source: str) -> Recipe:
     """Value checks beyond types; resolves nothing heavy (no data, no models)."""
-    from slimkit import registry
-    from slimkit.exporters.onnx import EXPORTERS
-    from slimkit.latency import BACKENDS
-    from slimkit.prune import METHODS
-    from slimkit.search import PRESETS
-    from slimkit.train import BUDGETS
-
     _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.name)), source,
            f"name '{r.name}' must be a folder name: letters, digits, '.', '_' and '-'")
     try:
@@ -345,7 +347,8 @@ def _validate(r: Recipe, source: str) -> Recipe:
 
     t = r.train
     _check(t.epochs >= 1, source, f"train.epochs must be >= 1, got {t.epochs}")
-    _check(t.budget in BUDGETS, source, f"train.budget '{t.budget}' is unknown: choose one of {', '.join(BUDGETS)}")
+    _check(t.schedule in SCHEDULES, source,
+           f"train.schedule '{t.schedule}' is unknown: choose one of {', '.join(SCHEDULES)}")
     _check(t.batch_size >= 1, source, f"train.batch_size must be >= 1, got {t.batch_size}")
     _check(t.lr is None or t.lr > 0, source, f"train.lr must be > 0, got {t.lr}")
     _check(t.weight_decay >= 0, source, f"train.weight_decay must be >= 0, got {t.weight_decay}")
@@ -454,8 +457,8 @@ def num_classes_of(recipe: Recipe) -> int:
     if recipe.num_classes is not None:
         return recipe.num_classes
     name = recipe.data.name
-    if name in _CLASSES:
-        return _CLASSES[name]
+    if name in NUM_CLASSES:
+        return NUM_CLASSES[name]
     root = Path(name.removeprefix("imagefolder:")).expanduser() / "train"
     if not root.is_dir():
         raise RecipeError(f"imagefolder: {root} does not exist: expected PATH/train/<class>/<image>; "

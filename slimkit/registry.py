@@ -99,6 +99,16 @@ def _suggest(name: str, source: str | None = None) -> str:
     return f"; did you mean {', '.join(close)}?{hint}" if close else hint
 
 
+def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, Any]:
+    """The model keyword arguments a plan records: only what the user set (defaults stay the library's)."""
+    out: dict[str, Any] = {}
+    if num_classes is not None:
+        out["num_classes"] = num_classes
+    if in_chans is not None:
+        out["in_chans"] = in_chans
+    return out
+
+
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
                  **kwargs: Any) -> nn.Module:
     """Build ``name`` with random weights. ``num_classes``/``in_chans`` default to the model's own."""

@@ -23,12 +23,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from slimkit import distributed
+from slimkit import runtime
 from slimkit.data import DataBundle, make_loader
-from slimkit.device import place_batch, place_model, resolve_device
-from slimkit.distributed import all_reduce_sum
 from slimkit.errors import SlimkitError
 from slimkit.gates import GatedSupernet
+from slimkit.runtime import all_reduce_sum, autocast, place_batch, place_model
 
 __all__ = ["GateSearchConfig", "GateSearchResult", "PRESETS", "search_gates"]
 
@@ -66,7 +65,7 @@ class GateSearchResult:
 
 def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool) -> float:
     correct = total = 0
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad(), autocast(device, amp):
         for x, y in loader:
             x, y = place_batch(x, device), y.to(device, non_blocking=True)
             correct += int((supernet.model(x).argmax(1) == y).sum())
@@ -75,19 +74,10 @@ def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool) 
     return correct / max(total, 1)
 
 
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfig,
                  progress: Any | None = None) -> GateSearchResult:
     """Learn the gates of ``supernet`` on ``data.train``; choose a snapshot on ``data.val``."""
-    device = resolve_device(cfg.device)
-    info = distributed.setup(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+    device, _ = runtime.local_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = supernet.model
     place_model(model, device)
@@ -96,7 +86,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
     supernet.set_search_mode()
     # Under torchrun each process takes a slice of every global batch; gate gradients are averaged
     # below, so every process holds the same gates after every step.
-    world, rank = distributed.world_size(), (dist.get_rank() if distributed.world_size() > 1 else 0)
+    world, rank = runtime.world_size(), (dist.get_rank() if runtime.world_size() > 1 else 0)
     if cfg.batch_size % world:
         raise SlimkitError(f"gate batch size {cfg.batch_size} must divide by {world} processes")
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
@@ -122,7 +112,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
         for x, y in train_loader:
             t0 = time.perf_counter()
             x, y = place_batch(x, device), y.to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.amp):
                 logits = model(x)
             ce = F.cross_entropy(logits.float(), y)
             loss = ce + cfg.gamma * (supernet.penalty_mean() - cfg.target) ** 2

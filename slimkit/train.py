@@ -1,7 +1,7 @@
 """Training a plan's architecture from scratch, with the papers' recipe, resumably.
 
 "Rethinking the Value of Network Pruning" (Liu et al. 2019): a pruned architecture trained from
-random init matches fine-tuning when it gets enough training. Budgets: Scratch-E trains as many
+random init matches fine-tuning when it gets enough training. Schedules: Scratch-E trains as many
 epochs as the full model; Scratch-B trains for the same total compute, epochs × full FLOPs /
 pruned FLOPs (capped at 2× as the paper does on ImageNet), with the LR schedule stretched along.
 Recipe ("Pruning from Scratch"): SGD, Nesterov momentum 0.9, linear warm-up then cosine LR,
@@ -27,23 +27,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from slimkit import distributed
+from slimkit import registry, runtime
+from slimkit.artifacts import CheckpointError, load_checkpoint, plan_of, write_checkpoint
 from slimkit.data import load_data, make_loader
-from slimkit.device import out_of_place_activations, place_batch, place_model
-from slimkit.distributed import all_reduce_sum
 from slimkit.errors import PlanError, SlimkitError
-from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, folder_lock, load_plan
+from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
+from slimkit.generator import full_plan, generate
+from slimkit.plan import ChannelPlan, load_plan
+from slimkit.plots import plot_training
+from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 
-__all__ = ["TrainConfig", "scratch_b_epochs", "train", "load_checkpoint", "CheckpointError",
-           "model_from_checkpoint", "BUDGETS"]
+__all__ = ["TrainConfig", "scratch_b_epochs", "train", "SCHEDULES"]
 
-BUDGETS = ("fixed", "scratch-e", "scratch-b")
-CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
-
-
-class CheckpointError(SlimkitError):
-    """A checkpoint that cannot be read or does not match the run."""
+SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
 
 
 def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float = 2.0) -> int:
@@ -60,7 +58,7 @@ class TrainConfig:
     data: str = "fashion-mnist"
     data_dir: str | None = None
     epochs: int = 30  # the full model's epochs; Scratch-B stretches them
-    budget: str = "scratch-e"
+    schedule: str = "scratch-e"  # scratch-e | scratch-b | fixed
     batch_size: int = 128
     lr: float | None = None  # default: 0.05 × batch / 256 (paper: 0.05 at batch 256, cosine)
     momentum: float = 0.9
@@ -104,39 +102,6 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); any damage is a one-line error."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong file type
-        raise CheckpointError(
-            f"{p} is not a readable checkpoint ({type(exc).__name__}); it may be truncated: "
-            "delete it to start over, or restore a good copy"
-        ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p} is not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ChannelPlan]:
-    """Rebuild the trained model from the checkpoint alone (its plan + G)."""
-    from slimkit.generator import generate
-
-    ckpt = load_checkpoint(path)
-    plan = load_plan(json.loads(ckpt["plan"]))
-    model = generate(plan)
-    model.load_state_dict(ckpt["model"])
-    return model, plan
-
-
 # ---------------------------------------------------------------------------- the loop
 def _param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
     if not no_decay_bn_bias:
@@ -157,12 +122,6 @@ def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cosine], milestones=[warmup_steps])
 
 
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progress=None, task=None):
     """One pass. ``loader`` yields this process's share of each global batch; it is split into
     ``cfg.accum_steps`` micro-batches whose gradients add up (DDP syncs only on the last one)."""
@@ -178,7 +137,7 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
         chunks = list(zip(x.tensor_split(accum), y.tensor_split(accum)))
         for i, (xm, ym) in enumerate(chunks):
             sync = i == len(chunks) - 1 or not hasattr(model, "no_sync")
-            with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(device, cfg.amp):
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, cfg.amp):
                 logits = model(xm)
             loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
             (loss * (ym.numel() / y.numel())).backward()  # the mean over the whole local batch
@@ -200,7 +159,7 @@ def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True
     """Loss, top-1 and top-5 accuracy (top-k capped at the number of classes)."""
     model.eval()
     total_loss = top1 = top5 = seen = 0
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad(), autocast(device, amp):
         for x, y in loader:
             x, y = place_batch(x, device, channels_last), y.to(device, non_blocking=True)
             logits = model(x).float()
@@ -214,65 +173,53 @@ def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
-def _plan_of(source: str | ChannelPlan) -> ChannelPlan | None:
-    """The plan a training source names (a plan, or a plan file), or None for an architecture name."""
-    if isinstance(source, ChannelPlan):
-        return source
-    if str(source).endswith(".json") or Path(source).is_file():
-        return load_plan(source)
-    return None
-
-
-def _check_resumed_source(source: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
+def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
     """--resume continues the checkpoint's model: a different plan or architecture is an error, not
     something to ignore silently."""
-    if source is None:
+    if plan_or_arch is None:
         return
-    given = _plan_of(source)
+    given = plan_of(plan_or_arch)
     if given is not None:
         same = given.arch == plan.arch and {n: g["width"] for n, g in given.groups.items()} == {
             n: g["width"] for n, g in plan.groups.items()}
         what = "this plan"
     else:
-        from slimkit import registry
-
-        same = registry.resolve(str(source)).canonical == plan.arch and all(
+        same = registry.resolve(str(plan_or_arch)).canonical == plan.arch and all(
             g["width"] == g["full"] for g in plan.groups.values())
-        what = f"the full {source}"
+        what = f"the full {plan_or_arch}"
     if not same:
         held = f"{plan.arch} ({plan.method}, {plan.flops / 1e6:.1f}M MACs)" if plan.flops else plan.arch
         raise SlimkitError(f"--resume: {out} holds a run of {held}, not {what}; resume it with its own plan "
                            f"({out / 'plan.json'}) or choose another --out")
 
 
-def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
+def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           progress: Any | None = None, log: Any | None = None) -> TrainResult:
-    """Train the architecture of ``source`` (plan path, plan, or architecture name) from scratch."""
+    """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model) from scratch."""
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
-        return _train(source, out_dir, cfg, resume=resume, progress=progress, log=log)
+        return _train(plan_or_arch, out_dir, cfg, resume=resume, progress=progress, log=log)
 
 
-def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
+def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
            progress: Any | None, log: Any | None) -> TrainResult:
-    from slimkit.generator import generate
-    from slimkit.device import resolve_device
-
-    device = resolve_device(cfg.device)
-    dist_info = distributed.setup(device.type)
-    if dist_info.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
+    device, dist_info = runtime.local_device(cfg.device)
     main = dist_info.is_main
     say = (log or (lambda _m: None)) if main else (lambda _m: None)
     progress = progress if main else None
-    if cfg.budget not in BUDGETS:
-        raise SlimkitError(f"unknown --budget '{cfg.budget}': choose one of {', '.join(BUDGETS)}")
+    if cfg.schedule not in SCHEDULES:
+        raise SlimkitError(f"unknown --schedule '{cfg.schedule}': choose one of {', '.join(SCHEDULES)}")
     out = Path(out_dir)
+    if (out / RUN_RECIPE_NAME).is_file():  # its plan.json belongs to the run's summary and latency report
+        raise SlimkitError(f"{out} is a `slimkit run` folder: training into it would replace its plan.json; "
+                           f"choose another --out (the run trains into {out / 'train'} itself)")
     ckpt_path = out / "checkpoint.pt"
     ckpt = None
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        saved = ckpt["config"]
+        saved = dict(ckpt["config"])
+        if "budget" in saved and "schedule" not in saved:  # written before the field was renamed
+            saved["schedule"] = saved.pop("budget")
         how = ("device", "workers", "accum_steps", "sync_bn")  # how to run it may change on resume; what to run may not
         defaults = TrainConfig()
         for key, value in asdict(cfg).items():
@@ -280,27 +227,22 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
                 say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {value!r})")
         cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg) and k not in how}})
         plan = load_plan(json.loads(ckpt["plan"]))
-        _check_resumed_source(source, plan, out)
+        _check_resumed_model(plan_or_arch, plan, out)
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
     elif ckpt_path.exists():
         raise SlimkitError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, "
                            "or choose another --out")
     else:
-        plan = _plan_of(source)  # None for an architecture name: the full model, once the data gives the classes
+        plan = plan_of(plan_or_arch)  # None for an architecture name: the full model, once the data gives the classes
 
     if plan is not None:
         size = tuple(plan.input_size)
     else:
-        from slimkit import registry
-
-        size = registry.default_input_size(str(source))
+        size = registry.default_input_size(str(plan_or_arch))
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed)
     if plan is None:
-        from slimkit.prune import prune
-
-        plan = prune(str(source), "100%", method="uniform", num_classes=data.num_classes, round_to=1,
-                     input_size=size, verify=False)
+        plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size)
     if plan.num_classes not in (None, data.num_classes):
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
@@ -310,10 +252,10 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
 
     full_flops = plan.search.get("full_flops") or plan.flops
     epochs = cfg.epochs
-    if cfg.budget == "scratch-b" and plan.flops:
+    if cfg.schedule == "scratch-b" and plan.flops:
         epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops)
     say(f"data: {data.description}")
-    say(f"budget {cfg.budget}: {epochs} epochs (full model: {cfg.epochs}; plan at "
+    say(f"schedule {cfg.schedule}: {epochs} epochs (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
 
     world, accum = dist_info.world_size, max(1, cfg.accum_steps)
@@ -353,8 +295,6 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
         say(f"resumed from {ckpt_path} after epoch {start_epoch}")
     trainee = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         trainee = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(trainee) if cfg.compile else trainee
 
@@ -377,25 +317,20 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
         metrics.append(asdict(m))
         say(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train acc {acc:.4f}  test top-1 {top1:.4f}  "
             f"top-5 {top5:.4f}  ({m.images_per_second:.0f} img/s)")
-        in_sync = distributed.replicas_identical(model) if world > 1 else None  # every rank takes part
+        in_sync = runtime.replicas_identical(model) if world > 1 else None  # every rank takes part
         if not main:
             continue
-        _atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": torch.get_rng_state(),
-            "config": asdict(cfg), "metrics": json.dumps(metrics), "plan": plan.to_json(),
-            "slimkit_version": plan.slimkit_version,
-        }, ckpt_path)
+        write_checkpoint(ckpt_path, model=model.state_dict(), plan=plan, config=asdict(cfg), epoch=epoch + 1,
+                         metrics=metrics, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                         rng=torch.get_rng_state())
         atomic_write_text(out / "metrics.json", json.dumps(
-            {"epochs": epochs, "budget": cfg.budget, "final": metrics[-1], "history": metrics,
+            {"epochs": epochs, "schedule": cfg.schedule, "final": metrics[-1], "history": metrics,
              "flops": plan.flops, "params": plan.params, "world_size": world,
              "replicas_identical": in_sync}, indent=1))
         if progress is not None:
             progress.update(epoch_task, advance=1)
-    distributed.barrier()  # nobody leaves before rank 0's last checkpoint is on disk
+    runtime.barrier()  # nobody leaves before rank 0's last checkpoint is on disk
     if metrics and main:
-        from slimkit.plots import plot_training
-
-        plot_training(metrics, out / "curves.png", title=f"{plan.arch} ({plan.method}, {cfg.budget})")
+        plot_training(metrics, out / "curves.png", title=f"{plan.arch} ({plan.method}, {cfg.schedule})")
     return TrainResult(out, epochs, metrics)
 

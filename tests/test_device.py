@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from slimkit.device import out_of_place_activations, place_batch, place_model, resolve_device
+from slimkit.runtime import out_of_place_activations, place_batch, place_model, resolve_device
 from slimkit.errors import SlimkitError
 from slimkit.gates import attach_gates
-from slimkit.generator import build_source, channel_graph
+from slimkit.generator import build_model, channel_graph
 
 
 def test_place_batch_makes_image_batches_channels_last_only():
@@ -21,7 +21,7 @@ def test_place_batch_makes_image_batches_channels_last_only():
 
 def _mobilenet(seed: int = 1) -> nn.Module:
     torch.manual_seed(seed)
-    return build_source("mobilenet_v1")  # ReLU6: an activation that clones its input when in place
+    return build_model("mobilenet_v1")  # ReLU6: an activation that clones its input when in place
 
 
 def test_out_of_place_activations_give_bit_identical_gradients():
@@ -56,7 +56,7 @@ def test_only_activations_that_clone_are_switched():
 
 def test_gated_supernet_restores_inplace_on_remove():
     graph = channel_graph("mobilenet_v1", {}, (3, 32, 32))
-    model = build_source("mobilenet_v1")
+    model = build_model("mobilenet_v1")
     before = [m.inplace for m in model.modules() if isinstance(m, nn.ReLU6)]
     supernet = attach_gates(model, graph, graph.full_widths())
     assert not any(m.inplace for m in model.modules() if isinstance(m, nn.ReLU6))

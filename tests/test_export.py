@@ -14,7 +14,7 @@ from slimkit import prune
 from slimkit.cli import app
 from slimkit.exporters import ExportError, get_exporter
 from slimkit.exporters.onnx import export, read_metadata
-from slimkit.source import calibrate_bn, load_source
+from slimkit.artifacts import calibrate_bn, load_model
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ def _leftovers(folder):
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_both_exporters_give_checked_matching_onnx(half_plan, tmp_path, exporter):
-    src = load_source(str(half_plan))
+    src = load_model(str(half_plan))
     out = tmp_path / "m.onnx"
     res = export(src.model, src.input_size, out, exporter=exporter, dynamic_batch=True,
                  metadata={"slimkit.plan": src.plan.to_json()})
@@ -53,7 +53,7 @@ def test_both_exporters_give_checked_matching_onnx(half_plan, tmp_path, exporter
 
 
 def test_untrained_models_are_bn_calibrated_so_parity_means_something():
-    src = load_source("resnet56", calibrate=False)
+    src = load_model("resnet56", calibrate=False)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         raw = src.model(x).abs().max().item()
@@ -66,7 +66,7 @@ def test_untrained_models_are_bn_calibrated_so_parity_means_something():
                                        ("torchvision:mobilenet_v3_large", 64), ("resnet50", 64),
                                        ("timm:mobilenetv1_100", 64), ("vgg16_cifar", 32)])
 def test_export_parity_over_a_zoo_subset(arch, size, tmp_path):
-    src = load_source(arch, num_classes=10, input_size=(3, size, size))
+    src = load_model(arch, num_classes=10, input_size=(3, size, size))
     res = export(src.model, src.input_size, tmp_path / "m.onnx", exporter="torchscript")
     assert res.details["parity_max_abs_diff"] <= 1e-4
     assert res.details["parity_output_scale"] > 1e-3  # outputs are not trivially ~0
@@ -115,7 +115,7 @@ def test_simplifier_failure_only_warns(monkeypatch, half_plan, tmp_path):
 
     monkeypatch.setattr(onnxsim, "simplify", boom)
     warnings = []
-    src = load_source(str(half_plan))
+    src = load_model(str(half_plan))
     res = export(src.model, src.input_size, tmp_path / "m.onnx", exporter="torchscript", warn=warnings.append)
     assert not res.details["simplified"] and res.details["nodes_after"] == res.details["nodes_before"]
     assert any("simplifier exploded" in w for w in warnings)

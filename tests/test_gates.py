@@ -6,14 +6,14 @@ from torch.nn.utils import parametrize
 
 from slimkit.data import load_data
 from slimkit.gates import attach_gates
-from slimkit.generator import build_source, channel_graph
+from slimkit.generator import build_model, channel_graph
 from slimkit.search import GateSearchConfig, search_gates
 
 
 @pytest.fixture()
 def resnet20():
     graph = channel_graph("resnet20", {}, (3, 32, 32))
-    model = build_source("resnet20")
+    model = build_model("resnet20")
     return graph, model, attach_gates(model, graph, graph.full_widths())
 
 
@@ -42,7 +42,7 @@ def test_zero_gate_removes_channel_output(resnet20):
 
 def test_gate_hook_for_groups_without_batchnorm():
     graph = channel_graph("timm:efficientnet_b0", {}, (3, 64, 64))
-    model = build_source("timm:efficientnet_b0")
+    model = build_model("timm:efficientnet_b0")
     supernet = attach_gates(model, graph, graph.full_widths())
     se = "blocks.1.0.se.conv_reduce"
     assert se in graph.groups and supernet._hooks
@@ -62,7 +62,7 @@ def test_search_drives_gate_mean_to_target_and_is_deterministic():
 
     def run(seed):
         torch.manual_seed(seed)
-        model = build_source("resnet20")
+        model = build_model("resnet20")
         supernet = attach_gates(model, graph, graph.full_widths())
         cfg = GateSearchConfig(target=0.6, gamma=5.0, lr=0.05, batch_size=32, steps=40, evals=4, seed=seed)
         return search_gates(supernet, data, cfg)

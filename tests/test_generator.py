@@ -90,3 +90,14 @@ def test_missing_and_corrupt_plan_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(PlanError, match="not valid JSON"):
         load_plan(bad)
+
+
+def test_full_plan_is_the_uniform_plan_at_100_percent():
+    from slimkit.generator import full_plan
+
+    full = full_plan("resnet20", num_classes=10)
+    same = prune("resnet20", "100%", method="uniform", num_classes=10, round_to=1, verify=False)
+    assert full.to_dict() | {"search": {}} == same.to_dict() | {"search": {}}
+    assert {k: full.search[k] for k in ("full_flops", "full_params")} == \
+        {k: same.search[k] for k in ("full_flops", "full_params")}
+    assert count_flops(generate(full), full.input_size) == full.flops

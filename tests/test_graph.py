@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from slimkit import count_flops, count_params
-from slimkit.generator import build_source, channel_graph, resize_model
+from slimkit.generator import build_model, channel_graph, resize_model
 
 
 def test_resnet56_residual_stages_are_one_group_each():
@@ -74,8 +74,8 @@ def test_predicted_counts_equal_counted_for_random_widths(arch, size):
     for name, grp in g.groups.items():
         hi = grp.width * 5 // 4 if grp.can_expand else grp.width
         widths[name] = grp.divisor * rng.randint(1, max(1, hi // grp.divisor))
-    classes = build_source(arch).eval()(torch.randn(1, *size)).shape[-1]
-    model = resize_model(build_source(arch), g, widths)
+    classes = build_model(arch).eval()(torch.randn(1, *size)).shape[-1]
+    model = resize_model(build_model(arch), g, widths)
     out = model.eval()(torch.randn(1, *size))
     assert out.shape[-1] == classes
     assert count_flops(model, size) == g.count_macs(widths)

@@ -130,3 +130,26 @@ def test_gate_rejects_a_model_with_another_input_shape(onnx_pair, tmp_path):
     assert run("export", "resnet20", "--num-classes", "10", "--input-size", "64", "--out", other, "--no-bench",
                "--exporter", "torchscript").exit_code == 0
     _one_line_error(run("bench", other, "--baseline", base), "recorded at 1x3x32x32")
+
+
+def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
+    """Another model's baseline, impossible ratios, another format: exit 2 and one line, never a verdict."""
+    base = tmp_path / "baseline.json"
+    assert run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
+               "--threads", "1", "--out", tmp_path / "rec").exit_code == 0
+    good = json.loads(base.read_text())
+
+    def check_with(change, needle):
+        data = json.loads(json.dumps(good))
+        change(data)
+        path = tmp_path / "changed.json"
+        path.write_text(json.dumps(data))
+        _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", path, "--runs", "10"), needle)
+
+    check_with(lambda d: d["gate"].update(model_fingerprint="0123456789abcdef"), "recorded for another model")
+    check_with(lambda d: d["gate"].update(ratio=0.0), "impossible latency ratio")
+    check_with(lambda d: d["gate"].update(ratio=float("nan")), "impossible latency ratio")
+    check_with(lambda d: d.update(format="slimkit.latency/0"), "format")
+    check_with(lambda d: d["gate"].pop("model_fingerprint"), "which model")
+    _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", base, "--reference", "nosuchnet"),
+                    "--update-baseline")

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from slimkit import count_flops, generate
 from slimkit.cli import app
-from slimkit.prune import prune
+from slimkit.prune import GateOptions, prune
 
-FAST = dict(data="synthetic", steps=30, batch_size=32, gamma=5.0, lr=0.05, val_size=64)
+FAST = dict(gates=GateOptions(data="synthetic", steps=30, batch_size=32, gamma=5.0, lr=0.05, val_size=64))
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,8 @@ def test_expanded_supernet(tmp_path):
 @pytest.mark.parametrize("arch", ["timm:mobilenetv2_100", "timm:efficientnet_b0", "timm:ghostnet_100",
                                   "torchvision:mobilenet_v3_small", "timm:regnety_008"])
 def test_scratch_over_the_zoo_at_tiny_size(arch):
-    p = prune(arch, "50%", input_size=(3, 64, 64), search_size=32, data="synthetic", steps=3,
-              batch_size=8, val_size=16, round_to=1, gamma=5.0, lr=0.05, tolerance=0.02)
+    p = prune(arch, "50%", input_size=(3, 64, 64), round_to=1, tolerance=0.02,
+              gates=GateOptions(search_size=32, data="synthetic", steps=3, batch_size=8, val_size=16, gamma=5.0, lr=0.05))
     assert abs(p.flops - p.budget["value"]) / p.budget["value"] <= 0.02
 
 
@@ -91,11 +91,11 @@ def test_gates_can_be_learned_on_trained_weights(tmp_path):
 
     cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16)
     train("resnet20", tmp_path / "full", cfg)
-    plan = prune("resnet20", "50%", round_to=1, data="synthetic", steps=2, batch_size=16,
-                 weights=str(tmp_path / "full" / "checkpoint.pt"))
+    plan = prune("resnet20", "50%", round_to=1, gates=GateOptions(data="synthetic", steps=2, batch_size=16,
+                 weights=str(tmp_path / "full" / "checkpoint.pt")))
     assert plan.search["weights"].startswith("trained")
     thin = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
     train(thin, tmp_path / "thin", cfg)
     with pytest.raises(SlimkitError, match="not a checkpoint of the full"):
-        prune("resnet20", "50%", round_to=1, data="synthetic", steps=2, batch_size=16,
-              weights=str(tmp_path / "thin" / "checkpoint.pt"))
+        prune("resnet20", "50%", round_to=1, gates=GateOptions(data="synthetic", steps=2, batch_size=16,
+              weights=str(tmp_path / "thin" / "checkpoint.pt")))

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slimkit.cli import app
-from slimkit.cli.run import train_state
+from slimkit.pipeline import train_state
 from slimkit.errors import SlimkitError
 from slimkit.recipe import dump_recipe, load_recipe, read_yaml
 
@@ -175,7 +175,7 @@ def test_run_end_to_end_then_skips_everything(tmp_path):
 
 
 def test_run_folder_in_use_is_refused(tmp_path):
-    from slimkit.plan import folder_lock
+    from slimkit.files import folder_lock
 
     out = tmp_path / "run"
     with folder_lock(out, "train"):

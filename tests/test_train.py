@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.prune import prune
-from slimkit.train import CheckpointError, TrainConfig, load_checkpoint, model_from_checkpoint, scratch_b_epochs, train
+from slimkit.artifacts import CheckpointError, load_checkpoint, model_from_checkpoint
+from slimkit.train import TrainConfig, scratch_b_epochs, train
 
 
 def test_scratch_b_epochs_follow_the_papers_rule():
@@ -120,7 +121,7 @@ def test_plan_for_other_class_count_is_rejected(tmp_path):
 
 
 def test_scratch_b_budget_stretches_epochs(plan, tmp_path):
-    res = train(plan, tmp_path / "run", cfg(epochs=1, budget="scratch-b", max_steps_per_epoch=1))
+    res = train(plan, tmp_path / "run", cfg(epochs=1, schedule="scratch-b", max_steps_per_epoch=1))
     assert res.epochs == 2  # 50% FLOPs -> 2x epochs
 
 
@@ -151,7 +152,7 @@ def test_a_run_folder_has_one_writer(plan, tmp_path):
     import sys
     import time
 
-    from slimkit.plan import LOCK_NAME, folder_lock
+    from slimkit.files import LOCK_NAME, folder_lock
 
     out = tmp_path / "run"
     path = tmp_path / "plan.json"
@@ -163,7 +164,7 @@ def test_a_run_folder_has_one_writer(plan, tmp_path):
         assert r.exit_code == 2 and "in use by another slimkit run (pid" in r.output and "Traceback" not in r.output
         assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing written
     assert not out.exists()  # the lock made the folder and cleans it up
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from slimkit.plan import folder_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from slimkit.files import folder_lock\n"
                                f"with folder_lock({str(out)!r}): print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -12,6 +12,7 @@ from slimkit.cli import info as _info
 from slimkit.cli import prune as _prune
 from slimkit.cli import run as _run
 from slimkit.cli import train as _train
+from slimkit.version import __version__
 
 app = typer.Typer(
     name="slimkit",
@@ -24,9 +25,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        import torch
-
-        from slimkit import __version__
+        import torch  # torch's version only: already loaded by the commands, no cost here
 
         typer.echo(f"slimkit {__version__} (torch {torch.__version__})")
         raise typer.Exit()

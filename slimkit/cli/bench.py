@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
+from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
 from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.flops import format_count
+from slimkit.latency import BACKENDS, LatencyError, check_regression, measure, read_baseline, write_baseline
 
 
 def render_report(report) -> None:
     """The side-by-side table; min and p99 stay in the JSON/Markdown so it fits 80 columns (CI logs)."""
-    from rich import box
-
     ref = report.models[0]["name"]
     table = Table(title=f"{report.backend} · batch {report.batch} · {report.threads} thread(s) · "
                         f"{report.runs} interleaved rounds",
@@ -44,36 +43,14 @@ def parse_fraction(text: str) -> float:
     return value
 
 
-def _measure(candidates, *, backend, threads, warmup, runs, device):
-    from slimkit.latency import measure
-
+def measure_with_progress(candidates, *, backend, threads, warmup, runs, device):
+    """:func:`slimkit.latency.measure` with a progress bar."""
     progress = make_progress()
     with progress:
         task = progress.add_task(f"timing {len(candidates)} model(s) on {backend}", total=runs)
         report = measure(candidates, backend=backend, threads=threads, warmup=warmup, runs=runs, device=device,
                          progress=lambda done, total: (progress.update(task, completed=done), progress.refresh()))
     return report
-
-
-def _reference_for(model, reference: str | None, arch: str | None, workdir: Path, batch: int):
-    """The model to compare against in the same run: --reference, --arch, or the plan's full model."""
-    from slimkit.latency import LatencyError, candidate_from_spec, load_candidate
-    from slimkit.plan import load_plan
-    from slimkit.source import full_model_plan, full_plan_of
-
-    if reference:
-        return load_candidate(reference, workdir, batch=batch, name=None)
-    plan = load_plan(model.plan) if model.plan else None
-    if arch:
-        full = full_model_plan(arch, num_classes=plan.num_classes if plan else None,
-                               input_size=tuple(model.input_shape[1:]))
-    elif plan is not None:
-        full = full_plan_of(plan)
-    else:
-        raise LatencyError(f"{model.name} carries no slimkit plan, so its full model is unknown: pass "
-                           "--reference REF.onnx or --arch NAME")
-    name = "full-" + full.arch.split(":")[-1]
-    return candidate_from_spec({"kind": "plan", "plan": full.to_dict()}, workdir, batch, name, Path("."))
 
 
 @user_errors
@@ -95,8 +72,6 @@ def bench(
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Measure and (re)write --baseline instead of checking it.")] = False,
 ) -> None:
     """Time models side by side (interleaved rounds), or gate one against a latency baseline."""
-    from slimkit.latency import BACKENDS, LatencyError, load_candidate
-
     for b in backend:
         if b not in BACKENDS:
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
@@ -114,13 +89,13 @@ def bench(
             raise SlimkitError("--update-baseline needs --baseline PATH (the JSON file to write)")
         cands = [load_candidate(m, workdir, batch=batch, num_classes=num_classes, input_size=size) for m in models]
         if arch:
-            cands.insert(0, _reference_for(cands[0], None, arch, workdir, batch))
+            cands.insert(0, reference_candidate(cands[0], workdir, batch, arch=arch))
         shapes = {tuple(c.input_shape[1:]) for c in cands}
         if len(shapes) > 1:
             raise LatencyError(f"models take different input shapes ({', '.join('x'.join(map(str, s)) for s in shapes)}); "
                                "compare models of one input size")
         for b in backend:
-            report = _measure(cands, backend=b, threads=threads, warmup=warmup, runs=runs, device=device)
+            report = measure_with_progress(cands, backend=b, threads=threads, warmup=warmup, runs=runs, device=device)
             render_report(report)
             stem = out if len(backend) == 1 else out.with_name(f"{out.name}-{b}")
             written = report.write(stem)
@@ -129,50 +104,31 @@ def bench(
 
 def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, threads, batch, warmup, runs, device,
           tolerance: float, update: bool, out: Path) -> int:
-    from slimkit.latency import LatencyError, candidate_from_spec, check_regression, load_candidate
-    from slimkit.plan import atomic_write_text
-
     if len(models) != 1:
         raise SlimkitError(f"the gate checks one model at a time, got {len(models)}: "
                            "slimkit bench MODEL.onnx --baseline latency.json")
     base_dir = baseline.resolve().parent
     if update:
         model = load_candidate(models[0], workdir, batch=batch)
-        ref = _reference_for(model, reference, arch, workdir, batch)
+        ref = reference_candidate(model, workdir, batch, reference=reference, arch=arch)
         if ref.name == model.name:
             ref.name = f"ref-{ref.name}"
-        report = _measure([ref, model], backend=backend, threads=threads, warmup=warmup, runs=runs, device=device)
+        report = measure_with_progress([ref, model], backend=backend, threads=threads, warmup=warmup, runs=runs,
+                                       device=device)
         render_report(report)
-        spec = dict(ref.spec)
-        if spec.get("kind") in ("onnx", "checkpoint"):  # portable: relative to the baseline file
-            spec["path"] = os.path.relpath(Path(spec["path"]).resolve(), base_dir)
-        m = report.models[1]
-        data = report.to_dict()
-        data["gate"] = {"model": m["name"], "input_shape": m["input_shape"], "reference": ref.name,
-                        "reference_spec": spec, "ratio": m["ratio"], "ratio_ci": m["ratio_ci"]}
-        atomic_write_text(baseline, json.dumps(data, indent=1) + "\n")
-        console.print(f"recorded baseline {baseline}: {m['name']} / {ref.name} = {m['ratio']:.3f} "
-                      f"(95% CI {m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f})", highlight=False)
+        gate = write_baseline(baseline, report, ref, model, base_dir)
+        console.print(f"recorded baseline {baseline}: {gate['model']} / {ref.name} = {gate['ratio']:.3f} "
+                      f"(95% CI {gate['ratio_ci'][0]:.3f}–{gate['ratio_ci'][1]:.3f})", highlight=False)
         return 0
-
-    if not baseline.is_file():
-        raise LatencyError(f"baseline not found: {baseline}; record one with --update-baseline")
-    try:
-        data = json.loads(baseline.read_text())
-        gate = data["gate"]
-        float(gate["ratio"]), list(gate["input_shape"]), dict(gate["reference_spec"])
-        b_backend, b_threads, b_batch = data["backend"], int(data["threads"]), int(data["batch"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-        raise LatencyError(f"{baseline} is not a slimkit latency baseline; record one with --update-baseline") from None
-    model = load_candidate(models[0], workdir, batch=b_batch)
-    if list(model.input_shape) != list(gate["input_shape"]):
-        raise LatencyError(f"{models[0]} takes input {'x'.join(map(str, model.input_shape))} but the baseline was "
-                           f"recorded at {'x'.join(map(str, gate['input_shape']))}: re-record it with --update-baseline")
-    ref = candidate_from_spec(gate["reference_spec"], workdir, b_batch, gate["reference"], base_dir)
-    report = _measure([ref, model], backend=b_backend, threads=threads or b_threads, warmup=warmup, runs=runs,
-                      device=device)
+    if reference or arch:
+        raise SlimkitError("--reference and --arch choose the reference when recording (--update-baseline); a check "
+                           "re-measures the reference the baseline recorded: drop them")
+    data = read_baseline(baseline)
+    ref, model = baseline_candidates(data, models[0], workdir, base_dir)
+    report = measure_with_progress([ref, model], backend=data["backend"], threads=threads or int(data["threads"]),
+                                   warmup=warmup, runs=runs, device=device)
     render_report(report)
     report.write(out)
-    result = check_regression(report, gate, tolerance)
+    result = check_regression(report, data["gate"], tolerance)
     console.print(result.message, style="green" if result.passed else "bold red", highlight=False)
     return 0 if result.passed else 1

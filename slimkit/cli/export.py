@@ -9,26 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from slimkit.artifacts import LoadedModel, default_export_path, load_model, onnx_metadata, plan_candidate
 from slimkit.cli._common import console, err_console, parse_input_size, user_errors
+from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.errors import SlimkitError
-
-
-def default_out(source: str) -> Path:
-    p = Path(source)
-    if p.suffix in (".pt", ".pth"):
-        return p.with_name("model.onnx")
-    if p.suffix == ".json":
-        return p.with_suffix(".onnx")
-    return Path(source.split(":")[-1] + ".onnx")
-
-
-def onnx_metadata(src) -> dict[str, str]:
-    """What every exported file carries: slimkit version, plan, source, weights, input size."""
-    from slimkit import __version__
-
-    return {"slimkit.version": __version__, "slimkit.plan": src.plan.to_json(), "slimkit.source": src.description,
-            "slimkit.weights": "trained" if src.trained else "random init, BN statistics calibrated on noise",
-            "slimkit.input_size": "x".join(map(str, src.input_size))}
+from slimkit.exporters import get_exporter
+from slimkit.latency import Candidate
 
 
 @user_errors
@@ -49,17 +35,14 @@ def export(
     runs: Annotated[int, typer.Option(min=1, help="Timed rounds for the report.")] = 100,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report."""
-    from slimkit.exporters import get_exporter
-    from slimkit.source import load_source
-
     if not onnx:
         raise SlimkitError("choose an export backend: --onnx")
-    out = out or default_out(source)
+    out = out or default_export_path(source)
     if out.suffix != ".onnx":
         raise SlimkitError(f"--out {out} should end in .onnx")
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
-    src = load_source(source, num_classes=num_classes, input_size=parse_input_size(input_size))
+    src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
     metadata = onnx_metadata(src)
     with console.status(f"exporting {src.description}"):
         result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
@@ -82,23 +65,18 @@ def export(
         _latency_report(src, out, batch, threads, runs)
 
 
-def _latency_report(src, out: Path, batch: int, threads: int | None, runs: int) -> None:
+def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None, runs: int) -> None:
     """Full model vs the exported one, interleaved, written as OUT.latency.{json,md,png}."""
-    from slimkit.cli.bench import _measure, render_report
-    from slimkit.latency import Candidate, candidate_from_spec
-    from slimkit.source import full_plan_of
-
     this = Candidate(name=out.stem, input_shape=(batch, *src.input_size), onnx_path=out, spec={"kind": "onnx"},
                      flops=src.plan.flops, params=src.plan.params)
     cands = [this]
-    full = full_plan_of(src.plan)
+    full = src.plan.unpruned()
     if full.widths != src.plan.widths or src.plan.expand != 1.0:
         with tempfile.TemporaryDirectory(prefix="slimkit-export-") as tmp:
-            ref = candidate_from_spec({"kind": "plan", "plan": full.to_dict()}, Path(tmp), batch,
-                                      "full-" + full.arch.split(":")[-1], Path("."))
-            report = _measure([ref, this], backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
+            ref = plan_candidate(full, Path(tmp), batch, "full-" + full.arch.split(":")[-1])
+            report = measure_with_progress([ref, this], backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
     else:
-        report = _measure(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
+        report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
     render_report(report)
     written = report.write(out.with_suffix(".latency"))
     console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False)

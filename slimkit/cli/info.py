@@ -11,7 +11,6 @@ from slimkit import registry
 from slimkit.cli._common import console, parse_input_size, user_errors
 from slimkit.flops import count_flops_per_layer, count_params, format_count
 from slimkit.generator import channel_graph
-from slimkit.prune import arch_kwargs_for
 
 
 @user_errors
@@ -42,7 +41,7 @@ def info(
 ) -> None:
     """Show an architecture's input size, MACs, parameters and channel groups."""
     spec = registry.resolve(arch)
-    kwargs = arch_kwargs_for(num_classes, in_chans)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
     model = registry.create_model(spec.canonical, **kwargs)
     size = parse_input_size(input_size) or registry.default_input_size(spec.canonical, model, in_chans)
     if in_chans:

@@ -10,11 +10,15 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from slimkit import distributed
+from slimkit.budget import parse_budget
 from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.flops import format_count
 from slimkit.plan import ChannelPlan, save_plan
+from slimkit.plots import plot_channels
+from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, LatencyOptions, uniform_reference
+from slimkit.prune import prune as run_prune
+from slimkit.runtime import cleanup_distributed
 
 
 def render_plan(plan: ChannelPlan, title: str) -> None:
@@ -55,20 +59,20 @@ def prune(
     flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
     latency: Annotated[Optional[str], typer.Option("--latency", help="Measured-latency budget: 8ms, or 50% of the full model's latency on --backend.")] = None,
-    backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = "ort-cpu",
+    backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = LatencyOptions.backend,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for --latency (default: physical cores).")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size for --latency.")] = 1,
-    method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = "scratch",
+    batch: Annotated[int, typer.Option(min=1, help="Batch size for --latency.")] = LatencyOptions.batch,
+    method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = DEFAULT_METHOD,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="224, 224x224 or 3,224,224 (default: the model's).")] = None,
     expand: Annotated[float, typer.Option(help="Widen every group by this factor before pruning (paper: 1.25 on CIFAR).")] = 1.0,
-    round_to: Annotated[int, typer.Option(help="Round channel counts to multiples of this (8: onnxruntime's CPU kernels block channels by 8; ragged counts run up to 2x slower).")] = 8,
+    round_to: Annotated[int, typer.Option(help="Round channel counts to multiples of this (8: onnxruntime's CPU kernels block channels by 8; ragged counts run up to 2x slower).")] = DEFAULT_ROUND_TO,
     tolerance: Annotated[Optional[float], typer.Option(help="Relative budget tolerance of the search (default 1%; 5% for --latency).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a channels-per-group PNG.")] = True,
-    data: Annotated[str, typer.Option(help="Gate-learning data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = "fashion-mnist",
+    data: Annotated[str, typer.Option(help="Gate-learning data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = GateOptions.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives (default: Debian's /usr/share/datasets/fashion-mnist).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Paper gate settings: cifar (γ 0.5, batch 128, 10 epochs) or imagenet (γ 0.05, batch 100, 1 epoch); default from --data.")] = None,
     gamma: Annotated[Optional[float], typer.Option(help="Weight of the sparsity term γ·(mean λ − r)².")] = None,
@@ -78,13 +82,10 @@ def prune(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Gate-learning batch size (default: the preset's).")] = None,
     search_size: Annotated[Optional[int], typer.Option(help="Image side for gate learning (default: the model's on GPU, at most 64 on CPU).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = GateOptions.device,
     weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
 ) -> None:
     """Plan a thinner network that meets a FLOPs or parameter budget."""
-    from slimkit.budget import parse_budget
-    from slimkit.prune import prune as run_prune
-
     if sum(x is not None for x in (flops, params, latency)) != 1:
         raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%)")
     if flops is not None:
@@ -101,15 +102,17 @@ def prune(
     if out.exists() and out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
     start = time.perf_counter()
+    gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
+                        epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
+                        weights=weights)
     options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
-                   round_to=round_to, seed=seed, tolerance=tolerance, data=data, data_dir=data_dir, preset=preset,
-                   gamma=gamma, lr=lr, epochs=epochs, steps=steps, batch_size=batch_size, search_size=search_size,
-                   val_size=val_size, device=device, backend=backend, threads=threads, batch=batch, weights=weights)
+                   round_to=round_to, seed=seed, tolerance=tolerance, gates=gates,
+                   latency=LatencyOptions(backend=backend, threads=threads, batch=batch))
     if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
         try:
             run_prune(arch, budget, **options)
         finally:
-            distributed.cleanup()
+            cleanup_distributed()
         return
     progress = make_progress()
     with progress:
@@ -119,7 +122,7 @@ def prune(
         try:
             plan = run_prune(arch, budget, **options, progress=progress, log=log)
         finally:
-            distributed.cleanup()
+            cleanup_distributed()
         progress.remove_task(task)
     render_plan(plan, f"{plan.arch} — {method} plan")
     save_plan(plan, out)
@@ -132,8 +135,6 @@ def prune(
                          "channels taken in gate order (no single τ within tolerance), ")
                       + f"{s['seconds']:.0f}s", highlight=False)
     if plot:
-        from slimkit.plots import plot_channels, uniform_reference
-
         others = {}
         if plan.method != "uniform":
             ref = uniform_reference(plan)

@@ -1,0 +1,321 @@
+"""What a user names on the command line -> a model, its plan, or a model to time.
+
+Commands accept four kinds of argument: a training checkpoint (``.pt``, trained weights), a plan
+(``.json``, fresh weights from G), an ONNX file, or an architecture name (the full model).
+:func:`classify` is the one place that decides which a text is; everything else here builds on
+it: :func:`load_model` (export, bench), :func:`plan_of` (train), :func:`default_export_path`
+(export) and :func:`load_candidate` (bench, the CI gate, run). Checkpoints are read and validated
+here too, so every command reads them the same way and a damaged one is one clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from slimkit.errors import PlanError, SlimkitError
+from slimkit.exporters.onnx import export, input_shape, slimkit_metadata
+from slimkit.files import atomic_write
+from slimkit.generator import full_plan, generate
+from slimkit.latency import Candidate, LatencyError, model_fingerprint
+from slimkit.plan import ChannelPlan, load_plan
+
+__all__ = ["classify", "LoadedModel", "load_model", "plan_of", "default_export_path", "calibrate_bn",
+           "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "write_checkpoint", "model_from_checkpoint",
+           "onnx_candidate", "export_for_timing", "load_candidate", "plan_candidate", "candidate_from_spec",
+           "onnx_metadata", "reference_candidate", "baseline_candidates"]
+
+CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
+# Suffixes that mark a file name rather than an architecture (timm names may hold a dot: resnet50.a1_in1k).
+FILE_SUFFIXES = (".pt", ".pth", ".json", ".onnx", ".txt", ".yaml", ".yml", ".ckpt", ".bin", ".safetensors", ".tar")
+
+
+# ---------------------------------------------------------------------------- what is this argument
+def classify(text: str) -> str:
+    """``'checkpoint'``, ``'plan'``, ``'onnx'`` or ``'arch'``: what a command-line argument names.
+
+    By suffix first (``.pt``/``.pth``, ``.json``, ``.onnx``); an existing file of another suffix is a
+    checkpoint when it is a zip archive (``torch.save``'s format); a text that looks like a path but
+    names nothing is "file not found"; anything else is an architecture name.
+    """
+    path = Path(text)
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return "checkpoint"
+    if suffix == ".json":
+        return "plan"
+    if suffix == ".onnx":
+        return "onnx"
+    if path.is_dir():
+        raise SlimkitError(f"{path} is a folder: pass a checkpoint (.pt), a plan (.json), an ONNX file or an "
+                           "architecture name")
+    if path.is_file():
+        if zipfile.is_zipfile(path):
+            return "checkpoint"
+        raise SlimkitError(f"{path} is neither a checkpoint (.pt, from `slimkit train`) nor a plan (.json, from "
+                           "`slimkit prune`); pass one of those or an architecture name")
+    if "/" in text or suffix in FILE_SUFFIXES:
+        raise SlimkitError(f"file not found: {path}")
+    return "arch"
+
+
+def plan_of(source: str | ChannelPlan) -> ChannelPlan | None:
+    """The plan a training source names (a plan or a plan file), or None for an architecture name."""
+    if isinstance(source, ChannelPlan):
+        return source
+    kind = classify(str(source))
+    if kind == "plan":
+        return load_plan(source)
+    if kind == "arch":
+        return None
+    if kind == "checkpoint":
+        raise SlimkitError(f"{source} is a checkpoint: train takes a plan (.json) or an architecture name; to "
+                           "continue that run, pass its folder as --out with --resume")
+    raise SlimkitError(f"{source} is an ONNX file: train takes a plan (.json) or an architecture name")
+
+
+def default_export_path(source: str) -> Path:
+    """Where ``slimkit export SOURCE`` writes by default: beside the checkpoint or plan it came from."""
+    kind = classify(source)
+    p = Path(source)
+    if kind == "checkpoint":
+        return p.with_name("model.onnx")
+    if kind == "plan":
+        return p.with_suffix(".onnx")
+    if kind == "onnx":
+        raise SlimkitError(f"{p} is already ONNX: export takes a checkpoint (.pt), a plan (.json) "
+                           "or an architecture name")
+    return Path(source.split(":")[-1] + ".onnx")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+class CheckpointError(SlimkitError):
+    """A checkpoint that cannot be read or does not match the run."""
+
+
+def write_checkpoint(path: str | os.PathLike, *, model: dict, plan: ChannelPlan, config: dict[str, Any],
+                     epoch: int, metrics: list[dict[str, Any]], optimizer: dict | None = None,
+                     scheduler: dict | None = None, rng: torch.Tensor | None = None) -> Path:
+    """Everything a run needs to continue or be rebuilt, written atomically. The plan and metrics are
+    JSON text so ``torch.load(weights_only=True)`` can read the file without unpickling code."""
+    obj = {"format": CHECKPOINT_FORMAT, "model": model, "optimizer": optimizer, "scheduler": scheduler,
+           "epoch": epoch, "rng": rng, "config": config, "metrics": json.dumps(metrics), "plan": plan.to_json(),
+           "slimkit_version": plan.slimkit_version}
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); any damage is a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong file type
+        raise CheckpointError(
+            f"{p} is not a readable checkpoint ({type(exc).__name__}); it may be truncated: "
+            "delete it to start over, or restore a good copy"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p} is not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ChannelPlan]:
+    """Rebuild the trained model from the checkpoint alone (its plan + G)."""
+    ckpt = load_checkpoint(path)
+    plan = load_plan(json.loads(ckpt["plan"]))
+    model = generate(plan)
+    model.load_state_dict(ckpt["model"])
+    return model, plan
+
+
+# ---------------------------------------------------------------------------- models
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, input_size: tuple[int, ...], *, batches: int = 4, batch_size: int = 8,
+                 seed: int = 0) -> nn.Module:
+    """Set BatchNorm running statistics from random inputs.
+
+    A freshly initialised network has running mean 0 / var 1 everywhere, so in eval mode its
+    activations explode (ResNet-56 logits ~2e3) or vanish (EfficientNet-B0 ~1e-13). Calibrated
+    statistics give the activation ranges a trained network has, so checks on untrained models
+    (ONNX parity, numerics, latency) test something real. Weights are untouched.
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms:
+        return model
+    was_training = model.training
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    model.train()
+    for _ in range(batches):
+        model(torch.randn(batch_size, *input_size, generator=gen).to(device))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.train(was_training)
+    return model
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    plan: ChannelPlan
+    trained: bool  # weights from a checkpoint (True) or fresh from G (False)
+    description: str
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        c, h, w = self.plan.input_size
+        return (c, h, w)
+
+
+def load_model(source: str, *, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
+               calibrate: bool = True) -> LoadedModel:
+    """A checkpoint, a plan or an architecture name -> the model in eval mode, with its plan.
+
+    Untrained models (plans, names) get BN statistics calibrated on random inputs (see
+    :func:`calibrate_bn`) unless ``calibrate=False``.
+    """
+    kind = classify(source)
+    if kind == "checkpoint":
+        model, plan = model_from_checkpoint(source)
+        return LoadedModel(model.eval(), plan, True, f"checkpoint {source} (trained weights)")
+    if kind == "onnx":
+        raise SlimkitError(f"{source} is already ONNX: give a checkpoint (.pt), a plan (.json) "
+                           "or an architecture name")
+    if kind == "plan":
+        plan = load_plan(source)
+        what = f"plan {source} (fresh weights from G)"
+    else:
+        plan = full_plan(source, num_classes=num_classes, input_size=input_size)
+        what = f"{plan.arch} full model (fresh weights)"
+    model = generate(plan)
+    if calibrate:
+        calibrate_bn(model, tuple(plan.input_size), seed=plan.seed)
+    return LoadedModel(model.eval(), plan, False, what)
+
+
+def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
+    """What every exported file carries: slimkit version, plan, where it came from, weights, input size."""
+    return slimkit_metadata(loaded.plan.to_json(), source=loaded.description, input_size=loaded.input_size,
+                            weights="trained" if loaded.trained else "random init, BN statistics calibrated on noise")
+
+
+# ---------------------------------------------------------------------------- models to time
+def onnx_candidate(path: Path, batch: int, name: str | None = None) -> Candidate:
+    """An ONNX file as it is; slimkit's metadata (when present) gives its plan, MACs and params."""
+    if not path.is_file():
+        raise LatencyError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        shape = input_shape(proto)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise LatencyError(f"{path} is not an ONNX model ({type(exc).__name__}); export one with "
+                           "`slimkit export PLAN --onnx`") from exc
+    if any(isinstance(d, int) and d < 1 for d in shape[1:]) or any(isinstance(d, str) for d in shape[1:]):
+        raise LatencyError(f"{path}: only the batch dimension may be dynamic (input shape {shape})")
+    if isinstance(shape[0], int) and shape[0] not in (0, batch):
+        raise LatencyError(f"{path} was exported for batch {shape[0]}, not --batch {batch}: re-export with "
+                           "--dynamic-batch or --batch")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    plan = json.loads(meta["slimkit.plan"]) if "slimkit.plan" in meta else {}
+    return Candidate(name=name or path.stem, input_shape=(batch, *shape[1:]), onnx_path=path,
+                     spec={"kind": "onnx", "path": str(path)}, flops=plan.get("flops"), params=plan.get("params"),
+                     plan=plan or None)
+
+
+def export_for_timing(loaded: LoadedModel, out: Path, batch: int, name: str, spec: dict[str, Any],
+                      **export_options: Any) -> Candidate:
+    """A loaded model exported to ONNX at ``out`` for timing (weights do not change latency)."""
+    export(loaded.model, loaded.input_size, out, batch=batch, metadata={"slimkit.plan": loaded.plan.to_json()},
+           **export_options)
+    return Candidate(name=name, input_shape=(batch, *loaded.input_size), onnx_path=out, module=loaded.model,
+                     spec=spec, flops=loaded.plan.flops, params=loaded.plan.params, plan=loaded.plan.to_dict())
+
+
+def load_candidate(text: str, workdir: Path, *, batch: int = 1, num_classes: int | None = None,
+                   input_size: tuple[int, int, int] | None = None, name: str | None = None) -> Candidate:
+    """An ONNX file as is; a checkpoint, plan or architecture name exported to ``workdir`` first."""
+    path = Path(text)
+    kind = classify(text)
+    if kind == "onnx":
+        return onnx_candidate(path, batch, name)
+    loaded = load_model(text, num_classes=num_classes, input_size=input_size)
+    label = name or (path.stem if kind in ("plan", "checkpoint") else loaded.plan.arch.split(":")[-1])
+    spec = {"kind": "checkpoint", "path": str(path)} if loaded.trained else {"kind": "plan",
+                                                                             "plan": loaded.plan.to_dict()}
+    return export_for_timing(loaded, workdir / f"{label}.onnx", batch, label, spec)
+
+
+def plan_candidate(plan: ChannelPlan, workdir: Path, batch: int, name: str, **export_options: Any) -> Candidate:
+    """A plan's model (fresh weights, BN calibrated) exported for timing."""
+    model = calibrate_bn(generate(plan), tuple(plan.input_size), seed=plan.seed).eval()
+    loaded = LoadedModel(model, plan, False, name)
+    return export_for_timing(loaded, workdir / f"{name}.onnx", batch, name, {"kind": "plan", "plan": plan.to_dict()},
+                             **export_options)
+
+
+def candidate_from_spec(spec: dict[str, Any], workdir: Path, batch: int, name: str, base_dir: Path) -> Candidate:
+    """Rebuild a baseline's reference model from its recorded spec."""
+    kind = spec.get("kind")
+    if kind == "onnx":
+        p = Path(spec["path"])
+        return onnx_candidate(p if p.is_absolute() else base_dir / p, batch, name)
+    if kind == "checkpoint":
+        p = Path(spec["path"])
+        return load_candidate(str(p if p.is_absolute() else base_dir / p), workdir, batch=batch, name=name)
+    if kind == "plan":
+        try:
+            plan = load_plan(spec["plan"])
+        except (PlanError, KeyError) as exc:
+            raise LatencyError(f"baseline reference plan is damaged ({exc}); re-record it with --update-baseline") \
+                from None
+        return plan_candidate(plan, workdir, batch, name)
+    raise LatencyError(f"baseline reference has unknown kind {kind!r}; re-record it with --update-baseline")
+
+
+def reference_candidate(model: Candidate, workdir: Path, batch: int, *, reference: str | None = None,
+                        arch: str | None = None) -> Candidate:
+    """What ``model`` is compared against in the same run: ``reference`` (any artifact), the full
+    ``arch``, or by default the full model of the plan ``model`` carries."""
+    if reference:
+        return load_candidate(reference, workdir, batch=batch, name=None)
+    plan = load_plan(model.plan) if model.plan else None
+    if arch:
+        full = full_plan(arch, num_classes=plan.num_classes if plan else None,
+                         input_size=tuple(model.input_shape[1:]))
+    elif plan is not None:
+        full = plan.unpruned()
+    else:
+        raise LatencyError(f"{model.name} carries no slimkit plan, so its full model is unknown: pass "
+                           "--reference REF.onnx or --arch NAME")
+    return plan_candidate(full, workdir, batch, "full-" + full.arch.split(":")[-1])
+
+
+def baseline_candidates(baseline: dict[str, Any], model_text: str, workdir: Path,
+                        base_dir: Path) -> tuple[Candidate, Candidate]:
+    """The reference a baseline recorded and the model to check, both ready to time at the baseline's
+    batch; a model other than the one the baseline was recorded for is refused."""
+    gate, batch = baseline["gate"], int(baseline["batch"])
+    model = load_candidate(model_text, workdir, batch=batch)
+    if list(model.input_shape) != list(gate["input_shape"]):
+        raise LatencyError(f"{model_text} takes input {'x'.join(map(str, model.input_shape))} but the baseline was "
+                           f"recorded at {'x'.join(map(str, gate['input_shape']))}: re-record it with --update-baseline")
+    if model_fingerprint(model) != gate["model_fingerprint"]:
+        raise LatencyError(f"the baseline was recorded for another model ({gate['model']}), not {model_text}: check "
+                           "the model it was recorded for, or re-record it with --update-baseline")
+    ref = candidate_from_spec(gate["reference_spec"], workdir, batch, gate["reference"], base_dir)
+    return ref, model

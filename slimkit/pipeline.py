@@ -1,0 +1,403 @@
+"""``run_recipe``: prune -> train -> export -> bench -> summary from one recipe, resumably.
+
+Every stage writes into the run folder (default ``runs/<name>``) and is skipped when its outputs
+already exist, so a killed run continues where it stopped when the same recipe runs again:
+
+========  ====================================================================================
+prune     ``plan.json`` (the recipe's method) and ``uniform.json`` (method uniform, same budget)
+train     ``train/`` (the plan), plus ``train-full/`` and ``train-uniform/`` when listed in
+          ``train.compare``; a folder with fewer epochs than planned is resumed
+export    ``model.onnx`` from ``train/checkpoint.pt`` (the metadata ``slimkit export`` writes)
+bench     ``latency.{json,md,png}``: full vs uniform vs pruned, interleaved in one run
+summary   ``summary.{json,md}``: MACs, params, test top-1, latency for each model
+========  ====================================================================================
+
+The resolved recipe (every key, defaults filled in) is written to ``recipe.yaml`` first; a folder
+that holds a different one is refused, so two settings never mix in one folder. What the run has
+to say goes through :class:`RunHooks` (the CLI draws it with rich; the default is silent), as
+``prune`` and ``train`` take ``log`` and ``progress``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimkit.artifacts import load_model, onnx_candidate, onnx_metadata, plan_candidate
+from slimkit.data import data_missing
+from slimkit.errors import SlimkitError
+from slimkit.exporters import get_exporter
+from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
+from slimkit.flops import format_count
+from slimkit.latency import LatencyReport, measure
+from slimkit.plan import ChannelPlan, load_plan, save_plan
+from slimkit.plots import plot_channels
+from slimkit.prune import GateOptions, LatencyOptions, prune
+from slimkit.recipe import Recipe, dump_recipe, num_classes_of, read_yaml
+from slimkit.train import TrainConfig, train
+
+__all__ = ["run_recipe", "RunHooks", "Layout", "train_state", "stage_list", "budget_reach", "check_folder",
+           "missing_data", "summary_markdown", "SUMMARY_FORMAT", "SUMMARY_COLUMNS", "format_cell"]
+
+SUMMARY_FORMAT = "slimkit.run-summary/1"
+
+
+@dataclass
+class RunHooks:
+    """How a run talks. ``progress()`` makes a rich-Progress-like context manager (``add_task``,
+    ``update``, ``remove_task``, ``console.print``) for the long stages, or None for no bars;
+    ``status(text)`` a context manager shown during short waits; ``report`` shows a latency report and
+    ``summary`` the run's summary."""
+
+    stage: Callable[[str, str], None] = lambda name, text: None
+    log: Callable[[str], None] = lambda text: None
+    warn: Callable[[str], None] = lambda text: None
+    progress: Callable[[], Any] | None = None
+    status: Callable[[str], Any] = lambda text: contextlib.nullcontext()
+    report: Callable[[LatencyReport], None] = lambda report: None
+    summary: Callable[[dict[str, Any]], None] = lambda summary: None
+
+    @contextlib.contextmanager
+    def bars(self):
+        """(progress, log) for a long call: log lines print above the bars while they are up."""
+        if self.progress is None:
+            yield None, self.log
+            return
+        with self.progress() as progress:
+            yield progress, lambda msg: progress.console.print(msg, highlight=False)
+
+
+class Layout:
+    """Where each stage writes, inside the run folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.recipe = root / RUN_RECIPE_NAME
+        self.plan, self.uniform, self.plan_png = root / "plan.json", root / "uniform.json", root / "plan.png"
+        self.train, self.train_full, self.train_uniform = root / "train", root / "train-full", root / "train-uniform"
+        self.onnx = root / "model.onnx"
+        self.latency = root / "latency"  # report stem: .json, .md, .png
+        self.latency_files = [root / f"latency.{ext}" for ext in ("json", "md", "png")]
+        self.summary_json, self.summary_md = root / "summary.json", root / "summary.md"
+
+
+
+
+# ---------------------------------------------------------------------------- state
+def train_state(folder: Path) -> tuple[str, int, int | None]:
+    """('done' | 'resume' | 'new', epochs done, epochs planned) of a training folder."""
+    ckpt, metrics = folder / "checkpoint.pt", folder / "metrics.json"
+    done, total = 0, None
+    if metrics.is_file():
+        try:
+            m = json.loads(metrics.read_text())
+            done, total = len(m.get("history", [])), m.get("epochs")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            done, total = 0, None
+    if ckpt.is_file() and total is not None and done >= total:
+        return "done", done, total
+    if ckpt.is_file():
+        return "resume", done, total
+    return "new", 0, None
+
+
+def _fresh(outputs: list[Path], inputs: list[Path]) -> bool:
+    """Every output exists and none is older than an input (make's rule)."""
+    if not all(p.exists() for p in outputs):
+        return False
+    newest_input = max((p.stat().st_mtime for p in inputs if p.exists()), default=0.0)
+    return min(p.stat().st_mtime for p in outputs) >= newest_input
+
+
+def _train_jobs(recipe: Recipe, lay: Layout) -> list[tuple[str, Path]]:
+    jobs = [("pruned", lay.train)]
+    for other in recipe.train.compare:
+        if other == "uniform" and recipe.prune.method == "uniform":
+            continue  # the pruned model *is* the uniform one: same plan, same seed, same run
+        jobs.append((other, lay.train_full if other == "full" else lay.train_uniform))
+    return jobs
+
+
+def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, str]]]]:
+    """For --dry-run: each stage, what it writes and whether it would run now."""
+    def status(p: Path) -> str:
+        return "exists: skip" if p.exists() else "would run"
+
+    trains = []
+    for label, folder in _train_jobs(recipe, lay):
+        state, done, total = train_state(folder)
+        text = {"done": f"done ({done} epochs): skip", "resume": f"resume after epoch {done}",
+                "new": "would run"}[state]
+        trains.append((folder, f"{label}: {text}"))
+    if "uniform" in recipe.train.compare and recipe.prune.method == "uniform":
+        trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
+    onnx_state = "exists: skip" if _fresh([lay.onnx], [lay.train / "checkpoint.pt"]) else "would run"
+    bench_state = ("exists: skip" if _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform])
+                   else "would run")
+    return [
+        ("prune", [(lay.plan, f"{recipe.prune.method} plan: {status(lay.plan)}"),
+                   (lay.uniform, f"uniform plan, same budget: {status(lay.uniform)}"),
+                   (lay.plan_png, f"channels per group: {status(lay.plan_png)}")]),
+        ("train", trains),
+        ("export", [(lay.onnx, f"ONNX of train/checkpoint.pt: {onnx_state}")]),
+        ("bench", [(lay.root / "latency.{json,md,png}", f"full vs uniform vs pruned, interleaved: {bench_state}")]),
+        ("summary", [(lay.root / "summary.{json,md}", "MACs, params, test top-1, latency per model")]),
+    ]
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+    return f"{path or 'recipe'}: {old!r} there, {new!r} now"
+
+
+def check_folder(recipe: Recipe, lay: Layout) -> bool:
+    """True when ``lay.root`` already holds this recipe; an error when it holds another one."""
+    if lay.root.exists() and not lay.root.is_dir():
+        raise SlimkitError(f"--out {lay.root} is a file: give a folder for the run")
+    if not lay.recipe.is_file():
+        return False
+    try:
+        old = read_yaml(lay.recipe.read_text())
+    except Exception:  # noqa: BLE001 - any damage: refuse rather than guess
+        old = None
+    if old != recipe.to_dict():
+        what = _first_difference(old, recipe.to_dict()) if isinstance(old, dict) else "unreadable recipe.yaml"
+        raise SlimkitError(f"{lay.root} holds a run of a different recipe ({what}): pick another --out "
+                           f"or delete {lay.root}")
+    return True
+
+
+
+# ---------------------------------------------------------------------------- stages
+def _shape_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """The prune() arguments that fix the model and how widths are counted, as the recipe gives them."""
+    size = recipe.input_tuple
+    return dict(num_classes=num_classes_of(recipe), in_chans=size[0] if size and size[0] != 3 else None,
+                input_size=size, expand=recipe.prune.expand, round_to=recipe.prune.round_to)
+
+
+def budget_reach(recipe: Recipe) -> str | None:
+    """Dry run: is a FLOPs/params budget reachable for this model at all? (The uniform plan at that
+    budget, seconds to find; a latency budget needs the machine it is measured on.)"""
+    b = recipe.prune.budget()
+    if b.kind == "latency":
+        return None
+    plan = prune(recipe.arch, b, method="uniform", **{**_shape_kwargs(recipe), "tolerance": 0.05},
+                 verify=False)  # a BudgetError when out of reach; 5%: reach, not exactness
+    full = plan.search.get("full_flops") if b.kind == "flops" else plan.search.get("full_params")
+    unit = "MACs" if b.kind == "flops" else "params"
+    return f"reachable: the full model has {format_count(full)} {unit}"
+
+
+def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> tuple[ChannelPlan, ChannelPlan]:
+    p = recipe.prune
+    gates = GateOptions(data=recipe.data.name, data_dir=recipe.data.data_dir, preset=p.preset, gamma=p.gamma,
+                        lr=p.lr, epochs=p.epochs, steps=p.steps, batch_size=p.batch_size, device="auto")
+    latency = LatencyOptions(backend=p.backend, threads=p.threads, batch=recipe.bench.batch)
+    plans: dict[str, ChannelPlan] = {}
+    for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
+        if path.exists():
+            plans[key] = load_plan(path)
+            hooks.stage("prune", f"{path.name} exists: skip")
+            continue
+        if key == "uniform" and p.method == "uniform":
+            plans[key] = plans["plan"]  # the same plan: method uniform at the same budget
+        else:
+            hooks.stage("prune", f"{method} plan of {recipe.arch} at {p.budget_key} {getattr(p, p.budget_key)}")
+            start = time.perf_counter()
+            with hooks.bars() as (progress, log):
+                task = progress.add_task(f"tracing {recipe.arch}", total=None) if progress else None
+                plans[key] = prune(recipe.arch, p.budget(), method=method, seed=p.seed, tolerance=p.tolerance,
+                                   gates=gates, latency=latency, progress=progress, log=log, **_shape_kwargs(recipe))
+                if progress:
+                    progress.remove_task(task)
+            hooks.log(f"  MACs {format_count(plans[key].flops)}, params {format_count(plans[key].params)} "
+                      f"({time.perf_counter() - start:.1f}s)")
+        save_plan(plans[key], path)
+        hooks.log(f"  wrote {path}")
+    if not lay.plan_png.exists():
+        plot_channels(plans["plan"], lay.plan_png, {"uniform": plans["uniform"]} if p.method != "uniform" else {})
+    return plans["plan"], plans["uniform"]
+
+
+def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks) -> None:
+    t = recipe.train
+    cfg = TrainConfig(data=recipe.data.name, data_dir=recipe.data.data_dir, epochs=t.epochs, schedule=t.schedule,
+                      batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                      label_smoothing=t.label_smoothing, warmup_epochs=t.warmup_epochs, augment=t.augment,
+                      seed=t.seed, max_steps_per_epoch=t.max_steps_per_epoch)
+    for label, folder in _train_jobs(recipe, lay):
+        state, done, total = train_state(folder)
+        if state == "done":
+            hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
+            continue
+        hooks.stage("train", f"{label} model -> {folder.name}/"
+                    + (f" (resuming after epoch {done})" if state == "resume" else ""))
+        with hooks.bars() as (progress, log):
+            result = train(plans[label], folder, cfg, resume=state == "resume", progress=progress, log=log)
+        if result.metrics:
+            final = result.metrics[-1]
+            hooks.log(f"  test top-1 {final['test_top1']:.4f} after {final['epoch']} epochs")
+    if "uniform" in t.compare and recipe.prune.method == "uniform":
+        hooks.stage("train", "uniform: the pruned model is the uniform one (prune.method uniform); see train/")
+
+
+def _export_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
+    ckpt = lay.train / "checkpoint.pt"
+    if _fresh([lay.onnx], [ckpt]):
+        hooks.stage("export", f"{lay.onnx.name} exists: skip")
+        return
+    e = recipe.export
+    loaded = load_model(str(ckpt))
+    with hooks.status(f"exporting {loaded.description}"):
+        result = get_exporter("onnx")(loaded.model, loaded.input_size, lay.onnx, batch=recipe.bench.batch,
+                                      metadata=onnx_metadata(loaded), opset=e.opset, dynamic_batch=e.dynamic_batch,
+                                      exporter=e.exporter, warn=hooks.warn)
+    d = result.details
+    hooks.stage("export", f"wrote {lay.onnx} ({result.size_bytes / 1e6:.2f} MB, {d['exporter']} opset {d['opset']}, "
+                          f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e}, {result.export_seconds:.1f}s)")
+
+
+def _measure(candidates, hooks: RunHooks, **options: Any) -> LatencyReport:
+    with hooks.bars() as (progress, _):
+        if progress is None:
+            return measure(candidates, **options)
+        task = progress.add_task(f"timing {len(candidates)} model(s) on {options['backend']}", total=options["runs"])
+        return measure(candidates, **options, progress=lambda done, total: progress.update(task, completed=done))
+
+
+def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks) -> None:
+    if _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform]):
+        hooks.stage("bench", "latency.json exists: skip")
+        return
+    e, b = recipe.export, recipe.bench
+    hooks.stage("bench", f"full vs uniform vs pruned on {recipe.prune.backend}, {b.runs} interleaved rounds")
+    with tempfile.TemporaryDirectory(prefix="slimkit-run-") as tmp:
+        cands = []
+        for name in ("full", "uniform"):
+            with hooks.status(f"exporting the {name} model for timing"):
+                # the pruned model's settings, so all three graphs come from the same exporter
+                cands.append(plan_candidate(plans[name], Path(tmp), b.batch, name, opset=e.opset,
+                                            dynamic_batch=e.dynamic_batch, exporter=e.exporter, check_parity=False))
+        cands.append(onnx_candidate(lay.onnx, b.batch, name="pruned"))
+        report = _measure(cands, hooks, backend=recipe.prune.backend, threads=b.threads, warmup=10, runs=b.runs,
+                          device="cpu")
+    hooks.report(report)
+    written = report.write(lay.latency)
+    hooks.log("  wrote " + ", ".join(str(p) for p in written))
+
+
+# ---------------------------------------------------------------------------- summary
+def _final_metrics(folder: Path) -> dict[str, Any] | None:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    return m.get("final")
+
+
+def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) -> dict[str, Any]:
+    report = json.loads((lay.root / "latency.json").read_text()) if (lay.root / "latency.json").is_file() else None
+    by_name = {m["name"]: m for m in report["models"]} if report else {}
+    folders = {"pruned": lay.train, "full": lay.train_full,
+               "uniform": lay.train if recipe.prune.method == "uniform" else lay.train_uniform}
+    full_flops = plans["full"].flops
+    rows = []
+    for name in ("pruned", "uniform", "full"):
+        plan = plans[name]
+        final = _final_metrics(folders[name])
+        lat = by_name.get(name)
+        rows.append({
+            "name": name, "plan": {"pruned": "plan.json", "uniform": "uniform.json", "full": None}[name],
+            "macs": plan.flops, "params": plan.params,
+            "macs_ratio": round(plan.flops / full_flops, 4) if plan.flops and full_flops else None,
+            "test_top1": final["test_top1"] if final else None,
+            "epochs": final["epoch"] if final else None,
+            "train_folder": folders[name].name + "/" if final else None,
+            "latency_median_ms": round(lat["stats"]["median_ms"], 4) if lat else None,
+            "latency_ratio": round(lat["ratio"], 4) if lat else None,
+            "latency_ratio_ci": [round(x, 4) for x in lat["ratio_ci"]] if lat else None,
+        })
+    return {"format": SUMMARY_FORMAT, "recipe": recipe.name, "arch": plans["pruned"].arch,
+            "data": recipe.data.name, "budget": plans["pruned"].budget, "method": recipe.prune.method,
+            "latency": ({k: report[k] for k in ("backend", "device", "threads", "batch", "runs")} if report else None),
+            "models": rows}
+
+
+def format_cell(value: Any, kind: str) -> str:
+    if value is None:
+        return "–"
+    return {"count": lambda v: format_count(v), "acc": lambda v: f"{100 * v:.2f}%", "ms": lambda v: f"{v:.3f}",
+            "x": lambda v: f"{v:.3f}×", "int": str}[kind](value)
+
+
+SUMMARY_COLUMNS = (("model", "name", None), ("MACs", "macs", "count"), ("params", "params", "count"),
+            ("test top-1", "test_top1", "acc"), ("epochs", "epochs", "int"),
+            ("latency ms (median)", "latency_median_ms", "ms"), ("× full", "latency_ratio", "x"))
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    b = summary["budget"] or {}
+    lines = [f"# {summary['recipe']}: {summary['arch']}, {summary['method']} at {b.get('kind', '')} "
+             f"{b.get('text', '')}", ""]
+    if summary["latency"]:
+        lat = summary["latency"]
+        lines += [f"Data: {summary['data']}. Latency: {lat['backend']}, batch {lat['batch']}, {lat['threads']} "
+                  f"thread(s), {lat['runs']} interleaved rounds, {lat['device']}; × full = median of per-round "
+                  "ratios to the full model.", ""]
+    lines.append("| " + " | ".join(c[0] for c in SUMMARY_COLUMNS) + " |")
+    lines.append("|---" + "|---:" * (len(SUMMARY_COLUMNS) - 1) + "|")
+    for row in summary["models"]:
+        cells = [row["name"]] + [format_cell(row[key], kind) for _, key, kind in SUMMARY_COLUMNS[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic_write_text(path, text)
+    return True
+
+
+# ---------------------------------------------------------------------------- the run
+def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "recipe",
+               hooks: RunHooks | None = None) -> dict[str, Any]:
+    """Run ``recipe`` in ``out`` (default ``runs/<name>``): every stage whose outputs are missing or
+    stale, then the summary, which is returned (and written as summary.{json,md}). ``source`` names
+    where the recipe came from, for the header of ``recipe.yaml``."""
+    hooks = hooks or RunHooks()
+    lay = Layout(Path(out) if out is not None else Path("runs") / recipe.name)
+    same = check_folder(recipe, lay)
+    start = time.perf_counter()
+    with folder_lock(lay.root, "run"):
+        if not same:
+            atomic_write_text(lay.recipe, f"# The resolved recipe of this run folder (from {source}, every key, "
+                                          "defaults filled in).\n# `slimkit run` refuses to mix another recipe into "
+                                          "this folder.\n" + dump_recipe(recipe))
+        plan, uniform = _prune_stage(recipe, lay, hooks)
+        plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
+        _train_stage(recipe, lay, plans, hooks)
+        _export_stage(recipe, lay, hooks)
+        _bench_stage(recipe, lay, plans, hooks)
+        summary = build_summary(recipe, lay, plans)
+        _write_if_changed(lay.summary_json, json.dumps(summary, indent=1) + "\n")
+        _write_if_changed(lay.summary_md, summary_markdown(summary))
+    hooks.summary(summary)
+    hooks.log(f"wrote {lay.summary_json}, {lay.summary_md}  ({time.perf_counter() - start:.1f}s)")
+    return summary
+
+
+def missing_data(recipe: Recipe) -> str | None:
+    """Dry run: why the recipe's data is not on this machine (None when it is)."""
+    return data_missing(recipe.data.name, recipe.data.data_dir)
