@@ -115,7 +115,7 @@ class Int8Check:
     @property
     def passed(self) -> bool:
         value = self.drop_points if self.kind == "accuracy" else self.output_error
-        return value is not None and not value > self.limit  # NaN fails
+        return value is not None and bool(value <= self.limit)  # NaN fails
 
     def summary(self) -> str:
         if self.kind == "accuracy":
@@ -215,7 +215,13 @@ def quantize_onnx(fp32_path: str | Path, calib: np.ndarray, settings: QuantizeSe
     warn = warn or (lambda _m: None)
     settings.validate()
     fp32_path = Path(fp32_path)
-    proto = onnx.load(str(fp32_path), load_external_data=False)
+    if not fp32_path.is_file():
+        raise ExportError(f"fp32 model not found: {fp32_path}; export it first with `slimkit export SOURCE --onnx`")
+    try:
+        proto = onnx.load(str(fp32_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise ExportError(f"{fp32_path} is not an ONNX model ({type(exc).__name__}); export one with "
+                          "`slimkit export SOURCE --onnx`") from exc
     input_name = proto.graph.input[0].name
     batch = _fixed_batch(proto)
     step = batch or 32
