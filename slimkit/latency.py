@@ -9,7 +9,8 @@ identical re-runs do not fail while a real slow-down does.
 
 Backends: ``ort-cpu`` (default; onnxruntime is 3.7-4.9x faster than eager PyTorch at batch 1 on
 these CPUs, so that is where latency matters), ``ort-cuda``, ``torch`` (eager) and
-``torch-compile`` on ``--device``.
+``torch-compile`` on ``--device``, and ``openvino-cpu`` (the optional OpenVINO extra, always at an
+explicit f32 inference precision: its CPU plugin would otherwise pick bf16 on CPUs that have it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import onnxruntime as ort
 import torch
 
 from slimkit.errors import SlimkitError
+from slimkit.exporters.openvino import compile_onnx, openvino_version  # imports OpenVINO itself only when used
 from slimkit.files import atomic_write_text
 from slimkit.generator import generate
 from slimkit.plots import plot_latency
@@ -39,7 +41,7 @@ __all__ = ["BACKENDS", "LatencyError", "Candidate", "LatencyReport", "physical_c
            "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT", "model_fingerprint",
            "read_baseline", "write_baseline"]
 
-BACKENDS = ("ort-cpu", "ort-cuda", "torch", "torch-compile")
+BACKENDS = ("ort-cpu", "ort-cuda", "torch", "torch-compile", "openvino-cpu")
 REPORT_FORMAT = "slimkit.latency/1"
 CONFIDENCE = 0.95
 
@@ -110,6 +112,21 @@ def _ort_runner(c: Candidate, backend: str, threads: int) -> Callable[[], None]:
     return lambda: session.run(None, feed)
 
 
+def _openvino_runner(c: Candidate, threads: int) -> Callable[[], None]:
+    """OpenVINO's CPU plugin at f32; the runner carries the precision OpenVINO reports (``.precision``)."""
+    if c.onnx_path is None:
+        raise LatencyError(f"{c.name}: backend openvino-cpu needs an ONNX file")
+    compiled, precision = compile_onnx(c.onnx_path, threads=threads, precision="f32")
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal(c.input_shape).astype(np.float32)
+
+    def run() -> None:
+        request.infer({0: x})
+
+    run.precision = precision  # type: ignore[attr-defined]
+    return run
+
+
 def _torch_runner(c: Candidate, backend: str, device: str) -> Callable[[], None]:
     if c.module is None and c.plan:  # built only for PyTorch backends; weights do not change latency
         c.module = generate(c.plan)
@@ -136,6 +153,8 @@ def make_runner(c: Candidate, backend: str, threads: int, device: str = "cpu") -
         raise LatencyError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     if backend.startswith("ort"):
         return _ort_runner(c, backend, threads)
+    if backend == "openvino-cpu":
+        return _openvino_runner(c, threads)
     torch.set_num_threads(threads)
     return _torch_runner(c, backend, device)
 
@@ -195,7 +214,10 @@ class LatencyReport:
         ref = self.models[0]["name"]
         lines = [f"# Latency: {self.backend}, batch {self.batch}, {self.threads} thread(s)", "",
                  f"{self.device}; {self.runs} interleaved rounds after {self.warmup} warm-up rounds. "
-                 f"Ratio = median of per-round ratios to **{ref}** ({int(CONFIDENCE * 100)}% CI).", "",
+                 f"Ratio = median of per-round ratios to **{ref}** ({int(CONFIDENCE * 100)}% CI)."
+                 + (f" OpenVINO {self.environment.get('openvino', '')}, inference precision "
+                    f"{', '.join(sorted({m.get('precision', '?') for m in self.models}))}."
+                    if self.backend == "openvino-cpu" else ""), "",
                  "| model | input | MMACs | min ms | median ms | p90 ms | p99 ms | per s | ratio | CI |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for m in self.models:
@@ -254,11 +276,15 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
                        "onnx": c.spec.get("path") if c.spec.get("kind") == "onnx" else None,
                        "flops": c.flops, "params": c.params,
                        "stats": summarize(times[j], batch), "ratio": ratio, "ratio_ci": [lo, hi], "spec": c.spec})
+        if hasattr(runners[j], "precision"):  # the inference precision the runtime reports it ran at
+            models[-1]["precision"] = runners[j].precision
     device_text = cpu_description()
     if backend in ("ort-cuda",) or (backend.startswith("torch") and device.startswith("cuda")):
         device_text = torch.cuda.get_device_name(0)
     env = {"onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "machine": platform.node(), "malloc": "tuned" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default"}
+    if backend == "openvino-cpu":
+        env["openvino"] = openvino_version()
     return LatencyReport(backend=backend, device=device_text, threads=threads, batch=batch, warmup=warmup,
                          runs=runs, models=models, times_ms={c.name: times[j].tolist() for j, c in enumerate(candidates)},
                          environment=env)

@@ -13,6 +13,7 @@ from rich.table import Table
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
 from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
+from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
 from slimkit.latency import BACKENDS, LatencyError, check_regression, measure, read_baseline, write_baseline
 
@@ -53,12 +54,26 @@ def measure_with_progress(candidates, *, backend, threads, warmup, runs, device)
     return report
 
 
+def _openvino_parity(report, cands, threads: int | None) -> None:
+    """A latency from another runtime only means something if it computes the same outputs: check
+    each file against onnxruntime, print it, and record it in the report (``openvino_parity``)."""
+    for c, m in zip(cands, report.models):
+        parity = openvino_parity(c.onnx_path, threads=threads)
+        m["openvino_parity"] = parity.to_dict()
+        verdict = {True: "[green]ok[/]", False: "[bold red]MISMATCH[/]", None: "(int8: rounding differs, not judged)"}[
+            parity.passed]
+        limit = f" ≤ {parity.tolerance:g}" if parity.tolerance else ""
+        console.print(f"parity {c.name}: OpenVINO {parity.precision} vs onnxruntime, max |diff| "
+                      f"{parity.max_rel_diff:.1e}{limit} of the largest output ({parity.output_scale:.3g}) "
+                      f"{verdict}", highlight=False)
+
+
 @user_errors
 def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files (or plans, checkpoints, architecture names: exported first). Ratios are to the first.")],
     arch: Annotated[Optional[str], typer.Option(help="Also time this architecture's full model, first, as the reference.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="With --baseline: the model the gate compares against (default: the full model of the checked model's plan).")] = None,
-    backend: Annotated[list[str], typer.Option(help="ort-cpu, ort-cuda, torch, torch-compile; repeat for several.")] = ["ort-cpu"],  # noqa: B006
+    backend: Annotated[list[str], typer.Option(help="ort-cpu, ort-cuda, torch, torch-compile, openvino-cpu (f32; also checks each file against onnxruntime); repeat for several.")] = ["ort-cpu"],  # noqa: B006
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads (default: physical cores).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up rounds (not timed).")] = 10,
@@ -97,6 +112,8 @@ def bench(
         for b in backend:
             report = measure_with_progress(cands, backend=b, threads=threads, warmup=warmup, runs=runs, device=device)
             render_report(report)
+            if b == "openvino-cpu":
+                _openvino_parity(report, cands, threads)
             stem = out if len(backend) == 1 else out.with_name(f"{out.name}-{b}")
             written = report.write(stem)
             console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)

@@ -9,11 +9,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from slimkit.artifacts import LoadedModel, default_export_path, load_model, onnx_metadata, plan_candidate
-from slimkit.cli._common import console, err_console, parse_input_size, user_errors
+from slimkit.artifacts import (LoadedModel, default_export_path, load_checkpoint, load_model, onnx_metadata,
+                               plan_candidate)
+from slimkit.cli._common import console, err_console, make_progress, parse_input_size, user_errors
 from slimkit.cli.bench import measure_with_progress, render_report
+from slimkit.data import load_data
 from slimkit.errors import SlimkitError
 from slimkit.exporters import get_exporter
+from slimkit.exporters.int8 import QuantizeSettings, export_int8
 from slimkit.latency import Candidate
 
 
@@ -33,8 +36,19 @@ def export(
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Write a latency report (full model vs this one) beside the file.")] = True,
     threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime threads for the report (default: physical cores).")] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed rounds for the report.")] = 100,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx: onnxruntime static quantization (QDQ, per-channel), checked against fp32.")] = False,
+    data: Annotated[Optional[str], typer.Option(help="--int8 calibration and check data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic (default: a checkpoint's training data).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Where --data lives (default: a checkpoint's).")] = None,
+    calib_images: Annotated[int, typer.Option(min=1, help="--int8: training images to calibrate on.")] = 256,
+    calib_method: Annotated[str, typer.Option(help="--int8: onnxruntime calibrator: minmax, percentile or entropy.")] = "minmax",
+    max_drop: Annotated[float, typer.Option(min=0, help="--int8, trained weights: largest allowed top-1 drop in points on the test split.")] = 1.0,
+    max_output_error: Annotated[float, typer.Option(min=0, help="--int8, untrained weights: largest allowed int8 error, as a fraction of the fp32 outputs' spread.")] = 0.25,
+    eval_images: Annotated[Optional[int], typer.Option(min=1, help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
 ) -> None:
-    """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report."""
+    """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report.
+
+    With --int8, also quantize (onnxruntime, calibrated on --data's training split), check top-1 vs
+    fp32 (or output agreement for untrained weights), and time full fp32, fp32 and int8 together."""
     if not onnx:
         raise SlimkitError("choose an export backend: --onnx")
     out = out or default_export_path(source)
@@ -43,6 +57,7 @@ def export(
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
     src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
+    quant_data = _int8_data(source, src, data, data_dir) if int8 else None  # before exporting: fail fast
     metadata = onnx_metadata(src)
     with console.status(f"exporting {src.description}"):
         result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
@@ -61,20 +76,78 @@ def export(
                                   f"{d['parity_output_scale']:.3g})")):
         table.add_row(key, value)
     console.print(table)
+    int8_file = _export_int8(out, src, quant_data, calib_images=calib_images, calib_method=calib_method,
+                             max_drop=max_drop, max_output_error=max_output_error, eval_images=eval_images,
+                             threads=threads) if int8 else None
     if bench:
-        _latency_report(src, out, batch, threads, runs)
+        _latency_report(src, out, batch, threads, runs, extra=[int8_file] if int8_file else [])
 
 
-def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None, runs: int) -> None:
-    """Full model vs the exported one, interleaved, written as OUT.latency.{json,md,png}."""
+def _int8_data(source: str, src, data: str | None, data_dir: str | None):
+    """The data to calibrate and check on: --data, else the data the checkpoint was trained on."""
+    if data is None and src.trained:
+        config = load_checkpoint(source).get("config", {})
+        data, data_dir = config.get("data"), data_dir or config.get("data_dir")
+    if data is None:
+        raise SlimkitError("--int8 needs calibration images: pass --data fashion-mnist (or cifar10, cifar100, "
+                           "imagefolder:PATH, synthetic) with the data the model is meant for")
+    bundle = load_data(data, data_dir=data_dir, input_size=src.input_size, val_size=0, seed=src.plan.seed)
+    if src.plan.num_classes not in (None, bundle.num_classes):
+        raise SlimkitError(f"--data {data} has {bundle.num_classes} classes but the model {src.plan.num_classes}: "
+                           "pass the data the model was trained for")
+    return bundle
+
+
+def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str, max_drop: float,
+                 max_output_error: float, eval_images: int | None, threads: int | None) -> Path:
+    settings = QuantizeSettings(calib_images=calib_images, calib_method=calib_method, seed=src.plan.seed)
+    progress = make_progress()
+    with progress:
+        task = progress.add_task(f"int8: calibrating on {calib_images} {data.name} training images, then checking",
+                                 total=None)
+        result = export_int8(out, data, trained=src.trained, settings=settings, max_drop=max_drop,
+                             max_output_error=max_output_error, eval_images=eval_images, threads=threads,
+                             warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False),
+                             progress=lambda done, total: (progress.update(task, completed=done, total=total),
+                                                           progress.refresh()))
+    q, check = result.details["quantization"], result.details["check"]
+    table = Table(title=f"int8 export of {src.plan.arch}", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    drop = check["drop_points"]
+    for key, value in (("file", str(result.path)),
+                       ("size", f"{result.size_bytes / 1e6:.2f} MB (fp32 {result.details['fp32_size_bytes'] / 1e6:.2f} MB)"),
+                       ("quantization", f"onnxruntime {q['onnxruntime']} QDQ, per-channel {q['weight_type']} weights, "
+                                        f"{q['activation_type']} activations, {q['calib_method']} calibration"),
+                       ("calibration", f"{q['calib_images_used']} training images; pre-process: {q['preprocess']}"),
+                       ("fp32 top-1", f"{100 * check['fp32_top1']:.2f}%" if drop is not None else "– (untrained)"),
+                       ("int8 top-1", f"{100 * check['int8_top1']:.2f}%" if drop is not None else "– (untrained)"),
+                       ("drop" if drop is not None else "output error",
+                        f"{drop:+.2f} points (≤ {check['limit']:g}) on {check['images']:,} test images" if drop is not None
+                        else f"{check['output_error']:.3f} of the fp32 spread (≤ {check['limit']:g}) on "
+                             f"{check['images']:,} held-out training images"),
+                       ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
+                       ("quantize time", f"{result.export_seconds:.1f} s")):
+        table.add_row(key, value)
+    console.print(table)
+    return result.path
+
+
+def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None, runs: int,
+                    extra: list[Path] = ()) -> None:
+    """Full model vs the exported one (and ``extra`` files: the int8 one), interleaved, written as
+    OUT.latency.{json,md,png}."""
     this = Candidate(name=out.stem, input_shape=(batch, *src.input_size), onnx_path=out, spec={"kind": "onnx"},
                      flops=src.plan.flops, params=src.plan.params)
-    cands = [this]
+    cands = [this] + [Candidate(name=p.stem, input_shape=(batch, *src.input_size), onnx_path=p,
+                                spec={"kind": "onnx", "path": str(p)}, flops=src.plan.flops, params=src.plan.params)
+                      for p in extra]
     full = src.plan.unpruned()
     if full.widths != src.plan.widths or src.plan.expand != 1.0:
         with tempfile.TemporaryDirectory(prefix="slimkit-export-") as tmp:
             ref = plan_candidate(full, Path(tmp), batch, "full-" + full.arch.split(":")[-1])
-            report = measure_with_progress([ref, this], backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
+            report = measure_with_progress([ref, *cands], backend="ort-cpu", threads=threads, warmup=10, runs=runs,
+                                           device="cpu")
     else:
         report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
     render_report(report)

@@ -1,0 +1,391 @@
+"""int8 ONNX: onnxruntime's static post-training quantization, calibrated on training images and
+checked against the fp32 file it came from.
+
+Nothing here quantizes or calibrates by itself: onnxruntime does both. The steps are the ones its
+documentation prescribes for CNNs on CPU:
+
+1. ``quant_pre_process`` (symbolic shape inference + graph optimisation, the "pre-processing"
+   onnxruntime recommends before quantizing; a failure there is a warning, not an error, since
+   quantization works without it, only sometimes less well);
+2. ``quantize_static`` in QDQ format with per-channel weights, signed int8 activations and weights
+   (onnxruntime's recommended default, "S8S8 with QDQ"), calibrated by its MinMax calibrator (or
+   Percentile / Entropy) on ``calib_images`` images of the *training* split, read through
+   :mod:`slimkit.data`, so they carry the normalisation the model was trained with;
+3. a check on onnxruntime for both files, every time:
+
+   * trained weights: top-1 of fp32 vs int8 on the test split; the file is refused when int8
+     loses more than ``max_drop`` points;
+   * untrained weights (plans, architecture names): there is no accuracy to lose, so the check is
+     output agreement on held-out *training* images (calibration-like, not the calibration set):
+     the int8 logits' RMS error relative to how much the fp32 logits vary from image to image.
+     A raw relative error ``|int8 - fp32| / |fp32|`` would look small on random networks because
+     their logits share a large common offset; measured against the input-dependent spread it
+     says how much of what the network computes survives quantization (0 = all, 1 = none).
+     Top-1 agreement is recorded beside it but does not gate: random networks have near-tied
+     logits, so a tiny error can flip the winner.
+
+The int8 file is written atomically beside the fp32 one (``model.onnx`` -> ``model.int8.onnx``)
+only when the check passed; the check's record (``model.int8.check.json``) is written either way,
+so a refused quantization still says by how much it failed. The plan, the quantization settings
+and the check go into the file's ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from slimkit.data import DataBundle, make_loader
+from slimkit.exporters import ExportError, ExportResult
+from slimkit.files import atomic_write, atomic_write_text
+
+__all__ = ["QuantizeSettings", "Int8Check", "Int8CheckError", "CALIBRATION_METHODS", "int8_path",
+           "calibration_images", "quantize_onnx", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
+           "DEFAULT_MAX_OUTPUT_ERROR"]
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_MAX_DROP = 1.0  # top-1 points
+# Untrained models: int8 error / input-dependent spread of the fp32 logits. Measured on resnet20 and
+# mobilenet_v1 with random weights and Fashion-MNIST calibration: 0.02-0.06 (docs/int8.md); a model
+# calibrated on the wrong data or normalisation lands far above 0.25.
+DEFAULT_MAX_OUTPUT_ERROR = 0.25
+INT8_SUFFIX = ".int8.onnx"
+
+
+class Int8CheckError(ExportError):
+    """The int8 model lost more accuracy (or output agreement) than allowed; no int8 file was written."""
+
+
+@dataclass
+class QuantizeSettings:
+    """What onnxruntime is asked to do; recorded in the int8 file's metadata."""
+
+    calib_images: int = 256
+    calib_method: str = "minmax"
+    per_channel: bool = True
+    activation_type: str = "int8"  # onnxruntime's default and recommendation for QDQ on CPU (S8S8)
+    weight_type: str = "int8"
+    quant_format: str = "QDQ"
+    preprocess: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.calib_images < 1:
+            raise ExportError(f"--calib-images must be >= 1, got {self.calib_images}")
+        if self.calib_method not in CALIBRATION_METHODS:
+            raise ExportError(f"unknown --calib-method '{self.calib_method}': choose one of "
+                              f"{', '.join(CALIBRATION_METHODS)}")
+        for what, value in (("activation", self.activation_type), ("weight", self.weight_type)):
+            if value not in ("int8", "uint8"):
+                raise ExportError(f"unknown {what} type '{value}': choose int8 or uint8")
+        if self.quant_format != "QDQ":
+            raise ExportError(f"only the QDQ format is supported, got '{self.quant_format}'")
+
+
+@dataclass
+class Int8Check:
+    """fp32 vs int8 on onnxruntime, both files on the same images."""
+
+    kind: str  # "accuracy" (trained weights, test split) or "agreement" (untrained, held-out train images)
+    images: int
+    split: str
+    top1_agreement: float
+    output_error: float  # RMS(int8 - fp32) / RMS(fp32 - its mean over images)
+    limit: float  # max top-1 drop in points ("accuracy") or max output_error ("agreement")
+    fp32_top1: float | None = None
+    int8_top1: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def drop_points(self) -> float | None:
+        if self.fp32_top1 is None or self.int8_top1 is None:
+            return None
+        return 100.0 * (self.fp32_top1 - self.int8_top1)
+
+    @property
+    def passed(self) -> bool:
+        value = self.drop_points if self.kind == "accuracy" else self.output_error
+        return value is not None and bool(value <= self.limit)  # NaN fails
+
+    def summary(self) -> str:
+        if self.kind == "accuracy":
+            return (f"top-1 on {self.images:,} {self.split} images: fp32 {100 * self.fp32_top1:.2f}%, int8 "
+                    f"{100 * self.int8_top1:.2f}%, drop {self.drop_points:+.2f} points (limit {self.limit:g})")
+        return (f"output agreement on {self.images:,} held-out {self.split} images (untrained weights): "
+                f"error {self.output_error:.3f} of the fp32 spread (limit {self.limit:g}), "
+                f"top-1 agreement {100 * self.top1_agreement:.1f}%")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drop_points": self.drop_points, "passed": self.passed}
+
+
+def int8_path(fp32_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` (same folder)."""
+    p = Path(fp32_path)
+    return p.with_name(p.name[: -len(".onnx")] + INT8_SUFFIX if p.name.endswith(".onnx") else p.name + INT8_SUFFIX)
+
+
+def _check_path(out: Path) -> Path:
+    return out.with_name(out.name[: -len(".onnx")] + ".check.json")
+
+
+# ---------------------------------------------------------------------------- onnxruntime helpers
+def _session(model: str | Path | bytes, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def _fixed_batch(proto: onnx.ModelProto) -> int | None:
+    """The file's batch size, or None when the batch dimension is dynamic."""
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _run(session, x: np.ndarray, batch: int | None) -> np.ndarray:
+    """First output for every row of ``x``, fed in chunks of the file's fixed batch (last one padded)."""
+    name = session.get_inputs()[0].name
+    if batch is None:
+        return session.run(None, {name: x})[0]
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+        outs.append(session.run(None, {name: chunk})[0][:n])
+    return np.concatenate(outs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+# ---------------------------------------------------------------------------- calibration data
+def _rows(n_total: int, n: int, seed: int, skip: int = 0) -> torch.Tensor:
+    """A seeded random choice of ``n`` rows, after skipping the first ``skip`` of the same permutation
+    (so calibration and agreement images never overlap)."""
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    return perm[skip: skip + n].sort().values
+
+
+def _images(dataset, rows: torch.Tensor, batch_size: int = 64) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """Normalised float32 NCHW batches (and labels) of ``dataset`` rows, as slimkit's loaders make them."""
+    loader = make_loader(dataset.subset(rows) if rows is not None else dataset, batch_size, shuffle=False)
+    for x, y in loader:
+        yield x.numpy().astype(np.float32, copy=False), y.numpy()
+
+
+def calibration_images(data: DataBundle, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` images of the training split (seeded random choice), normalised like training did."""
+    if n > len(data.train):
+        raise ExportError(f"--calib-images {n} is more than the {len(data.train):,} training images of "
+                          f"{data.name}: pass at most {len(data.train)}")
+    return np.concatenate([x for x, _ in _images(data.train, _rows(len(data.train), n, seed))])
+
+
+# ---------------------------------------------------------------------------- quantization
+def quantize_onnx(fp32_path: str | Path, calib: np.ndarray, settings: QuantizeSettings,
+                  warn: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """onnxruntime's pre-processing + ``quantize_static`` on ``fp32_path``, in a scratch folder.
+
+    Returns the quantized model (not written anywhere) and what ran, for the metadata."""
+    import onnxruntime
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    warn = warn or (lambda _m: None)
+    settings.validate()
+    fp32_path = Path(fp32_path)
+    if not fp32_path.is_file():
+        raise ExportError(f"fp32 model not found: {fp32_path}; export it first with `slimkit export SOURCE --onnx`")
+    try:
+        proto = onnx.load(str(fp32_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise ExportError(f"{fp32_path} is not an ONNX model ({type(exc).__name__}); export one with "
+                          "`slimkit export SOURCE --onnx`") from exc
+    input_name = proto.graph.input[0].name
+    batch = _fixed_batch(proto)
+    step = batch or 32
+    if batch is not None and len(calib) < batch:
+        raise ExportError(f"--calib-images {len(calib)} is fewer than the file's batch size {batch}")
+
+    class _Reader(CalibrationDataReader):
+        """The calibration images in the file's batch size (a remainder that does not fill a batch is left out)."""
+
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            chunk = calib[self.i:self.i + step]
+            if len(chunk) == 0 or (batch is not None and len(chunk) < batch):
+                return None
+            self.i += step
+            return {input_name: np.ascontiguousarray(chunk)}
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[settings.calib_method]
+    used = batch * (len(calib) // batch) if batch else len(calib)
+    record: dict[str, Any] = {"tool": "onnxruntime.quantization.quantize_static",
+                              "onnxruntime": onnxruntime.__version__, **asdict(settings),
+                              "calib_images_used": used}
+    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as tmp:
+        source = fp32_path
+        if settings.preprocess:
+            pre = Path(tmp) / "preprocessed.onnx"
+            try:
+                quant_pre_process(str(fp32_path), str(pre))
+                source = pre
+                record["preprocess"] = "quant_pre_process"
+            except Exception as exc:  # noqa: BLE001 - shape inference raises anything; quantizing still works
+                warn(f"onnxruntime's quant_pre_process failed ({_first_line(exc)}); quantized the graph as exported")
+                record["preprocess"] = f"failed: {_first_line(exc)}"
+        else:
+            record["preprocess"] = "skipped"
+        quantized = Path(tmp) / "model.int8.onnx"
+        try:
+            quantize_static(str(source), str(quantized), _Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=settings.per_channel, activation_type=qtype[settings.activation_type],
+                            weight_type=qtype[settings.weight_type], calibrate_method=method,
+                            extra_options={"CalibTensorRangeSymmetric": False})
+            result = onnx.load(str(quantized))
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's quantizer raises anything
+            raise ExportError(f"onnxruntime could not quantize {fp32_path.name} ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); the fp32 file is kept; try --calib-method minmax or "
+                              "export with another --opset") from exc
+    counts: dict[str, int] = {}
+    for node in result.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    record["quantize_linear_nodes"] = counts.get("QuantizeLinear", 0)
+    if record["quantize_linear_nodes"] == 0:
+        raise ExportError(f"onnxruntime quantized nothing in {fp32_path.name} (no QuantizeLinear node): it has no "
+                          "Conv/MatMul/Gemm it can quantize; ship the fp32 file")
+    return result, record
+
+
+def _output_error(fp32: np.ndarray, int8: np.ndarray) -> float:
+    spread = fp32 - fp32.mean(axis=0, keepdims=True)
+    denom = math.sqrt(float(np.mean(spread.astype(np.float64) ** 2)))
+    err = math.sqrt(float(np.mean((int8.astype(np.float64) - fp32) ** 2)))
+    return err / denom if denom > 0 else (0.0 if err == 0 else math.inf)
+
+
+def check_int8(fp32: str | Path | bytes, int8: str | Path | bytes, data: DataBundle, *, trained: bool,
+               max_drop: float = DEFAULT_MAX_DROP, max_output_error: float = DEFAULT_MAX_OUTPUT_ERROR,
+               eval_images: int | None = None, calib_images: int = 0, seed: int = 0,
+               threads: int | None = None, progress: Callable[[int, int], None] | None = None) -> Int8Check:
+    """fp32 vs int8 on onnxruntime over the same images (see the module docstring for which)."""
+    t0 = time.perf_counter()
+    s32, s8 = _session(fp32, threads), _session(int8, threads)
+    batch = _fixed_batch(onnx.load_model_from_string(fp32) if isinstance(fp32, bytes) else
+                         onnx.load(str(fp32), load_external_data=False))
+    if trained:
+        dataset, split = data.test, "test"
+        n = min(eval_images or len(dataset), len(dataset))
+        rows = None if n == len(dataset) else _rows(len(dataset), n, seed)
+    else:
+        dataset, split = data.train, "train"
+        n = min(eval_images or 512, len(dataset) - calib_images)
+        if n < 2:
+            raise ExportError(f"{data.name} has no training images left beyond the {calib_images} used to "
+                              "calibrate: pass fewer --calib-images")
+        rows = _rows(len(dataset), n, seed, skip=calib_images)  # the calibration rows are the first ones
+    out32, out8, labels, done = [], [], [], 0
+    for x, y in _images(dataset, rows):
+        out32.append(_run(s32, x, batch))
+        out8.append(_run(s8, x, batch))
+        labels.append(y)
+        done += len(x)
+        if progress is not None:
+            progress(done, n)
+    f, q, y = np.concatenate(out32), np.concatenate(out8), np.concatenate(labels)
+    agree = float(np.mean(f.argmax(1) == q.argmax(1)))
+    check = Int8Check(kind="accuracy" if trained else "agreement", images=int(len(y)), split=split,
+                      top1_agreement=agree, output_error=_output_error(f, q),
+                      limit=max_drop if trained else max_output_error, seconds=0.0)
+    if trained:
+        check.fp32_top1 = float(np.mean(f.argmax(1) == y))
+        check.int8_top1 = float(np.mean(q.argmax(1) == y))
+    check.seconds = time.perf_counter() - t0
+    return check
+
+
+def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool, settings: QuantizeSettings | None = None,
+                out: str | Path | None = None, max_drop: float = DEFAULT_MAX_DROP,
+                max_output_error: float = DEFAULT_MAX_OUTPUT_ERROR, eval_images: int | None = None,
+                metadata: dict[str, str] | None = None, threads: int | None = None,
+                warn: Callable[[str], None] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> ExportResult:
+    """Quantize an exported fp32 file, check it, and write ``model.int8.onnx`` beside it.
+
+    ``data`` gives calibration images (training split) and check images; ``trained`` says whether
+    the weights are trained (accuracy check on the test split) or not (output agreement).
+    Raises :class:`Int8CheckError` (and writes no int8 file) when the check fails."""
+    settings = settings or QuantizeSettings()
+    settings.validate()
+    if max_drop < 0 or not math.isfinite(max_drop):
+        raise ExportError(f"--max-drop must be a non-negative number of top-1 points, got {max_drop}")
+    if eval_images is not None and eval_images < 1:
+        raise ExportError(f"--eval-images must be >= 1, got {eval_images}")
+    fp32_path = Path(fp32_path)
+    out = Path(out) if out is not None else int8_path(fp32_path)
+    if out.resolve() == fp32_path.resolve():
+        raise ExportError(f"the int8 file would overwrite the fp32 file {fp32_path}; choose another name")
+    t0 = time.perf_counter()
+    calib = calibration_images(data, settings.calib_images, settings.seed)
+    proto, record = quantize_onnx(fp32_path, calib, settings, warn)
+    record["calib_data"] = data.description
+    record["calib_split"] = "train"
+    quantize_seconds = time.perf_counter() - t0
+
+    props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    props.update(metadata or {})
+    props.update({"slimkit.precision": "int8", "slimkit.quantization": json.dumps(record),
+                  "slimkit.fp32_file": fp32_path.name})
+    onnx.helper.set_model_props(proto, props)
+    data_bytes = proto.SerializeToString()
+
+    check = check_int8(fp32_path, data_bytes, data, trained=trained, max_drop=max_drop,
+                       max_output_error=max_output_error, eval_images=eval_images,
+                       calib_images=settings.calib_images, seed=settings.seed, threads=threads, progress=progress)
+    record_path = _check_path(out)
+    atomic_write_text(record_path, json.dumps({"fp32": str(fp32_path), "int8": str(out), "written": check.passed,
+                                               "check": check.to_dict(), "quantization": record}, indent=1) + "\n")
+    if not check.passed:
+        out.unlink(missing_ok=True)  # an int8 file from an earlier run must not pass for this one
+        how = ("try --calib-images 1024 or --calib-method percentile, or raise --max-drop" if trained else
+               "check that --data is the data the model is meant for, or raise --max-output-error")
+        raise Int8CheckError(f"int8 check failed, no int8 file written: {check.summary()}; {how} "
+                             f"(record: {record_path})")
+
+    props["slimkit.int8_check"] = json.dumps(check.to_dict())
+    onnx.helper.set_model_props(proto, props)
+    data_bytes = proto.SerializeToString()
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data_bytes))
+    return ExportResult(path=out, backend="onnx-int8", size_bytes=len(data_bytes), export_seconds=quantize_seconds,
+                        details={"quantization": record, "check": check.to_dict(), "check_record": str(record_path),
+                                 "fp32_size_bytes": fp32_path.stat().st_size})
