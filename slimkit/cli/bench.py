@@ -11,7 +11,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
+from rich.markup import escape
+
+from slimkit import validate as limits
+from slimkit.cli._common import check_out_parent, checked_numbers, console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.flops import format_count
 
@@ -28,10 +31,22 @@ def render_report(report) -> None:
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col in ("model", "95% CI"))
     for m in report.models:
         s = m["stats"]
-        table.add_row(m["name"], format_count(m["flops"]) if m.get("flops") else "–",
+        table.add_row(escape(m["name"]), format_count(m["flops"]) if m.get("flops") else "–",
                       f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['throughput_per_s']:.1f}",
                       f"{m['ratio']:.3f}", f"{m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f}")
     console.print(table)
+
+
+def resolve_bench_device(backends: list[str], device: str) -> str:
+    """--device for the torch backends, checked before exporting or timing anything; slimkit.device
+    decides (an absent GPU is the same one-line error as in prune and train)."""
+    from slimkit.device import resolve_device
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise SlimkitError(f"unknown --device '{device}': use cpu, cuda or auto")
+    if not any(b.startswith("torch") for b in backends):
+        return device if device != "auto" else "cpu"  # onnxruntime backends choose by --backend
+    return str(resolve_device(device))
 
 
 def parse_fraction(text: str) -> float:
@@ -77,6 +92,8 @@ def _reference_for(model, reference: str | None, arch: str | None, workdir: Path
 
 
 @user_errors
+@checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, warmup=limits.NON_NEGATIVE_COUNT,
+                 runs=limits.RUNS, num_classes=limits.SMALL_COUNT)
 def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files (or plans, checkpoints, architecture names: exported first). Ratios are to the first.")],
     arch: Annotated[Optional[str], typer.Option(help="Also time this architecture's full model, first, as the reference.")] = None,
@@ -86,7 +103,7 @@ def bench(
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up rounds (not timed).")] = 10,
     runs: Annotated[int, typer.Option(min=1, help="Timed rounds; each round runs every model once.")] = 100,
-    device: Annotated[str, typer.Option(help="Device for the torch backends: cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Device for the torch backends: cpu, cuda or auto (ort-cuda needs no --device).")] = "cpu",
     num_classes: Annotated[Optional[int], typer.Option(help="Classes for architecture names (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Input size for architecture names, e.g. 224.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png.")] = Path("runs/bench/latency"),
@@ -100,9 +117,9 @@ def bench(
     for b in backend:
         if b not in BACKENDS:
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
-    if batch < 1:
-        raise SlimkitError(f"--batch must be >= 1, got {batch}")
+    device = resolve_bench_device(backend, device)
     size = parse_input_size(input_size)
+    check_out_parent(out)
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         workdir = Path(tmp)
         if baseline is not None:
@@ -124,7 +141,7 @@ def bench(
             render_report(report)
             stem = out if len(backend) == 1 else out.with_name(f"{out.name}-{b}")
             written = report.write(stem)
-            console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+            console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
 
 
 def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, threads, batch, warmup, runs, device,
@@ -151,7 +168,7 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
         data["gate"] = {"model": m["name"], "input_shape": m["input_shape"], "reference": ref.name,
                         "reference_spec": spec, "ratio": m["ratio"], "ratio_ci": m["ratio_ci"]}
         atomic_write_text(baseline, json.dumps(data, indent=1) + "\n")
-        console.print(f"recorded baseline {baseline}: {m['name']} / {ref.name} = {m['ratio']:.3f} "
+        console.print(f"recorded baseline {escape(str(baseline))}: {m['name']} / {ref.name} = {m['ratio']:.3f} "
                       f"(95% CI {m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f})", highlight=False)
         return 0
 
@@ -174,5 +191,5 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
     render_report(report)
     report.write(out)
     result = check_regression(report, gate, tolerance)
-    console.print(result.message, style="green" if result.passed else "bold red", highlight=False)
+    console.print(result.message, style="green" if result.passed else "bold red", highlight=False, markup=False)
     return 0 if result.passed else 1

@@ -9,7 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from slimkit.cli._common import console, err_console, parse_input_size, user_errors
+from rich.markup import escape
+
+from slimkit import validate as limits
+from slimkit.cli._common import check_out_parent, checked_numbers, console, parse_input_size, user_errors, warn
 from slimkit.errors import SlimkitError
 
 
@@ -32,9 +35,11 @@ def onnx_metadata(src) -> dict[str, str]:
 
 
 @user_errors
+@checked_numbers(opset=limits.OPSET, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT, atol=limits.ATOL,
+                 threads=limits.SMALL_COUNT, runs=limits.RUNS)
 def export(
     source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name.")],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the default, and so far the only backend).")] = True,
+    onnx: Annotated[bool, typer.Option("--onnx", show_default=False, help="Export to ONNX: always on (the only backend so far); the flag may be given for clarity.")] = True,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: model.onnx beside a checkpoint, PLAN.onnx beside a plan).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make the batch dimension dynamic.")] = False,
@@ -52,21 +57,21 @@ def export(
     from slimkit.exporters import get_exporter
     from slimkit.source import load_source
 
-    if not onnx:
-        raise SlimkitError("choose an export backend: --onnx")
+    del onnx  # always ONNX: the flag exists so a script may say so
     out = out or default_out(source)
     if out.suffix != ".onnx":
         raise SlimkitError(f"--out {out} should end in .onnx")
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
+    check_out_parent(out)
     src = load_source(source, num_classes=num_classes, input_size=parse_input_size(input_size))
     metadata = onnx_metadata(src)
-    with console.status(f"exporting {src.description}"):
+    with console.status(f"exporting {escape(src.description)}"):
         result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
                                       dynamic_batch=dynamic_batch, simplify=simplify, exporter=exporter, atol=atol,
-                                      warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False))
+                                      warn=warn)
     d = result.details
-    table = Table(title=f"ONNX export of {src.plan.arch}", show_header=False)
+    table = Table(title=escape(f"ONNX export of {src.plan.arch}"), show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
     for key, value in (("file", str(out)), ("size", f"{result.size_bytes / 1e6:.2f} MB"),
@@ -76,7 +81,7 @@ def export(
                        ("export time", f"{result.export_seconds:.1f} s"),
                        ("parity", f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e} (≤ {atol:g}; outputs up to "
                                   f"{d['parity_output_scale']:.3g})")):
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
     console.print(table)
     if bench:
         _latency_report(src, out, batch, threads, runs)
@@ -101,4 +106,4 @@ def _latency_report(src, out: Path, batch: int, threads: int | None, runs: int) 
         report = _measure(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
     render_report(report)
     written = report.write(out.with_suffix(".latency"))
-    console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False, markup=False)

@@ -10,28 +10,35 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from rich.markup import escape
+
 from slimkit import distributed
-from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
-from slimkit.errors import SlimkitError
+from slimkit import validate as limits
+from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress, parse_input_size, say_plain,
+                                 user_errors)
+from slimkit.errors import PlanError, SlimkitError
 from slimkit.flops import format_count
-from slimkit.plan import ChannelPlan, save_plan
+from slimkit.plan import ChannelPlan, load_plan, save_plan
 
 
 def render_plan(plan: ChannelPlan, title: str) -> None:
     """Rich table of a plan: widths before/after per group, then totals."""
-    table = Table(title=title, show_lines=False)
+    table = Table(title=escape(title), show_lines=False)
     for col, just in (("group", "left"), ("full", "right"), ("width", "right"), ("keep", "right")):
         table.add_column(col, justify=just)
     for name, g in plan.groups.items():
         ratio = g["width"] / g["full"]
         style = "green" if ratio > 1 else ("yellow" if ratio < 0.5 else "")
-        table.add_row(name, str(g["full"]), str(g["width"]), f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}")
+        table.add_row(escape(name), str(g["full"]), str(g["width"]), f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}")
     console.print(table)
     full_flops = plan.search.get("full_flops")
     full_params = plan.search.get("full_params")
     line = f"MACs {format_count(plan.flops)}"
     if full_flops:
-        line += f" ({100 * plan.flops / full_flops:.1f}% of {format_count(full_flops)})"
+        line += f" ({100 * plan.flops / full_flops:.1f}% of {format_count(full_flops)}"
+        if plan.num_classes is not None:  # `slimkit info` counts the model's own head (often 1000 classes)
+            line += f" with a {plan.num_classes}-class head"
+        line += ")"
     line += f"   params {format_count(plan.params)}"
     if full_params:
         line += f" ({100 * plan.params / full_params:.1f}% of {format_count(full_params)})"
@@ -40,16 +47,35 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
         line += f"   budget {plan.budget['text']}"
         if plan.budget["kind"] == "flops" and target:
             line += f" = {format_count(target)} (off by {100 * (plan.flops - target) / target:+.2f}%)"
-    console.print(line, highlight=False)
+    console.print(line, highlight=False, markup=False)
     if plan.latency:
         lat = plan.latency
         target_ms = lat["target_ratio"] * lat["full_median_ms"]
         console.print(f"latency {lat['ratio_to_full'] * lat['full_median_ms']:.3f} ms = {lat['ratio_to_full']:.3f}x the full "
                       f"model (95% CI {lat['ratio_ci'][0]:.3f}-{lat['ratio_ci'][1]:.3f}); budget {target_ms:.3f} ms, "
-                      f"measured on {lat['backend']}, {lat['threads']} thread(s), batch {lat['batch']}", highlight=False)
+                      f"measured on {lat['backend']}, {lat['threads']} thread(s), batch {lat['batch']}", highlight=False,
+                      markup=False)
+
+
+def check_out(out: Path) -> None:
+    """Before minutes of work: --out must be a file we may replace (absent, or an old plan)."""
+    if out.is_dir():
+        raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
+    check_out_parent(out)
+    if out.exists():
+        try:
+            load_plan(out)
+        except PlanError:
+            raise SlimkitError(f"--out {out} exists and is not a slimkit plan: slimkit will not overwrite it; "
+                               "choose another --out or move the file away") from None
 
 
 @user_errors
+@checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT,
+                 in_chans=limits.IN_CHANS, expand=limits.EXPAND, round_to=limits.ROUND_TO,
+                 tolerance=limits.TOLERANCE, seed=limits.SEED, gamma=limits.GAMMA, lr=limits.LR,
+                 epochs=limits.EPOCHS_FRACTIONAL, steps=limits.COUNT, batch_size=limits.COUNT,
+                 search_size=limits.SIDE, val_size=limits.NON_NEGATIVE_COUNT)
 def prune(
     arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:efficientnet_b0.")],
     flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
@@ -81,7 +107,11 @@ def prune(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
 ) -> None:
-    """Plan a thinner network that meets a FLOPs or parameter budget."""
+    """Plan a thinner network that meets a FLOPs, parameter or measured-latency budget.
+
+    Budgets: --flops 150M (or 50% of the full model's MACs), --params 2.1M, or --latency 8ms (or 50%
+    of the full model's latency), timed on --backend with --threads and --batch while searching.
+    """
     from slimkit.budget import parse_budget
     from slimkit.prune import prune as run_prune
 
@@ -98,8 +128,7 @@ def prune(
     size = parse_input_size(input_size)
     if size and in_chans:
         size = (in_chans, size[1], size[2])
-    if out.exists() and out.is_dir():
-        raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
+    check_out(out)
     start = time.perf_counter()
     options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
                    round_to=round_to, seed=seed, tolerance=tolerance, data=data, data_dir=data_dir, preset=preset,
@@ -113,24 +142,17 @@ def prune(
         return
     progress = make_progress()
     with progress:
-        task = progress.add_task(f"tracing {arch}", total=None)
-        def log(msg: str) -> None:
-            progress.console.print(msg, highlight=False)
+        task = progress.add_task(f"tracing {arch}", total=None)  # ends when gate learning starts
         try:
-            plan = run_prune(arch, budget, **options, progress=progress, log=log)
+            plan = run_prune(arch, budget, **options, progress=progress, log=say_plain(progress))
         finally:
             distributed.cleanup()
         progress.remove_task(task)
     render_plan(plan, f"{plan.arch} — {method} plan")
     save_plan(plan, out)
-    console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)")
+    console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)", markup=False)
     if plan.method == "scratch":
-        s = plan.search
-        console.print(f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} "
-                      f"on random frozen weights), mean λ {s['gates']['mean']:.3f}, "
-                      + (f"threshold τ {s['threshold']:.4f}, " if s["threshold"] is not None else
-                         "channels taken in gate order (no single τ within tolerance), ")
-                      + f"{s['seconds']:.0f}s", highlight=False)
+        console.print(gate_summary(plan), highlight=False, markup=False)
     if plot:
         from slimkit.plots import plot_channels, uniform_reference
 
@@ -140,4 +162,18 @@ def prune(
             if ref is not None:
                 others["uniform"] = ref
         png = plot_channels(plan, out.with_suffix(".png"), others)
-        console.print(f"wrote {png}")
+        console.print(f"wrote {png}", markup=False)
+
+
+def gate_summary(plan: ChannelPlan) -> str:
+    """One line on the learned gates and how widths were picked from them: a threshold τ (FLOPs and
+    parameter budgets), gate order, or the latency search (a latency budget has no single τ)."""
+    s = plan.search
+    if plan.latency is not None:
+        how = f"widths from the measured-latency search ({s.get('latency_search', {}).get('selection', 'done')}), "
+    elif s.get("threshold") is not None:
+        how = f"threshold τ {s['threshold']:.4f}, "
+    else:
+        how = "channels taken in gate order (no single τ within tolerance), "
+    return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} on random "
+            f"frozen weights), mean λ {s['gates']['mean']:.3f}, {how}{s['seconds']:.0f}s")

@@ -27,7 +27,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from slimkit.cli._common import console, err_console, make_progress, user_errors
+from rich.markup import escape
+
+from slimkit.cli._common import console, make_progress, say_plain, user_errors, warn
 from slimkit.errors import SlimkitError
 from slimkit.flops import format_count
 
@@ -139,11 +141,11 @@ def check_folder(recipe, lay: Layout) -> bool:
 
 # ---------------------------------------------------------------------------- stages
 def _log(progress):
-    return lambda msg: progress.console.print(msg, highlight=False)
+    return say_plain(progress)
 
 
 def _stage(name: str, text: str) -> None:
-    console.print(f"[bold cyan]{name}[/] {text}", highlight=False)
+    console.print(f"[bold cyan]{name}[/] {escape(text)}", highlight=False)
 
 
 def _shape_kwargs(recipe) -> dict[str, Any]:
@@ -199,7 +201,7 @@ def _prune_stage(recipe, lay: Layout):
             console.print(f"  MACs {format_count(plans[key].flops)}, params {format_count(plans[key].params)} "
                           f"({time.perf_counter() - start:.1f}s)", highlight=False)
         save_plan(plans[key], path)
-        console.print(f"  wrote {path}", highlight=False)
+        console.print(f"  wrote {path}", highlight=False, markup=False)
     if not lay.plan_png.exists():
         from slimkit.plots import plot_channels
 
@@ -248,7 +250,7 @@ def _export_stage(recipe, lay: Layout) -> None:
         result = get_exporter("onnx")(src.model, src.input_size, lay.onnx, batch=recipe.bench.batch,
                                       metadata=onnx_metadata(src), opset=e.opset, dynamic_batch=e.dynamic_batch,
                                       exporter=e.exporter,
-                                      warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False))
+                                      warn=warn)
     d = result.details
     _stage("export", f"wrote {lay.onnx} ({result.size_bytes / 1e6:.2f} MB, {d['exporter']} opset {d['opset']}, "
                      f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e}, {result.export_seconds:.1f}s)")
@@ -283,7 +285,7 @@ def _bench_stage(recipe, lay: Layout, plans: dict[str, Any]) -> None:
                           device="cpu")
     render_report(report)
     written = report.write(lay.latency)
-    console.print("  wrote " + ", ".join(str(p) for p in written), highlight=False)
+    console.print("  wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------- summary
@@ -388,7 +390,8 @@ def run(
     if dry_run:
         from slimkit import registry
 
-        console.print(f"# resolved recipe ({recipe}{', with --set overrides' if set_ else ''})", highlight=False)
+        console.print(f"# resolved recipe ({recipe}{', with --set overrides' if set_ else ''})", highlight=False,
+                      markup=False)
         console.print(resolved, highlight=False, markup=False, soft_wrap=True)
         b = r.prune.budget()
         what = (f"{b.fraction:.0%} of the full model's {'latency' if b.kind == 'latency' else 'MACs'}"
@@ -398,20 +401,20 @@ def run(
             what += f" ({reach})"
         console.print(f"arch {r.arch} -> {registry.resolve(r.arch).canonical}; budget {what}; "
                       f"run folder {lay.root}" + (" (holds this recipe: finished stages are skipped)" if same else ""),
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
         table = Table(title=f"stages, in {lay.root}/")
         for col in ("stage", "writes", "what, and whether it would run now"):
             table.add_column(col)
         for stage, outputs in _stage_list(r, lay):
             for i, (path, text) in enumerate(outputs):
                 name = path.relative_to(lay.root).as_posix() + ("/" if path.name.startswith("train") else "")
-                table.add_row(stage if i == 0 else "", name, text)
+                table.add_row(stage if i == 0 else "", escape(name), escape(text))
         console.print(table)
         from slimkit.data import data_missing
 
         missing = data_missing(r.data.name, r.data.data_dir)
         if missing:
-            console.print(f"[yellow]warning:[/] data not available here: {missing}", highlight=False, soft_wrap=True)
+            warn(f"data not available here: {missing}")
         return
     start = time.perf_counter()
     from slimkit.plan import folder_lock
@@ -438,4 +441,5 @@ def _run_stages(r, recipe: Path, lay: Layout, same: bool, resolved: str, start: 
     _write_if_changed(lay.summary_json, json.dumps(summary, indent=1) + "\n")
     _write_if_changed(lay.summary_md, summary_markdown(summary))
     render_summary(summary)
-    console.print(f"wrote {lay.summary_json}, {lay.summary_md}  ({time.perf_counter() - start:.1f}s)", highlight=False)
+    console.print(f"wrote {lay.summary_json}, {lay.summary_md}  ({time.perf_counter() - start:.1f}s)", highlight=False,
+                  markup=False)

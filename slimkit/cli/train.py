@@ -11,11 +11,16 @@ from typing import Annotated, Optional
 import typer
 
 from slimkit import distributed
-from slimkit.cli._common import console, make_progress, user_errors
-from slimkit.errors import SlimkitError
+from slimkit import validate as limits
+from slimkit.cli._common import (check_out_folder, checked_numbers, console, make_progress, say_plain,
+                                 user_errors)
 
 
 @user_errors
+@checked_numbers(epochs=limits.COUNT, batch_size=limits.COUNT, lr=limits.LR, weight_decay=limits.WEIGHT_DECAY,
+                 label_smoothing=limits.LABEL_SMOOTHING, warmup_epochs=limits.WARMUP_EPOCHS, seed=limits.SEED,
+                 workers=limits.Range(0, 256, integer=True), max_steps_per_epoch=limits.COUNT,
+                 accum_steps=limits.Range(1, 65_536, integer=True))
 def train(
     source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name for the unpruned baseline.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
@@ -48,17 +53,18 @@ def train(
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, seed=seed,
                       device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch,
                       accum_steps=accum_steps, sync_bn=sync_bn)
-    if accum_steps < 1:
-        raise SlimkitError(f"--accum-steps must be >= 1, got {accum_steps}")
+    check_out_folder(out)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     progress = make_progress() if main else None
     try:
         with progress or contextlib.nullcontext():
             result = run_train(source, out, cfg, resume=resume, progress=progress,
-                               log=lambda m: progress.console.print(m, highlight=False) if progress else None)
+                               log=say_plain(progress) if progress else None)
     finally:
         distributed.cleanup()
     if result.metrics and main:
         final = result.metrics[-1]
+        epochs_text = f"{final['epoch']} epoch" + ("" if final["epoch"] == 1 else "s")
         console.print(f"final: test top-1 {final['test_top1']:.4f}, top-5 {final['test_top5']:.4f} after "
-                      f"{final['epoch']} epochs; wrote {out}/checkpoint.pt, metrics.json, curves.png", highlight=False)
+                      f"{epochs_text}; wrote {out}/checkpoint.pt, metrics.json, curves.png", highlight=False,
+                      markup=False)
