@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from slimkit import registry
+from slimkit import validate as limits
 from slimkit.budget import Budget, check_budget, max_widths, parse_budget, search_threshold, search_uniform
 from slimkit.device import resolve_device
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.generator import channel_graph, generate, resize_model
 from slimkit.plan import ChannelPlan
+from slimkit.validate import check_number
 
 __all__ = ["prune", "arch_kwargs_for", "METHODS"]
 
@@ -57,10 +59,15 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     """
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
-    if expand < 1.0:
-        raise SlimkitError(f"--expand must be >= 1.0 (channel expansion widens the supernet), got {expand}")
-    if round_to < 1:
-        raise SlimkitError(f"--round-to must be >= 1, got {round_to}")
+    for name, value, allowed in (  # the CLI checks the same ranges; this is for Python callers
+            ("expand", expand, limits.EXPAND), ("round_to", round_to, limits.ROUND_TO), ("seed", seed, limits.SEED),
+            ("tolerance", tolerance, limits.TOLERANCE), ("gamma", gamma, limits.GAMMA), ("lr", lr, limits.LR),
+            ("batch_size", batch_size, limits.COUNT), ("epochs", epochs, limits.EPOCHS_FRACTIONAL),
+            ("steps", steps, limits.COUNT), ("search_size", search_size, limits.SIDE),
+            ("val_size", val_size, limits.NON_NEGATIVE_COUNT), ("threads", threads, limits.SMALL_COUNT),
+            ("batch", batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
+            ("in_chans", in_chans, limits.IN_CHANS)):
+        check_number(f"--{name.replace('_', '-')}", value, allowed)
     spec = registry.resolve(arch)
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if tolerance is None:

@@ -34,6 +34,8 @@ from slimkit.device import out_of_place_activations, place_batch, place_model
 from slimkit.distributed import all_reduce_sum
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, folder_lock, load_plan
+from slimkit import validate as limits
+from slimkit.validate import check_number
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "train", "load_checkpoint", "CheckpointError",
            "model_from_checkpoint", "BUDGETS"]
@@ -245,9 +247,25 @@ def _check_resumed_source(source: str | ChannelPlan | None, plan: ChannelPlan, o
                            f"({out / 'plan.json'}) or choose another --out")
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Every number of the config finite and in range (the CLI checks the same ranges; this is for
+    Python callers and recipes), before a folder is created or data is read."""
+    for name, value, allowed in (
+            ("epochs", cfg.epochs, limits.COUNT), ("batch_size", cfg.batch_size, limits.COUNT), ("lr", cfg.lr, limits.LR),
+            ("momentum", cfg.momentum, limits.Range(0.0, 1.0, high_open=True)),
+            ("weight_decay", cfg.weight_decay, limits.WEIGHT_DECAY),
+            ("label_smoothing", cfg.label_smoothing, limits.LABEL_SMOOTHING),
+            ("warmup_epochs", cfg.warmup_epochs, limits.WARMUP_EPOCHS), ("seed", cfg.seed, limits.SEED),
+            ("workers", cfg.workers, limits.Range(0, 256, integer=True)),
+            ("max_steps_per_epoch", cfg.max_steps_per_epoch, limits.COUNT),
+            ("accum_steps", cfg.accum_steps, limits.Range(1, 65_536, integer=True))):
+        check_number(f"--{name.replace('_', '-')}", value, allowed)
+
+
 def train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           progress: Any | None = None, log: Any | None = None) -> TrainResult:
     """Train the architecture of ``source`` (plan path, plan, or architecture name) from scratch."""
+    check_config(cfg)
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
         return _train(source, out_dir, cfg, resume=resume, progress=progress, log=log)
@@ -313,7 +331,7 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
     if cfg.budget == "scratch-b" and plan.flops:
         epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops)
     say(f"data: {data.description}")
-    say(f"budget {cfg.budget}: {epochs} epochs (full model: {cfg.epochs}; plan at "
+    say(f"budget {cfg.budget}: {epochs} epoch{'' if epochs == 1 else 's'} (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
 
     world, accum = dist_info.world_size, max(1, cfg.accum_steps)
@@ -337,6 +355,9 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
                               num_workers=cfg.workers).shard(dist_info.rank, world)
     steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
         len(train_loader), cfg.max_steps_per_epoch)
+    if steps_per_epoch == 0:  # no full batch: nothing would train, yet a checkpoint would be written
+        raise SlimkitError(f"--batch-size {cfg.batch_size} is larger than the {len(data.train):,} training images of "
+                           f"{cfg.data}: not one step would run; use --batch-size {len(data.train)} or less")
     lr = cfg.base_lr()
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), lr=lr,
                           momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -358,11 +379,12 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
         trainee = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(trainee) if cfg.compile else trainee
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    def write_run_files() -> None:  # with the first checkpoint: a run that fails before it leaves no folder
         atomic_write_text(out / "plan.json", plan.to_json())
         atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs,
                                                            "world_size": world}, indent=2))
+
+    run_files_written = False
     epoch_task = progress.add_task("epochs", total=epochs, completed=start_epoch) if progress else None
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
@@ -380,6 +402,9 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
         in_sync = distributed.replicas_identical(model) if world > 1 else None  # every rank takes part
         if not main:
             continue
+        if not run_files_written:
+            write_run_files()
+            run_files_written = True
         _atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": torch.get_rng_state(),

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, os_error_in
 from slimkit import validate as limits
 from slimkit.validate import Range, check_number
 
@@ -146,23 +146,6 @@ def os_error_message(exc: OSError) -> str:
     return f"{reason}: {where}" + (f" ({fix})" if fix else "") if where else reason + (f" ({fix})" if fix else "")
 
 
-def _os_error_in(exc: BaseException) -> OSError | None:
-    """An OSError anywhere in the chain (torch.save reports a full disk as a RuntimeError whose
-    cause, or text, is the OS error)."""
-    seen = 0
-    cur: BaseException | None = exc
-    while cur is not None and seen < 10:
-        if isinstance(cur, OSError) and cur.errno is not None:
-            return cur
-        text = str(cur)
-        for code, name in ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
-                           (errno.EDQUOT, "Disk quota exceeded")):
-            if name in text:
-                return OSError(code, name)
-        cur, seen = cur.__cause__ or cur.__context__, seen + 1
-    return None
-
-
 def user_errors(fn: F) -> F:
     """Bad input -> one line on stderr and a non-zero exit code, never a traceback."""
 
@@ -175,7 +158,7 @@ def user_errors(fn: F) -> F:
         except OSError as exc:  # a path that is not there, not writable, or a full disk
             fail(os_error_message(exc))
         except RuntimeError as exc:
-            os_err = _os_error_in(exc)
+            os_err = os_error_in(exc)
             if os_err is None:
                 raise
             fail(os_error_message(os_err))
