@@ -98,7 +98,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
 
         template = ChannelPlan(arch=spec.canonical, arch_kwargs=kwargs, input_size=list(size), expand=expand,
                                round_to=round_to, method=method, seed=seed, groups={})
-        meter = LatencyMeter(template, graph, backend=backend, threads=threads, batch=batch)
+        timing_device = str(resolve_device(device)) if backend.startswith("torch") else "cpu"  # ort-*: by backend
+        meter = LatencyMeter(template, graph, backend=backend, threads=threads, batch=batch, device=timing_device)
         target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
         flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
     else:

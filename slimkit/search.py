@@ -148,10 +148,10 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
                 if sparsest is None or mean < sparsest[3]:
                     sparsest = snap
             if task is not None:
-                last = history[-1]["val_accuracy"] if history else float("nan")
+                last = f"{history[-1]['val_accuracy']:.3f}" if history else "–"  # not evaluated yet
                 progress.update(task, advance=1, description=(
                     f"learning gates  loss {loss.item():.3f}  mean λ {mean:.3f} (r {cfg.target:.3f})  "
-                    f"val acc {last:.3f}"))
+                    f"val acc {last}"))
             if step >= cfg.steps:
                 break
         epoch += 1
