@@ -39,5 +39,7 @@ def os_error_in(exc: BaseException | None) -> OSError | None:
         for code, name in _OS_ERROR_TEXTS:
             if name in text:
                 return OSError(code, name)
+        if "PytorchStreamWriter failed writing file" in text:  # torch.save keeps no errno
+            return OSError(errno.EIO, "torch.save could not write the file")
         exc = exc.__cause__ or exc.__context__
     return None

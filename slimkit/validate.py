@@ -41,6 +41,15 @@ class Range:
             return False
         return True
 
+    def words(self) -> str:
+        """The range for help text, in words (help is rendered as markup: no brackets)."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'above' if self.low_open else 'at least'} {_fmt(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'below' if self.high_open else 'at most'} {_fmt(self.high)}")
+        return ", ".join(parts) or "any finite number"
+
     def text(self) -> str:
         lo, hi = _fmt(self.low), _fmt(self.high)
         if self.low is not None and self.high is not None:

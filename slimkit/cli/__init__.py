@@ -12,7 +12,7 @@ from slimkit.cli import info as _info
 from slimkit.cli import prune as _prune
 from slimkit.cli import run as _run
 from slimkit.cli import train as _train
-from slimkit.cli._common import SlimkitCommand
+from slimkit.cli._common import SlimkitCommand, SlimkitGroup
 
 app = typer.Typer(
     name="slimkit",
@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=SlimkitGroup,
 )
 
 

@@ -133,6 +133,8 @@ _WRITE_FIXES = {
     errno.EACCES: "permission denied: choose a writable --out",
     errno.EPERM: "permission denied: choose a writable --out",
     errno.ENAMETOOLONG: "the file name is too long: choose a shorter --out",
+    errno.EIO: "is the disk full or read-only? free some space or choose a writable --out, then run again; "
+               "files written before are intact",
 }
 
 
@@ -220,23 +222,49 @@ def checked_numbers(**ranges: Range) -> Callable[[F], F]:
                 check_number("--" + name.replace("_", "-"), bound.arguments[name], ranges[name])
             return fn(*args, **kwargs)
 
+        wrapper.number_ranges = dict(ranges)  # type: ignore[attr-defined]  # for the help text (SlimkitCommand)
         return wrapper  # type: ignore[return-value]
 
     return decorate
 
 
 # ---------------------------------------------------------------------------- help text
-class SlimkitCommand(typer.core.TyperCommand):
-    """Help as people read it: ``ARCH`` in the usage line (typer 0.29 prints ``{arch}``), and no
-    ``<bool>`` type beside on/off flags."""
+def _no_type(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""  # an on/off flag takes no value: no "<bool>" beside it
+    return option
+
+
+class SlimkitGroup(typer.core.TyperGroup):
+    """The top-level ``slimkit`` command: no ``<bool>`` beside --help and --version."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for p in self.params:
             if isinstance(p, typer.core.TyperOption) and p.is_flag:
+                _no_type(p)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _no_type(super().get_help_option(ctx))
+
+
+class SlimkitCommand(typer.core.TyperCommand):
+    """Help as people read it: ``ARCH`` in the usage line (typer 0.29 prints ``{arch}``), no
+    ``<bool>`` type beside on/off flags, and each number's allowed range (from :func:`checked_numbers`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ranges = getattr(self.callback, "number_ranges", {})
+        for p in self.params:
+            if p.name in ranges and isinstance(p, typer.core.TyperOption):
+                p.help = (p.help or "").rstrip() + f" Allowed: {ranges[p.name].words()}."
+            if isinstance(p, typer.core.TyperOption) and p.is_flag:
                 p.metavar = ""
             elif isinstance(p, typer.core.TyperArgument) and p.metavar is None and p.name:
                 p.metavar = p.name.upper()
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _no_type(super().get_help_option(ctx))
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -50,8 +50,8 @@ def export(
     input_size: Annotated[Optional[str], typer.Option(help="Input size, for an architecture name, e.g. 224.")] = None,
     atol: Annotated[float, typer.Option(help="Largest allowed |onnxruntime - PyTorch| on random inputs (fp32).")] = 1e-4,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Write a latency report (full model vs this one) beside the file.")] = True,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime threads for the report (default: physical cores).")] = None,
-    runs: Annotated[int, typer.Option(min=1, help="Timed rounds for the report.")] = 100,
+    threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads for the report (default: physical cores).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed rounds for the report.")] = 100,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report."""
     from slimkit.exporters import get_exporter
