@@ -141,6 +141,13 @@ def test_every_numeric_recipe_key_refuses_non_finite_and_huge_values(tmp_path, k
             load_recipe(path, [f"{key}={value}"])
 
 
+@pytest.mark.parametrize("option,value", [("--flops", "1e999M"), ("--flops", "1e999"), ("--params", "1e999"),
+                                          ("--latency", "1e999ms")])
+def test_budgets_that_read_as_infinity_are_refused(tmp_path, option, value):
+    assert_one_line_error(run("prune", "resnet20", option, value, "--method", "uniform", "--out", tmp_path / "p.json"),
+                          "not a finite number")
+
+
 def test_recipe_with_an_infinite_lr_fails_the_dry_run(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(MINIMAL + "train:\n  lr: .inf\n")
