@@ -86,12 +86,12 @@ class ChannelPlan:
         fmt = data.get("format")
         if fmt != PLAN_FORMAT:
             raise PlanError(
-                f"{source} has format {fmt!r}, expected {PLAN_FORMAT!r}: regenerate it with `slimkit prune`"
+                f"{source} has format {show(fmt)}, expected {PLAN_FORMAT!r}: regenerate it with `slimkit prune`"
             )
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PlanError(f"{source} has unknown fields {unknown}: remove them (see DESIGN.md)")
+            raise PlanError(f"{source} has unknown fields {show(unknown)}: remove them (see DESIGN.md)")
         for key in ("arch", "input_size", "groups"):
             if key not in data:
                 raise PlanError(f"{source} lacks the required field '{key}'")

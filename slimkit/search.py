@@ -101,6 +101,9 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
         raise SlimkitError(f"gate batch size {cfg.batch_size} must divide by {world} processes")
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
                                augment=False).shard(rank, world)
+    if len(train_loader) == 0:  # no full batch: the loop below would never take a step (and never end)
+        raise SlimkitError(f"gate batch size {cfg.batch_size} is larger than the {len(data.train):,} training images: "
+                           f"use --batch-size {len(data.train)} or less")
     val_ds = data.val if data.val is not None else data.train
     if cfg.val_images is not None and len(val_ds) > cfg.val_images and hasattr(val_ds, "subset"):
         val_ds = val_ds.subset(torch.arange(cfg.val_images))

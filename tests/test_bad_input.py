@@ -451,6 +451,14 @@ def test_a_batch_larger_than_the_data_trains_nothing_and_says_so(tmp_path):
     assert not out.exists()
 
 
+def test_a_gate_batch_larger_than_the_data_is_refused_not_looped_forever(tmp_path):
+    out = tmp_path / "plan.json"
+    r = run("prune", "resnet20", "--flops", "50%", "--data", "synthetic", "--batch-size", "4096", "--steps", "3",
+            "--out", out)
+    assert_one_line_error(r, "gate batch size 4096 is larger than the 448 training images")
+    assert not out.exists()
+
+
 def test_negative_expand_is_refused_everywhere(tmp_path):
     assert_one_line_error(run("prune", "resnet20", "--flops", "50%", "--expand", "-1", "--out", tmp_path / "p.json"),
                           "--expand")

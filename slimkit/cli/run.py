@@ -32,6 +32,7 @@ from rich.markup import escape
 from slimkit.cli._common import console, make_progress, say_plain, user_errors, warn
 from slimkit.errors import SlimkitError
 from slimkit.flops import format_count
+from slimkit.validate import show
 
 SUMMARY_FORMAT = "slimkit.run-summary/1"
 
@@ -117,7 +118,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
         for key in list(old) + [k for k in new if k not in old]:
             if old.get(key) != new.get(key):
                 return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-    return f"{path or 'recipe'}: {old!r} there, {new!r} now"
+    return f"{path or 'recipe'}: {show(old)} there, {show(new)} now"  # bounded: recipes may be huge
 
 
 def check_folder(recipe, lay: Layout) -> bool:
