@@ -25,8 +25,11 @@ import onnx
 import torch
 from torch import nn
 
+from slimkit import validate as limits
+from slimkit.errors import os_error_in
 from slimkit.exporters import ExportError, ExportResult
 from slimkit.files import atomic_write
+from slimkit.validate import check_number
 from slimkit.version import __version__
 
 __all__ = ["export", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "read_metadata", "input_shape", "slimkit_metadata"]
@@ -107,6 +110,12 @@ def parity(model: nn.Module, onnx_bytes: bytes, input_size: tuple[int, ...], bat
         for r, g in zip(ref, got):
             if r.shape != g.shape:
                 raise ExportError(f"ONNX output shape {tuple(g.shape)} != PyTorch {tuple(r.shape)} at batch {b}")
+            # NaN == NaN is no agreement: max(0.0, nan) is 0.0, which once passed a NaN model as exact.
+            for what, out in (("PyTorch", r), ("onnxruntime", g)):
+                if not np.isfinite(out).all():
+                    raise ExportError(f"{what}'s output holds NaN or inf on random inputs: the model's weights or "
+                                      "BatchNorm statistics are not finite (a diverged training run?); retrain "
+                                      "with a lower --lr, or export an earlier checkpoint")
             worst = max(worst, float(np.abs(r - g).max()))
             scale = max(scale, float(np.abs(r).max()))
     return worst, scale
@@ -125,6 +134,10 @@ def _simplify(proto: onnx.ModelProto, warn: Callable[[str], None]) -> tuple[onnx
         warn("onnx-simplifier's own check failed; kept the unsimplified graph")
         return proto, False
     return simplified, True
+
+
+def _opset_of(proto: onnx.ModelProto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def input_shape(proto_or_path: onnx.ModelProto | str | Path) -> list[int | str]:
@@ -157,8 +170,9 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
     warn = warn or (lambda _m: None)
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown --exporter '{exporter}': choose one of {', '.join(EXPORTERS)}")
-    if batch < 1:
-        raise ExportError(f"--batch must be >= 1, got {batch}")
+    check_number("--batch", batch, limits.SMALL_COUNT, ExportError)
+    check_number("--opset", opset, limits.OPSET, ExportError)
+    check_number("--atol", atol, limits.ATOL, ExportError)
     out = Path(out)
     model = model.float().eval().cpu()
     # A batch-1 example would let torch.export specialise the batch dim; trace dynamic at 2.
@@ -173,12 +187,18 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
     for name in tried:
         try:
             _torch_export(model, x, str(scratch), name, opset, dynamic_batch)
-            proto = onnx.load(str(scratch))
-            used = name
+            written = onnx.load(str(scratch))
+            got = _opset_of(written)
+            if opset is not None and got != opset:  # dynamo writes 18 for opsets it cannot convert to
+                raise ExportError(f"the {name} exporter wrote opset {got}, not the --opset {opset} asked")
+            proto, used = written, name
             break
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - exporter internals raise anything
+            os_err = os_error_in(exc)
+            if os_err is not None:  # a full or read-only disk is not the exporter's fault: say so
+                raise os_err from None
             errors.append((name, exc))
         finally:
             scratch.unlink(missing_ok=True)
@@ -187,8 +207,10 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
         name, exc = errors[0]
         op = _failed_op(exc)
         why = (f"operator aten::{op} has no ONNX conversion" if op else _first_line(exc))
+        fix = ("use an opset both exporters write here (dynamo: 18-25, torchscript: 7-23), or drop --opset"
+               if opset is not None and not op else "replace that op or try another --opset")
         raise ExportError(f"cannot export to ONNX: {why} (tried the {' and '.join(n for n, _ in errors)} "
-                          f"exporter{'s' if len(errors) > 1 else ''}); replace that op or try another --opset")
+                          f"exporter{'s' if len(errors) > 1 else ''}); {fix}")
     if errors:
         name, exc = errors[0]
         op = _failed_op(exc)
@@ -217,7 +239,7 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
                           f"{scale:.3g}): the exported graph is wrong; try --exporter torchscript or another --opset")
 
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
-    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset_used = _opset_of(proto)
     return ExportResult(path=out, backend="onnx", size_bytes=len(data), export_seconds=export_seconds,
                         details={"exporter": used, "opset": opset_used, "nodes_before": nodes_before,
                                  "nodes_after": nodes_after, "simplified": simplified,

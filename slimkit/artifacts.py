@@ -11,6 +11,7 @@ here too, so every command reads them the same way and a damaged one is one clea
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -225,16 +226,51 @@ def onnx_candidate(path: Path, batch: int, name: str | None = None) -> Candidate
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
         raise LatencyError(f"{path} is not an ONNX model ({type(exc).__name__}); export one with "
                            "`slimkit export PLAN --onnx`") from exc
+    _check_foreign_onnx(proto, path, shape)
     if any(isinstance(d, int) and d < 1 for d in shape[1:]) or any(isinstance(d, str) for d in shape[1:]):
         raise LatencyError(f"{path}: only the batch dimension may be dynamic (input shape {shape})")
     if isinstance(shape[0], int) and shape[0] not in (0, batch):
         raise LatencyError(f"{path} was exported for batch {shape[0]}, not --batch {batch}: re-export with "
                            "--dynamic-batch or --batch")
     meta = {p.key: p.value for p in proto.metadata_props}
-    plan = json.loads(meta["slimkit.plan"]) if "slimkit.plan" in meta else {}
+    plan = _plan_metadata(meta["slimkit.plan"], path) if "slimkit.plan" in meta else {}
     return Candidate(name=name or path.stem, input_shape=(batch, *shape[1:]), onnx_path=path,
                      spec={"kind": "onnx", "path": str(path)}, flops=plan.get("flops"), params=plan.get("params"),
                      plan=plan or None)
+
+
+MAX_INPUT_VALUES = 1 << 28  # 1 GiB of float32 per input batch: far beyond any image model
+
+
+def _check_foreign_onnx(proto, path: Path, shape: list) -> None:
+    """ONNX files slimkit did not write: one float image input of a sane size, or a one-line error."""
+    initializers = {t.name for t in proto.graph.initializer}  # old exporters list weights as inputs too
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise LatencyError(f"{path} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)[:80]}); slimkit times "
+                           "models with one image input: export one with `slimkit export`")
+    elem = inputs[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else str(elem)
+        raise LatencyError(f"{path} takes {name.lower()} input; slimkit feeds float32 images: export a float32 "
+                           "model (slimkit export writes one)")
+    if len(shape) < 2:
+        raise LatencyError(f"{path} takes input of shape {shape}; slimkit times image models (N, C, H, W)")
+    static = [d for d in shape[1:] if isinstance(d, int) and d > 0]
+    values = math.prod(static) * (shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1)
+    if values > MAX_INPUT_VALUES:
+        raise LatencyError(f"{path} takes input {'x'.join(map(str, shape))} ({values:.2e} values): too large to "
+                           "time; export it at a realistic input size")
+
+
+def _plan_metadata(text: str, path: Path) -> dict[str, Any]:
+    """The plan slimkit stores in an ONNX file's metadata, checked (a damaged one is an error, not a crash)."""
+    try:
+        return ChannelPlan.from_dict(json.loads(text), source="the plan").to_dict()
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:  # PlanError is a ValueError
+        why = str(exc).splitlines()[0] if isinstance(exc, SlimkitError) else f"not a plan: {type(exc).__name__}"
+        raise LatencyError(f"{path}: its slimkit.plan metadata is damaged ({why[:160]}); re-export the model with "
+                           "`slimkit export`") from None
 
 
 def export_for_timing(loaded: LoadedModel, out: Path, batch: int, name: str, spec: dict[str, Any],

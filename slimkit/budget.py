@@ -59,7 +59,7 @@ def parse_budget(text: str, kind: str | None = None) -> Budget:
     t = raw.replace("_", "").replace(",", "")
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", t)
     if m:
-        frac = float(m.group(1)) / 100
+        frac = _finite(float(m.group(1)) / 100, raw)
         if not 0 < frac:
             raise BudgetError(f"budget '{raw}' must be a positive percentage, e.g. 50%")
         if kind == "params":
@@ -69,13 +69,13 @@ def parse_budget(text: str, kind: str | None = None) -> Budget:
     if m:
         if kind == "params":
             raise BudgetError(f"'{raw}' is a latency, not a parameter count")
-        return Budget("latency", raw, float(m.group(1)) * _TIME[m.group(2)])
+        return Budget("latency", raw, _finite(float(m.group(1)) * _TIME[m.group(2)], raw))
     if kind == "latency":
         raise BudgetError(f"cannot read latency budget '{raw}': use a time like 8ms or 500us, or 50% of the "
                           "full model's latency")
     m = re.fullmatch(r"(\d+(?:\.\d+)?(?:e\d+)?)\s*([KkMGT]?)(p|P|params)?", t)
     if m:
-        value = float(m.group(1)) * _SCALES[m.group(2).upper()]
+        value = _finite(float(m.group(1)) * _SCALES[m.group(2).upper()], raw)
         if value <= 0:
             raise BudgetError(f"budget '{raw}' must be positive")
         is_params = kind == "params" or bool(m.group(3))
@@ -89,6 +89,12 @@ def parse_budget(text: str, kind: str | None = None) -> Budget:
         f"cannot read budget '{raw}': use MACs like 150M or 1.2G, a fraction like 50%, "
         "parameters like 3.5Mp, or a latency like 20ms"
     )
+
+
+def _finite(value: float, raw: str) -> float:
+    if not math.isfinite(value):  # "1e999M" reads as infinity
+        raise BudgetError(f"budget '{raw[:40]}' is not a finite number: give e.g. 150M, 50% or 8ms")
+    return value
 
 
 def make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:

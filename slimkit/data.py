@@ -294,7 +294,12 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         from torchvision.datasets.folder import default_loader
 
         path, label = self.samples[index]
-        return self._transform(default_loader(path)), label
+        try:
+            image = default_loader(path)
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, DecompressionBombError...
+            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {str(exc)[:80]}): "
+                            "remove or replace that file") from None
+        return self._transform(image), label
 
     def subset(self, indices: Tensor) -> ImageFolderDataset:
         return ImageFolderDataset(
@@ -445,7 +450,13 @@ class FolderLoader(_SeededLoader):
         batches = [b for i in range(len(self))
                    if (b := self._local(order[i * self.batch_size : (i + 1) * self.batch_size]).tolist())]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=generator)
-        yield from loader
+        try:
+            yield from loader
+        except DataError as exc:
+            # From a worker process, torch re-raises it with the worker's traceback in the message;
+            # the user needs the last line only (which file, and what to do).
+            text = str(exc)
+            raise DataError(text.rpartition("DataError: ")[2] if text.startswith("Caught ") else text) from None
 
 
 def make_loader(
@@ -818,7 +829,7 @@ def load_data(
 
     c, h, w = size
     n_val = len(val) if val is not None else 0
-    counts = f"{len(train):,} train / {n_val:,} val / {len(source.test):,} test"
+    counts = f"{len(train):,} train / " + (f"{n_val:,} val / " if n_val else "") + f"{len(source.test):,} test"
     description = (
         f"{source.title} ({source.origin}): {counts}, {source.num_classes} classes, "
         f"{source.in_chans_source}-channel source → {c}x{h}x{w}"

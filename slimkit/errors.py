@@ -1,5 +1,9 @@
 """One exception family: the CLI prints these as a single line and exits non-zero."""
 
+from __future__ import annotations
+
+import errno
+
 
 class SlimkitError(ValueError):
     """A user-facing error; its message names the problem and the fix, in one line."""
@@ -15,3 +19,27 @@ class PlanError(SlimkitError):
 
 class BudgetError(SlimkitError):
     """A budget string that cannot be parsed or cannot be met."""
+
+
+# What an OSError's text says when a library wrapped it into its own exception (torch.save reports a
+# full disk as a RuntimeError; torch.onnx.export wraps it into an export error).
+_OS_ERROR_TEXTS = ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
+                   (errno.EDQUOT, "Disk quota exceeded"))
+
+
+def os_error_in(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc`` (itself, its cause chain, or its text), or None: a full disk must be
+    reported as a full disk, not as whatever the library that hit it was doing."""
+    for _ in range(10):
+        if exc is None:
+            return None
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        text = str(exc)
+        for code, name in _OS_ERROR_TEXTS:
+            if name in text:
+                return OSError(code, name)
+        if "PytorchStreamWriter failed writing file" in text:  # torch.save keeps no errno
+            return OSError(errno.EIO, "torch.save could not write the file")
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -41,6 +41,7 @@ from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
 from slimkit.recipe import Recipe, dump_recipe, num_classes_of, read_yaml
 from slimkit.train import TrainConfig, train
+from slimkit.validate import show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "train_state", "stage_list", "budget_reach", "check_folder",
            "missing_data", "summary_markdown", "SUMMARY_FORMAT", "SUMMARY_COLUMNS", "format_cell"]
@@ -70,7 +71,7 @@ class RunHooks:
             yield None, self.log
             return
         with self.progress() as progress:
-            yield progress, lambda msg: progress.console.print(msg, highlight=False)
+            yield progress, lambda msg: progress.console.print(msg, markup=False, highlight=False, soft_wrap=True)
 
 
 class Layout:
@@ -156,7 +157,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
         for key in list(old) + [k for k in new if k not in old]:
             if old.get(key) != new.get(key):
                 return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-    return f"{path or 'recipe'}: {old!r} there, {new!r} now"
+    return f"{path or 'recipe'}: {show(old)} there, {show(new)} now"  # bounded: recipes may be huge
 
 
 def check_folder(recipe: Recipe, lay: Layout) -> bool:

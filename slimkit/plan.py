@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from slimkit import validate as limits
 from slimkit.errors import PlanError
 from slimkit.files import atomic_write_text
+from slimkit.validate import Range, check_number, show
 from slimkit.version import __version__
 
 __all__ = ["ChannelPlan", "load_plan", "save_plan", "PLAN_FORMAT"]
@@ -101,12 +103,12 @@ class ChannelPlan:
         fmt = data.get("format")
         if fmt != PLAN_FORMAT:
             raise PlanError(
-                f"{source} has format {fmt!r}, expected {PLAN_FORMAT!r}: regenerate it with `slimkit prune`"
+                f"{source} has format {show(fmt)}, expected {PLAN_FORMAT!r}: regenerate it with `slimkit prune`"
             )
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PlanError(f"{source} has unknown fields {unknown}: remove them (see DESIGN.md)")
+            raise PlanError(f"{source} has unknown fields {show(unknown)}: remove them (see DESIGN.md)")
         for key in ("arch", "input_size", "groups"):
             if key not in data:
                 raise PlanError(f"{source} lacks the required field '{key}'")
@@ -114,20 +116,65 @@ class ChannelPlan:
             raise PlanError(f"{source}: 'arch' must be a model name like 'timm:mobilenetv1_100'")
         size = data["input_size"]
         if not (isinstance(size, list) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
-            raise PlanError(f"{source}: 'input_size' must be [C, H, W] positive integers, got {size!r}")
+            raise PlanError(f"{source}: 'input_size' must be [C, H, W] positive integers, got {show(size)}")
+        _check_plan_numbers(data, source)
         groups = data["groups"]
         if not isinstance(groups, dict) or not groups:
             raise PlanError(f"{source}: 'groups' must be a non-empty object of name -> {{full, width}}")
+        expand = float(data.get("expand", 1.0))
         for name, g in groups.items():
             if not (isinstance(g, dict) and set(g) == {"full", "width"}
                     and all(isinstance(g[k], int) and not isinstance(g[k], bool) and g[k] >= 1 for k in g)):
                 raise PlanError(
-                    f"{source}: group '{name}' must be {{\"full\": int >= 1, \"width\": int >= 1}}, got {g!r}"
+                    f"{source}: group {show(name, 40)} must be {{\"full\": int >= 1, \"width\": int >= 1}}, "
+                    f"got {show(g)}"
                 )
+            check_number(f"{source}: group {show(name, 40)} 'full'", g["full"], MAX_CHANNELS, PlanError)
+            # G widens a group by at most `expand` (plus rounding up to a divisor); a wider group is not
+            # a plan slimkit made, and at expand 1.0 nothing may be wider than the source model.
+            widest = g["full"] if expand == 1.0 else 2 * expand * g["full"]
+            if g["width"] > widest:
+                raise PlanError(f"{source}: group {show(name, 40)} is {g['width']} channels wide, wider than its full "
+                                f"model ({g['full']}) at expand {expand:g}: regenerate the plan with `slimkit prune`")
         kwargs = data.get("arch_kwargs", {})
         if not isinstance(kwargs, dict):
             raise PlanError(f"{source}: 'arch_kwargs' must be an object")
         return cls(**data)
+
+
+MAX_CHANNELS = Range(1, 1 << 20, integer=True)
+_COUNT_OR_NONE = Range(0, limits.INT64_MAX, integer=True)
+
+
+def _check_plan_numbers(data: dict[str, Any], source: str) -> None:
+    """The plan's numbers, finite and in the ranges slimkit writes (a hand-edited or damaged plan fails
+    here in one line, not as NaN widths or an overflow later)."""
+    for key, allowed in (("expand", limits.EXPAND), ("round_to", limits.ROUND_TO), ("seed", Range(0, limits.INT64_MAX, integer=True)),
+                         ("flops", _COUNT_OR_NONE), ("params", _COUNT_OR_NONE)):
+        if key in data:
+            check_number(f"{source}: '{key}'", data[key], allowed, PlanError, "regenerate the plan with `slimkit prune`")
+    c, h, w = data["input_size"]
+    check_number(f"{source}: input channels", c, limits.IN_CHANS, PlanError)
+    for side in (h, w):
+        check_number(f"{source}: input side", side, limits.SIDE, PlanError)
+    kwargs = data.get("arch_kwargs") or {}
+    if isinstance(kwargs, dict):
+        for key, allowed in (("num_classes", limits.SMALL_COUNT), ("in_chans", limits.IN_CHANS)):
+            if key in kwargs:
+                check_number(f"{source}: arch_kwargs.{key}", kwargs[key], allowed, PlanError)
+    budget = data.get("budget")
+    if budget is not None:
+        if not isinstance(budget, dict):
+            raise PlanError(f"{source}: 'budget' must be an object {{kind, text, value}}, got {show(budget)}")
+        for key in ("value", "fraction"):
+            if budget.get(key) is not None:
+                check_number(f"{source}: budget.{key}", budget[key], Range(0.0, 1e30, low_open=True), PlanError)
+    latency = data.get("latency")
+    if latency is not None and not isinstance(latency, dict):
+        raise PlanError(f"{source}: 'latency' must be an object or null, got {show(latency)}")
+    for key, value in (latency or {}).items():
+        if isinstance(value, float):
+            check_number(f"{source}: latency.{key}", value, Range(), PlanError)
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:

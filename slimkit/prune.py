@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from slimkit import registry
+from slimkit import validate as limits
 from slimkit.artifacts import load_checkpoint
 from slimkit.budget import (Budget, SearchResult, check_budget, max_widths, parse_budget, search_threshold,
                             search_uniform)
@@ -28,6 +29,7 @@ from slimkit.latency_search import LatencyMeter, resolve_target, search_latency
 from slimkit.plan import ChannelPlan
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
+from slimkit.validate import check_number
 
 __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
            "DEFAULT_ROUND_TO"]
@@ -89,10 +91,16 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     latency_options = latency or LatencyOptions()
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
-    if expand < 1.0:
-        raise SlimkitError(f"--expand must be >= 1.0 (channel expansion widens the supernet), got {expand}")
-    if round_to < 1:
-        raise SlimkitError(f"--round-to must be >= 1, got {round_to}")
+    for name, value, allowed in (  # the CLI checks the same ranges; this is for Python callers
+            ("expand", expand, limits.EXPAND), ("round_to", round_to, limits.ROUND_TO), ("seed", seed, limits.SEED),
+            ("tolerance", tolerance, limits.TOLERANCE), ("gamma", gates.gamma, limits.GAMMA), ("lr", gates.lr, limits.LR),
+            ("batch_size", gates.batch_size, limits.COUNT), ("epochs", gates.epochs, limits.EPOCHS_FRACTIONAL),
+            ("steps", gates.steps, limits.COUNT), ("search_size", gates.search_size, limits.SIDE),
+            ("val_size", gates.val_size, limits.NON_NEGATIVE_COUNT),
+            ("threads", latency_options.threads, limits.SMALL_COUNT),
+            ("batch", latency_options.batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
+            ("in_chans", in_chans, limits.IN_CHANS)):
+        check_number(f"--{name.replace('_', '-')}", value, allowed)
     spec = registry.resolve(arch)
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if tolerance is None:
@@ -120,8 +128,10 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
                                    arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed)
     meter = None
     if b.kind == "latency":  # measure the full and smallest models first: fail before any gate learning
+        timing_device = (str(resolve_device(gates.device)) if latency_options.backend.startswith("torch")
+                         else "cpu")  # ort-*: the backend says where
         meter = LatencyMeter(base, graph, backend=latency_options.backend, threads=latency_options.threads,
-                             batch=latency_options.batch)
+                             batch=latency_options.batch, device=timing_device)
         target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
         flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
     else:

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from slimkit import registry
+from slimkit import validate as limits
 from slimkit.budget import Budget, parse_budget
 from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES
 from slimkit.errors import SlimkitError
@@ -41,6 +42,7 @@ from slimkit.latency import BACKENDS
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, METHODS, LatencyOptions
 from slimkit.search import PRESETS
 from slimkit.train import SCHEDULES, TrainConfig
+from slimkit.validate import Range, check_number, show
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
            "RecipeError", "load_recipe", "parse_recipe", "apply_overrides", "dump_recipe", "read_yaml",
@@ -80,9 +82,46 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
 
 
+# A recipe holds a few dozen values. YAML aliases can make a few lines expand to billions ("billion
+# laughs"): the data stays shared in memory, but anything that walks it (an error message's repr,
+# a comparison, a dump) would not finish. Refuse documents that expand past this many values.
+MAX_YAML_VALUES = 10_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise RecipeError("the YAML refers to itself through an alias (a recursive anchor): a recipe is a plain tree; "
+                          "write the values out")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo, active) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active) for k, v in node.value)
+    else:
+        size = 1
+    active.discard(key)
+    memo[key] = size
+    return size
+
+
 def read_yaml(text: str) -> Any:
-    """Safe YAML (see :class:`_Loader`)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    """Safe YAML (see :class:`_Loader`), refusing alias bombs (see :data:`MAX_YAML_VALUES`)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_VALUES:
+            raise RecipeError(f"the YAML expands to {size:,} values through aliases (anchors * and &), more than "
+                              f"the {MAX_YAML_VALUES:,} a recipe may hold: write the values out")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 # ---------------------------------------------------------------------------- schema
@@ -246,8 +285,7 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return show(value, 40)  # bounded: never walks a huge structure
 
 
 def _build(cls: type, raw: Any, where: str, source: str) -> Any:
@@ -265,7 +303,7 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
                               "rename the key")
         if key not in known:
             place = "at the top level" if where == "top level" else f"in section '{where}'"
-            raise RecipeError(f"{source}: unknown key '{key}' {place}: allowed keys are {', '.join(known)}")
+            raise RecipeError(f"{source}: unknown key {_show(key)} {place}: allowed keys are {', '.join(known)}")
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         path = f.name if where == "top level" else f"{where}.{f.name}"
@@ -287,6 +325,31 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- values
+# Every number a recipe holds, with the range the CLI option of the same meaning accepts.
+NUMBER_RANGES: dict[str, Range] = {
+    "num_classes": limits.SMALL_COUNT,
+    "prune.expand": limits.EXPAND, "prune.round_to": limits.ROUND_TO, "prune.tolerance": limits.TOLERANCE,
+    "prune.gamma": limits.GAMMA, "prune.lr": limits.LR, "prune.epochs": limits.EPOCHS_FRACTIONAL,
+    "prune.steps": limits.COUNT, "prune.batch_size": limits.COUNT, "prune.seed": limits.SEED,
+    "prune.threads": limits.SMALL_COUNT,
+    "train.epochs": limits.COUNT, "train.batch_size": limits.COUNT, "train.lr": limits.LR,
+    "train.weight_decay": limits.WEIGHT_DECAY, "train.label_smoothing": limits.LABEL_SMOOTHING,
+    "train.warmup_epochs": limits.WARMUP_EPOCHS, "train.seed": limits.SEED, "train.max_steps_per_epoch": limits.COUNT,
+    "export.opset": limits.OPSET,
+    "bench.threads": limits.SMALL_COUNT, "bench.runs": limits.RUNS, "bench.batch": limits.SMALL_COUNT,
+}
+
+
+def _check_numbers(r: Recipe, source: str) -> None:
+    for key, allowed in NUMBER_RANGES.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(r, section) if section else r, name)
+        try:
+            check_number(key, value, allowed, RecipeError)
+        except RecipeError as exc:
+            raise RecipeError(f"{source}: {exc}") from None
+
+
 def _check(cond: bool, source: str, message: str) -> None:
     if not cond:
         raise RecipeError(f"{source}: {message}")
@@ -298,6 +361,9 @@ def _resolve_input_size(value: int | list[int] | None, source: str) -> list[int]
     nums = [value] if isinstance(value, int) else list(value)
     _check(1 <= len(nums) <= 3 and all(n >= 1 for n in nums), source,
            f"input_size must be 32, [32, 32] or [3, 32, 32] (positive), got {_show(value)}")
+    for i, n in enumerate(nums):
+        allowed = limits.IN_CHANS if len(nums) == 3 and i == 0 else limits.SIDE
+        _check(allowed.contains(n), source, f"input_size {_show(value)}: {n} is out of range ({allowed.text()})")
     if len(nums) == 1:
         nums = [3, nums[0], nums[0]]
     elif len(nums) == 2:
@@ -307,18 +373,18 @@ def _resolve_input_size(value: int | list[int] | None, source: str) -> list[int]
 
 def check_data_name(name: str, source: str = "recipe") -> None:
     ok = name in DATA_NAMES or (name.startswith("imagefolder:") and len(name) > len("imagefolder:"))
-    _check(ok, source, f"unknown data.name '{name}': choose one of {', '.join(DATA_NAMES)} or imagefolder:PATH")
+    _check(ok, source, f"unknown data.name {_show(name)}: choose one of {', '.join(DATA_NAMES)} or imagefolder:PATH")
 
 
 def _validate(r: Recipe, source: str) -> Recipe:
     """Value checks beyond types; resolves nothing heavy (no data, no models)."""
     _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", r.name)), source,
-           f"name '{r.name}' must be a folder name: letters, digits, '.', '_' and '-'")
+           f"name {_show(r.name)} must be a folder name: letters, digits, '.', '_' and '-'")
     try:
         registry.resolve(r.arch)
     except SlimkitError as exc:
         raise RecipeError(f"{source}: arch: {exc}") from None
-    _check(r.num_classes is None or r.num_classes >= 1, source, f"num_classes must be >= 1, got {r.num_classes}")
+    _check_numbers(r, source)
     r.input_size = _resolve_input_size(r.input_size, source)
     check_data_name(r.data.name, source)
 
@@ -334,40 +400,20 @@ def _validate(r: Recipe, source: str) -> Recipe:
         raise
     except SlimkitError as exc:
         raise RecipeError(f"{source}: prune.{p.budget_key}: {exc}") from None
-    _check(p.expand >= 1.0, source, f"prune.expand must be >= 1.0, got {p.expand}")
-    _check(p.round_to >= 1, source, f"prune.round_to must be >= 1, got {p.round_to}")
-    _check(p.tolerance is None or 0 < p.tolerance < 1, source, f"prune.tolerance must be in (0, 1), got {p.tolerance}")
     _check(p.preset is None or p.preset in PRESETS, source,
            f"prune.preset '{p.preset}' is unknown: choose one of {', '.join(PRESETS)} (or null: from the data)")
-    for key in ("gamma",):
-        _check(getattr(p, key) is None or getattr(p, key) >= 0, source, f"prune.{key} must be >= 0")
-    for key in ("lr", "epochs", "steps", "batch_size", "threads"):
-        _check(getattr(p, key) is None or getattr(p, key) > 0, source, f"prune.{key} must be > 0")
     _check(p.backend in BACKENDS, source, f"prune.backend '{p.backend}' is unknown: choose one of {', '.join(BACKENDS)}")
 
     t = r.train
-    _check(t.epochs >= 1, source, f"train.epochs must be >= 1, got {t.epochs}")
     _check(t.schedule in SCHEDULES, source,
            f"train.schedule '{t.schedule}' is unknown: choose one of {', '.join(SCHEDULES)}")
-    _check(t.batch_size >= 1, source, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _check(t.lr is None or t.lr > 0, source, f"train.lr must be > 0, got {t.lr}")
-    _check(t.weight_decay >= 0, source, f"train.weight_decay must be >= 0, got {t.weight_decay}")
-    _check(0 <= t.label_smoothing < 1, source, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-    _check(t.warmup_epochs >= 0, source, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}")
-    _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, source,
-           f"train.max_steps_per_epoch must be >= 1, got {t.max_steps_per_epoch}")
     bad = [c for c in t.compare if c not in COMPARE]
     _check(not bad, source, f"train.compare: unknown model '{bad[0] if bad else ''}': list any of {', '.join(COMPARE)}")
     _check(len(set(t.compare)) == len(t.compare), source, f"train.compare lists a model twice: {t.compare}")
 
     e = r.export
     _check(e.exporter in EXPORTERS, source, f"export.exporter '{e.exporter}' is unknown: choose one of {', '.join(EXPORTERS)}")
-    _check(e.opset is None or e.opset >= 7, source, f"export.opset must be >= 7, got {e.opset}")
 
-    b = r.bench
-    _check(b.threads is None or b.threads >= 1, source, f"bench.threads must be >= 1, got {b.threads}")
-    _check(b.runs >= 5, source, f"bench.runs must be >= 5 for stable statistics, got {b.runs}")
-    _check(b.batch >= 1, source, f"bench.batch must be >= 1, got {b.batch}")
     return r
 
 

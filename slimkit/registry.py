@@ -94,7 +94,7 @@ def _suggest(name: str, source: str | None = None) -> str:
         pool += list(_torchvision_names())
     if source in (None, "timm"):
         pool += sorted(_timm_names())
-    close = difflib.get_close_matches(name, pool, n=4, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys(pool)), n=4, cutoff=0.6)  # resnet50: timm and torchvision
     hint = " (see `slimkit models --filter PATTERN`)"
     return f"; did you mean {', '.join(close)}?{hint}" if close else hint
 

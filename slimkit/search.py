@@ -91,6 +91,9 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
         raise SlimkitError(f"gate batch size {cfg.batch_size} must divide by {world} processes")
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
                                augment=False).shard(rank, world)
+    if len(train_loader) == 0:  # no full batch: the loop below would never take a step (and never end)
+        raise SlimkitError(f"gate batch size {cfg.batch_size} is larger than the {len(data.train):,} training images: "
+                           f"use --batch-size {len(data.train)} or less")
     val_ds = data.val if data.val is not None else data.train
     if cfg.val_images is not None and len(val_ds) > cfg.val_images and hasattr(val_ds, "subset"):
         val_ds = val_ds.subset(torch.arange(cfg.val_images))
@@ -138,10 +141,10 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
                 if sparsest is None or mean < sparsest[3]:
                     sparsest = snap
             if task is not None:
-                last = history[-1]["val_accuracy"] if history else float("nan")
+                last = f"{history[-1]['val_accuracy']:.3f}" if history else "–"  # not evaluated yet
                 progress.update(task, advance=1, description=(
                     f"learning gates  loss {loss.item():.3f}  mean λ {mean:.3f} (r {cfg.target:.3f})  "
-                    f"val acc {last:.3f}"))
+                    f"val acc {last}"))
             if step >= cfg.steps:
                 break
         epoch += 1

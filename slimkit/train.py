@@ -33,11 +33,13 @@ from slimkit import registry, runtime
 from slimkit.artifacts import CheckpointError, load_checkpoint, plan_of, write_checkpoint
 from slimkit.data import load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
+from slimkit import validate as limits
 from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
 from slimkit.generator import full_plan, generate
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
+from slimkit.validate import check_number
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "train", "SCHEDULES"]
 
@@ -193,9 +195,25 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
                            f"({out / 'plan.json'}) or choose another --out")
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Every number of the config finite and in range (the CLI checks the same ranges; this is for
+    Python callers and recipes), before a folder is created or data is read."""
+    for name, value, allowed in (
+            ("epochs", cfg.epochs, limits.COUNT), ("batch_size", cfg.batch_size, limits.COUNT), ("lr", cfg.lr, limits.LR),
+            ("momentum", cfg.momentum, limits.Range(0.0, 1.0, high_open=True)),
+            ("weight_decay", cfg.weight_decay, limits.WEIGHT_DECAY),
+            ("label_smoothing", cfg.label_smoothing, limits.LABEL_SMOOTHING),
+            ("warmup_epochs", cfg.warmup_epochs, limits.WARMUP_EPOCHS), ("seed", cfg.seed, limits.SEED),
+            ("workers", cfg.workers, limits.Range(0, 256, integer=True)),
+            ("max_steps_per_epoch", cfg.max_steps_per_epoch, limits.COUNT),
+            ("accum_steps", cfg.accum_steps, limits.Range(1, 65_536, integer=True))):
+        check_number(f"--{name.replace('_', '-')}", value, allowed)
+
+
 def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           progress: Any | None = None, log: Any | None = None) -> TrainResult:
     """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model) from scratch."""
+    check_config(cfg)
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
         return _train(plan_or_arch, out_dir, cfg, resume=resume, progress=progress, log=log)
@@ -255,7 +273,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     if cfg.schedule == "scratch-b" and plan.flops:
         epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops)
     say(f"data: {data.description}")
-    say(f"schedule {cfg.schedule}: {epochs} epochs (full model: {cfg.epochs}; plan at "
+    say(f"schedule {cfg.schedule}: {epochs} epoch{'' if epochs == 1 else 's'} (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
 
     world, accum = dist_info.world_size, max(1, cfg.accum_steps)
@@ -279,6 +297,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                               num_workers=cfg.workers).shard(dist_info.rank, world)
     steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
         len(train_loader), cfg.max_steps_per_epoch)
+    if steps_per_epoch == 0:  # no full batch: nothing would train, yet a checkpoint would be written
+        raise SlimkitError(f"--batch-size {cfg.batch_size} is larger than the {len(data.train):,} training images of "
+                           f"{cfg.data}: not one step would run; use --batch-size {len(data.train)} or less")
     lr = cfg.base_lr()
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), lr=lr,
                           momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -298,11 +319,12 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         trainee = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(trainee) if cfg.compile else trainee
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    def write_run_files() -> None:  # with the first checkpoint: a run that fails before it leaves no folder
         atomic_write_text(out / "plan.json", plan.to_json())
         atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs,
                                                            "world_size": world}, indent=2))
+
+    run_files_written = False
     epoch_task = progress.add_task("epochs", total=epochs, completed=start_epoch) if progress else None
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
@@ -320,6 +342,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         in_sync = runtime.replicas_identical(model) if world > 1 else None  # every rank takes part
         if not main:
             continue
+        if not run_files_written:
+            write_run_files()
+            run_files_written = True
         write_checkpoint(ckpt_path, model=model.state_dict(), plan=plan, config=asdict(cfg), epoch=epoch + 1,
                          metrics=metrics, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                          rng=torch.get_rng_state())

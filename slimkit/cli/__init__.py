@@ -12,6 +12,7 @@ from slimkit.cli import info as _info
 from slimkit.cli import prune as _prune
 from slimkit.cli import run as _run
 from slimkit.cli import train as _train
+from slimkit.cli._common import SlimkitCommand, SlimkitGroup
 from slimkit.version import __version__
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=SlimkitGroup,
 )
 
 
@@ -37,13 +39,9 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """Prune any timm/torchvision CNN from scratch to a FLOPs or latency budget."""
 
 
-app.command("models")(_info.models)
-app.command("info")(_info.info)
-app.command("prune")(_prune.prune)
-app.command("train")(_train.train)
-app.command("export")(_export.export)
-app.command("bench")(_bench.bench)
-app.command("run")(_run.run)
+for _name, _fn in (("models", _info.models), ("info", _info.info), ("prune", _prune.prune), ("train", _train.train),
+                  ("export", _export.export), ("bench", _bench.bench), ("run", _run.run)):
+    app.command(_name, cls=SlimkitCommand)(_fn)
 
 
 def main() -> None:

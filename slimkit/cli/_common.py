@@ -1,36 +1,152 @@
-"""What every command shares: one error path, consoles, small parsers."""
+"""What every command shares: one error path, consoles, progress, number checks, small parsers."""
 
 from __future__ import annotations
 
+import errno
 import functools
+import inspect
+import os
 import sys
+import time
+import types
+import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, os_error_in
+from slimkit import validate as limits
+from slimkit.validate import Range, check_number
 
 console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# When stdout is not a terminal (CI logs, `| tee`), a plain progress line at most this often.
+PLAIN_PROGRESS_SECONDS = float(os.environ.get("SLIMKIT_PROGRESS_SECONDS", "30"))
 
-def make_progress() -> Progress:
-    """The progress display every long command uses (cleared when done)."""
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "?"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class SlimkitProgress(Progress):
+    """rich's progress bars, plus two things every long command needs.
+
+    * When the console is not a terminal, rich draws nothing until the end; then a plain line per
+      counted task (description, done/total, rate, ETA) is printed every ``plain_every`` seconds,
+      so CI logs and ``| tee`` show the run is alive and when it will end.
+    * A task without a total (a spinner: "tracing resnet20") is a phase; it ends when the next
+      counted task (gate learning, an epoch) starts, instead of spinning on beside it.
+    """
+
+    def __init__(self, *columns: Any, plain_every: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.plain = not self.console.is_terminal
+        self.plain_every = PLAIN_PROGRESS_SECONDS if plain_every is None else plain_every
+        self._last_line: dict[TaskID, float] = {}
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
+        if kwargs.get("total", 100.0) is not None:
+            for task in list(self.tasks):
+                if task.total is None:
+                    self.remove_task(task.id)
+        task_id = super().add_task(description, *args, **kwargs)
+        self._last_line[task_id] = time.monotonic()
+        return task_id
+
+    def remove_task(self, task_id: TaskID) -> None:
+        if any(t.id == task_id for t in self.tasks):  # a phase may have ended already (see add_task)
+            super().remove_task(task_id)
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        if self.plain:
+            self._plain_line(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        if self.plain:
+            self._plain_line(task_id)
+
+    def _plain_line(self, task_id: TaskID) -> None:
+        task = next((t for t in self.tasks if t.id == task_id), None)
+        if task is None or task.total is None:
+            return
+        now = time.monotonic()
+        done = task.completed >= task.total
+        if now - self._last_line.get(task_id, 0.0) < self.plain_every and not done:
+            return
+        self._last_line[task_id] = now
+        rate = task.speed or (task.completed / task.elapsed if task.elapsed else None)
+        line = (f"{time.strftime('%H:%M:%S')} {task.description}: {task.completed:g}/{task.total:g}"
+                f" ({100 * task.completed / max(task.total, 1e-9):.0f}%)"
+                + (f", {rate:.2f}/s" if rate else "")
+                + f", elapsed {_duration(task.elapsed)}"
+                + ("" if done else f", ETA {_duration(task.time_remaining)}"))
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def make_progress() -> SlimkitProgress:
+    """The progress display every long command uses (cleared when done; plain lines off a terminal)."""
+    return SlimkitProgress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                           MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                           transient=True)
+
+
+def say_plain(progress: Progress) -> Callable[[str], None]:
+    """A ``log`` callback: one line above the bars, printed as is (user text is never markup)."""
+    return lambda msg: progress.console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
     # escape: messages name things like slimkit[openvino] that rich would take for markup and drop
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+# errno -> what to tell the user when a write (plan, checkpoint, ONNX, report) fails.
+_WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space (or choose another --out) and run again; "
+                  "files written before are intact",
+    errno.EDQUOT: "the disk quota is exceeded: free some space (or choose another --out) and run again",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another --out",
+    errno.EEXIST: "a file is in the way of a folder: choose another --out",
+    errno.EISDIR: "that is a folder, not a file: give a file name",
+    errno.EACCES: "permission denied: choose a writable --out",
+    errno.EPERM: "permission denied: choose a writable --out",
+    errno.ENAMETOOLONG: "the file name is too long: choose a shorter --out",
+    errno.EIO: "is the disk full or read-only? free some space or choose a writable --out, then run again; "
+               "files written before are intact",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path, and the fix."""
+    where = exc.filename or ""
+    if exc.filename2:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or type(exc).__name__
+    fix = _WRITE_FIXES.get(exc.errno or -1)
+    return f"{reason}: {where}" + (f" ({fix})" if fix else "") if where else reason + (f" ({fix})" if fix else "")
 
 
 def user_errors(fn: F) -> F:
@@ -42,8 +158,13 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except SlimkitError as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            fail(f"{exc.strerror or exc}: {exc.filename}")
+        except OSError as exc:  # a path that is not there, not writable, or a full disk
+            fail(os_error_message(exc))
+        except RuntimeError as exc:
+            os_err = os_error_in(exc)
+            if os_err is None:
+                raise
+            fail(os_error_message(os_err))
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
@@ -51,21 +172,129 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def check_out_folder(out: Path) -> None:
+    """--out of a command that writes a folder: not an existing file, nor inside one."""
+    if out.exists() and not out.is_dir():
+        raise SlimkitError(f"--out {out} is a file, but this command writes a folder there: choose another --out")
+    check_out_parent(out)
+
+
+def check_out_parent(out: Path) -> None:
+    """The nearest existing folder above --out must be a folder (not a file), checked before any work."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SlimkitError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+            break
+
+
+# ---------------------------------------------------------------------------- numbers
+def _is_number(tp: Any) -> bool:
+    if tp in (int, float):
+        return True
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _is_number(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return len(args) == 1 and _is_number(args[0])
+    return False
+
+
+def checked_numbers(**ranges: Range) -> Callable[[F], F]:
+    """Every int/float parameter of a command must be finite and inside its :class:`Range`, checked
+    before the command does anything. Every numeric parameter needs a range here: a new option
+    without one fails at import, so no option can skip the check."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        numeric = [name for name in sig.parameters if _is_number(hints.get(name))]
+        missing, extra = set(numeric) - set(ranges), set(ranges) - set(numeric)
+        if missing or extra:
+            raise TypeError(f"{fn.__name__}: give a Range for every numeric option (missing {sorted(missing)}, "
+                            f"not numeric {sorted(extra)})")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            for name in numeric:
+                check_number("--" + name.replace("_", "-"), bound.arguments[name], ranges[name])
+            return fn(*args, **kwargs)
+
+        wrapper.number_ranges = dict(ranges)  # type: ignore[attr-defined]  # for the help text (SlimkitCommand)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------- help text
+def _no_type(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""  # an on/off flag takes no value: no "<bool>" beside it
+    return option
+
+
+class SlimkitGroup(typer.core.TyperGroup):
+    """The top-level ``slimkit`` command: no ``<bool>`` beside --help and --version."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if isinstance(p, typer.core.TyperOption) and p.is_flag:
+                _no_type(p)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _no_type(super().get_help_option(ctx))
+
+
+class SlimkitCommand(typer.core.TyperCommand):
+    """Help as people read it: ``ARCH`` in the usage line (typer 0.29 prints ``{arch}``), no
+    ``<bool>`` type beside on/off flags, and each number's allowed range (from :func:`checked_numbers`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ranges = getattr(self.callback, "number_ranges", {})
+        for p in self.params:
+            if p.name in ranges and isinstance(p, typer.core.TyperOption):
+                p.help = (p.help or "").rstrip() + f" Allowed: {ranges[p.name].words()}."
+            if isinstance(p, typer.core.TyperOption) and p.is_flag:
+                p.metavar = ""
+            elif isinstance(p, typer.core.TyperArgument) and p.metavar is None and p.name:
+                p.metavar = p.name.upper()
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _no_type(super().get_help_option(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, typer.core.TyperArgument):
+                name = (p.metavar or (p.name or "").upper()) + ("..." if p.nargs != 1 else "")
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+
 def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
     """'224' -> (3,224,224) later filled with channels; '3,224,224' or '224x224' accepted."""
     if text is None:
         return None
+    usage = f"cannot read --input-size '{text[:40]}': use 224, 224x224 or 3,224,224"
     parts = text.replace("x", ",").split(",")
     if len(parts) not in (1, 2, 3) or any(not p.strip() for p in parts):
-        raise SlimkitError(f"cannot read --input-size '{text}': use 224, 224x224 or 3,224,224")
+        raise SlimkitError(usage)
     try:
         nums = [int(p) for p in parts]
     except ValueError:
-        raise SlimkitError(f"cannot read --input-size '{text}': use 224, 224x224 or 3,224,224") from None
+        raise SlimkitError(usage) from None
     if len(nums) == 1:
         nums = [3, nums[0], nums[0]]
     elif len(nums) == 2:
         nums = [3, *nums]
     if len(nums) != 3 or min(nums) < 1:
-        raise SlimkitError(f"cannot read --input-size '{text}': use 224, 224x224 or 3,224,224")
+        raise SlimkitError(usage)
+    check_number("--input-size channels", nums[0], limits.IN_CHANS)
+    for side in nums[1:]:
+        check_number("--input-size side", side, limits.SIDE)
     return (nums[0], nums[1], nums[2])

@@ -8,14 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
+from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
-from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
+from slimkit.cli._common import check_out_parent, checked_numbers, console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
 from slimkit.latency import BACKENDS, LatencyError, check_regression, measure, read_baseline, write_baseline
+from slimkit.runtime import resolve_device
 
 
 def render_report(report) -> None:
@@ -28,10 +31,20 @@ def render_report(report) -> None:
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col in ("model", "95% CI"))
     for m in report.models:
         s = m["stats"]
-        table.add_row(m["name"], format_count(m["flops"]) if m.get("flops") else "–",
+        table.add_row(escape(m["name"]), format_count(m["flops"]) if m.get("flops") else "–",
                       f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['throughput_per_s']:.1f}",
                       f"{m['ratio']:.3f}", f"{m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f}")
     console.print(table)
+
+
+def resolve_bench_device(backends: list[str], device: str) -> str:
+    """--device for the torch backends, checked before exporting or timing anything; slimkit.runtime
+    decides (an absent GPU is the same one-line error as in prune and train)."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise SlimkitError(f"unknown --device '{device}': use cpu, cuda or auto")
+    if not any(b.startswith("torch") for b in backends):
+        return device if device != "auto" else "cpu"  # onnxruntime backends choose by --backend
+    return str(resolve_device(device))
 
 
 def parse_fraction(text: str) -> float:
@@ -63,22 +76,24 @@ def _openvino_parity(report, cands, threads: int | None) -> None:
         verdict = {True: "[green]ok[/]", False: "[bold red]MISMATCH[/]", None: "(int8: rounding differs, not judged)"}[
             parity.passed]
         limit = f" ≤ {parity.tolerance:g}" if parity.tolerance else ""
-        console.print(f"parity {c.name}: OpenVINO {parity.precision} vs onnxruntime, max |diff| "
+        console.print(f"parity {escape(c.name)}: OpenVINO {parity.precision} vs onnxruntime, max |diff| "
                       f"{parity.max_rel_diff:.1e}{limit} of the largest output ({parity.output_scale:.3g}) "
                       f"{verdict}", highlight=False)
 
 
 @user_errors
+@checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, warmup=limits.NON_NEGATIVE_COUNT,
+                 runs=limits.RUNS, num_classes=limits.SMALL_COUNT)
 def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files (or plans, checkpoints, architecture names: exported first). Ratios are to the first.")],
     arch: Annotated[Optional[str], typer.Option(help="Also time this architecture's full model, first, as the reference.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="With --baseline: the model the gate compares against (default: the full model of the checked model's plan).")] = None,
     backend: Annotated[list[str], typer.Option(help="ort-cpu, ort-cuda, torch, torch-compile, openvino-cpu (f32; also checks each file against onnxruntime); repeat for several.")] = ["ort-cpu"],  # noqa: B006
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads (default: physical cores).")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
-    warmup: Annotated[int, typer.Option(min=0, help="Warm-up rounds (not timed).")] = 10,
-    runs: Annotated[int, typer.Option(min=1, help="Timed rounds; each round runs every model once.")] = 100,
-    device: Annotated[str, typer.Option(help="Device for the torch backends: cpu or cuda.")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: physical cores).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Warm-up rounds (not timed).")] = 10,
+    runs: Annotated[int, typer.Option(help="Timed rounds; each round runs every model once.")] = 100,
+    device: Annotated[str, typer.Option(help="Device for the torch backends: cpu, cuda or auto (ort-cuda needs no --device).")] = "cpu",
     num_classes: Annotated[Optional[int], typer.Option(help="Classes for architecture names (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Input size for architecture names, e.g. 224.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png.")] = Path("runs/bench/latency"),
@@ -90,9 +105,9 @@ def bench(
     for b in backend:
         if b not in BACKENDS:
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
-    if batch < 1:
-        raise SlimkitError(f"--batch must be >= 1, got {batch}")
+    device = resolve_bench_device(backend, device)
     size = parse_input_size(input_size)
+    check_out_parent(out)
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         workdir = Path(tmp)
         if baseline is not None:
@@ -116,7 +131,7 @@ def bench(
                 _openvino_parity(report, cands, threads)
             stem = out if len(backend) == 1 else out.with_name(f"{out.name}-{b}")
             written = report.write(stem)
-            console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+            console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
 
 
 def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, threads, batch, warmup, runs, device,
@@ -134,8 +149,9 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
                                        device=device)
         render_report(report)
         gate = write_baseline(baseline, report, ref, model, base_dir)
-        console.print(f"recorded baseline {baseline}: {gate['model']} / {ref.name} = {gate['ratio']:.3f} "
-                      f"(95% CI {gate['ratio_ci'][0]:.3f}–{gate['ratio_ci'][1]:.3f})", highlight=False)
+        console.print(f"recorded baseline {escape(str(baseline))}: {escape(gate['model'])} / {escape(ref.name)} = "
+                      f"{gate['ratio']:.3f} (95% CI {gate['ratio_ci'][0]:.3f}–{gate['ratio_ci'][1]:.3f})",
+                      highlight=False)
         return 0
     if reference or arch:
         raise SlimkitError("--reference and --arch choose the reference when recording (--update-baseline); a check "
@@ -147,5 +163,5 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
     render_report(report)
     report.write(out)
     result = check_regression(report, data["gate"], tolerance)
-    console.print(result.message, style="green" if result.passed else "bold red", highlight=False)
+    console.print(result.message, style="green" if result.passed else "bold red", highlight=False, markup=False)
     return 0 if result.passed else 1

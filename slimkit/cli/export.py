@@ -9,9 +9,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from rich.markup import escape
+
+from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, load_checkpoint, load_model, onnx_metadata,
                                plan_candidate)
-from slimkit.cli._common import console, err_console, make_progress, parse_input_size, user_errors
+from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress,
+                                 parse_input_size, user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -21,9 +25,12 @@ from slimkit.latency import Candidate
 
 
 @user_errors
+@checked_numbers(opset=limits.OPSET, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT, atol=limits.ATOL,
+                 threads=limits.SMALL_COUNT, runs=limits.RUNS, calib_images=limits.COUNT,
+                 max_drop=limits.Range(0.0, 100.0), max_output_error=limits.Range(0.0, 1e6), eval_images=limits.COUNT)
 def export(
     source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name.")],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the default, and so far the only backend).")] = True,
+    onnx: Annotated[bool, typer.Option("--onnx", show_default=False, help="Export to ONNX: always on (the only backend so far); the flag may be given for clarity.")] = True,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: model.onnx beside a checkpoint, PLAN.onnx beside a plan).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make the batch dimension dynamic.")] = False,
@@ -34,37 +41,37 @@ def export(
     input_size: Annotated[Optional[str], typer.Option(help="Input size, for an architecture name, e.g. 224.")] = None,
     atol: Annotated[float, typer.Option(help="Largest allowed |onnxruntime - PyTorch| on random inputs (fp32).")] = 1e-4,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Write a latency report (full model vs this one) beside the file.")] = True,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime threads for the report (default: physical cores).")] = None,
-    runs: Annotated[int, typer.Option(min=1, help="Timed rounds for the report.")] = 100,
+    threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads for the report (default: physical cores).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed rounds for the report.")] = 100,
     int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx: onnxruntime static quantization (QDQ, per-channel), checked against fp32.")] = False,
     data: Annotated[Optional[str], typer.Option(help="--int8 calibration and check data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic (default: a checkpoint's training data).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Where --data lives (default: a checkpoint's).")] = None,
-    calib_images: Annotated[int, typer.Option(min=1, help="--int8: training images to calibrate on.")] = 256,
+    calib_images: Annotated[int, typer.Option(help="--int8: training images to calibrate on.")] = 256,
     calib_method: Annotated[str, typer.Option(help="--int8: onnxruntime calibrator: minmax, percentile or entropy.")] = "minmax",
-    max_drop: Annotated[float, typer.Option(min=0, help="--int8, trained weights: largest allowed top-1 drop in points on the test split.")] = 1.0,
-    max_output_error: Annotated[float, typer.Option(min=0, help="--int8, untrained weights: largest allowed int8 error, as a fraction of the fp32 outputs' spread.")] = 0.25,
-    eval_images: Annotated[Optional[int], typer.Option(min=1, help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
+    max_drop: Annotated[float, typer.Option(help="--int8, trained weights: largest allowed top-1 drop in points on the test split.")] = 1.0,
+    max_output_error: Annotated[float, typer.Option(help="--int8, untrained weights: largest allowed int8 error, as a fraction of the fp32 outputs' spread.")] = 0.25,
+    eval_images: Annotated[Optional[int], typer.Option(help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report.
 
     With --int8, also quantize (onnxruntime, calibrated on --data's training split), check top-1 vs
     fp32 (or output agreement for untrained weights), and time full fp32, fp32 and int8 together."""
-    if not onnx:
-        raise SlimkitError("choose an export backend: --onnx")
+    del onnx  # always ONNX: the flag exists so a script may say so
     out = out or default_export_path(source)
     if out.suffix != ".onnx":
         raise SlimkitError(f"--out {out} should end in .onnx")
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
+    check_out_parent(out)
     src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
     quant_data = _int8_data(source, src, data, data_dir) if int8 else None  # before exporting: fail fast
     metadata = onnx_metadata(src)
-    with console.status(f"exporting {src.description}"):
+    with console.status(f"exporting {escape(src.description)}"):
         result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
                                       dynamic_batch=dynamic_batch, simplify=simplify, exporter=exporter, atol=atol,
-                                      warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False))
+                                      warn=warn)
     d = result.details
-    table = Table(title=f"ONNX export of {src.plan.arch}", show_header=False)
+    table = Table(title=escape(f"ONNX export of {src.plan.arch}"), show_header=False)
     table.add_column(justify="left")
     table.add_column(justify="right")
     for key, value in (("file", str(out)), ("size", f"{result.size_bytes / 1e6:.2f} MB"),
@@ -74,7 +81,7 @@ def export(
                        ("export time", f"{result.export_seconds:.1f} s"),
                        ("parity", f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e} (≤ {atol:g}; outputs up to "
                                   f"{d['parity_output_scale']:.3g})")):
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
     console.print(table)
     int8_file = _export_int8(out, src, quant_data, calib_images=calib_images, calib_method=calib_method,
                              max_drop=max_drop, max_output_error=max_output_error, eval_images=eval_images,
@@ -107,7 +114,7 @@ def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str, 
                                  total=None)
         result = export_int8(out, data, trained=src.trained, settings=settings, max_drop=max_drop,
                              max_output_error=max_output_error, eval_images=eval_images, threads=threads,
-                             warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False),
+                             warn=warn,
                              progress=lambda done, total: (progress.update(task, completed=done, total=total),
                                                            progress.refresh()))
     q, check = result.details["quantization"], result.details["check"]
@@ -152,4 +159,4 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
         report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
     render_report(report)
     written = report.write(out.with_suffix(".latency"))
-    console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False)
+    console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False, markup=False)

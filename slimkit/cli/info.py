@@ -7,30 +7,35 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from rich.markup import escape
+
 from slimkit import registry
-from slimkit.cli._common import console, parse_input_size, user_errors
+from slimkit import validate as limits
+from slimkit.cli._common import checked_numbers, console, parse_input_size, user_errors
 from slimkit.flops import count_flops_per_layer, count_params, format_count
 from slimkit.generator import channel_graph
 
 
 @user_errors
+@checked_numbers(limit=limits.NON_NEGATIVE_COUNT)
 def models(
     filter: Annotated[Optional[str], typer.Option("--filter", "-f", help="Substring or glob, e.g. 'mobilenet*'.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many rows (0 = all).")] = 200,
 ) -> None:
     """List the architectures slimkit can build (aliases, built-ins, torchvision, timm)."""
     rows = registry.list_archs(filter)
-    table = Table(title=f"{len(rows)} architectures" + (f" matching '{filter}'" if filter else ""))
+    table = Table(title=escape(f"{len(rows)} architectures" + (f" matching '{filter}'" if filter else "")))
     table.add_column("name")
     table.add_column("source / note")
     for name, desc in rows[: limit or None]:
-        table.add_row(name, desc)
+        table.add_row(escape(name), escape(desc))
     console.print(table)
     if limit and len(rows) > limit:
         console.print(f"... {len(rows) - limit} more; narrow with --filter or pass --limit 0")
 
 
 @user_errors
+@checked_numbers(num_classes=limits.SMALL_COUNT, in_chans=limits.IN_CHANS)
 def info(
     arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:resnet50.")],
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
@@ -48,18 +53,24 @@ def info(
         size = (in_chans, size[1], size[2])
     graph = channel_graph(spec.canonical, kwargs, size, model=model)
     macs, params = graph.count_macs(), count_params(model)
-    console.print(f"[bold]{spec.canonical}[/]  input {list(size)}  "
-                  f"MACs {format_count(macs)}  params {format_count(params)}  "
+    classes = getattr(model, "num_classes", None) or num_classes
+    console.print(f"[bold]{escape(spec.canonical)}[/]  input {list(size)}  "
+                  f"MACs {format_count(macs)}  params {format_count(params)}"
+                  + (f" ({classes}-class head)" if classes else "") + "  "
                   f"channel groups {len(graph.groups)} prunable, {len(graph.frozen)} frozen")
+    if classes and classes != 10 and num_classes is None:  # why `prune` says "of 567.7M" where this says 568.7M
+        console.print("  [dim]prune sizes the head for the data (10 classes for Fashion-MNIST), so its totals differ "
+                      "by the head: `--num-classes 10` shows them[/]", highlight=False)
     for name, why in graph.frozen.items():
-        console.print(f"  frozen [cyan]{name}[/]: {why}", highlight=False)
+        console.print(f"  frozen [cyan]{escape(name)}[/]: {escape(why)}", highlight=False)
     if groups:
         table = Table(title="channel groups")
         for col in ("group", "width", "divisor", "modules"):
             table.add_column(col)
         for g in graph.groups.values():
             mods = g.producers + [c for c in g.consumers if c not in g.producers]
-            table.add_row(g.name, str(g.width), str(g.divisor), ", ".join(mods[:4]) + (" ..." if len(mods) > 4 else ""))
+            table.add_row(escape(g.name), str(g.width), str(g.divisor),
+                          escape(", ".join(mods[:4]) + (" ..." if len(mods) > 4 else "")))
         console.print(table)
     if layers:
         per = count_flops_per_layer(model, size)
@@ -68,5 +79,5 @@ def info(
         table.add_column("MACs", justify="right")
         table.add_column("share", justify="right")
         for name, n in per.items():
-            table.add_row(name, format_count(n), f"{100 * n / max(macs, 1):.1f}%")
+            table.add_row(escape(name), format_count(n), f"{100 * n / max(macs, 1):.1f}%")
         console.print(table)

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from slimkit import validate as limits
 from slimkit.budget import parse_budget
-from slimkit.cli._common import console, make_progress, parse_input_size, user_errors
-from slimkit.errors import SlimkitError
+from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress, parse_input_size, say_plain,
+                                 user_errors)
+from slimkit.errors import PlanError, SlimkitError
 from slimkit.flops import format_count
-from slimkit.plan import ChannelPlan, save_plan
+from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, LatencyOptions, uniform_reference
 from slimkit.prune import prune as run_prune
@@ -23,19 +26,22 @@ from slimkit.runtime import cleanup_distributed
 
 def render_plan(plan: ChannelPlan, title: str) -> None:
     """Rich table of a plan: widths before/after per group, then totals."""
-    table = Table(title=title, show_lines=False)
+    table = Table(title=escape(title), show_lines=False)
     for col, just in (("group", "left"), ("full", "right"), ("width", "right"), ("keep", "right")):
         table.add_column(col, justify=just)
     for name, g in plan.groups.items():
         ratio = g["width"] / g["full"]
         style = "green" if ratio > 1 else ("yellow" if ratio < 0.5 else "")
-        table.add_row(name, str(g["full"]), str(g["width"]), f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}")
+        table.add_row(escape(name), str(g["full"]), str(g["width"]), f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}")
     console.print(table)
     full_flops = plan.search.get("full_flops")
     full_params = plan.search.get("full_params")
     line = f"MACs {format_count(plan.flops)}"
     if full_flops:
-        line += f" ({100 * plan.flops / full_flops:.1f}% of {format_count(full_flops)})"
+        line += f" ({100 * plan.flops / full_flops:.1f}% of {format_count(full_flops)}"
+        if plan.num_classes is not None:  # `slimkit info` counts the model's own head (often 1000 classes)
+            line += f" with a {plan.num_classes}-class head"
+        line += ")"
     line += f"   params {format_count(plan.params)}"
     if full_params:
         line += f" ({100 * plan.params / full_params:.1f}% of {format_count(full_params)})"
@@ -44,24 +50,43 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
         line += f"   budget {plan.budget['text']}"
         if plan.budget["kind"] == "flops" and target:
             line += f" = {format_count(target)} (off by {100 * (plan.flops - target) / target:+.2f}%)"
-    console.print(line, highlight=False)
+    console.print(line, highlight=False, markup=False)
     if plan.latency:
         lat = plan.latency
         target_ms = lat["target_ratio"] * lat["full_median_ms"]
         console.print(f"latency {lat['ratio_to_full'] * lat['full_median_ms']:.3f} ms = {lat['ratio_to_full']:.3f}x the full "
                       f"model (95% CI {lat['ratio_ci'][0]:.3f}-{lat['ratio_ci'][1]:.3f}); budget {target_ms:.3f} ms, "
-                      f"measured on {lat['backend']}, {lat['threads']} thread(s), batch {lat['batch']}", highlight=False)
+                      f"measured on {lat['backend']}, {lat['threads']} thread(s), batch {lat['batch']}", highlight=False,
+                      markup=False)
+
+
+def check_out(out: Path) -> None:
+    """Before minutes of work: --out must be a file we may replace (absent, or an old plan)."""
+    if out.is_dir():
+        raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
+    check_out_parent(out)
+    if out.exists():
+        try:
+            load_plan(out)
+        except PlanError:
+            raise SlimkitError(f"--out {out} exists and is not a slimkit plan: slimkit will not overwrite it; "
+                               "choose another --out or move the file away") from None
 
 
 @user_errors
+@checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT,
+                 in_chans=limits.IN_CHANS, expand=limits.EXPAND, round_to=limits.ROUND_TO,
+                 tolerance=limits.TOLERANCE, seed=limits.SEED, gamma=limits.GAMMA, lr=limits.LR,
+                 epochs=limits.EPOCHS_FRACTIONAL, steps=limits.COUNT, batch_size=limits.COUNT,
+                 search_size=limits.SIDE, val_size=limits.NON_NEGATIVE_COUNT)
 def prune(
     arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:efficientnet_b0.")],
     flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
     latency: Annotated[Optional[str], typer.Option("--latency", help="Measured-latency budget: 8ms, or 50% of the full model's latency on --backend.")] = None,
     backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = LatencyOptions.backend,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for --latency (default: physical cores).")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size for --latency.")] = LatencyOptions.batch,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for --latency (default: physical cores).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = LatencyOptions.batch,
     method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = DEFAULT_METHOD,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
@@ -78,14 +103,18 @@ def prune(
     gamma: Annotated[Optional[float], typer.Option(help="Weight of the sparsity term γ·(mean λ − r)².")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the gates (paper 0.01; 0.05 for the short CPU default).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Gate-learning epochs (default: the preset's; on CPU a short run).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Gate-learning steps (overrides --epochs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Gate-learning batch size (default: the preset's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Gate-learning steps (overrides --epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Gate-learning batch size (default: the preset's).")] = None,
     search_size: Annotated[Optional[int], typer.Option(help="Image side for gate learning (default: the model's on GPU, at most 64 on CPU).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = GateOptions.device,
     weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
 ) -> None:
-    """Plan a thinner network that meets a FLOPs or parameter budget."""
+    """Plan a thinner network that meets a FLOPs, parameter or measured-latency budget.
+
+    Budgets: --flops 150M (or 50% of the full model's MACs), --params 2.1M, or --latency 8ms (or 50%
+    of the full model's latency), timed on --backend with --threads and --batch while searching.
+    """
     if sum(x is not None for x in (flops, params, latency)) != 1:
         raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%)")
     if flops is not None:
@@ -99,8 +128,7 @@ def prune(
     size = parse_input_size(input_size)
     if size and in_chans:
         size = (in_chans, size[1], size[2])
-    if out.exists() and out.is_dir():
-        raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
+    check_out(out)
     start = time.perf_counter()
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
@@ -116,24 +144,17 @@ def prune(
         return
     progress = make_progress()
     with progress:
-        task = progress.add_task(f"tracing {arch}", total=None)
-        def log(msg: str) -> None:
-            progress.console.print(msg, highlight=False)
+        task = progress.add_task(f"tracing {arch}", total=None)  # ends when gate learning starts
         try:
-            plan = run_prune(arch, budget, **options, progress=progress, log=log)
+            plan = run_prune(arch, budget, **options, progress=progress, log=say_plain(progress))
         finally:
             cleanup_distributed()
         progress.remove_task(task)
     render_plan(plan, f"{plan.arch} — {method} plan")
     save_plan(plan, out)
-    console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)")
+    console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)", markup=False)
     if plan.method == "scratch":
-        s = plan.search
-        console.print(f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} "
-                      f"on random frozen weights), mean λ {s['gates']['mean']:.3f}, "
-                      + (f"threshold τ {s['threshold']:.4f}, " if s["threshold"] is not None else
-                         "channels taken in gate order (no single τ within tolerance), ")
-                      + f"{s['seconds']:.0f}s", highlight=False)
+        console.print(gate_summary(plan), highlight=False, markup=False)
     if plot:
         others = {}
         if plan.method != "uniform":
@@ -141,4 +162,18 @@ def prune(
             if ref is not None:
                 others["uniform"] = ref
         png = plot_channels(plan, out.with_suffix(".png"), others)
-        console.print(f"wrote {png}")
+        console.print(f"wrote {png}", markup=False)
+
+
+def gate_summary(plan: ChannelPlan) -> str:
+    """One line on the learned gates and how widths were picked from them: a threshold τ (FLOPs and
+    parameter budgets), gate order, or the latency search (a latency budget has no single τ)."""
+    s = plan.search
+    if plan.latency is not None:
+        how = f"widths from the measured-latency search ({s.get('latency_search', {}).get('selection', 'done')}), "
+    elif s.get("threshold") is not None:
+        how = f"threshold τ {s['threshold']:.4f}, "
+    else:
+        how = "channels taken in gate order (no single τ within tolerance), "
+    return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} on random "
+            f"frozen weights), mean λ {s['gates']['mean']:.3f}, {how}{s['seconds']:.0f}s")

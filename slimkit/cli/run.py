@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from slimkit import registry
-from slimkit.cli._common import console, err_console, make_progress, user_errors
+from slimkit.cli._common import console, make_progress, user_errors, warn
 from slimkit.cli.bench import render_report
 from slimkit.pipeline import (SUMMARY_COLUMNS, Layout, RunHooks, budget_reach, check_folder, format_cell,
                               missing_data, run_recipe, stage_list)
@@ -17,7 +18,7 @@ from slimkit.recipe import dump_recipe, load_recipe
 
 
 def render_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"{summary['recipe']} — {summary['arch']}")
+    table = Table(title=escape(f"{summary['recipe']} — {summary['arch']}"))
     for title, _, kind in SUMMARY_COLUMNS:
         table.add_column(title, justify="left" if kind is None else "right")
     for row in summary["models"]:
@@ -26,14 +27,14 @@ def render_summary(summary: dict[str, Any]) -> None:
 
 
 def rich_hooks() -> RunHooks:
-    return RunHooks(stage=lambda name, text: console.print(f"[bold cyan]{name}[/] {text}", highlight=False),
-                    log=lambda text: console.print(text, highlight=False),
-                    warn=lambda text: err_console.print(f"[yellow]warning:[/] {text}", highlight=False),
+    return RunHooks(stage=lambda name, text: console.print(f"[bold cyan]{name}[/] {escape(text)}", highlight=False),
+                    log=lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True), warn=warn,
                     progress=make_progress, status=console.status, report=render_report, summary=render_summary)
 
 
 def _dry_run(recipe, recipe_path: Path, overridden: bool, lay: Layout, same: bool) -> None:
-    console.print(f"# resolved recipe ({recipe_path}{', with --set overrides' if overridden else ''})", highlight=False)
+    console.print(f"# resolved recipe ({recipe_path}{', with --set overrides' if overridden else ''})", highlight=False,
+                  markup=False)
     console.print(dump_recipe(recipe), highlight=False, markup=False, soft_wrap=True)
     b = recipe.prune.budget()
     what = (f"{b.fraction:.0%} of the full model's {'latency' if b.kind == 'latency' else 'MACs'}"
@@ -43,18 +44,18 @@ def _dry_run(recipe, recipe_path: Path, overridden: bool, lay: Layout, same: boo
         what += f" ({reach})"
     console.print(f"arch {recipe.arch} -> {registry.resolve(recipe.arch).canonical}; budget {what}; "
                   f"run folder {lay.root}" + (" (holds this recipe: finished stages are skipped)" if same else ""),
-                  highlight=False, soft_wrap=True)
+                  highlight=False, soft_wrap=True, markup=False)
     table = Table(title=f"stages, in {lay.root}/")
     for col in ("stage", "writes", "what, and whether it would run now"):
         table.add_column(col)
     for stage, outputs in stage_list(recipe, lay):
         for i, (path, text) in enumerate(outputs):
             name = path.relative_to(lay.root).as_posix() + ("/" if path.name.startswith("train") else "")
-            table.add_row(stage if i == 0 else "", name, text)
+            table.add_row(stage if i == 0 else "", escape(name), escape(text))
     console.print(table)
     missing = missing_data(recipe)
     if missing:
-        console.print(f"[yellow]warning:[/] data not available here: {missing}", highlight=False, soft_wrap=True)
+        warn(f"data not available here: {missing}")
 
 
 @user_errors

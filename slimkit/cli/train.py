@@ -10,8 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from slimkit.cli._common import console, make_progress, user_errors
-from slimkit.errors import SlimkitError
+from slimkit import validate as limits
+from slimkit.cli._common import (check_out_folder, checked_numbers, console, make_progress, say_plain,
+                                 user_errors)
 from slimkit.runtime import cleanup_distributed
 from slimkit.train import TrainConfig
 from slimkit.train import train as run_train
@@ -20,27 +21,31 @@ D = TrainConfig()  # every default lives in TrainConfig; the options below show 
 
 
 @user_errors
+@checked_numbers(epochs=limits.COUNT, batch_size=limits.COUNT, lr=limits.LR, weight_decay=limits.WEIGHT_DECAY,
+                 label_smoothing=limits.LABEL_SMOOTHING, warmup_epochs=limits.WARMUP_EPOCHS, seed=limits.SEED,
+                 workers=limits.Range(0, 256, integer=True), max_steps_per_epoch=limits.COUNT,
+                 accum_steps=limits.Range(1, 65_536, integer=True))
 def train(
     source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name for the unpruned baseline.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
     data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = D.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of the full model; --schedule scratch-b stretches them.")] = D.epochs,
+    epochs: Annotated[int, typer.Option(help="Epochs of the full model; --schedule scratch-b stretches them.")] = D.epochs,
     schedule: Annotated[str, typer.Option("--schedule", "--budget", help="How long a pruned model trains: scratch-e: the full model's epochs; scratch-b: its compute (x full/plan FLOPs, at most 2x); fixed: exactly --epochs. (--budget: the old name.)")] = D.schedule,
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch size (LR scales with it).")] = D.batch_size,
+    batch_size: Annotated[int, typer.Option(help="Batch size (LR scales with it).")] = D.batch_size,
     lr: Annotated[Optional[float], typer.Option(help="Peak LR (default 0.05 x batch/256, the paper's).")] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 4e-5 for MobileNets).")] = D.weight_decay,
     decay_bn_bias: Annotated[bool, typer.Option("--decay-bn-bias/--no-decay-bn-bias", help="Apply weight decay to BN and biases too.")] = not D.no_decay_bn_bias,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = D.label_smoothing,
-    warmup_epochs: Annotated[float, typer.Option(min=0, help="Linear LR warm-up epochs before the cosine decay.")] = D.warmup_epochs,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up epochs before the cosine decay.")] = D.warmup_epochs,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop + flip.")] = D.augment,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = D.device,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (CUDA).")] = D.compile,
-    workers: Annotated[int, typer.Option(min=0, help="Data-loader workers (ImageFolder).")] = D.workers,
+    workers: Annotated[int, typer.Option(help="Data-loader workers (ImageFolder).")] = D.workers,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from OUT/checkpoint.pt.")] = False,
-    max_steps_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Cap steps per epoch (quick looks).")] = None,
-    accum_steps: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps: the global --batch-size is reached in this many micro-batches.")] = D.accum_steps,
+    max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch (quick looks).")] = None,
+    accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps: the global --batch-size is reached in this many micro-batches.")] = D.accum_steps,
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over all processes.")] = D.sync_bn,
 ) -> None:
     """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine)."""
@@ -49,17 +54,18 @@ def train(
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, seed=seed,
                       device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch,
                       accum_steps=accum_steps, sync_bn=sync_bn)
-    if accum_steps < 1:
-        raise SlimkitError(f"--accum-steps must be >= 1, got {accum_steps}")
+    check_out_folder(out)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     progress = make_progress() if main else None
     try:
         with progress or contextlib.nullcontext():
             result = run_train(source, out, cfg, resume=resume, progress=progress,
-                               log=lambda m: progress.console.print(m, highlight=False) if progress else None)
+                               log=say_plain(progress) if progress else None)
     finally:
         cleanup_distributed()
     if result.metrics and main:
         final = result.metrics[-1]
+        epochs_text = f"{final['epoch']} epoch" + ("" if final["epoch"] == 1 else "s")
         console.print(f"final: test top-1 {final['test_top1']:.4f}, top-5 {final['test_top5']:.4f} after "
-                      f"{final['epoch']} epochs; wrote {out}/checkpoint.pt, metrics.json, curves.png", highlight=False)
+                      f"{epochs_text}; wrote {out}/checkpoint.pt, metrics.json, curves.png", highlight=False,
+                      markup=False)
