@@ -160,11 +160,14 @@ def _measure(graph: ChannelGraph, widths: dict[str, int], kind: str) -> int:
     return graph.count_params(widths) if kind == "params" else graph.count_macs(widths)
 
 
-def check_budget(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0) -> Budget:
+def check_budget(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0,
+                 pinned: Mapping[str, int] | None = None) -> Budget:
     """Resolve ``budget`` against the full model and fail fast if no width choice can meet it."""
     budget = budget.resolve(graph.count_macs())
     if budget.kind in ("flops", "params"):
-        _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
+        pinned = dict(pinned or {})
+        _check_range(graph, budget, {**min_widths(graph, round_to), **pinned},
+                     {**max_widths(graph, expand, round_to), **pinned})
     return budget
 
 

@@ -2,6 +2,11 @@
 
 Methods: ``uniform`` scales every channel group by one factor (the papers' baseline);
 ``scratch`` learns channel gates on random frozen weights and thresholds them (Wang et al. 2020).
+Options of ``scratch``: ``selection`` turns gates into widths by a global threshold (the paper's
+Algorithm 1) or by gate value per unit of marginal cost (``"cost-aware"``, slimkit.budget);
+``search_space="paper"`` reproduces the paper's official code (residual streams kept at their
+expanded width, only block-internal channels gated, r against the unexpanded model, its
+snapshot rule, crop + flip, eval-mode BN; slimkit.search_space).
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from slimkit import registry
-from slimkit.budget import Budget, check_budget, max_widths, parse_budget, search_threshold, search_uniform
+from slimkit.budget import (SELECTIONS, Budget, check_budget, max_widths, parse_budget, search_cost_aware,
+                            search_threshold, search_uniform)
 from slimkit.device import resolve_device
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.generator import channel_graph, generate, resize_model
 from slimkit.plan import ChannelPlan
+from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
 
 __all__ = ["prune", "arch_kwargs_for", "METHODS"]
 
@@ -22,7 +29,8 @@ METHODS = ("scratch", "uniform")
 
 # A CPU cannot run the papers' gate budgets interactively: a short run at a reduced resolution.
 CPU_STEPS = 300
-CPU_LR = 0.05  # 300 steps instead of ~4,000: a larger Adam step so the gate mean still reaches r
+CPU_LR = 0.05  # the CPU default, whatever the steps: a larger Adam step than the paper's 0.01
+PAPER_LR = 0.01
 CPU_SEARCH_SIDE = 64
 CPU_VAL_IMAGES = 2000
 
@@ -45,6 +53,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
           batch_size: int | None = None, epochs: float | None = None, steps: int | None = None,
           search_size: int | None = None, val_size: int | None = None, device: str = "auto",
           backend: str = "ort-cpu", threads: int | None = None, batch: int = 1, weights: str | None = None,
+          selection: str = "threshold", search_space: str = "full",
           progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
@@ -54,9 +63,18 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     with ``threads`` and ``batch`` (see :mod:`slimkit.latency_search`); ``tolerance`` then
     defaults to 5%. ``weights`` (a checkpoint of the full model) learns the gates on those trained
     weights instead of random ones: the paper's comparison with structures from trained weights.
+    ``selection`` ('threshold' or 'cost-aware') and ``search_space`` ('full' or 'paper') apply
+    to ``method='scratch'`` (see the module docstring).
     """
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+    if selection not in SELECTIONS:
+        raise SlimkitError(f"unknown selection '{selection}': choose one of {', '.join(SELECTIONS)}")
+    if search_space not in SEARCH_SPACES:
+        raise SlimkitError(f"unknown search space '{search_space}': choose one of {', '.join(SEARCH_SPACES)}")
+    if method == "uniform" and (selection != "threshold" or search_space != "full"):
+        raise SlimkitError("--selection and --search-space choose how learned gates become widths: "
+                           "use them with --method scratch")
     if expand < 1.0:
         raise SlimkitError(f"--expand must be >= 1.0 (channel expansion widens the supernet), got {expand}")
     if round_to < 1:
@@ -85,6 +103,9 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
     full_flops = graph.count_macs()
+    # the paper's space: residual streams stay at their expanded, rounded width
+    pinned = {} if search_space == "full" else {
+        n: w for n, w in max_widths(graph, expand, round_to).items() if n in set(residual_stream_groups(graph))}
     meter = None
     if b.kind == "latency":  # measure the full and smallest models first: fail before any gate learning
         from slimkit.latency_search import LatencyMeter, resolve_target
@@ -95,7 +116,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
         target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
         flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
     else:
-        b = check_budget(graph, b, round_to, expand)  # before any gate learning: fail in seconds, not minutes
+        b = check_budget(graph, b, round_to, expand, pinned)  # before any gate learning: fail in seconds
     if bundle is not None:
         say(f"data: {bundle.description}")
     gates = None
@@ -104,28 +125,36 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
             gates_result, search = _learn_gates(
                 spec.canonical, kwargs, graph, flops_guess, bundle, expand=expand, seed=seed, preset=preset,
                 gamma=gamma, lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
-                progress=progress, say=say, weights=weights)
+                progress=progress, say=say, weights=weights, search_space=search_space)
             gates = gates_result.gates
         else:
             search = {}
-        result, b, latency = _search_latency(meter, graph, b, gates, round_to, expand, tolerance, say)
+        result, b, latency = _search_latency(meter, graph, b, gates, round_to, expand, tolerance, say,
+                                             selection, pinned)
         search["latency_search"] = latency.pop("search")
         meter.close()
     elif method == "uniform":
         result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
-        search = {"factor": round(result.value, 6), "iterations": result.iterations}
+        search = {"factor": round(result.value, 6), "iterations": result.iterations, "selection": "uniform"}
     else:
         assert bundle is not None
         gates_result, search = _learn_gates(
             spec.canonical, kwargs, graph, b, bundle, expand=expand, seed=seed, preset=preset, gamma=gamma,
             lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, device=device, data=data,
-            progress=progress, say=say, weights=weights)
-        result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
-                                  tolerance=tolerance)
-        filled = result.value != result.value  # NaN: no single τ fit, channels added in gate order
-        search.update({"threshold": None if filled else round(result.value, 6),
-                       "threshold_iterations": result.iterations,
-                       "selection": "gate-order fill" if filled else "threshold"})
+            progress=progress, say=say, weights=weights, search_space=search_space)
+        if selection == "cost-aware":
+            result = search_cost_aware(graph, gates_result.gates, b, round_to=round_to, expand=expand,
+                                       tolerance=tolerance, pinned=pinned)
+            search.update({"threshold": None, "selection_steps": result.iterations, "selection": "cost-aware"})
+        else:
+            result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
+                                      tolerance=tolerance, pinned=pinned)
+            filled = result.value != result.value  # NaN: no single τ fit, channels added in gate order
+            search.update({"threshold": None if filled else round(result.value, 6),
+                           "threshold_iterations": result.iterations,
+                           "selection": "gate-order fill" if filled else "threshold"})
+    if method == "scratch":
+        search.update({"search_space": search_space, "pinned": sorted(pinned)})
     search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params()})
     plan = ChannelPlan(
         arch=spec.canonical, arch_kwargs=kwargs, input_size=list(size), expand=expand,
@@ -148,8 +177,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, *, expand: float, seed: int,
                  preset: str | None, gamma: float | None, lr: float | None, batch_size: int | None,
                  epochs: float | None, steps: int | None, device: str, data: str, progress: Any, say: Any,
-                 weights: str | None = None):
-    """Build the (expanded) supernet with frozen random weights and learn its gates."""
+                 weights: str | None = None, search_space: str = "full"):
+    """Build the (expanded) supernet with frozen random weights and learn its gates.
+
+    Default space: all groups gated, r against the expanded supernet, γ adaptive so a short run
+    reaches r. Paper space: the official code's settings (module docstring), γ fixed."""
     import torch
 
     from slimkit.gates import attach_gates
@@ -161,14 +193,17 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     p = PRESETS[preset]
     dev = resolve_device(device)
     bs = batch_size or p["batch_size"]
-    if steps is None and epochs is None and dev.type == "cpu":
+    paper = search_space == "paper"
+    # The learning rate depends on the device and the search space only, never on --steps or
+    # --epochs: asking for more steps must not silently change the step size.
+    if lr is None:
+        lr = CPU_LR if dev.type == "cpu" and not paper else PAPER_LR
+    if steps is None and epochs is None and dev.type == "cpu" and not paper:
         n_steps = CPU_STEPS
-        lr = CPU_LR if lr is None else lr
         say(f"CPU: a short gate search of {n_steps} steps at lr {lr} (paper: {p['epochs']:g} epochs at lr 0.01); "
             "pass --epochs or --steps for more")
     else:
         n_steps = steps or steps_for_epochs(epochs if epochs is not None else p["epochs"], len(bundle.train), bs)
-    lr = 0.01 if lr is None else lr
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = registry.create_model(arch, **kwargs)
@@ -179,20 +214,31 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     widths = max_widths(graph, expand, round_to=1)
     if expand != 1.0:
         resize_model(model, graph, widths)
-    supernet = attach_gates(model, graph, widths)
-    r = min(1.0, budget.value / graph.count_macs(widths)) if budget.kind == "flops" else \
-        min(1.0, budget.value / graph.count_params(widths))
+    fixed = residual_stream_groups(graph) if paper else []
+    supernet = attach_gates(model, graph, widths, fixed=fixed)
+    reference = graph.full_widths() if paper else widths  # the paper's r is a share of the unexpanded model
+    r = min(1.0, budget.value / graph.count_macs(reference)) if budget.kind == "flops" else \
+        min(1.0, budget.value / graph.count_params(reference))
     cfg = GateSearchConfig(target=r, gamma=gamma if gamma is not None else p["gamma"], lr=lr, batch_size=bs,
                            steps=n_steps, evals=10, val_images=CPU_VAL_IMAGES if dev.type == "cpu" else None,
-                           seed=seed, device=str(dev))
-    say(f"gates: {sum(widths.values())} channels in {len(widths)} groups, r = {r:.3f}, γ = {cfg.gamma}, "
+                           seed=seed, device=str(dev), snapshot_rule="nonzero" if paper else "mean",
+                           augment=paper, eval_bn=paper, adaptive_gamma=not paper)
+    gated = sum(w for n, w in widths.items() if n not in fixed)
+    say(f"gates: {gated} channels in {len(widths) - len(fixed)} groups"
+        + (f" ({len(fixed)} residual-stream groups kept at full width)" if fixed else "")
+        + f", r = {r:.3f}, γ = {cfg.gamma}{' (adaptive)' if cfg.adaptive_gamma else ''}, lr {lr}, "
         f"batch {bs}, {n_steps} steps at {list(bundle.train.input_size)} on {dev}")
     res = search_gates(supernet, bundle, cfg, progress=progress)
-    if not res.qualified:
+    if not res.qualified and paper:
+        say(f"note: no snapshot had a share of non-zero gates <= r ({r:.3f}); using the final gates "
+            f"(non-zero share {res.nonzero_fraction:.3f}), as the paper's code does")
+    elif not res.qualified:
         say(f"warning: no snapshot reached mean gate <= r ({r:.3f}); using the sparsest (mean {res.gate_mean:.3f})")
     flat = [v for vs in res.gates.values() for v in vs]
     info = {"weights": "random" if weights is None else f"trained ({weights})",
-            "preset": preset, "gamma": cfg.gamma, "lr": lr, "batch_size": bs, "steps": n_steps,
+            "preset": preset, "gamma": cfg.gamma, "gamma_final": res.gamma, "adaptive_gamma": cfg.adaptive_gamma,
+            "snapshot_rule": cfg.snapshot_rule, "augment": cfg.augment, "eval_bn": cfg.eval_bn,
+            "nonzero_fraction": round(res.nonzero_fraction, 4), "lr": lr, "batch_size": bs, "steps": n_steps,
             "target_r": round(r, 6), "search_input": list(bundle.train.input_size), "data": data,
             "device": str(dev), "chosen_step": res.step, "val_accuracy": round(res.val_accuracy, 4),
             "qualified": res.qualified, "seconds": round(res.seconds, 1),
@@ -203,7 +249,8 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     return res, info
 
 
-def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say):
+def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say,
+                    selection: str = "threshold", pinned: dict[str, int] | None = None):
     """Latency budget -> widths, the resolved budget and the plan's ``latency`` record."""
     from slimkit.budget import SearchResult
     from slimkit.latency_search import search_latency
@@ -216,7 +263,11 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
             try:
                 if gates is None:
                     return search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tol).widths
-                return search_threshold(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol).widths
+                if selection == "cost-aware":
+                    return search_cost_aware(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol,
+                                             pinned=pinned).widths
+                return search_threshold(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol,
+                                        pinned=pinned).widths
             except BudgetError:
                 continue
         raise BudgetError(f"no plan near {f:.1%} of the full model's MACs")

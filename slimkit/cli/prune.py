@@ -72,7 +72,7 @@ def prune(
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives (default: Debian's /usr/share/datasets/fashion-mnist).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Paper gate settings: cifar (γ 0.5, batch 128, 10 epochs) or imagenet (γ 0.05, batch 100, 1 epoch); default from --data.")] = None,
     gamma: Annotated[Optional[float], typer.Option(help="Weight of the sparsity term γ·(mean λ − r)².")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the gates (paper 0.01; 0.05 for the short CPU default).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the gates (default 0.05 on CPU, 0.01 on GPU and with --search-space paper; --steps and --epochs never change it).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Gate-learning epochs (default: the preset's; on CPU a short run).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Gate-learning steps (overrides --epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Gate-learning batch size (default: the preset's).")] = None,
@@ -80,6 +80,8 @@ def prune(
     val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
+    selection: Annotated[str, typer.Option(help="How gates become widths: threshold (the paper's Algorithm 1: one global τ, every channel counts alike) or cost-aware (gate value per MAC saved, or per parameter for --params; greedy, re-counted as widths shrink).")] = "threshold",
+    search_space: Annotated[str, typer.Option(help="full: every channel group may shrink; paper: the paper's official code (residual streams kept at the --expand width, only block-internal channels gated, r against the unexpanded model, snapshot rule 'share of non-zero gates <= r', crop+flip, eval-mode BN, lr 0.01 for the preset's epochs).")] = "full",
 ) -> None:
     """Plan a thinner network that meets a FLOPs or parameter budget."""
     from slimkit.budget import parse_budget
@@ -104,7 +106,8 @@ def prune(
     options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
                    round_to=round_to, seed=seed, tolerance=tolerance, data=data, data_dir=data_dir, preset=preset,
                    gamma=gamma, lr=lr, epochs=epochs, steps=steps, batch_size=batch_size, search_size=search_size,
-                   val_size=val_size, device=device, backend=backend, threads=threads, batch=batch, weights=weights)
+                   val_size=val_size, device=device, backend=backend, threads=threads, batch=batch, weights=weights,
+                   selection=selection, search_space=search_space)
     if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
         try:
             run_prune(arch, budget, **options)
@@ -126,10 +129,12 @@ def prune(
     console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)")
     if plan.method == "scratch":
         s = plan.search
+        how = {"cost-aware": "channels ranked by gate per unit of cost, ",
+               "gate-order fill": "channels taken in gate order (no single τ within tolerance), "}
         console.print(f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} "
                       f"on random frozen weights), mean λ {s['gates']['mean']:.3f}, "
-                      + (f"threshold τ {s['threshold']:.4f}, " if s["threshold"] is not None else
-                         "channels taken in gate order (no single τ within tolerance), ")
+                      + (f"threshold τ {s['threshold']:.4f}, " if s.get("threshold") is not None else
+                         how.get(s.get("selection"), ""))
                       + f"{s['seconds']:.0f}s", highlight=False)
     if plot:
         from slimkit.plots import plot_channels, uniform_reference
