@@ -3,7 +3,8 @@
 "Rethinking the Value of Network Pruning" (Liu et al. 2019): a pruned architecture trained from
 random init matches fine-tuning when it gets enough training. Budgets: Scratch-E trains as many
 epochs as the full model; Scratch-B trains for the same total compute, epochs × full FLOPs /
-pruned FLOPs (capped at 2× as the paper does on ImageNet), with the LR schedule stretched along.
+pruned FLOPs, with the LR schedule stretched along: uncapped on CIFAR-style data, capped at 2× on
+ImageNet-style (ImageFolder) data, as the paper does.
 Recipe ("Pruning from Scratch"): SGD, Nesterov momentum 0.9, linear warm-up then cosine LR,
 label smoothing 0.1, weight decay 4e-5 (MobileNets), batch size and LR scaled together.
 
@@ -35,7 +36,7 @@ from slimkit.distributed import all_reduce_sum
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.plan import ChannelPlan, atomic_write, atomic_write_text, folder_lock, load_plan
 
-__all__ = ["TrainConfig", "scratch_b_epochs", "train", "load_checkpoint", "CheckpointError",
+__all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "load_checkpoint", "CheckpointError",
            "model_from_checkpoint", "BUDGETS"]
 
 BUDGETS = ("fixed", "scratch-e", "scratch-b")
@@ -46,12 +47,19 @@ class CheckpointError(SlimkitError):
     """A checkpoint that cannot be read or does not match the run."""
 
 
-def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float = 2.0) -> int:
+def scratch_b_cap(data: str) -> float | None:
+    """Rethinking's cap on Scratch-B's stretch: 2x on ImageNet (ImageFolder data here), none on
+    CIFAR (and the other small in-memory sets: Fashion-MNIST, synthetic)."""
+    return 2.0 if data.startswith("imagefolder:") else None
+
+
+def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float | None = 2.0) -> int:
     """Scratch-B (Liu et al. 2019): the same total compute as training the full model for
-    ``epochs`` — epochs × full / pruned FLOPs — but at most ``cap`` × epochs (their ImageNet rule)."""
+    ``epochs`` — epochs × full / pruned FLOPs — but at most ``cap`` × epochs when a cap is given
+    (their ImageNet rule; ``scratch_b_cap`` picks it from the data)."""
     if plan_flops <= 0 or full_flops <= 0:
         raise ValueError("FLOPs must be positive")
-    factor = min(full_flops / plan_flops, cap)
+    factor = full_flops / plan_flops if cap is None else min(full_flops / plan_flops, cap)
     return max(epochs, math.ceil(epochs * factor - 1e-9))
 
 
@@ -311,7 +319,7 @@ def _train(source: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConf
     full_flops = plan.search.get("full_flops") or plan.flops
     epochs = cfg.epochs
     if cfg.budget == "scratch-b" and plan.flops:
-        epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops)
+        epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops, cap=scratch_b_cap(cfg.data))
     say(f"data: {data.description}")
     say(f"budget {cfg.budget}: {epochs} epochs (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")

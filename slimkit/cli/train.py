@@ -22,7 +22,7 @@ def train(
     data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = "fashion-mnist",
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of the full model; --budget scratch-b stretches them.")] = 30,
-    budget: Annotated[str, typer.Option(help="scratch-e: same epochs as the full model; scratch-b: same compute (x full/plan FLOPs, at most 2x); fixed.")] = "scratch-e",
+    budget: Annotated[str, typer.Option(help="scratch-e: same epochs as the full model; scratch-b: same compute as the full model (epochs x full/plan FLOPs: uncapped on CIFAR-style data, at most 2x on imagefolder data, as Rethinking the Value of Network Pruning does); fixed.")] = "scratch-e",
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size (LR scales with it).")] = 128,
     lr: Annotated[Optional[float], typer.Option(help="Peak LR (default 0.05 x batch/256, the paper's).")] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 4e-5 for MobileNets).")] = 4e-5,
