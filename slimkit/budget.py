@@ -10,10 +10,17 @@
 * ``search_uniform`` binary-searches one width factor shared by all groups (the papers' uniform
   baseline); ``search_threshold`` is Algorithm 1 of "Pruning from Scratch": a binary search of a
   global threshold over learned gate values.
+* ``search_cost_aware`` ranks channels by gate value per unit of marginal cost instead (greedy, as
+  in MorphNet and HALP): a threshold counts every channel alike, but on ResNet-20 at 32 px a
+  stage-1 channel costs 4x the MACs of a stage-3 channel, so thresholded gates spend the budget
+  early and starve late stages.
+* ``pinned`` groups (the paper's search space keeps residual streams at their expanded width)
+  keep the width given and take no part in a search.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -24,7 +31,10 @@ from slimkit.flops import format_count
 from slimkit.graph import ChannelGraph
 
 __all__ = ["Budget", "parse_budget", "check_budget", "make_divisible", "round_width", "uniform_widths",
-           "min_widths", "max_widths", "search_uniform", "search_threshold", "SearchResult"]
+           "min_widths", "max_widths", "search_uniform", "search_threshold", "search_cost_aware", "SearchResult",
+           "SELECTIONS"]
+
+SELECTIONS = ("threshold", "cost-aware")  # how learned gates become widths
 
 _SCALES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -157,11 +167,14 @@ def _measure(graph: ChannelGraph, widths: dict[str, int], kind: str) -> int:
     return graph.count_params(widths) if kind == "params" else graph.count_macs(widths)
 
 
-def check_budget(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0) -> Budget:
+def check_budget(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0,
+                 pinned: Mapping[str, int] | None = None) -> Budget:
     """Resolve ``budget`` against the full model and fail fast if no width choice can meet it."""
     budget = budget.resolve(graph.count_macs())
     if budget.kind in ("flops", "params"):
-        _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
+        pinned = dict(pinned or {})
+        _check_range(graph, budget, {**min_widths(graph, round_to), **pinned},
+                     {**max_widths(graph, expand, round_to), **pinned})
     return budget
 
 
@@ -253,11 +266,15 @@ def _tie_broken(gates: Mapping[str, list[float]]) -> dict[str, list[float]]:
 
 
 def threshold_widths(graph: ChannelGraph, gates: Mapping[str, list[float]], tau: float,
-                     round_to: int = 8, expand: float = 1.0) -> dict[str, int]:
+                     round_to: int = 8, expand: float = 1.0,
+                     pinned: Mapping[str, int] | None = None) -> dict[str, int]:
     """G(Λ > τ): each group keeps its gates above τ, as a share of its (expanded) width, rounded."""
     out = {}
     mins = min_widths(graph, round_to)
     for name, g in graph.groups.items():
+        if pinned and name in pinned:
+            out[name] = pinned[name]
+            continue
         values = gates[name]
         kept = sum(1 for v in values if v > tau) / len(values)
         full_factor = expand if g.can_expand else 1.0
@@ -267,7 +284,7 @@ def threshold_widths(graph: ChannelGraph, gates: Mapping[str, list[float]], tau:
 
 def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
                      round_to: int = 8, expand: float = 1.0, iterations: int = 40,
-                     tolerance: float = 0.01) -> SearchResult:
+                     tolerance: float = 0.01, pinned: Mapping[str, int] | None = None) -> SearchResult:
     """Algorithm 1 (Wang et al. 2020): binary-search τ in [0, 1] so G(Λ > τ) meets the budget.
 
     When one channel of a wide residual group moves the cost by more than the tolerance, no τ
@@ -275,28 +292,35 @@ def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budg
     skipping any that would exceed the budget, starting from the best plan under budget.
     """
     budget = budget.resolve(graph.count_macs())
-    _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
+    pinned = dict(pinned or {})
+    _check_range(graph, budget, {**min_widths(graph, round_to), **pinned},
+                 {**max_widths(graph, expand, round_to), **pinned})
     distinct = _tie_broken(gates)
     try:
-        return _bisect(lambda t: threshold_widths(graph, distinct, t, round_to, expand), graph, budget,
+        return _bisect(lambda t: threshold_widths(graph, distinct, t, round_to, expand, pinned), graph, budget,
                        -1e-3, 1.0 + 1e-3, False, iterations, tolerance)
     except BudgetError:
-        return _fill_by_gate_order(graph, distinct, budget, round_to, expand, tolerance)
+        return _fill_by_gate_order(graph, distinct, budget, round_to, expand, tolerance, pinned)
 
 
 def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
-                        round_to: int, expand: float, tolerance: float) -> SearchResult:
+                        round_to: int, expand: float, tolerance: float,
+                        pinned: Mapping[str, int] | None = None) -> SearchResult:
     target = float(budget.value)
-    mins = min_widths(graph, round_to)
+    mins = {**min_widths(graph, round_to), **(pinned or {})}
+    gates = {name: vs for name, vs in gates.items() if not (pinned and name in pinned)}
 
     def widths_for(kept: dict[str, int]) -> dict[str, int]:
         out = {}
         for name, g in graph.groups.items():
+            if pinned and name in pinned:
+                out[name] = pinned[name]
+                continue
             factor = kept[name] / len(gates[name]) * (expand if g.can_expand else 1.0)
             out[name] = max(round_width(graph, name, max(factor, 1e-9), round_to), mins[name])
         return out
 
-    kept = {name: 0 for name in graph.groups}
+    kept = {name: 0 for name in gates}
     widths = widths_for(kept)
     cost = _measure(graph, widths, budget.kind)
     ranked = sorted(((v, name) for name, vs in gates.items() for v in vs), reverse=True)
@@ -317,3 +341,165 @@ def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], b
         )
     return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, len(ranked),
                         selection="gate-order fill")
+
+
+
+def _ladder(low: int, high: int, divisor: int) -> list[int]:
+    """The widths a group may take, widest first: its maximum, every multiple of its divisor in
+    between, and its minimum (the same set ``round_width`` can produce)."""
+    inner = range((low // divisor + 1) * divisor, high, divisor)
+    return sorted({low, high, *inner}, reverse=True)
+
+
+class _LocalCost:
+    """MACs (or parameters) of only the tensors a group touches, so a greedy step re-counts a few
+    layers instead of the whole network."""
+
+    def __init__(self, graph: ChannelGraph, kind: str):
+        self.graph = graph
+        if kind == "params":
+            terms = [(fqn, 1) for fqn in graph.param_dims if fqn in graph.param_names]
+        else:
+            terms = [(fqn, positions) for fqn, positions in graph.mac_terms if fqn in graph.param_dims]
+        self.terms: dict[str, list[tuple[str, int]]] = {name: [] for name in graph.groups}
+        for fqn, weight in terms:
+            names = {k for segs in graph.param_dims[fqn].values() for k, _ in segs if isinstance(k, str)}
+            for name in names:
+                self.terms[name].append((fqn, weight))
+        # groups that share a tensor: changing one changes the other's marginal cost
+        self.neighbours: dict[str, set[str]] = {name: set() for name in graph.groups}
+        for name, ts in self.terms.items():
+            for fqn, _ in ts:
+                for segs in graph.param_dims[fqn].values():
+                    self.neighbours[name].update(k for k, _ in segs if isinstance(k, str) and k != name)
+
+    def _size(self, fqn: str, widths: Mapping[str, int]) -> int:
+        shape = list(self.graph.tensor_shapes[fqn])
+        for dim, segs in self.graph.param_dims[fqn].items():
+            shape[dim] = int(sum((widths[k] if isinstance(k, str) else k) * rep for k, rep in segs))
+        return math.prod(shape)
+
+    def of(self, name: str, widths: Mapping[str, int]) -> int:
+        return sum(weight * self._size(fqn, widths) for fqn, weight in self.terms[name])
+
+
+def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
+                      round_to: int = 8, expand: float = 1.0, tolerance: float = 0.01,
+                      pinned: Mapping[str, int] | None = None) -> SearchResult:
+    """Channels ranked by gate value per unit of marginal cost, greedily (MorphNet / HALP style).
+
+    From the widest model, repeatedly take one rounding step (``round_to`` channels, or a group's
+    structural divisor) off the group whose lowest gates buy the least per MAC saved (per
+    parameter for a parameter budget), re-counting marginal costs as widths shrink (a channel's
+    cost depends on its neighbours' widths), until the budget is met; then add back the steps
+    that still fit, most value per cost first, so the plan lands within ``tolerance``. Ties (gates
+    clamped to exactly 0 or 1) go to the step that saves more. Minimum widths and rounding are
+    those of ``search_threshold``; ``value`` is None (no threshold).
+    """
+    budget = budget.resolve(graph.count_macs())
+    if budget.kind not in ("flops", "params"):
+        raise BudgetError(f"cost-aware selection takes a FLOPs or parameter budget, not {budget.kind}")
+    pinned = dict(pinned or {})
+    lows = {**min_widths(graph, round_to), **pinned}
+    highs = {**max_widths(graph, expand, round_to), **pinned}
+    _check_range(graph, budget, lows, highs)
+    target = float(budget.value)
+    cost_model = _LocalCost(graph, budget.kind)
+    ladders = {n: _ladder(lows[n], highs[n], _divisor(graph, n, round_to)) for n in graph.groups}
+    # value of keeping the w most important channels of a group: a prefix sum of its sorted gates
+    prefix: dict[str, list[float]] = {}
+    for name in graph.groups:
+        values = sorted((float(v) for v in gates.get(name, [])), reverse=True)
+        sums = [0.0]
+        for v in values:
+            sums.append(sums[-1] + v)
+        prefix[name] = sums
+
+    def value(name: str, width: int) -> float:
+        sums = prefix[name]
+        return sums[min(width, len(sums) - 1)]
+
+    step = {n: 0 for n in graph.groups}  # index into each ladder
+    widths = {n: ladders[n][0] for n in graph.groups}
+
+    def move(name: str, direction: int) -> tuple[float, int] | None:
+        """(value change, cost change) of moving ``name`` one rung (+1 thinner, -1 wider), both >= 0."""
+        j = step[name] + direction
+        if not 0 <= j < len(ladders[name]):
+            return None
+        new = ladders[name][j]
+        before = cost_model.of(name, widths)
+        trial = {**widths, name: new}
+        after = cost_model.of(name, trial)
+        dv, dc = abs(value(name, widths[name]) - value(name, new)), abs(before - after)
+        return (dv, dc) if dc > 0 else None
+
+    def shrink_key(name: str, m: tuple[float, int]) -> tuple[float, float, str]:
+        return (m[0] / m[1], -m[1], name)
+
+    cost = _measure(graph, widths, budget.kind)
+    removals = {n: move(n, +1) for n in graph.groups}
+    over: tuple[dict[str, int], int] | None = None
+    iterations = 0
+    while cost > target:
+        live = [(shrink_key(n, m), n) for n, m in removals.items() if m is not None]
+        if not live:
+            break
+        _, name = min(live)
+        over = (dict(widths), cost)
+        cost -= removals[name][1]
+        step[name] += 1
+        widths[name] = ladders[name][step[name]]
+        iterations += 1
+        for n in {name} | cost_model.neighbours[name]:
+            removals[n] = move(n, +1)
+    def set_rung(name: str, j: int) -> None:
+        step[name] = j
+        widths[name] = ladders[name][j]
+
+    def add_back() -> int:
+        """Add steps that still fit, most value per cost first; returns how many."""
+        nonlocal cost
+        added = 0
+        while True:
+            growth = [(m[0] / m[1], m[1], n) for n in graph.groups
+                      if (m := move(n, -1)) is not None and cost + m[1] <= target]
+            if not growth:
+                return added
+            _, dc, name = max(growth, key=lambda t: (t[0], -t[1], t[2]))
+            cost += dc
+            set_rung(name, step[name] - 1)
+            added += 1
+
+    iterations += add_back()  # the last step down may have overshot the budget
+    # Still short of the tolerance: one group a rung wider and another a rung thinner can land
+    # closer than adding alone (a few rounds; each keeps the plan under budget).
+    for _ in range(4 * len(graph.groups)):
+        if (target - cost) / target <= tolerance / 4:
+            break
+        best: tuple[int, str, str] | None = None
+        for up, down in itertools.permutations(graph.groups, 2):
+            if step[up] == 0 or step[down] == len(ladders[down]) - 1:
+                continue
+            trial = {**widths, up: ladders[up][step[up] - 1], down: ladders[down][step[down] + 1]}
+            trial_cost = _measure(graph, trial, budget.kind)
+            if cost < trial_cost <= target and (best is None or trial_cost > best[0]):
+                best = (trial_cost, up, down)
+        if best is None:
+            break
+        cost, up, down = best
+        set_rung(up, step[up] - 1)
+        set_rung(down, step[down] + 1)
+        iterations += 1 + add_back()
+    assert cost == _measure(graph, widths, budget.kind), "incremental cost drifted from the full count"
+    if (target - cost) / target > tolerance and over is not None and (over[1] - target) / target <= tolerance:
+        widths, cost = over
+    if abs(cost - target) / target > tolerance:
+        near = [f"{format_count(c)} ({100 * (c - target) / target:+.1f}%)" for c in (cost, over[1] if over else None)
+                if c is not None]
+        raise BudgetError(
+            f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): closest "
+            f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
+        )
+    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, iterations,
+                        selection="cost-aware")

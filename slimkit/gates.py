@@ -13,7 +13,7 @@ that would clone their input to run in place run out of place (``slimkit.runtime
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -45,13 +45,21 @@ class _GateScale(nn.Module):
 class GatedSupernet:
     """A model with frozen weights and one learnable gate vector per channel group."""
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph, widths: dict[str, int]):
+    def __init__(self, model: nn.Module, graph: ChannelGraph, widths: dict[str, int],
+                 fixed: Iterable[str] = ()):
         self.model = model
         self.graph = graph
         self.widths = dict(widths)
+        # Fixed groups keep gates of 1 that never learn and take no part in the sparsity term
+        # (the paper's own code gates only block-internal channels of ResNets).
+        self.fixed = set(fixed)
+        unknown = self.fixed - set(graph.groups)
+        if unknown:
+            raise KeyError(f"unknown channel groups to fix: {sorted(unknown)[:5]}")
         first = next(model.parameters())
         self.gates = nn.ParameterDict({
-            _key(n): nn.Parameter(torch.ones(widths[n], device=first.device, dtype=torch.float32))
+            _key(n): nn.Parameter(torch.ones(widths[n], device=first.device, dtype=torch.float32),
+                                  requires_grad=n not in self.fixed)
             for n in graph.groups
         })
         self._names = {_key(n): n for n in graph.groups}
@@ -77,22 +85,27 @@ class GatedSupernet:
         return next(iter(self.gates.values())).device
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        return iter(self.gates.values())
+        """The learnable gates (fixed groups excluded)."""
+        return (g for k, g in self.gates.items() if self._names[k] not in self.fixed)
 
     def gate_mean(self) -> float:
-        """Mean of all gates (every channel counts once): the sparsity the loss steers to r."""
+        """Mean of the learnable gates (every channel counts once): the sparsity the loss steers to r."""
         with torch.no_grad():
-            total = sum(g.sum() for g in self.gates.values())
-            count = sum(g.numel() for g in self.gates.values())
-            return float(total / count)
+            return float(self.penalty_mean())
 
     def penalty_mean(self) -> torch.Tensor:
-        total = sum(g.sum() for g in self.gates.values())
-        return total / sum(g.numel() for g in self.gates.values())
+        learnable = list(self.parameters())
+        return sum(g.sum() for g in learnable) / sum(g.numel() for g in learnable)
+
+    def nonzero_fraction(self) -> float:
+        """Share of learnable gates above zero: the sparsity the paper's code compares with r."""
+        with torch.no_grad():
+            learnable = list(self.parameters())
+            return float(sum((g > 0).sum() for g in learnable) / sum(g.numel() for g in learnable))
 
     def clamp_(self) -> None:
         with torch.no_grad():
-            for g in self.gates.values():
+            for g in self.parameters():
                 g.clamp_(0.0, 1.0)
 
     def snapshot(self) -> dict[str, list[float]]:
@@ -163,6 +176,8 @@ class GatedSupernet:
         self._made_out_of_place.clear()
 
 
-def attach_gates(model: nn.Module, graph: ChannelGraph, widths: dict[str, int]) -> GatedSupernet:
-    """Freeze ``model`` (already resized to ``widths``) and attach one gate vector per group."""
-    return GatedSupernet(model, graph, widths)
+def attach_gates(model: nn.Module, graph: ChannelGraph, widths: dict[str, int],
+                 fixed: Iterable[str] = ()) -> GatedSupernet:
+    """Freeze ``model`` (already resized to ``widths``) and attach one gate vector per group;
+    ``fixed`` groups keep gates of 1 that do not learn."""
+    return GatedSupernet(model, graph, widths, fixed)

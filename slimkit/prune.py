@@ -4,7 +4,11 @@ Methods: ``uniform`` scales every channel group by one factor (the papers' basel
 ``scratch`` learns channel gates on random frozen weights and thresholds them (Wang et al. 2020).
 How the gates are learned (:class:`GateOptions`) and where a latency budget is measured
 (:class:`LatencyOptions`) are grouped options; their defaults, and the ones below, are the only
-copy: the CLI and the recipe schema read them from here.
+copy: the CLI and the recipe schema read them from here. Of the gate options, ``selection`` turns
+gates into widths by a global threshold (the paper's Algorithm 1) or by gate value per unit of
+marginal cost (``"cost-aware"``, slimkit.budget); ``search_space="paper"`` reproduces the paper's
+official code (residual streams kept at their expanded width, only block-internal channels gated,
+r against the unexpanded model, its snapshot rule, crop + flip, eval-mode BN; slimkit.search_space).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import torch
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.artifacts import load_checkpoint
-from slimkit.budget import (Budget, SearchResult, check_budget, max_widths, parse_budget, search_threshold,
-                            search_uniform)
+from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_widths, parse_budget,
+                            search_cost_aware, search_threshold, search_uniform)
 from slimkit.data import load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
@@ -29,6 +33,7 @@ from slimkit.latency_search import LatencyMeter, resolve_target, search_latency
 from slimkit.plan import ChannelPlan
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
+from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
 from slimkit.validate import check_number
 
 __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
@@ -40,7 +45,8 @@ DEFAULT_ROUND_TO = 8  # onnxruntime's CPU kernels block channels by 8: ragged co
 
 # A CPU cannot run the papers' gate budgets interactively: a short run at a reduced resolution.
 CPU_STEPS = 300
-CPU_LR = 0.05  # 300 steps instead of ~4,000: a larger Adam step so the gate mean still reaches r
+CPU_LR = 0.05  # the CPU default, whatever the steps: a larger Adam step than the paper's 0.01
+PAPER_LR = 0.01
 CPU_SEARCH_SIDE = 64
 CPU_VAL_IMAGES = 2000
 
@@ -62,6 +68,8 @@ class GateOptions:
     val_size: int | None = None  # training images held out to choose the snapshot
     device: str = "auto"
     weights: str | None = None  # a trained full-model checkpoint instead of random weights
+    selection: str = "threshold"  # threshold (Algorithm 1) | cost-aware (gate value per marginal cost)
+    search_space: str = "full"  # full | paper (the official code's: residual streams kept, its snapshot rule)
 
 
 @dataclass
@@ -81,11 +89,12 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
     ``method='scratch'`` learns gates on random frozen weights (``gates`` says how and on which
-    data) and thresholds them; ``method='uniform'`` scales every group by one factor. ``log``
-    receives one-line notes. A latency budget ('8ms', or '50%' with ``Budget(kind='latency')``) is
-    measured as ``latency`` says (see :mod:`slimkit.latency_search`); ``tolerance`` then defaults to
-    5%. ``gates.weights`` (a checkpoint of the full model) learns the gates on those trained weights
-    instead of random ones: the paper's comparison with structures from trained weights.
+    data) and turns them into widths (``gates.selection``); ``method='uniform'`` scales every group
+    by one factor. ``log`` receives one-line notes. A latency budget ('8ms', or '50%' with
+    ``Budget(kind='latency')``) is measured as ``latency`` says (see :mod:`slimkit.latency_search`);
+    ``tolerance`` then defaults to 5%. ``gates.weights`` (a checkpoint of the full model) learns the
+    gates on those trained weights instead of random ones: the paper's comparison with structures
+    from trained weights.
     """
     gates = gates or GateOptions()
     latency_options = latency or LatencyOptions()
@@ -101,6 +110,13 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
             ("batch", latency_options.batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
             ("in_chans", in_chans, limits.IN_CHANS)):
         check_number(f"--{name.replace('_', '-')}", value, allowed)
+    if gates.selection not in SELECTIONS:
+        raise SlimkitError(f"unknown selection '{gates.selection}': choose one of {', '.join(SELECTIONS)}")
+    if gates.search_space not in SEARCH_SPACES:
+        raise SlimkitError(f"unknown search space '{gates.search_space}': choose one of {', '.join(SEARCH_SPACES)}")
+    if method == "uniform" and (gates.selection != "threshold" or gates.search_space != "full"):
+        raise SlimkitError("--selection and --search-space choose how learned gates become widths: "
+                           "use them with --method scratch")
     spec = registry.resolve(arch)
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if tolerance is None:
@@ -126,6 +142,9 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     # The unpruned model with this run's settings: the latency meter's reference, and the plan's template.
     base = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
                                    arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed)
+    # the paper's space: residual streams stay at their expanded, rounded width
+    pinned = {} if gates.search_space == "full" else {
+        n: w for n, w in max_widths(graph, expand, round_to).items() if n in set(residual_stream_groups(graph))}
     meter = None
     if b.kind == "latency":  # measure the full and smallest models first: fail before any gate learning
         timing_device = (str(resolve_device(gates.device)) if latency_options.backend.startswith("torch")
@@ -135,7 +154,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
         flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
     else:
-        b = check_budget(graph, b, round_to, expand)  # before any gate learning: fail in seconds, not minutes
+        b = check_budget(graph, b, round_to, expand, pinned)  # before any gate learning: fail in seconds
     if bundle is not None:
         say(f"data: {bundle.description}")
     learned = None
@@ -147,21 +166,29 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
             learned = gates_result.gates
         else:
             search = {}
-        result, b, latency_record = _search_latency(meter, graph, b, learned, round_to, expand, tolerance, say)
+        result, b, latency_record = _search_latency(meter, graph, b, learned, round_to, expand, tolerance, say,
+                                                    gates.selection, pinned)
         search["latency_search"] = latency_record.pop("search")
         meter.close()
     elif method == "uniform":
         result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
-        search = {"factor": round(result.value, 6), "iterations": result.iterations}
+        search = {"factor": round(result.value, 6), "iterations": result.iterations, "selection": "uniform"}
     else:
         assert bundle is not None
         gates_result, search = _learn_gates(spec.canonical, kwargs, graph, b, bundle, gates, expand=expand,
                                             seed=seed, progress=progress, say=say)
-        result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
-                                  tolerance=tolerance)
-        filled = result.selection == "gate-order fill"  # no single τ fit: channels added in gate order
-        search.update({"threshold": None if filled else round(result.value, 6),
-                       "threshold_iterations": result.iterations, "selection": result.selection})
+        if gates.selection == "cost-aware":
+            result = search_cost_aware(graph, gates_result.gates, b, round_to=round_to, expand=expand,
+                                       tolerance=tolerance, pinned=pinned)
+            search.update({"threshold": None, "selection_steps": result.iterations, "selection": "cost-aware"})
+        else:
+            result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
+                                      tolerance=tolerance, pinned=pinned)
+            filled = result.selection == "gate-order fill"  # no single τ fit: channels added in gate order
+            search.update({"threshold": None if filled else round(result.value, 6),
+                           "threshold_iterations": result.iterations, "selection": result.selection})
+    if method == "scratch":
+        search.update({"search_space": gates.search_space, "pinned": sorted(pinned)})
     search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params()})
     plan = base.with_widths(result.widths, budget=b.to_json(), flops=result.flops, params=result.params,
                             search=search, latency=latency_record)
@@ -178,23 +205,29 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
 
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, opts: GateOptions, *,
                  expand: float, seed: int, progress: Any, say: Any):
-    """Build the (expanded) supernet with frozen random weights and learn its gates."""
+    """Build the (expanded) supernet with frozen random weights and learn its gates.
+
+    Default space: all groups gated, r against the expanded supernet, γ adaptive so a short run
+    reaches r. Paper space: the official code's settings (module docstring), γ fixed."""
     preset = opts.preset or ("imagenet" if opts.data.startswith("imagefolder:") else "cifar")
     if preset not in PRESETS:
         raise SlimkitError(f"unknown --preset '{preset}': choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
     dev = resolve_device(opts.device)
     bs = opts.batch_size or p["batch_size"]
+    paper = opts.search_space == "paper"
+    # The learning rate depends on the device and the search space only, never on --steps or
+    # --epochs: asking for more steps must not silently change the step size.
     lr = opts.lr
-    if opts.steps is None and opts.epochs is None and dev.type == "cpu":
+    if lr is None:
+        lr = CPU_LR if dev.type == "cpu" and not paper else PAPER_LR
+    if opts.steps is None and opts.epochs is None and dev.type == "cpu" and not paper:
         n_steps = CPU_STEPS
-        lr = CPU_LR if lr is None else lr
         say(f"CPU: a short gate search of {n_steps} steps at lr {lr} (paper: {p['epochs']:g} epochs at lr 0.01); "
             "pass --epochs or --steps for more")
     else:
         n_steps = opts.steps or steps_for_epochs(opts.epochs if opts.epochs is not None else p["epochs"],
                                                  len(bundle.train), bs)
-    lr = 0.01 if lr is None else lr
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = registry.create_model(arch, **kwargs)
@@ -205,20 +238,32 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     widths = max_widths(graph, expand, round_to=1)
     if expand != 1.0:
         resize_model(model, graph, widths)
-    supernet = attach_gates(model, graph, widths)
-    r = min(1.0, budget.value / graph.count_macs(widths)) if budget.kind == "flops" else \
-        min(1.0, budget.value / graph.count_params(widths))
+    fixed = residual_stream_groups(graph) if paper else []
+    supernet = attach_gates(model, graph, widths, fixed=fixed)
+    reference = graph.full_widths() if paper else widths  # the paper's r is a share of the unexpanded model
+    r = min(1.0, budget.value / graph.count_macs(reference)) if budget.kind == "flops" else \
+        min(1.0, budget.value / graph.count_params(reference))
     cfg = GateSearchConfig(target=r, gamma=opts.gamma if opts.gamma is not None else p["gamma"], lr=lr,
                            batch_size=bs, steps=n_steps, evals=10,
-                           val_images=CPU_VAL_IMAGES if dev.type == "cpu" else None, seed=seed, device=str(dev))
-    say(f"gates: {sum(widths.values())} channels in {len(widths)} groups, r = {r:.3f}, γ = {cfg.gamma}, "
+                           val_images=CPU_VAL_IMAGES if dev.type == "cpu" else None, seed=seed, device=str(dev),
+                           snapshot_rule="nonzero" if paper else "mean", augment=paper, eval_bn=paper,
+                           adaptive_gamma=not paper)
+    gated = sum(w for n, w in widths.items() if n not in fixed)
+    say(f"gates: {gated} channels in {len(widths) - len(fixed)} groups"
+        + (f" ({len(fixed)} residual-stream groups kept at full width)" if fixed else "")
+        + f", r = {r:.3f}, γ = {cfg.gamma}{' (adaptive)' if cfg.adaptive_gamma else ''}, lr {lr}, "
         f"batch {bs}, {n_steps} steps at {list(bundle.train.input_size)} on {dev}")
     res = search_gates(supernet, bundle, cfg, progress=progress)
-    if not res.qualified:
+    if not res.qualified and paper:
+        say(f"note: no snapshot had a share of non-zero gates <= r ({r:.3f}); using the final gates "
+            f"(non-zero share {res.nonzero_fraction:.3f}), as the paper's code does")
+    elif not res.qualified:
         say(f"warning: no snapshot reached mean gate <= r ({r:.3f}); using the sparsest (mean {res.gate_mean:.3f})")
     flat = [v for vs in res.gates.values() for v in vs]
     info = {"weights": "random" if opts.weights is None else f"trained ({opts.weights})",
-            "preset": preset, "gamma": cfg.gamma, "lr": lr, "batch_size": bs, "steps": n_steps,
+            "preset": preset, "gamma": cfg.gamma, "gamma_final": res.gamma, "adaptive_gamma": cfg.adaptive_gamma,
+            "snapshot_rule": cfg.snapshot_rule, "augment": cfg.augment, "eval_bn": cfg.eval_bn,
+            "nonzero_fraction": round(res.nonzero_fraction, 4), "lr": lr, "batch_size": bs, "steps": n_steps,
             "target_r": round(r, 6), "search_input": list(bundle.train.input_size), "data": opts.data,
             "device": str(dev), "chosen_step": res.step, "val_accuracy": round(res.val_accuracy, 4),
             "qualified": res.qualified, "seconds": round(res.seconds, 1),
@@ -229,7 +274,8 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     return res, info
 
 
-def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say):
+def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say,
+                    selection: str = "threshold", pinned: dict[str, int] | None = None):
     """Latency budget -> widths, the resolved budget and the plan's ``latency`` record."""
     full_flops = graph.count_macs()
 
@@ -239,7 +285,11 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
             try:
                 if gates is None:
                     return search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tol).widths
-                return search_threshold(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol).widths
+                if selection == "cost-aware":
+                    return search_cost_aware(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol,
+                                             pinned=pinned).widths
+                return search_threshold(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol,
+                                        pinned=pinned).widths
             except BudgetError:
                 continue
         raise BudgetError(f"no plan near {f:.1%} of the full model's MACs")

@@ -3,7 +3,8 @@
 "Rethinking the Value of Network Pruning" (Liu et al. 2019): a pruned architecture trained from
 random init matches fine-tuning when it gets enough training. Schedules: Scratch-E trains as many
 epochs as the full model; Scratch-B trains for the same total compute, epochs × full FLOPs /
-pruned FLOPs (capped at 2× as the paper does on ImageNet), with the LR schedule stretched along.
+pruned FLOPs, with the LR schedule stretched along: uncapped on CIFAR-style data, capped at 2× on
+ImageNet-style (ImageFolder) data, as the paper does.
 Recipe ("Pruning from Scratch"): SGD, Nesterov momentum 0.9, linear warm-up then cosine LR,
 label smoothing 0.1, weight decay 4e-5 (MobileNets), batch size and LR scaled together.
 
@@ -41,17 +42,24 @@ from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.validate import check_number
 
-__all__ = ["TrainConfig", "scratch_b_epochs", "train", "SCHEDULES"]
+__all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
 
 
-def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float = 2.0) -> int:
+def scratch_b_cap(data: str) -> float | None:
+    """Rethinking's cap on Scratch-B's stretch: 2x on ImageNet (ImageFolder data here), none on
+    CIFAR (and the other small in-memory sets: Fashion-MNIST, synthetic)."""
+    return 2.0 if data.startswith("imagefolder:") else None
+
+
+def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float | None = 2.0) -> int:
     """Scratch-B (Liu et al. 2019): the same total compute as training the full model for
-    ``epochs`` — epochs × full / pruned FLOPs — but at most ``cap`` × epochs (their ImageNet rule)."""
+    ``epochs`` — epochs × full / pruned FLOPs — but at most ``cap`` × epochs when a cap is given
+    (their ImageNet rule; ``scratch_b_cap`` picks it from the data)."""
     if plan_flops <= 0 or full_flops <= 0:
         raise ValueError("FLOPs must be positive")
-    factor = min(full_flops / plan_flops, cap)
+    factor = full_flops / plan_flops if cap is None else min(full_flops / plan_flops, cap)
     return max(epochs, math.ceil(epochs * factor - 1e-9))
 
 
@@ -73,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # CUDA only: bf16 autocast
-    channels_last: bool = True  # NHWC on every device (slimkit/device.py says why)
+    channels_last: bool = True  # NHWC on every device (slimkit/runtime.py says why)
     compile: bool = False
     workers: int = 4
     max_steps_per_epoch: int | None = None  # for smoke tests and quick looks
@@ -271,7 +279,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     full_flops = plan.search.get("full_flops") or plan.flops
     epochs = cfg.epochs
     if cfg.schedule == "scratch-b" and plan.flops:
-        epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops)
+        epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops, cap=scratch_b_cap(cfg.data))
     say(f"data: {data.description}")
     say(f"schedule {cfg.schedule}: {epochs} epoch{'' if epochs == 1 else 's'} (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")

@@ -18,7 +18,7 @@ LAYERS = [
     ["slimkit.registry", "slimkit.data", "slimkit.runtime", "slimkit.files"],
     ["slimkit.graph", "slimkit.plan", "slimkit.exporters", "slimkit.exporters.onnx", "slimkit.exporters.int8",
      "slimkit.exporters.openvino"],
-    ["slimkit.budget", "slimkit.gates", "slimkit.generator", "slimkit.plots"],
+    ["slimkit.budget", "slimkit.gates", "slimkit.generator", "slimkit.plots", "slimkit.search_space"],
     ["slimkit.latency"],
     ["slimkit.artifacts"],
     ["slimkit.search", "slimkit.latency_search", "slimkit.train"],

@@ -1,6 +1,7 @@
 """Trainer: Scratch-B arithmetic, exact resume, safe checkpoints, clear errors."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.prune import prune
 from slimkit.artifacts import CheckpointError, load_checkpoint, model_from_checkpoint
-from slimkit.train import TrainConfig, scratch_b_epochs, train
+from slimkit.train import TrainConfig, scratch_b_cap, scratch_b_epochs, train
 
 
 def test_scratch_b_epochs_follow_the_papers_rule():
@@ -22,6 +23,15 @@ def test_scratch_b_epochs_follow_the_papers_rule():
     assert scratch_b_epochs(10, 3, 2) == 15
     with pytest.raises(ValueError):
         scratch_b_epochs(10, 1000, 0)
+
+
+def test_scratch_b_cap_is_rethinkings_per_dataset_rule():
+    """Uncapped on CIFAR-style data (Rethinking's CIFAR runs), 2x on ImageNet-style folders."""
+    for data in ("cifar10", "cifar100", "fashion-mnist", "synthetic"):
+        assert scratch_b_cap(data) is None
+    assert scratch_b_cap("imagefolder:/data/imagenet") == 2.0
+    assert scratch_b_epochs(90, 1000, 250, cap=scratch_b_cap("cifar10")) == 360  # 4x the compute, uncapped
+    assert scratch_b_epochs(90, 1000, 250, cap=scratch_b_cap("imagefolder:/x")) == 180
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +133,13 @@ def test_plan_for_other_class_count_is_rejected(tmp_path):
 def test_scratch_b_budget_stretches_epochs(plan, tmp_path):
     res = train(plan, tmp_path / "run", cfg(epochs=1, schedule="scratch-b", max_steps_per_epoch=1))
     assert res.epochs == 2  # 50% FLOPs -> 2x epochs
+
+
+def test_scratch_b_is_uncapped_on_small_data(tmp_path):
+    quarter = prune("resnet20", "25%", method="uniform", num_classes=10, round_to=1)
+    res = train(quarter, tmp_path / "run", cfg(epochs=1, schedule="scratch-b", max_steps_per_epoch=1))
+    stretch = quarter.search["full_flops"] / quarter.flops  # ~4: 25% FLOPs
+    assert res.epochs == math.ceil(stretch - 1e-9) >= 4  # uncapped on synthetic (CIFAR-style) data, past 2x
 
 
 def test_cli_train_and_errors(plan, tmp_path):

@@ -101,7 +101,7 @@ def prune(
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives (default: Debian's /usr/share/datasets/fashion-mnist).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Paper gate settings: cifar (γ 0.5, batch 128, 10 epochs) or imagenet (γ 0.05, batch 100, 1 epoch); default from --data.")] = None,
     gamma: Annotated[Optional[float], typer.Option(help="Weight of the sparsity term γ·(mean λ − r)².")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the gates (paper 0.01; 0.05 for the short CPU default).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate of the gates (default 0.05 on CPU, 0.01 on GPU and with --search-space paper; --steps and --epochs never change it).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Gate-learning epochs (default: the preset's; on CPU a short run).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Gate-learning steps (overrides --epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Gate-learning batch size (default: the preset's).")] = None,
@@ -109,6 +109,8 @@ def prune(
     val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = GateOptions.device,
     weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
+    selection: Annotated[str, typer.Option(help="How gates become widths: threshold (the paper's Algorithm 1: one global τ, every channel counts alike) or cost-aware (gate value per MAC saved, or per parameter for --params; greedy, re-counted as widths shrink).")] = "threshold",
+    search_space: Annotated[str, typer.Option(help="full: every channel group may shrink; paper: the paper's official code (residual streams kept at the --expand width, only block-internal channels gated, r against the unexpanded model, snapshot rule 'share of non-zero gates <= r', crop+flip, eval-mode BN, lr 0.01 for the preset's epochs).")] = "full",
 ) -> None:
     """Plan a thinner network that meets a FLOPs, parameter or measured-latency budget.
 
@@ -132,7 +134,7 @@ def prune(
     start = time.perf_counter()
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
-                        weights=weights)
+                        weights=weights, selection=selection, search_space=search_space)
     options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
                    round_to=round_to, seed=seed, tolerance=tolerance, gates=gates,
                    latency=LatencyOptions(backend=backend, threads=threads, batch=batch))
@@ -173,6 +175,8 @@ def gate_summary(plan: ChannelPlan) -> str:
         how = f"widths from the measured-latency search ({s.get('latency_search', {}).get('selection', 'done')}), "
     elif s.get("threshold") is not None:
         how = f"threshold τ {s['threshold']:.4f}, "
+    elif s.get("selection") == "cost-aware":
+        how = "channels ranked by gate per unit of cost, "
     else:
         how = "channels taken in gate order (no single τ within tolerance), "
     return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} on random "

@@ -31,7 +31,7 @@ def train(
     data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = D.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs of the full model; --schedule scratch-b stretches them.")] = D.epochs,
-    schedule: Annotated[str, typer.Option("--schedule", "--budget", help="How long a pruned model trains: scratch-e: the full model's epochs; scratch-b: its compute (x full/plan FLOPs, at most 2x); fixed: exactly --epochs. (--budget: the old name.)")] = D.schedule,
+    schedule: Annotated[str, typer.Option("--schedule", "--budget", help="How long a pruned model trains: scratch-e: the full model's epochs; scratch-b: the full model's compute (epochs x full/plan FLOPs: uncapped on CIFAR-style data, at most 2x on imagefolder data, as Rethinking the Value of Network Pruning does); fixed: exactly --epochs. (--budget: the old name.)")] = D.schedule,
     batch_size: Annotated[int, typer.Option(help="Batch size (LR scales with it).")] = D.batch_size,
     lr: Annotated[Optional[float], typer.Option(help="Peak LR (default 0.05 x batch/256, the paper's).")] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 4e-5 for MobileNets).")] = D.weight_decay,
