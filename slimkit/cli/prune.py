@@ -131,6 +131,10 @@ def prune(
                       + (f"threshold τ {s['threshold']:.4f}, " if s["threshold"] is not None else
                          "channels taken in gate order (no single τ within tolerance), ")
                       + f"{s['seconds']:.0f}s", highlight=False)
+    if plan.method == "uniform" and plan.search.get("one_step_wider"):
+        wider = plan.search["one_step_wider"]
+        console.print(f"uniform up to one step: factor {plan.search['factor']:.4f}, then {len(wider)} group(s) one "
+                      "rounding step wider (no single factor lands within tolerance)", highlight=False)
     if plot:
         from slimkit.plots import plot_channels, uniform_reference
 
