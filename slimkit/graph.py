@@ -75,6 +75,7 @@ class StoredSize:
     original: Any  # the source value (an int, or a list/tuple of piece widths)
     pieces: list[list[Segment]]  # each piece's channel segments
     mult: int = 1  # an int attr holds piece width x mult (``self.expand_chs // 2``: mult 2)
+    position: int | None = None  # a stored shape: only this entry follows the (single) piece
     op: str = ""  # what was split, for reports: "split_with_sizes at blocks.1.0.conv_pw"
 
 
@@ -125,8 +126,11 @@ class ChannelGraph:
         for s in self.stored_sizes:
             piece_widths = [int(sum((widths.get(k, self.groups[k].width) if isinstance(k, str) else k) * rep
                                     for k, rep in segs)) for segs in s.pieces]
-            if isinstance(s.original, (list, tuple)):
-                value: Any = type(s.original)(piece_widths)
+            if s.position is not None:
+                value: Any = type(s.original)(piece_widths[0] if i == s.position else v
+                                              for i, v in enumerate(s.original))
+            elif isinstance(s.original, (list, tuple)):
+                value = type(s.original)(piece_widths)
             else:
                 value = piece_widths[0] * s.mult
             if value != s.original:
@@ -429,6 +433,8 @@ class _Analyzer:
             return self.visit_norm(node, ins, [1, 2, 3, 4])
         if op == "layer_norm":
             return self.visit_layer_norm(node, ins)
+        if op == "group_norm":
+            return self.visit_group_norm(ins, args)
         if op == "linear":
             return self.visit_linear(node, ins, out_shape)
         if op == "getitem":
@@ -564,6 +570,26 @@ class _Analyzer:
             return [cm] + [None] * (len(node.meta["val"]) - 1)
         return cm
 
+    def visit_group_norm(self, ins: list, args: list) -> Any:
+        """GroupNorm keeps its group count: the width must stay a multiple of it."""
+        cm = self.cmap_of(ins[0])
+        refs = [v for v in ins[2:4] if isinstance(v, _ParamRef)]
+        if cm is None or cm[0] != 1 or not isinstance(args[1], int):
+            self.freeze_value(cm, "group_norm over an untracked dimension")
+            for r in refs:
+                self.used.add(r.fqn)
+            return None
+        segs = self.sp.expand(cm[1])
+        if args[1] > 1:
+            if len(segs) > 1:
+                self.freeze_value(cm, f"group_norm with {args[1]} groups over concatenated channels")
+                return None
+            root = self.sp.find(segs[0][0])
+            self.sp.divisor[root] = math.lcm(self.sp.divisor[root], args[1])
+        for r in refs:
+            self.tie(r.fqn, 0, cm[1], self.module_of(r.fqn))
+        return cm
+
     def visit_layer_norm(self, node: Any, ins: list) -> Any:
         cm = self.cmap_of(ins[0])
         shape = _meta_shape(node.args[0])
@@ -636,12 +662,30 @@ class _Analyzer:
         out_nz = [(i, s) for i, s in enumerate(out_shape) if s != 1]
         if [s for _, s in in_nz] == [s for _, s in out_nz] and in_shape[d] != 1:
             k = [i for i, _ in in_nz].index(d)
-            return (out_nz[k][0], cm[1])
+            return self.stored_shape(node, (out_nz[k][0], cm[1]), out_shape)
         if (tuple(out_shape[:d]) == tuple(in_shape[:d]) and len(out_shape) == d + 1
                 and out_shape[d] == math.prod(in_shape[d:])):
             rep = math.prod(in_shape[d + 1:])
             return (d, tuple((s, r * rep) for s, r in cm[1]))
         return self.visit_reshape_pieces(node, cm, in_shape, out_shape)
+
+    def stored_shape(self, node: Any, cm: _CMap, out_shape: tuple[int, ...]) -> _CMap:
+        """A reshape to a shape stored on the module (timm's metaformer ``Scale``:
+        ``self.scale.view(self.shape)``) is recorded so G rewrites the channel entry."""
+        module, line = self.call_site(node)
+        if "self." not in line:
+            return cm
+        matches = [(attr, value) for attr, value, div in self.stored_candidates(module, line)
+                   if div == 1 and isinstance(value, (list, tuple)) and len(value) > 1
+                   and tuple(value) == tuple(out_shape[len(out_shape) - len(value):])]
+        if len(matches) == 1:
+            attr, value = matches[0]
+            key = (module, attr)
+            if key not in self.stored:
+                self.stored[key] = StoredSize(module=module, attr=attr, original=value, pieces=[list(cm[1])],
+                                              position=cm[0] - (len(out_shape) - len(value)),
+                                              op=f"reshape at {module} (`{line}`)")
+        return cm
 
     # ------------------------------------------------------------------- splits of channels
     def call_site(self, node: Any) -> tuple[str, str]:
@@ -729,15 +773,10 @@ class _Analyzer:
             self.freeze_value(cm, f"{where}: {why}")
             return None
 
-        pieces = self.split_segments(cm, sizes)
-        if pieces is None:
-            return give_up("the split channels are repeated copies, their pieces cannot be told apart")
         equal = op.endswith("chunk") or isinstance(args[1], int)
-        if equal:
-            if len(set(sizes)) != 1:
-                return give_up(f"pieces {sizes} are unequal, so the split cannot keep its count when widths change")
-            if not self.tie_pieces(pieces, op):
-                return give_up("pieces cannot be tied to one width")
+        if equal and len(set(sizes)) != 1:
+            return give_up(f"pieces {sizes} are unequal, so the split cannot keep its count when widths change")
+        rule = None
         if not op.endswith("chunk"):  # a chunk count follows any width; stored sizes must be rewritten
             matches = []
             for attr, value, div in self.stored_candidates(module, line):
@@ -746,10 +785,16 @@ class _Analyzer:
                 elif not equal and isinstance(value, (list, tuple)) and list(value) == sizes:
                     matches.append((attr, value, 1))
             if len({m[0] for m in matches}) != 1:
-                why = ("the sizes are not a stored attribute of the module slimkit can rewrite" if not matches
-                       else f"several stored attributes match the sizes ({', '.join(m[0] for m in matches)})")
-                return give_up(why)
-            attr, value, div = matches[0]
+                return give_up("the sizes are not a stored attribute of the module slimkit can rewrite" if not matches
+                               else f"several stored attributes match the sizes ({', '.join(m[0] for m in matches)})")
+            rule = matches[0]
+        pieces = self.split_segments(cm, sizes)
+        if pieces is None:
+            return give_up("the split channels are repeated copies, their pieces cannot be told apart")
+        if equal and not self.tie_pieces(pieces, op):
+            return give_up("pieces cannot be tied to one width")
+        if rule is not None:
+            attr, value, div = rule
             key = (module, attr)
             old = self.stored.get(key)
             if old is not None:  # a module called twice: both calls' pieces must agree
@@ -977,7 +1022,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
             param_dims[fqn] = resolved
 
     stored_sizes = [
-        StoredSize(module=r.module, attr=r.attr, original=r.original, mult=r.mult, op=r.op,
+        StoredSize(module=r.module, attr=r.attr, original=r.original, mult=r.mult, op=r.op, position=r.position,
                    pieces=[[(root_key[sid], rep) for sid, rep in sp.expand(seg)] for seg in r.pieces])
         for r in an.stored.values()
     ]
