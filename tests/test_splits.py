@@ -80,3 +80,14 @@ def test_mixnet_splits_are_prunable_at_tiny_input():
     widths = {n: w for n, w in min_widths(graph, 8).items()}
     thin = resize_model(timm.create_model("mixnet_s", num_classes=10), graph, widths)
     assert thin.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_info_groups_lists_the_split_sizes_g_rewrites():
+    from typer.testing import CliRunner
+
+    from slimkit.cli import app
+
+    r = CliRunner().invoke(app, ["info", "timm:cspresnet50", "--input-size", "32", "--groups"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "G rewrites stages.0.expand_chs = 256" in r.output and "x.split(self.expand_chs // 2" in r.output
+    assert "1 frozen" in r.output and "network output" in r.output
