@@ -699,6 +699,21 @@ class _Analyzer:
             line = linecache.getline(path, int(lineno)).strip()
         return module, line
 
+    def function_text(self, node: Any) -> str:
+        """The calling function's source up to the op's line (``H, DH = self.n_heads,
+        self.head_dim`` a few lines above a reshape counts as stored)."""
+        frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+        if not frames:
+            return ""
+        path, lineno = frames[-1][0], int(frames[-1][1])
+        lines = []
+        for n in range(lineno, max(0, lineno - 80), -1):
+            text = linecache.getline(path, n)
+            lines.append(text)
+            if re.match(r"\s*def ", text):
+                break
+        return "".join(reversed(lines))
+
     def stored_candidates(self, module: str, line: str) -> list[tuple[str, Any, int]]:
         """``self.X`` (and ``self.X // N``) on ``line``: (attr, value, N) for the calling module."""
         try:
@@ -843,7 +858,7 @@ class _Analyzer:
         if len(ins_) == 1 and len(outs_) == 2:  # C -> (k, C/k): k rows of one width
             (_, k), (o_m, m) = outs_
             module, line = self.call_site(node)
-            stored = [attr for attr, value, div in self.stored_candidates(module, line)
+            stored = [attr for attr, value, div in self.stored_candidates(module, self.function_text(node))
                       if isinstance(value, int) and value // div == m]
             if stored or k == m:
                 reason = (f"the row width is the stored self.{stored[0]}, which slimkit cannot rewrite" if stored
