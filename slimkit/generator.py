@@ -67,6 +67,10 @@ def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: 
         lo, hi = old.min(), old.max()
         if lo == hi:  # constant init (BN scale/shift, running stats, layer scale)
             new.fill_(lo.item())
+        elif not isinstance(getattr(module, attr), nn.Parameter) and old.dim() == new.dim():
+            # a fixed buffer (a blur filter repeated per channel): keep its values, cycling them
+            index = [torch.arange(n, device=old.device) % m for n, m in zip(new.shape, old.shape)]
+            new.copy_(old[torch.meshgrid(*index, indexing="ij")])
         elif isinstance(module, _ConvNd) and attr == "weight":
             nn.init.kaiming_normal_(new, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.Linear) and attr == "weight":

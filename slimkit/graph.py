@@ -270,7 +270,8 @@ class _ParamRef:
 
 
 # Element-wise ops of several tensors (in-place variants share the name without "_").
-_ELEMENTWISE_MULTI = {"add", "sub", "mul", "div", "where", "maximum", "minimum", "addcmul", "lerp", "copy"}
+_ELEMENTWISE_MULTI = {"add", "sub", "mul", "div", "where", "maximum", "minimum", "addcmul", "lerp", "copy",
+                      "expand_as"}
 _CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution"}
 _NORM_BN = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
             "native_batch_norm", "_native_batch_norm_legit_functional", "instance_norm"}
@@ -493,6 +494,23 @@ class _Analyzer:
         self.freeze_args(node, f"{op} mixes channels")
         return None
 
+    def stored_groups(self, node: Any, module: str, groups: int, segs: tuple[tuple[int, int], ...]) -> None:
+        """A functional depthwise conv (timm's BlurPool2d: ``F.conv2d(x, self.filt,
+        groups=channels)`` with ``channels = self.channels``) reads its group count from the
+        module: G rewrites it with the width. Conv modules' ``groups`` G sets itself."""
+        try:
+            owner = self.model.get_submodule(module) if module else self.model
+        except AttributeError:
+            return
+        if isinstance(owner, nn.modules.conv._ConvNd) or (module, "groups") in self.stored:
+            return
+        attrs = {attr for attr, value, div in self.stored_candidates(module, self.function_text(node))
+                 if div == 1 and isinstance(value, int) and value == groups}
+        if len(attrs) == 1:
+            attr = attrs.pop()
+            self.stored.setdefault((module, attr), StoredSize(module=module, attr=attr, original=groups,
+                                                              pieces=[list(segs)], op=f"conv groups at {module}"))
+
     # ------------------------------------------------------------------------ op handlers
     def visit_conv(self, node: Any, ins: list, out_shape: tuple[int, ...]) -> _CMap:
         x, w = ins[0], ins[1]
@@ -518,6 +536,7 @@ class _Analyzer:
             for s_, _ in self.sp.expand(in_segs):
                 self.sp.producers[self.sp.find(s_)].append(module)
             self.conv_kinds[module] = ("depthwise", 1)
+            self.stored_groups(node, module, groups, in_segs)
         elif in_per_group == out_ch // groups and in_segs is not None and len(in_segs) == 1 and in_segs[0][1] == 1:
             # Grouped convs with equal in/out group widths: output channels are the input's.
             # Keep whichever of (group width, group count) gives the finer width steps: ResNeXt
