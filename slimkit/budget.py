@@ -24,7 +24,7 @@ import itertools
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from slimkit.errors import BudgetError
 from slimkit.flops import format_count
@@ -161,6 +161,7 @@ class SearchResult:
     value: float | None  # the factor (uniform) or threshold (gates) that produced the widths; None for a fill
     iterations: int
     selection: str = "threshold"  # how the widths were chosen: "uniform", "threshold", "gate-order fill", ...
+    filled: list[str] = field(default_factory=list)  # groups a fill moved past the factor/threshold
 
 
 def _measure(graph: ChannelGraph, widths: dict[str, int], kind: str) -> int:
@@ -193,6 +194,14 @@ def _check_range(graph: ChannelGraph, budget: Budget, lo_w: dict[str, int], hi_w
             f"model slimkit can build ({format_count(lo, unit)}, every group at its minimum width); "
             "raise it or pass a smaller --round-to"
         )
+
+
+class _RoundingTooCoarse(BudgetError):
+    """No knob value lands within tolerance; carries the closest plan under budget to fill from."""
+
+    def __init__(self, message: str, best_under: tuple[float, dict[str, int]] | None):
+        super().__init__(message)
+        self.best_under = best_under
 
 
 def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget: Budget,
@@ -233,9 +242,10 @@ def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget
     value, widths, cost = choice
     if abs(cost - target) / target > tolerance:
         near = [f"{format_count(c[2])} ({100 * (c[2] - target) / target:+.1f}%)" for c in (best_under, best_over) if c]
-        raise BudgetError(
+        raise _RoundingTooCoarse(
             f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): closest "
-            f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
+            f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance",
+            best_under[:2] if best_under else None,
         )
     return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), value, n)
 
@@ -247,8 +257,19 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
     if budget.kind not in ("flops", "params"):
         raise BudgetError(f"uniform search takes a FLOPs or parameter budget, not {budget.kind}")
     _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
-    result = _bisect(lambda f: uniform_widths(graph, f, round_to), graph, budget,
-                     0.0, expand, True, iterations, tolerance)
+    try:
+        result = _bisect(lambda f: uniform_widths(graph, f, round_to), graph, budget,
+                         0.0, expand, True, iterations, tolerance)
+    except _RoundingTooCoarse as exc:
+        # No single factor lands within tolerance: from the best plan under budget, widen
+        # groups one rounding step each, widest first (a step is the smallest relative change
+        # there), skipping any step that would exceed the budget. The plan stays uniform up to
+        # one step per group.
+        factor, start = exc.best_under or (0.0, min_widths(graph, round_to))
+        top = max_widths(graph, expand, round_to)
+        order = sorted(graph.groups, key=lambda n: (-graph.groups[n].width, n))
+        moves = [(n, min(start[n] + _divisor(graph, n, round_to), top[n])) for n in order]
+        return _fill(graph, budget, start, moves, tolerance, factor, str(exc), selection="uniform up to one step")
     result.selection = "uniform"
     return result
 
@@ -303,45 +324,64 @@ def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budg
         return _fill_by_gate_order(graph, distinct, budget, round_to, expand, tolerance, pinned)
 
 
+def _fill(graph: ChannelGraph, budget: Budget, start: dict[str, int], moves: list[tuple[str, int]],
+          tolerance: float, value: float | None, failure: str, selection: str) -> SearchResult:
+    """Greedy fill to a budget: take each move (group -> wider width) in order unless it would
+    exceed the budget; once a group's move is refused its later moves are too (they cost more).
+    Stops within a quarter of the tolerance under budget; never ends above the budget."""
+    target = float(budget.value)
+    widths = dict(start)
+    cost = _measure(graph, widths, budget.kind)
+    refused: set[str] = set()
+    moved: list[str] = []
+    for name, width in moves:
+        if name in refused or width <= widths[name]:
+            continue
+        trial = {**widths, name: width}
+        trial_cost = _measure(graph, trial, budget.kind)
+        if trial_cost > target:
+            refused.add(name)
+            continue
+        widths, cost = trial, trial_cost
+        if name not in moved:
+            moved.append(name)
+        if (target - cost) / target <= tolerance / 4:
+            break
+    if abs(cost - target) / target > tolerance:
+        raise BudgetError(
+            f"{failure}; filling group by group reached only {format_count(cost)} "
+            f"({100 * (cost - target) / target:+.1f}%)"
+        )
+    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), value, len(moves),
+                        selection=selection, filled=moved)
+
+
 def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
                         round_to: int, expand: float, tolerance: float,
                         pinned: Mapping[str, int] | None = None) -> SearchResult:
-    target = float(budget.value)
-    mins = {**min_widths(graph, round_to), **(pinned or {})}
-    gates = {name: vs for name, vs in gates.items() if not (pinned and name in pinned)}
+    """Channels added in gate order (most important first), from every group at its minimum;
+    pinned groups stay at their pinned width."""
+    pinned = dict(pinned or {})
+    mins = min_widths(graph, round_to)
 
-    def widths_for(kept: dict[str, int]) -> dict[str, int]:
-        out = {}
-        for name, g in graph.groups.items():
-            if pinned and name in pinned:
-                out[name] = pinned[name]
-                continue
-            factor = kept[name] / len(gates[name]) * (expand if g.can_expand else 1.0)
-            out[name] = max(round_width(graph, name, max(factor, 1e-9), round_to), mins[name])
-        return out
+    def width_for(name: str, kept: int) -> int:
+        if name in pinned:
+            return pinned[name]
+        g = graph.groups[name]
+        factor = kept / len(gates[name]) * (expand if g.can_expand else 1.0)
+        return max(round_width(graph, name, max(factor, 1e-9), round_to), mins[name])
 
-    kept = {name: 0 for name in gates}
-    widths = widths_for(kept)
-    cost = _measure(graph, widths, budget.kind)
-    ranked = sorted(((v, name) for name, vs in gates.items() for v in vs), reverse=True)
+    kept = {name: 0 for name in graph.groups}
+    moves = []
+    ranked = sorted(((v, name) for name, vs in gates.items() if name not in pinned for v in vs), reverse=True)
     for _, name in ranked:
         kept[name] += 1
-        trial = widths_for(kept)
-        trial_cost = _measure(graph, trial, budget.kind)
-        if trial_cost <= target:
-            widths, cost = trial, trial_cost
-            if (target - cost) / target <= tolerance / 4:
-                break
-        else:
-            kept[name] -= 1
-    if abs(cost - target) / target > tolerance:
-        raise BudgetError(
-            f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): the closest "
-            f"is {format_count(cost)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
-        )
-    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, len(ranked),
-                        selection="gate-order fill")
-
+        moves.append((name, width_for(name, kept[name])))
+    start = {name: width_for(name, 0) for name in graph.groups}
+    failure = f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(float(budget.value))})"
+    return _fill(graph, budget, start, moves, tolerance, None,
+                 failure + ": channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance",
+                 selection="gate-order fill")
 
 
 def _ladder(low: int, high: int, divisor: int) -> list[int]:
@@ -503,3 +543,4 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
         )
     return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, iterations,
                         selection="cost-aware")
+

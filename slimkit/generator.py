@@ -3,7 +3,8 @@
 G builds the source architecture with fresh random weights, then resizes every parameter and
 buffer that the channel graph ties to a group: conv/linear/norm modules get real smaller (or
 larger) tensors and their size attributes (``out_channels``, ``groups``, ``num_features``, ...)
-follow. No masks, no per-architecture code: timm's ``_prune.py`` rebuilds specific model families
+follow, and split sizes stored on modules (mixed-kernel convs' ``splits``, Res2Net's ``width``)
+are rewritten to the new piece widths. No masks, no per-architecture code: timm's ``_prune.py`` rebuilds specific model families
 from a width file; G does the same for any traced model.
 
 New tensors are freshly initialised: Kaiming-normal (fan_out) for convs, as torchvision and timm
@@ -82,6 +83,10 @@ def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: 
         lo, hi = old.min(), old.max()
         if lo == hi:  # constant init (BN scale/shift, running stats, layer scale)
             new.fill_(lo.item())
+        elif not isinstance(getattr(module, attr), nn.Parameter) and old.dim() == new.dim():
+            # a fixed buffer (a blur filter repeated per channel): keep its values, cycling them
+            index = [torch.arange(n, device=old.device) % m for n, m in zip(new.shape, old.shape)]
+            new.copy_(old[torch.meshgrid(*index, indexing="ij")])
         elif isinstance(module, _ConvNd) and attr == "weight":
             nn.init.kaiming_normal_(new, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.Linear) and attr == "weight":
@@ -130,6 +135,9 @@ def resize_model(model: nn.Module, graph: ChannelGraph, widths: dict[str, int]) 
     old_classifier_in = _classifier_in(model)
     for name, module in touched.items():
         _fix_module_attrs(name, module, graph)
+    # Split sizes the forward pass reads from the module (self.splits, self.width, ...).
+    for (mod_name, attr), value in graph.stored_size_values(widths).items():
+        setattr(model.get_submodule(mod_name) if mod_name else model, attr, value)
     # timm models record their feature width (used by reset_classifier / forward_head).
     new_classifier_in = _classifier_in(model)
     if old_classifier_in is not None and new_classifier_in != old_classifier_in:

@@ -7,8 +7,14 @@ merged (union-find) where an operation forces equal widths: residual adds and ot
 ops, depthwise and grouped convolutions, BatchNorm/LayerNorm, squeeze-excite multiplies, layer
 scales. Concatenations are kept as ordered lists of spaces, so DenseNet/Inception concats work.
 
-Anything the analysis cannot prove width-agnostic (channel shuffles, splits with fixed sizes,
-reshapes to stored widths, matmuls) *freezes* the spaces involved: they keep their full width.
+Channels split into fixed pieces (``split``/``chunk``, mixed-kernel convs, Res2Net scales, CSP
+halves, radix/shuffle reshapes to ``(k, C/k)``) make each piece a space of its own; pieces that
+must stay equal (``chunk``, an ``int`` split size, a reshape to ``k`` rows) are merged. Where the
+sizes are stored on the calling module (found from the traced source line, e.g.
+``torch.split(x, self.splits, 1)``), the graph records a :class:`StoredSize` so G rewrites them.
+
+Anything the analysis cannot prove width-agnostic (splits whose sizes it cannot find, reshapes to
+stored widths, matmuls) *freezes* the spaces involved: they keep their full width.
 That is the safe answer Torch-Pruning lacks: a frozen group costs some pruning freedom, never a
 broken network. The network input and the logits are frozen by definition.
 
@@ -20,8 +26,10 @@ then applies those shapes to real modules.
 
 from __future__ import annotations
 
+import linecache
 import math
 import operator
+import re
 from fractions import Fraction
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +40,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "analyze", "Segment"]
+__all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "StoredSize", "analyze", "Segment"]
 
 
 class GraphError(SlimkitError, RuntimeError):
@@ -58,6 +66,20 @@ class ChannelGroup:
 
 
 @dataclass
+class StoredSize:
+    """A split size kept on a module (``self.splits``, ``self.width``, ``self.expand_chs // 2``)
+    that G must rewrite when the pieces it splits change width."""
+
+    module: str  # module path, "" for the root model
+    attr: str
+    original: Any  # the source value (an int, or a list/tuple of piece widths)
+    pieces: list[list[Segment]]  # each piece's channel segments
+    mult: int = 1  # an int attr holds piece width x mult (``self.expand_chs // 2``: mult 2)
+    position: int | None = None  # a stored shape: only this entry follows the (single) piece
+    op: str = ""  # what was split, for reports: "split_with_sizes at blocks.1.0.conv_pw"
+
+
+@dataclass
 class ChannelGraph:
     """Channel groups of one model at one input size, and how parameters follow them."""
 
@@ -71,6 +93,7 @@ class ChannelGraph:
     mac_terms: list[tuple[str, int]]  # (weight fqn, output positions) for every conv/linear call
     other_macs: int = 0  # counted MACs not from conv/linear weights (e.g. attention matmuls)
     unused_params: int = 0  # parameters never executed (aux heads): counted, never resized
+    stored_sizes: list[StoredSize] = field(default_factory=list)  # split sizes G rewrites
 
     # ----------------------------------------------------------------------------- widths
     def full_widths(self) -> dict[str, int]:
@@ -94,6 +117,24 @@ class ChannelGraph:
                 ))
             if tuple(shape) != self.tensor_shapes[fqn]:
                 out[fqn] = tuple(shape)
+        return out
+
+    def stored_size_values(self, widths: dict[str, int]) -> dict[tuple[str, str], Any]:
+        """(module, attr) -> new value of every stored split size that ``widths`` change."""
+        self._check(widths)
+        out: dict[tuple[str, str], Any] = {}
+        for s in self.stored_sizes:
+            piece_widths = [int(sum((widths.get(k, self.groups[k].width) if isinstance(k, str) else k) * rep
+                                    for k, rep in segs)) for segs in s.pieces]
+            if s.position is not None:
+                value: Any = type(s.original)(piece_widths[0] if i == s.position else v
+                                              for i, v in enumerate(s.original))
+            elif isinstance(s.original, (list, tuple)):
+                value = type(s.original)(piece_widths)
+            else:
+                value = piece_widths[0] * s.mult
+            if value != s.original:
+                out[(s.module, s.attr)] = value
         return out
 
     def count_macs(self, widths: dict[str, int] | None = None) -> int:
@@ -128,6 +169,8 @@ class _Spaces:
         self.consumers: list[list[str]] = []
         # root -> segments it was re-expressed as (a residual add of one space and a concat)
         self.subst: dict[int, tuple[tuple[int, int], ...]] = {}
+        # pieces of a split space: (source space name, first channel) names them "conv[0:8]"
+        self.origin: dict[int, tuple[str, int]] = {}
 
     def expand(self, segs: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
         """Segments with every substituted space replaced by what it stands for."""
@@ -154,6 +197,27 @@ class _Spaces:
         self.producers[first] = self.producers[root] + self.producers[first]
         self.consumers[first] += self.consumers[root]
         self.subst[root] = segs
+
+    def split_space(self, sid: int, sizes: list[int]) -> list[int]:
+        """Re-express space ``sid`` as consecutive new spaces of ``sizes`` (a split of its
+        channels); each piece keeps the whole space's producers, consumers and constraints."""
+        root = self.find(sid)
+        base, offset = self.origin.get(root, (self.producers[root][0] if self.producers[root] else self.name[root], 0))
+        pieces = []
+        for n in sizes:
+            p = self.new(n, f"{base}[{offset}:{offset + n}]")
+            self.origin[p] = (base, offset)
+            self.producers[p] = list(self.producers[root])
+            self.consumers[p] = list(self.consumers[root])
+            self.divisor[p] = self.divisor[root]
+            if root in self.frozen:
+                self.frozen[p] = self.frozen[root]
+            if root in self.no_expand:
+                self.no_expand.add(p)
+            pieces.append(p)
+            offset += n
+        self.subst[root] = tuple((p, 1) for p in pieces)
+        return pieces
 
     def new(self, size: int, name: str, producer: str | None = None) -> int:
         sid = len(self.parent)
@@ -206,11 +270,14 @@ class _ParamRef:
 
 
 # Element-wise ops of several tensors (in-place variants share the name without "_").
-_ELEMENTWISE_MULTI = {"add", "sub", "mul", "div", "where", "maximum", "minimum", "addcmul", "lerp", "copy"}
+_ELEMENTWISE_MULTI = {"add", "sub", "mul", "div", "where", "maximum", "minimum", "addcmul", "lerp", "copy",
+                      "expand_as"}
 _CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution"}
 _NORM_BN = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
             "native_batch_norm", "_native_batch_norm_legit_functional", "instance_norm"}
 _SHAPE_OPS = {"view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "unflatten"}
+_SPLIT_OPS = {"split", "split_with_sizes", "chunk", "unsafe_split", "unsafe_split_with_sizes", "unsafe_chunk"}
+_SELF_ATTR = re.compile(r"self\.(\w+)(?:\s*//\s*(\d+))?")
 
 
 def _op_name(target: Any) -> str:
@@ -238,6 +305,7 @@ class _Analyzer:
         self.conv_kinds: dict[str, tuple[str, int]] = {}
         self.mac_terms: list[tuple[str, int]] = []
         self.used: set[str] = set()
+        self.stored: dict[tuple[str, str], StoredSize] = {}  # split sizes G must rewrite (sid-level pieces)
 
     # --------------------------------------------------------------------------- helpers
     def freeze_value(self, v: Any, reason: str) -> None:
@@ -366,6 +434,8 @@ class _Analyzer:
             return self.visit_norm(node, ins, [1, 2, 3, 4])
         if op == "layer_norm":
             return self.visit_layer_norm(node, ins)
+        if op == "group_norm":
+            return self.visit_group_norm(ins, args)
         if op == "linear":
             return self.visit_linear(node, ins, out_shape)
         if op == "getitem":
@@ -376,6 +446,8 @@ class _Analyzer:
         if op == "flatten":
             return self.visit_flatten(node, ins[0], args[1] if len(args) > 1 else 0,
                                       args[2] if len(args) > 2 else -1)
+        if op in _SPLIT_OPS:
+            return self.visit_split(node, op, ins, args)
         if op in _SHAPE_OPS:
             return self.visit_reshape(node, ins[0], out_shape)
         if op == "permute":
@@ -422,6 +494,23 @@ class _Analyzer:
         self.freeze_args(node, f"{op} mixes channels")
         return None
 
+    def stored_groups(self, node: Any, module: str, groups: int, segs: tuple[tuple[int, int], ...]) -> None:
+        """A functional depthwise conv (timm's BlurPool2d: ``F.conv2d(x, self.filt,
+        groups=channels)`` with ``channels = self.channels``) reads its group count from the
+        module: G rewrites it with the width. Conv modules' ``groups`` G sets itself."""
+        try:
+            owner = self.model.get_submodule(module) if module else self.model
+        except AttributeError:
+            return
+        if isinstance(owner, nn.modules.conv._ConvNd) or (module, "groups") in self.stored:
+            return
+        attrs = {attr for attr, value, div in self.stored_candidates(module, self.function_text(node))
+                 if div == 1 and isinstance(value, int) and value == groups}
+        if len(attrs) == 1:
+            attr = attrs.pop()
+            self.stored.setdefault((module, attr), StoredSize(module=module, attr=attr, original=groups,
+                                                              pieces=[list(segs)], op=f"conv groups at {module}"))
+
     # ------------------------------------------------------------------------ op handlers
     def visit_conv(self, node: Any, ins: list, out_shape: tuple[int, ...]) -> _CMap:
         x, w = ins[0], ins[1]
@@ -447,6 +536,7 @@ class _Analyzer:
             for s_, _ in self.sp.expand(in_segs):
                 self.sp.producers[self.sp.find(s_)].append(module)
             self.conv_kinds[module] = ("depthwise", 1)
+            self.stored_groups(node, module, groups, in_segs)
         elif in_per_group == out_ch // groups and in_segs is not None and len(in_segs) == 1 and in_segs[0][1] == 1:
             # Grouped convs with equal in/out group widths: output channels are the input's.
             # Keep whichever of (group width, group count) gives the finer width steps: ResNeXt
@@ -461,6 +551,17 @@ class _Analyzer:
                 self.sp.divisor[root] = math.lcm(self.sp.divisor[root], in_per_group)
                 self.conv_kinds[module] = ("grouped", in_per_group)
             self.sp.producers[root].append(module)
+        elif (pieces := self.split_segments(cm, [in_per_group] * groups) if cm and groups <= 64 else None) \
+                and self.tie_pieces(pieces, f"{module} groups"):
+            # Grouped convs whose groups widen or narrow (ResNeSt's radix conv): the group count
+            # stays, each group reads one tied input piece and writes one tied output piece.
+            self.tie(w.fqn, 1, pieces[0], module)
+            sid = self.sp.new(out_ch, module, producer=module)
+            rows = self.sp.split_space(sid, [out_ch // groups] * groups)
+            for row in rows[1:]:
+                self.sp.union(rows[0], row, f"{module} groups")
+            segs = self.sp.expand(((sid, 1),))
+            self.conv_kinds[module] = ("grouped_fixed", groups)
         else:
             if cm:
                 self.freeze_value(cm, f"{module}: grouped conv with unequal group widths")
@@ -486,6 +587,26 @@ class _Analyzer:
             self.tie(r.fqn, 0, cm[1], self.module_of(r.fqn))
         if isinstance(node.meta.get("val"), (tuple, list)):
             return [cm] + [None] * (len(node.meta["val"]) - 1)
+        return cm
+
+    def visit_group_norm(self, ins: list, args: list) -> Any:
+        """GroupNorm keeps its group count: the width must stay a multiple of it."""
+        cm = self.cmap_of(ins[0])
+        refs = [v for v in ins[2:4] if isinstance(v, _ParamRef)]
+        if cm is None or cm[0] != 1 or not isinstance(args[1], int):
+            self.freeze_value(cm, "group_norm over an untracked dimension")
+            for r in refs:
+                self.used.add(r.fqn)
+            return None
+        segs = self.sp.expand(cm[1])
+        if args[1] > 1:
+            if len(segs) > 1:
+                self.freeze_value(cm, f"group_norm with {args[1]} groups over concatenated channels")
+                return None
+            root = self.sp.find(segs[0][0])
+            self.sp.divisor[root] = math.lcm(self.sp.divisor[root], args[1])
+        for r in refs:
+            self.tie(r.fqn, 0, cm[1], self.module_of(r.fqn))
         return cm
 
     def visit_layer_norm(self, node: Any, ins: list) -> Any:
@@ -543,11 +664,10 @@ class _Analyzer:
             return cm
         if d > end:
             return (d - (end - start), cm[1])
-        if d == start:  # channel-major flatten: each channel becomes a run of H·W features
-            rep = math.prod(shape[start + 1 : end + 1])
-            return (start, tuple((s, r * rep) for s, r in cm[1]))
-        self.freeze_value(cm, "flatten with channels not leading")
-        return None
+        # Each channel becomes a run of the inner dims' size (H·W features after a channel-major
+        # flatten); fixed outer dims (a radix of k rows) repeat the whole channel list k times.
+        outer, inner = math.prod(shape[start:d]), math.prod(shape[d + 1 : end + 1])
+        return (start, tuple((s, r * inner) for s, r in cm[1]) * outer)
 
     def visit_reshape(self, node: Any, v: Any, out_shape: tuple[int, ...] | None) -> Any:
         cm = self.cmap_of(v)
@@ -561,12 +681,220 @@ class _Analyzer:
         out_nz = [(i, s) for i, s in enumerate(out_shape) if s != 1]
         if [s for _, s in in_nz] == [s for _, s in out_nz] and in_shape[d] != 1:
             k = [i for i, _ in in_nz].index(d)
-            return (out_nz[k][0], cm[1])
+            return self.stored_shape(node, (out_nz[k][0], cm[1]), out_shape)
         if (tuple(out_shape[:d]) == tuple(in_shape[:d]) and len(out_shape) == d + 1
                 and out_shape[d] == math.prod(in_shape[d:])):
             rep = math.prod(in_shape[d + 1:])
             return (d, tuple((s, r * rep) for s, r in cm[1]))
-        self.freeze_value(cm, f"reshape {list(in_shape)} -> {list(out_shape)}")
+        return self.visit_reshape_pieces(node, cm, in_shape, out_shape)
+
+    def stored_shape(self, node: Any, cm: _CMap, out_shape: tuple[int, ...]) -> _CMap:
+        """A reshape to a shape stored on the module (timm's metaformer ``Scale``:
+        ``self.scale.view(self.shape)``) is recorded so G rewrites the channel entry."""
+        module, line = self.call_site(node)
+        if "self." not in line:
+            return cm
+        matches = [(attr, value) for attr, value, div in self.stored_candidates(module, line)
+                   if div == 1 and isinstance(value, (list, tuple)) and len(value) > 1
+                   and tuple(value) == tuple(out_shape[len(out_shape) - len(value):])]
+        if len(matches) == 1:
+            attr, value = matches[0]
+            key = (module, attr)
+            if key not in self.stored:
+                self.stored[key] = StoredSize(module=module, attr=attr, original=value, pieces=[list(cm[1])],
+                                              position=cm[0] - (len(out_shape) - len(value)),
+                                              op=f"reshape at {module} (`{line}`)")
+        return cm
+
+    # ------------------------------------------------------------------- splits of channels
+    def call_site(self, node: Any) -> tuple[str, str]:
+        """(module path, source line) of the Python code that issued ``node``."""
+        stack = node.meta.get("nn_module_stack") or {}
+        module = re.sub(r"@\d+$", "", list(stack.values())[-1][0]) if stack else ""
+        line = ""
+        frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+        if frames:
+            path, lineno = frames[-1]
+            line = linecache.getline(path, int(lineno)).strip()
+        return module, line
+
+    def function_text(self, node: Any) -> str:
+        """The calling function's source up to the op's line (``H, DH = self.n_heads,
+        self.head_dim`` a few lines above a reshape counts as stored)."""
+        frames = re.findall(r'File "([^"]+)", line (\d+)', node.meta.get("stack_trace") or "")
+        if not frames:
+            return ""
+        path, lineno = frames[-1][0], int(frames[-1][1])
+        lines = []
+        for n in range(lineno, max(0, lineno - 80), -1):
+            text = linecache.getline(path, n)
+            lines.append(text)
+            if re.match(r"\s*def ", text):
+                break
+        return "".join(reversed(lines))
+
+    def stored_candidates(self, module: str, line: str) -> list[tuple[str, Any, int]]:
+        """``self.X`` (and ``self.X // N``) on ``line``: (attr, value, N) for the calling module."""
+        try:
+            owner = self.model.get_submodule(module) if module else self.model
+        except AttributeError:
+            return []
+        out = []
+        for attr, div in _SELF_ATTR.findall(line):
+            value = getattr(owner, attr, None)
+            if isinstance(value, (int, list, tuple)) and not isinstance(value, bool):
+                out.append((attr, value, int(div) if div else 1))
+        return out
+
+    def split_segments(self, cm: _CMap, sizes: list[int]) -> list[tuple[tuple[int, int], ...]] | None:
+        """Cut ``cm``'s channel list into consecutive pieces of ``sizes``; a space that straddles a
+        cut is split in two (a new space each side). A space repeated ``rep`` times per channel
+        (after a channel shuffle) can only be cut between repeats; None where a cut is not."""
+        segs = list(self.sp.expand(cm[1]))
+        if any(not isinstance(rep, int) for _, rep in segs) or sum(self.sp.size[s] * r for s, r in segs) != sum(sizes):
+            return None
+        pieces: list[tuple[tuple[int, int], ...]] = []
+        k = 0
+        for want in sizes:
+            piece: list[tuple[int, int]] = []
+            while want > 0:
+                sid, rep = segs[k]
+                n = self.sp.size[sid] * rep
+                if n > want:  # the cut falls inside this space
+                    if want % rep:
+                        return None
+                    head, tail = self.sp.split_space(sid, [want // rep, (n - want) // rep])
+                    segs[k: k + 1] = [(head, rep), (tail, rep)]
+                    sid, n = head, want
+                piece.append((sid, rep))
+                want -= n
+                k += 1
+            pieces.append(tuple(piece))
+        return pieces
+
+    def tie_pieces(self, pieces: list[tuple[tuple[int, int], ...]], why: str) -> bool:
+        """Pieces that must keep equal widths (chunk, an int split size, a reshape to k rows)
+        become one channel list: aligned spaces merge, a lone space takes the other's structure."""
+        ref = max(pieces, key=len)
+        for piece in pieces:
+            segs, ref_segs = self.sp.expand(piece), self.sp.expand(ref)
+            if len(segs) == len(ref_segs) and all(self.sp.size[a] == self.sp.size[b] and ra == rb
+                                                  for (a, ra), (b, rb) in zip(segs, ref_segs)):
+                for (a, _), (b, _) in zip(ref_segs, segs):
+                    self.sp.union(a, b, why)
+            elif (len(segs) == 1 and segs[0][1] == 1 and self.sp.find(segs[0][0]) not in self.sp.frozen
+                  and all(self.sp.find(s) != self.sp.find(segs[0][0]) for s, _ in ref_segs)):
+                # (after a channel shuffle the other piece may hold each channel `rep` times)
+                self.sp.substitute(segs[0][0], tuple(ref_segs), why)
+            else:
+                return False
+        return True
+
+    def visit_split(self, node: Any, op: str, ins: list, args: list) -> Any:
+        cm = self.cmap_of(ins[0])
+        vals = node.meta.get("val")
+        if cm is None or not isinstance(vals, (list, tuple)):
+            return None
+        in_shape = _meta_shape(args[0])
+        dim = (args[2] if len(args) > 2 else node.kwargs.get("dim", 0)) % len(in_shape)
+        if dim != cm[0]:  # split along tokens/space: every piece keeps the channels
+            return [cm] * len(vals)
+        sizes = [int(v.shape[dim]) for v in vals]
+        module, line = self.call_site(node)
+        where = f"{op} at {module or 'the model'} (`{line}`)" if line else f"{op} at {module or 'the model'}"
+
+        def give_up(why: str) -> None:
+            self.freeze_value(cm, f"{where}: {why}")
+            return None
+
+        equal = op.endswith("chunk") or isinstance(args[1], int)
+        if equal and len(set(sizes)) != 1:
+            return give_up(f"pieces {sizes} are unequal, so the split cannot keep its count when widths change")
+        rule = None
+        if not op.endswith("chunk"):  # a chunk count follows any width; stored sizes must be rewritten
+            matches = []
+            for attr, value, div in self.stored_candidates(module, line):
+                if equal and isinstance(value, int) and value // div == sizes[0] and value % div == 0:
+                    matches.append((attr, value, div))
+                elif not equal and isinstance(value, (list, tuple)) and list(value) == sizes:
+                    matches.append((attr, value, 1))
+            if len({m[0] for m in matches}) != 1:
+                return give_up("the sizes are not a stored attribute of the module slimkit can rewrite" if not matches
+                               else f"several stored attributes match the sizes ({', '.join(m[0] for m in matches)})")
+            rule = matches[0]
+        pieces = self.split_segments(cm, sizes)
+        if pieces is None:
+            return give_up("the split channels are repeated copies, their pieces cannot be told apart")
+        if equal and not self.tie_pieces(pieces, op):
+            return give_up("pieces cannot be tied to one width")
+        if rule is not None:
+            attr, value, div = rule
+            key = (module, attr)
+            old = self.stored.get(key)
+            if old is not None:  # a module called twice: both calls' pieces must agree
+                if len(old.pieces) != len(pieces) or not self.tie_pieces([tuple(old.pieces[0]), pieces[0]], op):
+                    return give_up(f"self.{attr} splits inputs of different structure")
+            else:
+                self.stored[key] = StoredSize(module=module, attr=attr, original=value, mult=div,
+                                              pieces=[list(p) for p in pieces], op=where)
+        return [(dim, p) for p in pieces]
+
+    def visit_reshape_pieces(self, node: Any, cm: _CMap, in_shape: tuple[int, ...],
+                             out_shape: tuple[int, ...]) -> Any:
+        """Reshapes that split channels into (k rows, C/k) or merge such rows back (radix /
+        split-attention, channel shuffle). The row count k is a fixed count and each row a piece:
+        rows are tied to one width. A reshape to a width stored on the module freezes instead."""
+        d = cm[0]
+        in_nz = [(i, s) for i, s in enumerate(in_shape) if s != 1]
+        out_nz = [(i, s) for i, s in enumerate(out_shape) if s != 1]
+        chunk = None  # the run of input dims and output dims holding the channels
+        a = b = 0
+        while a < len(in_nz) and b < len(out_nz):
+            ins_, outs_ = [in_nz[a]], [out_nz[b]]
+            pin, pout = in_nz[a][1], out_nz[b][1]
+            while pin != pout:
+                if pin < pout and a + 1 < len(in_nz):
+                    a += 1
+                    ins_.append(in_nz[a])
+                    pin *= in_nz[a][1]
+                elif pout < pin and b + 1 < len(out_nz):
+                    b += 1
+                    outs_.append(out_nz[b])
+                    pout *= out_nz[b][1]
+                else:
+                    break
+            if pin != pout:
+                break
+            if any(i == d for i, _ in ins_):
+                chunk = (ins_, outs_)
+                break
+            a, b = a + 1, b + 1
+        why = f"reshape {list(in_shape)} -> {list(out_shape)}"
+        if chunk is None:
+            self.freeze_value(cm, why)
+            return None
+        ins_, outs_ = chunk
+        if len(ins_) == 1 and len(outs_) == 2:  # C -> (k, C/k): k rows of one width
+            (_, k), (o_m, m) = outs_
+            module, line = self.call_site(node)
+            stored = [attr for attr, value, div in self.stored_candidates(module, self.function_text(node))
+                      if isinstance(value, int) and value // div == m]
+            if stored or k == m:
+                reason = (f"the row width is the stored self.{stored[0]}, which slimkit cannot rewrite" if stored
+                          else "rows and row width are equal, so which one is the fixed count is unknown")
+                self.freeze_value(cm, f"{why} at {module} (`{line}`): {reason}")
+                return None
+            pieces = self.split_segments(cm, [m] * k)
+            if pieces is None or not self.tie_pieces(pieces, "reshape"):
+                self.freeze_value(cm, f"{why}: its {k} rows cannot be tied to one width")
+                return None
+            return (o_m, pieces[0])
+        if len(outs_) == 1:  # (k, C) -> k·C (and channel-major merges): copies of the channel list
+            pos = [i for i, _ in ins_].index(d)
+            outer = math.prod(s for _, s in ins_[:pos])
+            inner = math.prod(s for _, s in ins_[pos + 1:])
+            return (outs_[0][0], tuple((s, r * inner) for s, r in cm[1]) * outer)
+        self.freeze_value(cm, why)
         return None
 
     def visit_cat(self, node: Any, vals: list, arg_nodes: list, dim: int) -> Any:
@@ -703,7 +1031,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
             if sp.producers[root]:
                 frozen[sp.name[root]] = sp.frozen[root]
             continue
-        name = sp.producers[root][0]
+        name = sp.name[root] if root in sp.origin else sp.producers[root][0]
         base, k = name, 1
         while name in used_names:
             k += 1
@@ -727,6 +1055,12 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
         if any(isinstance(k, str) for segs in resolved.values() for k, _ in segs):
             param_dims[fqn] = resolved
 
+    stored_sizes = [
+        StoredSize(module=r.module, attr=r.attr, original=r.original, mult=r.mult, op=r.op, position=r.position,
+                   pieces=[[(root_key[sid], rep) for sid, rep in sp.expand(seg)] for seg in r.pieces])
+        for r in an.stored.values()
+    ]
+
     # Conv kinds are only needed where the conv's groups attribute must follow a group.
     conv_kinds = {m: k for m, k in an.conv_kinds.items() if k[0] in ("depthwise", "grouped")}
     param_names = {n for n, _ in model.named_parameters()}
@@ -745,4 +1079,5 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
         mac_terms=an.mac_terms,
         other_macs=other_macs or 0,
         unused_params=unused,
+        stored_sizes=stored_sizes,
     )

@@ -172,7 +172,10 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         meter.close()
     elif method == "uniform":
         result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
-        search = {"factor": round(result.value, 6), "iterations": result.iterations, "selection": "uniform"}
+        search = {"factor": round(result.value, 6), "iterations": result.iterations,
+                  "selection": "uniform up to one step" if result.filled else "uniform"}
+        if result.filled:  # no single factor landed within tolerance under channel rounding
+            search["one_step_wider"] = result.filled
     else:
         assert bundle is not None
         gates_result, search = _learn_gates(spec.canonical, kwargs, graph, b, bundle, gates, expand=expand,

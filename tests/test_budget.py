@@ -73,10 +73,26 @@ def test_expansion_raises_the_ceiling(mnv1_graph):
     assert max(res.widths[n] / g.width for n, g in mnv1_graph.groups.items()) > 1.0
 
 
-def test_coarse_rounding_is_an_error_not_a_silent_miss():
+def test_uniform_fill_lands_under_rounding_one_step_per_group():
+    """resnet20 at 50% with --round-to 8: no single factor lands within 1% (its 16/32/64-wide
+    groups have few widths), so groups widen one rounding step each, widest first."""
+    g = channel_graph("resnet20", {}, (3, 32, 32))
+    target = 0.5 * g.count_macs()
+    res = search_uniform(g, parse_budget("50%"), round_to=8)
+    assert target * 0.99 <= res.flops <= target
+    assert res.filled  # the fill ran and says which groups it moved
+    base = uniform_widths(g, res.value, round_to=8)
+    for name, width in res.widths.items():
+        step = 8 if name in res.filled else 0
+        assert width == base[name] + step  # uniform up to one step
+    widest_first = sorted(res.filled, key=lambda n: -g.groups[n].width)
+    assert [g.groups[n].width for n in res.filled] == [g.groups[n].width for n in widest_first]
+
+
+def test_fill_never_exceeds_the_budget_and_fails_loudly_when_short():
     g = channel_graph("resnet20", {}, (3, 32, 32))
     with pytest.raises(BudgetError, match="--round-to 1"):
-        search_uniform(g, parse_budget("50%"), round_to=8)
+        search_uniform(g, parse_budget("50%"), round_to=8, tolerance=1e-6)
     res = search_uniform(g, parse_budget("50%"), round_to=1)
     assert abs(res.flops / g.count_macs() - 0.5) <= 0.01
 

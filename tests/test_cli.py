@@ -53,7 +53,7 @@ def test_prune_uniform_writes_plan_and_plot(tmp_path):
     (["prune", "mobilenet_v1", "--flops", "1M"], ["below the smallest"]),
     (["prune", "mobilenet_v1"], ["exactly one budget"]),
     (["prune", "mobilenet_v1", "--flops", "50%", "--method", "magic"], ["unknown method"]),
-    (["prune", "resnet20", "--flops", "50%", "--method", "uniform"], ["--round-to 1"]),
+    (["prune", "resnet20", "--flops", "50%", "--method", "uniform", "--tolerance", "0.000001"], ["--round-to 1"]),
     (["info", "torchvision:resnet18", "--in-chans", "1"], ["3-channel"]),
     (["info", "resnet20", "--input-size", "big"], ["--input-size"]),
 ])

@@ -42,10 +42,18 @@ def test_ghostnet_shortcut_is_expressed_as_the_ghost_concat():
     assert len(segs) == 2 and segs[0][0] == segs[1][0]  # 16 = 8 primary + 8 cheap channels
 
 
-def test_channel_shuffle_is_frozen_not_broken():
-    g = channel_graph("torchvision:shufflenet_v2_x1_0", {}, (3, 64, 64))
-    assert any("reshape" in why for why in g.frozen.values())
-    assert g.groups  # the branch-internal convs stay prunable
+def test_channel_shuffle_is_followed_not_broken():
+    """ShuffleNetV2's view(B, 2, C/2)->transpose->flatten and chunk(2): the two rows are tied to
+    one width, so stages prune; what stays frozen names the op that froze it."""
+    from slimkit.budget import min_widths
+
+    g = channel_graph("torchvision:shufflenet_v2_x0_5", {}, (3, 64, 64))
+    assert len(g.groups) >= 18
+    assert all(("chunk at" in why or "concat" in why or why == "network output") for why in g.frozen.values())
+    widths = min_widths(g, 8)
+    thin = resize_model(build_model("torchvision:shufflenet_v2_x0_5"), g, widths).eval()
+    assert thin(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    assert count_flops(thin, (3, 64, 64)) == g.count_macs(widths) < 0.5 * g.count_macs()
 
 
 def test_grouped_conv_keeps_group_width_as_divisor():

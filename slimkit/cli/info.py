@@ -72,6 +72,9 @@ def info(
             table.add_row(escape(g.name), str(g.width), str(g.divisor),
                           escape(", ".join(mods[:4]) + (" ..." if len(mods) > 4 else "")))
         console.print(table)
+        for stored in graph.stored_sizes:  # split sizes that G rewrites instead of freezing
+            console.print(f"  G rewrites [cyan]{stored.module or 'model'}.{stored.attr}[/] = {stored.original!r} "
+                          f"({stored.op})", highlight=False)
     if layers:
         per = count_flops_per_layer(model, size)
         table = Table(title="MACs per layer")

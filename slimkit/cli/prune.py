@@ -157,6 +157,10 @@ def prune(
     console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)", markup=False)
     if plan.method == "scratch":
         console.print(gate_summary(plan), highlight=False, markup=False)
+    if plan.method == "uniform" and plan.search.get("one_step_wider"):
+        wider = plan.search["one_step_wider"]
+        console.print(f"uniform up to one step: factor {plan.search['factor']:.4f}, then {len(wider)} group(s) one "
+                      "rounding step wider (no single factor lands within tolerance)", highlight=False)
     if plot:
         others = {}
         if plan.method != "uniform":
