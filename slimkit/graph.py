@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.attention import AttentionAnalysis
 from slimkit.errors import SlimkitError
 
 __all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "analyze", "Segment"]
@@ -69,8 +70,14 @@ class ChannelGraph:
     param_names: set[str]  # which of tensor_shapes are parameters (the rest are buffers)
     conv_kinds: dict[str, tuple[str, int]]  # conv module -> ("depthwise"|"grouped"|"dense", per)
     mac_terms: list[tuple[str, int]]  # (weight fqn, output positions) for every conv/linear call
-    other_macs: int = 0  # counted MACs not from conv/linear weights (e.g. attention matmuls)
+    other_macs: int = 0  # counted MACs not from conv/linear weights or tracked attention
     unused_params: int = 0  # parameters never executed (aux heads): counted, never resized
+    # Attention (slimkit.attention): (head segments, MACs per unit of their width) for every
+    # attention product over tracked heads; channels per head of each head group (gates are per
+    # head there); attention modules G rewrites -> (kind, head_dim).
+    attention_terms: list[tuple[list[Segment], int]] = field(default_factory=list)
+    head_dims: dict[str, int] = field(default_factory=dict)
+    attention_modules: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------------------- widths
     def full_widths(self) -> dict[str, int]:
@@ -99,10 +106,19 @@ class ChannelGraph:
     def count_macs(self, widths: dict[str, int] | None = None) -> int:
         """Multiply-accumulates of conv/linear layers at ``input_size`` (batch 1)."""
         shapes = self.shapes(widths) if widths else {}
-        total = self.other_macs
+        total = self.other_macs + self.attention_macs(widths)
         for fqn, positions in self.mac_terms:
             total += positions * math.prod(shapes.get(fqn, self.tensor_shapes[fqn]))
         return total
+
+    def attention_macs(self, widths: dict[str, int] | None = None) -> int:
+        """MACs of attention's matrix products (Q·Kᵀ and softmax·V): linear in the heads."""
+        widths = widths or {}
+        return int(sum(
+            coefficient * sum((widths.get(k, self.groups[k].width) if isinstance(k, str) else k) * rep
+                              for k, rep in segs)
+            for segs, coefficient in self.attention_terms
+        ))
 
     def count_params(self, widths: dict[str, int] | None = None) -> int:
         shapes = self.shapes(widths) if widths else {}
@@ -227,7 +243,9 @@ def _meta_shape(node: Any) -> tuple[int, ...] | None:
     return None
 
 
-class _Analyzer:
+class _Analyzer(AttentionAnalysis):
+    param_ref_type = _ParamRef
+
     def __init__(self, ep: torch.export.ExportedProgram, model: nn.Module):
         self.ep = ep
         self.model = model
@@ -238,6 +256,7 @@ class _Analyzer:
         self.conv_kinds: dict[str, tuple[str, int]] = {}
         self.mac_terms: list[tuple[str, int]] = []
         self.used: set[str] = set()
+        self.init_attention()
 
     # --------------------------------------------------------------------------- helpers
     def freeze_value(self, v: Any, reason: str) -> None:
@@ -359,6 +378,7 @@ class _Analyzer:
         args = list(node.args)
         ins = [self.lookup(a) for a in args]
         out_shape = _meta_shape(node)
+        ins = self.bind_param_operands(op, args, ins, out_shape)
 
         if op in _CONV_OPS:
             return self.visit_conv(node, ins, out_shape)
@@ -400,6 +420,18 @@ class _Analyzer:
             return self.mark_no_expand(self.cmap_of(ins[0]))
         if op == "slice":
             return self.visit_slice(node, ins, args, out_shape)
+        if op == "unbind":
+            return self.visit_unbind(node, ins, args)
+        if op == "select":
+            return self.visit_select(node, ins, args)
+        if op == "index":
+            return self.visit_index(node, ins, args)
+        if op == "scaled_dot_product_attention":
+            return self.visit_sdpa(node, ins, args)
+        if op in ("matmul", "bmm") and out_shape is not None:
+            product = self.visit_matmul(node, ins, args, out_shape)
+            if product is not None:
+                return product
 
         tensor_ins = [(a, v) for a, v in zip(args, ins) if hasattr(a, "op") and _meta_shape(a) is not None]
         tracked = [(a, self.cmap_of(v)) for a, v in tensor_ins]
@@ -546,6 +578,10 @@ class _Analyzer:
         if d == start:  # channel-major flatten: each channel becomes a run of H·W features
             rep = math.prod(shape[start + 1 : end + 1])
             return (start, tuple((s, r * rep) for s, r in cm[1]))
+        if d == end:  # channel-minor flatten (Swin's patch merging): copies of the channels
+            repeated = self.repeat_channels(cm, start, math.prod(shape[start:end]))
+            if repeated is not None:
+                return repeated
         self.freeze_value(cm, "flatten with channels not leading")
         return None
 
@@ -566,6 +602,9 @@ class _Analyzer:
                 and out_shape[d] == math.prod(in_shape[d:])):
             rep = math.prod(in_shape[d + 1:])
             return (d, tuple((s, r * rep) for s, r in cm[1]))
+        reshaped = self.reshape_channels(node, cm, in_shape, out_shape)
+        if reshaped is not None:
+            return reshaped
         self.freeze_value(cm, f"reshape {list(in_shape)} -> {list(out_shape)}")
         return None
 
@@ -652,6 +691,8 @@ class _Analyzer:
                       and all(r == segs[0][1] for _, r in ref_segs)
                       and all(self.sp.find(s) != segs[0][0] for s, _ in ref_segs)):
                     self.sp.substitute(segs[0][0], tuple((s, 1) for s, _ in ref_segs), op)
+                elif self.unify_scaled(ref_segs, segs):  # a per-head bias added to attention
+                    pass
                 else:
                     ok = False
                     break
@@ -687,6 +728,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
 
     an = _Analyzer(ep, model)
     an.run()
+    an.tie_attention_widths()
     sp = an.sp
 
     # Name every root space; a group is a root with a producer that is not frozen.
@@ -727,6 +769,14 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
         if any(isinstance(k, str) for segs in resolved.values() for k, _ in segs):
             param_dims[fqn] = resolved
 
+    attention_terms = [([(root_key[sid], rep) for sid, rep in sp.expand(segs)], coefficient)
+                       for segs, coefficient in an.attention_terms]
+    head_dims: dict[str, int] = {}
+    for sid, (head_dim, _) in an.head_spaces.items():
+        key = root_key.get(sp.find(sid))
+        if isinstance(key, str) and sp.find(sid) not in an.tied_spaces:
+            head_dims[key] = head_dim
+
     # Conv kinds are only needed where the conv's groups attribute must follow a group.
     conv_kinds = {m: k for m, k in an.conv_kinds.items() if k[0] in ("depthwise", "grouped")}
     param_names = {n for n, _ in model.named_parameters()}
@@ -745,4 +795,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
         mac_terms=an.mac_terms,
         other_macs=other_macs or 0,
         unused_params=unused,
+        attention_terms=attention_terms,
+        head_dims=head_dims,
+        attention_modules=dict(an.attention_modules),
     )
