@@ -5,7 +5,14 @@ scalar gate while the random weights stay frozen. slimkit shares one gate vector
 layers of a channel group (the two ends of a residual add are pruned together) and folds it into
 the BatchNorm affine: ``BN(x)·λ = normalise(x)·(γ·λ) + β·λ``, so no extra activation tensor is
 stored for backward. Groups no BatchNorm reads (e.g. a squeeze-excite reduction) get the gate
-as a forward hook on the layers that produce them. All weights are frozen; BatchNorm uses batch
+as a forward hook on the layers that produce them.
+
+Transformers have LayerNorm, not BatchNorm, so every transformer group takes the hook: the MLP
+hidden channels and the embedding width are gated on the outputs of the linears (and the patch
+embedding) that produce them. Attention heads get one gate per *head* (the unit G can remove):
+it multiplies that head's ``head_dim`` channels of the attention output where the output
+projection reads them (a forward pre-hook), so a closed gate silences the whole head. In the
+mean the sparsity loss steers, a head gate weighs as its ``head_dim`` channels. All weights are frozen; BatchNorm uses batch
 statistics, as in the paper's code. Dropout and stochastic depth are switched off: they would
 add noise to the gate signal and to the held-out accuracy used to pick a snapshot. Activations
 that would clone their input to run in place run out of place (``slimkit.device``).
@@ -50,8 +57,10 @@ class GatedSupernet:
         self.graph = graph
         self.widths = dict(widths)
         first = next(model.parameters())
+        self.head_dims = dict(graph.head_dims)  # head groups: one gate per head
         self.gates = nn.ParameterDict({
-            _key(n): nn.Parameter(torch.ones(widths[n], device=first.device, dtype=torch.float32))
+            _key(n): nn.Parameter(torch.ones(widths[n] // self.head_dims.get(n, 1), device=first.device,
+                                             dtype=torch.float32))
             for n in graph.groups
         })
         self._names = {_key(n): n for n in graph.groups}
@@ -67,11 +76,20 @@ class GatedSupernet:
         parts = []
         for key, rep in segments:
             if isinstance(key, str):
-                g = self.gates[_key(key)]
+                g = self.channel_gates(key)
                 parts.append(g.repeat_interleave(rep) if rep > 1 else g)
             else:
                 parts.append(torch.ones(key * rep, device=self._device()))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def channel_gates(self, name: str) -> torch.Tensor:
+        """The gate of every channel of group ``name`` (a head's gate repeated over its channels)."""
+        g = self.gates[_key(name)]
+        head_dim = self.head_dims.get(name, 1)
+        return g.repeat_interleave(head_dim) if head_dim > 1 else g
+
+    def _weights(self) -> list[tuple[torch.Tensor, int]]:
+        return [(g, self.head_dims.get(self._names[k], 1)) for k, g in self.gates.items()]
 
     def _device(self) -> torch.device:
         return next(iter(self.gates.values())).device
@@ -82,13 +100,11 @@ class GatedSupernet:
     def gate_mean(self) -> float:
         """Mean of all gates (every channel counts once): the sparsity the loss steers to r."""
         with torch.no_grad():
-            total = sum(g.sum() for g in self.gates.values())
-            count = sum(g.numel() for g in self.gates.values())
-            return float(total / count)
+            return float(self.penalty_mean())
 
     def penalty_mean(self) -> torch.Tensor:
-        total = sum(g.sum() for g in self.gates.values())
-        return total / sum(g.numel() for g in self.gates.values())
+        total = sum(g.sum() * unit for g, unit in self._weights())
+        return total / sum(g.numel() * unit for g, unit in self._weights())
 
     def clamp_(self) -> None:
         with torch.no_grad():
@@ -118,6 +134,12 @@ class GatedSupernet:
             parametrize.register_parametrization(module, attr, _GateScale(self, segs), unsafe=True)
             self._parametrized.append((module, attr))
             covered.update(k for k, _ in segs if isinstance(k, str))
+        for name, head_dim in self.head_dims.items():
+            covered.add(name)
+            for fqn, dims in self.graph.param_dims.items():
+                module = modules.get(fqn.rpartition(".")[0])
+                if isinstance(module, nn.Linear) and fqn.endswith(".weight") and dims.get(1) == [(name, 1)]:
+                    self._hooks.append(module.register_forward_pre_hook(self._make_input_hook(name)))
         for name, group in self.graph.groups.items():
             if name in covered:
                 continue
@@ -139,6 +161,12 @@ class GatedSupernet:
             shape = [1] * output.dim()
             shape[channel_dim] = -1
             return output * g.view(shape)
+
+        return hook
+
+    def _make_input_hook(self, name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> tuple:
+            return (inputs[0] * self.channel_gates(name),) + tuple(inputs[1:])
 
         return hook
 

@@ -420,6 +420,8 @@ class _Analyzer(AttentionAnalysis):
             return self.mark_no_expand(self.cmap_of(ins[0]))
         if op == "slice":
             return self.visit_slice(node, ins, args, out_shape)
+        if op in ("new_zeros", "new_ones", "new_full", "new_empty"):
+            return None  # a fresh constant tensor: only the input's dtype/device are read
         if op == "unbind":
             return self.visit_unbind(node, ins, args)
         if op == "select":

@@ -13,7 +13,8 @@ from slimkit.budget import Budget, check_budget, max_widths, parse_budget, searc
 from slimkit.device import resolve_device
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
-from slimkit.generator import channel_graph, generate, resize_model
+from slimkit.attention import input_size_kwargs
+from slimkit.generator import build_source, channel_graph, generate, resize_model
 from slimkit.plan import ChannelPlan
 
 __all__ = ["prune", "arch_kwargs_for", "METHODS"]
@@ -81,6 +82,10 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
             raise SlimkitError(f"--num-classes {num_classes} but {data} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
     kwargs = arch_kwargs_for(num_classes, in_chans)
+    if input_size and tuple(size) != registry.default_input_size(spec.canonical, in_chans=in_chans):
+        # transformers with a stored image size (timm's img_size, torchvision ViT's image_size)
+        # are built for the asked size; the plan records it in arch_kwargs, so G rebuilds the same
+        kwargs.update(input_size_kwargs(build_source(spec.canonical, kwargs), size))
     graph = channel_graph(spec.canonical, kwargs, size)
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
