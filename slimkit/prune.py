@@ -74,6 +74,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = "scratch", num_class
 
         dev = resolve_device(device)
         side = search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
+        if side != size[1] and input_size_kwargs(build_source(spec.canonical, arch_kwargs_for(None, in_chans)),
+                                                 (size[0], side, side)):
+            say(f"{spec.canonical} is built for one image size: gates are learned at {size[1]} px "
+                "(pass a smaller --input-size for a faster search)")
+            side = size[1]
         bundle = load_data(data, data_dir=data_dir, input_size=(size[0], side, side * size[2] // size[1]),
                            val_size=val_size, seed=seed)
         if num_classes is None:
