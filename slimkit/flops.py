@@ -5,6 +5,13 @@ batch 1 — what MobileNet, AMC and "Pruning from Scratch" report (MobileNet-V1 
 torch's own ``FlopCounterMode`` (it counts 2 FLOPs per MAC for conv/matmul ops and nothing for
 BN, activations or pooling), so the numbers match the papers to the MAC without a hand-written
 counter. Parameters include every parameter tensor.
+
+Transformers: the two matrix products of attention (Q·Kᵀ and softmax·V) count too, as the
+counter already does for ``matmul``/``bmm`` — B·heads·N_q·N_k·(d_k + d_v) MACs per attention.
+Two gaps in torch's counter are closed here so every way of running attention counts the same:
+the CPU kernel of ``scaled_dot_product_attention`` has no formula in torch (we give it the one
+torch uses for the CUDA kernels), and ``nn.MultiheadAttention``'s inference fast path runs its
+projections inside one fused kernel the counter cannot see (switched off while counting).
 """
 
 from __future__ import annotations
@@ -13,21 +20,32 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = ["count_flops", "count_params", "count_flops_per_layer", "format_count"]
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# Attention kernels torch's counter has no formula for (it counts their CUDA siblings).
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
 def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode:
     was_training = model.training
+    fast_path = torch.backends.mha.get_fastpath_enabled()
     model.eval()
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         x = torch.zeros(1, *input_size, device=device)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides the projections
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             model(x)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
         model.train(was_training)
     return counter
 

@@ -5,7 +5,14 @@ scalar gate while the random weights stay frozen. slimkit shares one gate vector
 layers of a channel group (the two ends of a residual add are pruned together) and folds it into
 the BatchNorm affine: ``BN(x)·λ = normalise(x)·(γ·λ) + β·λ``, so no extra activation tensor is
 stored for backward. Groups no BatchNorm reads (e.g. a squeeze-excite reduction) get the gate
-as a forward hook on the layers that produce them. All weights are frozen; BatchNorm uses batch
+as a forward hook on the layers that produce them.
+
+Transformers have LayerNorm, not BatchNorm, so every transformer group takes the hook: the MLP
+hidden channels and the embedding width are gated on the outputs of the linears (and the patch
+embedding) that produce them. Attention heads get one gate per *head* (the unit G can remove):
+it multiplies that head's ``head_dim`` channels of the attention output where the output
+projection reads them (a forward pre-hook), so a closed gate silences the whole head. In the
+mean the sparsity loss steers, a head gate weighs as its ``head_dim`` channels. All weights are frozen; BatchNorm uses batch
 statistics, as in the paper's code. Dropout and stochastic depth are switched off: they would
 add noise to the gate signal and to the held-out accuracy used to pick a snapshot. Activations
 that would clone their input to run in place run out of place (``slimkit.runtime``).
@@ -57,9 +64,10 @@ class GatedSupernet:
         if unknown:
             raise KeyError(f"unknown channel groups to fix: {sorted(unknown)[:5]}")
         first = next(model.parameters())
+        self.head_dims = dict(graph.head_dims)  # head groups: one gate per head
         self.gates = nn.ParameterDict({
-            _key(n): nn.Parameter(torch.ones(widths[n], device=first.device, dtype=torch.float32),
-                                  requires_grad=n not in self.fixed)
+            _key(n): nn.Parameter(torch.ones(widths[n] // self.head_dims.get(n, 1), device=first.device,
+                                             dtype=torch.float32), requires_grad=n not in self.fixed)
             for n in graph.groups
         })
         self._names = {_key(n): n for n in graph.groups}
@@ -75,11 +83,22 @@ class GatedSupernet:
         parts = []
         for key, rep in segments:
             if isinstance(key, str):
-                g = self.gates[_key(key)]
+                g = self.channel_gates(key)
                 parts.append(g.repeat_interleave(rep) if rep > 1 else g)
             else:
                 parts.append(torch.ones(key * rep, device=self._device()))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def channel_gates(self, name: str) -> torch.Tensor:
+        """The gate of every channel of group ``name`` (a head's gate repeated over its channels)."""
+        g = self.gates[_key(name)]
+        head_dim = self.head_dims.get(name, 1)
+        return g.repeat_interleave(head_dim) if head_dim > 1 else g
+
+    def _weights(self) -> list[tuple[torch.Tensor, int]]:
+        """(learnable gate vector, channels each gate stands for): a head's gate counts its head_dim channels."""
+        return [(g, self.head_dims.get(self._names[k], 1)) for k, g in self.gates.items()
+                if self._names[k] not in self.fixed]
 
     def _device(self) -> torch.device:
         return next(iter(self.gates.values())).device
@@ -94,14 +113,14 @@ class GatedSupernet:
             return float(self.penalty_mean())
 
     def penalty_mean(self) -> torch.Tensor:
-        learnable = list(self.parameters())
-        return sum(g.sum() for g in learnable) / sum(g.numel() for g in learnable)
+        total = sum(g.sum() * unit for g, unit in self._weights())
+        return total / sum(g.numel() * unit for g, unit in self._weights())
 
     def nonzero_fraction(self) -> float:
-        """Share of learnable gates above zero: the sparsity the paper's code compares with r."""
+        """Share of learnable gates above zero (channels counted): the sparsity the paper's code compares with r."""
         with torch.no_grad():
-            learnable = list(self.parameters())
-            return float(sum((g > 0).sum() for g in learnable) / sum(g.numel() for g in learnable))
+            weights = self._weights()
+            return float(sum((g > 0).sum() * unit for g, unit in weights) / sum(g.numel() * unit for g, unit in weights))
 
     def clamp_(self) -> None:
         with torch.no_grad():
@@ -131,6 +150,12 @@ class GatedSupernet:
             parametrize.register_parametrization(module, attr, _GateScale(self, segs), unsafe=True)
             self._parametrized.append((module, attr))
             covered.update(k for k, _ in segs if isinstance(k, str))
+        for name, head_dim in self.head_dims.items():
+            covered.add(name)
+            for fqn, dims in self.graph.param_dims.items():
+                module = modules.get(fqn.rpartition(".")[0])
+                if isinstance(module, nn.Linear) and fqn.endswith(".weight") and dims.get(1) == [(name, 1)]:
+                    self._hooks.append(module.register_forward_pre_hook(self._make_input_hook(name)))
         for name, group in self.graph.groups.items():
             if name in covered:
                 continue
@@ -152,6 +177,12 @@ class GatedSupernet:
             shape = [1] * output.dim()
             shape[channel_dim] = -1
             return output * g.view(shape)
+
+        return hook
+
+    def _make_input_hook(self, name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> tuple:
+            return (inputs[0] * self.channel_gates(name),) + tuple(inputs[1:])
 
         return hook
 

@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from slimkit import registry
+from slimkit.attention import rewrite_attention_modules
 from slimkit.errors import PlanError
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, analyze
@@ -53,7 +54,7 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     if key not in _GRAPHS:
         model = model if model is not None else build_model(arch, arch_kwargs)
         graph = analyze(model, tuple(input_size))
-        # MACs outside conv/linear weights (attention matmuls) stay constant: count them once.
+        # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
         graph.other_macs = count_flops(model, input_size) - graph.count_macs()
         _GRAPHS[key] = graph
     return _GRAPHS[key]
@@ -138,6 +139,7 @@ def resize_model(model: nn.Module, graph: ChannelGraph, widths: dict[str, int]) 
     # Split sizes the forward pass reads from the module (self.splits, self.width, ...).
     for (mod_name, attr), value in graph.stored_size_values(widths).items():
         setattr(model.get_submodule(mod_name) if mod_name else model, attr, value)
+    rewrite_attention_modules(model, graph.attention_modules)  # num_heads etc. follow the heads
     # timm models record their feature width (used by reset_classifier / forward_head).
     new_classifier_in = _classifier_in(model)
     if old_classifier_in is not None and new_classifier_in != old_classifier_in:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.attention import AttentionAnalysis
 from slimkit.errors import SlimkitError
 
 __all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "StoredSize", "analyze", "Segment"]
@@ -91,9 +92,15 @@ class ChannelGraph:
     param_names: set[str]  # which of tensor_shapes are parameters (the rest are buffers)
     conv_kinds: dict[str, tuple[str, int]]  # conv module -> ("depthwise"|"grouped"|"dense", per)
     mac_terms: list[tuple[str, int]]  # (weight fqn, output positions) for every conv/linear call
-    other_macs: int = 0  # counted MACs not from conv/linear weights (e.g. attention matmuls)
+    other_macs: int = 0  # counted MACs not from conv/linear weights or tracked attention
     unused_params: int = 0  # parameters never executed (aux heads): counted, never resized
     stored_sizes: list[StoredSize] = field(default_factory=list)  # split sizes G rewrites
+    # Attention (slimkit.attention): (head segments, MACs per unit of their width) for every
+    # attention product over tracked heads; channels per head of each head group (gates are per
+    # head there); attention modules G rewrites -> (kind, head_dim).
+    attention_terms: list[tuple[list[Segment], int]] = field(default_factory=list)
+    head_dims: dict[str, int] = field(default_factory=dict)
+    attention_modules: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------------------- widths
     def full_widths(self) -> dict[str, int]:
@@ -140,10 +147,19 @@ class ChannelGraph:
     def count_macs(self, widths: dict[str, int] | None = None) -> int:
         """Multiply-accumulates of conv/linear layers at ``input_size`` (batch 1)."""
         shapes = self.shapes(widths) if widths else {}
-        total = self.other_macs
+        total = self.other_macs + self.attention_macs(widths)
         for fqn, positions in self.mac_terms:
             total += positions * math.prod(shapes.get(fqn, self.tensor_shapes[fqn]))
         return total
+
+    def attention_macs(self, widths: dict[str, int] | None = None) -> int:
+        """MACs of attention's matrix products (Q·Kᵀ and softmax·V): linear in the heads."""
+        widths = widths or {}
+        return int(sum(
+            coefficient * sum((widths.get(k, self.groups[k].width) if isinstance(k, str) else k) * rep
+                              for k, rep in segs)
+            for segs, coefficient in self.attention_terms
+        ))
 
     def count_params(self, widths: dict[str, int] | None = None) -> int:
         shapes = self.shapes(widths) if widths else {}
@@ -294,7 +310,9 @@ def _meta_shape(node: Any) -> tuple[int, ...] | None:
     return None
 
 
-class _Analyzer:
+class _Analyzer(AttentionAnalysis):
+    param_ref_type = _ParamRef
+
     def __init__(self, ep: torch.export.ExportedProgram, model: nn.Module):
         self.ep = ep
         self.model = model
@@ -306,6 +324,7 @@ class _Analyzer:
         self.mac_terms: list[tuple[str, int]] = []
         self.used: set[str] = set()
         self.stored: dict[tuple[str, str], StoredSize] = {}  # split sizes G must rewrite (sid-level pieces)
+        self.init_attention()
 
     # --------------------------------------------------------------------------- helpers
     def freeze_value(self, v: Any, reason: str) -> None:
@@ -427,6 +446,7 @@ class _Analyzer:
         args = list(node.args)
         ins = [self.lookup(a) for a in args]
         out_shape = _meta_shape(node)
+        ins = self.bind_param_operands(op, args, ins, out_shape)
 
         if op in _CONV_OPS:
             return self.visit_conv(node, ins, out_shape)
@@ -472,6 +492,20 @@ class _Analyzer:
             return self.mark_no_expand(self.cmap_of(ins[0]))
         if op == "slice":
             return self.visit_slice(node, ins, args, out_shape)
+        if op in ("new_zeros", "new_ones", "new_full", "new_empty"):
+            return None  # a fresh constant tensor: only the input's dtype/device are read
+        if op == "unbind":
+            return self.visit_unbind(node, ins, args)
+        if op == "select":
+            return self.visit_select(node, ins, args)
+        if op == "index":
+            return self.visit_index(node, ins, args)
+        if op == "scaled_dot_product_attention":
+            return self.visit_sdpa(node, ins, args)
+        if op in ("matmul", "bmm") and out_shape is not None:
+            product = self.visit_matmul(node, ins, args, out_shape)
+            if product is not None:
+                return product
 
         tensor_ins = [(a, v) for a, v in zip(args, ins) if hasattr(a, "op") and _meta_shape(a) is not None]
         tracked = [(a, self.cmap_of(v)) for a, v in tensor_ins]
@@ -665,8 +699,12 @@ class _Analyzer:
         if d > end:
             return (d - (end - start), cm[1])
         # Each channel becomes a run of the inner dims' size (H·W features after a channel-major
-        # flatten); fixed outer dims (a radix of k rows) repeat the whole channel list k times.
+        # flatten); fixed outer dims (a radix of k rows, Swin's 2x2 patch merging) repeat the whole
+        # channel list k times. Many copies (a spatial flatten with channels last) freeze instead.
         outer, inner = math.prod(shape[start:d]), math.prod(shape[d + 1 : end + 1])
+        if outer > 64:
+            self.freeze_value(cm, "flatten with channels not leading")
+            return None
         return (start, tuple((s, r * inner) for s, r in cm[1]) * outer)
 
     def visit_reshape(self, node: Any, v: Any, out_shape: tuple[int, ...] | None) -> Any:
@@ -686,6 +724,9 @@ class _Analyzer:
                 and out_shape[d] == math.prod(in_shape[d:])):
             rep = math.prod(in_shape[d + 1:])
             return (d, tuple((s, r * rep) for s, r in cm[1]))
+        reshaped = self.reshape_channels(node, cm, in_shape, out_shape)  # attention heads, windows (attention.py)
+        if reshaped is not None:
+            return reshaped
         return self.visit_reshape_pieces(node, cm, in_shape, out_shape)
 
     def stored_shape(self, node: Any, cm: _CMap, out_shape: tuple[int, ...]) -> _CMap:
@@ -980,6 +1021,8 @@ class _Analyzer:
                       and all(r == segs[0][1] for _, r in ref_segs)
                       and all(self.sp.find(s) != segs[0][0] for s, _ in ref_segs)):
                     self.sp.substitute(segs[0][0], tuple((s, 1) for s, _ in ref_segs), op)
+                elif self.unify_scaled(ref_segs, segs):  # a per-head bias added to attention
+                    pass
                 else:
                     ok = False
                     break
@@ -1015,6 +1058,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
 
     an = _Analyzer(ep, model)
     an.run()
+    an.tie_attention_widths()
     sp = an.sp
 
     # Name every root space; a group is a root with a producer that is not frozen.
@@ -1060,6 +1104,13 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
                    pieces=[[(root_key[sid], rep) for sid, rep in sp.expand(seg)] for seg in r.pieces])
         for r in an.stored.values()
     ]
+    attention_terms = [([(root_key[sid], rep) for sid, rep in sp.expand(segs)], coefficient)
+                       for segs, coefficient in an.attention_terms]
+    head_dims: dict[str, int] = {}
+    for sid, (head_dim, _) in an.head_spaces.items():
+        key = root_key.get(sp.find(sid))
+        if isinstance(key, str) and sp.find(sid) not in an.tied_spaces:
+            head_dims[key] = head_dim
 
     # Conv kinds are only needed where the conv's groups attribute must follow a group.
     conv_kinds = {m: k for m, k in an.conv_kinds.items() if k[0] in ("depthwise", "grouped")}
@@ -1080,4 +1131,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
         other_macs=other_macs or 0,
         unused_params=unused,
         stored_sizes=stored_sizes,
+        attention_terms=attention_terms,
+        head_dims=head_dims,
+        attention_modules=dict(an.attention_modules),
     )

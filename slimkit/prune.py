@@ -27,8 +27,9 @@ from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_
 from slimkit.data import load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
+from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
-from slimkit.generator import channel_graph, generate, resize_model
+from slimkit.generator import build_model, channel_graph, generate, resize_model
 from slimkit.latency_search import LatencyMeter, resolve_target, search_latency
 from slimkit.plan import ChannelPlan
 from slimkit.runtime import resolve_device
@@ -127,6 +128,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     if method == "scratch":
         dev = resolve_device(gates.device)
         side = gates.search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
+        if side != size[1] and input_size_kwargs(build_model(spec.canonical, registry.arch_kwargs_for(None, in_chans)),
+                                                 (size[0], side, side)):
+            say(f"{spec.canonical} is built for one image size: gates are learned at {size[1]} px "
+                "(pass a smaller --input-size for a faster search)")
+            side = size[1]
         bundle = load_data(gates.data, data_dir=gates.data_dir, input_size=(size[0], side, side * size[2] // size[1]),
                            val_size=gates.val_size, seed=seed)
         if num_classes is None:
@@ -135,6 +141,10 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
             raise SlimkitError(f"--num-classes {num_classes} but {gates.data} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
     kwargs = registry.arch_kwargs_for(num_classes, in_chans)
+    if input_size and tuple(size) != registry.default_input_size(spec.canonical, in_chans=in_chans):
+        # transformers with a stored image size (timm's img_size, torchvision ViT's image_size)
+        # are built for the asked size; the plan records it in arch_kwargs, so G rebuilds the same
+        kwargs.update(input_size_kwargs(build_model(spec.canonical, kwargs), size))
     graph = channel_graph(spec.canonical, kwargs, size)
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
