@@ -31,7 +31,7 @@ from slimkit.latency import Candidate, LatencyError, model_fingerprint
 from slimkit.plan import ChannelPlan, load_plan
 
 __all__ = ["classify", "LoadedModel", "load_model", "plan_of", "default_export_path", "calibrate_bn",
-           "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "write_checkpoint", "model_from_checkpoint",
+           "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_weights", "write_checkpoint", "model_from_checkpoint",
            "onnx_candidate", "export_for_timing", "load_candidate", "plan_candidate", "candidate_from_spec",
            "onnx_metadata", "reference_candidate", "baseline_candidates"]
 
@@ -115,7 +115,9 @@ def write_checkpoint(path: str | os.PathLike, *, model: dict, plan: ChannelPlan,
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); any damage is a one-line error."""
+    """Read a checkpoint safely (``weights_only=True``) and check its structure, once, here: any damage
+    is a one-line error. The returned dict holds the plan as a :class:`ChannelPlan` under ``"plan"``
+    and the metrics as a list, so no caller parses them again."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -128,16 +130,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return ckpt
+    damaged = f"{p} is a damaged slimkit checkpoint"
+    fix = "delete it to start over, or restore a good copy"
+    for key, kind in (("model", dict), ("plan", str), ("config", dict), ("metrics", str)):
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"{damaged}: '{key}' is missing or not a {kind.__name__}; {fix}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise CheckpointError(f"{damaged}: its weights are not a state dict of tensors; {fix}")
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{damaged}: epoch {epoch!r} is not a count of epochs; {fix}")
+    for key in ("optimizer", "scheduler"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{damaged}: '{key}' is not a state dict; {fix}")
+    if ckpt.get("rng") is not None and not isinstance(ckpt["rng"], torch.Tensor):
+        raise CheckpointError(f"{damaged}: its RNG state is not a tensor; {fix}")
+    try:
+        plan = ChannelPlan.from_dict(json.loads(ckpt["plan"]), source=f"{p}'s plan")
+        metrics = json.loads(ckpt["metrics"])
+    except (json.JSONDecodeError, PlanError) as exc:
+        raise CheckpointError(f"{damaged}: {str(exc).splitlines()[0][:200]}; {fix}") from None
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
+        raise CheckpointError(f"{damaged}: its metrics are not a list of epochs; {fix}")
+    return {**ckpt, "plan": plan, "metrics": metrics}
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
+    """``state`` into ``model``, or a one-line error when the weights do not fit the plan's model."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise CheckpointError(f"{path}: its weights do not fit the model its plan describes ({first[0].strip()[:160]}); "
+                              "the file was edited or mixed from two runs: restore a good copy") from None
+    return model
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ChannelPlan]:
     """Rebuild the trained model from the checkpoint alone (its plan + G)."""
     ckpt = load_checkpoint(path)
-    plan = load_plan(json.loads(ckpt["plan"]))
-    model = generate(plan)
-    model.load_state_dict(ckpt["model"])
-    return model, plan
+    plan = ckpt["plan"]
+    return load_weights(generate(plan), ckpt["model"], path), plan
 
 
 # ---------------------------------------------------------------------------- models

@@ -13,7 +13,6 @@ r against the unexpanded model, its snapshot rule, crop + flip, eval-mode BN; sl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 
 from slimkit import registry
 from slimkit import validate as limits
-from slimkit.artifacts import load_checkpoint
+from slimkit.artifacts import load_checkpoint, load_weights
 from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_widths, parse_budget,
                             search_cost_aware, search_threshold, search_uniform)
 from slimkit.data import load_data
@@ -327,12 +326,12 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
 def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> None:
     """Trained weights for gate learning: a checkpoint of the *full* model of the same architecture."""
     ckpt = load_checkpoint(path)
-    plan = ChannelPlan.from_dict(json.loads(ckpt["plan"]), source=str(path))
+    plan = ckpt["plan"]
     if registry.resolve(plan.arch).canonical != arch or plan.arch_kwargs != kwargs or \
             any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:
         raise SlimkitError(f"{path} is not a checkpoint of the full {arch} {kwargs}: train one with "
                            f"`slimkit train {arch.split(':')[-1]}`")
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
 
 
 def uniform_reference(plan: ChannelPlan) -> ChannelPlan | None:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from slimkit import registry, runtime
-from slimkit.artifacts import CheckpointError, load_checkpoint, plan_of, write_checkpoint
+from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, plan_of, write_checkpoint
 from slimkit.data import load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
 from slimkit.generator import full_plan, generate
-from slimkit.plan import ChannelPlan, load_plan
+from slimkit.plan import ChannelPlan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.validate import check_number
@@ -219,16 +220,19 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
-          progress: Any | None = None, log: Any | None = None) -> TrainResult:
-    """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model) from scratch."""
+          extend_to: int | None = None, progress: Any | None = None, log: Any | None = None) -> TrainResult:
+    """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model) from scratch.
+
+    ``resume`` continues the run in ``out_dir``; with ``extend_to`` (more epochs than it was started
+    with, finished or not) the cosine schedule is stretched to end there instead, from the step reached."""
     check_config(cfg)
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
-        return _train(plan_or_arch, out_dir, cfg, resume=resume, progress=progress, log=log)
+        return _train(plan_or_arch, out_dir, cfg, resume=resume, extend_to=extend_to, progress=progress, log=log)
 
 
 def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
-           progress: Any | None, log: Any | None) -> TrainResult:
+           extend_to: int | None, progress: Any | None, log: Any | None) -> TrainResult:
     device, dist_info = runtime.local_device(cfg.device)
     main = dist_info.is_main
     say = (log or (lambda _m: None)) if main else (lambda _m: None)
@@ -249,10 +253,18 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         how = ("device", "workers", "accum_steps", "sync_bn")  # how to run it may change on resume; what to run may not
         defaults = TrainConfig()
         for key, value in asdict(cfg).items():
-            if key in saved and key not in how and saved[key] != value and value != getattr(defaults, key):
+            if key in saved and key not in how and saved[key] != value and value != getattr(defaults, key) \
+                    and not (key == "epochs" and extend_to is not None):
                 say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {value!r})")
         cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg) and k not in how}})
-        plan = load_plan(json.loads(ckpt["plan"]))
+        if extend_to is not None and extend_to != cfg.epochs:
+            if extend_to < cfg.epochs:
+                raise SlimkitError(f"--resume --epochs {extend_to}: the run was started for {cfg.epochs} epochs and "
+                                   "cannot be shortened; train a new run with another --out")
+            cfg = TrainConfig(**{**asdict(cfg), "epochs": extend_to})
+        else:
+            extend_to = None
+        plan = ckpt["plan"]
         _check_resumed_model(plan_or_arch, plan, out)
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
@@ -315,12 +327,28 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"])
-        metrics = json.loads(ckpt["metrics"])
-        start_epoch = int(ckpt["epoch"])
+        load_weights(model, ckpt["model"], ckpt_path)
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+            if extend_to is None:
+                sched.load_state_dict(ckpt["scheduler"])
+            else:  # the same schedule as a run started for the new length, replayed to the step reached
+                was = opt.param_groups[0]["lr"]
+                for group in opt.param_groups:
+                    group["lr"] = group.pop("initial_lr")
+                sched = _scheduler(opt, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+                with warnings.catch_warnings():  # replaying the schedule: no optimizer step is due
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(ckpt["epoch"] * steps_per_epoch):
+                        sched.step()
+                say(f"extending to {epochs} epochs: the cosine schedule now ends at epoch {epochs}; LR {was:.4g} "
+                    f"-> {opt.param_groups[0]['lr']:.4g} at epoch {ckpt['epoch']}")
+            torch.set_rng_state(ckpt["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: its optimizer, schedule or RNG state does not fit this run "
+                                  f"({type(exc).__name__}); start a new run with another --out") from None
+        metrics = ckpt["metrics"]
+        start_epoch = ckpt["epoch"]
         say(f"resumed from {ckpt_path} after epoch {start_epoch}")
     trainee = model
     if world > 1:

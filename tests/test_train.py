@@ -192,3 +192,35 @@ def test_a_run_folder_has_one_writer(plan, tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert not (out / LOCK_NAME).exists() and (out / "checkpoint.pt").is_file()
+
+
+def test_resume_extends_a_finished_run_on_the_schedule_of_the_longer_run(plan, tmp_path):
+    """--resume --epochs N past the run's end: the cosine schedule is the one a run started for N epochs
+    follows, replayed to the step reached; shortening is refused."""
+    out = tmp_path / "run"
+    train(plan, out, cfg(epochs=1))
+    notes = []
+    res = train(plan, out, cfg(epochs=1), resume=True, extend_to=3, log=notes.append)
+    assert [m["epoch"] for m in res.metrics] == [1, 2, 3] and res.epochs == 3
+    assert any("extending to 3 epochs" in n for n in notes)
+    longer = train(plan, tmp_path / "long", cfg(epochs=3))
+    assert [m["lr"] for m in res.metrics[1:]] == pytest.approx([m["lr"] for m in longer.metrics[1:]])
+    with pytest.raises(SlimkitError, match="cannot be shortened"):
+        train(plan, out, cfg(epochs=1), resume=True, extend_to=2)
+
+
+def test_damaged_checkpoints_are_one_clear_error(plan, tmp_path):
+    out = tmp_path / "run"
+    train(plan, out, cfg(epochs=1))
+    good = torch.load(out / "checkpoint.pt", weights_only=True)
+    for change, needle in ((lambda c: c.pop("plan"), "'plan' is missing"),
+                           (lambda c: c.update(plan="{not json"), "damaged"),
+                           (lambda c: c.update(epoch="one"), "not a count of epochs"),
+                           (lambda c: c["model"].pop(next(iter(c["model"]))), "do not fit")):
+        bad = {**good, "model": dict(good["model"])}
+        change(bad)
+        path = tmp_path / "bad" / "checkpoint.pt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(bad, path)
+        with pytest.raises(CheckpointError, match=needle):
+            model_from_checkpoint(path)

@@ -30,7 +30,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
     data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = D.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs of the full model; --schedule scratch-b stretches them.")] = D.epochs,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of the full model (default {D.epochs}); --schedule scratch-b stretches them. With --resume: extend the run to this many (the cosine schedule is stretched from where it stands).")] = None,
     schedule: Annotated[str, typer.Option("--schedule", "--budget", help="How long a pruned model trains: scratch-e: the full model's epochs; scratch-b: the full model's compute (epochs x full/plan FLOPs: uncapped on CIFAR-style data, at most 2x on imagefolder data, as Rethinking the Value of Network Pruning does); fixed: exactly --epochs. (--budget: the old name.)")] = D.schedule,
     batch_size: Annotated[int, typer.Option(help="Batch size (LR scales with it).")] = D.batch_size,
     lr: Annotated[Optional[float], typer.Option(help="Peak LR (default 0.05 x batch/256, the paper's).")] = None,
@@ -49,7 +49,7 @@ def train(
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over all processes.")] = D.sync_bn,
 ) -> None:
     """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine)."""
-    cfg = TrainConfig(data=data, data_dir=data_dir, epochs=epochs, schedule=schedule, batch_size=batch_size, lr=lr,
+    cfg = TrainConfig(data=data, data_dir=data_dir, epochs=epochs or D.epochs, schedule=schedule, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, no_decay_bn_bias=not decay_bn_bias,
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, seed=seed,
                       device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch,
@@ -59,7 +59,8 @@ def train(
     progress = make_progress() if main else None
     try:
         with progress or contextlib.nullcontext():
-            result = run_train(source, out, cfg, resume=resume, progress=progress,
+            result = run_train(source, out, cfg, resume=resume, extend_to=epochs if resume else None,
+                               progress=progress,
                                log=say_plain(progress) if progress else None)
     finally:
         cleanup_distributed()
