@@ -363,13 +363,7 @@ class _Analyzer(AttentionAnalysis):
         nontrivial = [d for d, s in enumerate(ref.shape) if s > 1]
         if len(nontrivial) != 1:
             return None
-        d = nontrivial[0]
-        key = (ref.fqn, d)
-        if key not in self._param_spaces:
-            sid = self.sp.new(ref.shape[d], f"{ref.fqn}[{d}]")
-            self._param_spaces[key] = sid
-            self.tie(ref.fqn, d, ((sid, 1),), ref.fqn.rsplit(".", 1)[0])
-        return (d, ((self._param_spaces[key], 1),))
+        return self._param_space(ref, nontrivial[0])
 
     def lookup(self, a: Any) -> Any:
         if hasattr(a, "op"):
