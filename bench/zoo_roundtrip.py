@@ -58,7 +58,7 @@ def expansion_plan(arch: str, size: tuple[int, int, int], expand: float) -> Chan
     """Every group widened by ``expand`` (rounded to 8): the paper's x1.25 supernet."""
     graph = channel_graph(arch, {}, size)
     widths = max_widths(graph, expand)
-    budget = graph.count_macs(widths)
+    budget = graph.count_flops(widths)
     return ChannelPlan.from_widths(arch, size, {n: g.width for n, g in graph.groups.items()}, widths,
                                    expand=expand, method="uniform",
                                    budget={"kind": "flops", "text": f"x{expand}", "value": budget},
@@ -211,8 +211,8 @@ def check_broad(arch: str) -> dict:
     if graph is None:
         return {**row, "ok": False, "seconds": round(time.perf_counter() - start, 1)}
     size = (3, side, side)
-    full = graph.count_macs()
-    frozen_macs = graph.count_macs({name: 0 for name in graph.groups})
+    full = graph.count_flops()
+    frozen_macs = graph.count_flops({name: 0 for name in graph.groups})
     row.update({"input": side, "groups": len(graph.groups), "frozen_groups": len(graph.frozen),
                 "stored_sizes": len(graph.stored_sizes), "full_macs": full,
                 "frozen_share": round(frozen_macs / full, 4),

@@ -48,7 +48,7 @@ ATOL = 1e-4
 
 def frozen_share(graph) -> float:
     """Share of the full model's MACs that no group's width moves (every group at width 0)."""
-    return graph.count_macs({n: 0 for n in graph.groups}) / graph.count_macs()
+    return graph.count_flops({n: 0 for n in graph.groups}) / graph.count_flops()
 
 
 def check(arch: str, side: int) -> dict:
@@ -86,7 +86,7 @@ def check(arch: str, side: int) -> dict:
            "head_groups": len(heads), "heads_pruned": heads_pruned, "mlp_groups": len(mlp),
            "mlp_pruned": mlp_pruned, "tied_attention": sorted({k for k, _ in graph.attention_modules.values()}),
            "macs": macs, "plan_macs": plan.flops, "budget": target,
-           "attention_macs_full": graph.attention_macs(), "full_macs": graph.count_macs(),
+           "attention_macs_full": graph.attention_macs(), "full_macs": graph.count_flops(),
            "frozen_share": round(frozen_share(graph), 4), "onnx_parity": parity,
            "exporter": result.details["exporter"], "forward": list(out.shape), "note": note}
     row["macs_ok"] = macs == plan.flops and abs(macs - target) / target <= 0.01

@@ -22,7 +22,7 @@ become prunable in the same generic way as CNN channels.
   old, safe answer: a channel split there freezes.
 * **MACs.** The two matrix products of attention cost ``B·N_q·N_k·(d_k + d_v)`` MACs per head;
   the graph records that coefficient with the head segments, so predicted MACs follow the heads
-  (``ChannelGraph.count_macs``) and equal torch's counter on the regenerated model.
+  (``ChannelGraph.count_flops``) and equal torch's counter on the regenerated model.
 * **G.** After the tensors are resized, :func:`rewrite_attention_modules` sets the attributes the
   forward reads (``num_heads``, ``attn_dim``, ``embed_dim``/``head_dim``, torchvision ViT's
   ``hidden_dim``).

@@ -165,13 +165,13 @@ class SearchResult:
 
 
 def _measure(graph: ChannelGraph, widths: dict[str, int], kind: str) -> int:
-    return graph.count_params(widths) if kind == "params" else graph.count_macs(widths)
+    return graph.count_params(widths) if kind == "params" else graph.count_flops(widths)
 
 
 def check_budget(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0,
                  pinned: Mapping[str, int] | None = None) -> Budget:
     """Resolve ``budget`` against the full model and fail fast if no width choice can meet it."""
-    budget = budget.resolve(graph.count_macs())
+    budget = budget.resolve(graph.count_flops())
     if budget.kind in ("flops", "params"):
         pinned = dict(pinned or {})
         _check_range(graph, budget, {**min_widths(graph, round_to), **pinned},
@@ -212,7 +212,7 @@ def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget
     top = hi if increasing else lo  # the largest model the knob can make
     widths = make(top)
     if _measure(graph, widths, budget.kind) <= target:  # e.g. a 100% budget: nothing larger fits
-        return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), top, 1)
+        return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), top, 1)
     best_under: tuple[float, dict[str, int], int] | None = None
     best_over: tuple[float, dict[str, int], int] | None = None
     n = 0
@@ -247,13 +247,13 @@ def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget
             f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance",
             best_under[:2] if best_under else None,
         )
-    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), value, n)
+    return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), value, n)
 
 
 def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0,
                    iterations: int = 40, tolerance: float = 0.01) -> SearchResult:
     """One width factor for every group, found by binary search so the budget is met."""
-    budget = budget.resolve(graph.count_macs())
+    budget = budget.resolve(graph.count_flops())
     if budget.kind not in ("flops", "params"):
         raise BudgetError(f"uniform search takes a FLOPs or parameter budget, not {budget.kind}")
     _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
@@ -312,7 +312,7 @@ def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budg
     lands within it; then channels are added greedily in gate order (most important first),
     skipping any that would exceed the budget, starting from the best plan under budget.
     """
-    budget = budget.resolve(graph.count_macs())
+    budget = budget.resolve(graph.count_flops())
     pinned = dict(pinned or {})
     _check_range(graph, budget, {**min_widths(graph, round_to), **pinned},
                  {**max_widths(graph, expand, round_to), **pinned})
@@ -352,7 +352,7 @@ def _fill(graph: ChannelGraph, budget: Budget, start: dict[str, int], moves: lis
             f"{failure}; filling group by group reached only {format_count(cost)} "
             f"({100 * (cost - target) / target:+.1f}%)"
         )
-    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), value, len(moves),
+    return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), value, len(moves),
                         selection=selection, filled=moved)
 
 
@@ -436,7 +436,7 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
     clamped to exactly 0 or 1) go to the step that saves more. Minimum widths and rounding are
     those of ``search_threshold``; ``value`` is None (no threshold).
     """
-    budget = budget.resolve(graph.count_macs())
+    budget = budget.resolve(graph.count_flops())
     if budget.kind not in ("flops", "params"):
         raise BudgetError(f"cost-aware selection takes a FLOPs or parameter budget, not {budget.kind}")
     pinned = dict(pinned or {})
@@ -541,6 +541,6 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
             f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): closest "
             f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
         )
-    return SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, iterations,
+    return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), None, iterations,
                         selection="cost-aware")
 

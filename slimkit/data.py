@@ -512,7 +512,7 @@ class DataBundle:
 
 
 @dataclass
-class _Source:
+class _Splits:
     """A dataset before the validation split."""
 
     train: AnyDataset
@@ -576,7 +576,7 @@ def _download_fmnist() -> Path:
     return CACHE_DIR / "FashionMNIST" / "raw"
 
 
-def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Source:
+def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Splits:
     files = None
     if data_dir is not None:
         root = Path(data_dir).expanduser()
@@ -609,7 +609,7 @@ def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Source:
             raise DataError(f"Fashion-MNIST {prefix} images and labels differ in count: reinstall it")
         return ImageTensorDataset(images, labels, input_size=input_size, mean=mean, std=std)
 
-    return _Source(
+    return _Splits(
         train=split("train"),
         test=split("test"),
         num_classes=10,
@@ -621,7 +621,7 @@ def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Source:
     )
 
 
-def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Source:
+def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Splits:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls, title, folder, archive, num_classes = {
@@ -644,7 +644,7 @@ def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Source:
         labels = torch.tensor(ds.targets, dtype=torch.int64)
         return ImageTensorDataset(images, labels, input_size=input_size, mean=mean, std=std)
 
-    return _Source(
+    return _Splits(
         train=to_dataset(train_set),
         test=to_dataset(test_set),
         num_classes=num_classes,
@@ -656,7 +656,7 @@ def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Source:
     )
 
 
-def _image_folder(path: str, input_size: InputSize) -> _Source:
+def _image_folder(path: str, input_size: InputSize) -> _Splits:
     from torchvision.datasets import ImageFolder
 
     root = Path(path).expanduser()
@@ -678,7 +678,7 @@ def _image_folder(path: str, input_size: InputSize) -> _Source:
         )
     train = ImageFolderDataset(folders["train"].samples, classes, input_size=input_size)
     test = ImageFolderDataset(folders["val"].samples, classes, input_size=input_size)
-    return _Source(
+    return _Splits(
         train=train,
         test=test,
         num_classes=len(classes),
@@ -690,7 +690,7 @@ def _image_folder(path: str, input_size: InputSize) -> _Source:
     )
 
 
-def _synthetic(input_size: InputSize, seed: int, size: int, num_classes: int) -> _Source:
+def _synthetic(input_size: InputSize, seed: int, size: int, num_classes: int) -> _Splits:
     if size < 2:
         raise DataError(f"synthetic_size must be at least 2, got {size}")
     n_test = max(1, size // 4)
@@ -702,7 +702,7 @@ def _synthetic(input_size: InputSize, seed: int, size: int, num_classes: int) ->
     def dataset(rows: slice) -> ImageTensorDataset:
         return ImageTensorDataset(images[rows], labels[rows], input_size=input_size, mean=mean, std=std)
 
-    return _Source(
+    return _Splits(
         train=dataset(slice(0, size)),
         test=dataset(slice(size, None)),
         num_classes=num_classes,

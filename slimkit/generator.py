@@ -55,7 +55,7 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
         model = model if model is not None else build_model(arch, arch_kwargs)
         graph = analyze(model, tuple(input_size))
         # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
-        graph.other_macs = count_flops(model, input_size) - graph.count_macs()
+        graph.other_macs = count_flops(model, input_size) - graph.count_flops()
         _GRAPHS[key] = graph
     return _GRAPHS[key]
 
@@ -69,7 +69,7 @@ def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None
     kwargs = registry.arch_kwargs_for(num_classes, in_chans)
     graph = channel_graph(spec.canonical, kwargs, size)
     full = {n: g.width for n, g in graph.groups.items()}
-    flops, params = graph.count_macs(), graph.count_params()
+    flops, params = graph.count_flops(), graph.count_params()
     return ChannelPlan.from_widths(
         spec.canonical, size, full, arch_kwargs=kwargs, expand=1.0, round_to=1, method="uniform",
         budget={"kind": "flops", "text": "100%", "value": flops, "fraction": 1.0}, flops=flops, params=params,

@@ -144,8 +144,9 @@ class ChannelGraph:
                 out[(s.module, s.attr)] = value
         return out
 
-    def count_macs(self, widths: dict[str, int] | None = None) -> int:
-        """Multiply-accumulates of conv/linear layers at ``input_size`` (batch 1)."""
+    def count_flops(self, widths: dict[str, int] | None = None) -> int:
+        """FLOPs as the papers and ``slimkit.count_flops`` count them: multiply-accumulates of conv/linear
+        layers (and attention products) at ``input_size``, batch 1, for these widths (default: full)."""
         shapes = self.shapes(widths) if widths else {}
         total = self.other_macs + self.attention_macs(widths)
         for fqn, positions in self.mac_terms:

@@ -83,7 +83,7 @@ class LatencyMeter:
             self._tmp.cleanup()
 
     def plan_for(self, widths: dict[str, int]) -> ChannelPlan:
-        return self.template.with_widths(widths, flops=self.graph.count_macs(widths),
+        return self.template.with_widths(widths, flops=self.graph.count_flops(widths),
                                          params=self.graph.count_params(widths))
 
     def _candidate(self, widths: dict[str, int], name: str | None = None) -> Candidate:
@@ -166,8 +166,8 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
     full_w = {n: g.width for n, g in graph.groups.items()}
     min_w = min_widths(graph, meter.template.round_to)
     target, full_ms, smallest = resolve_target(meter, budget, tolerance)  # cached: measured once
-    full_flops = graph.count_macs()  # fractions are of the unexpanded full model, as FLOPs budgets are
-    min_f = graph.count_macs(min_w) / full_flops
+    full_flops = graph.count_flops()  # fractions are of the unexpanded full model, as FLOPs budgets are
+    min_f = graph.count_flops(min_w) / full_flops
     # Bracket in FLOPs-fraction space: (f, measured ratio) at both ends.
     lo = (min_f, smallest.ratio, min_w)
     hi = (1.0, 1.0, full_w)
@@ -183,7 +183,7 @@ def search_latency(meter: LatencyMeter, budget: Budget, plan_at: Callable[[float
         if within and (m.ci[1] - m.ci[0]) > tolerance * target and m.runs < 4 * meter.runs:
             m = meter.measure(widths, runs=2 * m.runs)  # too noisy to decide: measure it longer
             within = abs(m.ratio - target) <= tolerance * target
-        macs = graph.count_macs(widths)
+        macs = graph.count_flops(widths)
         trace.append({"flops_fraction": round(f, 4), "flops": macs, "ratio": round(m.ratio, 4),
                       "ci": [round(m.ci[0], 4), round(m.ci[1], 4)], "runs": m.runs})
         say(f"  {macs / 1e6:8.1f}M MACs ({f:.3f} of full) -> {m.ratio:.3f}x full "

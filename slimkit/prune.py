@@ -147,7 +147,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     graph = channel_graph(spec.canonical, kwargs, size)
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
-    full_flops = graph.count_macs()
+    full_flops = graph.count_flops()
     # The unpruned model with this run's settings: the latency meter's reference, and the plan's template.
     base = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
                                    arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed)
@@ -253,7 +253,7 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     fixed = residual_stream_groups(graph) if paper else []
     supernet = attach_gates(model, graph, widths, fixed=fixed)
     reference = graph.full_widths() if paper else widths  # the paper's r is a share of the unexpanded model
-    r = min(1.0, budget.value / graph.count_macs(reference)) if budget.kind == "flops" else \
+    r = min(1.0, budget.value / graph.count_flops(reference)) if budget.kind == "flops" else \
         min(1.0, budget.value / graph.count_params(reference))
     cfg = GateSearchConfig(target=r, gamma=opts.gamma if opts.gamma is not None else p["gamma"], lr=lr,
                            batch_size=bs, steps=n_steps, evals=10,
@@ -289,7 +289,7 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
 def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say,
                     selection: str = "threshold", pinned: dict[str, int] | None = None):
     """Latency budget -> widths, the resolved budget and the plan's ``latency`` record."""
-    full_flops = graph.count_macs()
+    full_flops = graph.count_flops()
 
     def plan_at(f: float) -> dict[str, int]:
         b = Budget("flops", f"{f:.1%}", round(f * full_flops))
@@ -319,7 +319,7 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
     say(f"latency: {m.ratio:.3f}x the full model ({m.ratio * res.full_ms:.3f} ms; budget {budget.text} = "
         f"{res.target_ratio * res.full_ms:.3f} ms), {res.measured_plans} plans measured in {res.seconds:.0f}s")
     widths = res.widths
-    return (SearchResult(widths, graph.count_macs(widths), graph.count_params(widths), None, 0,
+    return (SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), None, 0,
                          selection="latency search"), resolved, latency)
 
 

@@ -25,7 +25,7 @@ def tiny_vit(**kw) -> torch.nn.Module:
 
 def graph_of(model: torch.nn.Module, size=SIZE):
     graph = analyze(model, size)
-    graph.other_macs = count_flops(model, size) - graph.count_macs()
+    graph.other_macs = count_flops(model, size) - graph.count_flops()
     return graph
 
 
@@ -71,7 +71,7 @@ def test_generated_widths_run_and_count_exactly(fused):
     assert model.pos_embed.shape == (1, 5, 96) and model.cls_token.shape == (1, 1, 96)
     out = model(torch.randn(2, *SIZE))
     assert out.shape == (2, 10)
-    assert count_flops(model, SIZE) == graph.count_macs(widths)
+    assert count_flops(model, SIZE) == graph.count_flops(widths)
     assert count_params(model) == graph.count_params(widths)
     # attention MACs follow the heads: 1 + 2 heads of 3 + 3 at full width
     assert graph.attention_macs(widths) * 2 == graph.attention_macs()
@@ -130,7 +130,7 @@ def test_torchvision_multihead_attention_ties_heads_to_the_embedding():
     attn = model.encoder.layers[0].self_attention
     assert (attn.embed_dim, attn.num_heads, attn.head_dim, model.hidden_dim) == (32, 1, 32, 32)
     assert model(torch.randn(2, *SIZE)).shape == (2, 10)
-    assert count_flops(model, SIZE) == graph.count_macs(widths)
+    assert count_flops(model, SIZE) == graph.count_flops(widths)
 
 
 def test_input_size_kwargs():

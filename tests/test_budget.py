@@ -47,7 +47,7 @@ def mnv1_graph():
 
 def test_uniform_half_width_is_the_papers_0_5x_mobilenet(mnv1_graph):
     widths = uniform_widths(mnv1_graph, 0.5)
-    assert mnv1_graph.count_macs(widths) == pytest.approx(149.5e6, rel=0.005)
+    assert mnv1_graph.count_flops(widths) == pytest.approx(149.5e6, rel=0.005)
     assert all(w % 8 == 0 for w in widths.values())
 
 
@@ -77,7 +77,7 @@ def test_uniform_fill_lands_under_rounding_one_step_per_group():
     """resnet20 at 50% with --round-to 8: no single factor lands within 1% (its 16/32/64-wide
     groups have few widths), so groups widen one rounding step each, widest first."""
     g = channel_graph("resnet20", {}, (3, 32, 32))
-    target = 0.5 * g.count_macs()
+    target = 0.5 * g.count_flops()
     res = search_uniform(g, parse_budget("50%"), round_to=8)
     assert target * 0.99 <= res.flops <= target
     assert res.filled  # the fill ran and says which groups it moved
@@ -94,7 +94,7 @@ def test_fill_never_exceeds_the_budget_and_fails_loudly_when_short():
     with pytest.raises(BudgetError, match="--round-to 1"):
         search_uniform(g, parse_budget("50%"), round_to=8, tolerance=1e-6)
     res = search_uniform(g, parse_budget("50%"), round_to=1)
-    assert abs(res.flops / g.count_macs() - 0.5) <= 0.01
+    assert abs(res.flops / g.count_flops() - 0.5) <= 0.01
 
 
 def test_gate_order_fill_meets_budget_and_follows_gate_order(monkeypatch):
@@ -108,7 +108,7 @@ def test_gate_order_fill_meets_budget_and_follows_gate_order(monkeypatch):
     rng = random.Random(0)
     widths = max_widths(g, 1.25, round_to=1)
     gates = {n: [rng.random() for _ in range(widths[n])] for n in g.groups}
-    target = 0.5 * g.count_macs()
+    target = 0.5 * g.count_flops()
 
     def no_threshold_fits(*args, **kwargs):
         raise budget_mod.BudgetError("no plan within 1%")

@@ -22,7 +22,7 @@ EXPECTED = {
 }
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> float:
+def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> float:
     # FlopCounterMode counts a multiply-add as 2 FLOPs; the papers count MACs.
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_size))
@@ -39,7 +39,7 @@ def test_registry_lists_every_builder_with_a_description() -> None:
 def test_params_and_macs_match_papers(name: str) -> None:
     model = BUILTIN_MODELS[name]().eval()
     params = sum(p.numel() for p in model.parameters())
-    macs = count_macs(model, (3, 32, 32))
+    macs = count_flops(model, (3, 32, 32))
     want_params, want_macs = EXPECTED[name]
     assert params == pytest.approx(want_params, rel=0.02)
     assert macs == pytest.approx(want_macs, rel=0.02)
@@ -57,7 +57,7 @@ def test_forward_shapes_and_default_input_size(name: str) -> None:
 
 def test_larger_input_scales_macs_by_area() -> None:
     model = BUILTIN_MODELS["resnet20"]().eval()
-    small, large = count_macs(model, (3, 32, 32)), count_macs(model, (3, 64, 64))
+    small, large = count_flops(model, (3, 32, 32)), count_flops(model, (3, 64, 64))
     # Convs scale with area; only the classifier's 640 MACs do not.
     assert large == pytest.approx(4 * small, rel=1e-4)
 

@@ -51,7 +51,7 @@ def test_equal_gates_keep_the_cheap_channels(two_stage):
     res = search_cost_aware(two_stage, gates, parse_budget("50%"), round_to=1)
     assert res.widths["b"] == 16
     assert res.widths["a"] < 16
-    full = two_stage.count_macs()
+    full = two_stage.count_flops()
     assert abs(res.flops - 0.5 * full) <= 0.01 * 0.5 * full  # one channel of a moves 12%: just over wins
 
 
@@ -66,7 +66,7 @@ def test_unimportant_group_goes_first_even_when_cheap(two_stage):
 def test_matches_the_exhaustive_optimum(two_stage, kind):
     """Two groups, every width pair enumerated: the greedy plan keeps as much gate value as the
     best plan under the same budget (within one channel's gate), counting MACs or parameters."""
-    count = two_stage.count_macs if kind == "flops" else two_stage.count_params
+    count = two_stage.count_flops if kind == "flops" else two_stage.count_params
     rng = random.Random(3)
     for trial in range(4):
         gates = {n: [rng.random() for _ in range(16)] for n in ("a", "b")}
@@ -90,9 +90,9 @@ def test_lands_within_one_percent_with_rounding_and_minimums(resnet20, budget, r
     sizes = max_widths(resnet20, expand, round_to=1)
     gates = {n: [rng.random() for _ in range(sizes[n])] for n in resnet20.groups}
     res = search_cost_aware(resnet20, gates, parse_budget(budget), round_to=round_to, expand=expand)
-    target = parse_budget(budget).resolve(resnet20.count_macs()).value
+    target = parse_budget(budget).resolve(resnet20.count_flops()).value
     assert abs(res.flops - target) / target <= 0.01
-    assert res.flops == resnet20.count_macs(res.widths)
+    assert res.flops == resnet20.count_flops(res.widths)
     lows = min_widths(resnet20, round_to)
     for name, w in res.widths.items():
         assert w >= lows[name]
@@ -107,7 +107,7 @@ def test_pinned_groups_keep_their_width(resnet20):
     for search in (search_cost_aware, search_threshold):
         res = search(resnet20, gates, parse_budget("50%"), round_to=1, expand=1.25, pinned=stream)
         assert {n: res.widths[n] for n in stream} == stream
-        assert abs(res.flops / resnet20.count_macs() - 0.5) <= 0.01
+        assert abs(res.flops / resnet20.count_flops() - 0.5) <= 0.01
 
 
 def test_unreachable_budget_names_the_fix(resnet20):

@@ -53,7 +53,7 @@ def test_channel_shuffle_is_followed_not_broken():
     widths = min_widths(g, 8)
     thin = resize_model(build_model("torchvision:shufflenet_v2_x0_5"), g, widths).eval()
     assert thin(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
-    assert count_flops(thin, (3, 64, 64)) == g.count_macs(widths) < 0.5 * g.count_macs()
+    assert count_flops(thin, (3, 64, 64)) == g.count_flops(widths) < 0.5 * g.count_flops()
 
 
 def test_grouped_conv_keeps_group_width_as_divisor():
@@ -86,5 +86,5 @@ def test_predicted_counts_equal_counted_for_random_widths(arch, size):
     model = resize_model(build_model(arch), g, widths)
     out = model.eval()(torch.randn(1, *size))
     assert out.shape[-1] == classes
-    assert count_flops(model, size) == g.count_macs(widths)
+    assert count_flops(model, size) == g.count_flops(widths)
     assert count_params(model) == g.count_params(widths)

@@ -23,11 +23,11 @@ class CurveMeter(LatencyMeter):
         self.template = ChannelPlan(arch="slimkit:resnet20", input_size=[3, 32, 32], groups={}, round_to=round_to)
         self.backend, self.threads, self.batch, self.runs, self.device_text = "fake", 1, 1, 40, "curve"
         self._cache = {}
-        self.full_flops = graph.count_macs()
+        self.full_flops = graph.count_flops()
 
     def measure(self, widths, runs=None):
         key = tuple(sorted(widths.items()))
-        r = self.curve(self.graph.count_macs(widths) / self.full_flops)
+        r = self.curve(self.graph.count_flops(widths) / self.full_flops)
         self._cache[key] = Measurement(r, (r * 0.99, r * 1.01), r * 10, 10.0, runs or 40, {})
         return self._cache[key]
 
@@ -38,7 +38,7 @@ def graph():
 
 
 def _plan_at(graph):
-    full = graph.count_macs()
+    full = graph.count_flops()
     return lambda f: search_uniform(graph, Budget("flops", "x", round(f * full)), round_to=1, tolerance=0.05).widths
 
 
@@ -103,5 +103,5 @@ def test_a_budget_inside_a_latency_step_takes_the_largest_plan_under_it(graph):
     said = []
     res = search_latency(meter, Budget("latency", "50%", None, 0.5), _plan_at(graph), log=said.append)
     assert res.selection == "largest under budget" and res.measurement.ratio == pytest.approx(0.3)
-    assert graph.count_macs(res.widths) / meter.full_flops < 0.55
+    assert graph.count_flops(res.widths) / meter.full_flops < 0.55
     assert any("steps over the budget" in s for s in said)

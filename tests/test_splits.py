@@ -57,7 +57,7 @@ def test_stored_split_sizes_become_groups_and_g_rewrites_them():
     assert thin.width == thin.mix.out_channels // 2  # equal pieces stay equal
     out = thin(torch.randn(2, 3, 8, 8))
     assert out.shape == (2, 5)
-    assert graph.count_macs(widths) < graph.count_macs()
+    assert graph.count_flops(widths) < graph.count_flops()
 
 
 def test_unrewritable_split_freezes_and_names_the_op():
@@ -76,7 +76,7 @@ def test_mixnet_splits_are_prunable_at_tiny_input():
     graph = analyze(model, (3, 32, 32))
     assert list(graph.frozen) == ["classifier"]
     assert len(graph.stored_sizes) >= 20
-    assert graph.count_macs(min_widths(graph, 8)) < 0.2 * graph.count_macs()
+    assert graph.count_flops(min_widths(graph, 8)) < 0.2 * graph.count_flops()
     widths = {n: w for n, w in min_widths(graph, 8).items()}
     thin = resize_model(timm.create_model("mixnet_s", num_classes=10), graph, widths)
     assert thin.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -52,7 +52,7 @@ def info(
     if in_chans:
         size = (in_chans, size[1], size[2])
     graph = channel_graph(spec.canonical, kwargs, size, model=model)
-    macs, params = graph.count_macs(), count_params(model)
+    macs, params = graph.count_flops(), count_params(model)
     classes = getattr(model, "num_classes", None) or num_classes
     console.print(f"[bold]{escape(spec.canonical)}[/]  input {list(size)}  "
                   f"MACs {format_count(macs)}  params {format_count(params)}"
