@@ -268,7 +268,7 @@ def test_folder_commands_refuse_a_file_as_out(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_old_plan(tmp_path, monkeypatch):
-    import slimkit.plan as plan_module
+    import slimkit.files as files_module
 
     out = tmp_path / "plan.json"
     assert run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--round-to", "1", "--no-plot",
@@ -278,7 +278,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_plan(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
 
-    monkeypatch.setattr(plan_module.tempfile, "mkstemp", full)
+    monkeypatch.setattr(files_module.tempfile, "mkstemp", full)
     r = run("prune", "resnet20", "--flops", "40%", "--method", "uniform", "--round-to", "1", "--no-plot", "--out", out)
     assert_one_line_error(r, "No space left on device", "the disk is full")  # after the plan's table
     assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
