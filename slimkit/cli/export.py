@@ -53,7 +53,7 @@ def export(
     calib_images: Annotated[int, typer.Option(min=1, help="--int8: training images to calibrate on.")] = 256,
     calib_method: Annotated[str, typer.Option(help="--int8: onnxruntime calibrator: minmax, percentile or entropy.")] = "minmax",
     max_drop: Annotated[float, typer.Option(min=0, help="--int8, trained weights: largest allowed top-1 drop in points on the test split.")] = 1.0,
-    max_output_error: Annotated[float, typer.Option(min=0, help="--int8, untrained weights: largest allowed int8 error, as a fraction of the fp32 outputs' spread.")] = 0.25,
+    max_output_error: Annotated[float, typer.Option(min=0, help="--int8, untrained weights: largest allowed RMS int8 error, as a fraction of the fp32 outputs' spread over images.")] = 1.0,
     eval_images: Annotated[Optional[int], typer.Option(min=1, help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report.
