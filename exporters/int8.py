@@ -89,7 +89,7 @@ class QuantizeSettings:
                               f"{', '.join(CALIBRATION_METHODS)}")
         for what, value in (("activation", self.activation_type), ("weight", self.weight_type)):
             if value not in ("int8", "uint8"):
-                raise ExportError(f"unknown {what} type '{value}': choose int8 or uint8")
+                raise ExportError(f"unknown {what} type '{value}': choose int8 or uint8 (--int8-activations)")
         if self.quant_format != "QDQ":
             raise ExportError(f"only the QDQ format is supported, got '{self.quant_format}'")
 
