@@ -111,6 +111,7 @@ def test_accuracy_check_logic():
     assert not Int8Check(**base, fp32_top1=float("nan"), int8_top1=0.88).passed
 
 
+@pytest.mark.slow  # trains a small checkpoint first (~30 s on a quiet 2-core CPU, 10 min loaded)
 def test_trained_checkpoint_passes_and_records_the_drop(trained_checkpoint, tmp_path):
     out = tmp_path / "m.onnx"
     r = _invoke("export", trained_checkpoint, "-o", out, "--exporter", "torchscript", "--int8",
@@ -125,6 +126,7 @@ def test_trained_checkpoint_passes_and_records_the_drop(trained_checkpoint, tmp_
     assert [m["name"] for m in report["models"]] == ["full-resnet20", "m", "m.int8"]  # interleaved, one run
 
 
+@pytest.mark.slow  # trains a small checkpoint first (~30 s on a quiet 2-core CPU, 10 min loaded)
 def test_badly_calibrated_int8_is_refused_and_nothing_is_left(trained_checkpoint, tmp_path):
     src = load_source(str(trained_checkpoint))
     fp32 = tmp_path / "model.onnx"
