@@ -28,11 +28,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from slimkit.artifacts import LoadedModel, calibrate_bn, load_model, plan_candidate
 from slimkit.data import load_data
 from slimkit.exporters.int8 import QuantizeSettings, export_int8
 from slimkit.exporters.onnx import export
 from slimkit.exporters.openvino import openvino_parity
-from slimkit.artifacts import LoadedModel, calibrate_bn, load_model, plan_candidate
 from slimkit.generator import full_plan, generate
 from slimkit.latency import Candidate, cpu_description, measure
 from slimkit.plan import load_plan
@@ -112,12 +112,13 @@ def main() -> None:
             t0 = time.perf_counter()
             res = export_int8(fp32, data, trained=src.trained,
                               settings=QuantizeSettings(calib_images=args.calib_images, seed=src.plan.seed),
-                              eval_images=None if src.trained else 256, max_drop=100.0)
+                              eval_images=None if src.trained else 256, max_drop=100.0,
+                              max_output_error=100.0)  # record, never refuse: this table shows the numbers
             row.update(int8_mb=round(res.size_bytes / 1e6, 3), quantize_s=round(res.export_seconds, 1),
                        check=res.details["check"], check_s=round(time.perf_counter() - t0 - res.export_seconds, 1))
             u8 = export_int8(fp32, data, trained=False, out=work / f"{stem}.u8.int8.onnx",
                              settings=QuantizeSettings(calib_images=args.calib_images, activation_type="uint8",
-                                                       seed=src.plan.seed), eval_images=256, max_output_error=10.0)
+                                                       seed=src.plan.seed), eval_images=256, max_output_error=100.0)
             row["u8_check"] = u8.details["check"]
             print(json.dumps({k: row[k] for k in ("model", "check")}), flush=True)
 

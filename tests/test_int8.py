@@ -16,8 +16,8 @@ from slimkit import prune
 from slimkit.cli import app
 from slimkit.data import ImageTensorDataset, load_data
 from slimkit.exporters import ExportError
-from slimkit.exporters.int8 import (Int8Check, Int8CheckError, QuantizeSettings, export_int8, int8_path,
-                                    quantize_onnx)
+from slimkit.exporters.int8 import (DEFAULT_MAX_OUTPUT_ERROR, Int8Check, Int8CheckError, QuantizeSettings,
+                                    calibration_images, check_int8, export_int8, int8_path, quantize_onnx)
 from slimkit.exporters.onnx import export, read_metadata
 from slimkit.plan import save_plan
 from slimkit.artifacts import load_model
@@ -111,6 +111,7 @@ def test_accuracy_check_logic():
     assert not Int8Check(**base, fp32_top1=float("nan"), int8_top1=0.88).passed
 
 
+@pytest.mark.slow  # trains a small checkpoint first (~30 s on a quiet 2-core CPU, 10 min loaded)
 def test_trained_checkpoint_passes_and_records_the_drop(trained_checkpoint, tmp_path):
     out = tmp_path / "m.onnx"
     r = _invoke("export", trained_checkpoint, "-o", out, "--exporter", "torchscript", "--int8",
@@ -125,6 +126,7 @@ def test_trained_checkpoint_passes_and_records_the_drop(trained_checkpoint, tmp_
     assert [m["name"] for m in report["models"]] == ["full-resnet20", "m", "m.int8"]  # interleaved, one run
 
 
+@pytest.mark.slow  # trains a small checkpoint first (~30 s on a quiet 2-core CPU, 10 min loaded)
 def test_badly_calibrated_int8_is_refused_and_nothing_is_left(trained_checkpoint, tmp_path):
     src = load_model(str(trained_checkpoint))
     fp32 = tmp_path / "model.onnx"
@@ -140,6 +142,19 @@ def test_badly_calibrated_int8_is_refused_and_nothing_is_left(trained_checkpoint
     record = json.loads((tmp_path / "model.int8.check.json").read_text())
     assert record["written"] is False and record["check"]["drop_points"] > 1.0
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_untrained_check_catches_a_bad_calibration_that_top1_agreement_misses(untrained):
+    good = _fmnist(32)
+    dark = _fmnist(32)
+    dark.train = ImageTensorDataset(dark.train.images // 8, dark.train.labels, input_size=(3, 32, 32),
+                                    mean=(0.2860,), std=(0.3530,))  # 8x too dark, normalised as if not
+    proto, _ = quantize_onnx(untrained["fp32"], calibration_images(dark, 32), QuantizeSettings(calib_images=32))
+    bad = check_int8(untrained["fp32"], proto.SerializeToString(), good, trained=False, calib_images=32,
+                     eval_images=128)
+    assert not bad.passed and bad.output_error > DEFAULT_MAX_OUTPUT_ERROR
+    ok = json.loads(read_metadata(untrained["result"].path)["slimkit.int8_check"])
+    assert ok["output_error"] < 0.25 * bad.output_error  # the same model, calibrated on the right images
 
 
 def test_cli_tiny_limit_fails_with_one_line_and_keeps_fp32(untrained, tmp_path):
@@ -161,6 +176,7 @@ def test_cli_tiny_limit_fails_with_one_line_and_keeps_fp32(untrained, tmp_path):
     (["--int8", "--data", "cifar100"], "cifar"),
     (["--int8", "--data", "fashion-mnist", "--calib-method", "magic"], "unknown --calib-method 'magic'"),
     (["--int8", "--data", "fashion-mnist", "--calib-images", "70000"], "more than the"),
+    (["--int8", "--data", "fashion-mnist", "--int8-activations", "int4"], "unknown activation type 'int4'"),
 ])
 def test_int8_bad_input_is_one_line_error(untrained, tmp_path, args, needle):
     out = tmp_path / "m.onnx"
