@@ -287,6 +287,8 @@ def summarize_broad(rows: list[dict]) -> dict:
 def report_broad() -> None:
     rows = load_broad()
     summary = summarize_broad(rows)
+    have = {r["arch"] for r in rows}
+    summary["not_run_yet"] = [a for a in broad_archs() if a not in have]  # an interrupted run resumes these
     pct = lambda t: f"{t[0]}/{t[1]} ({100 * t[0] / max(t[1], 1):.0f}%)"  # noqa: E731
     lines = [
         "# Broad zoo: uniform 50%-FLOPs plans (--round-to 8) on timm CNN families and torchvision", "",
@@ -299,7 +301,9 @@ def report_broad() -> None:
         f"(CNNs only: {pct(summary['torchvision_cnn_ok'])})",
         f"* all CNNs: {pct(summary['all_cnn_ok'])} pass; frozen share below 10% for "
         f"**{pct(summary['cnn_frozen_below_10pct'])}**",
-        f"* plans that needed the one-step fill (uniform up to one step): {pct(summary['filled'])}", "",
+        f"* plans that needed the one-step fill (uniform up to one step): {pct(summary['filled'])}",
+        f"* not run yet (the run was stopped at the deadline; rerunning resumes them): "
+        f"{len(summary['not_run_yet'])}: {', '.join(summary['not_run_yet']) or '-'}", "",
         "| model | input | groups | frozen groups | stored split sizes | frozen MACs | 50% plan | selection | s |",
         "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

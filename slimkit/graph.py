@@ -480,6 +480,11 @@ class _Analyzer(AttentionAnalysis):
             return (b if cm[0] == a else a if cm[0] == b else cm[0], cm[1])
         if op == "cat":
             return self.visit_cat(node, ins[0], args[0], args[1] if len(args) > 1 else 0)
+        if op == "stack":  # (selective-kernel paths): inputs share channels, a new dim appears
+            shape = _meta_shape(args[0][0])
+            dim = (args[1] if len(args) > 1 else 0) % (len(shape) + 1)
+            res = self.visit_elementwise("stack", [(a, self.cmap_of(v)) for a, v in zip(args[0], ins[0])], shape)
+            return None if res is None else (res[0] + 1 if dim <= res[0] else res[0], res[1])
         if op in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp"):
             return self.visit_reduce(node, ins, args, out_shape)
         if op == "alias":
