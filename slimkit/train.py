@@ -257,6 +257,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                     and not (key == "epochs" and extend_to is not None):
                 say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {value!r})")
         cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg) and k not in how}})
+        check_config(cfg)  # what the checkpoint says is checked like what the user asked
         if extend_to is not None and extend_to != cfg.epochs:
             if extend_to < cfg.epochs:
                 raise SlimkitError(f"--resume --epochs {extend_to}: the run was started for {cfg.epochs} epochs and "
