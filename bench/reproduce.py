@@ -2,7 +2,9 @@
 found from *trained* weights, each trained with the same Scratch-B budget, over several seeds.
 
 For every seed: the full model is trained (Scratch-E, `--epochs`); at each budget, three
-structures are planned and trained with Scratch-B (epochs x full/plan FLOPs, capped at 2x):
+structures are planned and trained with Scratch-B (epochs x full/plan FLOPs; uncapped on
+CIFAR-style data, as Rethinking does; bench/compare_structures.py is the paired, near-converged
+successor of this script):
   uniform  one width factor for every group (deterministic)
   scratch  gates learned on random frozen weights ("Pruning from Scratch"), gate seed = seed
   trained  the same gate method on the seed's trained full model (the paper's Table 1 comparison)

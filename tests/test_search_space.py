@@ -57,9 +57,26 @@ def test_snapshot_rules_differ_where_the_paper_says(graph, data):
     assert by_mean.qualified and by_mean.gate_mean <= 0.95
     assert not official.qualified and official.nonzero_fraction == 1.0
     assert official.step == 12  # the final gates
-    # large steps zero most gates: the official rule then picks a qualifying snapshot
-    _, zeroed = _search(graph, data, snapshot_rule="nonzero", target=0.5, gamma=50.0, lr=0.5)
-    assert zeroed.qualified and zeroed.nonzero_fraction <= 0.5
+    assert official.gate_mean < 1.0  # the gates did move: the fallback is the rule, not a stalled run
+
+
+
+@pytest.mark.parametrize("target,qualified", [(0.6, True), (0.4, False)])
+def test_official_rule_counts_zero_gates(graph, data, target, qualified):
+    """Half of every learnable gate vector at exactly 0 and lr 0 (the gates cannot move): the
+    share of non-zero gates is 0.5, so r = 0.6 qualifies the first snapshot and r = 0.4 falls
+    back to the final gates."""
+    torch.manual_seed(0)
+    supernet = attach_gates(build_model("resnet20"), graph, graph.full_widths(), fixed=STREAMS)
+    with torch.no_grad():
+        for g in supernet.parameters():
+            g[: g.numel() // 2] = 0.0
+    cfg = GateSearchConfig(target=target, gamma=0.5, lr=0.0, batch_size=32, steps=6, evals=2, seed=0,
+                           val_images=64, snapshot_rule="nonzero")
+    res = search_gates(supernet, data, cfg)
+    assert res.nonzero_fraction == pytest.approx(0.5, abs=0.01)
+    assert res.qualified is qualified
+    assert res.step == (3 if qualified else 6)  # the first of equal snapshots, or the final gates
 
 
 def test_adaptive_gamma_reaches_r_where_the_papers_gamma_does_not(graph, data):
