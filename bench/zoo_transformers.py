@@ -25,7 +25,7 @@ from slimkit import count_flops, generate
 from slimkit.exporters.onnx import export
 from slimkit.plan import atomic_write_text
 from slimkit.errors import BudgetError
-from slimkit.generator import channel_graph
+from slimkit.generator import build_source, channel_graph
 from slimkit.prune import prune
 
 # (arch, input side): the smallest side each model allows with its patch/window layout.
@@ -70,11 +70,14 @@ def check(arch: str, side: int) -> dict:
             plan = prune(arch, "50%", method="uniform", input_size=size, tolerance=0.10, verify=False)
             note = f"not within 1%: {str(exc1).split(':')[1].split(';')[0].strip()}; rest checked at 10%"
     graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
-    heads = [n for n in graph.head_dims]
     mlp = [n for n in graph.groups if ".mlp." in n]
-    heads_pruned = sum(1 for n in heads if plan.groups[n]["width"] < plan.groups[n]["full"])
     mlp_pruned = sum(1 for n in mlp if plan.groups[n]["width"] < plan.groups[n]["full"])
     model = generate(plan).eval()
+    # heads pruned: attention modules of G(plan) with fewer heads than the source's (tied
+    # attention loses heads through the embedding group, per-block attention through its own)
+    source = build_source(plan.arch, plan.arch_kwargs)
+    heads = list(graph.attention_modules)
+    heads_pruned = sum(1 for p in heads if model.get_submodule(p).num_heads < source.get_submodule(p).num_heads)
     with torch.no_grad():
         out = model(torch.randn(2, *size))
     macs = count_flops(model, size)
@@ -113,9 +116,10 @@ def write(out: Path, rows: dict[str, dict]) -> None:
         f"timm: **{summary['timm_ok']}/{summary['timm_total']}**, torchvision: "
         f"**{summary['torchvision_ok']}/{summary['torchvision_total']}** pass (heads and MLP widths pruned, "
         f"G runs, counted MACs = plan and within 1% of budget, ONNX parity <= {ATOL:g}).",
-        "MACs include attention's matrix products (docs/transformers.md). Heads: groups pruned / head groups "
-        "(torchvision's attention derives its width from the embedding, so its heads move with the embedding "
-        "group: `tied`). Frozen share: MACs no group moves (all groups at width 0).", "",
+        "MACs include attention's matrix products (docs/transformers.md). Heads pruned: attention layers of "
+        "G(plan) with fewer heads than the source / attention layers (`tied`: torchvision's attention derives "
+        "its width from the embedding, so its heads move with the embedding group). MLPs pruned: MLP groups "
+        "below full width / MLP groups. Frozen share: MACs no group moves (all groups at width 0).", "",
         "| model | input | groups | heads pruned | MLPs pruned | MACs / budget | attention MACs (full) | "
         "frozen share | ONNX max diff | s | result |",
         "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -123,8 +127,7 @@ def write(out: Path, rows: dict[str, dict]) -> None:
         if "macs" not in r:
             lines.append(f"| {r['arch']} | {r['input']} | | | | | | | | | FAIL: {r['reason']} |")
             continue
-        heads = f"{r['heads_pruned']}/{r['head_groups']}" if r["head_groups"] else (
-            "tied" if "tied" in r["tied_attention"] else "0/0")
+        heads = f"{r['heads_pruned']}/{r['head_groups']}" + (" tied" if "tied" in r["tied_attention"] else "")
         lines.append(
             f"| {r['arch']} | {r['input']} | {r['groups']} | {heads} | {r['mlp_pruned']}/{r['mlp_groups']} | "
             f"{r['macs'] / r['budget']:.4f} | {r['attention_macs_full'] / r['full_macs']:.1%} | "
