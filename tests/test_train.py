@@ -224,3 +224,15 @@ def test_damaged_checkpoints_are_one_clear_error(plan, tmp_path):
         torch.save(bad, path)
         with pytest.raises(CheckpointError, match=needle):
             model_from_checkpoint(path)
+
+
+def test_train_refuses_a_slimkit_run_folder(plan, tmp_path):
+    """A `slimkit run` folder's plan.json belongs to its summary and latency report: training into it
+    would replace it silently (#17 class 8)."""
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "recipe.yaml").write_text("name: x\n")
+    (run_folder / "plan.json").write_text(plan.to_json())
+    with pytest.raises(SlimkitError, match="slimkit run` folder"):
+        train(plan, run_folder, cfg(epochs=1))
+    assert (run_folder / "plan.json").read_text() == plan.to_json()
