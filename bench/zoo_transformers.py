@@ -23,9 +23,9 @@ import torch
 
 from slimkit import count_flops, generate
 from slimkit.exporters.onnx import export
-from slimkit.plan import atomic_write_text
+from slimkit.files import atomic_write_text
 from slimkit.errors import BudgetError
-from slimkit.generator import build_source, channel_graph
+from slimkit.generator import build_model, channel_graph
 from slimkit.prune import prune
 
 # (arch, input side): the smallest side each model allows with its patch/window layout.
@@ -75,7 +75,7 @@ def check(arch: str, side: int) -> dict:
     model = generate(plan).eval()
     # heads pruned: attention modules of G(plan) with fewer heads than the source's (tied
     # attention loses heads through the embedding group, per-block attention through its own)
-    source = build_source(plan.arch, plan.arch_kwargs)
+    source = build_model(plan.arch, plan.arch_kwargs)
     heads = list(graph.attention_modules)
     heads_pruned = sum(1 for p in heads if model.get_submodule(p).num_heads < source.get_submodule(p).num_heads)
     with torch.no_grad():

@@ -128,3 +128,19 @@ def test_plans_are_built_in_the_plan_module_only():
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ChannelPlan":
                 where.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not where, f"ChannelPlan(...) outside slimkit/plan.py: {where}; use ChannelPlan.from_widths or with_widths"
+
+
+def test_bench_scripts_import_what_exists():
+    """bench/ is not imported by the tests: check its slimkit imports name things that exist."""
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("slimkit"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and \
+                            importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                        missing.append(f"{path.name}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, missing
