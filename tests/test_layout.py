@@ -133,6 +133,7 @@ def test_plans_are_built_in_the_plan_module_only():
 def test_bench_scripts_import_what_exists():
     """bench/ is not imported by the tests: check its slimkit imports name things that exist."""
     import importlib
+    import importlib.util
 
     missing = []
     for path in sorted((ROOT / "bench").glob("*.py")):
