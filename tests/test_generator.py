@@ -8,12 +8,14 @@ import torch
 import slimkit
 from slimkit import PlanError, count_flops, count_params, generate, load_plan
 from slimkit.plan import save_plan
-from slimkit.prune import prune
+from slimkit.prune import GateOptions, prune
+
+FAST_GATES = GateOptions(data="synthetic", steps=20, batch_size=32, val_size=64)
 
 
 @pytest.fixture(scope="module")
-def plan():
-    return prune("resnet20", "50%", num_classes=10, round_to=1)
+def plan():  # a learned plan, on fast gate settings: these tests are about G, not gate learning
+    return prune("resnet20", "50%", num_classes=10, round_to=1, gates=FAST_GATES)
 
 
 def test_generate_matches_plan_counts(plan):
@@ -49,7 +51,7 @@ def test_plan_json_round_trip(plan, tmp_path):
 
 
 def test_expansion_plan_builds_wider_modules():
-    p = prune("resnet20", "150%", num_classes=10, expand=1.5, round_to=1)
+    p = prune("resnet20", "150%", num_classes=10, expand=1.5, round_to=1, gates=FAST_GATES)
     model = generate(p)
     assert max(g["width"] / g["full"] for g in p.groups.values()) > 1.0
     assert count_flops(model, p.input_size) == p.flops
