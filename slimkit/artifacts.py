@@ -209,6 +209,7 @@ class LoadedModel:
     plan: ChannelPlan
     trained: bool  # weights from a checkpoint (True) or fresh from G (False)
     description: str
+    train_config: dict[str, Any] | None = None  # a checkpoint's training config (its data, for int8 calibration)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -225,8 +226,10 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     """
     kind = classify(source)
     if kind == "checkpoint":
-        model, plan = model_from_checkpoint(source)
-        return LoadedModel(model.eval(), plan, True, f"checkpoint {source} (trained weights)")
+        ckpt = load_checkpoint(source)
+        model = load_weights(generate(ckpt["plan"]), ckpt["model"], source)
+        return LoadedModel(model.eval(), ckpt["plan"], True, f"checkpoint {source} (trained weights)",
+                           train_config=ckpt["config"])
     if kind == "onnx":
         raise SlimkitError(f"{source} is already ONNX: give a checkpoint (.pt), a plan (.json) "
                            "or an architecture name")

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.markup import escape
 
 from slimkit import validate as limits
-from slimkit.artifacts import (LoadedModel, default_export_path, load_checkpoint, load_model, onnx_metadata,
+from slimkit.artifacts import (LoadedModel, default_export_path, load_model, onnx_metadata,
                                plan_candidate)
 from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress,
                                  parse_input_size, user_errors, warn)
@@ -65,7 +65,7 @@ def export(
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
     check_out_parent(out)
     src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
-    quant_data = _int8_data(source, src, data, data_dir) if int8 else None  # before exporting: fail fast
+    quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     metadata = onnx_metadata(src)
     with console.status(f"exporting {escape(src.description)}"):
         result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
@@ -92,10 +92,10 @@ def export(
         _latency_report(src, out, batch, threads, runs, extra=[int8_file] if int8_file else [])
 
 
-def _int8_data(source: str, src, data: str | None, data_dir: str | None):
+def _int8_data(src: LoadedModel, data: str | None, data_dir: str | None):
     """The data to calibrate and check on: --data, else the data the checkpoint was trained on."""
     if data is None and src.trained:
-        config = load_checkpoint(source).get("config", {})
+        config = src.train_config or {}
         data, data_dir = config.get("data"), data_dir or config.get("data_dir")
     if data is None:
         raise SlimkitError("--int8 needs calibration images: pass --data fashion-mnist (or cifar10, cifar100, "
