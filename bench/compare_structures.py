@@ -15,10 +15,11 @@ the gaps it tried to measure. This study controls what it can:
   same gates, rounded for real kernels), measured interleaved per cell and seed;
 * stage-wise MAC shares of every plan beside uniform's.
 
-Cells (``--cells``): r20-50 (ResNet-20, 50% FLOPs: uniform, default), r20-25 (25%: uniform,
-default, paper, cost-aware), mnv1-25 (MobileNet-V1 at 32 px, 25%: uniform, default), where
-default = `slimkit prune`'s default method, paper = ``--search-space paper --expand 1.25``,
-cost-aware = ``--selection cost-aware``.
+Cells (``--cells``): r20-50 (ResNet-20, 50% FLOPs: uniform, threshold, cost-aware), r20-25 (25%:
+uniform, threshold, paper, cost-aware), mnv1-25 (MobileNet-V1 at 32 px, 25%: uniform, threshold),
+where threshold = ``--method scratch --selection threshold`` (the paper's Algorithm 1 on slimkit's
+default gate learning), cost-aware = ``--selection cost-aware`` on the same gates, paper =
+``--search-space paper --expand 1.25``.
 
 Resumable and incremental: each finished training is written at once to
 ``<results>/runs/<cell>-<structure>-s<seed>.json``; rerunning skips finished runs and resumes a
@@ -32,6 +33,7 @@ training from its last epoch checkpoint under ``--work``. ``--summarize`` only r
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -45,7 +47,6 @@ from pathlib import Path
 
 import torch
 
-import slimkit.prune as prune_module
 from slimkit.artifacts import load_candidate
 from slimkit.errors import BudgetError
 from slimkit.files import atomic_write_text
@@ -81,7 +82,7 @@ class Structure:
 
 STRUCTURES = {
     "uniform": Structure("uniform", method="uniform"),
-    "default": Structure("default"),  # slimkit prune's default: scratch, threshold, full space
+    "threshold": Structure("threshold"),  # the paper's Algorithm 1 selection, full search space
     "paper": Structure("paper", search_space="paper", expand=1.25),
     "cost-aware": Structure("cost-aware", selection="cost-aware"),
 }
@@ -99,9 +100,9 @@ class Cell:
 
 def cells_for(r20_side: int) -> dict[str, Cell]:
     return {
-        "r20-50": Cell("r20-50", "resnet20", "50%", ("uniform", "default"), r20_side, 1e-4),
-        "r20-25": Cell("r20-25", "resnet20", "25%", ("uniform", "default", "paper", "cost-aware"), r20_side, 1e-4),
-        "mnv1-25": Cell("mnv1-25", "mobilenet_v1", "25%", ("uniform", "default"), 32, 4e-5),
+        "r20-50": Cell("r20-50", "resnet20", "50%", ("uniform", "threshold", "cost-aware"), r20_side, 1e-4),
+        "r20-25": Cell("r20-25", "resnet20", "25%", ("uniform", "threshold", "paper", "cost-aware"), r20_side, 1e-4),
+        "mnv1-25": Cell("mnv1-25", "mobilenet_v1", "25%", ("uniform", "threshold"), 32, 4e-5),
     }
 
 
@@ -113,6 +114,7 @@ def _cache_gate_learning() -> None:
     """Gate learning is deterministic for a given seed and configuration, so the round_to=8 plan
     (latency only) reuses the gates learned for the round_to=1 plan instead of learning them
     again: prune() looks ``search_gates`` up in its own module at call time."""
+    prune_module = importlib.import_module("slimkit.prune")  # the module: slimkit.prune is also the function
     original = prune_module.search_gates
     if getattr(original, "_cached", False):
         return
@@ -401,10 +403,10 @@ def mac_shares(args) -> None:
     _cache_gate_learning()
     lines = ["# ResNet-20 (32 px, Fashion-MNIST gates, seed 0): stage-wise MAC shares", "",
              "Stages: conv1 = stem, layer1-3 = the three stages (16/32/64 channels), fc = classifier. "
-             "Default and cost-aware use the same learned gates (slimkit prune's default gate learning); "
+             "Threshold and cost-aware use the same learned gates (slimkit prune's default gate learning); "
              "only the selection differs. round_to 1.", ""]
     for budget in ("50%", "25%"):
-        cell = Cell(f"r20-{budget.rstrip('%')}", "resnet20", budget, ("uniform", "default", "cost-aware"), 32, 1e-4)
+        cell = Cell(f"r20-{budget.rstrip('%')}", "resnet20", budget, ("uniform", "threshold", "cost-aware"), 32, 1e-4)
         plans = {s: make_plan(cell, STRUCTURES[s], 0, 1, args) for s in cell.structures}
         lines += share_table(plans, f"{budget} FLOPs") + [""]
         widths = {s: {n: g["width"] for n, g in p.groups.items()} for s, p in plans.items()}
@@ -439,7 +441,7 @@ def main() -> None:
                                                          "--data synthetic it takes minutes)")
     ap.add_argument("--summarize", action="store_true", help="only rebuild the table from finished runs")
     ap.add_argument("--mac-shares", action="store_true",
-                    help="ResNet-20 at 32 px, 50%% and 25%%: stage MAC shares of uniform, default and cost-aware "
+                    help="ResNet-20 at 32 px, 50%% and 25%%: stage MAC shares of uniform, threshold and cost-aware "
                          "plans (same gates for default and cost-aware; no training); writes "
                          "<results>_mac_shares.md")
     ap.add_argument("--work", default="runs/compare_structures")

@@ -109,3 +109,15 @@ def test_lr_does_not_depend_on_steps():
     assert prune("resnet20", "50%", round_to=1, gates=GateOptions(**fast)).search["lr"] == 0.05
     assert prune("resnet20", "50%", round_to=1,
                  gates=GateOptions(search_space="paper", **fast)).search["lr"] == 0.01
+
+
+def test_adaptive_gamma_aims_below_r_and_presses_until_the_mean_is_at_or_below_r():
+    from slimkit.search import _aim, _lags
+    r = 0.264
+    assert r - 0.01 <= _aim(r) < r and _aim(0.05) == pytest.approx(0.045)  # never more than r/10 below
+    steps = 300
+    assert not _lags(0.86, 30, steps, r)  # within 0.02 of the pace early in the run (0.85 at step 30)
+    assert _lags(0.9, 100, steps, r)  # behind it later
+    # second half: the pace has reached its aim; a mean just above r still lags (the old rule let
+    # 0.2641 stand for r = 0.264, and no snapshot qualified), one at or below r does not
+    assert _lags(0.2641, 200, steps, r) and not _lags(0.264, 200, steps, r) and not _lags(0.26, 290, steps, r)
