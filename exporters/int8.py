@@ -51,7 +51,7 @@ from slimkit.exporters import ExportError, ExportResult
 from slimkit.files import atomic_write, atomic_write_text
 
 __all__ = ["QuantizeSettings", "Int8Check", "Int8CheckError", "CALIBRATION_METHODS", "int8_path",
-           "calibration_images", "quantize_onnx", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
+           "calibration_images", "quantize_onnx", "quantize_for_timing", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
            "DEFAULT_MAX_OUTPUT_ERROR"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -289,6 +289,25 @@ def quantize_onnx(fp32_path: str | Path, calib: np.ndarray, settings: QuantizeSe
         raise ExportError(f"onnxruntime quantized nothing in {fp32_path.name} (no QuantizeLinear node): it has no "
                           "Conv/MatMul/Gemm it can quantize; ship the fp32 file")
     return result, record
+
+
+TIMING_CALIB_IMAGES = 8  # enough for onnxruntime to set every scale; the values do not change speed
+
+
+def quantize_for_timing(fp32_path: str | Path, input_size: tuple[int, ...], out: str | Path | None = None) -> Path:
+    """``fp32_path`` quantized as :func:`export_int8` ships it (default settings), calibrated on
+    seeded random images, written to ``out`` (default ``model.int8.onnx`` beside it). For latency
+    only: the quantized graph, and so its speed, is the same whatever the calibration scales, and no
+    accuracy is claimed for it (it is not checked)."""
+    generator = torch.Generator().manual_seed(0)
+    calib = torch.randn(TIMING_CALIB_IMAGES, *input_size, generator=generator).numpy()
+    proto, record = quantize_onnx(fp32_path, calib, QuantizeSettings(calib_images=TIMING_CALIB_IMAGES))
+    props = {"slimkit.precision": "int8", "slimkit.quantization": json.dumps({**record, "calib_data": "random (timing only)"})}
+    onnx.helper.set_model_props(proto, props)
+    out = Path(out) if out is not None else int8_path(fp32_path)
+    data = proto.SerializeToString()
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+    return out
 
 
 def _output_error(fp32: np.ndarray, int8: np.ndarray) -> float:

@@ -14,6 +14,14 @@ confidence interval is narrow enough to say so; otherwise measure it again with 
 Every measurement is cached by plan widths. A per-layer lookup table (NetAdapt/HALP style) would
 save little here: one candidate costs well under a second to export and time on the models
 below, and the final plan's latency must be measured anyway.
+
+``precision="int8"`` times every candidate, and the full model it is a ratio to, as it will ship
+after ``slimkit export --int8``: onnxruntime's static quantization with the same settings
+(:class:`slimkit.exporters.int8.QuantizeSettings`' defaults), so the budget holds for the int8
+file. int8 changes which layers are fast (quantize/dequantize pairs around residual adds, kernels
+that only pay at some widths), so its latency curve is not the fp32 one scaled. Calibration here
+uses seeded random images: the quantized graph, and so its speed, is the same whatever the
+scales; the shipped file is calibrated on real data by ``slimkit export``.
 """
 
 from __future__ import annotations
@@ -28,13 +36,16 @@ from typing import Any
 from slimkit.artifacts import calibrate_bn
 from slimkit.budget import Budget, min_widths
 from slimkit.errors import BudgetError
+from slimkit.exporters.int8 import QuantizeSettings, quantize_for_timing
 from slimkit.exporters.onnx import export
 from slimkit.generator import generate
 from slimkit.graph import ChannelGraph
-from slimkit.latency import Candidate, measure
+from slimkit.latency import Candidate, LatencyError, measure
 from slimkit.plan import ChannelPlan
 
-__all__ = ["LatencyMeter", "resolve_target", "search_latency", "LatencySearchResult"]
+__all__ = ["LatencyMeter", "resolve_target", "search_latency", "LatencySearchResult", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -67,7 +78,13 @@ class LatencyMeter:
 
     def __init__(self, template: ChannelPlan, graph: ChannelGraph, *, backend: str = "ort-cpu",
                  threads: int | None = None, batch: int = 1, runs: int = 40, warmup: int = 5,
-                 device: str = "cpu", workdir: str | Path | None = None):
+                 device: str = "cpu", workdir: str | Path | None = None, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise LatencyError(f"unknown --precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+        if precision == "int8" and backend != "ort-cpu":
+            raise LatencyError(f"--precision int8 times onnxruntime's quantized files on the CPU, not {backend}: "
+                               "use --backend ort-cpu")
+        self.precision = precision
         self.template, self.graph = template, graph
         self.backend, self.threads, self.batch, self.runs, self.warmup = backend, threads, batch, runs, warmup
         self.device = device
@@ -99,10 +116,21 @@ class LatencyMeter:
         path = self.workdir / f"{label}.onnx"
         export(model.eval(), tuple(plan.input_size), path, batch=self.batch, exporter="torchscript",
                simplify=False, check_parity=False)
+        if self.precision == "int8":
+            path = quantize_for_timing(path, tuple(plan.input_size))  # as `slimkit export --int8` ships it
         cand = Candidate(name=label, input_shape=(self.batch, *plan.input_size), onnx_path=path,
                          module=model, flops=plan.flops, params=plan.params)  # module: the torch backends time it
         self._files[key] = cand
         return cand
+
+    @property
+    def quantization(self) -> dict[str, Any] | None:
+        """What the int8 candidates were quantized with (recorded in the plan), or None for fp32."""
+        if self.precision != "int8":
+            return None
+        q = QuantizeSettings()
+        return {"tool": "onnxruntime.quantization.quantize_static", "format": q.quant_format,
+                "activation_type": q.activation_type, "weight_type": q.weight_type, "per_channel": q.per_channel}
 
     def measure(self, widths: dict[str, int], runs: int | None = None) -> Measurement:
         key = tuple(sorted(widths.items()))
@@ -141,7 +169,8 @@ def resolve_target(meter: LatencyMeter, budget: Budget, tolerance: float,
     full_ms = smallest.full_median_ms
     target = budget.fraction if budget.fraction is not None else budget.value * 1000.0 / full_ms
     lo_ms = smallest.ratio * full_ms
-    say(f"latency on {meter.backend} ({meter.device_text}, {meter.threads} thread(s), batch {meter.batch}): "
+    say(f"latency on {meter.backend}{' (int8)' if meter.precision == 'int8' else ''} "
+        f"({meter.device_text}, {meter.threads} thread(s), batch {meter.batch}): "
         f"full model {full_ms:.3f} ms, smallest buildable {lo_ms:.3f} ms ({smallest.ratio:.2f}x)")
     achievable = f"achievable here: {lo_ms:.3f}-{full_ms:.3f} ms ({smallest.ratio:.0%}-100% of the full model)"
     if target >= 1.0:

@@ -7,9 +7,13 @@ already exist, so a killed run continues where it stopped when the same recipe r
 prune     ``plan.json`` (the recipe's method) and ``uniform.json`` (method uniform, same budget)
 train     ``train/`` (the plan), plus ``train-full/`` and ``train-uniform/`` when listed in
           ``train.compare``; a folder with fewer epochs than planned is resumed
-export    ``model.onnx`` from ``train/checkpoint.pt`` (the metadata ``slimkit export`` writes)
-bench     ``latency.{json,md,png}``: full vs uniform vs pruned, interleaved in one run
-summary   ``summary.{json,md}``: MACs, params, test top-1, latency for each model
+export    ``model.onnx`` from ``train/checkpoint.pt`` (the metadata ``slimkit export`` writes);
+          with ``export.int8``, also ``model.int8.onnx`` (and its ``.check.json``), refused when it
+          loses more than ``export.max_drop`` top-1 points on the test split
+bench     ``latency.{json,md,png}``: full vs uniform vs pruned (and full-int8, pruned-int8 with
+          ``export.int8``), interleaved in one run
+summary   ``summary.{json,md}``: MACs, params, test top-1, latency for each model (and int8 top-1
+          and latency)
 ========  ====================================================================================
 
 The resolved recipe (every key, defaults filled in) is written to ``recipe.yaml`` first; a folder
@@ -32,7 +36,9 @@ from typing import Any
 from slimkit.artifacts import load_model, onnx_candidate, onnx_metadata, plan_candidate
 from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
+from slimkit.data import load_data
 from slimkit.exporters import get_exporter
+from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_path, quantize_for_timing
 from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
 from slimkit.flops import format_count
 from slimkit.latency import LatencyReport, measure
@@ -44,7 +50,8 @@ from slimkit.train import TrainConfig, train
 from slimkit.validate import show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "train_state", "stage_list", "budget_reach", "check_folder",
-           "missing_data", "summary_markdown", "SUMMARY_FORMAT", "SUMMARY_COLUMNS", "format_cell"]
+           "missing_data", "summary_markdown", "summary_columns", "SUMMARY_FORMAT", "SUMMARY_COLUMNS",
+           "format_cell"]
 
 SUMMARY_FORMAT = "slimkit.run-summary/1"
 
@@ -83,6 +90,8 @@ class Layout:
         self.plan, self.uniform, self.plan_png = root / "plan.json", root / "uniform.json", root / "plan.png"
         self.train, self.train_full, self.train_uniform = root / "train", root / "train-full", root / "train-uniform"
         self.onnx = root / "model.onnx"
+        self.onnx_int8 = int8_path(self.onnx)
+        self.int8_check = root / "model.int8.check.json"
         self.latency = root / "latency"  # report stem: .json, .md, .png
         self.latency_files = [root / f"latency.{ext}" for ext in ("json", "md", "png")]
         self.summary_json, self.summary_md = root / "summary.json", root / "summary.md"
@@ -138,16 +147,21 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
         trains.append((folder, f"{label}: {text}"))
     if "uniform" in recipe.train.compare and recipe.prune.method == "uniform":
         trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
+    int8 = recipe.export.int8
     onnx_state = "exists: skip" if _fresh([lay.onnx], [lay.train / "checkpoint.pt"]) else "would run"
-    bench_state = ("exists: skip" if _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform])
+    int8_state = "exists: skip" if _fresh([lay.onnx_int8], [lay.onnx]) else "would run"
+    bench_state = ("exists: skip" if _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform]
+                                            + ([lay.onnx_int8] if int8 else [])) and (not int8 or _timed_int8(lay))
                    else "would run")
     return [
         ("prune", [(lay.plan, f"{recipe.prune.method} plan: {status(lay.plan)}"),
                    (lay.uniform, f"uniform plan, same budget: {status(lay.uniform)}"),
                    (lay.plan_png, f"channels per group: {status(lay.plan_png)}")]),
         ("train", trains),
-        ("export", [(lay.onnx, f"ONNX of train/checkpoint.pt: {onnx_state}")]),
-        ("bench", [(lay.root / "latency.{json,md,png}", f"full vs uniform vs pruned, interleaved: {bench_state}")]),
+        ("export", [(lay.onnx, f"ONNX of train/checkpoint.pt: {onnx_state}")]
+         + ([(lay.onnx_int8, f"int8 ONNX, top-1 checked against fp32: {int8_state}")] if int8 else [])),
+        ("bench", [(lay.root / "latency.{json,md,png}", "full vs uniform vs pruned" + (" (fp32 and int8)" if int8 else "")
+                    + f", interleaved: {bench_state}")]),
         ("summary", [(lay.root / "summary.{json,md}", "MACs, params, test top-1, latency per model")]),
     ]
 
@@ -203,7 +217,7 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> tuple[ChannelP
     p = recipe.prune
     gates = GateOptions(data=recipe.data.name, data_dir=recipe.data.data_dir, preset=p.preset, gamma=p.gamma,
                         lr=p.lr, epochs=p.epochs, steps=p.steps, batch_size=p.batch_size, device="auto")
-    latency = LatencyOptions(backend=p.backend, threads=p.threads, batch=recipe.bench.batch)
+    latency = LatencyOptions(backend=p.backend, threads=p.threads, batch=recipe.bench.batch, precision=p.precision)
     plans: dict[str, ChannelPlan] = {}
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
         if path.exists():
@@ -268,6 +282,31 @@ def _export_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
                           f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e}, {result.export_seconds:.1f}s)")
 
 
+def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
+    """model.int8.onnx from model.onnx: onnxruntime's static quantization, calibrated on the recipe's
+    training images and checked on its test split (what ``slimkit export --int8`` does)."""
+    e = recipe.export
+    if not e.int8:
+        return
+    if _fresh([lay.onnx_int8], [lay.onnx]):
+        hooks.stage("int8", f"{lay.onnx_int8.name} exists: skip")
+        return
+    loaded = load_model(str(lay.train / "checkpoint.pt"))
+    data = load_data(recipe.data.name, data_dir=recipe.data.data_dir, input_size=loaded.input_size, val_size=0,
+                     seed=loaded.plan.seed)
+    hooks.stage("int8", f"quantizing {lay.onnx.name}: calibrating on {e.calib_images} {data.name} training images, "
+                        f"then top-1 vs fp32 on the test split (at most {e.max_drop:g} points lost)")
+    with hooks.bars() as (progress, _):
+        task = progress.add_task("int8 check", total=None) if progress else None
+        result = export_int8(lay.onnx, data, trained=True, max_drop=e.max_drop, warn=hooks.warn,
+                             settings=QuantizeSettings(calib_images=e.calib_images, seed=loaded.plan.seed),
+                             progress=(lambda done, total: progress.update(task, completed=done, total=total))
+                             if progress else None)
+    check = result.details["check"]
+    hooks.stage("int8", f"wrote {lay.onnx_int8} ({result.size_bytes / 1e6:.2f} MB): top-1 {100 * check['int8_top1']:.2f}% "
+                        f"vs fp32 {100 * check['fp32_top1']:.2f}%")
+
+
 def _measure(candidates, hooks: RunHooks, **options: Any) -> LatencyReport:
     with hooks.bars() as (progress, _):
         if progress is None:
@@ -277,11 +316,13 @@ def _measure(candidates, hooks: RunHooks, **options: Any) -> LatencyReport:
 
 
 def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks) -> None:
-    if _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform]):
+    e, b = recipe.export, recipe.bench
+    inputs = [lay.onnx, lay.plan, lay.uniform] + ([lay.onnx_int8] if e.int8 else [])
+    if _fresh(lay.latency_files, inputs) and (not e.int8 or _timed_int8(lay)):
         hooks.stage("bench", "latency.json exists: skip")
         return
-    e, b = recipe.export, recipe.bench
-    hooks.stage("bench", f"full vs uniform vs pruned on {recipe.prune.backend}, {b.runs} interleaved rounds")
+    names = "full vs uniform vs pruned" + (" (fp32 and int8)" if e.int8 else "")
+    hooks.stage("bench", f"{names} on {recipe.prune.backend}, {b.runs} interleaved rounds")
     with tempfile.TemporaryDirectory(prefix="slimkit-run-") as tmp:
         cands = []
         for name in ("full", "uniform"):
@@ -290,11 +331,24 @@ def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                 cands.append(plan_candidate(plans[name], Path(tmp), b.batch, name, opset=e.opset,
                                             dynamic_batch=e.dynamic_batch, exporter=e.exporter, check_parity=False))
         cands.append(onnx_candidate(lay.onnx, b.batch, name="pruned"))
+        if e.int8:
+            with hooks.status("quantizing the full model for timing"):
+                full_int8 = quantize_for_timing(cands[0].onnx_path, tuple(plans["full"].input_size))
+            cands += [onnx_candidate(full_int8, b.batch, name="full-int8"),
+                      onnx_candidate(lay.onnx_int8, b.batch, name="pruned-int8")]
         report = _measure(cands, hooks, backend=recipe.prune.backend, threads=b.threads, warmup=10, runs=b.runs,
                           device="cpu")
     hooks.report(report)
     written = report.write(lay.latency)
     hooks.log("  wrote " + ", ".join(str(p) for p in written))
+
+
+def _timed_int8(lay: Layout) -> bool:
+    """Whether latency.json already holds the int8 models (int8 may be switched on after a run)."""
+    try:
+        return "pruned-int8" in {m["name"] for m in json.loads((lay.root / "latency.json").read_text())["models"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 # ---------------------------------------------------------------------------- summary
@@ -312,11 +366,13 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
     folders = {"pruned": lay.train, "full": lay.train_full,
                "uniform": lay.train if recipe.prune.method == "uniform" else lay.train_uniform}
     full_flops = plans["full"].flops
+    int8_check = json.loads(lay.int8_check.read_text()) if recipe.export.int8 and lay.int8_check.is_file() else None
     rows = []
     for name in ("pruned", "uniform", "full"):
         plan = plans[name]
         final = _final_metrics(folders[name])
-        lat = by_name.get(name)
+        lat, lat8 = by_name.get(name), by_name.get(f"{name}-int8")
+        check = int8_check["check"] if name == "pruned" and int8_check and int8_check.get("written") else None
         rows.append({
             "name": name, "plan": {"pruned": "plan.json", "uniform": "uniform.json", "full": None}[name],
             "macs": plan.flops, "params": plan.params,
@@ -327,6 +383,9 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
             "latency_median_ms": round(lat["stats"]["median_ms"], 4) if lat else None,
             "latency_ratio": round(lat["ratio"], 4) if lat else None,
             "latency_ratio_ci": [round(x, 4) for x in lat["ratio_ci"]] if lat else None,
+            "int8_top1": check["int8_top1"] if check else None,
+            "int8_latency_median_ms": round(lat8["stats"]["median_ms"], 4) if lat8 else None,
+            "int8_latency_ratio": round(lat8["ratio"], 4) if lat8 else None,  # to the full fp32 model
         })
     return {"format": SUMMARY_FORMAT, "recipe": recipe.name, "arch": plans["pruned"].arch,
             "data": recipe.data.name, "budget": plans["pruned"].budget, "method": recipe.prune.method,
@@ -344,6 +403,14 @@ def format_cell(value: Any, kind: str) -> str:
 SUMMARY_COLUMNS = (("model", "name", None), ("MACs", "macs", "count"), ("params", "params", "count"),
             ("test top-1", "test_top1", "acc"), ("epochs", "epochs", "int"),
             ("latency ms (median)", "latency_median_ms", "ms"), ("× full", "latency_ratio", "x"))
+INT8_COLUMNS = (("int8 top-1", "int8_top1", "acc"), ("int8 ms", "int8_latency_median_ms", "ms"),
+                ("int8 × full", "int8_latency_ratio", "x"))
+
+
+def summary_columns(summary: dict[str, Any]) -> tuple[tuple[str, str, str | None], ...]:
+    """The summary's columns: the int8 ones only when the run has int8 results."""
+    has_int8 = any(row.get(key) is not None for row in summary["models"] for _, key, _ in INT8_COLUMNS)
+    return SUMMARY_COLUMNS + (INT8_COLUMNS if has_int8 else ())
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -354,11 +421,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lat = summary["latency"]
         lines += [f"Data: {summary['data']}. Latency: {lat['backend']}, batch {lat['batch']}, {lat['threads']} "
                   f"thread(s), {lat['runs']} interleaved rounds, {lat['device']}; × full = median of per-round "
-                  "ratios to the full model.", ""]
-    lines.append("| " + " | ".join(c[0] for c in SUMMARY_COLUMNS) + " |")
-    lines.append("|---" + "|---:" * (len(SUMMARY_COLUMNS) - 1) + "|")
+                  "ratios to the full model" + (" (fp32, for int8 too)" if len(summary_columns(summary)) >
+                                                   len(SUMMARY_COLUMNS) else "") + ".", ""]
+    columns = summary_columns(summary)
+    lines.append("| " + " | ".join(c[0] for c in columns) + " |")
+    lines.append("|---" + "|---:" * (len(columns) - 1) + "|")
     for row in summary["models"]:
-        cells = [row["name"]] + [format_cell(row[key], kind) for _, key, kind in SUMMARY_COLUMNS[1:]]
+        cells = [row["name"]] + [format_cell(row.get(key), kind) for _, key, kind in columns[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -390,6 +459,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
         plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
         _train_stage(recipe, lay, plans, hooks)
         _export_stage(recipe, lay, hooks)
+        _int8_stage(recipe, lay, hooks)
         _bench_stage(recipe, lay, plans, hooks)
         summary = build_summary(recipe, lay, plans)
         _write_if_changed(lay.summary_json, json.dumps(summary, indent=1) + "\n")

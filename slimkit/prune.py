@@ -29,7 +29,7 @@ from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
 from slimkit.generator import build_model, channel_graph, generate, resize_model
-from slimkit.latency_search import LatencyMeter, resolve_target, search_latency
+from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.plan import ChannelPlan
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
@@ -79,6 +79,7 @@ class LatencyOptions:
     backend: str = "ort-cpu"
     threads: int | None = None  # default: physical cores
     batch: int = 1
+    precision: str = "fp32"  # int8: time candidates as `slimkit export --int8` ships them
 
 
 def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_classes: int | None = None,
@@ -119,6 +120,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
                            "use them with --method scratch")
     spec = registry.resolve(arch)
     b = parse_budget(budget) if isinstance(budget, str) else budget
+    if latency_options.precision not in PRECISIONS:
+        raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
+    if latency_options.precision != "fp32" and b.kind != "latency":
+        raise SlimkitError(f"--precision {latency_options.precision} says how a latency budget is measured; "
+                           f"a {b.kind} budget does not depend on it: drop --precision or use --latency")
     if tolerance is None:
         tolerance = 0.05 if b.kind == "latency" else 0.01  # measured latency is noisier than counted FLOPs
     say = log or (lambda _msg: None)
@@ -159,7 +165,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         timing_device = (str(resolve_device(gates.device)) if latency_options.backend.startswith("torch")
                          else "cpu")  # ort-*: the backend says where
         meter = LatencyMeter(base, graph, backend=latency_options.backend, threads=latency_options.threads,
-                             batch=latency_options.batch, device=timing_device)
+                             batch=latency_options.batch, device=timing_device, precision=latency_options.precision)
         target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
         flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
     else:
@@ -310,6 +316,7 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
     m = res.measurement
     resolved = Budget("latency", budget.text, res.target_ratio * res.full_ms / 1000.0, budget.fraction)
     latency = {"backend": meter.backend, "device": meter.device_text, "threads": meter.threads, "batch": meter.batch,
+               "precision": meter.precision, **({"quantization": meter.quantization} if meter.quantization else {}),
                "median_ms": round(m.median_ms, 4), "p90_ms": round(m.stats["p90_ms"], 4),
                "std_ms": round(m.stats["std_ms"], 4), "ratio_to_full": round(m.ratio, 4),
                "ratio_ci": [round(m.ci[0], 4), round(m.ci[1], 4)], "full_median_ms": round(res.full_ms, 4),

@@ -13,7 +13,7 @@ input_size: 32                    # optional: 32, [32, 32] or [3, 32, 32] (defau
 data: {name: cifar10, data_dir: /path/to/cifar10}
 prune: {method: scratch, flops: 50%, expand: 1.25, round_to: 1, preset: cifar}
 train: {epochs: 160, lr: 0.1, weight_decay: 1.0e-4, compare: [full, uniform]}
-export: {exporter: auto}
+export: {exporter: auto, int8: true}  # int8: also model.int8.onnx, accuracy-checked (optional)
 bench: {threads: 2, runs: 100}
 ```
 
@@ -37,8 +37,10 @@ from slimkit import validate as limits
 from slimkit.budget import Budget, parse_budget
 from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES
 from slimkit.errors import SlimkitError
+from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings
 from slimkit.exporters.onnx import EXPORTERS
 from slimkit.latency import BACKENDS
+from slimkit.latency_search import PRECISIONS
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, METHODS, LatencyOptions
 from slimkit.search import PRESETS
 from slimkit.train import SCHEDULES, TrainConfig
@@ -149,6 +151,7 @@ class PruneSection:
     seed: int = 0
     backend: str = LatencyOptions.backend  # where latency is measured (latency budgets and the bench stage)
     threads: int | None = None
+    precision: str = LatencyOptions.precision  # fp32 | int8: how a latency budget's candidates are timed
 
     @property
     def budget_key(self) -> str:
@@ -187,6 +190,9 @@ class ExportSection:
     opset: int | None = None
     exporter: str = "auto"  # auto | dynamo | torchscript
     dynamic_batch: bool = False
+    int8: bool = False  # also model.int8.onnx (onnxruntime static quantization), checked on the test split
+    calib_images: int = QuantizeSettings.calib_images
+    max_drop: float = DEFAULT_MAX_DROP  # top-1 points int8 may lose against fp32
 
 
 @dataclass
@@ -335,7 +341,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "train.epochs": limits.COUNT, "train.batch_size": limits.COUNT, "train.lr": limits.LR,
     "train.weight_decay": limits.WEIGHT_DECAY, "train.label_smoothing": limits.LABEL_SMOOTHING,
     "train.warmup_epochs": limits.WARMUP_EPOCHS, "train.seed": limits.SEED, "train.max_steps_per_epoch": limits.COUNT,
-    "export.opset": limits.OPSET,
+    "export.opset": limits.OPSET, "export.calib_images": limits.COUNT, "export.max_drop": Range(0.0, 100.0),
     "bench.threads": limits.SMALL_COUNT, "bench.runs": limits.RUNS, "bench.batch": limits.SMALL_COUNT,
 }
 
@@ -410,6 +416,12 @@ def _validate(r: Recipe, source: str) -> Recipe:
     bad = [c for c in t.compare if c not in COMPARE]
     _check(not bad, source, f"train.compare: unknown model '{bad[0] if bad else ''}': list any of {', '.join(COMPARE)}")
     _check(len(set(t.compare)) == len(t.compare), source, f"train.compare lists a model twice: {t.compare}")
+
+    _check(p.precision in PRECISIONS, source,
+           f"prune.precision '{p.precision}' is unknown: choose one of {', '.join(PRECISIONS)}")
+    _check(p.precision == "fp32" or p.budget_key == "latency", source,
+           f"prune.precision {p.precision} says how a latency budget is timed: use it with prune.latency "
+           f"(not prune.{p.budget_key}), or drop it")
 
     e = r.export
     _check(e.exporter in EXPORTERS, source, f"export.exporter '{e.exporter}' is unknown: choose one of {', '.join(EXPORTERS)}")

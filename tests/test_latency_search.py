@@ -22,6 +22,7 @@ class CurveMeter(LatencyMeter):
         self.graph, self.curve = graph, curve
         self.template = ChannelPlan(arch="slimkit:resnet20", input_size=[3, 32, 32], groups={}, round_to=round_to)
         self.backend, self.threads, self.batch, self.runs, self.device_text = "fake", 1, 1, 40, "curve"
+        self.precision = "fp32"
         self._cache = {}
         self.full_flops = graph.count_flops()
 
@@ -81,7 +82,35 @@ def test_cli_latency_budget_on_onnxruntime(tmp_path):
     assert "latency" in r.output and "x the full" in r.output
 
 
+def test_cli_int8_latency_budget_times_quantized_candidates(tmp_path):
+    """--precision int8: every candidate and the full model are timed as onnxruntime-quantized files
+    (QuantizeLinear in the graph), and the plan records the precision and the settings."""
+    import onnx
+
+    out = tmp_path / "lat8.json"
+    r = runner.invoke(app, ["prune", "resnet20", "--latency", "60%", "--precision", "int8", "--method", "uniform",
+                            "--num-classes", "10", "--round-to", "1", "--threads", "1", "--tolerance", "0.2",
+                            "-o", str(out), "--no-plot"])
+    assert r.exit_code == 0, r.output
+    lat = json.loads(out.read_text())["latency"]
+    assert lat["precision"] == "int8" and lat["quantization"]["activation_type"] == "uint8"
+    assert abs(lat["ratio_to_full"] - 0.6) <= 0.2 * 0.6
+    assert "(int8)" in r.output
+    graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+    template = ChannelPlan.from_widths("slimkit:resnet20", (3, 32, 32), {n: g.width for n, g in graph.groups.items()},
+                                       arch_kwargs={"num_classes": 10})
+    meter = LatencyMeter(template, graph, precision="int8", threads=1)
+    try:
+        ops = {n.op_type for n in onnx.load(str(meter.full.onnx_path)).graph.node}
+        assert meter.full.onnx_path.name.endswith(".int8.onnx") and "QuantizeLinear" in ops
+    finally:
+        meter.close()
+
+
 @pytest.mark.parametrize("args,needle", [
+    (["--latency", "50%", "--precision", "fp16"], "unknown --precision 'fp16'"),
+    (["--flops", "50%", "--precision", "int8"], "drop --precision or use --latency"),
+    (["--latency", "50%", "--precision", "int8", "--backend", "torch"], "use --backend ort-cpu"),
     (["--latency", "150M"], "cannot read latency budget"),
     (["--flops", "8ms"], "not a FLOPs budget"),
     (["--latency", "50%", "--flops", "50%"], "exactly one budget"),

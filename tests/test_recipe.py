@@ -100,6 +100,10 @@ def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
     (MINIMAL, ["train.epochs"], ["--set 'train.epochs'", "section.key=value"]),
     (MINIMAL, ["prune.latency=8ms"], ["exactly one budget"]),
     (MINIMAL, ["bench.runs=2"], ["bench.runs must be in [5,"]),
+    (MINIMAL, ["prune.precision=fp16"], ["prune.precision 'fp16' is unknown", "int8"]),
+    (MINIMAL, ["prune.precision=int8"], ["prune.precision int8", "prune.latency", "not prune.flops"]),
+    (MINIMAL, ["export.int8=yes please"], ["export.int8 must be true or false"]),
+    (MINIMAL, ["export.calib_images=0"], ["export.calib_images must be in"]),
 ])
 def test_bad_recipe_is_one_line_error(tmp_path, text, sets, needles):
     path = write(tmp_path, text)
@@ -182,3 +186,26 @@ def test_run_folder_in_use_is_refused(tmp_path):
         r = run(RECIPES[0].parent / "fmnist_resnet20_50_compare.yaml", "--out", out, *TINY)
     assert r.exit_code == 2 and "in use by another slimkit train (pid" in r.output
     assert not out.exists()
+
+
+def test_run_with_an_int8_stage(tmp_path):
+    """export.int8: model.int8.onnx beside model.onnx (checked against it on the test split), the
+    full and pruned int8 models in the latency report, int8 columns in the summary; a rerun skips."""
+    recipe = RECIPES[0].parent / "fmnist_resnet20_50.yaml"
+    out = tmp_path / "run"
+    # synthetic data and 2 training steps: accuracy is chance, so the drop allowance is wide here;
+    # the refusal itself is tested in test_int8.py
+    int8 = [*TINY, "--set", "export.int8=true", "--set", "export.calib_images=16", "--set", "export.max_drop=100"]
+    r = run(recipe, "--out", out, *int8)
+    assert r.exit_code == 0, r.output
+    assert (out / "model.int8.onnx").is_file() and (out / "model.int8.check.json").is_file()
+    latency = json.loads((out / "latency.json").read_text())
+    assert [m["name"] for m in latency["models"]] == ["full", "uniform", "pruned", "full-int8", "pruned-int8"]
+    rows = {m["name"]: m for m in json.loads((out / "summary.json").read_text())["models"]}
+    assert rows["pruned"]["int8_top1"] is not None and rows["pruned"]["int8_latency_ratio"] > 0
+    assert rows["full"]["int8_latency_median_ms"] > 0 and rows["uniform"]["int8_latency_ratio"] is None
+    md = (out / "summary.md").read_text()
+    assert "int8 top-1" in md and "int8 × full" in md
+    again = run(recipe, "--out", out, *int8)
+    assert again.exit_code == 0 and "model.int8.onnx exists: skip" in again.output, again.output
+    assert "latency.json exists: skip" in again.output

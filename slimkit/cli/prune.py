@@ -56,7 +56,8 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
         target_ms = lat["target_ratio"] * lat["full_median_ms"]
         console.print(f"latency {lat['ratio_to_full'] * lat['full_median_ms']:.3f} ms = {lat['ratio_to_full']:.3f}x the full "
                       f"model (95% CI {lat['ratio_ci'][0]:.3f}-{lat['ratio_ci'][1]:.3f}); budget {target_ms:.3f} ms, "
-                      f"measured on {lat['backend']}, {lat['threads']} thread(s), batch {lat['batch']}", highlight=False,
+                      f"measured on {lat['backend']}{' (int8)' if lat.get('precision') == 'int8' else ''}, "
+                      f"{lat['threads']} thread(s), batch {lat['batch']}", highlight=False,
                       markup=False)
 
 
@@ -87,6 +88,7 @@ def prune(
     backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = LatencyOptions.backend,
     threads: Annotated[Optional[int], typer.Option(help="Threads for --latency (default: physical cores).")] = None,
     batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = LatencyOptions.batch,
+    precision: Annotated[str, typer.Option(help="How --latency candidates are timed: fp32, or int8 (quantized as `slimkit export --int8` ships them, against the int8 full model; ort-cpu).")] = LatencyOptions.precision,
     method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = DEFAULT_METHOD,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
@@ -137,7 +139,7 @@ def prune(
                         weights=weights, selection=selection, search_space=search_space)
     options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
                    round_to=round_to, seed=seed, tolerance=tolerance, gates=gates,
-                   latency=LatencyOptions(backend=backend, threads=threads, batch=batch))
+                   latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision))
     if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
         try:
             run_prune(arch, budget, **options)

@@ -12,17 +12,18 @@ from rich.table import Table
 from slimkit import registry
 from slimkit.cli._common import console, make_progress, user_errors, warn
 from slimkit.cli.bench import render_report
-from slimkit.pipeline import (SUMMARY_COLUMNS, Layout, RunHooks, budget_reach, check_folder, format_cell,
-                              missing_data, run_recipe, stage_list)
+from slimkit.pipeline import (Layout, RunHooks, budget_reach, check_folder, format_cell,
+                              missing_data, run_recipe, stage_list, summary_columns)
 from slimkit.recipe import dump_recipe, load_recipe
 
 
 def render_summary(summary: dict[str, Any]) -> None:
     table = Table(title=escape(f"{summary['recipe']} — {summary['arch']}"))
-    for title, _, kind in SUMMARY_COLUMNS:
+    columns = summary_columns(summary)
+    for title, _, kind in columns:
         table.add_column(title, justify="left" if kind is None else "right")
     for row in summary["models"]:
-        table.add_row(row["name"], *[format_cell(row[key], kind) for _, key, kind in SUMMARY_COLUMNS[1:]])
+        table.add_row(row["name"], *[format_cell(row.get(key), kind) for _, key, kind in columns[1:]])
     console.print(table)
 
 
