@@ -147,9 +147,12 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
                     extra: list[Path] = ()) -> None:
     """Full model vs the exported one (and ``extra`` files: the int8 one), interleaved, written as
     OUT.latency.{json,md,png}."""
-    this = Candidate(name=out.stem, input_shape=(batch, *src.input_size), onnx_path=out, spec={"kind": "onnx"},
+    def label(p: Path) -> str:  # a checkpoint's export is always model.onnx: say whose
+        return f"{p.parent.name}/{p.stem}" if p.stem.split(".")[0] == "model" and p.parent.name else p.stem
+
+    this = Candidate(name=label(out), input_shape=(batch, *src.input_size), onnx_path=out, spec={"kind": "onnx"},
                      flops=src.plan.flops, params=src.plan.params)
-    cands = [this] + [Candidate(name=p.stem, input_shape=(batch, *src.input_size), onnx_path=p,
+    cands = [this] + [Candidate(name=label(p), input_shape=(batch, *src.input_size), onnx_path=p,
                                 spec={"kind": "onnx", "path": str(p)}, flops=src.plan.flops, params=src.plan.params)
                       for p in extra]
     full = src.plan.unpruned()
