@@ -261,15 +261,24 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
         result = _bisect(lambda f: uniform_widths(graph, f, round_to), graph, budget,
                          0.0, expand, True, iterations, tolerance)
     except _RoundingTooCoarse as exc:
-        # No single factor lands within tolerance: from the best plan under budget, widen
-        # groups one rounding step each, widest first (a step is the smallest relative change
-        # there), skipping any step that would exceed the budget. The plan stays uniform up to
-        # one step per group.
+        # No single factor lands within tolerance: from the best plan under budget, widen groups
+        # one rounding step at a time, in rounds (every group one step, widest first: a step is
+        # the smallest relative change there; then every group a second step...), skipping any
+        # step that would exceed the budget. Rounds keep the plan as even as the steps allow: no
+        # group is more than k steps above the others' factor after k rounds. One round is
+        # usually enough; models with a few very coarse groups (a transformer's embedding width,
+        # tied to whole heads) need the fine groups (MLP widths) to take a few more.
         factor, start = exc.best_under or (0.0, min_widths(graph, round_to))
         top = max_widths(graph, expand, round_to)
         order = sorted(graph.groups, key=lambda n: (-graph.groups[n].width, n))
-        moves = [(n, min(start[n] + _divisor(graph, n, round_to), top[n])) for n in order]
-        return _fill(graph, budget, start, moves, tolerance, factor, str(exc), selection="uniform up to one step")
+        steps = {n: _divisor(graph, n, round_to) for n in order}
+        rounds = max(1, max(-(-(top[n] - start[n]) // steps[n]) for n in order))
+        moves = [(n, min(start[n] + k * steps[n], top[n])) for k in range(1, rounds + 1) for n in order]
+        result = _fill(graph, budget, start, moves, tolerance, factor, str(exc), selection="uniform up to one step")
+        most = max(((w - start[n]) // steps[n] for n, w in result.widths.items()), default=0)
+        if most > 1:
+            result.selection = f"uniform up to {most} steps"
+        return result
     result.selection = "uniform"
     return result
 

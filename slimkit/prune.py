@@ -188,7 +188,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     elif method == "uniform":
         result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
         search = {"factor": round(result.value, 6), "iterations": result.iterations,
-                  "selection": "uniform up to one step" if result.filled else "uniform"}
+                  "selection": result.selection}
         if result.filled:  # no single factor landed within tolerance under channel rounding
             search["one_step_wider"] = result.filled
     else:

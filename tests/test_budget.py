@@ -117,3 +117,17 @@ def test_gate_order_fill_meets_budget_and_follows_gate_order(monkeypatch):
     res = budget_mod.search_threshold(g, gates, parse_budget("50%"), round_to=1, expand=1.25)
     assert res.selection == "gate-order fill"
     assert target * 0.99 <= res.flops <= target
+
+
+def test_uniform_fill_takes_more_rounds_when_one_step_per_group_is_not_enough():
+    """A few coarse groups and many fine ones (a transformer's embedding width vs its MLPs; here
+    resnet20 at 16 px, where one step of 8 channels is 12-50% of a 16-64-wide group): one step per
+    group cannot land, so the fill goes round again, widening groups a second step, evenly."""
+    g = channel_graph("resnet20", {}, (3, 16, 16))
+    target = 0.6 * g.count_flops()
+    res = search_uniform(g, parse_budget("60%"), round_to=8)
+    assert target * 0.99 <= res.flops <= target
+    base = uniform_widths(g, res.value, round_to=8)
+    steps = {n: (w - base[n]) // 8 for n, w in res.widths.items()}
+    assert all(0 <= k <= max(steps.values()) for k in steps.values())
+    assert max(steps.values()) == 2 and res.selection == "uniform up to 2 steps"

@@ -161,8 +161,10 @@ def prune(
         console.print(gate_summary(plan), highlight=False, markup=False)
     if plan.method == "uniform" and plan.search.get("one_step_wider"):
         wider = plan.search["one_step_wider"]
-        console.print(f"uniform up to one step: factor {plan.search['factor']:.4f}, then {len(wider)} group(s) one "
-                      "rounding step wider (no single factor lands within tolerance)", highlight=False)
+        steps = plan.search["selection"].removeprefix("uniform up to ")
+        console.print(f"{plan.search['selection']}: factor {plan.search['factor']:.4f}, then {len(wider)} group(s) "
+                      f"widened by at most {steps} (no single factor lands within tolerance under rounding)",
+                      highlight=False)
     if plot:
         others = {}
         if plan.method != "uniform":
