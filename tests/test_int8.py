@@ -111,7 +111,8 @@ def test_accuracy_check_logic():
     assert not Int8Check(**base, fp32_top1=float("nan"), int8_top1=0.88).passed
 
 
-@pytest.mark.slow  # trains a small checkpoint first (~30 s on a quiet 2-core CPU, 10 min loaded)
+# README's `slimkit export CHECKPOINT --onnx --int8` path (data from the checkpoint), so in the default
+# run: it trains a small checkpoint first (~30 s on a quiet 2-core CPU)
 def test_trained_checkpoint_passes_and_records_the_drop(trained_checkpoint, tmp_path):
     out = tmp_path / "m.onnx"
     r = _invoke("export", trained_checkpoint, "-o", out, "--exporter", "torchscript", "--int8",
