@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, load_model, onnx_metadata,
-                               plan_candidate)
+                               reference_candidate)
 from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress,
                                  parse_input_size, user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
@@ -151,14 +151,14 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
         return f"{p.parent.name}/{p.stem}" if p.stem.split(".")[0] == "model" and p.parent.name else p.stem
 
     this = Candidate(name=label(out), input_shape=(batch, *src.input_size), onnx_path=out, spec={"kind": "onnx"},
-                     flops=src.plan.flops, params=src.plan.params)
+                     flops=src.plan.flops, params=src.plan.params, plan=src.plan.to_dict())
     cands = [this] + [Candidate(name=label(p), input_shape=(batch, *src.input_size), onnx_path=p,
                                 spec={"kind": "onnx", "path": str(p)}, flops=src.plan.flops, params=src.plan.params)
                       for p in extra]
     full = src.plan.unpruned()
     if full.widths != src.plan.widths or src.plan.expand != 1.0:
         with tempfile.TemporaryDirectory(prefix="slimkit-export-") as tmp:
-            ref = plan_candidate(full, Path(tmp), batch, "full-" + full.arch.split(":")[-1])
+            ref = reference_candidate(this, Path(tmp), batch)  # the full model of this plan
             report = measure_with_progress([ref, *cands], backend="ort-cpu", threads=threads, warmup=10, runs=runs,
                                            device="cpu")
     else:
