@@ -65,7 +65,10 @@ INT8_SUFFIX = ".int8.onnx"
 
 
 class Int8CheckError(ExportError):
-    """The int8 model lost more accuracy (or output agreement) than allowed; no int8 file was written."""
+    """The int8 model lost more accuracy (or output agreement) than allowed; no int8 file was written.
+    ``check_summary`` says by how much (without the CLI-specific advice of the message)."""
+
+    check_summary: str = ""
 
 
 @dataclass
@@ -294,14 +297,17 @@ def quantize_onnx(fp32_path: str | Path, calib: np.ndarray, settings: QuantizeSe
 TIMING_CALIB_IMAGES = 8  # enough for onnxruntime to set every scale; the values do not change speed
 
 
-def quantize_for_timing(fp32_path: str | Path, input_size: tuple[int, ...], out: str | Path | None = None) -> Path:
+def quantize_for_timing(fp32_path: str | Path, input_size: tuple[int, ...], out: str | Path | None = None,
+                        batch: int = 1) -> Path:
     """``fp32_path`` quantized as :func:`export_int8` ships it (default settings), calibrated on
     seeded random images, written to ``out`` (default ``model.int8.onnx`` beside it). For latency
     only: the quantized graph, and so its speed, is the same whatever the calibration scales, and no
-    accuracy is claimed for it (it is not checked)."""
+    accuracy is claimed for it (it is not checked). ``batch``: the file's fixed batch, if any
+    (calibration feeds whole batches)."""
+    n = batch * math.ceil(TIMING_CALIB_IMAGES / batch)
     generator = torch.Generator().manual_seed(0)
-    calib = torch.randn(TIMING_CALIB_IMAGES, *input_size, generator=generator).numpy()
-    proto, record = quantize_onnx(fp32_path, calib, QuantizeSettings(calib_images=TIMING_CALIB_IMAGES))
+    calib = torch.randn(n, *input_size, generator=generator).numpy()
+    proto, record = quantize_onnx(fp32_path, calib, QuantizeSettings(calib_images=n))
     props = {"slimkit.precision": "int8", "slimkit.quantization": json.dumps({**record, "calib_data": "random (timing only)"})}
     onnx.helper.set_model_props(proto, props)
     out = Path(out) if out is not None else int8_path(fp32_path)
@@ -402,8 +408,10 @@ def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool, setti
         out.unlink(missing_ok=True)  # an int8 file from an earlier run must not pass for this one
         how = ("try --calib-images 1024 or --calib-method percentile, or raise --max-drop" if trained else
                "check that --data is the data the model is meant for, or raise --max-output-error")
-        raise Int8CheckError(f"int8 check failed, no int8 file written: {check.summary()}; {how} "
-                             f"(record: {record_path})")
+        error = Int8CheckError(f"int8 check failed, no int8 file written: {check.summary()}; {how} "
+                               f"(record: {record_path})")
+        error.check_summary = check.summary()
+        raise error
 
     props["slimkit.int8_check"] = json.dumps(check.to_dict())
     onnx.helper.set_model_props(proto, props)

@@ -117,7 +117,7 @@ class LatencyMeter:
         export(model.eval(), tuple(plan.input_size), path, batch=self.batch, exporter="torchscript",
                simplify=False, check_parity=False)
         if self.precision == "int8":
-            path = quantize_for_timing(path, tuple(plan.input_size))  # as `slimkit export --int8` ships it
+            path = quantize_for_timing(path, tuple(plan.input_size), batch=self.batch)  # as `export --int8` ships it
         cand = Candidate(name=label, input_shape=(self.batch, *plan.input_size), onnx_path=path,
                          module=model, flops=plan.flops, params=plan.params)  # module: the torch backends time it
         self._files[key] = cand

@@ -38,14 +38,14 @@ from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
 from slimkit.data import load_data
 from slimkit.exporters import get_exporter
-from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_path, quantize_for_timing
+from slimkit.exporters.int8 import Int8CheckError, QuantizeSettings, export_int8, int8_path, quantize_for_timing
 from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
 from slimkit.flops import format_count
 from slimkit.latency import LatencyReport, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
-from slimkit.recipe import Recipe, dump_recipe, num_classes_of, read_yaml
+from slimkit.recipe import Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
 from slimkit.validate import show
 
@@ -174,18 +174,31 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
     return f"{path or 'recipe'}: {show(old)} there, {show(new)} now"  # bounded: recipes may be huge
 
 
+# Keys that only decide the int8 stage: changing them reruns that stage (and bench, summary) in the
+# same folder instead of refusing it, since nothing trained depends on them.
+INT8_ONLY_KEYS = {"export": ("int8", "calib_images", "max_drop")}
+
+
+def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in INT8_ONLY_KEYS[k]} if k in INT8_ONLY_KEYS else v)
+            for k, v in resolved.items()}
+
+
 def check_folder(recipe: Recipe, lay: Layout) -> bool:
-    """True when ``lay.root`` already holds this recipe; an error when it holds another one."""
+    """True when ``lay.root`` already holds this recipe (up to :data:`INT8_ONLY_KEYS`); an error when
+    it holds another one. A ``recipe.yaml`` written before a key existed reads with that key at
+    its default, so folders of older versions resume."""
     if lay.root.exists() and not lay.root.is_dir():
         raise SlimkitError(f"--out {lay.root} is a file: give a folder for the run")
     if not lay.recipe.is_file():
         return False
     try:
-        old = read_yaml(lay.recipe.read_text())
-    except Exception:  # noqa: BLE001 - any damage: refuse rather than guess
+        old = parse_recipe(read_yaml(lay.recipe.read_text()), str(lay.recipe), check=False).to_dict()
+    except Exception:  # noqa: BLE001 - any damage (or a key no longer known): refuse rather than guess
         old = None
-    if old != recipe.to_dict():
-        what = _first_difference(old, recipe.to_dict()) if isinstance(old, dict) else "unreadable recipe.yaml"
+    new = recipe.to_dict()
+    if old is None or _identity(old) != _identity(new):
+        what = _first_difference(_identity(old), _identity(new)) if old is not None else "unreadable recipe.yaml"
         raise SlimkitError(f"{lay.root} holds a run of a different recipe ({what}): pick another --out "
                            f"or delete {lay.root}")
     return True
@@ -282,13 +295,26 @@ def _export_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
                           f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e}, {result.export_seconds:.1f}s)")
 
 
-def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
+def _int8_done(recipe: Recipe, lay: Layout) -> bool:
+    """model.int8.onnx is newer than model.onnx and was checked with this recipe's settings."""
+    if not _fresh([lay.onnx_int8], [lay.onnx]) or not lay.int8_check.is_file():
+        return False
+    try:
+        record = json.loads(lay.int8_check.read_text())
+        return (record["written"] and record["quantization"]["calib_images"] == recipe.export.calib_images
+                and record["check"]["limit"] == recipe.export.max_drop)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> Int8CheckError | None:
     """model.int8.onnx from model.onnx: onnxruntime's static quantization, calibrated on the recipe's
-    training images and checked on its test split (what ``slimkit export --int8`` does)."""
+    training images and checked on its test split (what ``slimkit export --int8`` does). A refused
+    check is returned, not raised, so the run still times and summarises the fp32 models."""
     e = recipe.export
     if not e.int8:
         return
-    if _fresh([lay.onnx_int8], [lay.onnx]):
+    if _int8_done(recipe, lay):
         hooks.stage("int8", f"{lay.onnx_int8.name} exists: skip")
         return
     loaded = load_model(str(lay.train / "checkpoint.pt"))
@@ -298,10 +324,14 @@ def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
                         f"then top-1 vs fp32 on the test split (at most {e.max_drop:g} points lost)")
     with hooks.bars() as (progress, _):
         task = progress.add_task("int8 check", total=None) if progress else None
-        result = export_int8(lay.onnx, data, trained=True, max_drop=e.max_drop, warn=hooks.warn,
-                             settings=QuantizeSettings(calib_images=e.calib_images, seed=loaded.plan.seed),
-                             progress=(lambda done, total: progress.update(task, completed=done, total=total))
-                             if progress else None)
+        try:
+            result = export_int8(lay.onnx, data, trained=True, max_drop=e.max_drop, warn=hooks.warn,
+                                 settings=QuantizeSettings(calib_images=e.calib_images, seed=loaded.plan.seed),
+                                 progress=(lambda done, total: progress.update(task, completed=done, total=total))
+                                 if progress else None)
+        except Int8CheckError as exc:  # the fp32 results still get timed and summarised; run_recipe re-raises
+            hooks.warn(f"int8 check failed, no int8 file written: {exc.check_summary}")
+            return exc
     check = result.details["check"]
     hooks.stage("int8", f"wrote {lay.onnx_int8} ({result.size_bytes / 1e6:.2f} MB): top-1 {100 * check['int8_top1']:.2f}% "
                         f"vs fp32 {100 * check['fp32_top1']:.2f}%")
@@ -317,11 +347,12 @@ def _measure(candidates, hooks: RunHooks, **options: Any) -> LatencyReport:
 
 def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks) -> None:
     e, b = recipe.export, recipe.bench
-    inputs = [lay.onnx, lay.plan, lay.uniform] + ([lay.onnx_int8] if e.int8 else [])
-    if _fresh(lay.latency_files, inputs) and (not e.int8 or _timed_int8(lay)):
+    int8 = e.int8 and lay.onnx_int8.is_file()  # a refused int8 check leaves no file: time fp32 only
+    inputs = [lay.onnx, lay.plan, lay.uniform] + ([lay.onnx_int8] if int8 else [])
+    if _fresh(lay.latency_files, inputs) and int8 == _timed_int8(lay):
         hooks.stage("bench", "latency.json exists: skip")
         return
-    names = "full vs uniform vs pruned" + (" (fp32 and int8)" if e.int8 else "")
+    names = "full vs uniform vs pruned" + (" (fp32 and int8)" if int8 else "")
     hooks.stage("bench", f"{names} on {recipe.prune.backend}, {b.runs} interleaved rounds")
     with tempfile.TemporaryDirectory(prefix="slimkit-run-") as tmp:
         cands = []
@@ -331,9 +362,9 @@ def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                 cands.append(plan_candidate(plans[name], Path(tmp), b.batch, name, opset=e.opset,
                                             dynamic_batch=e.dynamic_batch, exporter=e.exporter, check_parity=False))
         cands.append(onnx_candidate(lay.onnx, b.batch, name="pruned"))
-        if e.int8:
+        if int8:
             with hooks.status("quantizing the full model for timing"):
-                full_int8 = quantize_for_timing(cands[0].onnx_path, tuple(plans["full"].input_size))
+                full_int8 = quantize_for_timing(cands[0].onnx_path, tuple(plans["full"].input_size), batch=b.batch)
             cands += [onnx_candidate(full_int8, b.batch, name="full-int8"),
                       onnx_candidate(lay.onnx_int8, b.batch, name="pruned-int8")]
         report = _measure(cands, hooks, backend=recipe.prune.backend, threads=b.threads, warmup=10, runs=b.runs,
@@ -344,7 +375,7 @@ def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
 
 
 def _timed_int8(lay: Layout) -> bool:
-    """Whether latency.json already holds the int8 models (int8 may be switched on after a run)."""
+    """Whether latency.json holds the int8 models (export.int8 may change between runs of a folder)."""
     try:
         return "pruned-int8" in {m["name"] for m in json.loads((lay.root / "latency.json").read_text())["models"]}
     except (OSError, ValueError, KeyError, TypeError):
@@ -366,7 +397,12 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
     folders = {"pruned": lay.train, "full": lay.train_full,
                "uniform": lay.train if recipe.prune.method == "uniform" else lay.train_uniform}
     full_flops = plans["full"].flops
-    int8_check = json.loads(lay.int8_check.read_text()) if recipe.export.int8 and lay.int8_check.is_file() else None
+    int8_check = None
+    if recipe.export.int8 and lay.int8_check.is_file():
+        try:
+            int8_check = json.loads(lay.int8_check.read_text())
+        except ValueError:
+            int8_check = None  # damaged: the int8 columns stay empty rather than the summary failing
     rows = []
     for name in ("pruned", "uniform", "full"):
         plan = plans[name]
@@ -387,7 +423,11 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
             "int8_latency_median_ms": round(lat8["stats"]["median_ms"], 4) if lat8 else None,
             "int8_latency_ratio": round(lat8["ratio"], 4) if lat8 else None,  # to the full fp32 model
         })
-    return {"format": SUMMARY_FORMAT, "recipe": recipe.name, "arch": plans["pruned"].arch,
+    int8 = None
+    if recipe.export.int8 and int8_check is not None:
+        int8 = {"written": bool(int8_check.get("written")), "check": int8_check.get("check"),
+                "file": lay.onnx_int8.name if int8_check.get("written") else None}
+    return {"format": SUMMARY_FORMAT, "recipe": recipe.name, "arch": plans["pruned"].arch, "int8": int8,
             "data": recipe.data.name, "budget": plans["pruned"].budget, "method": recipe.prune.method,
             "latency": ({k: report[k] for k in ("backend", "device", "threads", "batch", "runs")} if report else None),
             "models": rows}
@@ -451,21 +491,26 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     same = check_folder(recipe, lay)
     start = time.perf_counter()
     with folder_lock(lay.root, "run"):
-        if not same:
+        resolved = dump_recipe(recipe)
+        if not same or not lay.recipe.read_text().endswith(resolved):  # new, or int8-only keys changed
             atomic_write_text(lay.recipe, f"# The resolved recipe of this run folder (from {source}, every key, "
                                           "defaults filled in).\n# `slimkit run` refuses to mix another recipe into "
-                                          "this folder.\n" + dump_recipe(recipe))
+                                          "this folder.\n" + resolved)
         plan, uniform = _prune_stage(recipe, lay, hooks)
         plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
         _train_stage(recipe, lay, plans, hooks)
         _export_stage(recipe, lay, hooks)
-        _int8_stage(recipe, lay, hooks)
+        refused = _int8_stage(recipe, lay, hooks)
         _bench_stage(recipe, lay, plans, hooks)
         summary = build_summary(recipe, lay, plans)
         _write_if_changed(lay.summary_json, json.dumps(summary, indent=1) + "\n")
         _write_if_changed(lay.summary_md, summary_markdown(summary))
     hooks.summary(summary)
     hooks.log(f"wrote {lay.summary_json}, {lay.summary_md}  ({time.perf_counter() - start:.1f}s)")
+    if refused is not None:  # asked for and not delivered: the run fails, with every fp32 result kept
+        raise Int8CheckError(f"int8 check failed, no int8 file written: {refused.check_summary}; the fp32 results "
+                             f"are in {lay.root}; rerun with --set export.calib_images=1024 or a larger --set "
+                             "export.max_drop (same folder; only the int8 stage reruns)")
     return summary
 
 

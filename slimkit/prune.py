@@ -282,7 +282,7 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
             "preset": preset, "gamma": cfg.gamma, "gamma_final": res.gamma, "adaptive_gamma": cfg.adaptive_gamma,
             "snapshot_rule": cfg.snapshot_rule, "augment": cfg.augment, "eval_bn": cfg.eval_bn,
             "nonzero_fraction": round(res.nonzero_fraction, 4), "lr": lr, "batch_size": bs, "steps": n_steps,
-            "target_r": round(r, 6), "search_input": list(bundle.train.input_size), "data": opts.data,
+            "target_r": round(r, 6), "penalty_target": round(res.aim, 6), "search_input": list(bundle.train.input_size), "data": opts.data,
             "device": str(dev), "chosen_step": res.step, "val_accuracy": round(res.val_accuracy, 4),
             "qualified": res.qualified, "seconds": round(res.seconds, 1),
             "gates": {"mean": round(sum(flat) / len(flat), 4), "min": round(min(flat), 4),

@@ -425,6 +425,14 @@ def _validate(r: Recipe, source: str) -> Recipe:
 
     e = r.export
     _check(e.exporter in EXPORTERS, source, f"export.exporter '{e.exporter}' is unknown: choose one of {', '.join(EXPORTERS)}")
+    # int8 files are timed where onnxruntime runs them as int8: its CPU provider
+    int8_timed = "prune.precision int8" if p.precision == "int8" else "export.int8" if e.int8 else None
+    _check(int8_timed is None or p.backend == "ort-cpu", source,
+           f"{int8_timed} times int8 files on onnxruntime's CPU provider, but prune.backend is '{p.backend}': "
+           "set prune.backend: ort-cpu")
+    _check(p.precision == "fp32" or e.int8, source,
+           "prune.precision int8 plans for the int8 file, but export.int8 is off, so the run would neither ship "
+           "nor time one: set export.int8: true")
 
     return r
 

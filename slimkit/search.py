@@ -82,6 +82,7 @@ class GateSearchResult:
     step_seconds: float = 0.0
     gamma: float = 0.0  # γ at the end (grows under adaptive_gamma)
     nonzero_fraction: float = 1.0  # of the chosen snapshot's learnable gates
+    aim: float = 0.0  # where the sparsity penalty pointed (r, or a little below it under adaptive_gamma)
 
 
 SNAPSHOT_RULES = ("mean", "nonzero")
@@ -212,7 +213,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
     return GateSearchResult(gates=gates, step=at, val_accuracy=acc, gate_mean=mean,
                             qualified=best is not None, history=history,
                             seconds=time.perf_counter() - start, step_seconds=step_time / max(step, 1),
-                            gamma=gamma, nonzero_fraction=nonzero)
+                            gamma=gamma, nonzero_fraction=nonzero, aim=aim)
 
 
 def steps_for_epochs(epochs: float, train_size: int, batch_size: int) -> int:

@@ -99,12 +99,13 @@ def test_cli_int8_latency_budget_times_quantized_candidates(tmp_path):
     graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
     template = ChannelPlan.from_widths("slimkit:resnet20", (3, 32, 32), {n: g.width for n, g in graph.groups.items()},
                                        arch_kwargs={"num_classes": 10})
-    meter = LatencyMeter(template, graph, precision="int8", threads=1)
-    try:
-        ops = {n.op_type for n in onnx.load(str(meter.full.onnx_path)).graph.node}
-        assert meter.full.onnx_path.name.endswith(".int8.onnx") and "QuantizeLinear" in ops
-    finally:
-        meter.close()
+    for batch in (1, 16):  # calibration feeds whole batches of a fixed-batch file: 16 > the 8 images it needs
+        meter = LatencyMeter(template, graph, precision="int8", threads=1, batch=batch)
+        try:
+            ops = {n.op_type for n in onnx.load(str(meter.full.onnx_path)).graph.node}
+            assert meter.full.onnx_path.name.endswith(".int8.onnx") and "QuantizeLinear" in ops
+        finally:
+            meter.close()
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -102,6 +102,9 @@ def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
     (MINIMAL, ["bench.runs=2"], ["bench.runs must be in [5,"]),
     (MINIMAL, ["prune.precision=fp16"], ["prune.precision 'fp16' is unknown", "int8"]),
     (MINIMAL, ["prune.precision=int8"], ["prune.precision int8", "prune.latency", "not prune.flops"]),
+    (MINIMAL.replace("flops: 50%", "latency: 50%"), ["prune.precision=int8"], ["export.int8 is off",
+                                                                              "set export.int8: true"]),
+    (MINIMAL, ["export.int8=true", "prune.backend=torch"], ["export.int8 times int8 files", "prune.backend: ort-cpu"]),
     (MINIMAL, ["export.int8=yes please"], ["export.int8 must be true or false"]),
     (MINIMAL, ["export.calib_images=0"], ["export.calib_images must be in"]),
 ])
@@ -188,20 +191,47 @@ def test_run_folder_in_use_is_refused(tmp_path):
     assert not out.exists()
 
 
-def test_run_with_an_int8_stage(tmp_path):
+def test_run_with_an_int8_stage(tmp_path, monkeypatch):
     """export.int8: model.int8.onnx beside model.onnx (checked against it on the test split), the
-    full and pruned int8 models in the latency report, int8 columns in the summary; a rerun skips."""
+    full and pruned int8 models in the latency report, int8 columns in the summary. A refused check
+    fails the run (exit 2, one line) but keeps every fp32 result, and a rerun with other int8 keys
+    redoes only the int8 stage in the same folder; a rerun skips; an older recipe.yaml resumes."""
+    import slimkit.pipeline as pipeline
+    from slimkit.exporters.int8 import Int8CheckError
+
     recipe = RECIPES[0].parent / "fmnist_resnet20_50.yaml"
     out = tmp_path / "run"
-    # synthetic data and 2 training steps: accuracy is chance, so the drop allowance is wide here;
-    # the refusal itself is tested in test_int8.py
-    int8 = [*TINY, "--set", "export.int8=true", "--set", "export.calib_images=16", "--set", "export.max_drop=100"]
+    int8 = [*TINY, "--set", "export.int8=true", "--set", "export.calib_images=16"]
+
+    def refuse(*args, **kwargs):  # the check itself is tested in test_int8.py; here: what the run does
+        error = Int8CheckError("int8 check failed, no int8 file written: top-1 40.00% -> 30.00% (drop 10.00 points "
+                               "> 1.00); try --calib-images 1024")
+        error.check_summary = "top-1 40.00% -> 30.00% (drop 10.00 points > 1.00)"
+        raise error
+
+    monkeypatch.setattr(pipeline, "export_int8", refuse)
+    r = run(recipe, "--out", out, *int8)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    error = r.output[r.output.rindex("error:"):].replace("\n", " ")  # the last thing printed, after the stages
+    for needle in ("int8 check failed", "drop 10.00 points", "fp32 results are in", "export.max_drop"):
+        assert needle in error, error
+    assert not (out / "model.int8.onnx").exists()
+    latency = json.loads((out / "latency.json").read_text())
+    assert [m["name"] for m in latency["models"]] == ["full", "uniform", "pruned"]  # fp32 timed all the same
+    assert (out / "summary.json").is_file()
+    monkeypatch.undo()
+
+    # synthetic data and 2 training steps: accuracy is chance, so the drop allowance is wide here
+    int8 += ["--set", "export.max_drop=100"]
     r = run(recipe, "--out", out, *int8)
     assert r.exit_code == 0, r.output
+    assert "train/ done" in r.output and "model.onnx exists: skip" in r.output  # only int8 (and bench) redone
     assert (out / "model.int8.onnx").is_file() and (out / "model.int8.check.json").is_file()
     latency = json.loads((out / "latency.json").read_text())
     assert [m["name"] for m in latency["models"]] == ["full", "uniform", "pruned", "full-int8", "pruned-int8"]
-    rows = {m["name"]: m for m in json.loads((out / "summary.json").read_text())["models"]}
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {m["name"]: m for m in summary["models"]}
+    assert summary["int8"]["written"] and summary["int8"]["file"] == "model.int8.onnx"
     assert rows["pruned"]["int8_top1"] is not None and rows["pruned"]["int8_latency_ratio"] > 0
     assert rows["full"]["int8_latency_median_ms"] > 0 and rows["uniform"]["int8_latency_ratio"] is None
     md = (out / "summary.md").read_text()
@@ -209,3 +239,11 @@ def test_run_with_an_int8_stage(tmp_path):
     again = run(recipe, "--out", out, *int8)
     assert again.exit_code == 0 and "model.int8.onnx exists: skip" in again.output, again.output
     assert "latency.json exists: skip" in again.output
+
+    # a folder written before the int8 keys existed: its recipe.yaml lacks them, and it still resumes
+    text = (out / "recipe.yaml").read_text()
+    for key in ("precision", "int8", "calib_images", "max_drop"):
+        text = "\n".join(line for line in text.splitlines() if not line.strip().startswith(f"{key}:")) + "\n"
+    (out / "recipe.yaml").write_text(text)
+    older = run(recipe, "--out", out, *TINY)
+    assert older.exit_code == 0 and "train/ done" in older.output, older.output

@@ -102,6 +102,7 @@ def test_paper_search_space_plan(graph):
                     **fast)
     assert default.search["target_r"] == pytest.approx(0.5 / 1.25 ** 2, abs=1e-3)
     assert default.search["adaptive_gamma"] and default.search["search_space"] == "full"
+    assert default.search["penalty_target"] < default.search["target_r"]  # adaptive γ aims below r
 
 
 def test_lr_does_not_depend_on_steps():
