@@ -27,8 +27,10 @@ def render_report(report) -> None:
     table = Table(title=f"{report.backend} · batch {report.batch} · {report.threads} thread(s) · "
                         f"{report.runs} interleaved rounds",
                   caption=f"times in ms; ratios to {ref}; {report.device}", box=box.SIMPLE)
-    for col in ("model", "MACs", "median", "p90", "per s", "ratio", "95% CI"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col in ("model", "95% CI"))
+    # numbers never wrap or truncate; a long model name folds onto a second line instead (80 columns)
+    table.add_column("model", justify="left", overflow="fold")
+    for col in ("MACs", "median", "p90", "per s", "ratio", "95% CI"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     for m in report.models:
         s = m["stats"]
         table.add_row(escape(m["name"]), format_count(m["flops"]) if m.get("flops") else "–",
