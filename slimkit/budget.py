@@ -274,10 +274,13 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
         steps = {n: _divisor(graph, n, round_to) for n in order}
         rounds = max(1, max(-(-(top[n] - start[n]) // steps[n]) for n in order))
         moves = [(n, min(start[n] + k * steps[n], top[n])) for k in range(1, rounds + 1) for n in order]
-        result = _fill(graph, budget, start, moves, tolerance, factor, str(exc), selection="uniform up to one step")
+        lows = min_widths(graph, round_to)
+        ladders = {n: _ladder(lows[n], top[n], steps[n]) for n in order}
+        result = _fill(graph, budget, start, moves, tolerance, factor, str(exc), selection="uniform up to one step",
+                       ladders=ladders)
         most = max(((w - start[n]) // steps[n] for n, w in result.widths.items()), default=0)
         if most > 1:
-            result.selection = f"uniform up to {most} steps"
+            result.selection = result.selection.replace("uniform up to one step", f"uniform up to {most} steps")
         return result
     result.selection = "uniform"
     return result
@@ -333,11 +336,32 @@ def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budg
         return _fill_by_gate_order(graph, distinct, budget, round_to, expand, tolerance, pinned)
 
 
+def _best_swap(graph: ChannelGraph, kind: str, target: float, cost: int, widths: dict[str, int],
+               ladders: Mapping[str, list[int]]) -> tuple[int, dict[str, int]] | None:
+    """One group a rung wider and another a rung thinner: the pair that lands highest under the
+    target (and above ``cost``), or None. Where every single step is coarser than the tolerance,
+    such a pair can land where adding alone cannot."""
+    rung = {n: ladders[n].index(w) if w in ladders[n] else None for n, w in widths.items()}
+    best: tuple[int, dict[str, int]] | None = None
+    for up, down in itertools.permutations(ladders, 2):
+        i, j = rung[up], rung[down]
+        if i is None or j is None or i == 0 or j == len(ladders[down]) - 1:
+            continue
+        trial = {**widths, up: ladders[up][i - 1], down: ladders[down][j + 1]}
+        trial_cost = _measure(graph, trial, kind)
+        if cost < trial_cost <= target and (best is None or trial_cost > best[0]):
+            best = (trial_cost, trial)
+    return best
+
+
 def _fill(graph: ChannelGraph, budget: Budget, start: dict[str, int], moves: list[tuple[str, int]],
-          tolerance: float, value: float | None, failure: str, selection: str) -> SearchResult:
+          tolerance: float, value: float | None, failure: str, selection: str,
+          ladders: Mapping[str, list[int]]) -> SearchResult:
     """Greedy fill to a budget: take each move (group -> wider width) in order unless it would
     exceed the budget; once a group's move is refused its later moves are too (they cost more).
-    Stops within a quarter of the tolerance under budget; never ends above the budget."""
+    Still short of the tolerance (every remaining step is coarser than it), swap: one group a rung
+    wider, another a rung thinner (``ladders``: each group's widths, widest first), then add what
+    fits again. Stops within a quarter of the tolerance under budget; never ends above the budget."""
     target = float(budget.value)
     widths = dict(start)
     cost = _measure(graph, widths, budget.kind)
@@ -356,13 +380,26 @@ def _fill(graph: ChannelGraph, budget: Budget, start: dict[str, int], moves: lis
             moved.append(name)
         if (target - cost) / target <= tolerance / 4:
             break
+    swaps = 0
+    while (target - cost) / target > tolerance / 4 and swaps < 4 * len(ladders):
+        swap = _best_swap(graph, budget.kind, target, cost, widths, ladders)
+        if swap is None:
+            break
+        cost, widths = swap
+        swaps += 1
+        for name in sorted(ladders, key=lambda n: (-graph.groups[n].width, n)):  # what fits now, widest first
+            i = ladders[name].index(widths[name]) if widths[name] in ladders[name] else 0
+            if i > 0 and (c := _measure(graph, {**widths, name: ladders[name][i - 1]}, budget.kind)) <= target:
+                widths, cost = {**widths, name: ladders[name][i - 1]}, c
     if abs(cost - target) / target > tolerance:
         raise BudgetError(
             f"{failure}; filling group by group reached only {format_count(cost)} "
             f"({100 * (cost - target) / target:+.1f}%)"
         )
+    moved = [n for n in moved if widths[n] != start[n]] + sorted(n for n in widths if widths[n] != start[n] and n not in moved)
     return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), value, len(moves),
-                        selection=selection, filled=moved)
+                        selection=selection + (f", then {swaps} swap{'s' * (swaps > 1)}" if swaps else ""),
+                        filled=moved)
 
 
 def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
@@ -388,9 +425,12 @@ def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], b
         moves.append((name, width_for(name, kept[name])))
     start = {name: width_for(name, 0) for name in graph.groups}
     failure = f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(float(budget.value))})"
+    highs = max_widths(graph, expand, round_to)
+    ladders = {n: [pinned[n]] if n in pinned else _ladder(mins[n], highs[n], _divisor(graph, n, round_to))
+               for n in graph.groups}
     return _fill(graph, budget, start, moves, tolerance, None,
                  failure + ": channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance",
-                 selection="gate-order fill")
+                 selection="gate-order fill", ladders=ladders)
 
 
 def _ladder(low: int, high: int, divisor: int) -> list[int]:
@@ -526,19 +566,12 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
     for _ in range(4 * len(graph.groups)):
         if (target - cost) / target <= tolerance / 4:
             break
-        best: tuple[int, str, str] | None = None
-        for up, down in itertools.permutations(graph.groups, 2):
-            if step[up] == 0 or step[down] == len(ladders[down]) - 1:
-                continue
-            trial = {**widths, up: ladders[up][step[up] - 1], down: ladders[down][step[down] + 1]}
-            trial_cost = _measure(graph, trial, budget.kind)
-            if cost < trial_cost <= target and (best is None or trial_cost > best[0]):
-                best = (trial_cost, up, down)
-        if best is None:
+        swap = _best_swap(graph, budget.kind, target, cost, widths, ladders)
+        if swap is None:
             break
-        cost, up, down = best
-        set_rung(up, step[up] - 1)
-        set_rung(down, step[down] + 1)
+        cost, swapped = swap
+        for name in [n for n in swapped if swapped[n] != widths[n]]:
+            set_rung(name, ladders[name].index(swapped[name]))
         iterations += 1 + add_back()
     assert cost == _measure(graph, widths, budget.kind), "incremental cost drifted from the full count"
     if (target - cost) / target > tolerance and over is not None and (over[1] - target) / target <= tolerance:

@@ -202,7 +202,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         else:
             result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
                                       tolerance=tolerance, pinned=pinned)
-            filled = result.selection == "gate-order fill"  # no single τ fit: channels added in gate order
+            filled = result.selection.startswith("gate-order fill")  # no single τ fit: channels added in gate order
             search.update({"threshold": None if filled else round(result.value, 6),
                            "threshold_iterations": result.iterations, "selection": result.selection})
     if method == "scratch":

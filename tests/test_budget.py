@@ -1,6 +1,7 @@
 import pytest
 
-from slimkit.budget import make_divisible, max_widths, parse_budget, search_uniform, uniform_widths
+from slimkit.budget import (make_divisible, max_widths, parse_budget, search_threshold, search_uniform,
+                            uniform_widths)
 from slimkit.errors import BudgetError
 from slimkit.generator import channel_graph
 
@@ -135,3 +136,17 @@ def test_uniform_fill_takes_more_rounds_when_one_step_per_group_is_not_enough():
     for name in (n for n, k in steps.items() if k == 0):
         wider = {**res.widths, name: res.widths[name] + 8}
         assert res.widths[name] + 8 > g.groups[name].width or g.count_flops(wider) > target, name
+
+
+def test_a_swap_lands_where_every_single_step_is_coarser_than_the_tolerance():
+    """resnet20 at 16 px and 30%, --round-to 8: every remaining step moves MACs by more than 1%, so
+    adding alone stops short (it used to fail at -1.5%); one group a rung wider and another a rung
+    thinner lands, and the plan says so."""
+    g = channel_graph("resnet20", {}, (3, 16, 16))
+    target = 0.3 * g.count_flops()
+    res = search_uniform(g, parse_budget("30%"), round_to=8)
+    assert target * 0.99 <= res.flops <= target
+    assert res.selection.endswith("swap") or "swaps" in res.selection
+    gates = {n: [1.0 - i / grp.width for i in range(grp.width)] for n, grp in g.groups.items()}
+    plan = search_threshold(g, gates, parse_budget("30%"), round_to=8)  # the gate-order fill lands too
+    assert target * 0.99 <= plan.flops <= target and "swap" in plan.selection

@@ -161,9 +161,8 @@ def prune(
         console.print(gate_summary(plan), highlight=False, markup=False)
     if plan.method == "uniform" and plan.search.get("one_step_wider"):
         wider = plan.search["one_step_wider"]
-        steps = plan.search["selection"].removeprefix("uniform up to ")
-        console.print(f"{plan.search['selection']}: factor {plan.search['factor']:.4f}, then {len(wider)} group(s) "
-                      f"widened by at most {steps} (no single factor lands within tolerance under rounding)",
+        console.print(f"{plan.search['selection']}: factor {plan.search['factor']:.4f}, {len(wider)} group(s) moved "
+                      "off it by whole rounding steps (no single factor lands within tolerance under rounding)",
                       highlight=False)
     if plot:
         others = {}
@@ -186,6 +185,6 @@ def gate_summary(plan: ChannelPlan) -> str:
     elif s.get("selection") == "cost-aware":
         how = "channels ranked by gate per unit of cost, "
     else:
-        how = "channels taken in gate order (no single τ within tolerance), "
+        how = f"{s.get('selection', 'gate-order fill')} (no single τ within tolerance), "
     return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} on random "
             f"frozen weights), mean λ {s['gates']['mean']:.3f}, {how}{s['seconds']:.0f}s")
