@@ -330,8 +330,9 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="write the Markdown summary of the broad results")
     ap.add_argument("--choose-families", action="store_true", help="pick each timm CNN family's smallest variant")
     ap.add_argument("--out", default=str(HERE / "results" / "zoo_roundtrip"))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another job on 2 cores)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.choose_families:
         chosen = choose_families()
         MODELS_FILE.write_text(json.dumps({"modules": list(TIMM_CNN_MODULES), "timm": chosen}, indent=1) + "\n")
