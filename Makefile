@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export MALLOC_TOP_PAD_ = 1073741824
 
-.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget bench-ddp bench-reproduce bench-compare clean
+.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget bench-ddp bench-reproduce bench-compare bench-default-prunes clean
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,9 @@ bench-ddp: setup data
 # own budget (15 full epochs, ~580 epochs in all) is `$(PY) bench/reproduce.py`: hours on a GPU.
 bench-reproduce: setup data
 	$(PY) bench/reproduce.py --epochs 1 --max-steps 100 --steps 150
+
+bench-default-prunes: setup data  # the three default prune commands of docs/search.md, timed
+	$(PY) bench/default_prunes.py
 
 bench-compare: setup data  # the paired structure study of docs/search.md (hours; resumable)
 	$(PY) bench/compare_structures.py
