@@ -46,6 +46,22 @@ def test_prune_uniform_writes_plan_and_plot(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("budget", ["50%", "25%"])
+def test_prune_with_the_default_method(tmp_path, budget):
+    """README's `slimkit prune ARCH --flops X`: the default method (scratch gates, threshold,
+    round-to 8), here on synthetic data and a few steps; at 25% ResNet-20's 8-channel steps are
+    too coarse for one τ, so the fill (and a swap) path runs and is reported."""
+    out = tmp_path / "plan.json"
+    r = run("prune", "resnet20", "--flops", budget, "--data", "synthetic", "--steps", "6", "--batch-size", "16",
+            "--val-size", "32", "--out", out)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(out.read_text())
+    assert plan["method"] == "scratch" and plan["round_to"] == 8
+    assert abs(plan["flops"] - plan["budget"]["value"]) / plan["budget"]["value"] <= 0.01
+    assert "gates: chosen at step" in r.output and plan["search"]["selection"] in r.output.replace("\n", " ")
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize("args,needles", [
     (["prune", "mobilenet_v11", "--flops", "150M"], ["unknown architecture", "mobilenet_v1"]),
     (["prune", "mobilenet_v1", "--flops", "150X"], ["cannot read FLOPs budget"]),
