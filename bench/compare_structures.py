@@ -440,6 +440,9 @@ def main() -> None:
     ap.add_argument("--latency-runs", type=int, default=200)
     ap.add_argument("--device", default="auto", help="auto: CUDA when present, else CPU")
     ap.add_argument("--no-full", action="store_true", help="skip the full-model protocol check")
+    ap.add_argument("--full-seeds", type=int, default=1,
+                    help="train the full model (the protocol check) for the first N seeds only: it is not part "
+                         "of any pair, and each run costs as much as a pruned one on a CPU")
     ap.add_argument("--plans-only", action="store_true", help="plan, measure latency, print MAC shares; no training")
     ap.add_argument("--smoke", action="store_true", help="tiny settings end to end (8 steps/epoch, 2 epochs, "
                                                          "20 gate steps, 2 seeds, 20 latency runs; with "
@@ -481,7 +484,8 @@ def main() -> None:
                 break
             fulls_done: set[tuple[str, int]] = set()
             for cell in cells.values():
-                if not args.no_full and (cell.arch, cell.side) not in fulls_done:  # once per model and size
+                check = not args.no_full and seed in args.seeds[:args.full_seeds]
+                if check and (cell.arch, cell.side) not in fulls_done:  # once per model and size
                     run_full(cell.arch, cell.side, seed, args, results, work, cell)
                     fulls_done.add((cell.arch, cell.side))
                 run_cell_seed(cell, seed, args, results, work)
