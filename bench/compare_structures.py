@@ -22,8 +22,10 @@ default gate learning), cost-aware = ``--selection cost-aware`` on the same gate
 ``--search-space paper --expand 1.25``.
 
 Resumable and incremental: each finished training is written at once to
-``<results>/runs/<cell>-<structure>-s<seed>.json``; rerunning skips finished runs and resumes a
-training from its last epoch checkpoint under ``--work``. ``--summarize`` only rebuilds the table.
+``<results>/runs/<cell>-<structure>-s<seed>.json``, and each plan to ``<results>/plans/`` before it
+trains (committed too: a fresh clone trains exactly the plans of the runs it pairs with); rerunning
+skips finished runs and resumes a training from its last epoch checkpoint under ``--work``.
+``--summarize`` only rebuilds the table.
 
     python bench/compare_structures.py                      # the full study (hours)
     python bench/compare_structures.py --smoke              # seconds per run: proves the machinery
@@ -266,7 +268,7 @@ def run_cell_seed(cell: Cell, seed: int, args, results: Path, work: Path) -> Non
     paths: dict[str, Path] = {}
     for name in cell.structures:
         for round_to in (1, 8):
-            path = work / "plans" / f"{cell.name}-{name}-r{round_to}-s{seed}.json"
+            path = results / "plans" / f"{cell.name}-{name}-r{round_to}-s{seed}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             print(f"[{tag}] plan {name} round_to={round_to}")
             plans[f"{name}/r{round_to}"] = planned(path, lambda: make_plan(cell, STRUCTURES[name], seed, round_to, args))
@@ -492,7 +494,7 @@ def main() -> None:
         if args.plans_only:
             for cell in cells.values():
                 seed = args.seeds[0]
-                plans = {s: planned(work / "plans" / f"{cell.name}-{s}-r1-s{seed}.json",
+                plans = {s: planned(results / "plans" / f"{cell.name}-{s}-r1-s{seed}.json",
                                     lambda s=s: make_plan(cell, STRUCTURES[s], seed, 1, args))
                          for s in cell.structures}
                 print("\n".join(share_table(plans, f"{cell.name} seed {seed}")) + "\n")
