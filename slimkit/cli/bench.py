@@ -26,7 +26,7 @@ def render_report(report) -> None:
     ref = report.models[0]["name"]
     table = Table(title=f"{report.backend} · batch {report.batch} · {report.threads} thread(s) · "
                         f"{report.runs} interleaved rounds",
-                  caption=f"times in ms; ratios to {ref}; {report.device}", box=box.SIMPLE)
+                  caption=f"times in ms; ratios to {ref}; {report.device}", box=box.SIMPLE, pad_edge=False)
     # numbers never wrap or truncate; a long model name folds onto a second line instead (80 columns)
     table.add_column("model", justify="left", overflow="fold")
     for col in ("MACs", "median", "p90", "per s", "ratio", "95% CI"):
