@@ -396,7 +396,7 @@ def _fill(graph: ChannelGraph, budget: Budget, start: dict[str, int], moves: lis
             f"{failure}; filling group by group reached only {format_count(cost)} "
             f"({100 * (cost - target) / target:+.1f}%)"
         )
-    moved = [n for n in moved if widths[n] != start[n]] + sorted(n for n in widths if widths[n] != start[n] and n not in moved)
+    moved = [n for n in dict.fromkeys(moved + sorted(widths)) if widths[n] != start[n]]  # fill order, then swapped
     return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), value, len(moves),
                         selection=selection + (f", then {swaps} swap{'s' * (swaps > 1)}" if swaps else ""),
                         filled=moved)

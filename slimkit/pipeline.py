@@ -149,10 +149,8 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
         trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
     int8 = recipe.export.int8
     onnx_state = "exists: skip" if _fresh([lay.onnx], [lay.train / "checkpoint.pt"]) else "would run"
-    int8_state = "exists: skip" if _fresh([lay.onnx_int8], [lay.onnx]) else "would run"
-    bench_state = ("exists: skip" if _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform]
-                                            + ([lay.onnx_int8] if int8 else [])) and (not int8 or _timed_int8(lay))
-                   else "would run")
+    int8_state = "exists: skip" if _int8_done(recipe, lay) else "would run"
+    bench_state = "exists: skip" if _bench_done(recipe, lay) else "would run"
     return [
         ("prune", [(lay.plan, f"{recipe.prune.method} plan: {status(lay.plan)}"),
                    (lay.uniform, f"uniform plan, same budget: {status(lay.uniform)}"),
@@ -347,9 +345,8 @@ def _measure(candidates, hooks: RunHooks, **options: Any) -> LatencyReport:
 
 def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks) -> None:
     e, b = recipe.export, recipe.bench
-    int8 = e.int8 and lay.onnx_int8.is_file()  # a refused int8 check leaves no file: time fp32 only
-    inputs = [lay.onnx, lay.plan, lay.uniform] + ([lay.onnx_int8] if int8 else [])
-    if _fresh(lay.latency_files, inputs) and int8 == _timed_int8(lay):
+    int8 = _times_int8(recipe, lay)
+    if _bench_done(recipe, lay):
         hooks.stage("bench", "latency.json exists: skip")
         return
     names = "full vs uniform vs pruned" + (" (fp32 and int8)" if int8 else "")
@@ -374,12 +371,22 @@ def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
     hooks.log("  wrote " + ", ".join(str(p) for p in written))
 
 
-def _timed_int8(lay: Layout) -> bool:
-    """Whether latency.json holds the int8 models (export.int8 may change between runs of a folder)."""
+def _times_int8(recipe: Recipe, lay: Layout) -> bool:
+    """The bench stage times the int8 models: asked for, and a file to time (a refused check leaves none)."""
+    return recipe.export.int8 and lay.onnx_int8.is_file()
+
+
+def _bench_done(recipe: Recipe, lay: Layout) -> bool:
+    """latency.* is newer than what it timed and holds the int8 models exactly when they are timed
+    (export.int8 may change between runs of a folder)."""
+    int8 = _times_int8(recipe, lay)
+    if not _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform] + ([lay.onnx_int8] if int8 else [])):
+        return False
     try:
-        return "pruned-int8" in {m["name"] for m in json.loads((lay.root / "latency.json").read_text())["models"]}
+        timed = {m["name"] for m in json.loads((lay.root / "latency.json").read_text())["models"]}
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    return ("pruned-int8" in timed) == int8
 
 
 # ---------------------------------------------------------------------------- summary
