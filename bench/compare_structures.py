@@ -222,7 +222,8 @@ def run_training(source, folder: Path, cfg: TrainConfig) -> dict:
         if done["final"]["epoch"] >= done["epochs"]:
             return done
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    train(source, folder, cfg, resume=(folder / "checkpoint.pt").exists(), log=lambda m: print(f"    {m}"))
+    train(source, folder, cfg, resume=(folder / "checkpoint.pt").exists(),
+          log=lambda m: print(f"    [{folder.name}] {m}", flush=True))  # workers share one log
     done = json.loads(metrics.read_text())
     done["session_cpu_seconds"] = round(time.process_time() - cpu0, 1)
     done["session_wall_seconds"] = round(time.perf_counter() - wall0, 1)
@@ -373,8 +374,9 @@ def _worker_init(threads: int) -> None:
 
 def run_study(jobs: Iterator[TrainJob], args) -> int:
     """Run the jobs; with ``--workers N`` in N processes, planning the next cell in this process
-    only when fewer than N + 1 trainings are waiting (so gate learning overlaps training but does
-    not run far ahead of it). Returns the number of failed trainings."""
+    once at most 2N trainings are running or queued: the queue covers the paper space's long gate
+    learning (~10 min), and planning never runs a whole seed ahead of training. Returns the number
+    of failed trainings."""
     if args.workers <= 1:
         for job in jobs:
             run_job(job, args)
@@ -397,7 +399,7 @@ def run_study(jobs: Iterator[TrainJob], args) -> int:
             future = pool.submit(run_job, job, args)
             pending_jobs[future] = job
             pending.add(future)
-            while len(pending) > args.workers:
+            while len(pending) > 2 * args.workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 collect(done)
         collect(wait(pending).done)
