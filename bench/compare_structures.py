@@ -466,13 +466,16 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
             summary["cells"][cell_name][s] = row
             lines.append(f"| {cell_name} | {s} | {len(got)} | {100 * row['mean']:.2f} | {diff_text} | "
                          f"{row['params'] / 1e3:.0f}K | {lat_text} |")
-    spent = sum(r.get("train_wall_seconds") or sum(r["epoch_wall_seconds"]) for r in runs)
+    spent = sum(sum(r["epoch_wall_seconds"]) for r in runs)  # all epochs, also those before a resume
     planned_runs = (len(seeds_of(runs)) * sum(len(c.structures) for c in cells.values())
                     + sum(r["kind"] == "full" for r in runs))  # the full model trains for --full-seeds only
     if runs:
-        lines += ["", f"Training wall time of the {len(runs)} finished runs: {spent / 3600:.2f} h "
+        workers = max(r["environment"].get("workers", 1) for r in runs)
+        lines += ["", f"Training time of the {len(runs)} finished runs, summed over runs: {spent / 3600:.2f} h "
                   f"({planned_runs} runs planned for the seeds seen; a naive projection: "
-                  f"{spent / len(runs) * planned_runs / 3600:.1f} h)."]
+                  f"{spent / len(runs) * planned_runs / 3600:.1f} h summed"
+                  + (f"; up to {workers} trained at once, so the wall clock took less" if workers > 1 else "")
+                  + ")."]
     lines += ["", "Latency: onnxruntime CPU, batch 1, median of interleaved runs; r1 = the trained plan "
               "(round_to 1), r8 = the same gates rounded to multiples of 8, landing as near the budget as "
               "rounding allows (its MACs are shown: ResNet-20's 16/32/64-wide groups cannot always land near "
