@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from slimkit import prune
 from slimkit.cli import app
 from slimkit.exporters import ExportError, get_exporter
-from slimkit.exporters.onnx import export, read_metadata
+from slimkit.exporters.onnx import export, parity_limit, read_metadata
 from slimkit.artifacts import calibrate_bn, load_model
 
 runner = CliRunner()
@@ -97,6 +97,22 @@ def test_parity_failure_is_an_error_and_leaves_nothing(tmp_path):
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export(_Random(), (3, 8, 8), tmp_path / "m.onnx", exporter="torchscript")
     assert _leftovers(tmp_path) == []
+
+
+def test_parity_tolerance_grows_with_the_outputs(tmp_path):
+    """fp32 rounding scales with magnitude: large outputs differ by more than 1e-4 between runtimes
+    on a correct graph (a random-init MobileNet's logits once failed the study's latency export)."""
+    assert parity_limit(1e-4, 0.5) == 1e-4
+    assert parity_limit(1e-4, 12.3) == pytest.approx(1.23e-3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(30)  # outputs in the thousands
+    d = export(model, (3, 16, 16), tmp_path / "m.onnx", exporter="torchscript").details
+    assert d["parity_output_scale"] > 100 and d["parity_max_abs_diff"] > 1e-4  # the old absolute bound failed it
+    assert d["parity_max_abs_diff"] <= d["parity_limit"]
 
 
 def test_existing_file_survives_a_failed_export(tmp_path):
