@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export MALLOC_TOP_PAD_ = 1073741824
 
-.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget bench-ddp bench-reproduce bench-compare bench-default-prunes clean
+.PHONY: setup data test test-slow demo latency-gate bench-zoo bench-gate-step bench-export bench-latency-gate bench-latency-budget bench-ddp bench-reproduce bench-compare bench-default-prunes bench-study-throughput clean
 
 setup: $(VENV)/.installed
 
@@ -81,6 +81,9 @@ bench-default-prunes: setup data  # the three default prune commands of docs/sea
 # once: on 2 cores that trains ~2x the runs per hour of one 2-thread training (docs/search.md).
 bench-compare: setup data
 	$(PY) bench/compare_structures.py --workers 2 --threads 1
+
+bench-study-throughput: setup  # why bench-compare runs 2 x 1 thread (quiet machine, ~2 min)
+	$(PY) bench/study_throughput.py
 
 bench-latency-budget: setup
 	$(PY) bench/latency_budget.py

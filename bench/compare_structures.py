@@ -35,18 +35,22 @@ skips finished runs and resumes a training from its last epoch checkpoint under 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -257,6 +261,21 @@ def result_record(kind: str, cell: Cell, structure: str, seed: int, plan: Channe
             "max_steps_per_epoch": args.max_steps, "environment": environment(args)}
 
 
+@contextlib.contextmanager
+def trainings_paused() -> Iterator[int]:
+    """Stop this process's worker processes (SIGSTOP) while it times plans: latency measured beside
+    two running trainings on two cores is mostly the scheduler's. Their epochs' wall time grows by
+    the pause (seconds); nothing else changes."""
+    pids = [p.pid for p in multiprocessing.active_children()] if hasattr(signal, "SIGSTOP") else []
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield len(pids)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def measure_latency(plans: dict[str, Path], args) -> dict[str, dict]:
     """ORT CPU, batch 1, interleaved: {name: {median_ms, p90_ms, ratio_to_first}}."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,7 +302,9 @@ def prepare_cell_seed(cell: Cell, seed: int, args, results: Path, work: Path) ->
     """Plan every structure of a cell at one seed (round_to 1 and 8), time them, and return the
     trainings still to run."""
     tag = f"{cell.name}-s{seed}"
-    if all((results / "runs" / f"{cell.name}-{name}-s{seed}.json").exists() for name in cell.structures):
+    lat_path = results / "latency" / f"{tag}.json"  # deleted: timed again (the summary reads it, not the runs)
+    if lat_path.exists() and all((results / "runs" / f"{cell.name}-{n}-s{seed}.json").exists()
+                                 for n in cell.structures):
         return []
     plans: dict[str, ChannelPlan] = {}
     paths: dict[str, Path] = {}
@@ -307,13 +328,14 @@ def prepare_cell_seed(cell: Cell, seed: int, args, results: Path, work: Path) ->
                 print(f"[{tag}] {name}: {exc}", flush=True)
                 continue
             paths[f"{name}/r{round_to}"] = path
-    lat_path = results / "latency" / f"{tag}.json"
     if not lat_path.exists():
         print(f"[{tag}] ORT latency of {len(paths)} plans", flush=True)
         lat_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(lat_path, json.dumps({"cell": cell.name, "seed": seed, "threads": args.latency_threads,
-                                                "runs": args.latency_runs, "environment": environment(args),
-                                                "models": measure_latency(paths, args)}, indent=1) + "\n")
+        with trainings_paused() as paused:
+            record = {"cell": cell.name, "seed": seed, "threads": args.latency_threads, "runs": args.latency_runs,
+                      "models": measure_latency(paths, args), "trainings_paused": paused,
+                      "environment": environment(args)}
+        atomic_write_text(lat_path, json.dumps(record, indent=1) + "\n")
     latency = json.loads(lat_path.read_text())["models"]
     jobs = []
     for name in cell.structures:
@@ -382,19 +404,20 @@ def run_study(jobs: Iterator[TrainJob], args) -> int:
             run_job(job, args)
         return 0
     failed = 0
+    pending_jobs: dict = {}
 
     def collect(done) -> None:
         nonlocal failed
         for future in done:
             if (exc := future.exception()) is not None:
                 failed += 1
-                print(f"[{pending_jobs[future].out.stem}] FAILED: {type(exc).__name__}: {exc}", flush=True)
+                print(f"[{pending_jobs[future].out.stem}] FAILED:", flush=True)
+                traceback.print_exception(exc, file=sys.stdout)
 
-    pending_jobs: dict = {}
     ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
-    with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(args.threads,)) as pool:
-        pending: set = set()
+    pool = ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_worker_init, initargs=(args.threads,))
+    pending: set = set()
+    try:
         for job in jobs:
             future = pool.submit(run_job, job, args)
             pending_jobs[future] = job
@@ -403,12 +426,36 @@ def run_study(jobs: Iterator[TrainJob], args) -> int:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 collect(done)
         collect(wait(pending).done)
+    except BrokenProcessPool:  # a worker died (killed, out of memory): its epoch checkpoints survive
+        collect([f for f in pending if f.done()])
+        print("a training process died: stopped; rerun to resume the unfinished trainings", flush=True)
+        failed += 1
+    except BaseException:
+        # planning failed or Ctrl-C: stop now rather than after the queued trainings (hours); the
+        # running ones lose at most their current epoch
+        for child in multiprocessing.active_children():
+            child.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return failed
 
 
 # ------------------------------------------------------------------------ summary
 def seeds_of(runs: list[dict]) -> set[int]:
     return {r["seed"] for r in runs}
+
+
+def latency_of(results: Path, run: dict) -> dict | None:
+    """A run's latency from its cell's latency file (timed again when that file is deleted), else the
+    copy its record took when it finished."""
+    path = results / "latency" / f"{run['cell']}-s{run['seed']}.json"
+    if not path.exists():
+        return run.get("latency")
+    models = json.loads(path.read_text())["models"]
+    lat = {f"round_to_{k}": models.get(f"{run['structure']}/r{k}") for k in (1, 8)}
+    lat["round_to_8_flops"] = (run.get("latency") or {}).get("round_to_8_flops")
+    return lat if lat["round_to_1"] else None
 
 
 def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
@@ -450,7 +497,7 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
                                      "ci": [mean - half, mean + half]}
                     diff_text = (f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] "
                                  f"(n={len(pairs)})")
-            lat = [r["latency"] for r in got.values() if r.get("latency")]
+            lat = [x for r in got.values() if (x := latency_of(results, r))]
             lat_text = "-"
             if lat:
                 r1 = statistics.median(x["round_to_1"]["median_ms"] for x in lat)
@@ -536,7 +583,8 @@ def main() -> int:
     ap.add_argument("--paper-gate-steps", type=int, default=3500,
                     help="gate-learning steps of the paper's search space (official code: ~3,500)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke runs only)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for training and gate learning")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per training and for gate learning (default: 1 with --workers > 1, else 2)")
     ap.add_argument("--workers", type=int, default=1,
                     help="trainings run at once, each in its own process with --threads threads (the thin "
                          "ResNet-20s are overhead-bound: on 2 cores, 2 workers x 1 thread train ~2x the runs per "
@@ -568,6 +616,8 @@ def main() -> int:
             args.seeds = [0, 1]
         if args.results == ap.get_default("results"):
             args.results = str(Path(args.work) / "smoke_results")
+    if args.threads is None:
+        args.threads = 1 if args.workers > 1 else 2
     torch.set_num_threads(args.threads)
     if args.mac_shares:
         mac_shares(args)
