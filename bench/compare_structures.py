@@ -469,9 +469,15 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
         if r["kind"] == "full":
             summary["full"].setdefault(f"{r['arch']}@{r['input_side']}px", []).append(r["test_top1"])
     for key, accs in summary["full"].items():
-        verdict = "passes" if statistics.mean(accs) >= 0.92 else "FAILS: raise --epochs or --side before reading the table"
+        if key.startswith("resnet20@"):  # the protocol check: the study's schedule and size must train it
+            verdict = ("protocol check >= 92%: " + ("passes" if statistics.mean(accs) >= 0.92 else
+                                                    "FAILS: raise --epochs or --side before reading the table"))
+        else:  # measured, not chosen: see docs/search.md section 6 before reading its cell
+            verdict = ("the reference of its cell, below the 92% the protocol asks of ResNet-20: read "
+                       "docs/search.md section 6 before its cell" if statistics.mean(accs) < 0.92
+                       else "the reference of its cell")
         lines.append(f"Full {key}: test top-1 {100 * statistics.mean(accs):.2f}% over {len(accs)} seed(s) "
-                     f"(protocol check >= 92%: {verdict})")
+                     f"({verdict})")
     lines += ["", "| cell | structure | seeds | top-1 mean | paired diff vs uniform (95% t-interval) | "
               "params | ORT ms r1 / r8 (x uniform) |", "|---|---|---|---|---|---|---|"]
     for cell_name, cell in cells.items():
