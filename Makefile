@@ -78,7 +78,7 @@ bench-default-prunes: setup data  # the three default prune commands of docs/sea
 	$(PY) bench/default_prunes.py
 
 # The paired structure study of docs/search.md (hours; resumable). Two single-threaded trainings at
-# once: on 2 cores that trains ~2x the runs per hour of one 2-thread training (docs/search.md).
+# once: on 2 cores that trains ~1.5x the images per second of one 2-thread training (docs/search.md).
 bench-compare: setup data
 	$(PY) bench/compare_structures.py --workers 2 --threads 1
 

@@ -593,8 +593,8 @@ def main() -> int:
                     help="torch threads per training and for gate learning (default: 1 with --workers > 1, else 2)")
     ap.add_argument("--workers", type=int, default=1,
                     help="trainings run at once, each in its own process with --threads threads (the thin "
-                         "ResNet-20s are overhead-bound: on 2 cores, 2 workers x 1 thread train ~2x the runs per "
-                         "hour of 1 x 2); gate learning and latency run in the main process")
+                         "ResNet-20s are overhead-bound: on 2 cores, 2 workers x 1 thread train ~1.5x the images "
+                         "per second of 1 x 2; bench/study_throughput.py); gate learning and latency run in the main process")
     ap.add_argument("--latency-threads", type=int, default=1)
     ap.add_argument("--latency-runs", type=int, default=200)
     ap.add_argument("--device", default="auto", help="auto: CUDA when present, else CPU")
