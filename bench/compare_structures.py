@@ -80,6 +80,20 @@ def t95(df: int) -> float:
     return _T95[max(below)] if df <= 30 else 1.96
 
 
+HALF_WIDTH_BAR = 0.003  # issue 14: a paired difference is read once its 95% half-width is <= 0.3 points
+
+
+def seeds_needed(pairs: list[float], bar: float = HALF_WIDTH_BAR) -> int | None:
+    """Paired seeds at which the 95% half-width would meet the bar if the spread seen so far holds
+    (None below 2 pairs: no spread yet). A guide for how many seeds to add, not a promise."""
+    if len(pairs) < 2:
+        return None
+    sd, n = statistics.stdev(pairs), len(pairs)
+    while t95(n - 1) * sd / math.sqrt(n) > bar:
+        n += 1
+    return n
+
+
 @dataclass(frozen=True)
 class Structure:
     name: str
@@ -480,6 +494,7 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
                      f"({verdict})")
     lines += ["", "| cell | structure | seeds | top-1 mean | paired diff vs uniform (95% t-interval) | "
               "params | ORT ms r1 / r8 (x uniform) |", "|---|---|---|---|---|---|---|"]
+    wide: list[tuple] = []  # paired differences not yet read to the bar
     for cell_name, cell in cells.items():
         by = {s: {r["seed"]: r for r in runs if r["kind"] == "structure" and r["cell"] == cell_name
                   and r["structure"] == s} for s in cell.structures}
@@ -500,7 +515,9 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
                     mean = statistics.mean(pairs)
                     half = t95(len(pairs) - 1) * statistics.stdev(pairs) / math.sqrt(len(pairs)) if len(pairs) > 1 else math.inf
                     row["paired"] = {"n": len(pairs), "mean": mean, "half_width": half,
-                                     "ci": [mean - half, mean + half]}
+                                     "ci": [mean - half, mean + half], "seeds_needed": seeds_needed(pairs)}
+                    if half > HALF_WIDTH_BAR:
+                        wide.append((cell_name, s, half, len(pairs), row["paired"]["seeds_needed"]))
                     diff_text = (f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] "
                                  f"(n={len(pairs)})")
             lat = [x for r in got.values() if (x := latency_of(results, r))]
@@ -519,6 +536,10 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
             summary["cells"][cell_name][s] = row
             lines.append(f"| {cell_name} | {s} | {len(got)} | {100 * row['mean']:.2f} | {diff_text} | "
                          f"{row['params'] / 1e3:.0f}K | {lat_text} |")
+    if wide:
+        lines += ["", f"Not yet decided (95% half-width above {100 * HALF_WIDTH_BAR:.1f} points): " + "; ".join(
+            f"{c} {s} ±{100 * h:.2f} at n={n}" + (f", ~{k} seeds at the spread seen so far" if k else "")
+            for c, s, h, n, k in wide) + "."]
     spent = sum(sum(r["epoch_wall_seconds"]) for r in runs)  # all epochs, also those before a resume
     planned_runs = (len(seeds_of(runs)) * sum(len(c.structures) for c in cells.values())
                     + sum(r["kind"] == "full" for r in runs))  # the full model trains for --full-seeds only
