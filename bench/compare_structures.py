@@ -519,7 +519,7 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
                     half = t95(len(pairs) - 1) * statistics.stdev(pairs) / math.sqrt(len(pairs)) if len(pairs) > 1 else math.inf
                     row["paired"] = {"n": len(pairs), "mean": mean, "half_width": half,
                                      "ci": [mean - half, mean + half], "seeds_needed": seeds_needed(pairs)}
-                    if half > HALF_WIDTH_BAR:
+                    if half > HALF_WIDTH_BAR and mean - half <= 0 <= mean + half:  # excluding zero decides
                         wide.append((cell_name, s, half, len(pairs), row["paired"]["seeds_needed"]))
                     diff_text = (f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] "
                                  f"(n={len(pairs)})")
@@ -540,7 +540,8 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
             lines.append(f"| {cell_name} | {s} | {len(got)} | {100 * row['mean']:.2f} | {diff_text} | "
                          f"{row['params'] / 1e3:.0f}K | {lat_text} |")
     if wide:
-        lines += ["", f"Not yet decided (95% half-width above {100 * HALF_WIDTH_BAR:.1f} points): " + "; ".join(
+        lines += ["", f"Not yet decided (95% interval contains zero and is wider than ±{100 * HALF_WIDTH_BAR:.1f} "
+                  "points): " + "; ".join(
             f"{c} {s} ±{100 * h:.2f} at n={n}" + (f", ~{k} seeds at the spread seen so far" if k else "")
             for c, s, h, n, k in wide) + "."]
     spent = sum(sum(r["epoch_wall_seconds"]) for r in runs)  # all epochs, also those before a resume
