@@ -68,7 +68,9 @@ def test_untrained_models_are_bn_calibrated_so_parity_means_something():
 def test_export_parity_over_a_zoo_subset(arch, size, tmp_path):
     src = load_model(arch, num_classes=10, input_size=(3, size, size))
     res = export(src.model, src.input_size, tmp_path / "m.onnx", exporter="torchscript")
-    assert res.details["parity_max_abs_diff"] <= 1e-4
+    # 1e-4 relative to outputs above 1 (exporters/onnx.py parity_limit): resnet50's random-init
+    # logits reach a few units and differ by ~1e-4 between runtimes
+    assert res.details["parity_max_abs_diff"] <= parity_limit(1e-4, res.details["parity_output_scale"])
     assert res.details["parity_output_scale"] > 1e-3  # outputs are not trivially ~0
     assert res.details["nodes_after"] <= res.details["nodes_before"]
 
