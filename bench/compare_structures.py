@@ -80,6 +80,11 @@ def t95(df: int) -> float:
     return _T95[max(below)] if df <= 30 else 1.96
 
 
+def half_width(sd: float, n: int) -> float:
+    """95% t-interval half-width of a mean of n paired differences with standard deviation sd."""
+    return t95(n - 1) * sd / math.sqrt(n) if n > 1 else math.inf
+
+
 HALF_WIDTH_BAR = 0.003  # issue 14: a paired difference is read once its 95% half-width is <= 0.3 points
 
 
@@ -89,7 +94,7 @@ def seeds_needed(pairs: list[float], bar: float = HALF_WIDTH_BAR) -> int | None:
     if len(pairs) < 2:
         return None
     sd, n = statistics.stdev(pairs), len(pairs)
-    while t95(n - 1) * sd / math.sqrt(n) > bar:
+    while half_width(sd, n) > bar:
         n += 1
     return n
 
@@ -516,7 +521,7 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
                 pairs = [got[k]["test_top1"] - by["uniform"][k]["test_top1"] for k in got if k in by["uniform"]]
                 if pairs:
                     mean = statistics.mean(pairs)
-                    half = t95(len(pairs) - 1) * statistics.stdev(pairs) / math.sqrt(len(pairs)) if len(pairs) > 1 else math.inf
+                    half = half_width(statistics.stdev(pairs) if len(pairs) > 1 else 0.0, len(pairs))
                     row["paired"] = {"n": len(pairs), "mean": mean, "half_width": half,
                                      "ci": [mean - half, mean + half], "seeds_needed": seeds_needed(pairs)}
                     if half > HALF_WIDTH_BAR and mean - half <= 0 <= mean + half:  # excluding zero decides
