@@ -88,13 +88,15 @@ def test_cli_int8_latency_budget_times_quantized_candidates(tmp_path):
     import onnx
 
     out = tmp_path / "lat8.json"
-    r = runner.invoke(app, ["prune", "resnet20", "--latency", "60%", "--precision", "int8", "--method", "uniform",
+    # 85%: int8's fixed per-op overhead keeps the thinnest ResNet-20 at 0.55-0.76x the full model's
+    # time on a 2-core CPU, so a 60% budget was sometimes unbuildable (a timing flake, not a bug)
+    r = runner.invoke(app, ["prune", "resnet20", "--latency", "85%", "--precision", "int8", "--method", "uniform",
                             "--num-classes", "10", "--round-to", "1", "--threads", "1", "--tolerance", "0.2",
                             "-o", str(out), "--no-plot"])
     assert r.exit_code == 0, r.output
     lat = json.loads(out.read_text())["latency"]
     assert lat["precision"] == "int8" and lat["quantization"]["activation_type"] == "uint8"
-    assert abs(lat["ratio_to_full"] - 0.6) <= 0.2 * 0.6
+    assert abs(lat["ratio_to_full"] - 0.85) <= 0.2 * 0.85
     assert "(int8)" in r.output
     graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
     template = ChannelPlan.from_widths("slimkit:resnet20", (3, 32, 32), {n: g.width for n, g in graph.groups.items()},
