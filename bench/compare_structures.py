@@ -51,7 +51,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -404,6 +404,9 @@ def study_jobs(cells: dict[str, Cell], args, results: Path, work: Path) -> Itera
     for seed in args.seeds:
         fulls_done: set[tuple[str, int]] = set()
         for cell in cells.values():
+            if args.structures:  # e.g. extra seeds for the one comparison still undecided
+                cell = replace(cell, structures=tuple(s for s in cell.structures
+                                                      if s == "uniform" or s in args.structures))
             check = not args.no_full and seed in args.seeds[:args.full_seeds]
             if check and (cell.arch, cell.side) not in fulls_done:  # once per model and size
                 fulls_done.add((cell.arch, cell.side))
@@ -607,6 +610,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", nargs="+", default=["r20-50", "r20-25", "mnv1-25"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--structures", nargs="+", choices=tuple(STRUCTURES), default=None,
+                    help="train only these structures (and uniform, their baseline) of each cell; "
+                         "the summary still lists every structure")
     ap.add_argument("--epochs", type=int, default=12, help="full model's epochs (Scratch-B stretches them for "
                     "the pruned ones); the full ResNet-20 must reach 92%% under them (docs/search.md)")
     ap.add_argument("--schedule", choices=("scratch-e", "scratch-b"), default="scratch-e",
