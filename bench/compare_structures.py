@@ -17,7 +17,8 @@ the gaps it tried to measure. This study controls what it can:
 
 Cells (``--cells``): r20-50 (ResNet-20, 50% FLOPs: uniform, threshold, cost-aware), r20-25 (25%:
 uniform, threshold, paper, cost-aware), mnv1-25 (MobileNet-V1 at 32 px, 25%: uniform,
-threshold, cost-aware); ``--structures`` trains a subset (plus uniform) for extra seeds. Here threshold = ``--method scratch --selection threshold`` (the paper's Algorithm 1 on slimkit's
+threshold, cost-aware); ``--structures`` trains a subset (plus uniform) for extra seeds. Here
+threshold = ``--method scratch --selection threshold`` (the paper's Algorithm 1 on slimkit's
 default gate learning), cost-aware = ``--selection cost-aware`` on the same gates, paper =
 ``--search-space paper --expand 1.25``.
 
