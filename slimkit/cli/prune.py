@@ -121,7 +121,7 @@ def prune(
 
     Default method: the paper's (scratch gates, threshold selection, full search space). A
     paired-seed study at equal FLOPs (bench/compare_structures.py, docs/search.md) finds it better
-    than a uniform width on MobileNet-V1 at 25% (+0.7 points, 9 seeds, at 0.58x uniform's latency)
+    than a uniform width on MobileNet-V1 at 25% (+0.8 points, 18 seeds, at 0.57x uniform's latency)
     and level with it on ResNet-20 (within 0.1 point); cost-aware selection trained worse on
     MobileNet-V1 and the paper's search space worse on ResNet-20 at 25%, so neither is the default.
     Every scratch plan's PNG shows the uniform plan beside it (--method uniform).
