@@ -543,6 +543,15 @@ def test_help_reads_cleanly():
     assert "<bool>" not in run("--help").output
 
 
+def test_help_paragraphs_wrap_to_the_terminal():
+    import typer
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        paragraphs = (cmd.help or "").split("\n\n")
+        assert all("\n" not in p for p in paragraphs), f"{name}: a source line break would wrap mid-sentence"
+
+
 def test_info_explains_the_head_behind_568_vs_567():
     r = run("info", "mobilenet_v1")
     text = " ".join(r.output.split())

@@ -236,6 +236,15 @@ def _no_type(option: Any) -> Any:
     return option
 
 
+def _reflowed(help_text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines, for the terminal to wrap: typer 0.29's rich help keeps
+    the source's line breaks, which wrap mid-sentence in an 80-column terminal (no command's help
+    holds a list or a block that needs them)."""
+    if not help_text:
+        return help_text
+    return "\n\n".join(" ".join(p.split("\n")) for p in inspect.cleandoc(help_text).split("\n\n"))
+
+
 class SlimkitGroup(typer.core.TyperGroup):
     """The top-level ``slimkit`` command: no ``<bool>`` beside --help and --version."""
 
@@ -255,6 +264,7 @@ class SlimkitCommand(typer.core.TyperCommand):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.help = _reflowed(self.help)
         ranges = getattr(self.callback, "number_ranges", {})
         for p in self.params:
             if p.name in ranges and isinstance(p, typer.core.TyperOption):
