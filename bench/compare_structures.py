@@ -551,8 +551,8 @@ def summarize(results: Path, out: Path, cells: dict[str, Cell]) -> dict:
             f"{c} {s} ±{100 * h:.2f} at n={n}" + (f", ~{k} seeds at the spread seen so far" if k else "")
             for c, s, h, n, k in wide) + "."]
     spent = sum(sum(r["epoch_wall_seconds"]) for r in runs)  # all epochs, also those before a resume
-    # every structure at the default seeds, or at as many as it has where its cell was extended
-    # (MobileNet-V1 threshold/uniform to 18); the full model trains for --full-seeds only
+    # every structure at the default seeds, or at as many as it has where its cell was extended;
+    # the full model trains for --full-seeds only
     planned_runs = (sum(max(len(DEFAULT_SEEDS), sum(r["kind"] == "structure" and r["cell"] == name
                                                     and r["structure"] == s for r in runs))
                         for name, c in cells.items() for s in c.structures)
