@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slimkit.cli import app
-from slimkit.latency import LatencyReport, check_regression, paired_ratio, physical_cores, summarize
+from slimkit.latency import LatencyError, LatencyReport, check_regression, paired_ratio, physical_cores, summarize
 
 runner = CliRunner()
 
@@ -153,3 +153,38 @@ def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
     check_with(lambda d: d["gate"].pop("model_fingerprint"), "which model")
     _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", base, "--reference", "nosuchnet"),
                     "--update-baseline")
+
+
+# ---------------------------------------------------------------------------- timing modes
+def test_served_mode_is_recorded_in_the_report(onnx_pair, tmp_path):
+    r = run("bench", onnx_pair / "full.onnx", onnx_pair / "half.onnx", "--runs", "12", "--threads", "1",
+            "--timing", "served", "--out", tmp_path / "lat")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "lat.json").read_text())
+    assert rep["mode"] == "served" and rep["interleaved"] is False
+    assert len(rep["times_ms"]["half"]) == 12 and 0 < rep["models"][1]["ratio"] < 1
+    assert "served" in (tmp_path / "lat.md").read_text()
+    assert LatencyReport.from_dict(rep).mode == "served"
+
+
+def test_gate_refuses_to_compare_across_timing_modes(onnx_pair, tmp_path):
+    base = tmp_path / "baseline.json"
+    r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
+            "--threads", "1", "--out", tmp_path / "rec")
+    assert r.exit_code == 0, r.output
+    data = json.loads(base.read_text())
+    assert data["mode"] == "interleaved" and data["gate"]["mode"] == "interleaved"
+    r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--timing", "served", "--runs", "10",
+            "--out", tmp_path / "chk")
+    _one_line_error(r, "timing mode")
+    # the library refuses too: a served report against an interleaved baseline is not a regression check
+    report = _report(0.5, (0.49, 0.51))
+    report.mode = "served"
+    with pytest.raises(LatencyError, match="not comparable"):
+        check_regression(report, data["gate"], 0.1)
+    # a baseline written before modes existed was interleaved, and still checks
+    assert check_regression(_report(0.5, (0.49, 0.51)), {"ratio": 0.5}, 0.1).passed
+
+
+def test_unknown_timing_mode_is_one_line(onnx_pair, tmp_path):
+    _one_line_error(run("bench", onnx_pair / "half.onnx", "--timing", "fast", "--out", tmp_path / "x"), "timing mode")

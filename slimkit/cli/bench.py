@@ -17,15 +17,16 @@ from slimkit.cli._common import check_out_parent, checked_numbers, console, make
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
-from slimkit.latency import BACKENDS, LatencyError, check_regression, measure, read_baseline, write_baseline
+from slimkit.latency import (BACKENDS, DEFAULT_TIMING_MODE, LatencyError, check_mode, check_regression,
+                             measure, read_baseline, report_mode, write_baseline)
 from slimkit.runtime import resolve_device
 
 
 def render_report(report) -> None:
     """The side-by-side table; min and p99 stay in the JSON/Markdown so it fits 80 columns (CI logs)."""
     ref = report.models[0]["name"]
-    table = Table(title=f"{report.backend} · batch {report.batch} · {report.threads} thread(s) · "
-                        f"{report.runs} interleaved rounds",
+    rounds = f"{report.runs} interleaved rounds" if report.mode == "interleaved" else f"served, {report.runs} runs"
+    table = Table(title=f"{report.backend} · batch {report.batch} · {report.threads} thread(s) · {rounds}",
                   caption=f"times in ms; ratios to {ref}; {report.device}", box=box.SIMPLE, pad_edge=False)
     # numbers never wrap or truncate; a long model name folds onto a second line instead (80 columns)
     table.add_column("model", justify="left", overflow="fold")
@@ -59,12 +60,13 @@ def parse_fraction(text: str) -> float:
     return value
 
 
-def measure_with_progress(candidates, *, backend, threads, warmup, runs, device):
+def measure_with_progress(candidates, *, backend, threads, warmup, runs, device, mode=DEFAULT_TIMING_MODE):
     """:func:`slimkit.latency.measure` with a progress bar."""
     progress = make_progress()
     with progress:
-        task = progress.add_task(f"timing {len(candidates)} model(s) on {backend}", total=runs)
+        task = progress.add_task(f"timing {len(candidates)} model(s) on {backend} ({mode})", total=runs)
         report = measure(candidates, backend=backend, threads=threads, warmup=warmup, runs=runs, device=device,
+                         mode=mode,
                          progress=lambda done, total: (progress.update(task, completed=done), progress.refresh()))
     return report
 
@@ -95,6 +97,7 @@ def bench(
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     warmup: Annotated[int, typer.Option(help="Warm-up rounds (not timed).")] = 10,
     runs: Annotated[int, typer.Option(help="Timed rounds; each round runs every model once.")] = 100,
+    mode: Annotated[Optional[str], typer.Option("--timing", help="Timing mode: interleaved (default; every model once per round, pool threads not spinning: the soundest comparison) or served (onnxruntime's defaults, each model alone in alternated blocks: what a deployed model sees). The gate uses its baseline's mode.")] = None,
     device: Annotated[str, typer.Option(help="Device for the torch backends: cpu, cuda or auto (ort-cuda needs no --device).")] = "cpu",
     num_classes: Annotated[Optional[int], typer.Option(help="Classes for architecture names (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Input size for architecture names, e.g. 224.")] = None,
@@ -108,13 +111,15 @@ def bench(
         if b not in BACKENDS:
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
     device = resolve_bench_device(backend, device)
+    if mode is not None:
+        check_mode(mode)
     size = parse_input_size(input_size)
     check_out_parent(out)
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         workdir = Path(tmp)
         if baseline is not None:
             code = _gate(models, baseline, workdir, reference=reference, arch=arch, backend=backend[0],
-                         threads=threads, batch=batch, warmup=warmup, runs=runs, device=device,
+                         threads=threads, batch=batch, warmup=warmup, runs=runs, device=device, mode=mode,
                          tolerance=parse_fraction(max_regression), update=update_baseline, out=out)
             raise typer.Exit(code)
         if update_baseline:
@@ -127,7 +132,8 @@ def bench(
             raise LatencyError(f"models take different input shapes ({', '.join('x'.join(map(str, s)) for s in shapes)}); "
                                "compare models of one input size")
         for b in backend:
-            report = measure_with_progress(cands, backend=b, threads=threads, warmup=warmup, runs=runs, device=device)
+            report = measure_with_progress(cands, backend=b, threads=threads, warmup=warmup, runs=runs, device=device,
+                                           mode=mode or DEFAULT_TIMING_MODE)
             render_report(report)
             if b == "openvino-cpu":
                 _openvino_parity(report, cands, threads)
@@ -137,7 +143,7 @@ def bench(
 
 
 def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, threads, batch, warmup, runs, device,
-          tolerance: float, update: bool, out: Path) -> int:
+          mode: str | None, tolerance: float, update: bool, out: Path) -> int:
     if len(models) != 1:
         raise SlimkitError(f"the gate checks one model at a time, got {len(models)}: "
                            "slimkit bench MODEL.onnx --baseline latency.json")
@@ -148,7 +154,7 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
         if ref.name == model.name:
             ref.name = f"ref-{ref.name}"
         report = measure_with_progress([ref, model], backend=backend, threads=threads, warmup=warmup, runs=runs,
-                                       device=device)
+                                       device=device, mode=mode or DEFAULT_TIMING_MODE)
         render_report(report)
         gate = write_baseline(baseline, report, ref, model, base_dir)
         console.print(f"recorded baseline {escape(str(baseline))}: {escape(gate['model'])} / {escape(ref.name)} = "
@@ -159,9 +165,14 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
         raise SlimkitError("--reference and --arch choose the reference when recording (--update-baseline); a check "
                            "re-measures the reference the baseline recorded: drop them")
     data = read_baseline(baseline)
+    base_mode = report_mode(data)
+    if mode is not None and mode != base_mode:  # before any export or timing
+        raise LatencyError(f"{baseline} was recorded in {base_mode} timing mode, not {mode}: ratios from different "
+                           f"modes are not comparable; drop --timing (the gate uses the baseline's) or record a new "
+                           "baseline with --update-baseline")
     ref, model = baseline_candidates(data, models[0], workdir, base_dir)
     report = measure_with_progress([ref, model], backend=data["backend"], threads=threads or int(data["threads"]),
-                                   warmup=warmup, runs=runs, device=device)
+                                   warmup=warmup, runs=runs, device=device, mode=base_mode)
     render_report(report)
     report.write(out)
     result = check_regression(report, data["gate"], tolerance)
