@@ -34,7 +34,7 @@ __all__ = ["Budget", "parse_budget", "check_budget", "make_divisible", "round_wi
            "min_widths", "max_widths", "search_uniform", "search_threshold", "search_cost_aware", "SearchResult",
            "SELECTIONS"]
 
-SELECTIONS = ("threshold", "cost-aware")  # how learned gates become widths
+SELECTIONS = ("threshold", "cost-aware", "latency-aware")  # how learned gates become widths
 
 _SCALES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -444,12 +444,14 @@ class _LocalCost:
     """MACs (or parameters) of only the tensors a group touches, so a greedy step re-counts a few
     layers instead of the whole network."""
 
-    def __init__(self, graph: ChannelGraph, kind: str):
+    def __init__(self, graph: ChannelGraph, kind: str, weights: Mapping[str, float] | None = None):
         self.graph = graph
         if kind == "params":
             terms = [(fqn, 1) for fqn in graph.param_dims if fqn in graph.param_names]
         else:
             terms = [(fqn, positions) for fqn, positions in graph.mac_terms if fqn in graph.param_dims]
+        if weights:  # a cost per unit other than MACs (measured latency per MAC): terms are scaled
+            terms = [(fqn, w * float(weights.get(fqn, 1.0))) for fqn, w in terms]
         self.terms: dict[str, list[tuple[str, int]]] = {name: [] for name in graph.groups}
         for fqn, weight in terms:
             names = {k for segs in graph.param_dims[fqn].values() for k, _ in segs if isinstance(k, str)}
@@ -474,8 +476,13 @@ class _LocalCost:
 
 def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], budget: Budget,
                       round_to: int = 8, expand: float = 1.0, tolerance: float = 0.01,
-                      pinned: Mapping[str, int] | None = None) -> SearchResult:
+                      pinned: Mapping[str, int] | None = None,
+                      rank_weights: Mapping[str, float] | None = None) -> SearchResult:
     """Channels ranked by gate value per unit of marginal cost, greedily (MorphNet / HALP style).
+
+    ``rank_weights`` (weight fqn -> relative cost per MAC, e.g. measured latency from
+    :mod:`slimkit.layer_latency`) changes what a channel *costs* for the ranking only; the budget is
+    still counted in MACs (or parameters), so the plan lands where a FLOPs budget asks.
 
     From the widest model, repeatedly take one rounding step (``round_to`` channels, or a group's
     structural divisor) off the group whose lowest gates buy the least per MAC saved (per
@@ -494,6 +501,7 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
     _check_range(graph, budget, lows, highs)
     target = float(budget.value)
     cost_model = _LocalCost(graph, budget.kind)
+    rank_model = _LocalCost(graph, budget.kind, rank_weights) if rank_weights else cost_model
     ladders = {n: _ladder(lows[n], highs[n], _divisor(graph, n, round_to)) for n in graph.groups}
     # value of keeping the w most important channels of a group: a prefix sum of its sorted gates
     prefix: dict[str, list[float]] = {}
@@ -511,20 +519,21 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
     step = {n: 0 for n in graph.groups}  # index into each ladder
     widths = {n: ladders[n][0] for n in graph.groups}
 
-    def move(name: str, direction: int) -> tuple[float, int] | None:
-        """(value change, cost change) of moving ``name`` one rung (+1 thinner, -1 wider), both >= 0."""
+    def move(name: str, direction: int) -> tuple[float, int, float] | None:
+        """(value change, budget cost change, ranking cost change) of moving ``name`` one rung (+1
+        thinner, -1 wider), all >= 0."""
         j = step[name] + direction
         if not 0 <= j < len(ladders[name]):
             return None
         new = ladders[name][j]
-        before = cost_model.of(name, widths)
         trial = {**widths, name: new}
-        after = cost_model.of(name, trial)
-        dv, dc = abs(value(name, widths[name]) - value(name, new)), abs(before - after)
-        return (dv, dc) if dc > 0 else None
+        dc = abs(cost_model.of(name, widths) - cost_model.of(name, trial))
+        dr = dc if rank_model is cost_model else abs(rank_model.of(name, widths) - rank_model.of(name, trial))
+        dv = abs(value(name, widths[name]) - value(name, new))
+        return (dv, dc, dr) if dc > 0 and dr > 0 else None
 
-    def shrink_key(name: str, m: tuple[float, int]) -> tuple[float, float, str]:
-        return (m[0] / m[1], -m[1], name)
+    def shrink_key(name: str, m: tuple[float, int, float]) -> tuple[float, float, str]:
+        return (m[0] / m[2], -m[1], name)
 
     cost = _measure(graph, widths, budget.kind)
     removals = {n: move(n, +1) for n in graph.groups}
@@ -551,7 +560,7 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
         nonlocal cost
         added = 0
         while True:
-            growth = [(m[0] / m[1], m[1], n) for n in graph.groups
+            growth = [(m[0] / m[2], m[1], n) for n in graph.groups
                       if (m := move(n, -1)) is not None and cost + m[1] <= target]
             if not growth:
                 return added
@@ -584,5 +593,5 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
             f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
         )
     return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), None, iterations,
-                        selection="cost-aware")
+                        selection="latency-aware" if rank_weights else "cost-aware")
 

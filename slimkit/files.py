@@ -15,7 +15,16 @@ from pathlib import Path
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["atomic_write", "atomic_write_text", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME"]
+__all__ = ["atomic_write", "atomic_write_text", "cache_dir", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME"]
+
+
+def cache_dir() -> Path:
+    """Where slimkit keeps what it measured or downloaded once per machine: ``$SLIMKIT_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/slimkit``, else ``~/.cache/slimkit``."""
+    if os.environ.get("SLIMKIT_CACHE_DIR"):
+        return Path(os.environ["SLIMKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "slimkit"
 
 
 def _umask() -> int:

@@ -40,7 +40,7 @@ from slimkit.exporters.int8 import QuantizeSettings, quantize_for_timing
 from slimkit.exporters.onnx import export
 from slimkit.generator import generate
 from slimkit.graph import ChannelGraph
-from slimkit.latency import Candidate, LatencyError, measure
+from slimkit.latency import Candidate, LatencyError, check_mode, measure
 from slimkit.plan import ChannelPlan
 
 __all__ = ["LatencyMeter", "resolve_target", "search_latency", "LatencySearchResult", "PRECISIONS"]
@@ -78,13 +78,15 @@ class LatencyMeter:
 
     def __init__(self, template: ChannelPlan, graph: ChannelGraph, *, backend: str = "ort-cpu",
                  threads: int | None = None, batch: int = 1, runs: int = 40, warmup: int = 5,
-                 device: str = "cpu", workdir: str | Path | None = None, precision: str = "fp32"):
+                 device: str = "cpu", workdir: str | Path | None = None, precision: str = "fp32",
+                 mode: str = "served"):
         if precision not in PRECISIONS:
             raise LatencyError(f"unknown --precision '{precision}': choose one of {', '.join(PRECISIONS)}")
         if precision == "int8" and backend != "ort-cpu":
             raise LatencyError(f"--precision int8 times onnxruntime's quantized files on the CPU, not {backend}: "
                                "use --backend ort-cpu")
         self.precision = precision
+        self.mode = check_mode(mode)  # served: as a deployed model runs (a budget must hold there)
         self.template, self.graph = template, graph
         self.backend, self.threads, self.batch, self.runs, self.warmup = backend, threads, batch, runs, warmup
         self.device = device
@@ -141,13 +143,13 @@ class LatencyMeter:
         cand = self._candidate(widths)
         if cand is self.full:  # the full model against itself: exactly 1 by definition
             rep = measure([self.full], backend=self.backend, threads=self.threads, warmup=self.warmup, runs=runs,
-                          device=self.device)
+                          device=self.device, mode=self.mode)
             m0 = rep.models[0]
             result = Measurement(1.0, (1.0, 1.0), m0["stats"]["median_ms"], m0["stats"]["median_ms"], runs,
                                  m0["stats"])
         else:
             rep = measure([self.full, cand], backend=self.backend, threads=self.threads, warmup=self.warmup,
-                          runs=runs, device=self.device)
+                          runs=runs, device=self.device, mode=self.mode)
             m0, m1 = rep.models
             result = Measurement(m1["ratio"], tuple(m1["ratio_ci"]), m1["stats"]["median_ms"],
                                  m0["stats"]["median_ms"], runs, m1["stats"])
@@ -170,7 +172,7 @@ def resolve_target(meter: LatencyMeter, budget: Budget, tolerance: float,
     target = budget.fraction if budget.fraction is not None else budget.value * 1000.0 / full_ms
     lo_ms = smallest.ratio * full_ms
     say(f"latency on {meter.backend}{' (int8)' if meter.precision == 'int8' else ''} "
-        f"({meter.device_text}, {meter.threads} thread(s), batch {meter.batch}): "
+        f"({meter.device_text}, {meter.threads} thread(s), batch {meter.batch}, {meter.mode} timing): "
         f"full model {full_ms:.3f} ms, smallest buildable {lo_ms:.3f} ms ({smallest.ratio:.2f}x)")
     achievable = f"achievable here: {lo_ms:.3f}-{full_ms:.3f} ms ({smallest.ratio:.0%}-100% of the full model)"
     if target >= 1.0:

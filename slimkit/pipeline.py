@@ -45,6 +45,7 @@ from slimkit.latency import LatencyReport, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
+from slimkit.rounding import documented_multiple
 from slimkit.recipe import Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
 from slimkit.validate import show
@@ -217,8 +218,11 @@ def budget_reach(recipe: Recipe) -> str | None:
     b = recipe.prune.budget()
     if b.kind == "latency":
         return None
-    plan = prune(recipe.arch, b, method="uniform", **{**_shape_kwargs(recipe), "tolerance": 0.05},
-                 verify=False)  # a BudgetError when out of reach; 5%: reach, not exactness
+    shape = _shape_kwargs(recipe)
+    if shape["round_to"] == "auto":  # a dry run times nothing: the runtime's documented multiple
+        shape["round_to"] = documented_multiple(recipe.prune.backend, recipe.prune.precision)[0]
+    plan = prune(recipe.arch, b, method="uniform", **{**shape, "tolerance": 0.05}, verify=False,
+                 latency=LatencyOptions(check=False))  # a BudgetError when out of reach; 5%: reach, not exactness
     full = plan.search.get("full_flops") if b.kind == "flops" else plan.search.get("full_params")
     unit = "MACs" if b.kind == "flops" else "params"
     return f"reachable: the full model has {format_count(full)} {unit}"
@@ -228,7 +232,8 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> tuple[ChannelP
     p = recipe.prune
     gates = GateOptions(data=recipe.data.name, data_dir=recipe.data.data_dir, preset=p.preset, gamma=p.gamma,
                         lr=p.lr, epochs=p.epochs, steps=p.steps, batch_size=p.batch_size, device="auto")
-    latency = LatencyOptions(backend=p.backend, threads=p.threads, batch=recipe.bench.batch, precision=p.precision)
+    latency = LatencyOptions(backend=p.backend, threads=p.threads, batch=recipe.bench.batch, precision=p.precision,
+                             mode=p.timing)
     plans: dict[str, ChannelPlan] = {}
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
         if path.exists():
@@ -242,8 +247,11 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> tuple[ChannelP
             start = time.perf_counter()
             with hooks.bars() as (progress, log):
                 task = progress.add_task(f"tracing {recipe.arch}", total=None) if progress else None
+                shape = _shape_kwargs(recipe)
+                if key == "uniform":  # the comparison plan uses the main plan's channel multiple
+                    shape["round_to"] = plans["plan"].round_to
                 plans[key] = prune(recipe.arch, p.budget(), method=method, seed=p.seed, tolerance=p.tolerance,
-                                   gates=gates, latency=latency, progress=progress, log=log, **_shape_kwargs(recipe))
+                                   gates=gates, latency=latency, progress=progress, log=log, **shape)
                 if progress:
                     progress.remove_task(task)
             hooks.log(f"  MACs {format_count(plans[key].flops)}, params {format_count(plans[key].params)} "

@@ -30,7 +30,11 @@ from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
 from slimkit.generator import build_model, channel_graph, generate, resize_model
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
+from slimkit.layer_latency import layer_latency_per_mac
 from slimkit.plan import ChannelPlan
+from slimkit.latency import check_mode
+from slimkit.rounding import (AUTO, RoundingChoice, auto_round_to, documented_multiple, is_ragged, parse_round_to,
+                              timing_enabled)
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
@@ -41,7 +45,7 @@ __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHO
 
 METHODS = ("scratch", "uniform")
 DEFAULT_METHOD = "scratch"
-DEFAULT_ROUND_TO = 8  # onnxruntime's CPU kernels block channels by 8: ragged counts run up to 2x slower
+DEFAULT_ROUND_TO: int | str = AUTO  # measured per machine and backend (slimkit.rounding); ragged counts run up to 2x slower
 
 # A CPU cannot run the papers' gate budgets interactively: a short run at a reduced resolution.
 CPU_STEPS = 300
@@ -80,11 +84,13 @@ class LatencyOptions:
     threads: int | None = None  # default: physical cores
     batch: int = 1
     precision: str = "fp32"  # int8: time candidates as `slimkit export --int8` ships them
+    mode: str = "served"  # served: onnxruntime's defaults, each model alone (as deployed); or interleaved
+    check: bool = True  # time the finished plan beside the uniform plan at its budget (a few seconds)
 
 
 def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_classes: int | None = None,
           in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, expand: float = 1.0,
-          round_to: int = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
+          round_to: int | str = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
           gates: GateOptions | None = None, latency: LatencyOptions | None = None,
           progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
@@ -93,7 +99,10 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     data) and turns them into widths (``gates.selection``); ``method='uniform'`` scales every group
     by one factor. ``log`` receives one-line notes. A latency budget ('8ms', or '50%' with
     ``Budget(kind='latency')``) is measured as ``latency`` says (see :mod:`slimkit.latency_search`);
-    ``tolerance`` then defaults to 5%. ``gates.weights`` (a checkpoint of the full model) learns the
+    ``tolerance`` then defaults to 5%. ``round_to='auto'`` measures the channel multiple the target
+    backend runs fastest (:mod:`slimkit.rounding`; recorded in ``plan.search['rounding']``). Unless
+    ``latency.check`` is off, the plan is then timed beside the uniform plan at the same budget on the
+    target backend at the plan's input size (``plan.search['latency_check']``). ``gates.weights`` (a checkpoint of the full model) learns the
     gates on those trained weights instead of random ones: the paper's comparison with structures
     from trained weights.
     """
@@ -101,8 +110,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     latency_options = latency or LatencyOptions()
     if method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+    round_to = parse_round_to(round_to)
+    check_mode(latency_options.mode)
     for name, value, allowed in (  # the CLI checks the same ranges; this is for Python callers
-            ("expand", expand, limits.EXPAND), ("round_to", round_to, limits.ROUND_TO), ("seed", seed, limits.SEED),
+            ("expand", expand, limits.EXPAND), ("round_to", None if round_to == AUTO else round_to, limits.ROUND_TO),
+            ("seed", seed, limits.SEED),
             ("tolerance", tolerance, limits.TOLERANCE), ("gamma", gates.gamma, limits.GAMMA), ("lr", gates.lr, limits.LR),
             ("batch_size", gates.batch_size, limits.COUNT), ("epochs", gates.epochs, limits.EPOCHS_FRACTIONAL),
             ("steps", gates.steps, limits.COUNT), ("search_size", gates.search_size, limits.SIDE),
@@ -122,9 +134,9 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
-    if latency_options.precision != "fp32" and b.kind != "latency":
-        raise SlimkitError(f"--precision {latency_options.precision} says how a latency budget is measured; "
-                           f"a {b.kind} budget does not depend on it: drop --precision or use --latency")
+    if latency_options.precision != "fp32" and b.kind != "latency" and round_to != AUTO:
+        raise SlimkitError(f"--precision {latency_options.precision} says how a latency budget (or --round-to auto) is "
+                           f"measured; a {b.kind} budget at --round-to {round_to} does not depend on it: drop --precision")
     if tolerance is None:
         tolerance = 0.05 if b.kind == "latency" else 0.01  # measured latency is noisier than counted FLOPs
     say = log or (lambda _msg: None)
@@ -154,6 +166,19 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
     full_flops = graph.count_flops()
+    timing_device = (str(resolve_device(gates.device)) if latency_options.backend.startswith("torch")
+                     else "cpu")  # ort-*: the backend says where
+    if round_to == AUTO:  # measured before any gate learning: it decides which widths exist
+        probe = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
+                                        arch_kwargs=kwargs, expand=expand, round_to=1, method=method, seed=seed)
+        rounding = auto_round_to(graph, probe, b, backend=latency_options.backend,
+                                 precision=latency_options.precision, mode=latency_options.mode,
+                                 threads=latency_options.threads, batch=latency_options.batch, device=timing_device,
+                                 say=say)
+        round_to = rounding.multiple
+    else:
+        rounding = RoundingChoice(round_to, "explicit", "--round-to given", latency_options.backend,
+                                  latency_options.precision)
     # The unpruned model with this run's settings: the latency meter's reference, and the plan's template.
     base = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
                                    arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed)
@@ -162,10 +187,9 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         n: w for n, w in max_widths(graph, expand, round_to).items() if n in set(residual_stream_groups(graph))}
     meter = None
     if b.kind == "latency":  # measure the full and smallest models first: fail before any gate learning
-        timing_device = (str(resolve_device(gates.device)) if latency_options.backend.startswith("torch")
-                         else "cpu")  # ort-*: the backend says where
         meter = LatencyMeter(base, graph, backend=latency_options.backend, threads=latency_options.threads,
-                             batch=latency_options.batch, device=timing_device, precision=latency_options.precision)
+                             batch=latency_options.batch, device=timing_device, precision=latency_options.precision,
+                             mode=latency_options.mode)
         target_ratio, _, _ = resolve_target(meter, b, tolerance, say)
         flops_guess = Budget("flops", b.text, round(target_ratio * full_flops))  # gates' r: latency ~ FLOPs
     else:
@@ -181,8 +205,9 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
             learned = gates_result.gates
         else:
             search = {}
+        weights = _layer_costs(gates.selection, base, graph, latency_options, say, search) if learned else None
         result, b, latency_record = _search_latency(meter, graph, b, learned, round_to, expand, tolerance, say,
-                                                    gates.selection, pinned)
+                                                    gates.selection, pinned, weights)
         search["latency_search"] = latency_record.pop("search")
         meter.close()
     elif method == "uniform":
@@ -195,10 +220,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         assert bundle is not None
         gates_result, search = _learn_gates(spec.canonical, kwargs, graph, b, bundle, gates, expand=expand,
                                             seed=seed, progress=progress, say=say)
-        if gates.selection == "cost-aware":
+        if gates.selection in ("cost-aware", "latency-aware"):
+            weights = _layer_costs(gates.selection, base, graph, latency_options, say, search)
             result = search_cost_aware(graph, gates_result.gates, b, round_to=round_to, expand=expand,
-                                       tolerance=tolerance, pinned=pinned)
-            search.update({"threshold": None, "selection_steps": result.iterations, "selection": "cost-aware"})
+                                       tolerance=tolerance, pinned=pinned, rank_weights=weights)
+            search.update({"threshold": None, "selection_steps": result.iterations, "selection": gates.selection})
         else:
             result = search_threshold(graph, gates_result.gates, b, round_to=round_to, expand=expand,
                                       tolerance=tolerance, pinned=pinned)
@@ -207,9 +233,22 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
                            "threshold_iterations": result.iterations, "selection": result.selection})
     if method == "scratch":
         search.update({"search_space": gates.search_space, "pinned": sorted(pinned)})
-    search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params()})
+    search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params(),
+                   "rounding": rounding.to_json()})
     plan = base.with_widths(result.widths, budget=b.to_json(), flops=result.flops, params=result.params,
                             search=search, latency=latency_record)
+    if latency_options.check and latency_record is None and timing_enabled():
+        plan.search["latency_check"] = check_latency(plan, graph, latency_options, timing_device, say)
+    block = documented_multiple(latency_options.backend, latency_options.precision, timing_device)[0]
+    if rounding.how == "explicit" and is_ragged(result.widths, graph.full_widths(), block):
+        check = plan.search.get("latency_check")
+        cost = (f"this plan runs at {check['plan_ratio_to_full']:.2f}x the full model's latency on {check['backend']} "
+                f"({check['threads']} thread(s), {check['mode']} timing)" if check else
+                "ragged counts run up to 2x slower on onnxruntime's CPU kernels")
+        warning = (f"--round-to {round_to} leaves channel counts off the runtime's {block}-channel blocks: {cost}; "
+                   "use --round-to auto")
+        plan.search["warnings"] = [warning]
+        say(f"warning: {warning}")
     if verify:  # the contract: G(plan) counts exactly the plan's FLOPs and parameters
         thin = generate(plan)
         flops, params = count_flops(thin, size), count_params(thin)
@@ -292,8 +331,26 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     return res, info
 
 
+def _layer_costs(selection: str, base: ChannelPlan, graph, options: LatencyOptions, say,
+                 search: dict[str, Any]) -> dict[str, float] | None:
+    """``latency-aware``: each layer's measured latency per MAC at the plan's input size (None for
+    other selections, which rank by MACs or by gate alone)."""
+    if selection != "latency-aware":
+        return None
+    if not timing_enabled():
+        raise SlimkitError("--selection latency-aware times every layer on --backend, and SLIMKIT_NO_TIMING is set: "
+                           "unset it, or use --selection threshold")
+    table = layer_latency_per_mac(base.with_widths({n: g["full"] for n, g in base.groups.items()}), graph,
+                                  backend=options.backend, threads=options.threads, mode=options.mode, say=say)
+    layers = table.pop("_layers")
+    search["layer_latency"] = {"backend": options.backend, "mode": options.mode, "layers_timed": layers,
+                               "input_size": list(base.input_size)}
+    return table
+
+
 def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: float, tolerance: float, say,
-                    selection: str = "threshold", pinned: dict[str, int] | None = None):
+                    selection: str = "threshold", pinned: dict[str, int] | None = None,
+                    rank_weights: dict[str, float] | None = None):
     """Latency budget -> widths, the resolved budget and the plan's ``latency`` record."""
     full_flops = graph.count_flops()
 
@@ -303,9 +360,9 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
             try:
                 if gates is None:
                     return search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tol).widths
-                if selection == "cost-aware":
+                if selection in ("cost-aware", "latency-aware"):
                     return search_cost_aware(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol,
-                                             pinned=pinned).widths
+                                             pinned=pinned, rank_weights=rank_weights).widths
                 return search_threshold(graph, gates, b, round_to=round_to, expand=expand, tolerance=tol,
                                         pinned=pinned).widths
             except BudgetError:
@@ -316,7 +373,7 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
     m = res.measurement
     resolved = Budget("latency", budget.text, res.target_ratio * res.full_ms / 1000.0, budget.fraction)
     latency = {"backend": meter.backend, "device": meter.device_text, "threads": meter.threads, "batch": meter.batch,
-               "precision": meter.precision, **({"quantization": meter.quantization} if meter.quantization else {}),
+               "precision": meter.precision, "mode": meter.mode, **({"quantization": meter.quantization} if meter.quantization else {}),
                "median_ms": round(m.median_ms, 4), "p90_ms": round(m.stats["p90_ms"], 4),
                "std_ms": round(m.stats["std_ms"], 4), "ratio_to_full": round(m.ratio, 4),
                "ratio_ci": [round(m.ci[0], 4), round(m.ci[1], 4)], "full_median_ms": round(res.full_ms, 4),
@@ -341,9 +398,42 @@ def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> N
     load_weights(model, ckpt["model"], path)
 
 
-def uniform_reference(plan: ChannelPlan) -> ChannelPlan | None:
+def check_latency(plan: ChannelPlan, graph, options: LatencyOptions, device: str, say) -> dict[str, Any]:
+    """Time ``plan`` and the uniform plan at its budget against the full model, on the target backend at
+    the plan's input size: a pruned plan that runs slower than plain width scaling must say so."""
+    meter = LatencyMeter(plan, graph, backend=options.backend, threads=options.threads, batch=options.batch,
+                         device=device, precision=options.precision, mode=options.mode)
+    try:
+        mine = meter.measure({n: g["width"] for n, g in plan.groups.items()})
+        uniform = None
+        if plan.method != "uniform":
+            ref = uniform_reference(plan, graph)
+            if ref is not None:
+                uniform = meter.measure({n: g["width"] for n, g in ref.groups.items()})
+    finally:
+        meter.close()
+    out = {"backend": options.backend, "precision": options.precision, "mode": meter.mode, "threads": meter.threads,
+           "batch": options.batch, "input_size": list(plan.input_size), "device": meter.device_text,
+           "full_median_ms": round(mine.full_median_ms, 4), "plan_median_ms": round(mine.median_ms, 4),
+           "plan_ratio_to_full": round(mine.ratio, 4)}
+    text = (f"latency on {options.backend} ({meter.mode} timing, {meter.threads} thread(s), batch {options.batch}, "
+            f"{'x'.join(map(str, plan.input_size))}): this plan {mine.median_ms:.3f} ms = {mine.ratio:.3f}x the full "
+            f"model's {mine.full_median_ms:.3f} ms")
+    if uniform is not None:
+        vs = mine.ratio / uniform.ratio
+        out.update({"uniform_median_ms": round(uniform.median_ms, 4), "uniform_ratio_to_full": round(uniform.ratio, 4),
+                    "plan_vs_uniform": round(vs, 4)})
+        text += f"; the uniform plan at the same budget {uniform.ratio:.3f}x, so this plan runs at {vs:.2f}x uniform's"
+        if vs > 1.03:  # beyond timing noise
+            text += (" — SLOWER than plain width scaling here: for speed use --method uniform, or a --latency "
+                     "budget (it times every candidate)")
+    say(text)
+    return out
+
+
+def uniform_reference(plan: ChannelPlan, graph=None) -> ChannelPlan | None:
     """The uniform plan at ``plan``'s budget, for comparison (None when rounding cannot meet it)."""
-    graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+    graph = graph or channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
     b = plan.budget or {}
     try:
         res = search_uniform(graph, Budget(b["kind"], b["text"], b["value"]), round_to=plan.round_to,

@@ -39,7 +39,7 @@ from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES
 from slimkit.errors import SlimkitError
 from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings
 from slimkit.exporters.onnx import EXPORTERS
-from slimkit.latency import BACKENDS
+from slimkit.latency import BACKENDS, TIMING_MODES
 from slimkit.latency_search import PRECISIONS
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, METHODS, LatencyOptions
 from slimkit.search import PRESETS
@@ -140,7 +140,7 @@ class PruneSection:
     params: str | None = field(default=None, metadata={"budget": True})  # 2.1M
     latency: str | None = field(default=None, metadata={"budget": True})  # 8ms, 50%
     expand: float = 1.0
-    round_to: int = DEFAULT_ROUND_TO
+    round_to: int | str = DEFAULT_ROUND_TO  # a multiple, or "auto" (measured for `backend`)
     tolerance: float | None = None
     preset: str | None = None  # cifar | imagenet (default: from the data)
     gamma: float | None = None
@@ -152,6 +152,7 @@ class PruneSection:
     backend: str = LatencyOptions.backend  # where latency is measured (latency budgets and the bench stage)
     threads: int | None = None
     precision: str = LatencyOptions.precision  # fp32 | int8: how a latency budget's candidates are timed
+    timing: str = LatencyOptions.mode  # served | interleaved: how latency budgets and --round-to auto are timed
 
     @property
     def budget_key(self) -> str:
@@ -347,9 +348,15 @@ NUMBER_RANGES: dict[str, Range] = {
 
 
 def _check_numbers(r: Recipe, source: str) -> None:
+    if isinstance(r.prune.round_to, str) and r.prune.round_to != "auto":
+        raise RecipeError(f"{source}: prune.round_to must be a whole number or 'auto', got {_show(r.prune.round_to)}")
+    if r.prune.timing not in TIMING_MODES:
+        raise RecipeError(f"{source}: prune.timing must be one of {', '.join(TIMING_MODES)}, got {_show(r.prune.timing)}")
     for key, allowed in NUMBER_RANGES.items():
         section, _, name = key.rpartition(".")
         value = getattr(getattr(r, section) if section else r, name)
+        if key == "prune.round_to" and value == "auto":
+            continue
         try:
             check_number(key, value, allowed, RecipeError)
         except RecipeError as exc:

@@ -20,6 +20,7 @@ from slimkit.flops import format_count
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, LatencyOptions, uniform_reference
+from slimkit.rounding import parse_round_to
 from slimkit.prune import prune as run_prune
 from slimkit.runtime import cleanup_distributed
 
@@ -51,13 +52,18 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
         if plan.budget["kind"] == "flops" and target:
             line += f" = {format_count(target)} (off by {100 * (plan.flops - target) / target:+.2f}%)"
     console.print(line, highlight=False, markup=False)
+    rounding = plan.search.get("rounding")
+    if rounding and rounding.get("how") != "explicit":
+        console.print(f"round-to {plan.round_to} ({rounding['how']}: {rounding['why']})", highlight=False,
+                      markup=False)
     if plan.latency:
         lat = plan.latency
         target_ms = lat["target_ratio"] * lat["full_median_ms"]
         console.print(f"latency {lat['ratio_to_full'] * lat['full_median_ms']:.3f} ms = {lat['ratio_to_full']:.3f}x the full "
                       f"model (95% CI {lat['ratio_ci'][0]:.3f}-{lat['ratio_ci'][1]:.3f}); budget {target_ms:.3f} ms, "
                       f"measured on {lat['backend']}{' (int8)' if lat.get('precision') == 'int8' else ''}, "
-                      f"{lat['threads']} thread(s), batch {lat['batch']}", highlight=False,
+                      f"{lat['threads']} thread(s), batch {lat['batch']}, {lat.get('mode', 'interleaved')} timing",
+                      highlight=False,
                       markup=False)
 
 
@@ -76,7 +82,7 @@ def check_out(out: Path) -> None:
 
 @user_errors
 @checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT,
-                 in_chans=limits.IN_CHANS, expand=limits.EXPAND, round_to=limits.ROUND_TO,
+                 in_chans=limits.IN_CHANS, expand=limits.EXPAND,
                  tolerance=limits.TOLERANCE, seed=limits.SEED, gamma=limits.GAMMA, lr=limits.LR,
                  epochs=limits.EPOCHS_FRACTIONAL, steps=limits.COUNT, batch_size=limits.COUNT,
                  search_size=limits.SIDE, val_size=limits.NON_NEGATIVE_COUNT)
@@ -88,6 +94,7 @@ def prune(
     backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = LatencyOptions.backend,
     threads: Annotated[Optional[int], typer.Option(help="Threads for --latency (default: physical cores).")] = None,
     batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = LatencyOptions.batch,
+    timing: Annotated[str, typer.Option(help="How --latency is timed: served (default: onnxruntime's defaults, each model alone, as a deployed model runs) or interleaved (every model once per round, pool threads not spinning). Recorded in the plan.")] = LatencyOptions.mode,
     precision: Annotated[str, typer.Option(help="How --latency candidates are timed: fp32, or int8 (quantized as `slimkit export --int8` ships them, against the int8 full model; ort-cpu).")] = LatencyOptions.precision,
     method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = DEFAULT_METHOD,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
@@ -95,7 +102,8 @@ def prune(
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="224, 224x224 or 3,224,224 (default: the model's).")] = None,
     expand: Annotated[float, typer.Option(help="Widen every group by this factor before pruning (paper: 1.25 on CIFAR).")] = 1.0,
-    round_to: Annotated[int, typer.Option(help="Round channel counts to multiples of this (8: onnxruntime's CPU kernels block channels by 8; ragged counts run up to 2x slower).")] = DEFAULT_ROUND_TO,
+    round_to: Annotated[str, typer.Option(help="Round channel counts to multiples of this, or 'auto' (default): the multiple --backend runs fastest, measured on this model here (runtimes pad channels to 8 or 16; ragged counts run up to 2x slower) and cached per machine.")] = str(DEFAULT_ROUND_TO),
+    latency_check: Annotated[bool, typer.Option("--latency-check/--no-latency-check", help="Time the plan beside the uniform plan at the same budget on --backend (a few seconds) and say which is faster.")] = LatencyOptions.check,
     tolerance: Annotated[Optional[float], typer.Option(help="Relative budget tolerance of the search (default 1%; 5% for --latency).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a channels-per-group PNG.")] = True,
@@ -111,7 +119,7 @@ def prune(
     val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = GateOptions.device,
     weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
-    selection: Annotated[str, typer.Option(help="How gates become widths: threshold (the paper's Algorithm 1: one global τ, every channel counts alike) or cost-aware (gate value per MAC saved, or per parameter for --params; greedy, re-counted as widths shrink).")] = "threshold",
+    selection: Annotated[str, typer.Option(help="How gates become widths: threshold (the paper's Algorithm 1: one global τ, every channel counts alike) cost-aware (gate value per MAC saved, or per parameter for --params; greedy, re-counted as widths shrink) or latency-aware (gate value per unit of latency saved, from every layer timed alone on --backend at the plan's input size; the budget is still counted as asked).")] = "threshold",
     search_space: Annotated[str, typer.Option(help="full: every channel group may shrink; paper: the paper's official code (residual streams kept at the --expand width, only block-internal channels gated, r against the unexpanded model, snapshot rule 'share of non-zero gates <= r', crop+flip, eval-mode BN, lr 0.01 for the preset's epochs).")] = "full",
 ) -> None:
     """Plan a thinner network that meets a FLOPs, parameter or measured-latency budget.
@@ -139,6 +147,7 @@ def prune(
     size = parse_input_size(input_size)
     if size and in_chans:
         size = (in_chans, size[1], size[2])
+    round_to = parse_round_to(round_to)
     check_out(out)
     start = time.perf_counter()
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
@@ -146,7 +155,8 @@ def prune(
                         weights=weights, selection=selection, search_space=search_space)
     options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
                    round_to=round_to, seed=seed, tolerance=tolerance, gates=gates,
-                   latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision))
+                   latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision,
+                                          mode=timing, check=latency_check))
     if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
         try:
             run_prune(arch, budget, **options)

@@ -1,0 +1,137 @@
+"""``--round-to auto``: the measured choice of channel multiple, its cache, the documented fallback,
+the ragged-widths warning, and prune's latency comparison with the uniform plan."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+import slimkit
+from slimkit import rounding
+from slimkit.budget import Budget, search_cost_aware
+from slimkit.cli import app
+from slimkit.errors import SlimkitError
+from slimkit.generator import channel_graph
+from slimkit.layer_latency import layer_latency_per_mac
+from slimkit.prune import LatencyOptions
+from slimkit.recipe import parse_recipe
+
+runner = CliRunner()
+
+
+def test_choose_multiple_takes_the_smallest_within_tolerance_of_the_best():
+    # AVX-512-like: multiples of 8 pay for padding to 16-channel blocks
+    assert rounding.choose_multiple({4: 1.40, 8: 1.12, 16: 1.00, 32: 1.01, 64: 1.20}) == 16
+    # AVX2-like: 8 is as fast as 16 within noise, and finer
+    assert rounding.choose_multiple({4: 1.25, 8: 1.01, 16: 1.00, 32: 1.02}) == 8
+    with pytest.raises(SlimkitError):
+        rounding.choose_multiple({})
+
+
+def test_sweep_finds_the_block_size_of_a_fake_runtime():
+    """A runtime whose kernels work in blocks of 16 channels: latency follows the MACs of the widths
+    padded up to 16, so only multiples of 16 avoid paying for padding. The sweep must find 16."""
+    graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+    full = graph.count_flops()
+
+    def fake_time_ratio(widths):
+        padded = {n: min(graph.groups[n].width, math.ceil(w / 16) * 16) for n, w in widths.items()}
+        return graph.count_flops(padded) / full
+
+    costs = rounding.sweep_multiples(graph, Budget("flops", "50%", full // 2), fake_time_ratio, candidates=(4, 8, 16))
+    assert set(costs) == {4, 8, 16}
+    assert costs[16] == pytest.approx(1.0, abs=1e-9) and costs[4] > costs[8] > 1.0
+    assert rounding.choose_multiple(costs) == 16
+
+
+def test_round_to_accepts_auto_and_integers_only():
+    assert rounding.parse_round_to("auto") == "auto" and rounding.parse_round_to("16") == 16
+    for bad in ("fast", "8.5", True):
+        with pytest.raises(SlimkitError, match="--round-to"):
+            rounding.parse_round_to(bad)
+    r = runner.invoke(app, ["prune", "resnet20", "--flops", "50%", "--method", "uniform", "--round-to", "x"])
+    assert r.exit_code == 2 and r.output.startswith("error:") and "Traceback" not in r.output
+
+
+def test_without_timing_auto_uses_the_documented_multiple():
+    plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10)
+    assert plan.round_to == 8  # conftest pins this CPU's documented block to 8
+    assert plan.search["rounding"]["how"] == "table" and "latency_check" not in plan.search
+    # a GPU backend that cannot be timed here takes NVIDIA's documented multiple
+    m, why = rounding.documented_multiple("ort-cuda", "int8")
+    assert m == 16 and "int8" in why
+
+
+def test_auto_measures_once_then_uses_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    logs = []
+    opts = LatencyOptions(threads=1, check=False)
+    plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, latency=opts, log=logs.append)
+    rec = plan.search["rounding"]
+    assert rec["how"] == "measured" and plan.round_to == rec["round_to"] in rounding.CANDIDATES
+    assert set(rec["latency_per_mac"]) <= {str(m) for m in rounding.CANDIDATES} and len(rec["latency_per_mac"]) >= 3
+    assert all(w % plan.round_to == 0 or w == g["full"] for g in plan.groups.values() for w in [g["width"]])
+    assert any("round-to" in line for line in logs)
+    cache = json.loads((tmp_path / "round_to.json").read_text())
+    assert len(cache["entries"]) == 1
+    again = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, latency=opts)
+    assert again.search["rounding"]["how"] == "cached" and again.round_to == plan.round_to
+
+
+def test_ragged_plan_warns_with_its_measured_cost(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    logs = []
+    plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, round_to=1,
+                         latency=LatencyOptions(threads=1), log=logs.append)
+    (warning,) = plan.search["warnings"]
+    assert "--round-to auto" in warning and "x the full model's latency on ort-cpu" in warning
+    check = plan.search["latency_check"]
+    assert check["mode"] == "served" and check["input_size"] == [3, 32, 32] and check["plan_ratio_to_full"] > 0
+    assert any(line.startswith("warning:") for line in logs)
+    # rounded to the runtime's block: no warning
+    plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, round_to=8,
+                         latency=LatencyOptions(check=False))
+    assert "warnings" not in plan.search
+
+
+def test_recipe_takes_auto_and_timing():
+    r = parse_recipe({"name": "t", "arch": "resnet20", "prune": {"method": "uniform", "flops": "50%", "round_to": "auto",
+                                                   "timing": "interleaved"}}, "r.yaml")
+    assert r.prune.round_to == "auto" and r.prune.timing == "interleaved"
+    for bad in ({"round_to": "fast"}, {"timing": "fast"}):
+        with pytest.raises(SlimkitError):
+            parse_recipe({"name": "t", "arch": "resnet20", "prune": {"method": "uniform", "flops": "50%", **bad}}, "r.yaml")
+
+
+# ---------------------------------------------------------------------------- latency-aware selection
+def test_latency_weights_move_channels_out_of_expensive_layers():
+    """Equal gates everywhere: MAC-ranked selection and latency-ranked selection differ only by cost.
+    Make the first stage's convs 20x as expensive per MAC: the latency-aware plan must keep fewer
+    of the first stage's channels, and land on the same MAC budget."""
+    graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+    gates = {n: [0.5] * g.width for n, g in graph.groups.items()}
+    budget = Budget("flops", "50%", graph.count_flops() // 2)
+    by_macs = search_cost_aware(graph, gates, budget, round_to=8)
+    weights = {fqn: (20.0 if fqn.startswith(("conv1", "layer1")) else 1.0) for fqn, _ in graph.mac_terms}
+    by_latency = search_cost_aware(graph, gates, budget, round_to=8, rank_weights=weights)
+    assert by_latency.selection == "latency-aware" and by_macs.selection == "cost-aware"
+    stage1 = [n for n in graph.groups if any(c.startswith(("conv1", "layer1")) for c in graph.groups[n].producers)]
+    assert stage1
+    assert sum(by_latency.widths[n] for n in stage1) < sum(by_macs.widths[n] for n in stage1)
+    for res in (by_macs, by_latency):
+        assert abs(res.flops - budget.value) / budget.value <= 0.01
+
+
+def test_layer_table_times_every_counted_layer(monkeypatch):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    plan = slimkit.full_plan("resnet20", num_classes=10)
+    graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+    table = layer_latency_per_mac(plan, graph, threads=1, runs=8)
+    layers = table.pop("_layers")
+    counted = {fqn for fqn, _ in graph.mac_terms}
+    assert set(table) == counted  # every conv and the classifier
+    assert 3 <= layers < len(counted)  # equal configurations are timed once
+    assert all(v > 0 for v in table.values())
+    assert sum(table.values()) / len(table) == pytest.approx(1.0)
