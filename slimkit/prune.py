@@ -172,8 +172,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         probe = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
                                         arch_kwargs=kwargs, expand=expand, round_to=1, method=method, seed=seed)
         rounding = auto_round_to(graph, probe, b, backend=latency_options.backend,
-                                 precision=latency_options.precision, mode=latency_options.mode,
-                                 threads=latency_options.threads, batch=latency_options.batch, device=timing_device,
+                                 precision=latency_options.precision, threads=latency_options.threads, batch=latency_options.batch, device=timing_device,
                                  say=say)
         round_to = rounding.multiple
     else:
@@ -400,9 +399,10 @@ def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> N
 
 def check_latency(plan: ChannelPlan, graph, options: LatencyOptions, device: str, say) -> dict[str, Any]:
     """Time ``plan`` and the uniform plan at its budget against the full model, on the target backend at
-    the plan's input size: a pruned plan that runs slower than plain width scaling must say so."""
+    the plan's input size: a pruned plan that runs slower than plain width scaling must say so.
+    Interleaved: it is a comparison, and interleaved timing compares soundly even on a busy machine."""
     meter = LatencyMeter(plan, graph, backend=options.backend, threads=options.threads, batch=options.batch,
-                         device=device, precision=options.precision, mode=options.mode)
+                         device=device, precision=options.precision, mode="interleaved")
     try:
         mine = meter.measure({n: g["width"] for n, g in plan.groups.items()})
         uniform = None

@@ -7,14 +7,20 @@ padding: on one AVX-512 Xeon a uniform 50% MobileNet-V1 ran at 1.16x the *full* 
 ragged widths, 0.62x at multiples of 8 and 0.55x at multiples of 16. The best multiple depends on
 the CPU, the runtime, the precision and the model, so it is measured, never assumed:
 
-* the uniform plan at the budget is built at each candidate multiple (4, 8, 16, 32, 64), exported
-  and timed against the full model on the target backend (:class:`slimkit.latency_search.LatencyMeter`,
-  the latency search's meter), giving each multiple's *latency per MAC*: its latency ratio to the
-  full model divided by its MAC ratio;
-* the smallest multiple within :data:`TOLERANCE` of the best wins (a smaller multiple gives the
-  search finer widths to meet the budget with; within noise, it is no slower);
+* for each candidate multiple m (4, 8, 16, 32), the uniform plan at the budget is built with every
+  pruned width an *odd* multiple of m (plan A; a uniform MobileNet at 0.5x is all multiples of 16
+  whatever m is, which would hide what m costs) and with those widths one step of m wider (plan B,
+  multiples of 2m). Both are exported and timed against each other on the target backend
+  (:meth:`slimkit.latency_search.LatencyMeter.compare`), interleaved: the block size is a property
+  of the kernels, and interleaved timing is the one that still compares well on a busy machine
+  (served timing, with pool threads spinning, measured scheduling noise there). If the runtime computes at m's
+  granularity, A is faster than B in proportion to its fewer MACs; if it pads to 2m internally, A
+  costs what B costs. m's *efficiency* is the time A saves over B divided by the MACs it saves
+  (about 1: m is a real granularity here; about 0: m is padded away);
+* the smallest multiple with efficiency >= :data:`MIN_EFFICIENCY` wins (finer widths let the
+  search land budgets more closely and keep more of the channels that matter);
 * the choice is cached per machine (CPU model and flags), runtime version, backend, precision,
-  timing mode, threads, batch, model and budget, so the sweep runs once (``SLIMKIT_CACHE_DIR``).
+  threads, batch, model and budget, so the sweep runs once (``SLIMKIT_CACHE_DIR``).
 
 Where nothing can be timed (a GPU backend on a machine without that GPU, or
 ``SLIMKIT_NO_TIMING=1``) the multiple comes from :data:`DOCUMENTED_MULTIPLES`, and the plan says so.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -42,12 +49,12 @@ from slimkit.latency import cpu_description
 from slimkit.latency_search import LatencyMeter
 from slimkit.plan import ChannelPlan
 
-__all__ = ["AUTO", "CANDIDATES", "TOLERANCE", "RoundingChoice", "choose_multiple", "sweep_multiples",
-           "auto_round_to", "documented_multiple", "parse_round_to", "cpu_flags", "is_ragged", "timing_enabled"]
+__all__ = ["AUTO", "CANDIDATES", "MIN_EFFICIENCY", "RoundingChoice", "choose_multiple", "sweep_multiples",
+           "auto_round_to", "odd_multiples", "documented_multiple", "parse_round_to", "cpu_flags", "is_ragged", "timing_enabled"]
 
 AUTO = "auto"
-CANDIDATES = (4, 8, 16, 32, 64)
-TOLERANCE = 0.03  # latency per MAC within 3% of the best counts as "as fast" (timing noise is ~1-2%)
+CANDIDATES = (4, 8, 16, 32)
+MIN_EFFICIENCY = 0.5  # at least half the MACs saved by m's finer step must show up as time saved
 CACHE_FILE = "round_to.json"
 CACHE_FORMAT = "slimkit.round_to/1"
 
@@ -119,7 +126,7 @@ class RoundingChoice:
     precision: str = "fp32"
     mode: str | None = None
     threads: int | None = None
-    cost_per_mac: dict[int, float] = field(default_factory=dict)  # latency ratio / MAC ratio per multiple
+    sweep: dict[int, dict[str, float]] = field(default_factory=dict)  # per multiple: MAC and time ratios A/B
     machine: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -127,39 +134,62 @@ class RoundingChoice:
                "precision": self.precision, "machine": self.machine}
         if self.mode:
             out.update({"mode": self.mode, "threads": self.threads})
-        if self.cost_per_mac:
-            out["latency_per_mac"] = {str(m): round(c, 4) for m, c in sorted(self.cost_per_mac.items())}
+        if self.sweep:
+            out["sweep"] = {str(m): {k: round(v, 4) for k, v in r.items()} for m, r in sorted(self.sweep.items())}
         return out
 
 
-def choose_multiple(costs: dict[int, float], tolerance: float = TOLERANCE) -> int:
-    """The smallest multiple whose latency per MAC is within ``tolerance`` of the best one."""
-    if not costs:
+def choose_multiple(sweep: dict[int, dict[str, float]], min_efficiency: float = MIN_EFFICIENCY) -> int:
+    """The smallest multiple whose efficiency (time saved / MACs saved, A vs B) is at least
+    ``min_efficiency``; if none is, the largest one measured (every finer step was padded away)."""
+    if not sweep:
         raise SlimkitError("no channel multiple could be measured")
-    best = min(costs.values())
-    return min(m for m, c in costs.items() if c <= best * (1 + tolerance))
+    good = [m for m, r in sweep.items() if r["efficiency"] >= min_efficiency]
+    return min(good) if good else max(sweep)
 
 
-def sweep_multiples(graph: ChannelGraph, budget: Budget, time_ratio: Callable[[dict[str, int]], float], *,
+def odd_multiples(graph: ChannelGraph, widths: dict[str, int], m: int) -> dict[str, int]:
+    """``widths`` moved to odd multiples of ``m`` (one step down, or up where down is below ``m``),
+    for pruned groups whose structure allows it; full-width and structurally fixed groups stay."""
+    out = dict(widths)
+    for name, w in widths.items():
+        g = graph.groups[name]
+        if math.lcm(m, g.divisor) != m or w >= g.width or w % (2 * m):
+            continue  # kept whole, constrained by its own divisor, or already an odd multiple
+        if w - m >= m:
+            out[name] = w - m
+        elif w + m < g.width:
+            out[name] = w + m
+    return out
+
+
+def sweep_multiples(graph: ChannelGraph, budget: Budget,
+                    time_ratio: Callable[[dict[str, int], dict[str, int]], float], *,
                     expand: float = 1.0, candidates: tuple[int, ...] = CANDIDATES,
-                    say: Callable[[str], None] | None = None) -> dict[int, float]:
-    """Latency per MAC of the uniform plan at ``budget`` for each multiple. ``time_ratio(widths)`` is the
-    plan's measured latency as a ratio to the full model's. Multiples that cannot meet the budget
-    (too coarse for the model's groups) are left out."""
-    full_flops = graph.count_flops()
-    costs: dict[int, float] = {}
+                    say: Callable[[str], None] | None = None) -> dict[int, dict[str, float]]:
+    """For each multiple m: plan A (uniform at ``budget``, pruned widths at odd multiples of m) and plan
+    B (A's odd widths one step of m wider); ``time_ratio(A, B)`` is A's measured latency over B's.
+    Returns {m: {"mac_ratio", "time_ratio", "efficiency"}}; multiples with nothing to move, or that
+    cannot meet the budget, are left out."""
+    out: dict[int, dict[str, float]] = {}
     for m in candidates:
         try:
-            widths = search_uniform(graph, budget, round_to=m, expand=expand, tolerance=0.05).widths
+            a = odd_multiples(graph, search_uniform(graph, budget, round_to=m, expand=expand, tolerance=0.05).widths, m)
         except BudgetError:
             continue
-        mac_ratio = graph.count_flops(widths) / full_flops
-        ratio = time_ratio(widths)
-        costs[m] = ratio / mac_ratio
+        b = {n: w + m if (w // m) % 2 == 1 and w % m == 0 and w + m <= graph.groups[n].width
+             and math.lcm(m, graph.groups[n].divisor) == m else w for n, w in a.items()}
+        mac_a, mac_b = graph.count_flops(a), graph.count_flops(b)
+        if mac_b <= mac_a:
+            continue
+        mac_ratio = mac_a / mac_b
+        t = time_ratio(a, b)
+        eff = (1 - t) / (1 - mac_ratio)
+        out[m] = {"mac_ratio": mac_ratio, "time_ratio": t, "efficiency": eff}
         if say:
-            say(f"  round-to {m:>2}: {mac_ratio:.3f} of the MACs -> {ratio:.3f}x the latency "
-                f"({costs[m]:.3f} per MAC share)")
-    return costs
+            say(f"  round-to {m:>2}: {100 * (1 - mac_ratio):.1f}% fewer MACs than one step wider -> "
+                f"{100 * (1 - t):+.1f}% time (efficiency {eff:.2f})")
+    return out
 
 
 def documented_multiple(backend: str, precision: str = "fp32", device: str = "cpu") -> tuple[int, str]:
@@ -170,9 +200,9 @@ def documented_multiple(backend: str, precision: str = "fp32", device: str = "cp
     return _simd_block()
 
 
-def _cache_key(template: ChannelPlan, fraction: float, backend: str, precision: str, mode: str,
+def _cache_key(template: ChannelPlan, fraction: float, backend: str, precision: str,
                threads: int | None, batch: int) -> str:
-    key = [cpu_description(), sorted(cpu_flags()), ort.__version__, backend, precision, mode, threads, batch,
+    key = [cpu_description(), sorted(cpu_flags()), ort.__version__, backend, precision, threads, batch,
            template.arch, template.arch_kwargs, list(template.input_size), template.expand, round(fraction, 2)]
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -188,7 +218,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *, backend: str = "ort-cpu",
-                  precision: str = "fp32", mode: str = "served", threads: int | None = None, batch: int = 1,
+                  precision: str = "fp32", threads: int | None = None, batch: int = 1,
                   device: str = "cpu", say: Callable[[str], None] | None = None) -> RoundingChoice:
     """Measure (or recall) the fastest channel multiple for ``template``'s model on ``backend``.
 
@@ -213,13 +243,14 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
         fraction = budget.fraction if budget.fraction is not None else 0.5
         sweep_budget = Budget("flops", f"{fraction:.0%}", round(fraction * full_flops))
     path = cache_dir() / CACHE_FILE
-    key = _cache_key(template, fraction, backend, precision, mode, threads, batch)
+    mode = "interleaved"  # a comparison of two plans: see the module docstring
+    key = _cache_key(template, fraction, backend, precision, threads, batch)
     cache = _read_cache(path)
     hit = cache["entries"].get(key)
     if isinstance(hit, dict) and isinstance(hit.get("round_to"), int):
-        costs = {int(k): float(v) for k, v in hit.get("latency_per_mac", {}).items()}
+        sweep = {int(k): dict(v) for k, v in hit.get("sweep", {}).items()}
         choice = RoundingChoice(hit["round_to"], "cached", hit.get("why", ""), backend, precision, mode,
-                                hit.get("threads"), costs, machine)
+                                hit.get("threads"), sweep, machine)
         say(f"round-to auto: {choice.multiple} (measured earlier on this machine; cache {path})")
         return choice
     say(f"round-to auto: timing the uniform plan at {fraction:.0%} at each channel multiple on {backend} "
@@ -227,16 +258,18 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
     meter = LatencyMeter(template, graph, backend=backend, threads=threads, batch=batch, device=device,
                          precision=precision, mode=mode)
     try:
-        costs = sweep_multiples(graph, sweep_budget, lambda w: meter.measure(w).ratio, expand=template.expand,
-                                say=say)
+        sweep = sweep_multiples(graph, sweep_budget, lambda a, b: meter.compare(a, b, runs=3 * meter.runs // 2).ratio,
+                                expand=template.expand, say=say)
         threads = meter.threads
     finally:
         meter.close()
-    best = choose_multiple(costs)
-    fastest = min(costs, key=costs.get)
-    why = (f"fastest latency per MAC on {backend} here" if best == fastest else
-           f"within {TOLERANCE:.0%} of the fastest multiple ({fastest}) and finer")
-    choice = RoundingChoice(best, "measured", why, backend, precision, mode, threads, costs, machine)
+    best = choose_multiple(sweep)
+    finer = [m for m in sweep if m < best]
+    why = (f"the finest multiple {backend} computes at here (efficiency {sweep[best]['efficiency']:.2f}"
+           + (f"; {', '.join(map(str, finer))} padded away" if finer else "") + ")"
+           if sweep[best]["efficiency"] >= MIN_EFFICIENCY else
+           f"no multiple up to {best} showed its MACs saved as time saved on {backend} here")
+    choice = RoundingChoice(best, "measured", why, backend, precision, mode, threads, sweep, machine)
     cache["entries"][key] = choice.to_json()
     try:
         atomic_write_text(path, json.dumps(cache, indent=1) + "\n")

@@ -112,7 +112,7 @@ def test_cli_int8_latency_budget_times_quantized_candidates(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--latency", "50%", "--precision", "fp16"], "unknown --precision 'fp16'"),
-    (["--flops", "50%", "--precision", "int8"], "drop --precision or use --latency"),
+    (["--flops", "50%", "--precision", "int8", "--round-to", "8"], "drop --precision"),
     (["--latency", "50%", "--precision", "int8", "--backend", "torch"], "use --backend ort-cpu"),
     (["--latency", "150M"], "cannot read latency budget"),
     (["--flops", "8ms"], "not a FLOPs budget"),

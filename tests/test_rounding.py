@@ -20,29 +20,45 @@ from slimkit.recipe import parse_recipe
 runner = CliRunner()
 
 
-def test_choose_multiple_takes_the_smallest_within_tolerance_of_the_best():
-    # AVX-512-like: multiples of 8 pay for padding to 16-channel blocks
-    assert rounding.choose_multiple({4: 1.40, 8: 1.12, 16: 1.00, 32: 1.01, 64: 1.20}) == 16
-    # AVX2-like: 8 is as fast as 16 within noise, and finer
-    assert rounding.choose_multiple({4: 1.25, 8: 1.01, 16: 1.00, 32: 1.02}) == 8
+def test_choose_multiple_takes_the_finest_multiple_the_runtime_computes_at():
+    def sweep(**eff):
+        return {int(k[1:]): {"mac_ratio": 0.9, "time_ratio": 1.0, "efficiency": v} for k, v in eff.items()}
+    # AVX-512-like: widths at odd multiples of 8 cost what the next multiple of 16 costs
+    assert rounding.choose_multiple(sweep(m4=0.0, m8=0.05, m16=0.9, m32=1.0)) == 16
+    # AVX2-like: 8 is a real granularity
+    assert rounding.choose_multiple(sweep(m4=0.1, m8=0.8, m16=0.9, m32=1.1)) == 8
+    # nothing efficient: the coarsest measured
+    assert rounding.choose_multiple(sweep(m4=0.1, m8=0.2)) == 8
     with pytest.raises(SlimkitError):
         rounding.choose_multiple({})
 
 
 def test_sweep_finds_the_block_size_of_a_fake_runtime():
     """A runtime whose kernels work in blocks of 16 channels: latency follows the MACs of the widths
-    padded up to 16, so only multiples of 16 avoid paying for padding. The sweep must find 16."""
+    padded up to 16. Odd multiples of 8 then cost what the next multiple of 16 costs (efficiency 0),
+    odd multiples of 16 save time in proportion to MACs (efficiency 1): the sweep must pick 16."""
     graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
-    full = graph.count_flops()
 
-    def fake_time_ratio(widths):
-        padded = {n: min(graph.groups[n].width, math.ceil(w / 16) * 16) for n, w in widths.items()}
-        return graph.count_flops(padded) / full
+    def padded_macs(widths):
+        return graph.count_flops({n: min(graph.groups[n].width, math.ceil(w / 16) * 16) for n, w in widths.items()})
 
-    costs = rounding.sweep_multiples(graph, Budget("flops", "50%", full // 2), fake_time_ratio, candidates=(4, 8, 16))
-    assert set(costs) == {4, 8, 16}
-    assert costs[16] == pytest.approx(1.0, abs=1e-9) and costs[4] > costs[8] > 1.0
-    assert rounding.choose_multiple(costs) == 16
+    sweep = rounding.sweep_multiples(graph, Budget("flops", "50%", graph.count_flops() // 2),
+                                     lambda a, b: padded_macs(a) / padded_macs(b), candidates=(4, 8, 16))
+    assert set(sweep) == {4, 8, 16}
+    assert sweep[16]["efficiency"] == pytest.approx(1.0) and sweep[16]["mac_ratio"] < 1
+    assert sweep[8]["efficiency"] == pytest.approx(0.0) and sweep[4]["efficiency"] == pytest.approx(0.0)
+    assert rounding.choose_multiple(sweep) == 16
+
+
+def test_sweep_widths_are_odd_multiples_so_each_multiple_is_really_tested():
+    graph = channel_graph("mobilenet_v1", {"num_classes": 10}, (3, 64, 64))
+    full = graph.full_widths()
+    half = {n: w // 2 for n, w in full.items()}  # 16, 32, 64, ...: multiples of 16 whatever m is
+    for m in (8, 16):
+        odd = rounding.odd_multiples(graph, half, m)
+        moved = [n for n in odd if odd[n] != half[n]]
+        assert moved and all(odd[n] % m == 0 and (odd[n] // m) % 2 == 1 for n in moved)
+        assert all(odd[n] < full[n] for n in moved)
 
 
 def test_round_to_accepts_auto_and_integers_only():
@@ -71,7 +87,8 @@ def test_auto_measures_once_then_uses_the_cache(monkeypatch, tmp_path):
     plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, latency=opts, log=logs.append)
     rec = plan.search["rounding"]
     assert rec["how"] == "measured" and plan.round_to == rec["round_to"] in rounding.CANDIDATES
-    assert set(rec["latency_per_mac"]) <= {str(m) for m in rounding.CANDIDATES} and len(rec["latency_per_mac"]) >= 3
+    assert set(rec["sweep"]) <= {str(m) for m in rounding.CANDIDATES} and len(rec["sweep"]) >= 2
+    assert all({"mac_ratio", "time_ratio", "efficiency"} <= set(r) for r in rec["sweep"].values())
     assert all(w % plan.round_to == 0 or w == g["full"] for g in plan.groups.values() for w in [g["width"]])
     assert any("round-to" in line for line in logs)
     cache = json.loads((tmp_path / "round_to.json").read_text())
@@ -88,7 +105,7 @@ def test_ragged_plan_warns_with_its_measured_cost(monkeypatch, tmp_path):
     (warning,) = plan.search["warnings"]
     assert "--round-to auto" in warning and "x the full model's latency on ort-cpu" in warning
     check = plan.search["latency_check"]
-    assert check["mode"] == "served" and check["input_size"] == [3, 32, 32] and check["plan_ratio_to_full"] > 0
+    assert check["mode"] == "interleaved" and check["input_size"] == [3, 32, 32] and check["plan_ratio_to_full"] > 0
     assert any(line.startswith("warning:") for line in logs)
     # rounded to the runtime's block: no warning
     plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, round_to=8,
