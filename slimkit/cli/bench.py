@@ -13,11 +13,13 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
-from slimkit.cli._common import check_out_parent, checked_numbers, console, make_progress, parse_input_size, user_errors
+from slimkit.cli._common import FORCE_HELP, checked_numbers, console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
-from slimkit.latency import BACKENDS, LatencyError, check_regression, measure, read_baseline, write_baseline
+from slimkit.files import check_outputs
+from slimkit.latency import (BACKENDS, LatencyError, baseline_output, check_regression, measure, read_baseline,
+                             report_outputs, write_baseline)
 from slimkit.runtime import resolve_device
 
 
@@ -102,6 +104,7 @@ def bench(
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare MODEL against this baseline JSON; exit 1 on a regression.")] = None,
     max_regression: Annotated[str, typer.Option(help="Allowed slow-down of MODEL/reference vs the baseline.")] = "10%",
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Measure and (re)write --baseline instead of checking it.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Time models side by side (interleaved rounds), or gate one against a latency baseline."""
     for b in backend:
@@ -109,7 +112,15 @@ def bench(
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
     device = resolve_bench_device(backend, device)
     size = parse_input_size(input_size)
-    check_out_parent(out)
+    inputs = [m for m in models if Path(m).exists()]
+    if baseline is not None and update_baseline:
+        outputs = [baseline_output(baseline)]  # recording writes the baseline only
+    elif baseline is not None:  # the gate's check writes its report to --out itself
+        inputs.append(baseline)
+        outputs = report_outputs(out)
+    else:
+        outputs = [o for b in backend for o in report_outputs(_report_stem(out, b, backend))]
+    check_outputs(outputs, inputs=inputs, force=force)
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         workdir = Path(tmp)
         if baseline is not None:
@@ -131,9 +142,13 @@ def bench(
             render_report(report)
             if b == "openvino-cpu":
                 _openvino_parity(report, cands, threads)
-            stem = out if len(backend) == 1 else out.with_name(f"{out.name}-{b}")
-            written = report.write(stem)
+            written = report.write(_report_stem(out, b, backend))
             console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
+
+
+def _report_stem(out: Path, backend: str, backends: list[str]) -> Path:
+    """Where one backend's report goes: --out itself, or --out-BACKEND when several are timed."""
+    return out if len(backends) == 1 else out.with_name(f"{out.name}-{backend}")
 
 
 def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, threads, batch, warmup, runs, device,
