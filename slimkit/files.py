@@ -174,13 +174,13 @@ def _name_too_long(path: Path) -> bool:
 
 
 def check_outputs(outputs: Sequence[Output], *, inputs: Sequence[str | os.PathLike] = (), force: bool = False,
-                  option: str = "--out") -> None:
+                  option: str = "--out", not_ours: str = "is not {what} written by slimkit") -> None:
     """Before any work: every output can be written and replaces nothing of the user's.
 
     Refused (one line, naming the path and the fix): an output that is an input; two outputs on one
     path (``--out plan.png`` would put the plan and its plot there); a folder, or a file in the way
     of a folder, where an output goes; a name longer than the file system allows; an existing file
-    that ``ours`` does not recognise, unless ``force``."""
+    that ``ours`` does not recognise, unless ``force`` (``not_ours`` says why it is not slimkit's)."""
     seen: dict[str, Output] = {}
     for out in outputs:
         path = Path(out.path)
@@ -205,5 +205,6 @@ def check_outputs(outputs: Sequence[Output], *, inputs: Sequence[str | os.PathLi
             raise OutputError(f"{path} is a folder, but {out.what} goes there; move it away or choose another "
                               f"{option}")
         if (path.exists() or path.is_symlink()) and not force and not out.ours(path):
-            raise OutputError(f"{path} exists and is not {out.what} written by slimkit: slimkit will not replace it; "
-                              f"move it away, choose another {option}, or pass --force to replace it")
+            why = not_ours.format(what=out.what)
+            raise OutputError(f"{path} exists and {why}: slimkit will not replace it; move it away, choose another "
+                              f"{option}, or pass --force to replace it")

@@ -611,7 +611,9 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
         raise SlimkitError("--out is empty: give a folder for the run")
     same = check_folder(recipe, lay)
     if not lay.owned():  # not a run folder (yet): nothing in it is the run's, so nothing may be replaced
-        check_outputs(lay.outputs(recipe), inputs=[source] if Path(source).exists() else [], force=force)
+        check_outputs(lay.outputs(recipe), inputs=[source] if Path(source).exists() else [], force=force,
+                      not_ours=f"{lay.root} is not a `slimkit run` folder (no recipe.yaml a run wrote), so this is "
+                               "not {what} of a run and will not be reused")
     start = time.perf_counter()
     with folder_lock(lay.root, "run"):
         record = StageRecord(lay)  # before recipe.yaml is written: a new folder is no legacy run folder
