@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, analyze
 from slimkit.plan import ChannelPlan, load_plan
 
-__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model"]
+__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -175,13 +176,8 @@ def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
             )
 
 
-def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None) -> nn.Module:
-    """G(plan): the thin network a plan describes, freshly initialised.
-
-    Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
-    same weights; the global RNG is left untouched.
-    """
-    plan = load_plan(plan)
+def _plan_graph(plan: ChannelPlan) -> ChannelGraph:
+    """The channel graph a plan is read against (traced once per architecture and size), checked to fit."""
     try:
         graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
     except PlanError:
@@ -189,6 +185,48 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     except (ValueError, TypeError) as exc:
         raise PlanError(f"cannot build {plan.arch} from the plan: {exc}") from exc
     check_plan_fits(plan, graph)
+    return graph
+
+
+# How far a stored count may sit from the recount before the plan counts as edited: counting changes
+# between slimkit versions move a count by well under this; a hand-edited number does not hide in it.
+COUNT_TOLERANCE = 0.01
+
+
+def verified_plan(plan: ChannelPlan | dict | str | os.PathLike, source: str | None = None) -> ChannelPlan:
+    """The plan with every count recomputed from its widths by the channel graph (no model is built):
+    its MACs and parameters, and the full model's (``search.full_flops`` / ``full_params``). A stored
+    count that disagrees with the recount by more than :data:`COUNT_TOLERANCE` is a
+    :class:`PlanError` (the plan was edited or damaged); everything derived from the counts
+    (Scratch-B epochs, reports, summaries) then reads these verified numbers, never the stored ones."""
+    source = source or (str(plan) if isinstance(plan, (str, os.PathLike)) else "the plan")
+    plan = load_plan(plan)
+    graph = _plan_graph(plan)
+    counted = {"flops": graph.count_flops(plan.widths), "params": graph.count_params(plan.widths),
+               "full_flops": graph.count_flops(), "full_params": graph.count_params()}
+    stored = {"flops": plan.flops, "params": plan.params, "full_flops": plan.search.get("full_flops"),
+              "full_params": plan.search.get("full_params")}
+    for key, value in stored.items():
+        if value is None:
+            continue
+        true = counted[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                abs(value - true) > max(1, COUNT_TOLERANCE * true):
+            field = key if key in ("flops", "params") else f"search.{key}"
+            raise PlanError(f"{source}: '{field}' says {value!r} but its widths count {true:,} (the channel graph of "
+                            f"{plan.arch}): the plan was edited or damaged; regenerate it with `slimkit prune`")
+    return replace(plan, flops=counted["flops"], params=counted["params"],
+                   search={**plan.search, "full_flops": counted["full_flops"], "full_params": counted["full_params"]})
+
+
+def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None) -> nn.Module:
+    """G(plan): the thin network a plan describes, freshly initialised.
+
+    Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
+    same weights; the global RNG is left untouched.
+    """
+    plan = load_plan(plan)
+    graph = _plan_graph(plan)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed if seed is None else seed)
         model = build_model(plan.arch, plan.arch_kwargs)

@@ -48,6 +48,7 @@ from slimkit.exporters import get_exporter
 from slimkit.exporters.int8 import Int8CheckError, QuantizeSettings, export_int8, int8_path, quantize_for_timing
 from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
 from slimkit.flops import format_count
+from slimkit.generator import verified_plan
 from slimkit.latency import LatencyReport, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
@@ -306,7 +307,7 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
                                f"e.g. a new `slimkit prune` into it): a run's stages must come from one plan; put "
                                f"the run's plan back, or run the recipe into a new --out")
         if path.exists() and (recorded is not None or record.legacy):
-            plans[key] = load_plan(path)
+            plans[key] = verified_plan(path)
             if plans[key].arch != registry.resolve(recipe.arch).canonical:
                 raise SlimkitError(f"{path} is a plan of {plans[key].arch}, not of the recipe's {recipe.arch}: "
                                    "run the recipe into a new --out")

@@ -37,7 +37,7 @@ from slimkit.data import load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with
-from slimkit.generator import full_plan, generate
+from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
@@ -46,6 +46,9 @@ from slimkit.validate import check_number
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
+# Scratch-B's stretch past which a plan is more likely wrong than meant (a plan at 5% of the full
+# model's MACs already trains 20x as long); beyond it, train with --schedule fixed and say how long.
+MAX_SCRATCH_B_STRETCH = 20.0
 
 
 def scratch_b_cap(data: str) -> float | None:
@@ -314,10 +317,16 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune with --num-classes "
                         f"{data.num_classes} (or with --data {cfg.data}) for this data")
 
-    full_flops = plan.search.get("full_flops") or plan.flops
+    plan = verified_plan(plan, f"the plan in {ckpt_path}" if ckpt is not None else None)  # counts from widths
+    full_flops = plan.search["full_flops"]
     epochs = cfg.epochs
     if cfg.schedule == "scratch-b" and plan.flops:
         epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops, cap=scratch_b_cap(cfg.data))
+        if epochs > MAX_SCRATCH_B_STRETCH * cfg.epochs:
+            raise SlimkitError(f"--schedule scratch-b would train {epochs:,} epochs ({full_flops / plan.flops:.0f}x the "
+                               f"full model's {cfg.epochs}: the plan keeps {100 * plan.flops / full_flops:.2g}% of its "
+                               f"MACs), beyond the {MAX_SCRATCH_B_STRETCH:g}x slimkit allows; use --schedule fixed "
+                               "--epochs N to train that plan for N epochs")
     say(f"data: {data.description}")
     say(f"schedule {cfg.schedule}: {epochs} epoch{'' if epochs == 1 else 's'} (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
