@@ -32,6 +32,7 @@ from slimkit.errors import PlanError
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, analyze
 from slimkit.plan import ChannelPlan, load_plan
+from slimkit.runtime import available_memory_bytes
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan"]
 
@@ -54,11 +55,35 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     key = _kwargs_key(arch, arch_kwargs, input_size)
     if key not in _GRAPHS:
         model = model if model is not None else build_model(arch, arch_kwargs)
-        graph = analyze(model, tuple(input_size))
+        graph = analyze(model, tuple(input_size))  # fake tensors: no real activation is made
+        check_memory(arch, graph)  # before the first real forward pass (the MACs count below)
         # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
         graph.other_macs = count_flops(model, input_size) - graph.count_flops()
         _GRAPHS[key] = graph
     return _GRAPHS[key]
+
+
+# A forward pass holds an op's input and output and usually a residual beside them: about three of
+# the largest activation, in fp32.
+_LIVE_ACTIVATIONS = 3
+
+
+def forward_bytes(graph: ChannelGraph, batch: int = 1) -> int:
+    """Memory one forward pass of the traced model needs, roughly: the largest conv/linear output
+    (``mac_terms`` holds each call's output positions) times what is alive beside it."""
+    largest = max((positions * graph.tensor_shapes[fqn][0] for fqn, positions in graph.mac_terms
+                   if fqn in graph.tensor_shapes), default=0)
+    return _LIVE_ACTIVATIONS * 4 * largest * batch
+
+
+def check_memory(arch: str, graph: ChannelGraph) -> None:
+    """Refuse, in one line, an input size whose forward pass cannot fit in this machine's free memory
+    (``--input-size 8192``): the alternative is an out-of-memory traceback, or the kernel killing us."""
+    need, free = forward_bytes(graph), available_memory_bytes()
+    if free is not None and need > free:
+        c, h, w = graph.input_size
+        raise PlanError(f"{arch} at input {h}x{w} needs about {need / 2**30:.1f} GiB for one forward pass, more than "
+                        f"the {free / 2**30:.1f} GiB free here: use a smaller --input-size")
 
 
 def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None = None,
