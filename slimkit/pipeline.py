@@ -471,9 +471,9 @@ def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                       onnx_candidate(lay.onnx_int8, b.batch, name="pruned-int8")]
         report = _measure(cands, hooks, backend=recipe.prune.backend, threads=b.threads, warmup=10, runs=b.runs,
                           device="cpu")
-    hooks.report(report)
     written = report.write(lay.latency)
     record.record("bench", _bench_inputs(recipe, lay), lay.latency_files)
+    hooks.report(report)
     hooks.log("  wrote " + ", ".join(str(p) for p in written))
 
 

@@ -139,10 +139,10 @@ def bench(
                                "compare models of one input size")
         for b in backend:
             report = measure_with_progress(cands, backend=b, threads=threads, warmup=warmup, runs=runs, device=device)
-            render_report(report)
             if b == "openvino-cpu":
-                _openvino_parity(report, cands, threads)
-            written = report.write(_report_stem(out, b, backend))
+                _openvino_parity(report, cands, threads)  # recorded in the report, so before writing it
+            written = report.write(_report_stem(out, b, backend))  # the files first, then the table
+            render_report(report)
             console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
 
 
@@ -164,8 +164,8 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
             ref.name = f"ref-{ref.name}"
         report = measure_with_progress([ref, model], backend=backend, threads=threads, warmup=warmup, runs=runs,
                                        device=device)
-        render_report(report)
         gate = write_baseline(baseline, report, ref, model, base_dir)
+        render_report(report)
         console.print(f"recorded baseline {escape(str(baseline))}: {escape(gate['model'])} / {escape(ref.name)} = "
                       f"{gate['ratio']:.3f} (95% CI {gate['ratio_ci'][0]:.3f}–{gate['ratio_ci'][1]:.3f})",
                       highlight=False)
@@ -177,8 +177,8 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
     ref, model = baseline_candidates(data, models[0], workdir, base_dir)
     report = measure_with_progress([ref, model], backend=data["backend"], threads=threads or int(data["threads"]),
                                    warmup=warmup, runs=runs, device=device)
-    render_report(report)
     report.write(out)
+    render_report(report)
     result = check_regression(report, data["gate"], tolerance)
     console.print(result.message, style="green" if result.passed else "bold red", highlight=False, markup=False)
     return 0 if result.passed else 1

@@ -172,6 +172,6 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
                                            device="cpu")
     else:
         report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
+    written = report.write(latency_stem(out))  # the files first, then the table
     render_report(report)
-    written = report.write(latency_stem(out))
     console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False, markup=False)
