@@ -301,4 +301,5 @@ def test_sigterm_during_export_leaves_no_temporary_folder(tmp_path, plan_file):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
-    assert list(tmp.iterdir()) == [] and out.is_file()  # the ONNX file was finished before the report began
+    assert list(tmp.glob("slimkit-*")) == [] and out.is_file()  # the ONNX file was finished before the report began
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no atomic-write leftovers
