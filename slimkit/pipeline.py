@@ -203,8 +203,17 @@ def _train_jobs(recipe: Recipe, lay: Layout) -> list[tuple[str, Path]]:
 
 def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, str]]]]:
     """For --dry-run: each stage, what it writes and whether it would run now."""
-    def status(p: Path) -> str:
-        return "exists: skip" if p.exists() else "would run"
+    record = StageRecord(lay)
+
+    def status(p: Path) -> str:  # what _prune_stage (and run_recipe's check of a new folder) would do
+        if not p.exists():
+            return "would run"
+        if not lay.owned():
+            return "exists but not a run's: refused (--force replaces it)"
+        recorded = record.wrote("prune", p)
+        if recorded is not None and recorded != _digest(p):
+            return "would run" if p == lay.plan_png else "changed since the run wrote it: refused"
+        return "exists: skip" if recorded is not None or record.legacy else "would run"
 
     trains = []
     for label, folder in _train_jobs(recipe, lay):
@@ -215,7 +224,6 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
     if "uniform" in recipe.train.compare and recipe.prune.method == "uniform":
         trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
     int8 = recipe.export.int8
-    record = StageRecord(lay)
     onnx_state = "exists: skip" if _export_done(lay, record) else "would run"
     int8_state = "exists: skip" if _int8_done(recipe, lay, record) else "would run"
     bench_state = "exists: skip" if _bench_done(recipe, lay, record) else "would run"
