@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.errors import SlimkitError
+from slimkit.files import Output
 
-__all__ = ["ExportError", "ExportResult", "BACKENDS", "get_exporter"]
+__all__ = ["ExportError", "ExportResult", "BACKENDS", "get_exporter", "METADATA_MARK", "onnx_output",
+           "is_slimkit_onnx"]
+
+METADATA_MARK = "slimkit.version"  # the metadata key every file slimkit exports carries
 
 
 class ExportError(SlimkitError):
@@ -48,3 +52,23 @@ def get_exporter(name: str):
         raise ExportError(f"unknown export backend '{name}': choose one of {', '.join(BACKENDS)}")
     module, func = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def is_slimkit_onnx(path: Path) -> bool:
+    """An ONNX file slimkit exported: its metadata holds :data:`METADATA_MARK` (protobuf stores the key
+    as plain bytes, so a scan finds it without parsing a possibly huge or foreign file)."""
+    needle, tail = METADATA_MARK.encode(), b""
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                if needle in tail + chunk:
+                    return True
+                tail = chunk[-len(needle):]
+    except OSError:
+        return False
+    return False
+
+
+def onnx_output(path: str | Path, what: str = "the ONNX file") -> Output:
+    """An ONNX file about to be written: one already there may be replaced when slimkit exported it."""
+    return Output(Path(path), what, is_slimkit_onnx)

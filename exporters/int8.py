@@ -47,8 +47,8 @@ import onnx
 import torch
 
 from slimkit.data import DataBundle, make_loader
-from slimkit.exporters import ExportError, ExportResult
-from slimkit.files import atomic_write, atomic_write_text
+from slimkit.exporters import ExportError, ExportResult, onnx_output
+from slimkit.files import Output, atomic_write, atomic_write_text, is_json_with
 
 __all__ = ["QuantizeSettings", "Int8Check", "Int8CheckError", "CALIBRATION_METHODS", "int8_path",
            "calibration_images", "quantize_onnx", "quantize_for_timing", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
@@ -144,6 +144,13 @@ def int8_path(fp32_path: str | Path) -> Path:
 
 def _check_path(out: Path) -> Path:
     return out.with_name(out.name[: -len(".onnx")] + ".check.json")
+
+
+def int8_outputs(fp32_path: str | Path) -> list[Output]:
+    """What :func:`export_int8` writes beside ``fp32_path``: the int8 file and its check record."""
+    out = int8_path(fp32_path)
+    return [onnx_output(out, "the int8 ONNX file"),
+            Output(_check_path(out), "the int8 check record", is_json_with("fp32", "int8", "written", "check"))]
 
 
 # ---------------------------------------------------------------------------- onnxruntime helpers

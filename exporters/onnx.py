@@ -27,7 +27,7 @@ from torch import nn
 
 from slimkit import validate as limits
 from slimkit.errors import os_error_in
-from slimkit.exporters import ExportError, ExportResult
+from slimkit.exporters import METADATA_MARK, ExportError, ExportResult
 from slimkit.files import atomic_write
 from slimkit.validate import check_number
 from slimkit.version import __version__
@@ -158,7 +158,7 @@ def input_shape(proto_or_path: onnx.ModelProto | str | Path) -> list[int | str]:
 
 def slimkit_metadata(plan_json: str, *, source: str, weights: str, input_size: tuple[int, ...]) -> dict[str, str]:
     """What every exported file carries: slimkit version, plan, where it came from, weights, input size."""
-    return {"slimkit.version": __version__, "slimkit.plan": plan_json, "slimkit.source": source,
+    return {METADATA_MARK: __version__, "slimkit.plan": plan_json, "slimkit.source": source,
             "slimkit.weights": weights, "slimkit.input_size": "x".join(map(str, input_size))}
 
 

@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.exporters.onnx import export, input_shape, slimkit_metadata
 from slimkit.files import atomic_write
-from slimkit.generator import full_plan, generate
+from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
 from slimkit.plan import ChannelPlan, load_plan
 
@@ -70,12 +70,13 @@ def classify(text: str) -> str:
 
 
 def plan_of(source: str | ChannelPlan) -> ChannelPlan | None:
-    """The plan a training source names (a plan or a plan file), or None for an architecture name."""
+    """The plan a training source names (a plan or a plan file), its counts verified
+    (:func:`slimkit.generator.verified_plan`), or None for an architecture name."""
     if isinstance(source, ChannelPlan):
-        return source
+        return verified_plan(source)
     kind = classify(str(source))
     if kind == "plan":
-        return load_plan(source)
+        return verified_plan(source)
     if kind == "arch":
         return None
     if kind == "checkpoint":
@@ -227,14 +228,15 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     kind = classify(source)
     if kind == "checkpoint":
         ckpt = load_checkpoint(source)
-        model = load_weights(generate(ckpt["plan"]), ckpt["model"], source)
-        return LoadedModel(model.eval(), ckpt["plan"], True, f"checkpoint {source} (trained weights)",
+        plan = verified_plan(ckpt["plan"], f"the plan in {source}")
+        model = load_weights(generate(plan), ckpt["model"], source)
+        return LoadedModel(model.eval(), plan, True, f"checkpoint {source} (trained weights)",
                            train_config=ckpt["config"])
     if kind == "onnx":
         raise SlimkitError(f"{source} is already ONNX: give a checkpoint (.pt), a plan (.json) "
                            "or an architecture name")
     if kind == "plan":
-        plan = load_plan(source)
+        plan = verified_plan(source)
         what = f"plan {source} (fresh weights from G)"
     else:
         plan = full_plan(source, num_classes=num_classes, input_size=input_size)
@@ -351,7 +353,7 @@ def candidate_from_spec(spec: dict[str, Any], workdir: Path, batch: int, name: s
         return load_candidate(str(p if p.is_absolute() else base_dir / p), workdir, batch=batch, name=name)
     if kind == "plan":
         try:
-            plan = load_plan(spec["plan"])
+            plan = verified_plan(spec["plan"], "the baseline's reference plan")
         except (PlanError, KeyError) as exc:
             raise LatencyError(f"baseline reference plan is damaged ({exc}); re-record it with --update-baseline") \
                 from None
@@ -365,7 +367,7 @@ def reference_candidate(model: Candidate, workdir: Path, batch: int, *, referenc
     ``arch``, or by default the full model of the plan ``model`` carries."""
     if reference:
         return load_candidate(reference, workdir, batch=batch, name=None)
-    plan = load_plan(model.plan) if model.plan else None
+    plan = verified_plan(model.plan, f"the plan of {model.name}") if model.plan else None
     if arch:
         full = full_plan(arch, num_classes=plan.num_classes if plan else None,
                          input_size=tuple(model.input_shape[1:]))

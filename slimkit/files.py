@@ -1,21 +1,39 @@
-"""Writing artifacts safely: atomic writes (a reader never sees half a file) and one writer per folder.
+"""Writing artifacts safely: atomic writes (a reader never sees half a file), one writer per folder,
+and never over a file slimkit did not write.
 
 Every artifact slimkit writes (plans, checkpoints, ONNX files, reports, plots) goes through
 :func:`atomic_write`; every command that writes a run folder holds :func:`folder_lock` on it.
+Before any work, every command lists each file it will write (the one the user named and the ones
+beside it: plots, reports, run files) as an :class:`Output` and calls :func:`check_outputs`: a
+file already there is replaced only when slimkit can recognise it as its own (its format or mark,
+see :data:`MARK`) or with ``--force``; no output may be an input, two outputs may not share a
+path, and a folder or an over-long name where a file goes fails before the work, not after it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["atomic_write", "atomic_write_text", "cache_dir", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME"]
+__all__ = ["atomic_write", "atomic_write_text", "cache_dir", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME", "Output",
+           "OutputError", "check_outputs", "MARK", "MARKDOWN_MARK", "PNG_MARK", "has_mark", "is_json_with",
+           "same_path"]
+
+# What slimkit writes into files that have no format field of their own, so that a later command can
+# tell its own file (safe to replace) from a user's: a PNG's tEXt "Software" entry, a Markdown comment.
+MARK = "slimkit"
+PNG_MARK = {"Software": MARK}
+MARKDOWN_MARK = "<!-- written by slimkit -->"
+NAME_MAX = 255  # bytes in one file name on every file system slimkit targets
 
 
 def cache_dir() -> Path:
@@ -38,7 +56,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     crash leaves the previous version intact. ``write(tmp_path)`` produces the content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -46,10 +64,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == tmp:
+            exc.filename = str(path)  # the user named `path`; the temporary name means nothing to them
         raise
     return path
+
+
+def _temp_prefix(name: str) -> str:
+    """``.NAME.`` cut so that the temporary name (prefix + 8 random characters + ``.tmp``) fits in
+    :data:`NAME_MAX` bytes whenever ``name`` itself does: a legal 255-byte name must not fail."""
+    room = NAME_MAX - 2 - 8 - len(".tmp")
+    return "." + os.fsdecode(os.fsencode(name)[:room]) + "."
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -90,3 +117,103 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
         os.close(fd)
         if created and path.parent.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # a command that failed before writing anything leaves no empty folder
+
+
+# ---------------------------------------------------------------------------- whose file is this
+class OutputError(SlimkitError):
+    """An output path that would replace something slimkit did not write, or cannot be written."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file a command is about to write: ``what`` it is (for messages), and ``ours``, which says
+    whether a file already at ``path`` is one slimkit wrote (so replacing it loses nothing of the
+    user's). The default recognises nothing: any existing file needs ``--force``."""
+
+    path: Path
+    what: str
+    ours: Callable[[Path], bool] = lambda path: False
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file (through links, ``..`` or another spelling)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def has_mark(path: Path) -> bool:
+    """A PNG or text file carrying :data:`MARK` where slimkit puts it (PNG metadata, a Markdown comment)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if head.startswith(b"\x89PNG"):
+        return b"tEXtSoftware\x00" + MARK.encode() in head
+    return MARKDOWN_MARK.encode() in head or _tail(path, MARKDOWN_MARK.encode())
+
+
+def _tail(path: Path, needle: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            return needle in f.read()
+    except OSError:
+        return False
+
+
+def is_json_with(*keys: str, **values: Any) -> Callable[[Path], bool]:
+    """A recogniser: the file is a JSON object holding ``keys`` (and ``values`` under their keys)."""
+    def ours(path: Path) -> bool:
+        try:
+            if path.stat().st_size > 256 << 20:
+                return False
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and all(k in data for k in keys) and all(
+            data.get(k) == v for k, v in values.items())
+    return ours
+
+
+def _name_too_long(path: Path) -> bool:
+    return any(len(os.fsencode(part)) > NAME_MAX for part in path.parts)
+
+
+def check_outputs(outputs: Sequence[Output], *, inputs: Sequence[str | os.PathLike] = (), force: bool = False,
+                  option: str = "--out", not_ours: str = "is not {what} written by slimkit") -> None:
+    """Before any work: every output can be written and replaces nothing of the user's.
+
+    Refused (one line, naming the path and the fix): an output that is an input; two outputs on one
+    path (``--out plan.png`` would put the plan and its plot there); a folder, or a file in the way
+    of a folder, where an output goes; a name longer than the file system allows; an existing file
+    that ``ours`` does not recognise, unless ``force`` (``not_ours`` says why it is not slimkit's)."""
+    seen: dict[str, Output] = {}
+    for out in outputs:
+        path = Path(out.path)
+        key = os.path.realpath(path)
+        if key in seen:
+            raise OutputError(f"{option} {path}: {seen[key].what} and {out.what} would both be written to {path}; "
+                              f"choose another {option}")
+        seen[key] = out
+        if _name_too_long(path):
+            raise OutputError(f"{option} {path}: a name in it is longer than {NAME_MAX} bytes; choose a shorter "
+                              f"{option}")
+        for source in inputs:
+            if path.exists() and Path(source).exists() and same_path(path, source):
+                raise OutputError(f"{option} {path} is also an input of this command: writing {out.what} there "
+                                  f"would replace it; choose another {option}")
+        for parent in path.parents:
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose another {option}")
+                break
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder, but {out.what} goes there; move it away or choose another "
+                              f"{option}")
+        if (path.exists() or path.is_symlink()) and not force and not out.ours(path):
+            why = not_ours.format(what=out.what)
+            raise OutputError(f"{path} exists and {why}: slimkit will not replace it; move it away, choose another "
+                              f"{option}, or pass --force to replace it")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,8 +32,9 @@ from slimkit.errors import PlanError
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, analyze
 from slimkit.plan import ChannelPlan, load_plan
+from slimkit.runtime import available_memory_bytes
 
-__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model"]
+__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -53,11 +55,35 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     key = _kwargs_key(arch, arch_kwargs, input_size)
     if key not in _GRAPHS:
         model = model if model is not None else build_model(arch, arch_kwargs)
-        graph = analyze(model, tuple(input_size))
+        graph = analyze(model, tuple(input_size))  # fake tensors: no real activation is made
+        check_memory(arch, graph)  # before the first real forward pass (the MACs count below)
         # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
         graph.other_macs = count_flops(model, input_size) - graph.count_flops()
         _GRAPHS[key] = graph
     return _GRAPHS[key]
+
+
+# A forward pass holds an op's input and output, a norm's output beside them and often a residual:
+# about five of the largest activation, in fp32 (measured: ResNet-20 at 8192 px peaks near 4.5).
+_LIVE_ACTIVATIONS = 5
+
+
+def forward_bytes(graph: ChannelGraph, batch: int = 1) -> int:
+    """Memory one forward pass of the traced model needs, roughly: the largest conv/linear output
+    (``mac_terms`` holds each call's output positions) times what is alive beside it."""
+    largest = max((positions * graph.tensor_shapes[fqn][0] for fqn, positions in graph.mac_terms
+                   if fqn in graph.tensor_shapes), default=0)
+    return _LIVE_ACTIVATIONS * 4 * largest * batch
+
+
+def check_memory(arch: str, graph: ChannelGraph) -> None:
+    """Refuse, in one line, an input size whose forward pass cannot fit in this machine's free memory
+    (``--input-size 8192``): the alternative is an out-of-memory traceback, or the kernel killing us."""
+    need, free = forward_bytes(graph), available_memory_bytes()
+    if free is not None and need > 0.8 * free:  # the rest of the process and the OS need some too
+        c, h, w = graph.input_size
+        raise PlanError(f"{arch} at input {h}x{w} needs about {need / 2**30:.1f} GiB for one forward pass, more than "
+                        f"the {free / 2**30:.1f} GiB free here: use a smaller --input-size")
 
 
 def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None = None,
@@ -175,13 +201,8 @@ def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
             )
 
 
-def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None) -> nn.Module:
-    """G(plan): the thin network a plan describes, freshly initialised.
-
-    Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
-    same weights; the global RNG is left untouched.
-    """
-    plan = load_plan(plan)
+def _plan_graph(plan: ChannelPlan) -> ChannelGraph:
+    """The channel graph a plan is read against (traced once per architecture and size), checked to fit."""
     try:
         graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
     except PlanError:
@@ -189,6 +210,48 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     except (ValueError, TypeError) as exc:
         raise PlanError(f"cannot build {plan.arch} from the plan: {exc}") from exc
     check_plan_fits(plan, graph)
+    return graph
+
+
+# How far a stored count may sit from the recount before the plan counts as edited: counting changes
+# between slimkit versions move a count by well under this; a hand-edited number does not hide in it.
+COUNT_TOLERANCE = 0.01
+
+
+def verified_plan(plan: ChannelPlan | dict | str | os.PathLike, source: str | None = None) -> ChannelPlan:
+    """The plan with every count recomputed from its widths by the channel graph (no model is built):
+    its MACs and parameters, and the full model's (``search.full_flops`` / ``full_params``). A stored
+    count that disagrees with the recount by more than :data:`COUNT_TOLERANCE` is a
+    :class:`PlanError` (the plan was edited or damaged); everything derived from the counts
+    (Scratch-B epochs, reports, summaries) then reads these verified numbers, never the stored ones."""
+    source = source or (str(plan) if isinstance(plan, (str, os.PathLike)) else "the plan")
+    plan = load_plan(plan)
+    graph = _plan_graph(plan)
+    counted = {"flops": graph.count_flops(plan.widths), "params": graph.count_params(plan.widths),
+               "full_flops": graph.count_flops(), "full_params": graph.count_params()}
+    stored = {"flops": plan.flops, "params": plan.params, "full_flops": plan.search.get("full_flops"),
+              "full_params": plan.search.get("full_params")}
+    for key, value in stored.items():
+        if value is None:
+            continue
+        true = counted[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                abs(value - true) > max(1, COUNT_TOLERANCE * true):
+            field = key if key in ("flops", "params") else f"search.{key}"
+            raise PlanError(f"{source}: '{field}' says {value!r} but its widths count {true:,} (the channel graph of "
+                            f"{plan.arch}): the plan was edited or damaged; regenerate it with `slimkit prune`")
+    return replace(plan, flops=counted["flops"], params=counted["params"],
+                   search={**plan.search, "full_flops": counted["full_flops"], "full_params": counted["full_params"]})
+
+
+def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None) -> nn.Module:
+    """G(plan): the thin network a plan describes, freshly initialised.
+
+    Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
+    same weights; the global RNG is left untouched.
+    """
+    plan = load_plan(plan)
+    graph = _plan_graph(plan)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed if seed is None else seed)
         model = build_model(plan.arch, plan.arch_kwargs)

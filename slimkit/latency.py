@@ -43,12 +43,13 @@ import torch
 
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_version  # imports OpenVINO itself only when used
-from slimkit.files import atomic_write_text
+from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with
 from slimkit.generator import generate
 from slimkit.plots import plot_latency
 
-__all__ = ["BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport", "physical_cores", "measure",
-           "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT", "model_fingerprint",
+__all__ = ["BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
+           "physical_cores", "measure", "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT",
+           "model_fingerprint", "report_outputs", "baseline_output",
            "read_baseline", "write_baseline"]
 
 BACKENDS = ("ort-cpu", "ort-cuda", "torch", "torch-compile", "openvino-cpu")
@@ -242,14 +243,14 @@ class LatencyReport:
             lines.append(f"| {m['name']} | {'x'.join(map(str, m['input_shape']))} | {fl} | {s['min_ms']:.3f} | "
                          f"{s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | "
                          f"{s['throughput_per_s']:.1f} | {m['ratio']:.3f} | {m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f} |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + ["", MARKDOWN_MARK]) + "\n"
 
     def write(self, stem: str | os.PathLike) -> list[Path]:
-        """``stem``.json / .md / .png, each written atomically."""
-        stem = str(stem)  # "model.latency" -> model.latency.json: append, never replace a suffix
-        paths = [atomic_write_text(f"{stem}.json", json.dumps(self.to_dict(), indent=1) + "\n"),
-                 atomic_write_text(f"{stem}.md", self.markdown())]
-        paths.append(plot_latency(self, f"{stem}.png"))
+        """``stem``.json / .md / .png (the paths of :func:`report_outputs`), each written atomically."""
+        json_path, md_path, png_path = (o.path for o in report_outputs(stem))
+        paths = [atomic_write_text(json_path, json.dumps(self.to_dict(), indent=1) + "\n"),
+                 atomic_write_text(md_path, self.markdown())]
+        paths.append(plot_latency(self, png_path))
         return paths
 
 
@@ -272,6 +273,19 @@ def check_mode(mode: str) -> str:
     if mode not in TIMING_MODES:
         raise LatencyError(f"unknown timing mode '{mode}': choose one of {', '.join(TIMING_MODES)}")
     return mode
+
+
+def report_outputs(stem: str | os.PathLike) -> list[Output]:
+    """The files :meth:`LatencyReport.write` writes for ``stem``, for :func:`slimkit.files.check_outputs`."""
+    stem = str(stem)  # "model.latency" -> model.latency.json: append, never replace a suffix
+    return [Output(Path(f"{stem}.json"), "the latency report", is_json_with(format=REPORT_FORMAT)),
+            Output(Path(f"{stem}.md"), "the latency report (Markdown)", has_mark),
+            Output(Path(f"{stem}.png"), "the latency plot", has_mark)]
+
+
+def baseline_output(path: str | os.PathLike) -> Output:
+    """The CI gate's baseline file, as :func:`write_baseline` writes it (a latency report with a gate)."""
+    return Output(Path(path), "the latency baseline", is_json_with("gate", format=REPORT_FORMAT))
 
 
 def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", threads: int | None = None,

@@ -17,7 +17,12 @@ summary   ``summary.{json,md}``: MACs, params, test top-1, latency for each mode
 ========  ====================================================================================
 
 The resolved recipe (every key, defaults filled in) is written to ``recipe.yaml`` first; a folder
-that holds a different one is refused, so two settings never mix in one folder. What the run has
+that holds a different one is refused, so two settings never mix in one folder. That file (with
+its header) marks the folder as a run's: a folder without it is someone else's, and a run refuses
+to write over any file in it (``force`` replaces them). ``stages.json`` records, for each stage,
+fingerprints (SHA-256) of the files it read and wrote; a stage is skipped only when they still
+match, so a plan, checkpoint or ONNX file changed or replaced after a stage ran makes the stages
+after it run again, and a trained folder whose plan is not the run's plan is refused. What the run has
 to say goes through :class:`RunHooks` (the CLI draws it with rich; the default is silent), as
 ``prune`` and ``train`` take ``log`` and ``progress``.
 """
@@ -25,6 +30,7 @@ to say goes through :class:`RunHooks` (the CLI draws it with rich; the default i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import tempfile
 import time
@@ -33,28 +39,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimkit.artifacts import load_model, onnx_candidate, onnx_metadata, plan_candidate
+from slimkit import registry
+from slimkit.artifacts import load_checkpoint, load_model, onnx_candidate, onnx_metadata, plan_candidate
 from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
 from slimkit.data import load_data
 from slimkit.exporters import get_exporter
 from slimkit.exporters.int8 import Int8CheckError, QuantizeSettings, export_int8, int8_path, quantize_for_timing
-from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
+from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
 from slimkit.flops import format_count
+from slimkit.generator import verified_plan
 from slimkit.latency import LatencyReport, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
 from slimkit.rounding import documented_multiple
 from slimkit.recipe import Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
-from slimkit.train import TrainConfig, train
+from slimkit.train import TrainConfig, run_outputs, train
 from slimkit.validate import show
 
-__all__ = ["run_recipe", "RunHooks", "Layout", "train_state", "stage_list", "budget_reach", "check_folder",
+__all__ = ["run_recipe", "RunHooks", "Layout", "StageRecord", "train_state", "RECIPE_HEADER", "stage_list", "budget_reach", "check_folder",
            "missing_data", "summary_markdown", "summary_columns", "SUMMARY_FORMAT", "SUMMARY_COLUMNS",
            "format_cell"]
 
 SUMMARY_FORMAT = "slimkit.run-summary/1"
+STAGES_FORMAT = "slimkit.run-stages/1"
+RECIPE_HEADER = "# The resolved recipe of this run folder"  # marks a folder as a `slimkit run` folder
 
 
 @dataclass
@@ -96,7 +106,72 @@ class Layout:
         self.latency = root / "latency"  # report stem: .json, .md, .png
         self.latency_files = [root / f"latency.{ext}" for ext in ("json", "md", "png")]
         self.summary_json, self.summary_md = root / "summary.json", root / "summary.md"
+        self.stages = root / "stages.json"
 
+    def owned(self) -> bool:
+        """The folder is a run folder: its recipe.yaml is the one a run wrote (with its header)."""
+        try:
+            with open(self.recipe, encoding="utf-8", errors="replace") as f:
+                return f.read(len(RECIPE_HEADER)) == RECIPE_HEADER
+        except OSError:
+            return False
+
+    def outputs(self, recipe: Recipe) -> list[Output]:
+        """Every file a run may write here (for a folder that is not yet a run folder: none may exist)."""
+        names = [(self.recipe, "the run's recipe"), (self.plan, "the plan"), (self.uniform, "the uniform plan"),
+                 (self.plan_png, "the channel plot"), (self.onnx, "the ONNX file"), (self.onnx_int8, "the int8 file"),
+                 (self.int8_check, "the int8 check record"), (self.summary_json, "the summary"),
+                 (self.summary_md, "the summary (Markdown)"), (self.stages, "the stage record")]
+        names += [(p, "the latency report") for p in self.latency_files]
+        outs = [Output(p, what) for p, what in names]
+        for _, folder in _train_jobs(recipe, self):
+            outs += [Output(o.path, f"{o.what} of {folder.name}/") for o in run_outputs(folder, None)]
+        return outs
+
+
+def _digest(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class StageRecord:
+    """``stages.json``: what each stage read and wrote when it last ran (SHA-256 of each file), so a
+    stage is skipped only when its inputs and outputs are still those files: an mtime can lie (a copy,
+    a clock, a re-prune within the same second), a fingerprint cannot."""
+
+    def __init__(self, lay: Layout) -> None:
+        self.lay = lay
+        self.legacy = lay.owned() and not lay.stages.exists()  # a run folder from before this record existed
+        try:
+            data = json.loads(lay.stages.read_text())
+            self.stages = dict(data["stages"]) if data.get("format") == STAGES_FORMAT else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.stages = {}
+
+    def _entry(self, inputs: list[Path], outputs: list[Path]) -> dict[str, dict[str, str | None]]:
+        rel = lambda p: p.relative_to(self.lay.root).as_posix()  # noqa: E731
+        return {"from": {rel(p): _digest(p) for p in inputs}, "wrote": {rel(p): _digest(p) for p in outputs}}
+
+    def current(self, stage: str, inputs: list[Path], outputs: list[Path]) -> bool:
+        """The stage's outputs all exist and are what it wrote, from inputs as they are now."""
+        if not all(p.is_file() for p in outputs):
+            return False
+        if stage not in self.stages:
+            return False
+        return self.stages[stage] == self._entry(inputs, outputs)
+
+    def wrote(self, stage: str, path: Path) -> str | None:
+        return self.stages.get(stage, {}).get("wrote", {}).get(path.relative_to(self.lay.root).as_posix())
+
+    def record(self, stage: str, inputs: list[Path], outputs: list[Path]) -> None:
+        self.stages[stage] = self._entry(inputs, outputs)
+        _write_if_changed(self.lay.stages, json.dumps({"format": STAGES_FORMAT, "stages": self.stages}, indent=1)
+                          + "\n")
 
 
 
@@ -118,14 +193,6 @@ def train_state(folder: Path) -> tuple[str, int, int | None]:
     return "new", 0, None
 
 
-def _fresh(outputs: list[Path], inputs: list[Path]) -> bool:
-    """Every output exists and none is older than an input (make's rule)."""
-    if not all(p.exists() for p in outputs):
-        return False
-    newest_input = max((p.stat().st_mtime for p in inputs if p.exists()), default=0.0)
-    return min(p.stat().st_mtime for p in outputs) >= newest_input
-
-
 def _train_jobs(recipe: Recipe, lay: Layout) -> list[tuple[str, Path]]:
     jobs = [("pruned", lay.train)]
     for other in recipe.train.compare:
@@ -137,8 +204,17 @@ def _train_jobs(recipe: Recipe, lay: Layout) -> list[tuple[str, Path]]:
 
 def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, str]]]]:
     """For --dry-run: each stage, what it writes and whether it would run now."""
-    def status(p: Path) -> str:
-        return "exists: skip" if p.exists() else "would run"
+    record = StageRecord(lay)
+
+    def status(p: Path) -> str:  # what _prune_stage (and run_recipe's check of a new folder) would do
+        if not p.exists():
+            return "would run"
+        if not lay.owned():
+            return "exists but not a run's: refused (--force replaces it)"
+        recorded = record.wrote("prune", p)
+        if recorded is not None and recorded != _digest(p):
+            return "would run" if p == lay.plan_png else "changed since the run wrote it: refused"
+        return "exists: skip" if recorded is not None or record.legacy else "would run"
 
     trains = []
     for label, folder in _train_jobs(recipe, lay):
@@ -149,9 +225,9 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
     if "uniform" in recipe.train.compare and recipe.prune.method == "uniform":
         trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
     int8 = recipe.export.int8
-    onnx_state = "exists: skip" if _fresh([lay.onnx], [lay.train / "checkpoint.pt"]) else "would run"
-    int8_state = "exists: skip" if _int8_done(recipe, lay) else "would run"
-    bench_state = "exists: skip" if _bench_done(recipe, lay) else "would run"
+    onnx_state = "exists: skip" if _export_done(lay, record) else "would run"
+    int8_state = "exists: skip" if _int8_done(recipe, lay, record) else "would run"
+    bench_state = "exists: skip" if _bench_done(recipe, lay, record) else "would run"
     return [
         ("prune", [(lay.plan, f"{recipe.prune.method} plan: {status(lay.plan)}"),
                    (lay.uniform, f"uniform plan, same budget: {status(lay.uniform)}"),
@@ -191,6 +267,8 @@ def check_folder(recipe: Recipe, lay: Layout) -> bool:
         raise SlimkitError(f"--out {lay.root} is a file: give a folder for the run")
     if not lay.recipe.is_file():
         return False
+    if not lay.owned():
+        return False  # someone's own recipe.yaml: run_recipe refuses to replace it (check_outputs)
     try:
         old = parse_recipe(read_yaml(lay.recipe.read_text()), str(lay.recipe), check=False).to_dict()
     except Exception:  # noqa: BLE001 - any damage (or a key no longer known): refuse rather than guess
@@ -228,7 +306,7 @@ def budget_reach(recipe: Recipe) -> str | None:
     return f"reachable: the full model has {format_count(full)} {unit}"
 
 
-def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> tuple[ChannelPlan, ChannelPlan]:
+def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageRecord) -> tuple[ChannelPlan, ChannelPlan]:
     p = recipe.prune
     gates = GateOptions(data=recipe.data.name, data_dir=recipe.data.data_dir, preset=p.preset, gamma=p.gamma,
                         lr=p.lr, epochs=p.epochs, steps=p.steps, batch_size=p.batch_size, device="auto")
@@ -236,8 +314,16 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> tuple[ChannelP
                              mode=p.timing)
     plans: dict[str, ChannelPlan] = {}
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
-        if path.exists():
-            plans[key] = load_plan(path)
+        recorded = record.wrote("prune", path)
+        if path.exists() and recorded is not None and recorded != _digest(path):
+            raise SlimkitError(f"{path} is not the plan this run made (it changed after the prune stage wrote it, "
+                               f"e.g. a new `slimkit prune` into it): a run's stages must come from one plan; put "
+                               f"the run's plan back, or run the recipe into a new --out")
+        if path.exists() and (recorded is not None or record.legacy):
+            plans[key] = verified_plan(path)
+            if plans[key].arch != registry.resolve(recipe.arch).canonical:
+                raise SlimkitError(f"{path} is a plan of {plans[key].arch}, not of the recipe's {recipe.arch}: "
+                                   "run the recipe into a new --out")
             hooks.stage("prune", f"{path.name} exists: skip")
             continue
         if key == "uniform" and p.method == "uniform":
@@ -258,12 +344,29 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> tuple[ChannelP
                       f"({time.perf_counter() - start:.1f}s)")
         save_plan(plans[key], path)
         hooks.log(f"  wrote {path}")
-    if not lay.plan_png.exists():
+    if not record.current("prune", [lay.plan, lay.uniform], [lay.plan, lay.uniform, lay.plan_png]) and not (
+            record.legacy and lay.plan_png.exists()):
         plot_channels(plans["plan"], lay.plan_png, {"uniform": plans["uniform"]} if p.method != "uniform" else {})
+    record.record("prune", [lay.plan, lay.uniform], [lay.plan, lay.uniform, lay.plan_png])
     return plans["plan"], plans["uniform"]
 
 
-def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks) -> None:
+def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
+    """A training folder holds a run of ``plan`` (its plan.json, else its checkpoint's plan)."""
+    try:
+        held = load_plan(folder / "plan.json") if (folder / "plan.json").is_file() else \
+            load_checkpoint(folder / "checkpoint.pt")["plan"]
+    except SlimkitError:
+        held = None
+    key = lambda p: (p.arch, p.arch_kwargs, list(p.input_size), p.widths)  # noqa: E731
+    if held is None or key(held) != key(plan):
+        raise SlimkitError(f"{folder} was trained from another plan than this run's (the plan changed after it "
+                           f"was trained): its model does not belong with this run's plan; move {folder} away to "
+                           "train again, or run the recipe into a new --out")
+
+
+def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
+                 force: bool = False) -> None:
     t = recipe.train
     cfg = TrainConfig(data=recipe.data.name, data_dir=recipe.data.data_dir, epochs=t.epochs, schedule=t.schedule,
                       batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
@@ -271,13 +374,16 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                       seed=t.seed, max_steps_per_epoch=t.max_steps_per_epoch)
     for label, folder in _train_jobs(recipe, lay):
         state, done, total = train_state(folder)
+        if state != "new":
+            _check_trained_plan(folder, plans[label])
         if state == "done":
             hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
             continue
         hooks.stage("train", f"{label} model -> {folder.name}/"
                     + (f" (resuming after epoch {done})" if state == "resume" else ""))
         with hooks.bars() as (progress, log):
-            result = train(plans[label], folder, cfg, resume=state == "resume", progress=progress, log=log)
+            result = train(plans[label], folder, cfg, resume=state == "resume", progress=progress, log=log,
+                           force=force)
         if result.metrics:
             final = result.metrics[-1]
             hooks.log(f"  test top-1 {final['test_top1']:.4f} after {final['epoch']} epochs")
@@ -285,9 +391,13 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
         hooks.stage("train", "uniform: the pruned model is the uniform one (prune.method uniform); see train/")
 
 
-def _export_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
+def _export_done(lay: Layout, record: StageRecord) -> bool:
+    return record.current("export", [lay.train / "checkpoint.pt"], [lay.onnx])
+
+
+def _export_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageRecord) -> None:
     ckpt = lay.train / "checkpoint.pt"
-    if _fresh([lay.onnx], [ckpt]):
+    if _export_done(lay, record):
         hooks.stage("export", f"{lay.onnx.name} exists: skip")
         return
     e = recipe.export
@@ -296,14 +406,15 @@ def _export_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> None:
         result = get_exporter("onnx")(loaded.model, loaded.input_size, lay.onnx, batch=recipe.bench.batch,
                                       metadata=onnx_metadata(loaded), opset=e.opset, dynamic_batch=e.dynamic_batch,
                                       exporter=e.exporter, warn=hooks.warn)
+    record.record("export", [ckpt], [lay.onnx])
     d = result.details
     hooks.stage("export", f"wrote {lay.onnx} ({result.size_bytes / 1e6:.2f} MB, {d['exporter']} opset {d['opset']}, "
                           f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e}, {result.export_seconds:.1f}s)")
 
 
-def _int8_done(recipe: Recipe, lay: Layout) -> bool:
-    """model.int8.onnx is newer than model.onnx and was checked with this recipe's settings."""
-    if not _fresh([lay.onnx_int8], [lay.onnx]) or not lay.int8_check.is_file():
+def _int8_done(recipe: Recipe, lay: Layout, record: StageRecord) -> bool:
+    """model.int8.onnx was quantized from model.onnx as it is now, and checked with this recipe's settings."""
+    if not record.current("int8", [lay.onnx], [lay.onnx_int8, lay.int8_check]):
         return False
     try:
         record = json.loads(lay.int8_check.read_text())
@@ -313,14 +424,14 @@ def _int8_done(recipe: Recipe, lay: Layout) -> bool:
         return False
 
 
-def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> Int8CheckError | None:
+def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageRecord) -> Int8CheckError | None:
     """model.int8.onnx from model.onnx: onnxruntime's static quantization, calibrated on the recipe's
     training images and checked on its test split (what ``slimkit export --int8`` does). A refused
     check is returned, not raised, so the run still times and summarises the fp32 models."""
     e = recipe.export
     if not e.int8:
         return
-    if _int8_done(recipe, lay):
+    if _int8_done(recipe, lay, record):
         hooks.stage("int8", f"{lay.onnx_int8.name} exists: skip")
         return
     loaded = load_model(str(lay.train / "checkpoint.pt"))
@@ -338,6 +449,7 @@ def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks) -> Int8CheckError 
         except Int8CheckError as exc:  # the fp32 results still get timed and summarised; run_recipe re-raises
             hooks.warn(f"int8 check failed, no int8 file written: {exc.check_summary}")
             return exc
+    record.record("int8", [lay.onnx], [lay.onnx_int8, lay.int8_check])
     check = result.details["check"]
     hooks.stage("int8", f"wrote {lay.onnx_int8} ({result.size_bytes / 1e6:.2f} MB): top-1 {100 * check['int8_top1']:.2f}% "
                         f"vs fp32 {100 * check['fp32_top1']:.2f}%")
@@ -351,10 +463,11 @@ def _measure(candidates, hooks: RunHooks, **options: Any) -> LatencyReport:
         return measure(candidates, **options, progress=lambda done, total: progress.update(task, completed=done))
 
 
-def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks) -> None:
+def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
+                 record: StageRecord) -> None:
     e, b = recipe.export, recipe.bench
     int8 = _times_int8(recipe, lay)
-    if _bench_done(recipe, lay):
+    if _bench_done(recipe, lay, record):
         hooks.stage("bench", "latency.json exists: skip")
         return
     names = "full vs uniform vs pruned" + (" (fp32 and int8)" if int8 else "")
@@ -374,8 +487,9 @@ def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                       onnx_candidate(lay.onnx_int8, b.batch, name="pruned-int8")]
         report = _measure(cands, hooks, backend=recipe.prune.backend, threads=b.threads, warmup=10, runs=b.runs,
                           device="cpu")
-    hooks.report(report)
     written = report.write(lay.latency)
+    record.record("bench", _bench_inputs(recipe, lay), lay.latency_files)
+    hooks.report(report)
     hooks.log("  wrote " + ", ".join(str(p) for p in written))
 
 
@@ -384,11 +498,15 @@ def _times_int8(recipe: Recipe, lay: Layout) -> bool:
     return recipe.export.int8 and lay.onnx_int8.is_file()
 
 
-def _bench_done(recipe: Recipe, lay: Layout) -> bool:
-    """latency.* is newer than what it timed and holds the int8 models exactly when they are timed
+def _bench_inputs(recipe: Recipe, lay: Layout) -> list[Path]:
+    return [lay.onnx, lay.plan, lay.uniform] + ([lay.onnx_int8] if _times_int8(recipe, lay) else [])
+
+
+def _bench_done(recipe: Recipe, lay: Layout, record: StageRecord) -> bool:
+    """latency.* timed the files as they are now and holds the int8 models exactly when they are timed
     (export.int8 may change between runs of a folder)."""
     int8 = _times_int8(recipe, lay)
-    if not _fresh(lay.latency_files, [lay.onnx, lay.plan, lay.uniform] + ([lay.onnx_int8] if int8 else [])):
+    if not record.current("bench", _bench_inputs(recipe, lay), lay.latency_files):
         return False
     try:
         timed = {m["name"] for m in json.loads((lay.root / "latency.json").read_text())["models"]}
@@ -497,26 +615,36 @@ def _write_if_changed(path: Path, text: str) -> bool:
 
 # ---------------------------------------------------------------------------- the run
 def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "recipe",
-               hooks: RunHooks | None = None) -> dict[str, Any]:
+               hooks: RunHooks | None = None, force: bool = False) -> dict[str, Any]:
     """Run ``recipe`` in ``out`` (default ``runs/<name>``): every stage whose outputs are missing or
     stale, then the summary, which is returned (and written as summary.{json,md}). ``source`` names
-    where the recipe came from, for the header of ``recipe.yaml``."""
+    where the recipe came from, for the header of ``recipe.yaml``. A folder that is not a run folder
+    may not hold any file the run writes, unless ``force`` (then they are replaced)."""
     hooks = hooks or RunHooks()
     lay = Layout(Path(out) if out is not None else Path("runs") / recipe.name)
+    if lay.root.exists() and not lay.root.is_dir():
+        raise SlimkitError(f"--out {lay.root} is a file: give a folder for the run")
+    if not str(out if out is not None else lay.root).strip():
+        raise SlimkitError("--out is empty: give a folder for the run")
     same = check_folder(recipe, lay)
+    if not lay.owned():  # not a run folder (yet): nothing in it is the run's, so nothing may be replaced
+        check_outputs(lay.outputs(recipe), inputs=[source] if Path(source).exists() else [], force=force,
+                      not_ours=f"{lay.root} is not a `slimkit run` folder (no recipe.yaml a run wrote), so this is "
+                               "not {what} of a run and will not be reused")
     start = time.perf_counter()
     with folder_lock(lay.root, "run"):
+        record = StageRecord(lay)  # before recipe.yaml is written: a new folder is no legacy run folder
         resolved = dump_recipe(recipe)
         if not same or not lay.recipe.read_text().endswith(resolved):  # new, or int8-only keys changed
-            atomic_write_text(lay.recipe, f"# The resolved recipe of this run folder (from {source}, every key, "
+            atomic_write_text(lay.recipe, f"{RECIPE_HEADER} (from {source}, every key, "
                                           "defaults filled in).\n# `slimkit run` refuses to mix another recipe into "
                                           "this folder.\n" + resolved)
-        plan, uniform = _prune_stage(recipe, lay, hooks)
+        plan, uniform = _prune_stage(recipe, lay, hooks, record)
         plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
-        _train_stage(recipe, lay, plans, hooks)
-        _export_stage(recipe, lay, hooks)
-        refused = _int8_stage(recipe, lay, hooks)
-        _bench_stage(recipe, lay, plans, hooks)
+        _train_stage(recipe, lay, plans, hooks, force=force)
+        _export_stage(recipe, lay, hooks, record)
+        refused = _int8_stage(recipe, lay, hooks, record)
+        _bench_stage(recipe, lay, plans, hooks, record)
         summary = build_summary(recipe, lay, plans)
         _write_if_changed(lay.summary_json, json.dumps(summary, indent=1) + "\n")
         _write_if_changed(lay.summary_md, summary_markdown(summary))

@@ -16,11 +16,11 @@ from typing import Any
 
 from slimkit import validate as limits
 from slimkit.errors import PlanError
-from slimkit.files import atomic_write_text
+from slimkit.files import Output, atomic_write_text, is_json_with
 from slimkit.validate import Range, check_number, show
 from slimkit.version import __version__
 
-__all__ = ["ChannelPlan", "load_plan", "save_plan", "PLAN_FORMAT"]
+__all__ = ["ChannelPlan", "load_plan", "save_plan", "plan_output", "PLAN_FORMAT"]
 
 PLAN_FORMAT = "slimkit.plan/1"
 
@@ -175,6 +175,11 @@ def _check_plan_numbers(data: dict[str, Any], source: str) -> None:
     for key, value in (latency or {}).items():
         if isinstance(value, float):
             check_number(f"{source}: latency.{key}", value, Range(), PlanError)
+
+
+def plan_output(path: str | os.PathLike, what: str = "the plan") -> Output:
+    """A plan file about to be written: a file already there may be replaced when it is a plan."""
+    return Output(Path(path), what, is_json_with("arch", "groups", format=PLAN_FORMAT))
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.files import atomic_write
+from slimkit.files import PNG_MARK, atomic_write
 from slimkit.plan import ChannelPlan
 
 
@@ -25,7 +25,8 @@ def _pyplot():
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
+                                                             metadata=PNG_MARK))  # marks it as slimkit's
     finally:
         plt.close(fig)
 

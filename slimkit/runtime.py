@@ -41,6 +41,21 @@ __all__ = ["resolve_device", "place_model", "place_batch", "out_of_place_activat
 _CLONING_INPLACE = (nn.Hardtanh, nn.Hardswish, nn.SiLU)
 
 
+def available_memory_bytes() -> int | None:
+    """Memory this machine can still give (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when visible, else CPU; an explicit ``cuda`` without a GPU is an error."""
     if device == "auto":

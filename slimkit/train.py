@@ -36,9 +36,9 @@ from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, pl
 from slimkit.data import load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
-from slimkit.files import RUN_RECIPE_NAME, atomic_write_text, folder_lock
-from slimkit.generator import full_plan, generate
-from slimkit.plan import ChannelPlan
+from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with
+from slimkit.generator import full_plan, generate, verified_plan
+from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.validate import check_number
@@ -46,6 +46,9 @@ from slimkit.validate import check_number
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
+# Scratch-B's stretch past which a plan is more likely wrong than meant (a plan at 5% of the full
+# model's MACs already trains 20x as long); beyond it, train with --schedule fixed and say how long.
+MAX_SCRATCH_B_STRETCH = 20.0
 
 
 def scratch_b_cap(data: str) -> float | None:
@@ -220,19 +223,42 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
-          extend_to: int | None = None, progress: Any | None = None, log: Any | None = None) -> TrainResult:
+          extend_to: int | None = None, progress: Any | None = None, log: Any | None = None,
+          force: bool = False) -> TrainResult:
     """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model) from scratch.
 
     ``resume`` continues the run in ``out_dir``; with ``extend_to`` (more epochs than it was started
-    with, finished or not) the cosine schedule is stretched to end there instead, from the step reached."""
+    with, finished or not) the cosine schedule is stretched to end there instead, from the step reached.
+    A new run refuses to replace files in ``out_dir`` that are not a training run's (``force`` replaces them)."""
     check_config(cfg)
+    if not str(out_dir).strip():
+        raise SlimkitError("the run folder (--out) is empty: give a folder name")
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
-        return _train(plan_or_arch, out_dir, cfg, resume=resume, extend_to=extend_to, progress=progress, log=log)
+        return _train(plan_or_arch, out_dir, cfg, resume=resume, extend_to=extend_to, progress=progress, log=log,
+                      force=force)
+
+
+def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
+    """What a new training run writes into ``out``; a file already there may be replaced only when it is
+    that file of an earlier run (for plan.json: this very plan), else it is the user's."""
+    def same_plan(path: Path) -> bool:
+        try:
+            old = load_plan(path)
+        except PlanError:
+            return False
+        return plan is not None and (old.arch, old.arch_kwargs, old.input_size, old.widths) == (
+            plan.arch, plan.arch_kwargs, plan.input_size, plan.widths)
+
+    return [Output(out / "checkpoint.pt", "the checkpoint"),  # a new run: any file there is not ours to replace
+            Output(out / "plan.json", "the trained plan", same_plan),
+            Output(out / "config.json", "the training config", is_json_with("epochs_run", "schedule", "seed")),
+            Output(out / "metrics.json", "the training metrics", is_json_with("history", "final", "epochs")),
+            Output(out / "curves.png", "the training curves", has_mark)]
 
 
 def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
-           extend_to: int | None, progress: Any | None, log: Any | None) -> TrainResult:
+           extend_to: int | None, progress: Any | None, log: Any | None, force: bool = False) -> TrainResult:
     device, dist_info = runtime.local_device(cfg.device)
     main = dist_info.is_main
     say = (log or (lambda _m: None)) if main else (lambda _m: None)
@@ -274,6 +300,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                            "or choose another --out")
     else:
         plan = plan_of(plan_or_arch)  # None for an architecture name: the full model, once the data gives the classes
+        if main:
+            check_outputs(run_outputs(out, plan), force=force)
 
     if plan is not None:
         size = tuple(plan.input_size)
@@ -289,10 +317,16 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune with --num-classes "
                         f"{data.num_classes} (or with --data {cfg.data}) for this data")
 
-    full_flops = plan.search.get("full_flops") or plan.flops
+    plan = verified_plan(plan, f"the plan in {ckpt_path}" if ckpt is not None else None)  # counts from widths
+    full_flops = plan.search["full_flops"]
     epochs = cfg.epochs
     if cfg.schedule == "scratch-b" and plan.flops:
         epochs = scratch_b_epochs(cfg.epochs, full_flops, plan.flops, cap=scratch_b_cap(cfg.data))
+        if epochs > MAX_SCRATCH_B_STRETCH * cfg.epochs:
+            raise SlimkitError(f"--schedule scratch-b would train {epochs:,} epochs ({full_flops / plan.flops:.0f}x the "
+                               f"full model's {cfg.epochs}: the plan keeps {100 * plan.flops / full_flops:.2g}% of its "
+                               f"MACs), beyond the {MAX_SCRATCH_B_STRETCH:g}x slimkit allows; use --schedule fixed "
+                               "--epochs N to train that plan for N epochs")
     say(f"data: {data.description}")
     say(f"schedule {cfg.schedule}: {epochs} epoch{'' if epochs == 1 else 's'} (full model: {cfg.epochs}; plan at "
         f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
@@ -357,7 +391,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     step_fn = torch.compile(trainee) if cfg.compile else trainee
 
     def write_run_files() -> None:  # with the first checkpoint: a run that fails before it leaves no folder
-        atomic_write_text(out / "plan.json", plan.to_json())
+        plan_path = out / "plan.json"
+        if not (plan_path.is_file() and plan_path.read_text() == plan.to_json()):  # it may be the source itself
+            atomic_write_text(plan_path, plan.to_json())
         atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs,
                                                            "world_size": world}, indent=2))
 

@@ -246,7 +246,7 @@ def test_prune_out_under_a_file_and_over_a_non_plan(tmp_path):
     notes = tmp_path / "notes.json"
     notes.write_text('{"mine": 1}')
     assert_one_line_error(run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--round-to", "1",
-                              "--out", notes), "not a slimkit plan", "will not overwrite")
+                              "--out", notes), "not the plan written by slimkit", "will not replace")
     assert notes.read_text() == '{"mine": 1}'
     ok = tmp_path / "plan.json"  # an old plan may be replaced
     assert run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--round-to", "1", "--no-plot",

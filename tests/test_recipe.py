@@ -180,6 +180,15 @@ def test_run_end_to_end_then_skips_everything(tmp_path):
     other = run(recipe, "--out", out, *TINY, "--set", "train.epochs=2")
     assert_one_line_error(other, "different recipe", "train.epochs", "--out")
 
+    # a plan pruned anew into the finished run: refused, not trained-over-skipped and exported stale
+    re_pruned = runner.invoke(app, ["prune", "resnet20", "--flops", "30%", "--method", "uniform", "--num-classes", "10",
+                                    "--out", str(out / "plan.json")])
+    assert re_pruned.exit_code == 0, re_pruned.output
+    before = _snapshot(out)
+    mixed = run(recipe, "--out", out, *TINY)
+    assert_one_line_error(mixed, "not the plan this run made", "--out")
+    assert _snapshot(out) == before
+
 
 def test_run_folder_in_use_is_refused(tmp_path):
     from slimkit.files import folder_lock

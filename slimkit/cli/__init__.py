@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Annotated
 
 import typer
@@ -44,5 +46,13 @@ for _name, _fn in (("models", _info.models), ("info", _info.info), ("prune", _pr
     app.command(_name, cls=SlimkitCommand)(_fn)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a CI timeout, torchrun stopping its workers) unwinds like Ctrl-C: every
+    ``finally`` runs, so temporary files and folders are removed and locks released."""
+    os.write(2, b"terminated\n")
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     app()

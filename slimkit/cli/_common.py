@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
@@ -25,6 +26,19 @@ from slimkit.errors import SlimkitError, os_error_in
 from slimkit import validate as limits
 from slimkit.validate import Range, check_number
 
+
+def _never_fail_on_encoding() -> None:
+    """A terminal or pipe that cannot encode a character ('—', 'λ', '×': PYTHONIOENCODING=ascii, a
+    latin-1 locale) gets a '?' instead of a UnicodeEncodeError: printing must never lose a finished
+    command's work (every command also writes its files before it prints about them)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "strict") == "strict":
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="replace")
+
+
+_never_fail_on_encoding()
 console = Console()
 err_console = Console(stderr=True)
 
@@ -149,6 +163,17 @@ def os_error_message(exc: OSError) -> str:
     return f"{reason}: {where}" + (f" ({fix})" if fix else "") if where else reason + (f" ({fix})" if fix else "")
 
 
+OUT_OF_MEMORY = ("out of memory: this model at this input size (and batch) needs more memory than this machine has; "
+                 "use a smaller --input-size or --batch-size (files written before are intact)")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's allocators report an exhausted CPU or GPU as a RuntimeError (OutOfMemoryError is one)."""
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+            or "CUDA out of memory" in text or "not enough memory" in text)
+
+
 def user_errors(fn: F) -> F:
     """Bad input -> one line on stderr and a non-zero exit code, never a traceback."""
 
@@ -160,7 +185,11 @@ def user_errors(fn: F) -> F:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except OSError as exc:  # a path that is not there, not writable, or a full disk
             fail(os_error_message(exc))
+        except MemoryError:
+            fail(OUT_OF_MEMORY)
         except RuntimeError as exc:
+            if _out_of_memory(exc):
+                fail(OUT_OF_MEMORY)
             os_err = os_error_in(exc)
             if os_err is None:
                 raise
@@ -170,6 +199,9 @@ def user_errors(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+FORCE_HELP = "Replace files at the outputs' paths that slimkit cannot recognise as its own (by default it refuses)."
 
 
 def check_out_folder(out: Path) -> None:
@@ -276,6 +308,19 @@ class SlimkitCommand(typer.core.TyperCommand):
 
     def get_help_option(self, ctx: Any) -> Any:
         return _no_type(super().get_help_option(ctx))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # An empty path ('--out ""') reaches the command as Path('.'): the current folder, which the
+        # user did not name. Refuse it while the raw text is still here.
+        for p in self.params:
+            if not isinstance(p, typer.core.TyperOption) or p.type_descriptor.annotation is not Path:
+                continue
+            for i, arg in enumerate(args):
+                empty = (arg in p.opts and i + 1 < len(args) and not args[i + 1].strip()) or \
+                    any(arg.startswith(o + "=") and not arg[len(o) + 1:].strip() for o in p.opts if o.startswith("--"))
+                if empty:
+                    raise typer.BadParameter("is empty: give a file or folder name", ctx=ctx, param=p)
+        return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -13,12 +13,13 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
-from slimkit.cli._common import check_out_parent, checked_numbers, console, make_progress, parse_input_size, user_errors
+from slimkit.cli._common import FORCE_HELP, checked_numbers, console, make_progress, parse_input_size, user_errors
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
-from slimkit.latency import (BACKENDS, DEFAULT_TIMING_MODE, LatencyError, check_mode, check_regression,
-                             measure, read_baseline, report_mode, write_baseline)
+from slimkit.files import check_outputs
+from slimkit.latency import (BACKENDS, DEFAULT_TIMING_MODE, LatencyError, baseline_output, check_mode, check_regression,
+                             measure, read_baseline, report_mode, report_outputs, write_baseline)
 from slimkit.runtime import resolve_device
 
 
@@ -105,6 +106,7 @@ def bench(
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare MODEL against this baseline JSON; exit 1 on a regression.")] = None,
     max_regression: Annotated[str, typer.Option(help="Allowed slow-down of MODEL/reference vs the baseline.")] = "10%",
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Measure and (re)write --baseline instead of checking it.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Time models side by side (interleaved rounds), or gate one against a latency baseline."""
     for b in backend:
@@ -114,7 +116,15 @@ def bench(
     if mode is not None:
         check_mode(mode)
     size = parse_input_size(input_size)
-    check_out_parent(out)
+    inputs = [m for m in models if Path(m).exists()]
+    if baseline is not None and update_baseline:
+        outputs = [baseline_output(baseline)]  # recording writes the baseline only
+    elif baseline is not None:  # the gate's check writes its report to --out itself
+        inputs.append(baseline)
+        outputs = report_outputs(out)
+    else:
+        outputs = [o for b in backend for o in report_outputs(_report_stem(out, b, backend))]
+    check_outputs(outputs, inputs=inputs, force=force)
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         workdir = Path(tmp)
         if baseline is not None:
@@ -134,12 +144,16 @@ def bench(
         for b in backend:
             report = measure_with_progress(cands, backend=b, threads=threads, warmup=warmup, runs=runs, device=device,
                                            mode=mode or DEFAULT_TIMING_MODE)
-            render_report(report)
             if b == "openvino-cpu":
-                _openvino_parity(report, cands, threads)
-            stem = out if len(backend) == 1 else out.with_name(f"{out.name}-{b}")
-            written = report.write(stem)
+                _openvino_parity(report, cands, threads)  # recorded in the report, so before writing it
+            written = report.write(_report_stem(out, b, backend))  # the files first, then the table
+            render_report(report)
             console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
+
+
+def _report_stem(out: Path, backend: str, backends: list[str]) -> Path:
+    """Where one backend's report goes: --out itself, or --out-BACKEND when several are timed."""
+    return out if len(backends) == 1 else out.with_name(f"{out.name}-{backend}")
 
 
 def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, threads, batch, warmup, runs, device,
@@ -155,8 +169,8 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
             ref.name = f"ref-{ref.name}"
         report = measure_with_progress([ref, model], backend=backend, threads=threads, warmup=warmup, runs=runs,
                                        device=device, mode=mode or DEFAULT_TIMING_MODE)
-        render_report(report)
         gate = write_baseline(baseline, report, ref, model, base_dir)
+        render_report(report)
         console.print(f"recorded baseline {escape(str(baseline))}: {escape(gate['model'])} / {escape(ref.name)} = "
                       f"{gate['ratio']:.3f} (95% CI {gate['ratio_ci'][0]:.3f}–{gate['ratio_ci'][1]:.3f})",
                       highlight=False)
@@ -173,8 +187,8 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
     ref, model = baseline_candidates(data, models[0], workdir, base_dir)
     report = measure_with_progress([ref, model], backend=data["backend"], threads=threads or int(data["threads"]),
                                    warmup=warmup, runs=runs, device=device, mode=base_mode)
-    render_report(report)
     report.write(out)
+    render_report(report)
     result = check_regression(report, data["gate"], tolerance)
     console.print(result.message, style="green" if result.passed else "bold red", highlight=False, markup=False)
     return 0 if result.passed else 1

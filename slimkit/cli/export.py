@@ -14,14 +14,15 @@ from rich.markup import escape
 from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, load_model, onnx_metadata,
                                reference_candidate)
-from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress,
-                                 parse_input_size, user_errors, warn)
+from slimkit.cli._common import (FORCE_HELP, checked_numbers, console, make_progress, parse_input_size,
+                                 user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
-from slimkit.exporters import get_exporter
-from slimkit.exporters.int8 import QuantizeSettings, export_int8
-from slimkit.latency import Candidate
+from slimkit.exporters import get_exporter, onnx_output
+from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs
+from slimkit.files import check_outputs
+from slimkit.latency import Candidate, report_outputs
 
 
 @user_errors
@@ -52,6 +53,7 @@ def export(
     max_drop: Annotated[float, typer.Option(help="--int8, trained weights: largest allowed top-1 drop in points on the test split.")] = 1.0,
     max_output_error: Annotated[float, typer.Option(help="--int8, untrained weights: largest allowed RMS int8 error, as a fraction of the fp32 outputs' spread over images.")] = 1.0,
     eval_images: Annotated[Optional[int], typer.Option(help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report.
 
@@ -63,7 +65,9 @@ def export(
         raise SlimkitError(f"--out {out} should end in .onnx")
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
-    check_out_parent(out)
+    check_outputs([onnx_output(out)] + (int8_outputs(out) if int8 else [])
+                  + (report_outputs(latency_stem(out)) if bench else []),
+                  inputs=[source] if Path(source).exists() else [], force=force)
     src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     metadata = onnx_metadata(src)
@@ -90,6 +94,11 @@ def export(
                              threads=threads) if int8 else None
     if bench:
         _latency_report(src, out, batch, threads, runs, extra=[int8_file] if int8_file else [])
+
+
+def latency_stem(out: Path) -> Path:
+    """The latency report's stem beside the exported file: model.onnx -> model.latency.{json,md,png}."""
+    return out.with_suffix(".latency")
 
 
 def _int8_data(src: LoadedModel, data: str | None, data_dir: str | None):
@@ -163,6 +172,6 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
                                            device="cpu")
     else:
         report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
+    written = report.write(latency_stem(out))  # the files first, then the table
     render_report(report)
-    written = report.write(out.with_suffix(".latency"))
     console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False, markup=False)

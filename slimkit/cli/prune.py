@@ -13,11 +13,12 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.budget import parse_budget
-from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress, parse_input_size, say_plain,
+from slimkit.cli._common import (FORCE_HELP, checked_numbers, console, make_progress, parse_input_size, say_plain,
                                  user_errors)
-from slimkit.errors import PlanError, SlimkitError
+from slimkit.errors import SlimkitError
+from slimkit.files import Output, check_outputs, has_mark
 from slimkit.flops import format_count
-from slimkit.plan import ChannelPlan, load_plan, save_plan
+from slimkit.plan import ChannelPlan, plan_output, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, LatencyOptions, uniform_reference
 from slimkit.rounding import parse_round_to
@@ -67,17 +68,18 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
                       markup=False)
 
 
-def check_out(out: Path) -> None:
-    """Before minutes of work: --out must be a file we may replace (absent, or an old plan)."""
+def check_out(out: Path, *, plot: bool, weights: str | None = None, force: bool = False) -> None:
+    """Before minutes of work: the plan (and its PNG beside it) may be written, replacing nothing of the
+    user's: absent, an old plan / a PNG slimkit drew, or --force."""
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
-    check_out_parent(out)
-    if out.exists():
-        try:
-            load_plan(out)
-        except PlanError:
-            raise SlimkitError(f"--out {out} exists and is not a slimkit plan: slimkit will not overwrite it; "
-                               "choose another --out or move the file away") from None
+    outputs = [plan_output(out)] + ([Output(plot_path(out), "the channels-per-group plot", has_mark)] if plot else [])
+    check_outputs(outputs, inputs=[weights] if weights else [], force=force)
+
+
+def plot_path(out: Path) -> Path:
+    """Where the plan's PNG goes: beside it, ``plan.json`` -> ``plan.png``."""
+    return out.with_suffix(".png")
 
 
 @user_errors
@@ -121,6 +123,7 @@ def prune(
     weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
     selection: Annotated[str, typer.Option(help="How gates become widths: threshold (the paper's Algorithm 1: one global τ, every channel counts alike) cost-aware (gate value per MAC saved, or per parameter for --params; greedy, re-counted as widths shrink) or latency-aware (gate value per unit of latency saved, from every layer timed alone on --backend at the plan's input size; the budget is still counted as asked).")] = "threshold",
     search_space: Annotated[str, typer.Option(help="full: every channel group may shrink; paper: the paper's official code (residual streams kept at the --expand width, only block-internal channels gated, r against the unexpanded model, snapshot rule 'share of non-zero gates <= r', crop+flip, eval-mode BN, lr 0.01 for the preset's epochs).")] = "full",
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Plan a thinner network that meets a FLOPs, parameter or measured-latency budget.
 
@@ -148,7 +151,7 @@ def prune(
     if size and in_chans:
         size = (in_chans, size[1], size[2])
     round_to = parse_round_to(round_to)
-    check_out(out)
+    check_out(out, plot=plot, weights=weights, force=force)
     start = time.perf_counter()
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
@@ -171,9 +174,18 @@ def prune(
         finally:
             cleanup_distributed()
         progress.remove_task(task)
+    save_plan(plan, out)  # the files first: nothing printed below can lose them
+    seconds = time.perf_counter() - start
+    png = None
+    if plot:
+        others = {}
+        if plan.method != "uniform":
+            ref = uniform_reference(plan)
+            if ref is not None:
+                others["uniform"] = ref
+        png = plot_channels(plan, plot_path(out), others)
     render_plan(plan, f"{plan.arch} — {method} plan")
-    save_plan(plan, out)
-    console.print(f"wrote {out}" + f"  ({time.perf_counter() - start:.1f}s)", markup=False)
+    console.print(f"wrote {out}" + f"  ({seconds:.1f}s)", markup=False)
     if plan.method == "scratch":
         console.print(gate_summary(plan), highlight=False, markup=False)
     if plan.method == "uniform" and plan.search.get("one_step_wider"):
@@ -181,13 +193,7 @@ def prune(
         console.print(f"{plan.search['selection']}: factor {plan.search['factor']:.4f}, {len(wider)} group(s) moved "
                       "off it by whole rounding steps (no single factor lands within tolerance under rounding)",
                       highlight=False)
-    if plot:
-        others = {}
-        if plan.method != "uniform":
-            ref = uniform_reference(plan)
-            if ref is not None:
-                others["uniform"] = ref
-        png = plot_channels(plan, out.with_suffix(".png"), others)
+    if png is not None:
         console.print(f"wrote {png}", markup=False)
 
 

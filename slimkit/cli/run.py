@@ -65,6 +65,7 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value, e.g. --set train.epochs=3 (value read as YAML; repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/<name>).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe, print the resolved config and the stages; run nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="In a folder that is not a run folder (no recipe.yaml of a run), replace files the run writes instead of refusing.")] = False,
 ) -> None:
     """Run a recipe: prune -> train -> export -> bench, each stage skipped when its outputs exist."""
     r = load_recipe(recipe, set_)
@@ -72,4 +73,4 @@ def run(
         lay = Layout(out or Path("runs") / r.name)
         _dry_run(r, recipe, bool(set_), lay, check_folder(r, lay))
         return
-    run_recipe(r, out, source=str(recipe), hooks=rich_hooks())
+    run_recipe(r, out, source=str(recipe), hooks=rich_hooks(), force=force)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from slimkit import validate as limits
-from slimkit.cli._common import (check_out_folder, checked_numbers, console, make_progress, say_plain,
+from slimkit.cli._common import (FORCE_HELP, check_out_folder, checked_numbers, console, make_progress, say_plain,
                                  user_errors)
 from slimkit.runtime import cleanup_distributed
 from slimkit.train import TrainConfig
@@ -47,6 +47,7 @@ def train(
     max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch (quick looks).")] = None,
     accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps: the global --batch-size is reached in this many micro-batches.")] = D.accum_steps,
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over all processes.")] = D.sync_bn,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine)."""
     cfg = TrainConfig(data=data, data_dir=data_dir, epochs=epochs or D.epochs, schedule=schedule, batch_size=batch_size, lr=lr,
@@ -60,8 +61,7 @@ def train(
     try:
         with progress or contextlib.nullcontext():
             result = run_train(source, out, cfg, resume=resume, extend_to=epochs if resume else None,
-                               progress=progress,
-                               log=say_plain(progress) if progress else None)
+                               progress=progress, log=say_plain(progress) if progress else None, force=force)
     finally:
         cleanup_distributed()
     if result.metrics and main:
