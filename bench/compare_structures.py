@@ -421,14 +421,16 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_study(jobs: Iterator[TrainJob], args) -> int:
-    """Run the jobs; with ``--workers N`` in N processes, planning the next cell in this process
-    once at most 2N trainings are running or queued: the queue covers the paper space's long gate
-    learning (~10 min), and planning never runs a whole seed ahead of training. Returns the number
-    of failed trainings."""
+def run_study(jobs: Iterator, args, run=None) -> int:
+    """Run the jobs (``run(job, args)``, default :func:`run_job`; bench/rethinking.py passes its own);
+    with ``--workers N`` in N processes, planning the next cell in this process once at most 2N
+    trainings are running or queued: the queue covers the paper space's long gate learning
+    (~10 min), and planning never runs a whole seed ahead of training. Returns the number of failed
+    trainings."""
+    run = run or run_job
     if args.workers <= 1:
         for job in jobs:
-            run_job(job, args)
+            run(job, args)
         return 0
     failed = 0
     pending_jobs: dict = {}
@@ -446,7 +448,7 @@ def run_study(jobs: Iterator[TrainJob], args) -> int:
     pending: set = set()
     try:
         for job in jobs:
-            future = pool.submit(run_job, job, args)
+            future = pool.submit(run, job, args)
             pending_jobs[future] = job
             pending.add(future)
             while len(pending) > 2 * args.workers:

@@ -26,6 +26,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.exporters.onnx import export, input_shape, slimkit_metadata
 from slimkit.files import atomic_write
+from slimkit.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights,  # noqa: F401 (re-exported)
+                                write_checkpoint)
 from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
 from slimkit.plan import ChannelPlan, load_plan
@@ -35,7 +37,6 @@ __all__ = ["classify", "LoadedModel", "load_model", "plan_of", "default_export_p
            "onnx_candidate", "export_for_timing", "load_candidate", "plan_candidate", "candidate_from_spec",
            "onnx_metadata", "reference_candidate", "baseline_candidates"]
 
-CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
 # Suffixes that mark a file name rather than an architecture (timm names may hold a dot: resnet50.a1_in1k).
 FILE_SUFFIXES = (".pt", ".pth", ".json", ".onnx", ".txt", ".yaml", ".yml", ".ckpt", ".bin", ".safetensors", ".tar")
 
@@ -100,73 +101,6 @@ def default_export_path(source: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-class CheckpointError(SlimkitError):
-    """A checkpoint that cannot be read or does not match the run."""
-
-
-def write_checkpoint(path: str | os.PathLike, *, model: dict, plan: ChannelPlan, config: dict[str, Any],
-                     epoch: int, metrics: list[dict[str, Any]], optimizer: dict | None = None,
-                     scheduler: dict | None = None, rng: torch.Tensor | None = None) -> Path:
-    """Everything a run needs to continue or be rebuilt, written atomically. The plan and metrics are
-    JSON text so ``torch.load(weights_only=True)`` can read the file without unpickling code."""
-    obj = {"format": CHECKPOINT_FORMAT, "model": model, "optimizer": optimizer, "scheduler": scheduler,
-           "epoch": epoch, "rng": rng, "config": config, "metrics": json.dumps(metrics), "plan": plan.to_json(),
-           "slimkit_version": plan.slimkit_version}
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``) and check its structure, once, here: any damage
-    is a one-line error. The returned dict holds the plan as a :class:`ChannelPlan` under ``"plan"``
-    and the metrics as a list, so no caller parses them again."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong file type
-        raise CheckpointError(
-            f"{p} is not a readable checkpoint ({type(exc).__name__}); it may be truncated: "
-            "delete it to start over, or restore a good copy"
-        ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p} is not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT})")
-    damaged = f"{p} is a damaged slimkit checkpoint"
-    fix = "delete it to start over, or restore a good copy"
-    for key, kind in (("model", dict), ("plan", str), ("config", dict), ("metrics", str)):
-        if not isinstance(ckpt.get(key), kind):
-            raise CheckpointError(f"{damaged}: '{key}' is missing or not a {kind.__name__}; {fix}")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
-        raise CheckpointError(f"{damaged}: its weights are not a state dict of tensors; {fix}")
-    epoch = ckpt.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise CheckpointError(f"{damaged}: epoch {epoch!r} is not a count of epochs; {fix}")
-    for key in ("optimizer", "scheduler"):
-        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
-            raise CheckpointError(f"{damaged}: '{key}' is not a state dict; {fix}")
-    if ckpt.get("rng") is not None and not isinstance(ckpt["rng"], torch.Tensor):
-        raise CheckpointError(f"{damaged}: its RNG state is not a tensor; {fix}")
-    try:
-        plan = ChannelPlan.from_dict(json.loads(ckpt["plan"]), source=f"{p}'s plan")
-        metrics = json.loads(ckpt["metrics"])
-    except (json.JSONDecodeError, PlanError) as exc:
-        raise CheckpointError(f"{damaged}: {str(exc).splitlines()[0][:200]}; {fix}") from None
-    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
-        raise CheckpointError(f"{damaged}: its metrics are not a list of epochs; {fix}")
-    return {**ckpt, "plan": plan, "metrics": metrics}
-
-
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
-    """``state`` into ``model``, or a one-line error when the weights do not fit the plan's model."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1:2] or [str(exc)]
-        raise CheckpointError(f"{path}: its weights do not fit the model its plan describes ({first[0].strip()[:160]}); "
-                              "the file was edited or mixed from two runs: restore a good copy") from None
-    return model
-
-
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ChannelPlan]:
     """Rebuild the trained model from the checkpoint alone (its plan + G)."""
     ckpt = load_checkpoint(path)

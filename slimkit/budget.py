@@ -251,14 +251,17 @@ def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget
 
 
 def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expand: float = 1.0,
-                   iterations: int = 40, tolerance: float = 0.01) -> SearchResult:
-    """One width factor for every group, found by binary search so the budget is met."""
+                   iterations: int = 40, tolerance: float = 0.01, pinned: Mapping[str, int] | None = None
+                   ) -> SearchResult:
+    """One width factor for every group (but the ``pinned`` ones, which keep their given widths),
+    found by binary search so the budget is met."""
     budget = budget.resolve(graph.count_flops())
     if budget.kind not in ("flops", "params"):
         raise BudgetError(f"uniform search takes a FLOPs or parameter budget, not {budget.kind}")
-    _check_range(graph, budget, min_widths(graph, round_to), max_widths(graph, expand, round_to))
+    pinned = dict(pinned or {})
+    _check_range(graph, budget, {**min_widths(graph, round_to), **pinned}, {**max_widths(graph, expand, round_to), **pinned})
     try:
-        result = _bisect(lambda f: uniform_widths(graph, f, round_to), graph, budget,
+        result = _bisect(lambda f: {**uniform_widths(graph, f, round_to), **pinned}, graph, budget,
                          0.0, expand, True, iterations, tolerance)
     except _RoundingTooCoarse as exc:
         # No single factor lands within tolerance: from the best plan under budget, widen groups
@@ -268,9 +271,9 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
         # group is more than k steps above the others' factor after k rounds. One round is
         # usually enough; models with a few very coarse groups (a transformer's embedding width,
         # tied to whole heads) need the fine groups (MLP widths) to take a few more.
-        factor, start = exc.best_under or (0.0, min_widths(graph, round_to))
-        top = max_widths(graph, expand, round_to)
-        order = sorted(graph.groups, key=lambda n: (-graph.groups[n].width, n))
+        factor, start = exc.best_under or (0.0, {**min_widths(graph, round_to), **pinned})
+        top = {**max_widths(graph, expand, round_to), **pinned}
+        order = sorted((n for n in graph.groups if n not in pinned), key=lambda n: (-graph.groups[n].width, n))
         steps = {n: _divisor(graph, n, round_to) for n in order}
         rounds = max(1, max(-(-(top[n] - start[n]) // steps[n]) for n in order))
         moves = [(n, min(start[n] + k * steps[n], top[n])) for k in range(1, rounds + 1) for n in order]
@@ -278,7 +281,7 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
         ladders = {n: _ladder(lows[n], top[n], steps[n]) for n in order}
         result = _fill(graph, budget, start, moves, tolerance, factor, str(exc), selection="uniform up to one step",
                        ladders=ladders)
-        most = max(((w - start[n]) // steps[n] for n, w in result.widths.items()), default=0)
+        most = max(((result.widths[n] - start[n]) // steps[n] for n in order), default=0)
         if most > 1:
             result.selection = result.selection.replace("uniform up to one step", f"uniform up to {most} steps")
         return result

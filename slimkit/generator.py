@@ -11,6 +11,15 @@ New tensors are freshly initialised: Kaiming-normal (fan_out) for convs, as torc
 CNNs do; tensors that were constant in the source model (BN scale 1, bias 0, running stats,
 layer-scale 1e-6, zero-init residual BN) keep that constant; other tensors are redrawn with the
 source tensor's mean and standard deviation (rescaled to the new fan-in for linear weights).
+
+With ``weights=`` (a trained full model) G *inherits* instead: every resized tensor is the trained
+one with only the kept channels, selected along every dimension the channel graph ties to a group
+(conv and linear in/out channels, depthwise convs, norms and their running statistics, biases,
+flattened C×H×W inputs, concatenated pieces), so a plan that keeps every channel is the parent
+exactly. Which channels a plan keeps is chosen here too (:func:`choose_channels`): by the L1 norm
+of the filters that write each channel (Li et al. 2017, "Pruning Filters for Efficient ConvNets",
+the main baseline of "Rethinking the Value of Network Pruning"; its official code ranks the first
+conv of each block by Σ|w|), or by learned gate values.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -28,13 +38,15 @@ from torch.nn.modules.conv import _ConvNd
 
 from slimkit import registry
 from slimkit.attention import rewrite_attention_modules
+from slimkit.checkpoint import full_model_weights
 from slimkit.errors import PlanError
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, analyze
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.runtime import available_memory_bytes
 
-__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan"]
+__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
+           "select_channels", "choose_channels", "kept_index"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -143,8 +155,33 @@ def _fix_module_attrs(name: str, module: nn.Module, graph: ChannelGraph) -> None
         module.num_channels = module.weight.shape[0]
 
 
-def resize_model(model: nn.Module, graph: ChannelGraph, widths: dict[str, int]) -> nn.Module:
-    """Resize ``model`` in place so every group takes its width in ``widths``."""
+def kept_index(fqn: str, dim: int, graph: ChannelGraph, keep: Mapping[str, list[int]]) -> torch.Tensor:
+    """Indices along ``dim`` of tensor ``fqn`` that survive when every group keeps ``keep[group]``:
+    each segment of the dimension (a group's channels, each repeated ``rep`` times as a flatten of
+    C×H×W lays them out, or a frozen piece) in order."""
+    parts, offset = [], 0
+    for key, rep in graph.param_dims[fqn][dim]:
+        full = graph.groups[key].width if isinstance(key, str) else key
+        size = int(full * rep)
+        kept = keep.get(key) if isinstance(key, str) else None
+        if kept is None or len(kept) == full:
+            parts.append(torch.arange(offset, offset + size))
+        elif float(rep).is_integer():
+            channels = torch.as_tensor(kept, dtype=torch.long)
+            parts.append(offset + (channels[:, None] * int(rep) + torch.arange(int(rep))[None]).flatten())
+        else:  # a grouped conv that keeps its group count reads width/groups channels per group
+            raise PlanError(f"cannot inherit weights of {fqn}: it reads group '{key}' through a grouped conv that "
+                            "keeps its group count, so kept channels do not map to its slices; train this plan "
+                            "from scratch (--init scratch)")
+        offset += size
+    return torch.cat(parts)
+
+
+def resize_model(model: nn.Module, graph: ChannelGraph, widths: dict[str, int],
+                 keep: Mapping[str, list[int]] | None = None) -> nn.Module:
+    """Resize ``model`` in place so every group takes its width in ``widths``: new tensors freshly
+    initialised, or with ``keep`` (group -> kept channel indices) the model's own tensors with only
+    those channels (weight inheritance)."""
     shapes = graph.shapes(widths)
     modules = dict(model.named_modules())
     touched: dict[str, nn.Module] = {}
@@ -152,8 +189,17 @@ def resize_model(model: nn.Module, graph: ChannelGraph, widths: dict[str, int]) 
         mod_name, _, attr = fqn.rpartition(".")
         module = modules[mod_name]
         old = getattr(module, attr)
-        new = torch.empty(shape, dtype=old.dtype, device=old.device)
-        _init_tensor(new, old, module, attr)
+        if keep is None:
+            new = torch.empty(shape, dtype=old.dtype, device=old.device)
+            _init_tensor(new, old, module, attr)
+        else:
+            new = old.detach()
+            for dim in graph.param_dims[fqn]:
+                new = new.index_select(dim, kept_index(fqn, dim, graph, keep).to(old.device))
+            new = new.clone()
+            if tuple(new.shape) != tuple(shape):  # a graph/plan mismatch, never silently
+                raise PlanError(f"internal error: inheriting {fqn} gave shape {tuple(new.shape)}, the plan needs "
+                                f"{tuple(shape)}; please report this with the architecture name")
         if isinstance(old, nn.Parameter):
             setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
         else:
@@ -244,19 +290,131 @@ def verified_plan(plan: ChannelPlan | dict | str | os.PathLike, source: str | No
                    search={**plan.search, "full_flops": counted["full_flops"], "full_params": counted["full_params"]})
 
 
-def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None) -> nn.Module:
+def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None,
+             weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """G(plan): the thin network a plan describes, freshly initialised.
 
     Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
-    same weights; the global RNG is left untouched.
+    same weights; the global RNG is left untouched. With ``weights`` (a checkpoint of the full
+    model, or its state dict) the thin network inherits the trained weights of the channels the
+    plan keeps (its ``keep`` indices; see :func:`choose_channels` for a widths-only plan).
     """
     plan = load_plan(plan)
+    if weights is not None:
+        return _inherit(plan, weights)
     graph = _plan_graph(plan)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed if seed is None else seed)
         model = build_model(plan.arch, plan.arch_kwargs)
         resize_model(model, graph, plan.widths)
     return model
+
+
+def _state_of(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    return full_model_weights(weights, plan.arch, plan.arch_kwargs)
+
+
+def _full_model(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str) -> tuple[nn.Module, ChannelGraph]:
+    """The plan's unpruned architecture holding ``state`` (one line naming the first mismatches)."""
+    graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+    check_plan_fits(plan, graph)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(plan.seed)
+        model = build_model(plan.arch, plan.arch_kwargs)
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in state]
+    unexpected = [k for k in state if k not in mine]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        what = "; ".join(f"{label} {', '.join(items[:3])}" + (f" (+{len(items) - 3})" if len(items) > 3 else "")
+                         for label, items in (("missing", missing), ("unexpected", unexpected),
+                                              ("shape", wrong)) if items)
+        raise PlanError(f"{source} does not hold weights of the full {plan.arch} {plan.arch_kwargs} ({what}); "
+                        "pass a checkpoint of that architecture")
+    model.load_state_dict(state)
+    return model, graph
+
+
+def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
+    if plan.expand != 1.0 or any(g["width"] > g["full"] for g in plan.groups.values()):
+        raise PlanError("a widened plan (--expand) has channels no trained model holds: inherit weights only "
+                        "into plans at expand 1.0")
+    narrowed = [n for n, g in plan.groups.items() if g["width"] < g["full"]]
+    if narrowed and not plan.has_keep:
+        raise PlanError(f"the plan records widths only (group '{narrowed[0]}' is narrowed, with no 'keep'): make it "
+                        "with `slimkit prune --weights CKPT --criterion l1` (or let `slimkit train --init inherit` "
+                        "choose the channels by L1 norm)")
+    source = "the weights given" if isinstance(weights, Mapping) else str(weights)
+    model, graph = _full_model(plan, _state_of(plan, weights), source)
+    return resize_model(model, graph, plan.widths, keep=plan.keep)
+
+
+def _block(graph: ChannelGraph, name: str) -> int:
+    """Channels that are kept or dropped together: a conv group's channels, an attention head."""
+    return math.lcm(graph.groups[name].divisor, graph.head_dims.get(name, 1))
+
+
+def l1_scores(graph: ChannelGraph, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per group, per channel: Σ|w| of the conv and linear filters that write the channel (Li et al.
+    2017). A block-internal channel of a ResNet has one writer, its block's first conv, as in the
+    official code; a residual-stream channel sums every conv that adds into it."""
+    scores = {n: torch.zeros(g.width, dtype=torch.float64) for n, g in graph.groups.items()}
+    writers = {fqn for fqn, _ in graph.mac_terms}  # conv/linear weights: dim 0 is the output channels
+    for fqn in writers:
+        dims = graph.param_dims.get(fqn, {})
+        if 0 not in dims:
+            continue
+        per_output = state[fqn].detach().abs().flatten(1).sum(1).double()
+        offset = 0
+        for key, rep in dims[0]:
+            full = graph.groups[key].width if isinstance(key, str) else key
+            size = int(full * rep)
+            if isinstance(key, str) and float(rep).is_integer():
+                scores[key] += per_output[offset:offset + size].view(full, int(rep)).sum(1)
+            offset += size
+    return scores
+
+
+def select_channels(scores: torch.Tensor | list[float], width: int, block: int = 1) -> list[int]:
+    """The ``width`` channels with the highest scores (one per channel), in whole blocks of ``block``
+    channels scored by their sum; ties go to the lower index. Ascending."""
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    n_blocks = scores.numel() // block
+    block_scores = scores.view(n_blocks, block).sum(1).tolist()
+    order = sorted(range(n_blocks), key=lambda b: (-block_scores[b], b))[: width // block]
+    return sorted(b * block + j for b in order for j in range(block))
+
+
+def choose_channels(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor],
+                    criterion: str = "l1", gates: Mapping[str, list[float]] | None = None,
+                    weights_name: str | None = None) -> ChannelPlan:
+    """``plan`` with the channels each narrowed group keeps, chosen on the trained full model
+    ``weights``: by filter L1 norm (``"l1"``), or by the learned ``gates`` (``"gates"``: one value per
+    channel, or per attention head). Widths are unchanged."""
+    state = _state_of(plan, weights)
+    _, graph = _full_model(plan, state, "the weights given" if isinstance(weights, Mapping) else str(weights))
+    if criterion == "l1":
+        scores = l1_scores(graph, state)
+    elif criterion == "gates" and gates is not None:
+        scores = {n: torch.as_tensor(v, dtype=torch.float64) for n, v in gates.items()}
+    else:
+        raise PlanError(f"unknown criterion '{criterion}' (or gates missing): choose l1 or gates")
+    keep = {}
+    for name, g in plan.groups.items():
+        if g["width"] == g["full"]:  # kept whole (and not gated at all in the paper's search space)
+            keep[name] = list(range(g["full"]))
+            continue
+        block = _block(graph, name)
+        values = scores[name]
+        if values.numel() * block == g["full"] and block > 1:  # one value per block (a head's gate)
+            values = values.repeat_interleave(block)
+        keep[name] = select_channels(values, g["width"], block)
+    name = weights_name if weights_name is not None else (
+        "state dict" if isinstance(weights, Mapping) else str(weights))
+    return plan.with_keep(keep, {"kind": criterion, "weights": name})
 
 
 def group_module_map(graph: ChannelGraph) -> dict[str, list[str]]:

@@ -3,6 +3,12 @@
 A plan is "architecture name + the width of every channel group". ``slimkit.generate(plan)``
 rebuilds the same thin network from it on any machine. Field names are a fixed contract (see
 DESIGN.md); unknown top-level fields are rejected so typos do not pass silently.
+
+A plan cut from trained weights also says *which* channels it keeps: each narrowed group carries
+``keep`` (indices into its full width, ascending) and the plan a ``criterion`` ({"kind": "l1" or
+"gates", "weights": the checkpoint ranked}); G copies those channels' weights
+(``generate(plan, weights=...)``). Such plans are format ``slimkit.plan/2``; widths-only plans are
+still written, and read, as ``slimkit.plan/1``.
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ from slimkit.files import Output, atomic_write_text, is_json_with
 from slimkit.validate import Range, check_number, show
 from slimkit.version import __version__
 
-__all__ = ["ChannelPlan", "load_plan", "save_plan", "plan_output", "PLAN_FORMAT"]
+__all__ = ["ChannelPlan", "load_plan", "save_plan", "plan_output", "PLAN_FORMAT", "PLAN_FORMAT_KEEP", "CRITERIA"]
 
-PLAN_FORMAT = "slimkit.plan/1"
+PLAN_FORMAT = "slimkit.plan/1"  # widths only
+PLAN_FORMAT_KEEP = "slimkit.plan/2"  # widths, and the channels kept from trained weights
+FORMATS = (PLAN_FORMAT, PLAN_FORMAT_KEEP)
+CRITERIA = ("l1", "gates")  # how kept channels were chosen: filter L1 norm (Li et al. 2017), gate value
 
 
 @dataclass
 class ChannelPlan:
     arch: str
     input_size: list[int]
-    groups: dict[str, dict[str, int]]  # name -> {"full": int, "width": int}
+    groups: dict[str, dict[str, Any]]  # name -> {"full": int, "width": int[, "keep": [int, ...]]}
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     expand: float = 1.0
     round_to: int = 8
@@ -40,6 +49,7 @@ class ChannelPlan:
     params: int | None = None
     latency: dict[str, Any] | None = None
     search: dict[str, Any] = field(default_factory=dict)
+    criterion: dict[str, Any] | None = None  # {"kind": "l1" | "gates", "weights": path}: how ``keep`` was chosen
     slimkit_version: str = __version__
     format: str = PLAN_FORMAT
 
@@ -63,7 +73,10 @@ class ChannelPlan:
     def with_widths(self, widths: dict[str, int], **changes: Any) -> ChannelPlan:
         """This plan with other widths (and any other fields changed); FLOPs and params must be given
         anew by the caller, which knows the graph, or they are cleared."""
+        # kept indices belong to the old widths: the new plan records widths only
         groups = {n: {"full": g["full"], "width": int(widths[n])} for n, g in self.groups.items()}
+        changes.setdefault("criterion", None)
+        changes.setdefault("format", PLAN_FORMAT)
         changes.setdefault("flops", None)
         changes.setdefault("params", None)
         return replace(self, groups=groups, arch_kwargs=dict(self.arch_kwargs), input_size=list(self.input_size),
@@ -76,14 +89,42 @@ class ChannelPlan:
                                 flops=self.search.get("full_flops"), params=self.search.get("full_params"),
                                 search={})
 
+    @property
+    def keep(self) -> dict[str, list[int]]:
+        """Kept channel indices of every group (into its full width); a group at full width with no
+        ``keep`` keeps all its channels. Empty when the plan records widths only."""
+        if not self.has_keep:
+            return {}
+        return {n: list(g["keep"]) if "keep" in g else list(range(g["full"])) for n, g in self.groups.items()}
+
+    @property
+    def has_keep(self) -> bool:
+        """Whether the plan says which channels it keeps (a criterion chose them)."""
+        return self.criterion is not None
+
+    def with_keep(self, keep: dict[str, list[int]], criterion: dict[str, Any]) -> ChannelPlan:
+        """This plan with the channels each narrowed group keeps (widths unchanged); groups at full
+        width keep everything and store nothing."""
+        groups = {}
+        for n, g in self.groups.items():
+            entry = {"full": g["full"], "width": g["width"]}
+            if g["width"] < g["full"]:
+                entry["keep"] = sorted(int(i) for i in keep[n])
+            groups[n] = entry
+        plan = replace(self, groups=groups, criterion=dict(criterion), format=PLAN_FORMAT_KEEP)
+        _check_keep(plan.to_dict(), "plan")
+        return plan
+
     def keep_ratios(self) -> dict[str, float]:
         return {name: g["width"] / g["full"] for name, g in self.groups.items()}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         order = ["format", "arch", "arch_kwargs", "input_size", "expand", "round_to", "method",
-                 "seed", "budget", "groups", "flops", "params", "latency", "search",
+                 "seed", "budget", "criterion", "groups", "flops", "params", "latency", "search",
                  "slimkit_version"]
+        if d["format"] == PLAN_FORMAT:  # a widths-only plan reads exactly as before the format grew
+            order.remove("criterion")
         return {k: d[k] for k in order}
 
     def to_json(self) -> str:
@@ -101,9 +142,10 @@ class ChannelPlan:
         if not isinstance(data, dict):
             raise PlanError(f"{source} is not a ChannelPlan (expected a JSON object)")
         fmt = data.get("format")
-        if fmt != PLAN_FORMAT:
+        if fmt not in FORMATS:
             raise PlanError(
-                f"{source} has format {show(fmt)}, expected {PLAN_FORMAT!r}: regenerate it with `slimkit prune`"
+                f"{source} has format {show(fmt)}, expected one of {', '.join(map(repr, FORMATS))}: regenerate it "
+                "with `slimkit prune` (or update slimkit, if a newer one wrote it)"
             )
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
@@ -122,12 +164,14 @@ class ChannelPlan:
         if not isinstance(groups, dict) or not groups:
             raise PlanError(f"{source}: 'groups' must be a non-empty object of name -> {{full, width}}")
         expand = float(data.get("expand", 1.0))
+        fields = {"full", "width"} if fmt == PLAN_FORMAT else {"full", "width", "keep"}
         for name, g in groups.items():
-            if not (isinstance(g, dict) and set(g) == {"full", "width"}
-                    and all(isinstance(g[k], int) and not isinstance(g[k], bool) and g[k] >= 1 for k in g)):
+            if not (isinstance(g, dict) and {"full", "width"} <= set(g) <= fields
+                    and all(isinstance(g[k], int) and not isinstance(g[k], bool) and g[k] >= 1
+                            for k in ("full", "width"))):
                 raise PlanError(
-                    f"{source}: group {show(name, 40)} must be {{\"full\": int >= 1, \"width\": int >= 1}}, "
-                    f"got {show(g)}"
+                    f"{source}: group {show(name, 40)} must be {{\"full\": int >= 1, \"width\": int >= 1}}"
+                    + (", with an optional \"keep\": [indices]" if fmt != PLAN_FORMAT else "") + f", got {show(g)}"
                 )
             check_number(f"{source}: group {show(name, 40)} 'full'", g["full"], MAX_CHANNELS, PlanError)
             # G widens a group by at most `expand` (plus rounding up to a divisor); a wider group is not
@@ -139,6 +183,9 @@ class ChannelPlan:
         kwargs = data.get("arch_kwargs", {})
         if not isinstance(kwargs, dict):
             raise PlanError(f"{source}: 'arch_kwargs' must be an object")
+        if fmt == PLAN_FORMAT and data.get("criterion") is not None:
+            raise PlanError(f"{source}: 'criterion' needs format {PLAN_FORMAT_KEEP!r} (a plan with kept channels)")
+        _check_keep(data, source)
         return cls(**data)
 
 
@@ -180,6 +227,30 @@ def _check_plan_numbers(data: dict[str, Any], source: str) -> None:
 def plan_output(path: str | os.PathLike, what: str = "the plan") -> Output:
     """A plan file about to be written: a file already there may be replaced when it is a plan."""
     return Output(Path(path), what, is_json_with("arch", "groups", format=PLAN_FORMAT))
+
+
+def _check_keep(data: dict[str, Any], source: str) -> None:
+    """Kept indices: per group, ascending distinct indices into its full width, as many as its width;
+    a plan with any of them names its criterion (and a criterion comes with kept indices)."""
+    has_keep = False
+    for name, g in data["groups"].items():
+        if "keep" not in g:
+            continue
+        has_keep = True
+        keep = g["keep"]
+        if not (isinstance(keep, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in keep)
+                and len(keep) == g["width"] and keep == sorted(set(keep)) and (not keep or 0 <= keep[0])
+                and (not keep or keep[-1] < g["full"])):
+            raise PlanError(f"{source}: group {show(name, 40)} 'keep' must be {g['width']} ascending distinct indices "
+                            f"in [0, {g['full']}), got {show(keep)}: regenerate the plan with `slimkit prune --weights`")
+    criterion = data.get("criterion")
+    if has_keep or criterion is not None:
+        if not (isinstance(criterion, dict) and criterion.get("kind") in CRITERIA
+                and isinstance(criterion.get("weights"), str)):
+            raise PlanError(f"{source}: a plan with kept channels needs 'criterion': {{\"kind\": one of "
+                            f"{', '.join(CRITERIA)}, \"weights\": the checkpoint}}, got {show(criterion)}")
+        if not has_keep and any(g["width"] < g["full"] for g in data["groups"].values()):
+            raise PlanError(f"{source}: 'criterion' is set but no group says which channels it keeps ('keep')")
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:

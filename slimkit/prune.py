@@ -9,6 +9,12 @@ gates into widths by a global threshold (the paper's Algorithm 1) or by gate val
 marginal cost (``"cost-aware"``, slimkit.budget); ``search_space="paper"`` reproduces the paper's
 official code (residual streams kept at their expanded width, only block-internal channels gated,
 r against the unexpanded model, its snapshot rule, crop + flip, eval-mode BN; slimkit.search_space).
+
+From trained weights (``gates.weights``, a checkpoint of the full model), ``criterion`` also says
+which channels the plan keeps, so G can inherit them: ``"l1"`` ranks filters by their L1 norm
+within uniform widths (Li et al. 2017; with ``search_space="paper"`` only block-internal channels
+shrink, in the spirit of Rethinking's ResNet-56/110-A/B), ``"gates"`` keeps the channels whose
+gates, learned on the trained weights, are highest.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 
 from slimkit import registry
 from slimkit import validate as limits
-from slimkit.artifacts import load_checkpoint, load_weights
+from slimkit.checkpoint import full_model_weights, load_checkpoint
 from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_widths, parse_budget,
                             search_cost_aware, search_threshold, search_uniform)
 from slimkit.data import load_data
@@ -28,10 +34,10 @@ from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
-from slimkit.generator import build_model, channel_graph, generate, resize_model
+from slimkit.generator import build_model, channel_graph, choose_channels, generate, resize_model
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.layer_latency import layer_latency_per_mac
-from slimkit.plan import ChannelPlan
+from slimkit.plan import CRITERIA, ChannelPlan
 from slimkit.latency import check_mode
 from slimkit.rounding import (AUTO, RoundingChoice, auto_round_to, documented_multiple, is_ragged, parse_round_to,
                               timing_enabled)
@@ -91,7 +97,7 @@ class LatencyOptions:
 def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_classes: int | None = None,
           in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, expand: float = 1.0,
           round_to: int | str = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
-          gates: GateOptions | None = None, latency: LatencyOptions | None = None,
+          gates: GateOptions | None = None, latency: LatencyOptions | None = None, criterion: str | None = None,
           progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
@@ -104,7 +110,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     ``latency.check`` is off, the plan is then timed beside the uniform plan at the same budget on the
     target backend at the plan's input size (``plan.search['latency_check']``). ``gates.weights`` (a checkpoint of the full model) learns the
     gates on those trained weights instead of random ones: the paper's comparison with structures
-    from trained weights.
+    from trained weights; ``criterion`` ('l1' with ``method='uniform'``, 'gates' with 'scratch')
+    records in the plan which of those weights' channels it keeps (module docstring).
     """
     gates = gates or GateOptions()
     latency_options = latency or LatencyOptions()
@@ -127,11 +134,34 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         raise SlimkitError(f"unknown selection '{gates.selection}': choose one of {', '.join(SELECTIONS)}")
     if gates.search_space not in SEARCH_SPACES:
         raise SlimkitError(f"unknown search space '{gates.search_space}': choose one of {', '.join(SEARCH_SPACES)}")
-    if method == "uniform" and (gates.selection != "threshold" or gates.search_space != "full"):
-        raise SlimkitError("--selection and --search-space choose how learned gates become widths: "
-                           "use them with --method scratch")
+    if method == "uniform" and gates.selection != "threshold":
+        raise SlimkitError("--selection chooses how learned gates become widths: use it with --method scratch")
+    if criterion is not None:
+        if criterion not in CRITERIA:
+            raise SlimkitError(f"unknown criterion '{criterion}': choose one of {', '.join(CRITERIA)}")
+        if gates.weights is None:
+            raise SlimkitError(f"--criterion {criterion} ranks the channels of a trained model: pass its checkpoint "
+                               "with --weights CKPT")
+        if expand != 1.0:
+            raise SlimkitError("--criterion keeps channels of a trained model: it cannot be combined with --expand")
+        wanted = "uniform" if criterion == "l1" else "scratch"
+        if method != wanted:
+            raise SlimkitError(f"--criterion {criterion} goes with --method {wanted}: "
+                               + ("l1 ranks filters within uniform widths; for gates learned on the trained "
+                                  "weights use --criterion gates" if criterion == "l1" else
+                                  "it keeps the channels with the highest learned gates; for filter norms "
+                                  "use --criterion l1"))
+    elif method == "uniform" and gates.weights is not None:
+        raise SlimkitError("--weights with --method uniform: add --criterion l1 to keep the trained model's "
+                           "channels with the largest filters")
     spec = registry.resolve(arch)
+    if criterion is not None:  # the parent's classes and resolution, unless asked otherwise
+        parent = load_checkpoint(gates.weights)["plan"]
+        num_classes = parent.num_classes if num_classes is None else num_classes
+        input_size = tuple(parent.input_size) if input_size is None and in_chans is None else input_size
     b = parse_budget(budget) if isinstance(budget, str) else budget
+    if criterion is not None and b.kind == "latency":
+        raise SlimkitError("--criterion takes a FLOPs or parameter budget (--flops, --params), not --latency")
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
     if latency_options.precision != "fp32" and b.kind != "latency" and round_to != AUTO:
@@ -196,6 +226,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     if bundle is not None:
         say(f"data: {bundle.description}")
     learned = None
+    learned_gates = None  # the gate values of a FLOPs/params search, for --criterion gates
     latency_record = None
     if meter is not None:
         if method == "scratch":
@@ -210,7 +241,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         search["latency_search"] = latency_record.pop("search")
         meter.close()
     elif method == "uniform":
-        result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance)
+        result = search_uniform(graph, b, round_to=round_to, expand=expand, tolerance=tolerance, pinned=pinned)
         search = {"factor": round(result.value, 6), "iterations": result.iterations,
                   "selection": result.selection}
         if result.filled:  # no single factor landed within tolerance under channel rounding
@@ -219,6 +250,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         assert bundle is not None
         gates_result, search = _learn_gates(spec.canonical, kwargs, graph, b, bundle, gates, expand=expand,
                                             seed=seed, progress=progress, say=say)
+        learned_gates = gates_result.gates
         if gates.selection in ("cost-aware", "latency-aware"):
             weights = _layer_costs(gates.selection, base, graph, latency_options, say, search)
             result = search_cost_aware(graph, gates_result.gates, b, round_to=round_to, expand=expand,
@@ -230,7 +262,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
             filled = result.selection.startswith("gate-order fill")  # no single τ fit: channels added in gate order
             search.update({"threshold": None if filled else round(result.value, 6),
                            "threshold_iterations": result.iterations, "selection": result.selection})
-    if method == "scratch":
+    if method == "scratch" or pinned:
         search.update({"search_space": gates.search_space, "pinned": sorted(pinned)})
     search.update({"tolerance": tolerance, "full_flops": full_flops, "full_params": graph.count_params(),
                    "rounding": rounding.to_json()})
@@ -248,6 +280,9 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
                    "use --round-to auto")
         plan.search["warnings"] = [warning]
         say(f"warning: {warning}")
+    if criterion is not None:
+        say(f"kept channels: {criterion} on {gates.weights}")
+        plan = choose_channels(plan, gates.weights, criterion, gates=learned_gates)
     if verify:  # the contract: G(plan) counts exactly the plan's FLOPs and parameters
         thin = generate(plan)
         flops, params = count_flops(thin, size), count_params(thin)
@@ -388,13 +423,7 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
 
 def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> None:
     """Trained weights for gate learning: a checkpoint of the *full* model of the same architecture."""
-    ckpt = load_checkpoint(path)
-    plan = ckpt["plan"]
-    if registry.resolve(plan.arch).canonical != arch or plan.arch_kwargs != kwargs or \
-            any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:
-        raise SlimkitError(f"{path} is not a checkpoint of the full {arch} {kwargs}: train one with "
-                           f"`slimkit train {arch.split(':')[-1]}`")
-    load_weights(model, ckpt["model"], path)
+    model.load_state_dict(full_model_weights(path, arch, kwargs))
 
 
 def check_latency(plan: ChannelPlan, graph, options: LatencyOptions, device: str, say) -> dict[str, Any]:

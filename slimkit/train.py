@@ -8,6 +8,11 @@ ImageNet-style (ImageFolder) data, as the paper does.
 Recipe ("Pruning from Scratch"): SGD, Nesterov momentum 0.9, linear warm-up then cosine LR,
 label smoothing 0.1, weight decay 4e-5 (MobileNets), batch size and LR scaled together.
 
+Fine-tuning (``init="inherit"``, ``schedule="finetune"``): the thin model starts from the trained
+parent's kept channels (G with ``weights=``) and trains for ``epochs`` at a constant LR, 0.001
+unless given: the Rethinking paper's fine-tuning (its official l1-norm-pruning code: 40 epochs at
+0.001 on CIFAR, a quarter of the parent's 160; 20 on ImageNet).
+
 The loop reads top to bottom like torchvision's reference trainer: ``train_one_epoch``,
 ``evaluate``, a checkpoint written atomically after every epoch holding weights, optimizer,
 scheduler, epoch, RNG state, config, metrics and the plan (as JSON text, so
@@ -37,18 +42,23 @@ from slimkit.data import load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with
-from slimkit.generator import full_plan, generate, verified_plan
+from slimkit.generator import choose_channels, full_plan, generate, verified_plan
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.validate import check_number
 
-__all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES"]
+__all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
+           "FINETUNE_EPOCHS", "INITS"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
 # Scratch-B's stretch past which a plan is more likely wrong than meant (a plan at 5% of the full
 # model's MACs already trains 20x as long); beyond it, train with --schedule fixed and say how long.
 MAX_SCRATCH_B_STRETCH = 20.0
+FINETUNE = "finetune"  # inherited weights: --epochs at a constant LR
+FINETUNE_LR = 0.001  # Rethinking's official fine-tuning LR (CIFAR and ImageNet)
+FINETUNE_EPOCHS = 40  # ... and its CIFAR epochs (a quarter of the parent's 160; 20 on ImageNet)
+INITS = ("scratch", "inherit")  # fresh weights from G, or the kept channels of a trained full model
 
 
 def scratch_b_cap(data: str) -> float | None:
@@ -91,9 +101,13 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # for smoke tests and quick looks
     accum_steps: int = 1  # gradient accumulation: a small machine reproduces a large global batch
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
+    init: str = "scratch"  # scratch | inherit (the kept channels of init_from)
+    init_from: str | None = None  # checkpoint of the trained full model, for init="inherit"
 
     def base_lr(self) -> float:
-        return self.lr if self.lr is not None else 0.05 * self.batch_size / 256
+        if self.lr is not None:
+            return self.lr
+        return FINETUNE_LR if self.schedule == FINETUNE else 0.05 * self.batch_size / 256
 
 
 @dataclass
@@ -127,8 +141,11 @@ def _param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up then cosine to zero, stepped per iteration (torchvision's reference)."""
+def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int, constant: bool = False):
+    """Linear warm-up then cosine to zero, stepped per iteration (torchvision's reference); or, for
+    fine-tuning, the LR held constant (Rethinking's)."""
+    if constant:
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps - warmup_steps))
     if warmup_steps <= 0:
         return cosine
@@ -209,7 +226,19 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
 
 def check_config(cfg: TrainConfig) -> None:
     """Every number of the config finite and in range (the CLI checks the same ranges; this is for
-    Python callers and recipes), before a folder is created or data is read."""
+    Python callers and recipes), and the init and schedule consistent, before a folder is created or
+    data is read."""
+    if cfg.schedule not in (*SCHEDULES, FINETUNE):
+        raise SlimkitError(f"unknown --schedule '{cfg.schedule}': choose one of {', '.join((*SCHEDULES, FINETUNE))}")
+    if cfg.init not in INITS:
+        raise SlimkitError(f"unknown --init '{cfg.init}': choose one of {', '.join(INITS)}")
+    if cfg.init == "inherit" and not cfg.init_from:
+        raise SlimkitError("--init inherit needs the trained full model: add --from CKPT (its checkpoint.pt)")
+    if cfg.init == "scratch" and cfg.init_from:
+        raise SlimkitError("--from names weights to inherit: add --init inherit (or drop --from)")
+    if cfg.schedule == FINETUNE and cfg.init != "inherit":
+        raise SlimkitError("--schedule finetune continues trained weights: add --init inherit --from CKPT "
+                           "(or train from scratch with --schedule scratch-e / scratch-b)")
     for name, value, allowed in (
             ("epochs", cfg.epochs, limits.COUNT), ("batch_size", cfg.batch_size, limits.COUNT), ("lr", cfg.lr, limits.LR),
             ("momentum", cfg.momentum, limits.Range(0.0, 1.0, high_open=True)),
@@ -263,8 +292,6 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     main = dist_info.is_main
     say = (log or (lambda _m: None)) if main else (lambda _m: None)
     progress = progress if main else None
-    if cfg.schedule not in SCHEDULES:
-        raise SlimkitError(f"unknown --schedule '{cfg.schedule}': choose one of {', '.join(SCHEDULES)}")
     out = Path(out_dir)
     if (out / RUN_RECIPE_NAME).is_file():  # its plan.json belongs to the run's summary and latency report
         raise SlimkitError(f"{out} is a `slimkit run` folder: training into it would replace its plan.json; "
@@ -302,6 +329,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         plan = plan_of(plan_or_arch)  # None for an architecture name: the full model, once the data gives the classes
         if main:
             check_outputs(run_outputs(out, plan), force=force)
+        if cfg.init == "inherit" and not Path(cfg.init_from).is_file():  # a resumed run holds its weights already
+            raise CheckpointError(f"--from: checkpoint not found: {cfg.init_from}")
 
     if plan is not None:
         size = tuple(plan.input_size)
@@ -328,8 +357,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                                f"MACs), beyond the {MAX_SCRATCH_B_STRETCH:g}x slimkit allows; use --schedule fixed "
                                "--epochs N to train that plan for N epochs")
     say(f"data: {data.description}")
-    say(f"schedule {cfg.schedule}: {epochs} epoch{'' if epochs == 1 else 's'} (full model: {cfg.epochs}; plan at "
-        f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
+    if cfg.schedule == FINETUNE:
+        say(f"schedule finetune: {epochs} epoch{'' if epochs == 1 else 's'} at a constant LR of {cfg.base_lr():g}")
+    else:
+        say(f"schedule {cfg.schedule}: {epochs} epoch{'' if epochs == 1 else 's'} (full model: {cfg.epochs}; plan at "
+            f"{100 * plan.flops / full_flops:.1f}% of its FLOPs)")
 
     world, accum = dist_info.world_size, max(1, cfg.accum_steps)
     if cfg.batch_size % (world * accum):
@@ -341,7 +373,16 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             + (f"; {dist_info.backend} process group" if world > 1 else ""))
 
     torch.manual_seed(cfg.seed)
-    model = place_model(generate(plan), device, cfg.channels_last)
+    if cfg.init == "inherit" and ckpt is None:
+        if not plan.has_keep:  # a widths-only plan (e.g. the default method's): keep the largest filters
+            plan = choose_channels(plan, cfg.init_from, "l1")
+            say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
+                f"L1 norm in {cfg.init_from}")
+        model = generate(plan, weights=cfg.init_from)
+        say(f"init: inherited the kept channels' weights of {cfg.init_from} ({plan.criterion['kind']} criterion)")
+    else:
+        model = generate(plan)
+    model = place_model(model, device, cfg.channels_last)
     out_of_place_activations(model)
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -358,7 +399,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     lr = cfg.base_lr()
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), lr=lr,
                           momentum=cfg.momentum, nesterov=cfg.nesterov)
-    sched = _scheduler(opt, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    constant = cfg.schedule == FINETUNE
+    warmup_steps = 0 if constant else round(cfg.warmup_epochs * steps_per_epoch)
+    sched = _scheduler(opt, warmup_steps, epochs * steps_per_epoch, constant)
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
     if ckpt is not None:
@@ -371,7 +414,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 was = opt.param_groups[0]["lr"]
                 for group in opt.param_groups:
                     group["lr"] = group.pop("initial_lr")
-                sched = _scheduler(opt, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+                sched = _scheduler(opt, warmup_steps, epochs * steps_per_epoch, constant)
                 with warnings.catch_warnings():  # replaying the schedule: no optimizer step is due
                     warnings.simplefilter("ignore", UserWarning)
                     for _ in range(ckpt["epoch"] * steps_per_epoch):

@@ -18,6 +18,7 @@ LAYERS = [
     ["slimkit.registry", "slimkit.data", "slimkit.runtime", "slimkit.files", "slimkit.attention"],
     ["slimkit.graph", "slimkit.plan", "slimkit.exporters", "slimkit.exporters.onnx", "slimkit.exporters.int8",
      "slimkit.exporters.openvino"],
+    ["slimkit.checkpoint"],
     ["slimkit.budget", "slimkit.gates", "slimkit.generator", "slimkit.plots", "slimkit.search_space"],
     ["slimkit.latency"],
     ["slimkit.artifacts"],

@@ -96,6 +96,6 @@ def test_gates_can_be_learned_on_trained_weights(tmp_path):
     assert plan.search["weights"].startswith("trained")
     thin = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
     train(thin, tmp_path / "thin", cfg)
-    with pytest.raises(SlimkitError, match="not a checkpoint of the full"):
+    with pytest.raises(SlimkitError, match="not the full"):
         prune("resnet20", "50%", round_to=1, gates=GateOptions(data="synthetic", steps=2, batch_size=16,
               weights=str(tmp_path / "thin" / "checkpoint.pt")))

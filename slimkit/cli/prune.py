@@ -98,7 +98,7 @@ def prune(
     batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = LatencyOptions.batch,
     timing: Annotated[str, typer.Option(help="How --latency is timed: served (default: onnxruntime's defaults, each model alone, as a deployed model runs) or interleaved (every model once per round, pool threads not spinning). Recorded in the plan.")] = LatencyOptions.mode,
     precision: Annotated[str, typer.Option(help="How --latency candidates are timed: fp32, or int8 (quantized as `slimkit export --int8` ships them, against the int8 full model; ort-cpu).")] = LatencyOptions.precision,
-    method: Annotated[str, typer.Option(help="scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups.")] = DEFAULT_METHOD,
+    method: Annotated[Optional[str], typer.Option(help=f"scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups. Default: {DEFAULT_METHOD}; uniform with --criterion l1.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
@@ -120,7 +120,8 @@ def prune(
     search_size: Annotated[Optional[int], typer.Option(help="Image side for gate learning (default: the model's on GPU, at most 64 on CPU).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Training images held out to pick the gate snapshot (paper: 5,000 / 50 per class).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = GateOptions.device,
-    weights: Annotated[Optional[str], typer.Option(help="Learn the gates on this trained full-model checkpoint instead of random weights (the paper's comparison).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="A trained full-model checkpoint: learn the gates on it instead of random weights (the paper's comparison), and with --criterion choose which of its channels the plan keeps.")] = None,
+    criterion: Annotated[Optional[str], typer.Option(help="Which channels of --weights the plan keeps, so `slimkit train --init inherit` can fine-tune them: l1 (filters with the largest L1 norm, within uniform widths; Li et al. 2017, Rethinking's baseline; with --search-space paper only block-internal channels shrink) or gates (the highest gates learned on --weights; --method scratch).")] = None,
     selection: Annotated[str, typer.Option(help="How gates become widths: threshold (the paper's Algorithm 1: one global τ, every channel counts alike) cost-aware (gate value per MAC saved, or per parameter for --params; greedy, re-counted as widths shrink) or latency-aware (gate value per unit of latency saved, from every layer timed alone on --backend at the plan's input size; the budget is still counted as asked).")] = "threshold",
     search_space: Annotated[str, typer.Option(help="full: every channel group may shrink; paper: the paper's official code (residual streams kept at the --expand width, only block-internal channels gated, r against the unexpanded model, snapshot rule 'share of non-zero gates <= r', crop+flip, eval-mode BN, lr 0.01 for the preset's epochs).")] = "full",
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
@@ -153,11 +154,13 @@ def prune(
     round_to = parse_round_to(round_to)
     check_out(out, plot=plot, weights=weights, force=force)
     start = time.perf_counter()
+    if method is None:
+        method = "uniform" if criterion == "l1" else DEFAULT_METHOD
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
                         weights=weights, selection=selection, search_space=search_space)
     options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
-                   round_to=round_to, seed=seed, tolerance=tolerance, gates=gates,
+                   round_to=round_to, seed=seed, tolerance=tolerance, gates=gates, criterion=criterion,
                    latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision,
                                           mode=timing, check=latency_check))
     if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
@@ -184,7 +187,7 @@ def prune(
             if ref is not None:
                 others["uniform"] = ref
         png = plot_channels(plan, plot_path(out), others)
-    render_plan(plan, f"{plan.arch} — {method} plan")
+    render_plan(plan, f"{plan.arch} — {method} plan" + (f", channels kept by {criterion}" if criterion else ""))
     console.print(f"wrote {out}" + f"  ({seconds:.1f}s)", markup=False)
     if plan.method == "scratch":
         console.print(gate_summary(plan), highlight=False, markup=False)

@@ -1,4 +1,5 @@
-"""``slimkit train``: train a plan (or a full architecture) from scratch, resumably."""
+"""``slimkit train``: train a plan (or a full architecture) from scratch, or fine-tune it from a trained
+parent's kept channels, resumably."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from slimkit import validate as limits
 from slimkit.cli._common import (FORCE_HELP, check_out_folder, checked_numbers, console, make_progress, say_plain,
                                  user_errors)
 from slimkit.runtime import cleanup_distributed
-from slimkit.train import TrainConfig
+from slimkit.train import FINETUNE, FINETUNE_EPOCHS, TrainConfig
 from slimkit.train import train as run_train
 
 D = TrainConfig()  # every default lives in TrainConfig; the options below show it
@@ -31,9 +32,11 @@ def train(
     data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = D.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of the full model (default {D.epochs}); --schedule scratch-b stretches them. With --resume: extend the run to this many (the cosine schedule is stretched from where it stands).")] = None,
-    schedule: Annotated[str, typer.Option("--schedule", "--budget", help="How long a pruned model trains: scratch-e: the full model's epochs; scratch-b: the full model's compute (epochs x full/plan FLOPs: uncapped on CIFAR-style data, at most 2x on imagefolder data, as Rethinking the Value of Network Pruning does); fixed: exactly --epochs. (--budget: the old name.)")] = D.schedule,
+    schedule: Annotated[str, typer.Option("--schedule", "--budget", help=f"How long a pruned model trains: scratch-e: the full model's epochs; scratch-b: the full model's compute (epochs x full/plan FLOPs: uncapped on CIFAR-style data, at most 2x on imagefolder data, as Rethinking the Value of Network Pruning does); fixed: exactly --epochs; finetune (with --init inherit): exactly --epochs (default {FINETUNE_EPOCHS}, the paper's CIFAR fine-tuning) at a constant LR (default 0.001). (--budget: the old name.)")] = D.schedule,
+    init: Annotated[str, typer.Option(help="scratch: fresh weights from G; inherit: the kept channels of the trained full model --from (the plan's 'keep', or the largest-L1 filters for a widths-only plan).")] = D.init,
+    init_from: Annotated[Optional[str], typer.Option("--from", help="Checkpoint of the trained full model to inherit from (--init inherit).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size (LR scales with it).")] = D.batch_size,
-    lr: Annotated[Optional[float], typer.Option(help="Peak LR (default 0.05 x batch/256, the paper's).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak LR (default 0.05 x batch/256, the paper's; 0.001 for --schedule finetune).")] = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 4e-5 for MobileNets).")] = D.weight_decay,
     decay_bn_bias: Annotated[bool, typer.Option("--decay-bn-bias/--no-decay-bn-bias", help="Apply weight decay to BN and biases too.")] = not D.no_decay_bn_bias,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = D.label_smoothing,
@@ -49,8 +52,11 @@ def train(
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over all processes.")] = D.sync_bn,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
-    """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine)."""
-    cfg = TrainConfig(data=data, data_dir=data_dir, epochs=epochs or D.epochs, schedule=schedule, batch_size=batch_size, lr=lr,
+    """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine), or
+    fine-tune it from a trained parent: --init inherit --from CKPT --schedule finetune."""
+    default_epochs = FINETUNE_EPOCHS if schedule == FINETUNE else D.epochs
+    cfg = TrainConfig(data=data, data_dir=data_dir, epochs=epochs or default_epochs, schedule=schedule, init=init,
+                      init_from=init_from, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, no_decay_bn_bias=not decay_bn_bias,
                       label_smoothing=label_smoothing, warmup_epochs=warmup_epochs, augment=augment, seed=seed,
                       device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch,

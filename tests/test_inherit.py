@@ -1,0 +1,190 @@
+"""Plans cut from trained weights: kept channels, G inheriting them, and fine-tuning (Rethinking)."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import slimkit
+from slimkit.budget import Budget, search_uniform
+from slimkit.cli import app
+from slimkit.errors import PlanError, SlimkitError
+from slimkit.generator import build_model, channel_graph, choose_channels, generate, kept_index
+from slimkit.plan import PLAN_FORMAT, PLAN_FORMAT_KEEP, ChannelPlan, load_plan
+from slimkit.prune import GateOptions, prune
+from slimkit.search_space import residual_stream_groups
+from slimkit.train import TrainConfig, train
+
+SIZE = (3, 32, 32)
+
+
+def trained_like(arch: str) -> tuple[ChannelPlan, nn.Module]:
+    """A full plan and a parent whose BatchNorms are not at their init (scales, shifts, running stats
+    all differ per channel), so a channel copied to the wrong place shows in the outputs."""
+    plan = slimkit.full_plan(arch, num_classes=10, input_size=SIZE)
+    parent = build_model(plan.arch, plan.arch_kwargs)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in parent.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats:
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return plan, parent.eval()
+
+
+def zeroed(parent: nn.Module, plan: ChannelPlan) -> nn.Module:
+    """The parent with every dropped channel zeroed in every tensor the channel graph ties to it."""
+    graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+    everything = {n: list(range(g["full"])) for n, g in plan.groups.items()}
+    state = {k: v.clone() for k, v in parent.state_dict().items()}
+    for fqn, dims in graph.param_dims.items():
+        for dim in dims:
+            kept = kept_index(fqn, dim, graph, plan.keep)
+            mask = torch.ones(len(kept_index(fqn, dim, graph, everything)), dtype=torch.bool)
+            mask[kept] = False
+            state[fqn].index_fill_(dim, mask.nonzero().flatten(), 0.0)
+    model = build_model(plan.arch, plan.arch_kwargs)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2"])
+def test_a_plan_keeping_every_channel_reproduces_the_parent(arch):
+    plan, parent = trained_like(arch)
+    keep_all = choose_channels(plan, parent.state_dict())
+    assert keep_all.format == PLAN_FORMAT_KEEP and keep_all.criterion["kind"] == "l1"
+    child = generate(keep_all, weights=parent.state_dict()).eval()
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert (child(x) - parent(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2",
+                                  pytest.param("timm:efficientnet_b0", marks=pytest.mark.slow)])
+def test_a_pruned_plan_equals_the_parent_with_its_dropped_channels_zeroed(arch):
+    """Every group narrowed (residual streams too): what G copies is exactly what the parent computes
+    with the other channels silenced, so no channel lands in the wrong place along any tied dim."""
+    plan, parent = trained_like(arch)
+    graph = channel_graph(plan.arch, plan.arch_kwargs, SIZE)
+    res = search_uniform(graph, Budget("flops", "50%", plan.flops // 2), round_to=1, tolerance=0.05)
+    thin = choose_channels(plan.with_widths(res.widths, flops=res.flops, params=res.params), parent.state_dict())
+    assert any(g["width"] < g["full"] for n, g in thin.groups.items() if n in residual_stream_groups(graph))
+    child = generate(thin, weights=parent.state_dict()).eval()
+    assert slimkit.count_flops(child, SIZE) == thin.flops
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        want, got = zeroed(parent, thin)(x), child(x)
+        assert (got - want).abs().max().item() <= 1e-5
+        assert (got - parent(x)).abs().max().item() > 1e-3  # the pruning did change the function
+
+
+def test_l1_keeps_the_filters_with_the_largest_norm():
+    plan, parent = trained_like("resnet20")
+    with torch.no_grad():
+        parent.layer1[0].conv1.weight.mul_(0.01)
+        parent.layer1[0].conv1.weight[[3, 5, 11, 12]] *= 1000.0  # four clearly largest filters
+    narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 4})
+    kept = choose_channels(narrow, parent.state_dict())
+    assert kept.groups["layer1.0.conv1"]["keep"] == [3, 5, 11, 12]
+    assert "keep" not in kept.groups["conv1"]  # full-width groups store nothing
+
+
+def test_plan_formats_old_plans_load_and_kept_channels_are_checked(tmp_path):
+    plan = slimkit.full_plan("resnet20", num_classes=10)
+    data = json.loads(plan.to_json())
+    assert data["format"] == PLAN_FORMAT and "criterion" not in data  # widths-only plans read as before
+    assert ChannelPlan.from_dict(data).keep == {}
+    narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 2})
+    kept = narrow.with_keep({"layer1.0.conv1": [7, 1]}, {"kind": "l1", "weights": "parent.pt"})
+    path = tmp_path / "p.json"
+    path.write_text(kept.to_json())
+    back = load_plan(path)
+    assert back.format == PLAN_FORMAT_KEEP and back.keep["layer1.0.conv1"] == [1, 7]
+    assert back.keep["conv1"] == list(range(16))
+    for bad, needle in ((lambda d: d["groups"]["layer1.0.conv1"].update(keep=[1]), "ascending distinct"),
+                        (lambda d: d["groups"]["layer1.0.conv1"].update(keep=[7, 1]), "ascending distinct"),
+                        (lambda d: d["groups"]["layer1.0.conv1"].update(keep=[1, 16]), "ascending distinct"),
+                        (lambda d: d.update(criterion=None), "needs 'criterion'"),
+                        (lambda d: d.update(format=PLAN_FORMAT), "group"),
+                        (lambda d: d["groups"]["layer1.0.conv1"].pop("keep"), "no group says")):
+        d = json.loads(kept.to_json())
+        bad(d)
+        with pytest.raises(PlanError, match=needle):
+            ChannelPlan.from_dict(d)
+    # new widths drop the kept indices: they belonged to the old widths
+    assert narrow.with_widths(plan.widths).format == PLAN_FORMAT
+
+
+def test_inheriting_needs_kept_channels_and_the_right_parent():
+    plan, parent = trained_like("resnet20")
+    narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 8})
+    with pytest.raises(PlanError, match="records widths only"):
+        generate(narrow, weights=parent.state_dict())
+    other = build_model("mobilenet_v2", {"num_classes": 10}).state_dict()
+    with pytest.raises(PlanError, match="does not hold weights of the full"):
+        choose_channels(narrow, other)
+
+
+def test_uniform_search_keeps_pinned_groups():
+    graph = channel_graph("slimkit:resnet20", {"num_classes": 10}, SIZE)
+    streams = residual_stream_groups(graph)
+    pinned = {n: graph.groups[n].width for n in streams}
+    res = search_uniform(graph, Budget("flops", "50%", graph.count_flops() // 2), round_to=1, pinned=pinned)
+    assert all(res.widths[n] == w for n, w in pinned.items())
+    assert abs(res.flops / (graph.count_flops() / 2) - 1) <= 0.01
+
+
+def test_finetune_inherits_keeps_the_lr_constant_and_resumes(tmp_path):
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2, batch_size=16)
+    train("resnet20", tmp_path / "full", cfg)
+    parent_ckpt = str(tmp_path / "full" / "checkpoint.pt")
+    plan = prune("resnet20", "50%", method="uniform", round_to=1, criterion="l1",
+                 gates=GateOptions(weights=parent_ckpt, search_space="paper"))
+    assert plan.criterion == {"kind": "l1", "weights": parent_ckpt}
+    streams = plan.search["pinned"]
+    assert streams and all(plan.groups[n]["width"] == plan.groups[n]["full"] for n in streams)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=parent_ckpt)
+    result = train(plan, tmp_path / "ft", ft)
+    train(plan, tmp_path / "ft", ft, resume=True, extend_to=2)
+    history = json.loads((tmp_path / "ft" / "metrics.json").read_text())["history"]
+    assert [h["lr"] for h in history] == [0.001, 0.001] and result.epochs == 1
+    assert load_plan(tmp_path / "ft" / "plan.json").keep == plan.keep
+    with pytest.raises(SlimkitError, match="add --init inherit"):
+        train(plan, tmp_path / "x", TrainConfig(data="synthetic", schedule="finetune"))
+    with pytest.raises(SlimkitError, match="add --from"):
+        train(plan, tmp_path / "x", TrainConfig(data="synthetic", init="inherit"))
+
+
+def test_inherit_picks_l1_channels_for_a_widths_only_plan(tmp_path):
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16)
+    train("resnet20", tmp_path / "full", cfg)
+    thin = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "full" / "checkpoint.pt"))
+    train(thin, tmp_path / "ft", ft)
+    assert load_plan(tmp_path / "ft" / "plan.json").criterion["kind"] == "l1"
+
+
+def test_cli_prune_by_l1_then_finetune(tmp_path):
+    runner = CliRunner()
+    full, plan, ft = tmp_path / "full", tmp_path / "p.json", tmp_path / "ft"
+    common = ["--data", "synthetic", "--max-steps-per-epoch", "1", "--batch-size", "16"]
+    assert runner.invoke(app, ["train", "resnet20", "--epochs", "1", "--out", str(full), *common]).exit_code == 0
+    r = runner.invoke(app, ["prune", "resnet20", "--weights", str(full / "checkpoint.pt"), "--criterion", "l1",
+                            "--flops", "50%", "--out", str(plan), "--no-plot"])
+    assert r.exit_code == 0, r.output
+    assert load_plan(plan).method == "uniform" and load_plan(plan).has_keep
+    r = runner.invoke(app, ["train", str(plan), "--init", "inherit", "--from", str(full / "checkpoint.pt"),
+                            "--schedule", "finetune", "--epochs", "1", "--out", str(ft), *common])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["prune", "resnet20", "--criterion", "l1", "--flops", "50%", "--out", str(plan)])
+    assert r.exit_code != 0 and "--weights CKPT" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["prune", "resnet20", "--weights", str(ft / "checkpoint.pt"), "--criterion", "l1",
+                            "--flops", "50%", "--out", str(tmp_path / "q.json")])
+    assert r.exit_code != 0 and "not the full" in r.output
