@@ -36,8 +36,14 @@ _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
 def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode:
     was_training = model.training
     fast_path = torch.backends.mha.get_fastpath_enabled()
+    # The counter's module tracker hooks every input that requires grad; a view of a parameter made
+    # under no_grad (PiT's and CaiT's expanded class token) requires grad but has no grad_fn, which the
+    # tracker asserts on. Counting needs no gradients, so parameters stop requiring them meanwhile.
+    grad_params = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in grad_params:
+            p.requires_grad_(False)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         x = torch.zeros(1, *input_size, device=device)
@@ -45,6 +51,8 @@ def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             model(x)
     finally:
+        for p in grad_params:
+            p.requires_grad_(True)
         torch.backends.mha.set_fastpath_enabled(fast_path)
         model.train(was_training)
     return counter

@@ -29,7 +29,7 @@ from slimkit import registry
 from slimkit.attention import rewrite_attention_modules
 from slimkit.errors import PlanError
 from slimkit.flops import count_flops
-from slimkit.graph import ChannelGraph, analyze
+from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
 from slimkit.plan import ChannelPlan, load_plan
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model"]
@@ -55,9 +55,64 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
         model = model if model is not None else build_model(arch, arch_kwargs)
         graph = analyze(model, tuple(input_size))
         # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
-        graph.other_macs = count_flops(model, input_size) - graph.count_flops()
+        try:
+            graph.other_macs = count_flops(model, input_size) - graph.count_flops()
+        except Exception as exc:  # noqa: BLE001 - a model's own code failing is reported as one line
+            raise model_error(f"counting the MACs of {arch} at input {list(input_size)}", exc, model) from exc
+        _freeze_what_g_breaks(graph, arch, arch_kwargs, tuple(input_size))
         _GRAPHS[key] = graph
     return _GRAPHS[key]
+
+
+# Probe widths: groups shrink by different factors so that two groups the analysis wrongly keeps
+# apart are very likely to disagree; a few rounds, each freezing what the previous one broke.
+_PROBE_FACTORS = (0.5, 0.75, 0.625)
+_PROBE_ROUNDS = 8
+
+
+def _probe_widths(graph: ChannelGraph) -> dict[str, int]:
+    widths = {}
+    for i, (name, g) in enumerate(sorted(graph.groups.items())):
+        d = max(1, g.divisor)
+        if g.width % d == 0 and g.width > d:
+            widths[name] = max(d, int(g.width * _PROBE_FACTORS[i % len(_PROBE_FACTORS)]) // d * d)
+    return widths
+
+
+def _freeze_what_g_breaks(graph: ChannelGraph, arch: str, arch_kwargs: dict[str, Any],
+                          input_size: tuple[int, ...]) -> None:
+    """Run a thinned copy of the model once; where it fails (a reshape to a width computed from
+    another tensor, a module that keeps its own size), freeze the groups of the failing module and
+    try again. What the analysis could not prove safe costs pruning freedom, never a broken model."""
+    for _ in range(_PROBE_ROUNDS):
+        widths = _probe_widths(graph)
+        if not widths:
+            return
+        with torch.random.fork_rng(devices=[]):
+            thin = build_model(arch, arch_kwargs)
+            resize_model(thin, graph, widths)
+        try:
+            count_flops(thin, input_size)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure of the thinned model: freeze and retry
+            where = failing_module(exc, thin)
+            text = " ".join(str(exc).split())[:120] or type(exc).__name__
+            touched = _groups_in_module(graph, where)
+            if not touched:
+                raise model_error(f"running a thinned {arch}", exc, thin) from exc
+            graph.freeze_groups(touched, f"G cannot resize {where or 'the model'} "
+                                         f"({type(thin.get_submodule(where) if where else thin).__name__}): {text}")
+    raise GraphError(f"{arch}: a thinned copy still fails after freezing the groups of {_PROBE_ROUNDS} modules: "
+                     "this model cannot be pruned yet")
+
+
+def _groups_in_module(graph: ChannelGraph, module: str | None) -> set[str]:
+    """Groups with a tensor in ``module`` or below it (all groups for the root module)."""
+    if module is None:
+        return set()
+    prefix = module + "." if module else ""
+    return {key for fqn, dims in graph.param_dims.items() if fqn.startswith(prefix)
+            for segs in dims.values() for key, _ in segs if isinstance(key, str)}
 
 
 def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None = None,
