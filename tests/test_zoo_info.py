@@ -3,12 +3,16 @@ costs or with one line saying what is not supported, never with a traceback (tor
 included). The whole zoo is slow (hours on 2 cores); a sample of models that once crashed runs by
 default.
 
-Each slow case records what it printed (``record_property``), so a run with
-``--junitxml=FILE`` keeps the reason every model gives: docs/zoo.md lists the ones that cannot be
-pruned from such a run.
+Each slow case records what it printed (``record_property``, so ``--junitxml=FILE`` keeps it) and,
+with ``SLIMKIT_ZOO_LOG=FILE``, appends it to FILE as one JSON line as soon as it ends (a long run
+keeps what it did when stopped): docs/zoo.md lists the models that cannot be pruned from such a run.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import time
 
 import timm
 import torchvision
@@ -55,7 +59,18 @@ def test_info_on_models_that_once_crashed(arch, capfd):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", classification_models())
 def test_info_over_the_zoo_never_ends_in_a_traceback(arch, capfd, record_property):
-    code, text = run_info(arch, capfd)
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    record_property("exit_code", code)
-    record_property("first_line", " ".join(first.split()))
+    start, row = time.perf_counter(), {"arch": arch}
+    try:
+        code, text = run_info(arch, capfd)
+        first = next((ln for ln in text.splitlines() if ln.strip()), "")
+        row.update(exit_code=code, first_line=" ".join(first.split()))
+    except AssertionError as exc:
+        row.update(failed=" ".join(str(exc).split())[:400])
+        raise
+    finally:
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        for key, value in row.items():
+            record_property(key, value)
+        if os.environ.get("SLIMKIT_ZOO_LOG"):
+            with open(os.environ["SLIMKIT_ZOO_LOG"], "a") as log:
+                log.write(json.dumps(row) + "\n")
