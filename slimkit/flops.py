@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from slimkit.validate import check_input_size, check_type
+
 __all__ = ["count_flops", "count_params", "count_flops_per_layer", "format_count"]
 
 
@@ -60,7 +62,8 @@ def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode
 
 def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     """MACs of one forward pass at ``input_size`` = (C, H, W), batch 1."""
-    return _run_counted(model, input_size).get_total_flops() // 2
+    check_type("count_flops", "model", model, nn.Module, "a torch.nn.Module")
+    return _run_counted(model, check_input_size("count_flops", input_size)).get_total_flops() // 2
 
 
 def count_flops_per_layer(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
@@ -79,6 +82,8 @@ def count_flops_per_layer(model: nn.Module, input_size: Sequence[int]) -> dict[s
 
 
 def count_params(model: nn.Module) -> int:
+    """Every parameter of ``model`` (shared ones once)."""
+    check_type("count_params", "model", model, nn.Module, "a torch.nn.Module")
     return sum(p.numel() for p in model.parameters())
 
 

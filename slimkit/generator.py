@@ -26,11 +26,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from slimkit import registry
+from slimkit import validate as limits
 from slimkit.attention import rewrite_attention_modules
 from slimkit.errors import PlanError
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
 from slimkit.plan import ChannelPlan, load_plan
+from slimkit.validate import check_input_size, check_number, check_type
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model"]
 
@@ -119,6 +121,10 @@ def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None
               input_size: tuple[int, int, int] | None = None) -> ChannelPlan:
     """The unpruned ``arch`` as a plan: every group at full width (what `slimkit train ARCH` trains and
     what latency reports compare against). The same plan as a uniform prune to 100% at round_to 1."""
+    check_type("full_plan", "arch", arch, str, "an architecture name like 'resnet20' or 'timm:resnet50'")
+    input_size = check_input_size("full_plan", input_size)
+    check_number("full_plan: 'num_classes'", num_classes, limits.SMALL_COUNT)
+    check_number("full_plan: 'in_chans'", in_chans, limits.IN_CHANS)
     spec = registry.resolve(arch)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     kwargs = registry.arch_kwargs_for(num_classes, in_chans)
@@ -236,6 +242,9 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
     same weights; the global RNG is left untouched.
     """
+    check_type("generate", "plan", plan, (ChannelPlan, dict, str, os.PathLike),
+               "a ChannelPlan, a plan dict or a plan file path")
+    check_number("generate: 'seed'", seed, limits.SEED)
     plan = load_plan(plan)
     try:
         graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
 from slimkit.recipe import Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
-from slimkit.validate import show
+from slimkit.validate import check_type, show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "train_state", "stage_list", "budget_reach", "check_folder",
            "missing_data", "summary_markdown", "summary_columns", "SUMMARY_FORMAT", "SUMMARY_COLUMNS",
@@ -493,6 +494,9 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     """Run ``recipe`` in ``out`` (default ``runs/<name>``): every stage whose outputs are missing or
     stale, then the summary, which is returned (and written as summary.{json,md}). ``source`` names
     where the recipe came from, for the header of ``recipe.yaml``."""
+    check_type("run_recipe", "recipe", recipe, Recipe, "a Recipe: read a file with slimkit.load_recipe(path)")
+    check_type("run_recipe", "out", out, (str, os.PathLike, type(None)), "a folder path or None")
+    check_type("run_recipe", "hooks", hooks, (RunHooks, type(None)), "a slimkit.pipeline.RunHooks or None")
     hooks = hooks or RunHooks()
     lay = Layout(Path(out) if out is not None else Path("runs") / recipe.name)
     same = check_folder(recipe, lay)

@@ -20,7 +20,7 @@ from slimkit.files import atomic_write_text
 from slimkit.validate import Range, check_number, show
 from slimkit.version import __version__
 
-__all__ = ["ChannelPlan", "load_plan", "save_plan", "PLAN_FORMAT"]
+__all__ = ["ChannelPlan", "checked", "load_plan", "save_plan", "PLAN_FORMAT"]
 
 PLAN_FORMAT = "slimkit.plan/1"
 
@@ -169,6 +169,14 @@ def _check_plan_numbers(data: dict[str, Any], source: str) -> None:
         for key in ("value", "fraction"):
             if budget.get(key) is not None:
                 check_number(f"{source}: budget.{key}", budget[key], Range(0.0, 1e30, low_open=True), PlanError)
+    for key, kind, words in (("search", dict, "an object"), ("method", str, "a string"),
+                             ("slimkit_version", str, "a string")):
+        if key in data and not isinstance(data[key], kind):
+            raise PlanError(f"{source}: '{key}' must be {words}, got {show(data[key])}: "
+                            "regenerate the plan with `slimkit prune`")
+    for key in ("full_flops", "full_params"):
+        if isinstance(data.get("search"), dict) and data["search"].get(key) is not None:
+            check_number(f"{source}: search.{key}", data["search"][key], _COUNT_OR_NONE, PlanError)
     latency = data.get("latency")
     if latency is not None and not isinstance(latency, dict):
         raise PlanError(f"{source}: 'latency' must be an object or null, got {show(latency)}")
@@ -178,15 +186,32 @@ def _check_plan_numbers(data: dict[str, Any], source: str) -> None:
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:
+    """Write ``plan`` to ``path`` as JSON (atomically: an existing file is replaced only when the new one
+    is complete); the plan is validated first, so a file written here always loads."""
+    if not isinstance(plan, ChannelPlan):
+        raise TypeError(f"save_plan: 'plan' must be a ChannelPlan (from slimkit.prune or slimkit.load_plan), "
+                        f"got {type(plan).__name__}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"save_plan: 'path' must be a file path (str or os.PathLike), got {show(path)}")
+    checked(plan)
     return atomic_write_text(path, plan.to_json())
 
 
+def checked(plan: ChannelPlan) -> ChannelPlan:
+    """``plan`` if its fields pass the checks a plan file gets (a plan built or edited in Python may
+    hold widths of 0, 7.5 or 10^7); PlanError naming the field otherwise."""
+    ChannelPlan.from_dict(asdict(plan), source="the plan")
+    return plan
+
+
 def load_plan(path: str | os.PathLike | dict | ChannelPlan) -> ChannelPlan:
-    """Read and validate a plan from a path (or pass a dict / plan through)."""
+    """Read and validate a plan from a path (a dict or a ChannelPlan is validated and passed through)."""
     if isinstance(path, ChannelPlan):
-        return path
+        return checked(path)
     if isinstance(path, dict):
         return ChannelPlan.from_dict(path)
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"load_plan: expected a plan file path, a dict or a ChannelPlan, got {show(path)}")
     p = Path(path)
     if not p.is_file():
         raise PlanError(f"plan file not found: {p} (create one with `slimkit prune ARCH --out {p}`)")

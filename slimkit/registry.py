@@ -18,7 +18,9 @@ import timm
 import torchvision
 from torch import nn
 
+from slimkit import validate as limits
 from slimkit.errors import RegistryError
+from slimkit.validate import check_number, check_type
 from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
 
 __all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES"]
@@ -112,11 +114,10 @@ def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
                  **kwargs: Any) -> nn.Module:
     """Build ``name`` with random weights. ``num_classes``/``in_chans`` default to the model's own."""
+    check_type("create_model", "name", name, str, "an architecture name like 'resnet20' or 'timm:resnet50'")
     spec = resolve(name)
-    if num_classes is not None and num_classes < 1:
-        raise RegistryError(f"--num-classes must be >= 1, got {num_classes}")
-    if in_chans is not None and in_chans < 1:
-        raise RegistryError(f"--in-chans must be >= 1, got {in_chans}")
+    check_number("--num-classes", num_classes, limits.SMALL_COUNT, RegistryError)
+    check_number("--in-chans", in_chans, limits.IN_CHANS, RegistryError)
     if spec.source == "torchvision" and in_chans not in (None, 3):
         raise RegistryError(
             f"torchvision:{spec.name} takes 3-channel input; drop --in-chans (slimkit's data "
