@@ -90,13 +90,17 @@ def _freeze_what_g_breaks(graph: ChannelGraph, arch: str, arch_kwargs: dict[str,
         widths = _probe_widths(graph)
         if not widths:
             return
-        with torch.random.fork_rng(devices=[]):
-            thin = build_model(arch, arch_kwargs)
-            resize_model(thin, graph, widths)
-        try:
-            count_flops(thin, input_size)
+        try:  # on the meta device first: shapes only, no weights drawn, no arithmetic (fast for any size)
+            with torch.device("meta"):
+                _run_thinned(arch, arch_kwargs, graph, widths, input_size)
             return
-        except Exception as exc:  # noqa: BLE001 - any failure of the thinned model: freeze and retry
+        except Exception:  # noqa: BLE001 - some models do not run on meta tensors: the real check decides
+            pass
+        try:
+            _run_thinned(arch, arch_kwargs, graph, widths, input_size)
+            return
+        except _ThinnedFailure as failure:  # freeze what broke, and try again
+            exc, thin = failure.error, failure.model
             where = failing_module(exc, thin)
             text = " ".join(str(exc).split())[:120] or type(exc).__name__
             touched = _groups_in_module(graph, where)
@@ -106,6 +110,24 @@ def _freeze_what_g_breaks(graph: ChannelGraph, arch: str, arch_kwargs: dict[str,
                                          f"({type(thin.get_submodule(where) if where else thin).__name__}): {text}")
     raise GraphError(f"{arch}: a thinned copy still fails after freezing the groups of {_PROBE_ROUNDS} modules: "
                      "this model cannot be pruned yet")
+
+
+class _ThinnedFailure(Exception):
+    def __init__(self, error: Exception, model: nn.Module):
+        super().__init__(str(error))
+        self.error, self.model = error, model
+
+
+def _run_thinned(arch: str, arch_kwargs: dict[str, Any], graph: ChannelGraph, widths: dict[str, int],
+                 input_size: tuple[int, ...]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        thin = build_model(arch, arch_kwargs)
+        resize_model(thin, graph, widths)
+    try:
+        count_flops(thin, input_size)
+    except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means
+        raise _ThinnedFailure(exc, thin) from exc
+    return thin
 
 
 def _groups_in_module(graph: ChannelGraph, module: str | None) -> set[str]:
@@ -138,6 +160,8 @@ def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None
 
 
 def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: str) -> None:
+    if new.is_meta:  # a shapes-only model (the probe in channel_graph): there are no values to draw
+        return
     with torch.no_grad():
         if old.numel() == 0 or not old.is_floating_point():
             new.zero_()
