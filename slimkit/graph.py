@@ -52,6 +52,21 @@ class GraphError(SlimkitError, RuntimeError):
     """The model could not be traced or analysed (a user-facing error: bad input sizes end here)."""
 
 
+# What torch and timm say when an input is too small or of a size a model cannot take, in words.
+_SIZE_TEXTS = (
+    ("Kernel size can't be greater than actual input size", "its feature maps become smaller than a kernel"),
+    ("Output size is too small", "its feature maps shrink to nothing"),
+    ("doesn't match model", "it is built for one input size only"),
+    ("divisible", "its sides must be divisible by the model's patch or window size"),
+    ("Expected more than 1 value per channel", "its feature maps shrink to a single value"),
+)
+
+
+def input_size_problem(text: str) -> str | None:
+    """A user's words for torch's text about an input the model cannot take (None: not about the size)."""
+    return next((words for needle, words in _SIZE_TEXTS if needle in text), None)
+
+
 @contextlib.contextmanager
 def quiet_torch_logs() -> Iterator[None]:
     """Silence torch's own loggers meanwhile: a failed trace logs whole tracebacks (fake-tensor
@@ -1124,6 +1139,12 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
             ep = torch.export.export(model, (example,), strict=False)
     except Exception as exc:  # noqa: BLE001 - report any capture failure as one error
         first = str(exc).splitlines()[0] if str(exc) else ""
+        size_problem = input_size_problem(first)
+        if size_problem:
+            where = failing_module(exc, model)
+            at = f" at module '{where}' ({type(model.get_submodule(where)).__name__})" if where else ""
+            raise GraphError(f"input {input_size[1]}x{input_size[2]} px does not fit this model: {size_problem}{at}; "
+                             "use a larger --input-size (or the model's own: leave --input-size out)") from None
         hint = ""
         if "channels" in first and "expected input" in first:
             hint = (f"; the input has {input_size[0]} channel(s): --input-size sets them only with the size "
