@@ -1140,16 +1140,17 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
     except Exception as exc:  # noqa: BLE001 - report any capture failure as one error
         first = str(exc).splitlines()[0] if str(exc) else ""
         size_problem = input_size_problem(first)
+        where = failing_module(exc, model)
+        at = f" at module '{where}' ({type(model.get_submodule(where)).__name__})" if where else ""
         if size_problem:
-            where = failing_module(exc, model)
-            at = f" at module '{where}' ({type(model.get_submodule(where)).__name__})" if where else ""
             raise GraphError(f"input {input_size[1]}x{input_size[2]} px does not fit this model: {size_problem}{at}; "
                              "use a larger --input-size (or the model's own: leave --input-size out)") from None
         hint = ""
         if "channels" in first and "expected input" in first:
             hint = (f"; the input has {input_size[0]} channel(s): --input-size sets them only with the size "
                     "(3,224,224), --in-chans changes the model's")
-        raise GraphError(f"could not trace the model at input {list(input_size)}: {type(exc).__name__}: {first}{hint}") from exc
+        raise GraphError(f"could not trace the model at input {list(input_size)}{at}: {type(exc).__name__}: "
+                         f"{first[:300]}{hint}") from exc
     finally:
         model.train(was_training)
 
