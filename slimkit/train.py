@@ -124,6 +124,16 @@ def _param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# Warm-up takes at most this share of a run: one warm-up epoch is right for 30 epochs, but a 1-epoch
+# run would spend all of it warming up (and end where the LR has just peaked).
+MAX_WARMUP_SHARE = 0.1
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, epochs: int) -> int:
+    """Steps of linear warm-up: ``warmup_epochs``, capped at MAX_WARMUP_SHARE of the run."""
+    return min(round(warmup_epochs * steps_per_epoch), int(MAX_WARMUP_SHARE * epochs * steps_per_epoch))
+
+
 def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     """Linear warm-up then cosine to zero, stepped per iteration (torchvision's reference)."""
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps - warmup_steps))
@@ -324,7 +334,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     lr = cfg.base_lr()
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), lr=lr,
                           momentum=cfg.momentum, nesterov=cfg.nesterov)
-    sched = _scheduler(opt, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    warm = warmup_steps(cfg.warmup_epochs, steps_per_epoch, epochs)
+    if warm < round(cfg.warmup_epochs * steps_per_epoch):
+        say(f"warm-up: {warm} steps ({warm / steps_per_epoch:.2g} epoch), not {cfg.warmup_epochs:g} epoch(s): "
+            f"warm-up takes at most {MAX_WARMUP_SHARE:.0%} of a run")
+    sched = _scheduler(opt, warm, epochs * steps_per_epoch)
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
     if ckpt is not None:
@@ -337,7 +351,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 was = opt.param_groups[0]["lr"]
                 for group in opt.param_groups:
                     group["lr"] = group.pop("initial_lr")
-                sched = _scheduler(opt, round(cfg.warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+                sched = _scheduler(opt, warmup_steps(cfg.warmup_epochs, steps_per_epoch, epochs), epochs * steps_per_epoch)
                 with warnings.catch_warnings():  # replaying the schedule: no optimizer step is due
                     warnings.simplefilter("ignore", UserWarning)
                     for _ in range(ckpt["epoch"] * steps_per_epoch):
