@@ -8,7 +8,7 @@ SLIMKIT = $(VENV)/bin/slimkit
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 FMNIST = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Stable CPU timings and training steps: glibc's default malloc is erratic here (DESIGN.md).
+# Stable CPU timings and training steps: glibc's default malloc is erratic here (docs/method.md).
 export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export MALLOC_TOP_PAD_ = 1073741824

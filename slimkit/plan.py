@@ -2,7 +2,7 @@
 
 A plan is "architecture name + the width of every channel group". ``slimkit.generate(plan)``
 rebuilds the same thin network from it on any machine. Field names are a fixed contract (see
-DESIGN.md); unknown top-level fields are rejected so typos do not pass silently.
+docs/method.md section 5); unknown top-level fields are rejected so typos do not pass silently.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class ChannelPlan:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PlanError(f"{source} has unknown fields {show(unknown)}: remove them (see DESIGN.md)")
+            raise PlanError(f"{source} has unknown fields {show(unknown)}: remove them (the fields are listed in docs/method.md)")
         for key in ("arch", "input_size", "groups"):
             if key not in data:
                 raise PlanError(f"{source} lacks the required field '{key}'")
