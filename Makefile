@@ -37,8 +37,10 @@ test-slow: setup data
 	$(PY) -m pytest -q -m slow
 
 # The main job, end to end on the offline default data: prune (from scratch and uniform), train the
-# pruned network from scratch, export verified fp32 and int8 ONNX with latency reports beside them.
-# Channel counts stay multiples of 8 (the default --round-to): ragged counts run slower on ORT CPU.
+# pruned network from scratch, export verified fp32 and int8 ONNX with latency reports beside them,
+# then a summary of what was made. Channel counts stay multiples of 8 (the default --round-to):
+# ragged counts run slower on ORT CPU.
+DEMO_STARTED := $(shell date +%s)
 demo: setup data
 	rm -rf runs/demo  # a fresh run each time (train refuses to overwrite a run silently)
 	$(SLIMKIT) info mobilenet_v1
@@ -48,6 +50,7 @@ demo: setup data
 	$(SLIMKIT) prune resnet20 --flops 50% --out runs/demo/resnet20_50pct.json
 	$(SLIMKIT) train runs/demo/resnet20_50pct.json --epochs 3 --lr 0.1 --weight-decay 1e-4 --out runs/demo/resnet20_50pct
 	$(SLIMKIT) export runs/demo/resnet20_50pct/checkpoint.pt --onnx --int8
+	@$(PY) bench/demo_summary.py runs/demo --started $(DEMO_STARTED)
 
 # The latency gate on this project's own output (CI runs it): a uniform 50%-FLOPs MobileNet-V1 must
 # stay within 25% of its committed ratio to the full model, both re-measured side by side. 25%, not
