@@ -13,6 +13,7 @@ r against the unexpanded model, its snapshot rule, crop + flip, eval-mode BN; sl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +87,14 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
           in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, expand: float = 1.0,
           round_to: int = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
           gates: GateOptions | None = None, latency: LatencyOptions | None = None,
-          progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
+          progress: Any | None = None, log: Callable[[str], None] | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
     ``method='scratch'`` learns gates on random frozen weights (``gates`` says how and on which
     data) and turns them into widths (``gates.selection``); ``method='uniform'`` scales every group
-    by one factor. ``log`` receives one-line notes. A latency budget ('8ms', or '50%' with
+    by one factor. The call is quiet: ``progress`` (a ``rich.progress.Progress``, or any object with its
+    ``add_task``/``update``/``remove_task``) gets a bar per long stage, ``log`` (e.g. ``print``) one-line
+    notes. ``input_size`` is (C, H, W) (default: the model's). A latency budget ('8ms', or '50%' with
     ``Budget(kind='latency')``) is measured as ``latency`` says (see :mod:`slimkit.latency_search`);
     ``tolerance`` then defaults to 5%. ``gates.weights`` (a checkpoint of the full model) learns the
     gates on those trained weights instead of random ones: the paper's comparison with structures
