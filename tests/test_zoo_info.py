@@ -11,7 +11,9 @@ keeps what it did when stopped): docs/zoo.md lists the models that cannot be pru
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import time
 
 import pytest
@@ -25,7 +27,7 @@ import slimkit
 from slimkit.cli import app
 from slimkit.flops import count_flops
 from slimkit.generator import channel_graph
-from slimkit.graph import analyze
+from slimkit.graph import GraphError, analyze
 from slimkit.models.cifar import BUILTIN_MODELS
 
 SIDE = 64  # small enough for the whole zoo; models built for one size are rebuilt at it
@@ -184,3 +186,22 @@ def test_a_model_that_fails_in_its_own_code_is_one_line_naming_the_module(monkey
     result = CliRunner().invoke(app, ["info", "slimkit:broken_probe", "--input-size", "4"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "module 'body.1' (_Attention)" in " ".join(result.output.split())
+
+
+def test_torch_logged_tracebacks_do_not_reach_the_terminal(monkeypatch, capfd):
+    """A failed trace logs whole tracebacks through torch's loggers (fake-tensor `E...` lines) before it
+    raises: the user sees slimkit's one line only."""
+    def failing_export(*args, **kwargs):
+        logging.getLogger("torch._subclasses.fake_tensor").error("Traceback (most recent call last): fake")
+        raise RuntimeError("data-dependent shape")
+
+    handler = logging.StreamHandler(sys.stderr)  # torch's own handler writes to stderr the same way
+    logging.getLogger("torch").addHandler(handler)
+    monkeypatch.setattr(torch.export, "export", failing_export)
+    try:
+        with pytest.raises(GraphError, match="data-dependent shape"):
+            analyze(nn.Conv2d(3, 4, 1), (3, 4, 4))
+    finally:
+        logging.getLogger("torch").removeHandler(handler)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
