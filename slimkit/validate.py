@@ -13,6 +13,7 @@ to a structure whose full ``repr`` runs to gigabytes.
 from __future__ import annotations
 
 import math
+import numbers
 import reprlib
 from dataclasses import dataclass
 from typing import Any
@@ -114,13 +115,14 @@ def check_input_size(function: str, value: Any) -> tuple[int, int, int] | None:
     if value is None:
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 3 or \
-            any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
         hint = f" (for {value} px write ({3}, {value}, {value}))" if isinstance(value, int) and not isinstance(value, bool) else ""
         raise TypeError(f"{function}: 'input_size' must be (C, H, W), e.g. (3, 224, 224), got {show(value)}{hint}")
-    check_number(f"{function}: input_size channels", value[0], IN_CHANS)
-    for side in value[1:]:
+    c, h, w = (int(v) for v in value)
+    check_number(f"{function}: input_size channels", c, IN_CHANS)
+    for side in (h, w):
         check_number(f"{function}: input_size side", side, SIDE)
-    return (value[0], value[1], value[2])
+    return (c, h, w)
 
 
 # ---------------------------------------------------------------------------- shared ranges
