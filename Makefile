@@ -8,7 +8,7 @@ SLIMKIT = $(VENV)/bin/slimkit
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 FMNIST = /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Stable CPU timings and training steps: glibc's default malloc is erratic here (DESIGN.md).
+# Stable CPU timings and training steps: glibc's default malloc is erratic here (docs/method.md).
 export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export MALLOC_TOP_PAD_ = 1073741824
@@ -37,9 +37,11 @@ test-slow: setup data
 	$(PY) -m pytest -q -m slow
 
 # The main job, end to end on the offline default data: prune (from scratch and uniform), train the
-# pruned network from scratch, export verified fp32 and int8 ONNX with latency reports beside them.
-# Channel counts use the multiple this machine's onnxruntime computes at (--round-to auto, measured once
-# and cached); prune prints the plan's latency beside the uniform plan's at 224 px.
+# pruned network from scratch, export verified fp32 and int8 ONNX with latency reports beside them,
+# then a summary of what was made. Channel counts use the multiple this machine's onnxruntime
+# computes at (--round-to auto, measured once and cached); prune prints the plan's latency beside
+# the uniform plan's at 224 px.
+DEMO_STARTED := $(shell date +%s)
 demo: setup data
 	rm -rf runs/demo  # a fresh run each time (train refuses to overwrite a run silently)
 	$(SLIMKIT) info mobilenet_v1
@@ -49,6 +51,7 @@ demo: setup data
 	$(SLIMKIT) prune resnet20 --flops 50% --out runs/demo/resnet20_50pct.json
 	$(SLIMKIT) train runs/demo/resnet20_50pct.json --epochs 3 --lr 0.1 --weight-decay 1e-4 --out runs/demo/resnet20_50pct
 	$(SLIMKIT) export runs/demo/resnet20_50pct/checkpoint.pt --onnx --int8
+	@$(PY) bench/demo_summary.py runs/demo --started $(DEMO_STARTED)
 
 # The latency gate on this project's own output (CI runs it): a uniform 50%-FLOPs MobileNet-V1 must
 # stay within 25% of its committed ratio to the full model, both re-measured side by side. 25%, not

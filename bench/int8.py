@@ -11,7 +11,7 @@ CPU, batch 1, 2 threads. An onnxruntime profile per op type says where int8 time
 
     python bench/int8.py [--r20-full CKPT] [--r20-50 CKPT] [--only NAME ...] [--runs N]
 
-Writes bench/results/int8.{json,md}. Run with the MALLOC_* settings of HELPERS/DESIGN exported.
+Writes bench/results/int8.{json,md}. Run with the MALLOC_* settings of docs/method.md exported.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from slimkit import registry
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.exporters.onnx import export, input_shape, slimkit_metadata
 from slimkit.files import atomic_write
@@ -58,16 +59,27 @@ def classify(text: str) -> str:
     if suffix == ".onnx":
         return "onnx"
     if path.is_dir():
-        raise SlimkitError(f"{path} is a folder: pass a checkpoint (.pt), a plan (.json), an ONNX file or an "
-                           "architecture name")
+        inside = path / "checkpoint.pt"
+        raise SlimkitError(f"{path} is a folder{_also_an_arch(text)}: pass a checkpoint (.pt"
+                           + (f", e.g. {inside}" if inside.is_file() else "")
+                           + "), a plan (.json), an ONNX file or an architecture name")
     if path.is_file():
         if zipfile.is_zipfile(path):
             return "checkpoint"
         raise SlimkitError(f"{path} is neither a checkpoint (.pt, from `slimkit train`) nor a plan (.json, from "
-                           "`slimkit prune`); pass one of those or an architecture name")
+                           f"`slimkit prune`){_also_an_arch(text)}; pass one of those or an architecture name")
     if "/" in text or suffix in FILE_SUFFIXES:
         raise SlimkitError(f"file not found: {path}")
     return "arch"
+
+
+def _also_an_arch(text: str) -> str:
+    """When a file or folder here has an architecture's name: how to name the architecture instead."""
+    try:
+        spec = registry.resolve(text)
+    except SlimkitError:
+        return ""
+    return f" (for the architecture, write {spec.canonical}: a path here takes precedence over a bare name)"
 
 
 def plan_of(source: str | ChannelPlan) -> ChannelPlan | None:
@@ -163,6 +175,7 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     if kind == "checkpoint":
         ckpt = load_checkpoint(source)
         plan = verified_plan(ckpt["plan"], f"the plan in {source}")
+        _check_fixed_by_plan(plan, source, "checkpoint", num_classes, input_size)
         model = load_weights(generate(plan), ckpt["model"], source)
         return LoadedModel(model.eval(), plan, True, f"checkpoint {source} (trained weights)",
                            train_config=ckpt["config"])
@@ -171,6 +184,7 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
                            "or an architecture name")
     if kind == "plan":
         plan = verified_plan(source)
+        _check_fixed_by_plan(plan, source, "plan", num_classes, input_size)
         what = f"plan {source} (fresh weights from G)"
     else:
         plan = full_plan(source, num_classes=num_classes, input_size=input_size)
@@ -179,6 +193,25 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     if calibrate:
         calibrate_bn(model, tuple(plan.input_size), seed=plan.seed)
     return LoadedModel(model.eval(), plan, False, what)
+
+
+def _check_fixed_by_plan(plan: ChannelPlan, source: str, kind: str, num_classes: int | None,
+                         input_size: tuple[int, int, int] | None) -> None:
+    """--num-classes and --input-size shape a model built from a name; a plan or checkpoint already
+    fixes both (its groups and MACs were found at its size, its head has its classes), so a value that
+    differs is refused instead of silently ignored."""
+    classes = plan.num_classes
+    if num_classes is not None and num_classes != classes:
+        held = f"{classes} classes" if classes is not None else "the architecture's own number of classes"
+        fix = ("prune again with --num-classes" if kind == "plan"
+               else "train a model with that many classes (`slimkit train PLAN --num-classes N`)")
+        raise SlimkitError(f"--num-classes {num_classes} does not apply to {kind} {source}: it has {held}; "
+                           f"drop the option, or {fix}")
+    if input_size is not None and tuple(input_size[1:]) != tuple(plan.input_size[1:]):
+        shown = str(input_size[1]) if input_size[1] == input_size[2] else f"{input_size[1]}x{input_size[2]}"
+        raise SlimkitError(f"--input-size {shown} does not apply to {kind} {source}: "
+                           f"it was made for input {list(plan.input_size)} (its channel groups and MACs are counted "
+                           "there); drop the option, or prune again with --input-size")
 
 
 def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:

@@ -30,6 +30,7 @@ become prunable in the same generic way as CNN channels.
 
 from __future__ import annotations
 
+import inspect
 import math
 from fractions import Fraction
 from typing import Any
@@ -380,10 +381,17 @@ def input_size_kwargs(model: nn.Module, input_size: tuple[int, ...]) -> dict[str
     """Constructor arguments a transformer needs to run at ``input_size`` (C, H, W): timm's
     ``img_size``, torchvision ViT's ``image_size``. Empty for models that take any size."""
     side = tuple(input_size[1:])
+    img_size = {"img_size": side[0] if side[0] == side[1] else list(side)}
     patch_embed = getattr(model, "patch_embed", None)
     stored = getattr(patch_embed, "img_size", None)
     if stored is not None and tuple(stored) != side:
-        return {"img_size": side[0] if side[0] == side[1] else list(side)}
+        return img_size
+    # timm models whose patch embedding has another name (CoaT's patch_embed1..4) still take
+    # img_size; rebuild them when their configured size is not the one asked for.
+    configured = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if stored is None and configured and tuple(configured[1:]) != side and \
+            "img_size" in inspect.signature(type(model).__init__).parameters:
+        return img_size
     if type(model).__name__ == "VisionTransformer" and hasattr(model, "image_size") and hasattr(model, "conv_proj"):
         if model.image_size != side[0] or side[0] != side[1]:
             return {"image_size": side[0]}

@@ -1,12 +1,12 @@
 """Budgets and the width searches that meet them.
 
-* Budget strings (DESIGN.md): ``150M`` / ``1.2G`` / ``150000000`` are MACs ("FLOPs" in the
+* Budget strings (docs/method.md): ``150M`` / ``1.2G`` / ``150000000`` are MACs ("FLOPs" in the
   papers' tables), ``50%`` is a fraction of the full model's MACs, ``3.5Mp`` is parameters,
   ``20ms`` / ``500us`` is a measured latency. Anything else is an error.
 * Channel rounding follows torchvision's ``_make_divisible``: round to the nearest multiple of the
   divisor, never below the divisor and never more than 10% below the unrounded width. Rounding
   to 8 matters on real runtimes: onnxruntime runs MobileNet-V1 at 150M MACs 1.6-2.2x slower with
-  ragged counts than with multiples of 8 (DESIGN.md).
+  ragged counts than with multiples of 8 (docs/method.md).
 * ``search_uniform`` binary-searches one width factor shared by all groups (the papers' uniform
   baseline); ``search_threshold`` is Algorithm 1 of "Pruning from Scratch": a binary search of a
   global threshold over learned gate values.

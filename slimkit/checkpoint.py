@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
@@ -53,12 +55,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong file type
+        what = _file_kind(p)
+        if what is not None:
+            raise CheckpointError(f"{p} is {what}, not a checkpoint: pass a checkpoint.pt from `slimkit train`") from exc
+        # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
         raise CheckpointError(
-            f"{p} is not a readable checkpoint ({type(exc).__name__}); it may be truncated: "
-            "delete it to start over, or restore a good copy"
+            f"{p} is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
+            "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p} is not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(f"{p} is a PyTorch file but not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT}): "
+                              "pass a checkpoint.pt from `slimkit train`")
     damaged = f"{p} is a damaged slimkit checkpoint"
     fix = "delete it to start over, or restore a good copy"
     for key, kind in (("model", dict), ("plan", str), ("config", dict), ("metrics", str)):
@@ -82,6 +89,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
         raise CheckpointError(f"{damaged}: its metrics are not a list of epochs; {fix}")
     return {**ckpt, "plan": plan, "metrics": metrics}
+
+
+def _file_kind(path: Path) -> str | None:
+    """What a file that is not a checkpoint is, when it is one of slimkit's other files (a plan, an
+    ONNX model, a recipe or other text); None when it cannot be told (it may be a damaged checkpoint)."""
+    head = path.open("rb").read(1 << 16)
+    if zipfile.is_zipfile(path):
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "a text file" if text.strip() else "an empty file"
+        if isinstance(data, dict) and str(data.get("format", "")).startswith("slimkit.plan/"):
+            return "a ChannelPlan (from `slimkit prune`)"
+        return "a JSON file"
+    try:
+        onnx.load(str(path), load_external_data=False)
+        return "an ONNX model"
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not ONNX
+        return None
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:

@@ -670,6 +670,10 @@ def _image_folder(path: str, input_size: InputSize) -> _Splits:
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"imagefolder: no images in {root / split} ({exc}): {layout}") from exc
     classes = folders["train"].classes
+    if len(classes) < 2:
+        # A classifier of one class scores top-1 1.0 whatever it learns: no result of it means anything.
+        raise DataError(f"imagefolder: {root / 'train'} has {len(classes)} class folder ({', '.join(classes)}): "
+                        "a classifier needs at least 2; add a folder per class (train/<class>/<image>)")
     if folders["val"].classes != classes:
         missing = sorted(set(classes) ^ set(folders["val"].classes))
         raise DataError(

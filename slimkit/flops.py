@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from slimkit.validate import check_input_size, check_type
+
 __all__ = ["count_flops", "count_params", "count_flops_per_layer", "format_count"]
 
 
@@ -36,8 +38,14 @@ _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
 def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode:
     was_training = model.training
     fast_path = torch.backends.mha.get_fastpath_enabled()
+    # The counter's module tracker hooks every input that requires grad; a view of a parameter made
+    # under no_grad (PiT's and CaiT's expanded class token) requires grad but has no grad_fn, which the
+    # tracker asserts on. Counting needs no gradients, so parameters stop requiring them meanwhile.
+    grad_params = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in grad_params:
+            p.requires_grad_(False)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         x = torch.zeros(1, *input_size, device=device)
@@ -45,6 +53,8 @@ def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             model(x)
     finally:
+        for p in grad_params:
+            p.requires_grad_(True)
         torch.backends.mha.set_fastpath_enabled(fast_path)
         model.train(was_training)
     return counter
@@ -52,7 +62,8 @@ def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode
 
 def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     """MACs of one forward pass at ``input_size`` = (C, H, W), batch 1."""
-    return _run_counted(model, input_size).get_total_flops() // 2
+    check_type("count_flops", "model", model, nn.Module, "a torch.nn.Module")
+    return _run_counted(model, check_input_size("count_flops", input_size)).get_total_flops() // 2
 
 
 def count_flops_per_layer(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:
@@ -71,6 +82,8 @@ def count_flops_per_layer(model: nn.Module, input_size: Sequence[int]) -> dict[s
 
 
 def count_params(model: nn.Module) -> int:
+    """Every parameter of ``model`` (shared ones once)."""
+    check_type("count_params", "model", model, nn.Module, "a torch.nn.Module")
     return sum(p.numel() for p in model.parameters())
 
 

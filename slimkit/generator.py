@@ -37,13 +37,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from slimkit import registry
+from slimkit import validate as limits
 from slimkit.attention import rewrite_attention_modules
 from slimkit.checkpoint import full_model_weights
 from slimkit.errors import PlanError
 from slimkit.flops import count_flops
-from slimkit.graph import ChannelGraph, analyze
+from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.runtime import available_memory_bytes
+from slimkit.validate import check_input_size, check_number, check_type
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
            "select_channels", "choose_channels", "kept_index"]
@@ -70,7 +72,11 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
         graph = analyze(model, tuple(input_size))  # fake tensors: no real activation is made
         check_memory(arch, graph)  # before the first real forward pass (the MACs count below)
         # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
-        graph.other_macs = count_flops(model, input_size) - graph.count_flops()
+        try:
+            graph.other_macs = count_flops(model, input_size) - graph.count_flops()
+        except Exception as exc:  # noqa: BLE001 - a model's own code failing is reported as one line
+            raise model_error(f"counting the MACs of {arch} at input {list(input_size)}", exc, model) from exc
+        _freeze_what_g_breaks(graph, arch, arch_kwargs, tuple(input_size))
         _GRAPHS[key] = graph
     return _GRAPHS[key]
 
@@ -98,10 +104,87 @@ def check_memory(arch: str, graph: ChannelGraph) -> None:
                         f"the {free / 2**30:.1f} GiB free here: use a smaller --input-size")
 
 
+# Probe widths: groups shrink by different factors so that two groups the analysis wrongly keeps
+# apart are very likely to disagree; a few rounds, each freezing what the previous one broke.
+_PROBE_FACTORS = (0.5, 0.75, 0.625)
+_PROBE_ROUNDS = 8
+
+
+def _probe_widths(graph: ChannelGraph) -> dict[str, int]:
+    widths = {}
+    for i, (name, g) in enumerate(sorted(graph.groups.items())):
+        d = max(1, g.divisor)
+        if g.width % d == 0 and g.width > d:
+            widths[name] = max(d, int(g.width * _PROBE_FACTORS[i % len(_PROBE_FACTORS)]) // d * d)
+    return widths
+
+
+def _freeze_what_g_breaks(graph: ChannelGraph, arch: str, arch_kwargs: dict[str, Any],
+                          input_size: tuple[int, ...]) -> None:
+    """Run a thinned copy of the model once; where it fails (a reshape to a width computed from
+    another tensor, a module that keeps its own size), freeze the groups of the failing module and
+    try again. What the analysis could not prove safe costs pruning freedom, never a broken model."""
+    for _ in range(_PROBE_ROUNDS):
+        widths = _probe_widths(graph)
+        if not widths:
+            return
+        try:  # on the meta device first: shapes only, no weights drawn, no arithmetic (fast for any size)
+            with torch.device("meta"):
+                _run_thinned(arch, arch_kwargs, graph, widths, input_size)
+            return
+        except Exception:  # noqa: BLE001 - some models do not run on meta tensors: the real check decides
+            pass
+        try:
+            _run_thinned(arch, arch_kwargs, graph, widths, input_size)
+            return
+        except _ThinnedFailure as failure:  # freeze what broke, and try again
+            exc, thin = failure.error, failure.model
+            where = failing_module(exc, thin)
+            text = " ".join(str(exc).split())[:120] or type(exc).__name__
+            touched = _groups_in_module(graph, where)
+            if not touched:
+                raise model_error(f"running a thinned {arch}", exc, thin) from exc
+            graph.freeze_groups(touched, f"G cannot resize {where or 'the model'} "
+                                         f"({type(thin.get_submodule(where) if where else thin).__name__}): {text}")
+    raise GraphError(f"{arch}: a thinned copy still fails after freezing the groups of {_PROBE_ROUNDS} modules: "
+                     "this model cannot be pruned yet")
+
+
+class _ThinnedFailure(Exception):
+    def __init__(self, error: Exception, model: nn.Module):
+        super().__init__(str(error))
+        self.error, self.model = error, model
+
+
+def _run_thinned(arch: str, arch_kwargs: dict[str, Any], graph: ChannelGraph, widths: dict[str, int],
+                 input_size: tuple[int, ...]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        thin = build_model(arch, arch_kwargs)
+        resize_model(thin, graph, widths)
+    try:
+        count_flops(thin, input_size)
+    except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means
+        raise _ThinnedFailure(exc, thin) from exc
+    return thin
+
+
+def _groups_in_module(graph: ChannelGraph, module: str | None) -> set[str]:
+    """Groups with a tensor in ``module`` or below it (all groups for the root module)."""
+    if module is None:
+        return set()
+    prefix = module + "." if module else ""
+    return {key for fqn, dims in graph.param_dims.items() if fqn.startswith(prefix)
+            for segs in dims.values() for key, _ in segs if isinstance(key, str)}
+
+
 def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None = None,
               input_size: tuple[int, int, int] | None = None) -> ChannelPlan:
     """The unpruned ``arch`` as a plan: every group at full width (what `slimkit train ARCH` trains and
     what latency reports compare against). The same plan as a uniform prune to 100% at round_to 1."""
+    check_type("full_plan", "arch", arch, str, "an architecture name like 'resnet20' or 'timm:resnet50'")
+    input_size = check_input_size("full_plan", input_size)
+    check_number("full_plan: 'num_classes'", num_classes, limits.SMALL_COUNT)
+    check_number("full_plan: 'in_chans'", in_chans, limits.IN_CHANS)
     spec = registry.resolve(arch)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     kwargs = registry.arch_kwargs_for(num_classes, in_chans)
@@ -115,6 +198,8 @@ def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None
 
 
 def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: str) -> None:
+    if new.is_meta:  # a shapes-only model (the probe in channel_graph): there are no values to draw
+        return
     with torch.no_grad():
         if old.numel() == 0 or not old.is_floating_point():
             new.zero_()

@@ -26,13 +26,16 @@ then applies those shapes to real modules.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
+import logging
 import math
 import operator
 import re
 from fractions import Fraction
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -41,11 +44,70 @@ from torch import nn
 from slimkit.attention import AttentionAnalysis
 from slimkit.errors import SlimkitError
 
-__all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "StoredSize", "analyze", "Segment"]
+__all__ = ["ChannelGroup", "ChannelGraph", "GraphError", "StoredSize", "analyze", "failing_module", "model_error",
+           "Segment"]
 
 
 class GraphError(SlimkitError, RuntimeError):
     """The model could not be traced or analysed (a user-facing error: bad input sizes end here)."""
+
+
+# What torch and timm say when an input is too small or of a size a model cannot take, in words.
+_SIZE_TEXTS = (
+    ("Kernel size can't be greater than actual input size", "its feature maps become smaller than a kernel"),
+    ("Output size is too small", "its feature maps shrink to nothing"),
+    ("doesn't match model", "it is built for one input size only"),
+    ("divisible", "its sides must be divisible by the model's patch or window size"),
+    ("Expected more than 1 value per channel", "its feature maps shrink to a single value"),
+)
+
+
+def input_size_problem(text: str) -> str | None:
+    """A user's words for torch's text about an input the model cannot take (None: not about the size)."""
+    return next((words for needle, words in _SIZE_TEXTS if needle in text), None)
+
+
+@contextlib.contextmanager
+def quiet_torch_logs() -> Iterator[None]:
+    """Silence torch's own loggers meanwhile: a failed trace logs whole tracebacks (fake-tensor
+    ``E...`` lines) before it raises, and the one line slimkit reports is what the user needs."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "torch" or name.startswith("torch.")]
+    was = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, disabled in zip(loggers, was):
+            lg.disabled = disabled
+
+
+def failing_module(exc: BaseException, model: nn.Module) -> str | None:
+    """The innermost module of ``model`` whose code was running when ``exc`` was raised (its
+    qualified name, "" for the root), or None when it did not come from the model's forward."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found: str | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in names:
+            found = names[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
+def model_error(doing: str, exc: BaseException, model: nn.Module) -> GraphError:
+    """One line for an unexpected failure inside a model's own code: what slimkit was doing, the
+    module and class it failed in, and torch's first line of text."""
+    where = failing_module(exc, model)
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if where is not None:
+        module = model.get_submodule(where) if where else model
+        at = f" in module '{where or 'model'}' ({type(module).__name__})"
+    else:
+        at = ""
+    return GraphError(f"{doing} failed{at}: {type(exc).__name__}: {text}")
 
 
 # A segment of a channel dimension: `key` is a group name (variable width) or an int (frozen
@@ -161,6 +223,26 @@ class ChannelGraph:
                               for k, rep in segs)
             for segs, coefficient in self.attention_terms
         ))
+
+    def freeze_groups(self, names: set[str], reason: str) -> None:
+        """Keep ``names`` at their full width from now on: they leave ``groups`` for ``frozen``, and
+        every tensor, stored split size and attention product that followed them keeps its width."""
+        def fixed(segs: list[Segment]) -> list[Segment]:
+            return [((self.groups[k].width if k in names else k), rep) for k, rep in segs]
+
+        for fqn in list(self.param_dims):
+            dims = {d: fixed(segs) for d, segs in self.param_dims[fqn].items()}
+            if any(isinstance(k, str) for segs in dims.values() for k, _ in segs):
+                self.param_dims[fqn] = dims
+            else:
+                del self.param_dims[fqn]
+        for stored in self.stored_sizes:
+            stored.pieces = [fixed(piece) for piece in stored.pieces]
+        self.attention_terms = [(fixed(segs), c) for segs, c in self.attention_terms]
+        for name in sorted(names):
+            self.head_dims.pop(name, None)
+            self.frozen[name] = reason
+            del self.groups[name]
 
     def count_params(self, widths: dict[str, int] | None = None) -> int:
         shapes = self.shapes(widths) if widths else {}
@@ -403,10 +485,19 @@ class _Analyzer(AttentionAnalysis):
         self.shapes_by_fqn: dict[str, tuple[int, ...]] = {}
         for name, t in list(self.model.named_parameters()) + list(self.model.named_buffers()):
             self.shapes_by_fqn[name] = tuple(t.shape)
+        # A module reached under two names (CoaT's shared position encodings: ``cpe1`` is also
+        # ``serial_blocks1.0.cpe``) may be traced under either; each tensor is tracked under its
+        # first name, the one named_parameters() gives and G resizes.
+        first_name: dict[int, str] = {}
+        canonical: dict[str, str] = {}
+        for name, t in (list(self.model.named_parameters(remove_duplicate=False))
+                        + list(self.model.named_buffers(remove_duplicate=False))):
+            canonical[name] = first_name.setdefault(id(t), name)
         user_inputs = set(sig.user_inputs)
         for node in self.ep.graph.nodes:
             if node.op == "placeholder":
                 fqn = p_map.get(node.name) or b_map.get(node.name)
+                fqn = canonical.get(fqn, fqn) if fqn is not None else None
                 if fqn is not None:
                     self.env[node] = _ParamRef(fqn, self.shapes_by_fqn.get(fqn, _meta_shape(node)))
                 elif node.name in user_inputs:
@@ -1043,16 +1134,23 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
     model.eval()
     example = torch.zeros(1, *input_size)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_torch_logs():
             warnings.simplefilter("ignore")
             ep = torch.export.export(model, (example,), strict=False)
     except Exception as exc:  # noqa: BLE001 - report any capture failure as one error
         first = str(exc).splitlines()[0] if str(exc) else ""
+        size_problem = input_size_problem(first)
+        where = failing_module(exc, model)
+        at = f" at module '{where}' ({type(model.get_submodule(where)).__name__})" if where else ""
+        if size_problem:
+            raise GraphError(f"input {input_size[1]}x{input_size[2]} px does not fit this model: {size_problem}{at}; "
+                             "use a larger --input-size (or the model's own: leave --input-size out)") from None
         hint = ""
         if "channels" in first and "expected input" in first:
             hint = (f"; the input has {input_size[0]} channel(s): --input-size sets them only with the size "
                     "(3,224,224), --in-chans changes the model's")
-        raise GraphError(f"could not trace the model at input {list(input_size)}: {type(exc).__name__}: {first}{hint}") from exc
+        raise GraphError(f"could not trace the model at input {list(input_size)}{at}: {type(exc).__name__}: "
+                         f"{first[:300]}{hint}") from exc
     finally:
         model.train(was_training)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ from slimkit.prune import GateOptions, LatencyOptions, prune
 from slimkit.rounding import documented_multiple
 from slimkit.recipe import Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
 from slimkit.train import TrainConfig, run_outputs, train
-from slimkit.validate import show
+from slimkit.validate import check_type, show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "StageRecord", "train_state", "RECIPE_HEADER", "stage_list", "budget_reach", "check_folder",
            "missing_data", "summary_markdown", "summary_columns", "SUMMARY_FORMAT", "SUMMARY_COLUMNS",
@@ -620,6 +621,9 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     stale, then the summary, which is returned (and written as summary.{json,md}). ``source`` names
     where the recipe came from, for the header of ``recipe.yaml``. A folder that is not a run folder
     may not hold any file the run writes, unless ``force`` (then they are replaced)."""
+    check_type("run_recipe", "recipe", recipe, Recipe, "a Recipe: read a file with slimkit.load_recipe(path)")
+    check_type("run_recipe", "out", out, (str, os.PathLike, type(None)), "a folder path or None")
+    check_type("run_recipe", "hooks", hooks, (RunHooks, type(None)), "a slimkit.pipeline.RunHooks or None")
     hooks = hooks or RunHooks()
     lay = Layout(Path(out) if out is not None else Path("runs") / recipe.name)
     if lay.root.exists() and not lay.root.is_dir():

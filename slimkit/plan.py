@@ -2,7 +2,7 @@
 
 A plan is "architecture name + the width of every channel group". ``slimkit.generate(plan)``
 rebuilds the same thin network from it on any machine. Field names are a fixed contract (see
-DESIGN.md); unknown top-level fields are rejected so typos do not pass silently.
+docs/method.md section 5); unknown top-level fields are rejected so typos do not pass silently.
 
 A plan cut from trained weights also says *which* channels it keeps: each narrowed group carries
 ``keep`` (indices into its full width, ascending) and the plan a ``criterion`` ({"kind": "l1" or
@@ -26,7 +26,8 @@ from slimkit.files import Output, atomic_write_text, is_json_with
 from slimkit.validate import Range, check_number, show
 from slimkit.version import __version__
 
-__all__ = ["ChannelPlan", "load_plan", "save_plan", "plan_output", "PLAN_FORMAT", "PLAN_FORMAT_KEEP", "CRITERIA"]
+__all__ = ["ChannelPlan", "checked", "load_plan", "save_plan", "plan_output", "PLAN_FORMAT", "PLAN_FORMAT_KEEP",
+           "CRITERIA"]
 
 PLAN_FORMAT = "slimkit.plan/1"  # widths only
 PLAN_FORMAT_KEEP = "slimkit.plan/2"  # widths, and the channels kept from trained weights
@@ -150,7 +151,7 @@ class ChannelPlan:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PlanError(f"{source} has unknown fields {show(unknown)}: remove them (see DESIGN.md)")
+            raise PlanError(f"{source} has unknown fields {show(unknown)}: remove them (the fields are listed in docs/method.md)")
         for key in ("arch", "input_size", "groups"):
             if key not in data:
                 raise PlanError(f"{source} lacks the required field '{key}'")
@@ -216,6 +217,14 @@ def _check_plan_numbers(data: dict[str, Any], source: str) -> None:
         for key in ("value", "fraction"):
             if budget.get(key) is not None:
                 check_number(f"{source}: budget.{key}", budget[key], Range(0.0, 1e30, low_open=True), PlanError)
+    for key, kind, words in (("search", dict, "an object"), ("method", str, "a string"),
+                             ("slimkit_version", str, "a string")):
+        if key in data and not isinstance(data[key], kind):
+            raise PlanError(f"{source}: '{key}' must be {words}, got {show(data[key])}: "
+                            "regenerate the plan with `slimkit prune`")
+    for key in ("full_flops", "full_params"):
+        if isinstance(data.get("search"), dict) and data["search"].get(key) is not None:
+            check_number(f"{source}: search.{key}", data["search"][key], _COUNT_OR_NONE, PlanError)
     latency = data.get("latency")
     if latency is not None and not isinstance(latency, dict):
         raise PlanError(f"{source}: 'latency' must be an object or null, got {show(latency)}")
@@ -254,15 +263,32 @@ def _check_keep(data: dict[str, Any], source: str) -> None:
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:
+    """Write ``plan`` to ``path`` as JSON (atomically: an existing file is replaced only when the new one
+    is complete); the plan is validated first, so a file written here always loads."""
+    if not isinstance(plan, ChannelPlan):
+        raise TypeError(f"save_plan: 'plan' must be a ChannelPlan (from slimkit.prune or slimkit.load_plan), "
+                        f"got {type(plan).__name__}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"save_plan: 'path' must be a file path (str or os.PathLike), got {show(path)}")
+    checked(plan)
     return atomic_write_text(path, plan.to_json())
 
 
+def checked(plan: ChannelPlan) -> ChannelPlan:
+    """``plan`` if its fields pass the checks a plan file gets (a plan built or edited in Python may
+    hold widths of 0, 7.5 or 10^7); PlanError naming the field otherwise."""
+    ChannelPlan.from_dict(asdict(plan), source="the plan")
+    return plan
+
+
 def load_plan(path: str | os.PathLike | dict | ChannelPlan) -> ChannelPlan:
-    """Read and validate a plan from a path (or pass a dict / plan through)."""
+    """Read and validate a plan from a path (a dict or a ChannelPlan is validated and passed through)."""
     if isinstance(path, ChannelPlan):
-        return path
+        return checked(path)
     if isinstance(path, dict):
         return ChannelPlan.from_dict(path)
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"load_plan: expected a plan file path, a dict or a ChannelPlan, got {show(path)}")
     p = Path(path)
     if not p.is_file():
         raise PlanError(f"plan file not found: {p} (create one with `slimkit prune ARCH --out {p}`)")

@@ -19,6 +19,7 @@ gates, learned on the trained weights, are highest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ from slimkit.rounding import (AUTO, RoundingChoice, auto_round_to, documented_mu
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
-from slimkit.validate import check_number
+from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
            "DEFAULT_ROUND_TO"]
@@ -98,12 +99,14 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
           in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, expand: float = 1.0,
           round_to: int | str = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
           gates: GateOptions | None = None, latency: LatencyOptions | None = None, criterion: str | None = None,
-          progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
+          progress: Any | None = None, log: Callable[[str], None] | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
     ``method='scratch'`` learns gates on random frozen weights (``gates`` says how and on which
     data) and turns them into widths (``gates.selection``); ``method='uniform'`` scales every group
-    by one factor. ``log`` receives one-line notes. A latency budget ('8ms', or '50%' with
+    by one factor. The call is quiet: ``progress`` (a ``rich.progress.Progress``, or any object with its
+    ``add_task``/``update``/``remove_task``) gets a bar per long stage, ``log`` (e.g. ``print``) one-line
+    notes. ``input_size`` is (C, H, W) (default: the model's). A latency budget ('8ms', or '50%' with
     ``Budget(kind='latency')``) is measured as ``latency`` says (see :mod:`slimkit.latency_search`);
     ``tolerance`` then defaults to 5%. ``round_to='auto'`` measures the channel multiple the target
     backend runs fastest (:mod:`slimkit.rounding`; recorded in ``plan.search['rounding']``). Unless
@@ -113,6 +116,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     from trained weights; ``criterion`` ('l1' with ``method='uniform'``, 'gates' with 'scratch')
     records in the plan which of those weights' channels it keeps (module docstring).
     """
+    _check_arguments(arch, budget, method, input_size, verify, gates, latency, progress, log)
+    input_size = check_input_size("prune", input_size)
     gates = gates or GateOptions()
     latency_options = latency or LatencyOptions()
     if method not in METHODS:
@@ -292,6 +297,27 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
                 f"{plan.flops} / {plan.params}; please report this with the architecture name"
             )
     return plan
+
+
+def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verify: Any, gates: Any, latency: Any,
+                     progress: Any, log: Any) -> None:
+    """prune()'s arguments have the types its docstring gives (the CLI and recipes always pass them so;
+    a Python caller learns which argument is wrong, not an AttributeError from deep inside)."""
+    check_type("prune", "arch", arch, str, "an architecture name like 'resnet20' or 'timm:resnet50'")
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        hint = f"'{budget * 100:g}%'" if 0 < budget <= 1 else f"'{budget:g}' (MACs) or '{budget:g}p' (params)"
+        raise TypeError(f"prune: 'budget' must be a budget string like '50%', '150M', '2.1Mp' or '8ms', "
+                        f"got the number {budget!r}: write {hint}")
+    check_type("prune", "budget", budget, (str, Budget), "a budget string like '50%', '150M', '2.1Mp' or '8ms'")
+    check_type("prune", "method", method, str, f"one of {', '.join(repr(m) for m in METHODS)}")
+    check_type("prune", "verify", verify, bool, "True or False")
+    check_type("prune", "gates", gates, (GateOptions, type(None)), "a slimkit.GateOptions or None")
+    check_type("prune", "latency", latency, (LatencyOptions, type(None)), "a slimkit.LatencyOptions or None")
+    if log is not None and not callable(log):
+        raise TypeError(f"prune: 'log' must be a function taking one string (e.g. print), got {show(log)}")
+    if progress is not None and not all(hasattr(progress, m) for m in ("add_task", "update", "remove_task")):
+        raise TypeError("prune: 'progress' must be a rich.progress.Progress (or an object with add_task, update "
+                        f"and remove_task), got {show(progress)}")
 
 
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, opts: GateOptions, *,

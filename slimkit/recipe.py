@@ -23,6 +23,7 @@ as YAML, so ``train.epochs=3`` is an int) before validation.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 import typing
@@ -44,7 +45,7 @@ from slimkit.latency_search import PRECISIONS
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, METHODS, LatencyOptions
 from slimkit.search import PRESETS
 from slimkit.train import SCHEDULES, TrainConfig
-from slimkit.validate import Range, check_number, show
+from slimkit.validate import Range, check_number, check_type, show
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
            "RecipeError", "load_recipe", "parse_recipe", "apply_overrides", "dump_recipe", "read_yaml",
@@ -70,6 +71,23 @@ class _Loader(yaml.SafeLoader):
     """
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are all different: YAML takes the last of two equal keys silently, so a
+    recipe with ``epochs: 30`` and, further down, ``epochs: 3`` would train 3 epochs unnoticed."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: the constructor below reports it
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise RecipeError(f"the key {_show(key)} appears twice (lines {first} and {key_node.start_mark.line + 1}): "
+                              "keep one")
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -504,7 +522,12 @@ def parse_recipe(raw: Any, source: str = "recipe", overrides: list[str] | None =
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override (``--set section.key=value``) and validate a recipe file."""
+    """Read, override (``--set section.key=value``) and validate a recipe file. Relative data paths in
+    the file are taken relative to its folder."""
+    check_type("load_recipe", "path", path, (str, os.PathLike), "a recipe file path")
+    if overrides is not None and (not isinstance(overrides, (list, tuple))
+                                  or not all(isinstance(o, str) for o in overrides)):
+        raise TypeError(f"load_recipe: 'overrides' must be a list of 'section.key=value' strings, got {show(overrides)}")
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe not found: {p} (see recipes/ for examples)")
@@ -517,7 +540,27 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{p} is not valid YAML: {problem}{where}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{p} is not a text file: a recipe is YAML") from None
-    return parse_recipe(raw, str(p), overrides)
+    except RecipeError as exc:
+        raise RecipeError(f"{p}: {exc}") from None
+    return parse_recipe(_paths_from_recipe_folder(raw, p.parent), str(p), overrides)
+
+
+def _paths_from_recipe_folder(raw: Any, folder: Path) -> Any:
+    """Relative data paths in a recipe file (``data.name: imagefolder:PATH``, ``data.data_dir``) are
+    relative to the file's folder, as includes are in most config formats: a recipe means the same
+    wherever ``slimkit run`` starts. ``--set`` values stay relative to the current directory."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict):
+        return raw
+    data = dict(data)
+    name, data_dir = data.get("name"), data.get("data_dir")
+    if isinstance(name, str) and name.startswith("imagefolder:"):
+        path = Path(name.removeprefix("imagefolder:"))
+        if str(path) and not path.expanduser().is_absolute():
+            data["name"] = f"imagefolder:{(folder / path).absolute()}"
+    if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
+        data["data_dir"] = str((folder / data_dir).absolute())
+    return {**raw, "data": data}
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -141,6 +141,16 @@ def _param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# Warm-up takes at most this share of a run: one warm-up epoch is right for 30 epochs, but a 1-epoch
+# run would spend all of it warming up (and end where the LR has just peaked).
+MAX_WARMUP_SHARE = 0.1
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, epochs: int) -> int:
+    """Steps of linear warm-up: ``warmup_epochs``, capped at MAX_WARMUP_SHARE of the run."""
+    return min(round(warmup_epochs * steps_per_epoch), int(MAX_WARMUP_SHARE * epochs * steps_per_epoch))
+
+
 def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int, constant: bool = False):
     """Linear warm-up then cosine to zero, stepped per iteration (torchvision's reference); or, for
     fine-tuning, the LR held constant (Rethinking's)."""
@@ -400,8 +410,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), lr=lr,
                           momentum=cfg.momentum, nesterov=cfg.nesterov)
     constant = cfg.schedule == FINETUNE
-    warmup_steps = 0 if constant else round(cfg.warmup_epochs * steps_per_epoch)
-    sched = _scheduler(opt, warmup_steps, epochs * steps_per_epoch, constant)
+    warm = 0 if constant else warmup_steps(cfg.warmup_epochs, steps_per_epoch, epochs)
+    if not constant and warm < round(cfg.warmup_epochs * steps_per_epoch):
+        say(f"warm-up: {warm} steps ({warm / steps_per_epoch:.2g} epoch), not {cfg.warmup_epochs:g} epoch(s): "
+            f"warm-up takes at most {MAX_WARMUP_SHARE:.0%} of a run")
+    sched = _scheduler(opt, warm, epochs * steps_per_epoch, constant)
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
     if ckpt is not None:
@@ -414,7 +427,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 was = opt.param_groups[0]["lr"]
                 for group in opt.param_groups:
                     group["lr"] = group.pop("initial_lr")
-                sched = _scheduler(opt, warmup_steps, epochs * steps_per_epoch, constant)
+                sched = _scheduler(opt, 0 if constant else warmup_steps(cfg.warmup_epochs, steps_per_epoch, epochs),
+                                   epochs * steps_per_epoch, constant)
                 with warnings.catch_warnings():  # replaying the schedule: no optimizer step is due
                     warnings.simplefilter("ignore", UserWarning)
                     for _ in range(ckpt["epoch"] * steps_per_epoch):

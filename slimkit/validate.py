@@ -13,13 +13,14 @@ to a structure whose full ``repr`` runs to gigabytes.
 from __future__ import annotations
 
 import math
+import numbers
 import reprlib
 from dataclasses import dataclass
 from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["Range", "check_number", "show", "INT64_MAX"]
+__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "INT64_MAX"]
 
 INT64_MAX = 2**63 - 1  # torch, numpy and onnxruntime all overflow past this
 
@@ -98,6 +99,30 @@ def check_number(name: str, value: Any, allowed: Range, error: type[SlimkitError
     if not allowed.contains(value):
         raise error(f"{name} must be {allowed.text()}, got {show(value, 30)}{tail}")
     return value
+
+
+def check_type(function: str, name: str, value: Any, kinds: type | tuple[type, ...], expected: str) -> Any:
+    """``value`` if it is one of ``kinds`` (a bool never counts as a number); else a TypeError naming the
+    public function, its argument and what it takes: a Python caller's mistake, said in one line."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise TypeError(f"{function}: '{name}' must be {expected}, got {show(value)} ({type(value).__name__})")
+    return value
+
+
+def check_input_size(function: str, value: Any) -> tuple[int, int, int] | None:
+    """An API ``input_size`` as (C, H, W) positive whole numbers in range (None passes: the model's own)."""
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 3 or \
+            any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
+        hint = f" (for {value} px write ({3}, {value}, {value}))" if isinstance(value, int) and not isinstance(value, bool) else ""
+        raise TypeError(f"{function}: 'input_size' must be (C, H, W), e.g. (3, 224, 224), got {show(value)}{hint}")
+    c, h, w = (int(v) for v in value)
+    check_number(f"{function}: input_size channels", c, IN_CHANS)
+    for side in (h, w):
+        check_number(f"{function}: input_size side", side, SIDE)
+    return (c, h, w)
 
 
 # ---------------------------------------------------------------------------- shared ranges

@@ -5,7 +5,7 @@ import pytest
 from slimkit import count_flops, count_params, create_model
 from slimkit.flops import count_flops_per_layer, format_count
 
-# name -> (MACs, params) as the papers report them (DESIGN.md), checked to 1%.
+# name -> (MACs, params) as the papers report them (docs/method.md), checked to 1%.
 PAPER = {
     "mobilenet_v1": (569e6, 4.2e6),
     "timm:mobilenetv2_100": (300e6, 3.5e6),
@@ -25,7 +25,7 @@ def test_paper_reference_counts(name):
 
 
 def test_mobilenet_v1_exact_macs():
-    # The exact figure DESIGN.md records for timm mobilenetv1_100.
+    # The exact figure measured for timm mobilenetv1_100.
     assert count_flops(create_model("mobilenet_v1"), (3, 224, 224)) == 568_740_352
 
 

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top: a module may import modules of a lower layer (and its own package's __init__).
 LAYERS = [
-    ["slimkit.errors", "slimkit.version", "slimkit.flops", "slimkit.validate"],
+    ["slimkit.errors", "slimkit.version", "slimkit.validate"],
+    ["slimkit.flops"],
     ["slimkit.models", "slimkit.models.cifar"],
     ["slimkit.registry", "slimkit.data", "slimkit.runtime", "slimkit.files", "slimkit.attention"],
     ["slimkit.graph", "slimkit.plan", "slimkit.exporters", "slimkit.exporters.onnx", "slimkit.exporters.int8",

@@ -122,8 +122,10 @@ def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str, 
                                 seed=src.plan.seed)
     progress = make_progress()
     with progress:
-        task = progress.add_task(f"int8: calibrating on {calib_images} {data.name} training images, then checking",
-                                 total=None)
+        # the long description is a line of its own: beside a bar it garbled an 80-column terminal
+        progress.console.print(f"int8: calibrating on {calib_images} {data.name} training images, then checking",
+                               markup=False, highlight=False)
+        task = progress.add_task("int8 check", total=None)
         result = export_int8(out, data, trained=src.trained, settings=settings, max_drop=max_drop,
                              max_output_error=max_output_error, eval_images=eval_images, threads=threads,
                              warn=warn,
@@ -174,4 +176,4 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
         report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
     written = report.write(latency_stem(out))  # the files first, then the table
     render_report(report)
-    console.print("wrote " + ", ".join(str(p) for p in [out, *written]), highlight=False, markup=False)
+    console.print("wrote " + ", ".join(str(p) for p in [out, *extra, *written]), highlight=False, markup=False)

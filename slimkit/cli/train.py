@@ -15,7 +15,7 @@ from slimkit import validate as limits
 from slimkit.cli._common import (FORCE_HELP, check_out_folder, checked_numbers, console, make_progress, say_plain,
                                  user_errors)
 from slimkit.runtime import cleanup_distributed
-from slimkit.train import FINETUNE, FINETUNE_EPOCHS, TrainConfig
+from slimkit.train import FINETUNE, FINETUNE_EPOCHS, MAX_WARMUP_SHARE, TrainConfig
 from slimkit.train import train as run_train
 
 D = TrainConfig()  # every default lives in TrainConfig; the options below show it
@@ -40,7 +40,7 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Weight decay (paper: 4e-5 for MobileNets).")] = D.weight_decay,
     decay_bn_bias: Annotated[bool, typer.Option("--decay-bn-bias/--no-decay-bn-bias", help="Apply weight decay to BN and biases too.")] = not D.no_decay_bn_bias,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = D.label_smoothing,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up epochs before the cosine decay.")] = D.warmup_epochs,
+    warmup_epochs: Annotated[float, typer.Option(help=f"Linear LR warm-up epochs before the cosine decay, capped at {MAX_WARMUP_SHARE:.0%} of the run (--epochs 1 warms up for {MAX_WARMUP_SHARE:g} epoch).")] = D.warmup_epochs,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop + flip.")] = D.augment,
     seed: Annotated[int, typer.Option(help="Random seed.")] = D.seed,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = D.device,

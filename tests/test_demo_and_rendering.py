@@ -1,0 +1,60 @@
+"""What a new user sees first: the demo's closing summary, and tables and progress that fit an
+80-column terminal."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from slimkit.cli import bench as bench_cli
+from slimkit.latency import LatencyReport
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("demo_summary", ROOT / "bench" / "demo_summary.py")
+demo_summary = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo_summary)
+
+
+def _model(name: str, ratio: float) -> dict:
+    stats = {"min_ms": 1.0, "median_ms": 1.0 * ratio, "p90_ms": 1.1, "p99_ms": 1.2, "mean_ms": 1.0, "std_ms": 0.1,
+             "throughput_per_s": 1000.0}
+    return {"name": name, "input_shape": [1, 3, 32, 32], "onnx": None, "flops": 20_361_616, "params": 120_186,
+            "stats": stats, "ratio": ratio, "ratio_ci": [ratio - 0.01, ratio + 0.01]}
+
+
+def _report() -> LatencyReport:
+    return LatencyReport(backend="ort-cpu", device="AMD EPYC (2 cores)", threads=2, batch=1, warmup=10, runs=100,
+                         models=[_model("full-resnet20", 1.0), _model("resnet20_50pct/model", 0.62),
+                                 _model("resnet20_50pct/model.int8", 0.75)], times_ms={})
+
+
+def test_the_latency_table_keeps_file_names_whole_at_80_columns(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(bench_cli, "console", Console(file=out, width=80))
+    bench_cli.render_report(_report())
+    text = out.getvalue()
+    assert "resnet20_50pct/model.int8" in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_demo_ends_with_what_was_made_where_how_fast_and_how_accurate(tmp_path):
+    root = tmp_path / "demo"
+    r20 = root / "resnet20_50pct"
+    r20.mkdir(parents=True)
+    (root / "resnet20_50pct.json").write_text(json.dumps(
+        {"flops": 20_361_616, "params": 120_186, "search": {"full_flops": 40_813_184}}))
+    (r20 / "metrics.json").write_text(json.dumps({"epochs": 3, "final": {"test_top1": 0.8912}}))
+    (r20 / "model.int8.check.json").write_text(json.dumps(
+        {"check": {"fp32_top1": 0.8915, "int8_top1": 0.8901, "images": 10000}}))
+    (r20 / "model.latency.json").write_text(json.dumps(_report().to_dict(with_times=False)))
+    (r20 / "model.onnx").write_bytes(b"x" * 490_000)
+    (r20 / "model.int8.onnx").write_bytes(b"x" * 170_000)
+    text = demo_summary.summary(root, seconds=600)
+    for needle in ("done in 10 min", "89.12%", "89.15% fp32, 89.01% int8", "fp32 0.62x, int8 0.75x",
+                   f"{r20}/model.int8.onnx   int8 ONNX (0.17 MB)", "20.4M MACs of 40.8M", "Try next:",
+                   f"{root}/mobilenet_v1_150M.onnx   the learned plan as ONNX (missing)"):
+        assert needle in text, text

@@ -1,0 +1,159 @@
+"""Options and files that were accepted but wrong, and messages that misled.
+
+* Accepted but wrong: a plan whose ``search`` is not an object, ``export PLAN --input-size`` /
+  ``export CKPT --num-classes`` silently ignored, a one-class dataset, duplicate recipe keys.
+* Misleading: a folder named like an architecture, a plan passed as a checkpoint called "truncated:
+  delete it", torch's text for an input too small, relative data paths in a recipe, detection models
+  called unknown.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import slimkit
+from slimkit.artifacts import classify, load_checkpoint, write_checkpoint
+from slimkit.cli import app
+from slimkit.data import DataError, load_data
+from slimkit.errors import PlanError, RegistryError, SlimkitError
+from slimkit.recipe import RecipeError, load_recipe
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    flat = " ".join(result.output.split())
+    assert flat.count("error:") == 1, result.output  # notes printed before the error may stay
+    flat = flat[flat.index("error:"):]
+    for needle in needles:
+        assert needle in flat, flat
+    return flat
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("plans") / "plan.json"
+    slimkit.save_plan(slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, round_to=1), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(plan_file, tmp_path_factory):
+    plan = slimkit.load_plan(plan_file)
+    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
+    write_checkpoint(path, model=slimkit.generate(plan).state_dict(), plan=plan, config={}, epoch=1, metrics=[])
+    return path
+
+
+# ---------------------------------------------------------------------------- accepted but wrong
+def test_a_plan_whose_search_field_is_a_list_is_refused_on_load(plan_file, tmp_path):
+    data = json.loads(plan_file.read_text())
+    data["search"] = [1, 2]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="'search' must be an object"):
+        slimkit.load_plan(bad)
+    one_line_error(run("export", bad, "--no-bench", "--out", tmp_path / "m.onnx"), "'search'")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_an_input_size_the_plan_was_not_made_for(plan_file, tmp_path):
+    out = tmp_path / "m.onnx"
+    one_line_error(run("export", plan_file, "--input-size", "64", "--no-bench", "--out", out),
+                   "--input-size 64 does not apply", "[3, 32, 32]")
+    assert not out.exists()
+
+
+def test_export_refuses_num_classes_a_checkpoint_does_not_have(checkpoint, plan_file, tmp_path):
+    out = tmp_path / "m.onnx"
+    one_line_error(run("export", checkpoint, "--num-classes", "5", "--no-bench", "--out", out),
+                   "--num-classes 5 does not apply", "10 classes")
+    one_line_error(run("export", plan_file, "--num-classes", "5", "--no-bench", "--out", out), "10 classes")
+    assert not out.exists()
+
+
+def _image_folder(root: Path, classes: list[str]) -> Path:
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / split / c / "a.png")
+    return root
+
+
+def test_a_one_class_dataset_is_refused(tmp_path):
+    root = _image_folder(tmp_path / "one", ["cat"])
+    with pytest.raises(DataError, match="1 class folder.*at least 2"):
+        load_data(f"imagefolder:{root}", data_dir=None, input_size=(3, 8, 8), val_size=0)
+
+
+def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: tiny\narch: resnet20\nprune:\n  flops: 50%\ntrain:\n  epochs: 30\n  lr: 0.1\n"
+                      "  epochs: 3\n")
+    with pytest.raises(RecipeError, match="'epochs' appears twice \\(lines 6 and 8\\)"):
+        load_recipe(recipe)
+    recipe.write_text("name: tiny\narch: resnet20\nprune:\n  flops: 50%\nname: other\n")
+    with pytest.raises(RecipeError, match="'name' appears twice"):
+        load_recipe(recipe)
+
+
+# ---------------------------------------------------------------------------- misleading messages
+def test_a_folder_named_like_an_architecture_says_how_to_name_the_architecture(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resnet20").mkdir()
+    one_line_error(run("export", "resnet20", "--no-bench"), "resnet20 is a folder", "write slimkit:resnet20")
+    assert classify("slimkit:resnet20") == "arch"
+
+
+def test_a_plan_passed_as_a_checkpoint_is_named_and_never_to_be_deleted(plan_file, tmp_path):
+    with pytest.raises(SlimkitError) as info:
+        load_checkpoint(plan_file)
+    assert "is a ChannelPlan" in str(info.value) and "delete" not in str(info.value)
+    text = tmp_path / "notes.pt"
+    text.write_text("my notes")
+    with pytest.raises(SlimkitError) as info:
+        load_checkpoint(text)
+    assert "a text file" in str(info.value) and "delete" not in str(info.value)
+    flat = one_line_error(run("prune", "resnet20", "--flops", "50%", "--weights", plan_file, "--data", "synthetic",
+                              "--steps", "2", "--out", tmp_path / "p.json"), "is a ChannelPlan")
+    assert "delete" not in flat and not (tmp_path / "p.json").exists()
+
+
+def test_an_input_too_small_is_said_in_words_with_the_module():
+    flat = one_line_error(run("info", "torchvision:squeezenet1_0", "--input-size", "16"),
+                          "input 16x16 px does not fit this model", "module 'features.11' (MaxPool2d)",
+                          "larger --input-size")
+    assert "Output size is too small" not in flat
+
+
+def test_relative_imagefolder_paths_in_a_recipe_are_relative_to_the_recipe(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    _image_folder(folder / "data", ["cat", "dog"])
+    recipe = folder / "r.yaml"
+    recipe.write_text("name: tiny\narch: resnet20\ndata: {name: 'imagefolder:data', data_dir: cache}\n"
+                      "prune:\n  flops: 50%\n")
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder
+    loaded = load_recipe(recipe)
+    assert loaded.data.name == f"imagefolder:{folder / 'data'}"
+    assert loaded.data.data_dir == str(folder / "cache")
+    over = load_recipe(recipe, ["data.name=imagefolder:elsewhere"])  # --set stays relative to the shell
+    assert over.data.name == "imagefolder:elsewhere"
+
+
+@pytest.mark.parametrize("name, words", [("torchvision:fasterrcnn_resnet50_fpn", "is a detection model"),
+                                         ("fasterrcnn_resnet50_fpn", "does not take detection models yet"),
+                                         ("torchvision:deeplabv3_resnet50", "is a segmentation model")])
+def test_models_of_other_tasks_are_named_as_such(name, words):
+    with pytest.raises(RegistryError, match=words):
+        slimkit.create_model(name)
