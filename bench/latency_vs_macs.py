@@ -78,12 +78,17 @@ def plan_path(work: Path, arch: str, method: str, budget: str, round_to: int, st
 
 
 def make_plans(arch: str, work: Path, round_to: int, steps: int, batch: int, log,
-               methods: tuple[str, ...] = METHODS) -> dict[str, ChannelPlan]:
-    """full + method x budget plans for ``arch`` at 224 px (cached: gate learning takes minutes)."""
+               methods: tuple[str, ...] = METHODS, budgets: tuple[str, ...] = BUDGETS,
+               learn: bool = True) -> dict[str, ChannelPlan]:
+    """full + method x budget plans for ``arch`` at 224 px (cached: gate learning takes minutes).
+    ``learn=False`` leaves out default-method plans not learned yet."""
     plans = {"full": full_plan(arch, num_classes=NUM_CLASSES, input_size=(3, SIDE, SIDE))}
     for method in methods:
-        for budget in BUDGETS:
+        for budget in budgets:
             path = plan_path(work, arch, method, budget, round_to, steps, batch)
+            if not path.is_file() and method != "uniform" and not learn:
+                log(f"  {method} {budget}: no learned plan yet (--no-learn): left out")
+                continue
             if not path.is_file():
                 t0 = time.perf_counter()
                 gates = GateOptions(steps=steps, batch_size=batch, val_size=GATE_VAL_IMAGES) if method != "uniform" else None
@@ -101,8 +106,8 @@ def files_for(name: str, plan: ChannelPlan, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9]+", "_", name)
     fp32, int8 = folder / f"{stem}.onnx", folder / f"{stem}.int8.onnx"
-    if not fp32.is_file():
-        plan_candidate(plan, folder, 1, stem)
+    if not fp32.is_file():  # torchscript, unsimplified, no parity run: simplification leaves ORT latency as is
+        plan_candidate(plan, folder, 1, stem, exporter="torchscript", simplify=False, check_parity=False)
     if not int8.is_file():
         quantize_for_timing(fp32, tuple(plan.input_size), int8)
     return fp32, int8
@@ -111,7 +116,8 @@ def files_for(name: str, plan: ChannelPlan, folder: Path) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------- the benchmark
 def bench_model(label: str, arch: str, args, log) -> dict[str, Any]:
     work = Path(args.work)
-    plans = make_plans(arch, work, args.round_to, args.gate_steps, args.gate_batch, log, tuple(args.methods))
+    plans = make_plans(arch, work, args.round_to, args.gate_steps, args.gate_batch, log, tuple(args.methods),
+                       tuple(args.budgets), learn=not args.no_learn)
     folder = work / "onnx" / re.sub(r"[^A-Za-z0-9]+", "_", f"{arch}_r{args.round_to}_s{args.gate_steps}b{args.gate_batch}")
     files = {name: files_for(name, plan, folder) for name, plan in plans.items()}
     shape = (1, *plans["full"].input_size)
@@ -187,6 +193,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="model labels (or parts of them) to run")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                     help="which methods to plan (a row keeps the other method's plans from an earlier run)")
+    ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    ap.add_argument("--no-learn", action="store_true",
+                    help="time only the default-method plans already learned (by a --plans-only run)")
     ap.add_argument("--plans-only", action="store_true",
                     help="only make (and cache) the plans: gate learning can run beside a timing pass")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slimkit-latency-vs-macs"))
@@ -205,7 +214,7 @@ def main() -> None:
         print(f"== {label} ({arch})", flush=True)
         if args.plans_only:
             make_plans(arch, Path(args.work), args.round_to, args.gate_steps, args.gate_batch,
-                       lambda m: print(m, flush=True), tuple(args.methods))
+                       lambda m: print(m, flush=True), tuple(args.methods), tuple(args.budgets))
             continue
         row = bench_model(label, arch, args, lambda m: print(m, flush=True))
         row.update(round_to=args.round_to, gate_steps=args.gate_steps, gate_batch=args.gate_batch, runs=args.runs, threads=args.threads,

@@ -12,7 +12,7 @@ hard-code from one CPU: :func:`rank_int8_configs` quantizes the fp32 file in eac
 configuration (seeded random calibration: the graph, and so its speed, does not depend on the scales),
 times them side by side with :func:`slimkit.latency.measure`, and orders them. The default
 configuration stays first unless another is *confidently* faster (its whole confidence interval
-below the default's latency), so noise on a shared machine does not flip the choice.
+at least 3% below the default's latency), so noise on a shared machine does not flip the choice.
 
 The ranking is cached per machine and model structure (CPU model and flags, onnxruntime version,
 threads, the graph's operator sequence and input shape) in ``~/.cache/slimkit/int8_speed.json``:
@@ -48,6 +48,9 @@ __all__ = ["CANDIDATES", "Int8Ranking", "rank_int8_configs", "candidates_matchin
 
 CACHE_FILE = CACHE_DIR / "int8_speed.json"
 RANKING_FORMAT = "slimkit.int8_speed/1"
+# A configuration displaces the default only when its whole confidence interval is this much faster:
+# on a loaded machine bootstrap intervals of a few dozen rounds are optimistic.
+MIN_GAIN = 0.03
 TYPES = ("uint8", "int8")
 
 
@@ -147,10 +150,11 @@ def ordered_settings(ranking: Int8Ranking, base: QuantizeSettings) -> list[Quant
 
 
 def _order(timed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The default (first) stays first unless others are confidently faster; then by median ratio."""
+    """The default (first) stays first unless others are confidently faster (the whole interval at
+    least :data:`MIN_GAIN` below it); then by median ratio."""
     default, others = timed[0], timed[1:]
-    faster = sorted((c for c in others if c["ratio_ci"][1] < 1.0), key=lambda c: c["ratio"])
-    rest = sorted((c for c in others if c["ratio_ci"][1] >= 1.0), key=lambda c: c["ratio"])
+    faster = sorted((c for c in others if c["ratio_ci"][1] < 1.0 - MIN_GAIN), key=lambda c: c["ratio"])
+    rest = sorted((c for c in others if c["ratio_ci"][1] >= 1.0 - MIN_GAIN), key=lambda c: c["ratio"])
     return faster + [default] + rest
 
 

@@ -115,8 +115,12 @@ def profile(files: dict[str, Path], shape: tuple[int, ...], *, threads: int = 2,
             opts.profile_file_prefix = str(Path(tmp) / f"prof{i}")
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             sessions[name] = (session, {session.get_inputs()[0].name: feed_x})
-        for _ in range(warmup + runs):  # warm-up runs are profiled too: dropped in summarize_profile
-            for session, feed in sessions.values():
+        order = list(sessions.values())
+        for i in range(warmup + runs):  # warm-up runs are profiled too: dropped in summarize_profile
+            for k in range(len(order)):
+                # rotate as measure() does: on a loaded machine the first run of a round waits for its
+                # sleeping pool threads, and that wait must not always land on one model's first node
+                session, feed = order[(i + k) % len(order)]
                 session.run(None, feed)
         events = {name: json.loads(Path(session.end_profiling()).read_text())
                   for name, (session, _) in sessions.items()}

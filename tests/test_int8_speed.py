@@ -68,10 +68,10 @@ def test_a_confidently_faster_configuration_ranks_first_and_noise_does_not(fp32,
     qop = "QOperator u8/s8 per-channel"
     s8 = "QDQ s8/s8 per-channel"
     monkeypatch.setattr(int8_speed, "measure", _fake_measure(
-        {qop: (0.80, 0.75, 0.85), s8: (0.97, 0.90, 1.04), "fp32": (1.30, 1.2, 1.4)}, calls))
+        {qop: (0.80, 0.75, 0.85), s8: (0.95, 0.90, 0.99), "fp32": (1.30, 1.2, 1.4)}, calls))
     cands = [QuantizeSettings(), replace_fmt("int8", "QDQ"), replace_fmt("uint8", "QOperator")]
     ranking = rank_int8_configs(fp32["path"], fp32["shape"], candidates=cands, cache=tmp_path / "c.json")
-    # QOperator's whole interval is below the default; QDQ s8/s8 is faster only within noise: after the default
+    # QOperator's whole interval is below the default; QDQ s8/s8 by less than MIN_GAIN (3%): after the default
     assert [c["label"] for c in ranking.configurations] == [qop, "QDQ u8/s8 per-channel", s8]
     assert ranking.source == "measured" and ranking.reference == "QDQ u8/s8 per-channel"
     assert ranking.int8_over_fp32 == pytest.approx(0.80 / 1.30)

@@ -45,7 +45,7 @@ def export(
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Write a latency report (full model vs this one) beside the file.")] = True,
     threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads for the report (default: physical cores).")] = None,
     runs: Annotated[int, typer.Option(help="Timed rounds for the report.")] = 100,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx: onnxruntime static quantization (QDQ, per-channel), checked against fp32.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx: onnxruntime static quantization in the configuration that runs fastest on this CPU (timed on this model, cached per machine), checked against fp32; the next fastest if the check fails.")] = False,
     data: Annotated[Optional[str], typer.Option(help="--int8 calibration and check data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic (default: a checkpoint's training data).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Where --data lives (default: a checkpoint's).")] = None,
     calib_images: Annotated[int, typer.Option(help="--int8: training images to calibrate on.")] = QuantizeSettings.calib_images,
