@@ -136,7 +136,9 @@ def bench_model(label: str, arch: str, args, log) -> dict[str, Any]:
         for m in report.models:
             entry = row["plans"][m["name"]]
             mac = entry["mac_ratio"]
+            entry["timed_with"] = list(plans)  # the files of one interleaved run: ratios are to its full model
             entry[precision] = {"median_ms": round(m["stats"]["median_ms"], 4), "ratio": round(m["ratio"], 4),
+                                "full_median_ms": round(report.models[0]["stats"]["median_ms"], 4),
                                 "ratio_ci": [round(x, 4) for x in m["ratio_ci"]],
                                 "ratio_over_macs": round(m["ratio"] / mac, 4)}
         # where the time goes: every plan against its full model, same precision
@@ -203,10 +205,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
-    rows = {r["model"]: r for r in previous.get("rows", [])
-            if r.get("round_to") == args.round_to and r.get("gate_steps") == args.gate_steps
-            and r.get("gate_batch") == args.gate_batch}
     start = machine()
     for label, arch in MODELS.items():
         if args.only and not any(o.lower() in label.lower() for o in args.only):
@@ -219,6 +217,14 @@ def main() -> None:
         row = bench_model(label, arch, args, lambda m: print(m, flush=True))
         row.update(round_to=args.round_to, gate_steps=args.gate_steps, gate_batch=args.gate_batch, runs=args.runs, threads=args.threads,
                    load_average=[round(x, 2) for x in os.getloadavg()])
+        rows = earlier_rows(out, args)  # read again now: another run (other methods) may have written meanwhile
+        if label in rows:  # a run of some methods keeps the other methods' plans from an earlier run
+            kept = {k: v for k, v in rows[label]["plans"].items() if k not in row["plans"]}
+            merged = {**kept, **row["plans"]}
+            if kept:  # the earlier run's full model heads the row; each plan keeps its own run's
+                merged["full"] = rows[label]["plans"]["full"]
+            order = ["full"] + [f"{m} {b}" for m in METHODS for b in BUDGETS]
+            row["plans"] = {k: merged[k] for k in sorted(merged, key=lambda k: order.index(k) if k in order else 99)}
         rows[label] = row
         write(out, start, [rows[k] for k in MODELS if k in rows], args)  # after every model: nothing is lost
     if not args.plans_only:
@@ -226,6 +232,17 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------- results
+def earlier_rows(out: Path, args) -> dict[str, dict[str, Any]]:
+    """Rows already in the results file that were made with these settings (others are dropped)."""
+    try:
+        previous = json.loads(out.with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {r["model"]: r for r in previous.get("rows", [])
+            if r.get("round_to") == args.round_to and r.get("gate_steps") == args.gate_steps
+            and r.get("gate_batch") == args.gate_batch}
+
+
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], args) -> None:
     meta = {**meta, "load_average_end": [round(x, 2) for x in os.getloadavg()],
             "command": f"nice -n 5 python bench/latency_vs_macs.py --round-to {args.round_to} "
