@@ -138,7 +138,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", f"`slimkit export --int8` on this machine ranks (ratios to {choice['reference']}): "
               + ", ".join(f"{c['label']} {c['ratio']:.3f}" for c in choice["configurations"])
               + f"; fp32 {choice['fp32_ratio']:.3f}. It tries **{choice['configurations'][0]['label']}** first.", "",
-              "## Where the time goes (onnxruntime profiler, µs per run, median per node)", "",
+              "## Where the time goes (onnxruntime profiler, µs per run, each node's fastest run)", "",
               "| category | " + " | ".join(data["profiles"]) + " |", "|---|" + "---:|" * len(data["profiles"])]
     for c in CATEGORIES:
         vals = [p["categories"][c]["us"] for p in data["profiles"].values()]

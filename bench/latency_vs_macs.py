@@ -303,7 +303,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
               "full model's). A category whose time ratio "
               "is far above its MAC ratio is where the plan loses. Layout reorder = `ReorderInput`/"
               "`ReorderOutput` (plain NCHW <-> blocked NCHWc, fp32) and `Transpose` (NCHW <-> NHWC around int8 "
-              "kernels). Medians over the profiled runs.".replace("{HIGH}", str(HIGH)), ""]
+              "kernels). Each node's fastest profiled run (preemption on the shared machine only adds time).".replace("{HIGH}", str(HIGH)), ""]
     for r in rows:
         for name, p in r["plans"].items():
             if name == "full":
