@@ -202,9 +202,15 @@ def main() -> None:
                     help="only make (and cache) the plans: gate learning can run beside a timing pass")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slimkit-latency-vs-macs"))
     ap.add_argument("--out", default=str(RESULTS / "latency_vs_macs"))
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md and .png from the .json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.render:
+        data = json.loads(out.with_suffix(".json").read_text())
+        atomic_write_text(out.with_suffix(".md"), markdown(data["meta"], data["rows"]))
+        plot(data["rows"], out.with_suffix(".png"))
+        return
     start = machine()
     for label, arch in MODELS.items():
         if args.only and not any(o.lower() in label.lower() for o in args.only):
@@ -274,7 +280,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              "(what `slimkit export --int8` ships: QDQ, per-channel), timed against the full int8 model.", "",
              "**lat/MAC** = (latency / full model's latency) ÷ (MACs / full model's MACs); above "
              f"{HIGH} (bold) the plan is slower than its MACs promise.", "",
-             "| model | plan | MACs | MAC ratio | fp32 ms | fp32 ratio | fp32 lat/MAC | int8 ms | int8 ratio | int8 lat/MAC |",
+             "Ratios are medians of per-round ratios with their 95% bootstrap interval; each plan's ratio is to "
+             "the full model timed in the same interleaved run.", "",
+             "| model | plan | MACs | MAC ratio | fp32 ms | fp32 ratio (95% CI) | fp32 lat/MAC | int8 ms | "
+             "int8 ratio (95% CI) | int8 lat/MAC |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def cell(v: float) -> str:
@@ -290,9 +299,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f, q = p["fp32"], p["int8"]
             if name.endswith("50%"):
                 fp32_50.append(f["ratio_over_macs"])
+            ci = lambda e: f"{e['ratio']:.2f} ({e['ratio_ci'][0]:.2f}–{e['ratio_ci'][1]:.2f})"  # noqa: E731
             lines.append(f"| {r['model']} | {name} | {p['macs'] / 1e6:.1f}M | {p['mac_ratio']:.3f} | "
-                         f"{f['median_ms']:.2f} | {f['ratio']:.2f} | {cell(f['ratio_over_macs'])} | "
-                         f"{q['median_ms']:.2f} | {q['ratio']:.2f} | {cell(q['ratio_over_macs'])} |")
+                         f"{f['median_ms']:.2f} | {ci(f)} | {cell(f['ratio_over_macs'])} | "
+                         f"{q['median_ms']:.2f} | {ci(q)} | {cell(q['ratio_over_macs'])} |")
     if fp32_50:
         ok = sum(v <= HIGH for v in fp32_50)
         lines += ["", f"fp32 plans at 50% with lat/MAC ≤ {HIGH}: **{ok} of {len(fp32_50)}** "

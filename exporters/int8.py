@@ -410,8 +410,8 @@ def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool,
     each is quantized and checked in turn and the first that passes is written; ``choice`` (how the
     order was decided) is recorded with it. Raises :class:`Int8CheckError` (and writes no int8 file)
     when every one fails the check."""
-    tries = [settings or QuantizeSettings()] if settings is None or isinstance(settings, QuantizeSettings) \
-        else list(settings)
+    tries = [settings or QuantizeSettings()] if settings is None or isinstance(settings, QuantizeSettings) else \
+        list(settings)
     if not tries:
         raise ExportError("no int8 configuration to try")
     for s in tries:
@@ -451,7 +451,8 @@ def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool,
         attempts.append({"configuration": current.label, "passed": check.passed, "check": check.summary()})
         if check.passed or k == len(tries) - 1:
             break
-        warn and warn(f"int8 {current.label} failed the check ({check.summary()}); trying {tries[k + 1].label}")
+        if warn is not None:
+            warn(f"int8 {current.label} failed the check ({check.summary()}); trying {tries[k + 1].label}")
     record_path = _check_path(out)
     atomic_write_text(record_path, json.dumps({"fp32": str(fp32_path), "int8": str(out), "written": check.passed,
                                                "check": check.to_dict(), "quantization": record,

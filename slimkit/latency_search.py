@@ -136,7 +136,7 @@ class LatencyMeter:
         q = ordered_settings(self.int8_ranking, QuantizeSettings())[0] if self.int8_ranking else QuantizeSettings()
         return {"tool": "onnxruntime.quantization.quantize_static", "format": q.quant_format,
                 "activation_type": q.activation_type, "weight_type": q.weight_type, "per_channel": q.per_channel,
-                **({"chosen": self.int8_ranking.summary()} if self.int8_ranking else {})}
+                "reduce_range": q.reduce_range, **({"chosen": self.int8_ranking.summary()} if self.int8_ranking else {})}
 
     def measure(self, widths: dict[str, int], runs: int | None = None) -> Measurement:
         key = tuple(sorted(widths.items()))
