@@ -37,8 +37,8 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,14 @@ from slimkit.data import DataBundle, make_loader
 from slimkit.exporters import ExportError, ExportResult, onnx_output
 from slimkit.files import Output, atomic_write, atomic_write_text, is_json_with
 
-__all__ = ["QuantizeSettings", "Int8Check", "Int8CheckError", "CALIBRATION_METHODS", "int8_path",
-           "calibration_images", "quantize_onnx", "quantize_for_timing", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
+__all__ = ["QuantizeSettings", "Int8Check", "Int8CheckError", "CALIBRATION_METHODS", "QUANT_FORMATS", "int8_path",
+           "calibration_images", "quantize_onnx", "quantize_for_timing", "settings_of", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
            "DEFAULT_MAX_OUTPUT_ERROR"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# QDQ: QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into integer kernels when it loads the
+# file; QOperator: the integer operators (QLinearConv, ...) written into the file itself.
+QUANT_FORMATS = ("QDQ", "QOperator")
 DEFAULT_MAX_DROP = 1.0  # top-1 points
 # Untrained models: RMS(int8 - fp32) / RMS(fp32 - its mean over images). 1.0 means int8 is no closer to
 # fp32 than fp32's own mean output is (R^2 <= 0): nothing input-dependent survived. Measured with
@@ -83,6 +86,9 @@ class QuantizeSettings:
     activation_type: str = "uint8"
     weight_type: str = "int8"
     quant_format: str = "QDQ"
+    # 7-bit weights: onnxruntime's advice for uint8 x int8 on x86 without VNNI, whose 16-bit
+    # multiply-add (vpmaddubsw) saturates on full-range weights.
+    reduce_range: bool = False
     preprocess: bool = True
     seed: int = 0
 
@@ -95,8 +101,17 @@ class QuantizeSettings:
         for what, value in (("activation", self.activation_type), ("weight", self.weight_type)):
             if value not in ("int8", "uint8"):
                 raise ExportError(f"unknown {what} type '{value}': choose int8 or uint8 (--int8-activations)")
-        if self.quant_format != "QDQ":
-            raise ExportError(f"only the QDQ format is supported, got '{self.quant_format}'")
+        if self.quant_format not in QUANT_FORMATS:
+            raise ExportError(f"unknown int8 format '{self.quant_format}': choose one of {', '.join(QUANT_FORMATS)} "
+                              "(--int8-format)")
+
+    @property
+    def label(self) -> str:
+        """e.g. 'QDQ u8/s8 per-channel': format, activation/weight types, weight granularity."""
+        short = {"uint8": "u8", "int8": "s8"}
+        return (f"{self.quant_format} {short.get(self.activation_type, self.activation_type)}/"
+                f"{short.get(self.weight_type, self.weight_type)} {'per-channel' if self.per_channel else 'per-tensor'}"
+                + (" 7-bit" if self.reduce_range else ""))
 
 
 @dataclass
@@ -280,9 +295,11 @@ def quantize_onnx(fp32_path: str | Path, calib: np.ndarray, settings: QuantizeSe
             record["preprocess"] = "skipped"
         quantized = Path(tmp) / "model.int8.onnx"
         try:
-            quantize_static(str(source), str(quantized), _Reader(), quant_format=QuantFormat.QDQ,
+            quantize_static(str(source), str(quantized), _Reader(),
+                            quant_format={"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}[settings.quant_format],
                             per_channel=settings.per_channel, activation_type=qtype[settings.activation_type],
                             weight_type=qtype[settings.weight_type], calibrate_method=method,
+                            reduce_range=settings.reduce_range,
                             extra_options={"CalibTensorRangeSymmetric": False})
             result = onnx.load(str(quantized))
         except ExportError:
@@ -305,22 +322,36 @@ TIMING_CALIB_IMAGES = 8  # enough for onnxruntime to set every scale; the values
 
 
 def quantize_for_timing(fp32_path: str | Path, input_size: tuple[int, ...], out: str | Path | None = None,
-                        batch: int = 1) -> Path:
-    """``fp32_path`` quantized as :func:`export_int8` ships it (default settings), calibrated on
-    seeded random images, written to ``out`` (default ``model.int8.onnx`` beside it). For latency
-    only: the quantized graph, and so its speed, is the same whatever the calibration scales, and no
-    accuracy is claimed for it (it is not checked). ``batch``: the file's fixed batch, if any
-    (calibration feeds whole batches)."""
+                        batch: int = 1, settings: QuantizeSettings | None = None) -> Path:
+    """``fp32_path`` quantized as :func:`export_int8` ships it (``settings``' format and types; default
+    settings when None), calibrated on seeded random images, written to ``out`` (default
+    ``model.int8.onnx`` beside it). For latency only: the quantized graph, and so its speed, is the
+    same whatever the calibration scales, and no accuracy is claimed for it (it is not checked).
+    ``batch``: the file's fixed batch, if any (calibration feeds whole batches)."""
     n = batch * math.ceil(TIMING_CALIB_IMAGES / batch)
     generator = torch.Generator().manual_seed(0)
     calib = torch.randn(n, *input_size, generator=generator).numpy()
-    proto, record = quantize_onnx(fp32_path, calib, QuantizeSettings(calib_images=n))
+    proto, record = quantize_onnx(fp32_path, calib, replace(settings or QuantizeSettings(), calib_images=n))
     props = {"slimkit.precision": "int8", "slimkit.quantization": json.dumps({**record, "calib_data": "random (timing only)"})}
     onnx.helper.set_model_props(proto, props)
     out = Path(out) if out is not None else int8_path(fp32_path)
     data = proto.SerializeToString()
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     return out
+
+
+def settings_of(int8_file: str | Path) -> QuantizeSettings:
+    """The format, types and granularity an int8 file written by slimkit was quantized with (from its
+    metadata), so another file can be quantized the same way; the defaults for a file without them."""
+    props = {p.key: p.value for p in onnx.load(str(int8_file), load_external_data=False).metadata_props}
+    try:
+        q = json.loads(props.get("slimkit.quantization", "{}"))
+    except json.JSONDecodeError:
+        q = {}
+    default = QuantizeSettings()
+    return replace(default, **{k: q[k] for k in ("quant_format", "activation_type", "weight_type", "per_channel",
+                                                 "reduce_range")
+                               if isinstance(q, dict) and k in q})
 
 
 def _output_error(fp32: np.ndarray, int8: np.ndarray) -> float:
@@ -370,19 +401,30 @@ def check_int8(fp32: str | Path | bytes, int8: str | Path | bytes, data: DataBun
     return check
 
 
-def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool, settings: QuantizeSettings | None = None,
+def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool,
+                settings: QuantizeSettings | Sequence[QuantizeSettings] | None = None,
                 out: str | Path | None = None, max_drop: float = DEFAULT_MAX_DROP,
                 max_output_error: float = DEFAULT_MAX_OUTPUT_ERROR, eval_images: int | None = None,
                 metadata: dict[str, str] | None = None, threads: int | None = None,
                 warn: Callable[[str], None] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> ExportResult:
+                progress: Callable[[int, int], None] | None = None,
+                choice: dict[str, Any] | None = None) -> ExportResult:
     """Quantize an exported fp32 file, check it, and write ``model.int8.onnx`` beside it.
 
     ``data`` gives calibration images (training split) and check images; ``trained`` says whether
     the weights are trained (accuracy check on the test split) or not (output agreement).
-    Raises :class:`Int8CheckError` (and writes no int8 file) when the check fails."""
-    settings = settings or QuantizeSettings()
-    settings.validate()
+    ``settings`` may be a list, in order of preference (fastest first, see :mod:`slimkit.int8_speed`):
+    each is quantized and checked in turn and the first that passes is written; ``choice`` (how the
+    order was decided) is recorded with it. Raises :class:`Int8CheckError` (and writes no int8 file)
+    when every one fails the check."""
+    tries = [settings or QuantizeSettings()] if settings is None or isinstance(settings, QuantizeSettings) else \
+        list(settings)
+    if not tries:
+        raise ExportError("no int8 configuration to try")
+    for s in tries:
+        s.validate()
+    if len({(s.calib_images, s.calib_method, s.seed) for s in tries}) != 1:
+        raise ExportError("int8 configurations to try must share their calibration (images, method, seed)")
     if max_drop < 0 or not math.isfinite(max_drop):
         raise ExportError(f"--max-drop must be a non-negative number of top-1 points, got {max_drop}")
     if eval_images is not None and eval_images < 1:
@@ -392,30 +434,42 @@ def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool, setti
     if out.resolve() == fp32_path.resolve():
         raise ExportError(f"the int8 file would overwrite the fp32 file {fp32_path}; choose another name")
     t0 = time.perf_counter()
-    calib = calibration_images(data, settings.calib_images, settings.seed)
-    proto, record = quantize_onnx(fp32_path, calib, settings, warn)
-    record["calib_data"] = data.description
-    record["calib_split"] = "train"
-    quantize_seconds = time.perf_counter() - t0
-
-    props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-    props.update(metadata or {})
-    props.update({"slimkit.precision": "int8", "slimkit.quantization": json.dumps(record),
-                  "slimkit.fp32_file": fp32_path.name})
-    onnx.helper.set_model_props(proto, props)
-    data_bytes = proto.SerializeToString()
-
-    check = check_int8(fp32_path, data_bytes, data, trained=trained, max_drop=max_drop,
-                       max_output_error=max_output_error, eval_images=eval_images,
-                       calib_images=settings.calib_images, seed=settings.seed, threads=threads, progress=progress)
+    calib = calibration_images(data, tries[0].calib_images, tries[0].seed)  # one set for every configuration
+    fp32_props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    attempts: list[dict[str, Any]] = []
+    quantize_seconds = time.perf_counter() - t0  # calibration images, then each quantization
+    for k, current in enumerate(tries):
+        q0 = time.perf_counter()
+        proto, record = quantize_onnx(fp32_path, calib, current, warn)
+        record["calib_data"] = data.description
+        record["calib_split"] = "train"
+        record["configuration"] = current.label
+        if choice is not None:
+            record["chosen_by"] = choice
+        quantize_seconds += time.perf_counter() - q0
+        props = {**fp32_props, **(metadata or {})}
+        props.update({"slimkit.precision": "int8", "slimkit.quantization": json.dumps(record),
+                      "slimkit.fp32_file": fp32_path.name})
+        onnx.helper.set_model_props(proto, props)
+        data_bytes = proto.SerializeToString()
+        check = check_int8(fp32_path, data_bytes, data, trained=trained, max_drop=max_drop,
+                           max_output_error=max_output_error, eval_images=eval_images,
+                           calib_images=current.calib_images, seed=current.seed, threads=threads, progress=progress)
+        attempts.append({"configuration": current.label, "passed": check.passed, "check": check.summary()})
+        if check.passed or k == len(tries) - 1:
+            break
+        if warn is not None:
+            warn(f"int8 {current.label} failed the check ({check.summary()}); trying {tries[k + 1].label}")
     record_path = _check_path(out)
     atomic_write_text(record_path, json.dumps({"fp32": str(fp32_path), "int8": str(out), "written": check.passed,
-                                               "check": check.to_dict(), "quantization": record}, indent=1) + "\n")
+                                               "check": check.to_dict(), "quantization": record,
+                                               "attempts": attempts}, indent=1) + "\n")
     if not check.passed:
         out.unlink(missing_ok=True)  # an int8 file from an earlier run must not pass for this one
         how = ("try --calib-images 1024 or --calib-method percentile, or raise --max-drop" if trained else
                "check that --data is the data the model is meant for, or raise --max-output-error")
-        error = Int8CheckError(f"int8 check failed, no int8 file written: {check.summary()}; {how} "
+        tried = f" ({len(attempts)} configurations tried)" if len(attempts) > 1 else ""
+        error = Int8CheckError(f"int8 check failed{tried}, no int8 file written: {check.summary()}; {how} "
                                f"(record: {record_path})")
         error.check_summary = check.summary()
         raise error
@@ -426,4 +480,4 @@ def export_int8(fp32_path: str | Path, data: DataBundle, *, trained: bool, setti
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data_bytes))
     return ExportResult(path=out, backend="onnx-int8", size_bytes=len(data_bytes), export_seconds=quantize_seconds,
                         details={"quantization": record, "check": check.to_dict(), "check_record": str(record_path),
-                                 "fp32_size_bytes": fp32_path.stat().st_size})
+                                 "fp32_size_bytes": fp32_path.stat().st_size, "attempts": attempts})

@@ -16,9 +16,9 @@ save little here: one candidate costs well under a second to export and time on 
 below, and the final plan's latency must be measured anyway.
 
 ``precision="int8"`` times every candidate, and the full model it is a ratio to, as it will ship
-after ``slimkit export --int8``: onnxruntime's static quantization with the same settings
-(:class:`slimkit.exporters.int8.QuantizeSettings`' defaults), so the budget holds for the int8
-file. int8 changes which layers are fast (quantize/dequantize pairs around residual adds, kernels
+after ``slimkit export --int8``: onnxruntime's static quantization in the configuration
+(format, activation/weight types) that runs fastest on this machine, ranked once on the full model
+(:mod:`slimkit.int8_speed`), so the budget holds for the int8 file. int8 changes which layers are fast (quantize/dequantize pairs around residual adds, kernels
 that only pay at some widths), so its latency curve is not the fp32 one scaled. Calibration here
 uses seeded random images: the quantized graph, and so its speed, is the same whatever the
 scales; the shipped file is calibrated on real data by ``slimkit export``.
@@ -37,6 +37,7 @@ from slimkit.artifacts import calibrate_bn
 from slimkit.budget import Budget, min_widths
 from slimkit.errors import BudgetError
 from slimkit.exporters.int8 import QuantizeSettings, quantize_for_timing
+from slimkit.int8_speed import Int8Ranking, ordered_settings, rank_int8_configs
 from slimkit.exporters.onnx import export
 from slimkit.generator import generate
 from slimkit.graph import ChannelGraph
@@ -94,6 +95,7 @@ class LatencyMeter:
         self.workdir = Path(workdir or self._tmp.name)
         self._cache: dict[tuple, Measurement] = {}
         self._files: dict[tuple, Candidate] = {}
+        self.int8_ranking: Int8Ranking | None = None
         self.full = self._candidate({n: g.width for n, g in graph.groups.items()}, "full")
         self.device_text = ""
 
@@ -119,7 +121,10 @@ class LatencyMeter:
         export(model.eval(), tuple(plan.input_size), path, batch=self.batch, exporter="torchscript",
                simplify=False, check_parity=False)
         if self.precision == "int8":
-            path = quantize_for_timing(path, tuple(plan.input_size), batch=self.batch)  # as `export --int8` ships it
+            if self.int8_ranking is None:  # the first file is the full model: rank int8 configurations on it
+                self.int8_ranking = rank_int8_configs(path, (self.batch, *plan.input_size), threads=self.threads)
+            settings = ordered_settings(self.int8_ranking, QuantizeSettings())[0]  # what `export --int8` tries first
+            path = quantize_for_timing(path, tuple(plan.input_size), batch=self.batch, settings=settings)
         cand = Candidate(name=label, input_shape=(self.batch, *plan.input_size), onnx_path=path,
                          module=model, flops=plan.flops, params=plan.params)  # module: the torch backends time it
         self._files[key] = cand
@@ -130,9 +135,10 @@ class LatencyMeter:
         """What the int8 candidates were quantized with (recorded in the plan), or None for fp32."""
         if self.precision != "int8":
             return None
-        q = QuantizeSettings()
+        q = ordered_settings(self.int8_ranking, QuantizeSettings())[0] if self.int8_ranking else QuantizeSettings()
         return {"tool": "onnxruntime.quantization.quantize_static", "format": q.quant_format,
-                "activation_type": q.activation_type, "weight_type": q.weight_type, "per_channel": q.per_channel}
+                "activation_type": q.activation_type, "weight_type": q.weight_type, "per_channel": q.per_channel,
+                "reduce_range": q.reduce_range, **({"chosen": self.int8_ranking.summary()} if self.int8_ranking else {})}
 
     def measure(self, widths: dict[str, int], runs: int | None = None) -> Measurement:
         key = tuple(sorted(widths.items()))

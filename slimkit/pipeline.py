@@ -46,7 +46,9 @@ from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
 from slimkit.data import load_data
 from slimkit.exporters import get_exporter
-from slimkit.exporters.int8 import Int8CheckError, QuantizeSettings, export_int8, int8_path, quantize_for_timing
+from slimkit.exporters.int8 import (Int8CheckError, QuantizeSettings, export_int8, int8_path, quantize_for_timing,
+                                    settings_of)
+from slimkit.int8_speed import ordered_settings, rank_int8_configs
 from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
 from slimkit.flops import format_count
 from slimkit.generator import verified_plan
@@ -443,8 +445,11 @@ def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageRecor
     with hooks.bars() as (progress, _):
         task = progress.add_task("int8 check", total=None) if progress else None
         try:
+            base = QuantizeSettings(calib_images=e.calib_images, seed=loaded.plan.seed)
+            ranking = rank_int8_configs(lay.onnx, (recipe.bench.batch, *loaded.input_size), threads=recipe.bench.threads,
+                                        say=hooks.log)
             result = export_int8(lay.onnx, data, trained=True, max_drop=e.max_drop, warn=hooks.warn,
-                                 settings=QuantizeSettings(calib_images=e.calib_images, seed=loaded.plan.seed),
+                                 settings=ordered_settings(ranking, base), choice=ranking.to_dict(),
                                  progress=(lambda done, total: progress.update(task, completed=done, total=total))
                                  if progress else None)
         except Int8CheckError as exc:  # the fp32 results still get timed and summarised; run_recipe re-raises
@@ -452,7 +457,8 @@ def _int8_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageRecor
             return exc
     record.record("int8", [lay.onnx], [lay.onnx_int8, lay.int8_check])
     check = result.details["check"]
-    hooks.stage("int8", f"wrote {lay.onnx_int8} ({result.size_bytes / 1e6:.2f} MB): top-1 {100 * check['int8_top1']:.2f}% "
+    hooks.stage("int8", f"wrote {lay.onnx_int8} ({result.size_bytes / 1e6:.2f} MB, "
+                        f"{result.details['quantization']['configuration']}): top-1 {100 * check['int8_top1']:.2f}% "
                         f"vs fp32 {100 * check['fp32_top1']:.2f}%")
 
 
@@ -483,7 +489,8 @@ def _bench_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
         cands.append(onnx_candidate(lay.onnx, b.batch, name="pruned"))
         if int8:
             with hooks.status("quantizing the full model for timing"):
-                full_int8 = quantize_for_timing(cands[0].onnx_path, tuple(plans["full"].input_size), batch=b.batch)
+                full_int8 = quantize_for_timing(cands[0].onnx_path, tuple(plans["full"].input_size), batch=b.batch,
+                                                settings=settings_of(lay.onnx_int8))  # as the pruned file ran
             cands += [onnx_candidate(full_int8, b.batch, name="full-int8"),
                       onnx_candidate(lay.onnx_int8, b.batch, name="pruned-int8")]
         report = _measure(cands, hooks, backend=recipe.prune.backend, threads=b.threads, warmup=10, runs=b.runs,

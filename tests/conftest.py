@@ -4,6 +4,8 @@ import tempfile
 import pytest
 import torch
 
+from slimkit import int8_speed
+
 # Small, deterministic CPU runs; keep BLAS from oversubscribing the 2 CI cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -26,3 +28,11 @@ def _fixed_simd_block(monkeypatch):
     import slimkit.rounding as rounding
 
     monkeypatch.setattr(rounding, "_simd_block", lambda: (8, "pinned to 8 for tests"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _int8_speed_cache(tmp_path_factory):
+    """int8 configuration timings go to a session folder, not the user's ~/.cache (and are measured once
+    per model structure for the whole test session, as they are once per machine for a user)."""
+    int8_speed.CACHE_FILE = tmp_path_factory.mktemp("cache") / "int8_speed.json"
+    yield

@@ -177,7 +177,7 @@ def test_cli_tiny_limit_fails_with_one_line_and_keeps_fp32(untrained, tmp_path):
     (["--int8", "--data", "cifar100"], "cifar"),
     (["--int8", "--data", "fashion-mnist", "--calib-method", "magic"], "unknown --calib-method 'magic'"),
     (["--int8", "--data", "fashion-mnist", "--calib-images", "70000"], "more than the"),
-    (["--int8", "--data", "fashion-mnist", "--int8-activations", "int4"], "unknown activation type 'int4'"),
+    (["--int8", "--data", "fashion-mnist", "--int8-activations", "int4"], "unknown --int8-activations 'int4'"),
 ])
 def test_int8_bad_input_is_one_line_error(untrained, tmp_path, args, needle):
     out = tmp_path / "m.onnx"

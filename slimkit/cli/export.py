@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,6 +23,7 @@ from slimkit.errors import SlimkitError
 from slimkit.exporters import get_exporter, onnx_output
 from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs
 from slimkit.files import check_outputs
+from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
 
 
@@ -44,12 +46,14 @@ def export(
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Write a latency report (full model vs this one) beside the file.")] = True,
     threads: Annotated[Optional[int], typer.Option(help="onnxruntime threads for the report (default: physical cores).")] = None,
     runs: Annotated[int, typer.Option(help="Timed rounds for the report.")] = 100,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx: onnxruntime static quantization (QDQ, per-channel), checked against fp32.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write OUT.int8.onnx: onnxruntime static quantization in the configuration that runs fastest on this CPU (timed on this model, cached per machine), checked against fp32; the next fastest if the check fails.")] = False,
     data: Annotated[Optional[str], typer.Option(help="--int8 calibration and check data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic (default: a checkpoint's training data).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Where --data lives (default: a checkpoint's).")] = None,
     calib_images: Annotated[int, typer.Option(help="--int8: training images to calibrate on.")] = QuantizeSettings.calib_images,
     calib_method: Annotated[str, typer.Option(help="--int8: onnxruntime calibrator: minmax, percentile or entropy.")] = QuantizeSettings.calib_method,
-    int8_activations: Annotated[str, typer.Option(help="--int8: activation type, uint8 (U8S8: what x86 VNNI multiplies natively; 0.28-0.91x fp32 latency here) or int8 (S8S8: onnxruntime leaves residual nets partly in fp32 on this CPU, 0.60-1.46x; see docs/int8.md). The accuracy check runs either way.")] = QuantizeSettings.activation_type,
+    int8_format: Annotated[str, typer.Option(help="--int8: onnxruntime's format, QDQ or QOperator; auto (default): the fastest on this CPU, timed on this model (cached per machine; docs/int8.md).")] = "auto",
+    int8_activations: Annotated[str, typer.Option(help="--int8: activation type, uint8 or int8; auto (default): the fastest on this CPU that passes the check. Which is fastest depends on the CPU (VNNI or not) and the model; see docs/int8.md.")] = "auto",
+    int8_weights: Annotated[str, typer.Option(help="--int8: weight type, int8 or uint8; auto (default): the fastest on this CPU that passes the check.")] = "auto",
     max_drop: Annotated[float, typer.Option(help="--int8, trained weights: largest allowed top-1 drop in points on the test split.")] = 1.0,
     max_output_error: Annotated[float, typer.Option(help="--int8, untrained weights: largest allowed RMS int8 error, as a fraction of the fp32 outputs' spread over images.")] = 1.0,
     eval_images: Annotated[Optional[int], typer.Option(help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
@@ -70,6 +74,7 @@ def export(
                   inputs=[source] if Path(source).exists() else [], force=force)
     src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
+    int8_candidates = candidates_matching(int8_format, int8_activations, int8_weights) if int8 else []
     metadata = onnx_metadata(src)
     with console.status(f"exporting {escape(src.description)}"):
         result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
@@ -89,7 +94,7 @@ def export(
         table.add_row(key, escape(value))
     console.print(table)
     int8_file = _export_int8(out, src, quant_data, calib_images=calib_images, calib_method=calib_method,
-                             activations=int8_activations,
+                             candidates=int8_candidates, batch=batch,
                              max_drop=max_drop, max_output_error=max_output_error, eval_images=eval_images,
                              threads=threads) if int8 else None
     if bench:
@@ -116,17 +121,23 @@ def _int8_data(src: LoadedModel, data: str | None, data_dir: str | None):
     return bundle
 
 
-def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str, activations: str, max_drop: float,
-                 max_output_error: float, eval_images: int | None, threads: int | None) -> Path:
-    settings = QuantizeSettings(calib_images=calib_images, calib_method=calib_method, activation_type=activations,
-                                seed=src.plan.seed)
+def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str,
+                 candidates: list[QuantizeSettings], batch: int, max_drop: float, max_output_error: float,
+                 eval_images: int | None, threads: int | None) -> Path:
+    base = QuantizeSettings(calib_images=calib_images, calib_method=calib_method, seed=src.plan.seed)
+    candidates = [replace(c, calib_images=calib_images, calib_method=calib_method, seed=src.plan.seed)
+                  for c in candidates]
+    with console.status(f"int8: which of {len(candidates)} onnxruntime configurations runs fastest here"):
+        ranking = rank_int8_configs(out, (batch, *src.input_size), candidates=candidates, threads=threads,
+                                    say=lambda m: console.print(m, highlight=False, markup=False))
     progress = make_progress()
     with progress:
         # the long description is a line of its own: beside a bar it garbled an 80-column terminal
         progress.console.print(f"int8: calibrating on {calib_images} {data.name} training images, then checking",
                                markup=False, highlight=False)
         task = progress.add_task("int8 check", total=None)
-        result = export_int8(out, data, trained=src.trained, settings=settings, max_drop=max_drop,
+        result = export_int8(out, data, trained=src.trained, settings=ordered_settings(ranking, base),
+                             choice=ranking.to_dict(), max_drop=max_drop,
                              max_output_error=max_output_error, eval_images=eval_images, threads=threads,
                              warn=warn,
                              progress=lambda done, total: (progress.update(task, completed=done, total=total),
@@ -138,8 +149,10 @@ def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str, 
     drop = check["drop_points"]
     for key, value in (("file", str(result.path)),
                        ("size", f"{result.size_bytes / 1e6:.2f} MB (fp32 {result.details['fp32_size_bytes'] / 1e6:.2f} MB)"),
-                       ("quantization", f"onnxruntime {q['onnxruntime']} QDQ, per-channel {q['weight_type']} weights, "
+                       ("quantization", f"onnxruntime {q['onnxruntime']} {q['quant_format']}, "
+                                        f"{'per-channel' if q['per_channel'] else 'per-tensor'} {q['weight_type']} weights, "
                                         f"{q['activation_type']} activations, {q['calib_method']} calibration"),
+                       ("configuration", _choice_text(ranking, result.details["attempts"])),
                        ("calibration", f"{q['calib_images_used']} training images; pre-process: {q['preprocess']}"),
                        ("fp32 top-1", f"{100 * check['fp32_top1']:.2f}%" if drop is not None else "– (untrained)"),
                        ("int8 top-1", f"{100 * check['int8_top1']:.2f}%" if drop is not None else "– (untrained)"),
@@ -152,6 +165,18 @@ def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str, 
         table.add_row(key, value)
     console.print(table)
     return result.path
+
+
+def _choice_text(ranking: Int8Ranking, attempts: list[dict]) -> str:
+    """Which configuration ran, why, and what the others measured."""
+    if ranking.source == "asked":
+        return f"{attempts[-1]['configuration']}, as asked (--int8-format/--int8-activations/--int8-weights)"
+    failed = [a["configuration"] for a in attempts[:-1]]
+    timed = ", ".join(f"{c['label']} {c['ratio']:.2f}" for c in ranking.configurations)
+    fp32 = f", fp32 {ranking.fp32_ratio:.2f}" if ranking.fp32_ratio else ""
+    return (f"{attempts[-1]['configuration']}: the fastest of {len(ranking.configurations)} that passed the check "
+            f"(latency here, {ranking.source}, relative to {ranking.reference}: {timed}{fp32})"
+            + (f"; failed the check: {', '.join(failed)}" if failed else ""))
 
 
 def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None, runs: int,
