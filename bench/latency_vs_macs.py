@@ -359,7 +359,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
                 uniform = name.startswith("uniform")
                 ax.scatter(p["mac_ratio"], p[precision]["ratio"], marker=markers[i % len(markers)], s=40,
                            facecolors="none" if uniform else f"C{i}", edgecolors=f"C{i}",
-                           label=r["model"] if name == f"{DEFAULT_METHOD} 50%" else None)
+                           label=r["model"] if name == next(k for k in r["plans"] if k != "full") else None)
         xs = np.linspace(0.15, 0.6, 10)
         ax.plot(xs, xs, "k-", lw=0.8, label="latency = MACs")
         ax.plot(xs, HIGH * xs, "k--", lw=0.8, label=f"{HIGH}x MACs")
