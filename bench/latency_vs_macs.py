@@ -270,7 +270,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"malloc {meta['malloc']}. Load average at start {meta['load_average'][0]}, at end "
              f"{meta['load_average_end'][0]}: the machine was shared with other jobs, so read the interleaved "
              "ratios (per-round, drift cancels), not the milliseconds.", "",
-             f"Regenerate: `{meta['command']}`", "",
+             f"Regenerate: `{meta['command']}`" + (f". {meta['note']}" if meta.get("note") else ""), "",
              "Plans: `uniform` and the default method (`scratch`: gates learned on random weights, then a threshold) "
              f"at 50% / 25% of the full model's MACs, round-to {rows[0]['round_to'] if rows else '?'}, 10-class head. "
              f"**The default method ran a short gate search of {rows[0]['gate_steps'] if rows else '?'} steps of batch "
@@ -359,7 +359,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
                 uniform = name.startswith("uniform")
                 ax.scatter(p["mac_ratio"], p[precision]["ratio"], marker=markers[i % len(markers)], s=40,
                            facecolors="none" if uniform else f"C{i}", edgecolors=f"C{i}",
-                           label=r["model"] if name == f"{DEFAULT_METHOD} 50%" else None)
+                           label=r["model"] if name == next(k for k in r["plans"] if k != "full") else None)
         xs = np.linspace(0.15, 0.6, 10)
         ax.plot(xs, xs, "k-", lw=0.8, label="latency = MACs")
         ax.plot(xs, HIGH * xs, "k--", lw=0.8, label=f"{HIGH}x MACs")
