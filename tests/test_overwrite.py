@@ -283,6 +283,7 @@ def test_an_input_size_that_cannot_fit_in_memory_is_one_line(monkeypatch, tmp_pa
 
 
 # ---------------------------------------------------------------------------- class 8: signals
+@pytest.mark.slow  # a real export in a subprocess, killed mid-report: 20 s quiet, minutes on a loaded machine
 def test_sigterm_during_export_leaves_no_temporary_folder(tmp_path, plan_file):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
