@@ -28,7 +28,7 @@ from torch import nn
 from slimkit import validate as limits
 from slimkit.errors import os_error_in
 from slimkit.exporters import METADATA_MARK, ExportError, ExportResult
-from slimkit.files import atomic_write
+from slimkit.files import atomic_write, scratch_path
 from slimkit.validate import check_number
 from slimkit.version import __version__
 
@@ -190,7 +190,7 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
     t0 = time.perf_counter()
     tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     proto, used, errors = None, None, []
-    scratch = out.parent / f".{out.name}.export"
+    scratch = scratch_path(out, "export")  # fits beside a 255-byte --out
     scratch.parent.mkdir(parents=True, exist_ok=True)
     for name in tried:
         try:

@@ -26,7 +26,7 @@ from slimkit.errors import SlimkitError
 
 __all__ = ["atomic_write", "atomic_write_text", "cache_dir", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME", "Output",
            "OutputError", "check_outputs", "MARK", "MARKDOWN_MARK", "PNG_MARK", "has_mark", "is_json_with",
-           "same_path"]
+           "same_path", "scratch_path"]
 
 # What slimkit writes into files that have no format field of their own, so that a later command can
 # tell its own file (safe to replace) from a user's: a PNG's tEXt "Software" entry, a Markdown comment.
@@ -70,6 +70,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             exc.filename = str(path)  # the user named `path`; the temporary name means nothing to them
         raise
     return path
+
+
+def scratch_path(path: str | os.PathLike, tag: str) -> Path:
+    """A hidden working file beside ``path`` (``.NAME.TAG``, plus room for a ``.data`` sibling), its
+    name cut to fit :data:`NAME_MAX` bytes whenever ``path``'s own name does."""
+    path = Path(path)
+    room = NAME_MAX - len(os.fsencode(tag)) - 2 - 16
+    return path.parent / f".{os.fsdecode(os.fsencode(path.name)[:room])}.{tag}"
 
 
 def _temp_prefix(name: str) -> str:

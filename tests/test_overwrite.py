@@ -20,7 +20,7 @@ import slimkit
 from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import (MARKDOWN_MARK, NAME_MAX, Output, OutputError, atomic_write, atomic_write_text,
-                           check_outputs, has_mark)
+                           check_outputs, has_mark, scratch_path)
 from slimkit.generator import channel_graph, check_memory, verified_plan
 from slimkit.pipeline import Layout, RunHooks, StageRecord, _check_trained_plan, _prune_stage
 from slimkit.plan import save_plan
@@ -96,6 +96,8 @@ def test_a_legal_255_byte_name_is_written_and_errors_name_it(tmp_path):
         atomic_write(tmp_path / "full.json", full_disk)
     assert err.value.filename == str(tmp_path / "full.json")  # the user's name, not the temporary one
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    scratch = scratch_path(path, "export")
+    assert len(os.fsencode(scratch.name + ".data")) <= NAME_MAX and scratch.parent == tmp_path
 
 
 # ---------------------------------------------------------------------------- class 1: every command
@@ -281,6 +283,7 @@ def test_an_input_size_that_cannot_fit_in_memory_is_one_line(monkeypatch, tmp_pa
 
 
 # ---------------------------------------------------------------------------- class 8: signals
+@pytest.mark.slow  # a real export in a subprocess, killed mid-report: 20 s quiet, minutes on a loaded machine
 def test_sigterm_during_export_leaves_no_temporary_folder(tmp_path, plan_file):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
