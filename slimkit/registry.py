@@ -161,6 +161,12 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
             return torchvision.models.get_model(spec.name, weights=None, **opts)
         except TypeError as exc:
             raise RegistryError(f"{spec.canonical} does not accept these arguments: {exc}") from exc
+        except (AssertionError, ValueError, RuntimeError, NotImplementedError, KeyError, IndexError) as exc:
+            # a model's own constructor refusing these arguments (an image size its windows or patches
+            # do not divide, a channel count it cannot take): its words, as one line
+            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            given = ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "its defaults"
+            raise RegistryError(f"{spec.canonical} cannot be built with {given}: {type(exc).__name__}: {text}") from exc
 
 
 def default_input_size(name: str, model: nn.Module | None = None, in_chans: int | None = None) -> tuple[int, int, int]:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,6 +22,7 @@ from slimkit.artifacts import classify, load_checkpoint, write_checkpoint
 from slimkit.cli import app
 from slimkit.data import DataError, load_data
 from slimkit.errors import PlanError, RegistryError, SlimkitError
+from slimkit.models.cifar import BUILTIN_MODELS
 from slimkit.recipe import RecipeError, load_recipe
 
 runner = CliRunner()
@@ -157,3 +159,14 @@ def test_relative_imagefolder_paths_in_a_recipe_are_relative_to_the_recipe(tmp_p
 def test_models_of_other_tasks_are_named_as_such(name, words):
     with pytest.raises(RegistryError, match=words):
         slimkit.create_model(name)
+
+
+def test_a_model_constructor_that_refuses_its_arguments_is_one_line(monkeypatch):
+    def picky(num_classes: int = 10, img_size: int = 224):
+        assert img_size % 32 == 0, f"img_size {img_size} must be divisible by 32"
+        return torch.nn.Linear(3, num_classes)
+
+    monkeypatch.setitem(BUILTIN_MODELS, "picky_probe", picky)
+    with pytest.raises(RegistryError, match="slimkit:picky_probe cannot be built with img_size=50: AssertionError: "
+                                            "img_size 50 must be divisible by 32"):
+        slimkit.create_model("slimkit:picky_probe", img_size=50)
