@@ -94,8 +94,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _file_kind(path: Path) -> str | None:
     """What a file that is not a checkpoint is, when it is one of slimkit's other files (a plan, an
     ONNX model, a recipe or other text); None when it cannot be told (it may be a damaged checkpoint)."""
-    head = path.open("rb").read(1 << 16)
-    if zipfile.is_zipfile(path):
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(b"PK") or zipfile.is_zipfile(path):  # a zip archive, as torch.save writes: maybe damaged
         return None
     try:
         text = head.decode("utf-8")
