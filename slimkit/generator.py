@@ -15,6 +15,7 @@ source tensor's mean and standard deviation (rescaled to the new fan-in for line
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections import defaultdict
@@ -32,7 +33,7 @@ from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, analyze
 from slimkit.plan import ChannelPlan, load_plan
 
-__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model"]
+__all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "source_fields"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -60,20 +61,31 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     return _GRAPHS[key]
 
 
+def source_fields(arch: str, graph: ChannelGraph) -> dict[str, Any]:
+    """Plan fields that pin the user's own code: the fingerprint of the graph it traced to, and whether
+    another process can rebuild it (not from a model object). Library models need neither."""
+    spec = registry.resolve(arch)
+    if not spec.user_code:
+        return {}
+    return {"graph_fingerprint": graph.fingerprint, "regenerable": spec.source != "object"}
+
+
 def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None = None,
-              input_size: tuple[int, int, int] | None = None) -> ChannelPlan:
+              input_size: tuple[int, int, int] | None = None, arch_kwargs: dict[str, Any] | None = None) -> ChannelPlan:
     """The unpruned ``arch`` as a plan: every group at full width (what `slimkit train ARCH` trains and
     what latency reports compare against). The same plan as a uniform prune to 100% at round_to 1."""
     spec = registry.resolve(arch)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
-    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
+    if num_classes is not None and spec.user_code and not registry.accepts(spec.canonical, "num_classes"):
+        num_classes = None  # a factory without the argument builds its own head (checked where data meets it)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
     graph = channel_graph(spec.canonical, kwargs, size)
     full = {n: g.width for n, g in graph.groups.items()}
     flops, params = graph.count_flops(), graph.count_params()
     return ChannelPlan.from_widths(
         spec.canonical, size, full, arch_kwargs=kwargs, expand=1.0, round_to=1, method="uniform",
         budget={"kind": "flops", "text": "100%", "value": flops, "fraction": 1.0}, flops=flops, params=params,
-        search={"full_flops": flops, "full_params": params})
+        search={"full_flops": flops, "full_params": params}, **source_fields(spec.canonical, graph))
 
 
 def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: str) -> None:
@@ -175,19 +187,44 @@ def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
             )
 
 
-def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None) -> nn.Module:
+def check_fingerprint(plan: ChannelPlan, graph: ChannelGraph, what: str) -> None:
+    """A plan of user code is built only from a model that traces to the graph it was planned on."""
+    if plan.graph_fingerprint is not None and graph.fingerprint != plan.graph_fingerprint:
+        raise PlanError(f"{what} now traces to a different graph ({graph.fingerprint}) than the plan was made from "
+                        f"({plan.graph_fingerprint}): its code or arguments changed; prune it again, or restore "
+                        "the code the plan was made with")
+
+
+def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None,
+             model: nn.Module | None = None) -> nn.Module:
     """G(plan): the thin network a plan describes, freshly initialised.
 
     Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
-    same weights; the global RNG is left untouched.
+    same weights; the global RNG is left untouched. ``model`` (an instance of the plan's source
+    architecture) is used instead of building one: a copy of it is resized, the model itself is not
+    changed. A plan made from a model object needs it outside the process that made the plan.
     """
     plan = load_plan(plan)
+    if model is not None:
+        graph = analyze(model, tuple(plan.input_size))
+        check_fingerprint(plan, graph, "the model given")
+        check_plan_fits(plan, graph)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed if seed is None else seed)
+            thin = copy.deepcopy(model)
+            resize_model(thin, graph, plan.widths)
+        return thin
+    if not plan.regenerable and not registry.is_held(plan.arch):
+        raise PlanError(f"this plan was made from a model object ({plan.arch}) in another Python process and cannot "
+                        "be regenerated here: pass the model, slimkit.generate(plan, model=...), or prune a "
+                        "python: factory (python:package.module:build_net or nets.py:build_net)")
     try:
         graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
     except PlanError:
         raise
     except (ValueError, TypeError) as exc:
         raise PlanError(f"cannot build {plan.arch} from the plan: {exc}") from exc
+    check_fingerprint(plan, graph, plan.arch + (f" {plan.arch_kwargs}" if plan.arch_kwargs else ""))
     check_plan_fits(plan, graph)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed if seed is None else seed)

@@ -26,7 +26,12 @@ then applies those shapes to real modules.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import linecache
+import logging
 import math
 import operator
 import re
@@ -101,6 +106,9 @@ class ChannelGraph:
     attention_terms: list[tuple[list[Segment], int]] = field(default_factory=list)
     head_dims: dict[str, int] = field(default_factory=dict)
     attention_modules: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # What was traced: the ATen ops in order and every parameter/buffer shape, hashed. Equal
+    # fingerprints mean the same computation up to weight values (a plan of user code records it).
+    fingerprint: str = ""
 
     # ----------------------------------------------------------------------------- widths
     def full_widths(self) -> dict[str, int]:
@@ -1043,12 +1051,15 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
     model.eval()
     example = torch.zeros(1, *input_size)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _torch_logs_quiet():
             warnings.simplefilter("ignore")
             ep = torch.export.export(model, (example,), strict=False)
     except Exception as exc:  # noqa: BLE001 - report any capture failure as one error
         first = str(exc).splitlines()[0] if str(exc) else ""
         hint = ""
+        if "data-dependent" in first:
+            hint = ("; the forward pass branches on tensor values, which torch.export cannot trace: decide "
+                    "such branches from Python settings instead")
         if "channels" in first and "expected input" in first:
             hint = (f"; the input has {input_size[0]} channel(s): --input-size sets them only with the size "
                     "(3,224,224), --in-chans changes the model's")
@@ -1056,6 +1067,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
     finally:
         model.train(was_training)
 
+    fingerprint = trace_fingerprint(ep, model, input_size)
     an = _Analyzer(ep, model)
     an.run()
     an.tie_attention_widths()
@@ -1134,4 +1146,28 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
         attention_terms=attention_terms,
         head_dims=head_dims,
         attention_modules=dict(an.attention_modules),
+        fingerprint=fingerprint,
     )
+
+
+@contextlib.contextmanager
+def _torch_logs_quiet():
+    """When a model cannot be traced, torch.export prints the partial graph to stderr and logs a
+    warning; the failure reaches the user as one GraphError line instead."""
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")  # torch resets levels: disable it
+    saved = logger.disabled
+    logger.disabled = True
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.disabled = saved
+
+
+def trace_fingerprint(ep: torch.export.ExportedProgram, model: nn.Module, input_size: tuple[int, ...]) -> str:
+    """A short hash of the traced computation: input size, the op of every graph node in order, and the
+    shape of every parameter and buffer (weight values do not count)."""
+    ops = [_op_name(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    shapes = sorted((n, list(t.shape)) for n, t in list(model.named_parameters()) + list(model.named_buffers()))
+    text = json.dumps([list(input_size), ops, shapes], separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -3,6 +3,11 @@
 A plan is "architecture name + the width of every channel group". ``slimkit.generate(plan)``
 rebuilds the same thin network from it on any machine. Field names are a fixed contract (see
 DESIGN.md); unknown top-level fields are rejected so typos do not pass silently.
+
+Plans of the user's own code (a ``python:`` factory or a model object) carry two more fields:
+``graph_fingerprint``, the hash of the graph the factory traced to (G refuses to build a plan
+whose factory now traces differently), and ``regenerable: false`` for a model object, which only
+the process that holds it can rebuild. Library models' plans leave both out.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class ChannelPlan:
     search: dict[str, Any] = field(default_factory=dict)
     slimkit_version: str = __version__
     format: str = PLAN_FORMAT
+    graph_fingerprint: str | None = None  # user code: what its factory traced to (slimkit.graph)
+    regenerable: bool = True  # False: built from a model object in one Python process
 
     @property
     def widths(self) -> dict[str, int]:
@@ -84,7 +91,12 @@ class ChannelPlan:
         order = ["format", "arch", "arch_kwargs", "input_size", "expand", "round_to", "method",
                  "seed", "budget", "groups", "flops", "params", "latency", "search",
                  "slimkit_version"]
-        return {k: d[k] for k in order}
+        out = {k: d[k] for k in order}
+        if self.graph_fingerprint is not None:
+            out["graph_fingerprint"] = self.graph_fingerprint
+        if not self.regenerable:
+            out["regenerable"] = False
+        return out
 
     def to_json(self) -> str:
         # One group per line: readable by a person, diffable in review.
@@ -139,6 +151,11 @@ class ChannelPlan:
         kwargs = data.get("arch_kwargs", {})
         if not isinstance(kwargs, dict):
             raise PlanError(f"{source}: 'arch_kwargs' must be an object")
+        fingerprint = data.get("graph_fingerprint")
+        if fingerprint is not None and not (isinstance(fingerprint, str) and re.fullmatch(r"sha256:[0-9a-f]{16}", fingerprint)):
+            raise PlanError(f"{source}: 'graph_fingerprint' must be 'sha256:' and 16 hex digits, got {show(fingerprint)}")
+        if not isinstance(data.get("regenerable", True), bool):
+            raise PlanError(f"{source}: 'regenerable' must be true or false, got {show(data['regenerable'])}")
         return cls(**data)
 
 

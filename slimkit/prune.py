@@ -13,10 +13,12 @@ r against the unexpanded model, its snapshot rule, crop + flip, eval-mode BN; sl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from slimkit import registry
 from slimkit import validate as limits
@@ -28,7 +30,7 @@ from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
-from slimkit.generator import build_model, channel_graph, generate, resize_model
+from slimkit.generator import build_model, channel_graph, generate, resize_model, source_fields
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.plan import ChannelPlan
 from slimkit.runtime import resolve_device
@@ -82,12 +84,18 @@ class LatencyOptions:
     precision: str = "fp32"  # int8: time candidates as `slimkit export --int8` ships them
 
 
-def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_classes: int | None = None,
-          in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, expand: float = 1.0,
+def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget, *, method: str = DEFAULT_METHOD,
+          num_classes: int | None = None, in_chans: int | None = None, input_size: tuple[int, int, int] | None = None,
+          arch_kwargs: dict[str, Any] | None = None, expand: float = 1.0,
           round_to: int = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
           gates: GateOptions | None = None, latency: LatencyOptions | None = None,
           progress: Any | None = None, log: Any | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
+
+    ``arch`` is an architecture name, a factory reference (``python:pkg.mod:build_net``,
+    ``nets.py:build_net``), or a Python object: a function that builds the model (called with
+    ``arch_kwargs``) or an ``nn.Module``. A model object's plan can be regenerated only in this
+    process (or with ``slimkit.generate(plan, model=...)``); a factory's anywhere its code is.
 
     ``method='scratch'`` learns gates on random frozen weights (``gates`` says how and on which
     data) and turns them into widths (``gates.selection``); ``method='uniform'`` scales every group
@@ -118,7 +126,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     if method == "uniform" and (gates.selection != "threshold" or gates.search_space != "full"):
         raise SlimkitError("--selection and --search-space choose how learned gates become widths: "
                            "use them with --method scratch")
-    spec = registry.resolve(arch)
+    spec = registry.resolve(registry.model_source(arch))
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
@@ -133,7 +141,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     if method == "scratch":
         dev = resolve_device(gates.device)
         side = gates.search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
-        if side != size[1] and input_size_kwargs(build_model(spec.canonical, registry.arch_kwargs_for(None, in_chans)),
+        if side != size[1] and input_size_kwargs(build_model(spec.canonical,
+                                                             registry.arch_kwargs_for(None, in_chans, arch_kwargs)),
                                                  (size[0], side, side)):
             say(f"{spec.canonical} is built for one image size: gates are learned at {size[1]} px "
                 "(pass a smaller --input-size for a faster search)")
@@ -145,7 +154,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         elif num_classes != bundle.num_classes:
             raise SlimkitError(f"--num-classes {num_classes} but {gates.data} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
-    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
+        if spec.user_code and not registry.accepts(spec.canonical, "num_classes"):
+            _check_outputs(spec.canonical, registry.arch_kwargs_for(None, in_chans, arch_kwargs), size,
+                           bundle.num_classes, gates.data)
+            num_classes = None  # the model builds its own head, of the data's size (checked above)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
     if input_size and tuple(size) != registry.default_input_size(spec.canonical, in_chans=in_chans):
         # transformers with a stored image size (timm's img_size, torchvision ViT's image_size)
         # are built for the asked size; the plan records it in arch_kwargs, so G rebuilds the same
@@ -156,7 +169,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     full_flops = graph.count_flops()
     # The unpruned model with this run's settings: the latency meter's reference, and the plan's template.
     base = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
-                                   arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed)
+                                   arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed,
+                                   **source_fields(spec.canonical, graph))
     # the paper's space: residual streams stay at their expanded, rounded width
     pinned = {} if gates.search_space == "full" else {
         n: w for n, w in max_widths(graph, expand, round_to).items() if n in set(residual_stream_groups(graph))}
@@ -219,6 +233,18 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
                 f"{plan.flops} / {plan.params}; please report this with the architecture name"
             )
     return plan
+
+
+def _check_outputs(arch: str, kwargs: dict[str, Any], size: tuple[int, ...], classes: int, data: str) -> None:
+    """A model whose builder does not take num_classes must already output one score per class of the data
+    gates are learned on (else the loss fails deep inside the search)."""
+    model = build_model(arch, kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, *size))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SlimkitError(f"{arch} outputs {shape}, but learning gates on {data} needs [batch, {classes}] class "
+                           f"scores: give the factory a num_classes parameter, or prune with --method uniform")
 
 
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, opts: GateOptions, *,

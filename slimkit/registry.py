@@ -4,13 +4,20 @@ Names resolve in this order: a friendly alias (``mobilenet_v1``), slimkit's buil
 networks, torchvision's classification models, then timm. ``timm:NAME``, ``torchvision:NAME`` and
 ``slimkit:NAME`` pick a source explicitly. Every model starts from random weights: nothing is
 ever downloaded. The canonical ``source:name`` form is what a ChannelPlan records.
+
+The user's own models are sources too (slimkit.models.user): ``python:package.module:build_net``
+or ``path/to/nets.py:build_net`` names a factory, imported only when named; an ``nn.Module`` or a
+function passed to the Python API is held in this process as ``object:NAME#N``.
+:func:`model_source` turns any of these into the text every other function takes.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +26,14 @@ import torchvision
 from torch import nn
 
 from slimkit.errors import RegistryError
+from slimkit.models import user
 from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
 
-__all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES"]
+__all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES", "model_source",
+           "is_user_code", "accepts", "arch_kwargs_for"]
 
 SOURCES = ("slimkit", "torchvision", "timm")
+USER_SOURCES = ("python", "object")  # the user's code: plans record a fingerprint of its traced graph
 
 # Names people use for the papers' networks that no library spells that way.
 ALIASES: dict[str, str] = {
@@ -40,12 +50,30 @@ ALIASES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class ArchSpec:
-    source: str  # "slimkit" | "torchvision" | "timm"
+    source: str  # "slimkit" | "torchvision" | "timm" | "python" | "object"
     name: str
 
     @property
     def canonical(self) -> str:
         return f"{self.source}:{self.name}"
+
+    @property
+    def user_code(self) -> bool:
+        return self.source in USER_SOURCES
+
+
+def model_source(arch: str | nn.Module | Callable[..., nn.Module]) -> str:
+    """What the API accepts as a model (a name, a factory reference, an ``nn.Module``, a function
+    that builds one) as the text every other function takes."""
+    if isinstance(arch, str):
+        return arch
+    return user.reference_for(arch)
+
+
+def is_user_code(arch: str) -> bool:
+    """Does ``arch`` name the user's own code (a python: factory, a file, a model object)?"""
+    text = arch.strip()
+    return user.is_factory_reference(text) or text.startswith(user.OBJECT_PREFIX)
 
 
 @functools.cache
@@ -70,6 +98,10 @@ def resolve(name: str) -> ArchSpec:
     """Turn a user's architecture name into its canonical source and name."""
     text = name.strip()
     text = ALIASES.get(text, text)
+    if user.is_factory_reference(text):
+        return ArchSpec("python", user.parse_factory(text).canonical.removeprefix("python:"))
+    if text.startswith(user.OBJECT_PREFIX):
+        return ArchSpec("object", text.removeprefix(user.OBJECT_PREFIX))
     if ":" in text:
         source, _, bare = text.partition(":")
         if source not in SOURCES:
@@ -99,20 +131,54 @@ def _suggest(name: str, source: str | None = None) -> str:
     return f"; did you mean {', '.join(close)}?{hint}" if close else hint
 
 
-def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, Any]:
-    """The model keyword arguments a plan records: only what the user set (defaults stay the library's)."""
-    out: dict[str, Any] = {}
-    if num_classes is not None:
-        out["num_classes"] = num_classes
-    if in_chans is not None:
-        out["in_chans"] = in_chans
+def arch_kwargs_for(num_classes: int | None, in_chans: int | None,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model keyword arguments a plan records: only what the user set (defaults stay the library's).
+    ``extra`` holds any other keyword arguments (``--arch-kwargs``); they must be JSON, as plans are."""
+    out: dict[str, Any] = dict(check_arch_kwargs(extra) if extra else {})
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if value is None:
+            continue
+        if key in out and out[key] != value:
+            raise RegistryError(f"--arch-kwargs sets {key}={out[key]!r} but --{key.replace('_', '-')} is {value}: "
+                                "give it once")
+        out[key] = value
     return out
+
+
+def check_arch_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Model keyword arguments as a plan can record them: a JSON object with string keys."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise RegistryError(f"arch kwargs must be an object of name -> value, like {{\"width\": 64}}; got "
+                            f"{str(kwargs)[:80]}")
+    try:
+        json.dumps(kwargs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"arch kwargs must be plain JSON values (numbers, strings, lists, objects): {exc}") \
+            from None
+    return kwargs
+
+
+def accepts(arch: str, key: str) -> bool:
+    """Does ``arch``'s builder take the keyword ``key`` (``num_classes``, ``in_chans``)? Library models
+    do; a user factory does when its signature says so; a model object never."""
+    spec = resolve(arch)
+    if spec.source == "python":
+        return user.factory_accepts(user.parse_factory(spec.canonical), key)
+    if spec.source == "object":
+        return user.object_accepts(spec.canonical, key)
+    return key != "in_chans" or spec.source != "torchvision"
 
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
                  **kwargs: Any) -> nn.Module:
     """Build ``name`` with random weights. ``num_classes``/``in_chans`` default to the model's own."""
     spec = resolve(name)
+    if spec.user_code:  # the user's own code takes exactly the arguments given
+        opts = {**kwargs, **arch_kwargs_for(num_classes, in_chans)}
+        if spec.source == "object":
+            return user.build_from_object(spec.canonical, opts)
+        return user.build_from_factory(user.parse_factory(spec.canonical), opts)
     if num_classes is not None and num_classes < 1:
         raise RegistryError(f"--num-classes must be >= 1, got {num_classes}")
     if in_chans is not None and in_chans < 1:
@@ -141,10 +207,13 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
 
 def default_input_size(name: str, model: nn.Module | None = None, in_chans: int | None = None) -> tuple[int, int, int]:
     """(C, H, W) the architecture is designed for: timm's config, torchvision's weights'
-    crop size, 32x32 for the CIFAR built-ins."""
+    crop size, 32x32 for the CIFAR built-ins, a user model's ``default_input_size`` attribute (when
+    the model is given) or 224x224."""
     spec = resolve(name)
     size: tuple[int, int, int] = (3, 224, 224)
-    if spec.source == "slimkit":
+    if spec.user_code:
+        size = tuple(getattr(model, "default_input_size", size))  # type: ignore[assignment]
+    elif spec.source == "slimkit":
         size = tuple(getattr(model, "default_input_size", (3, 32, 32)))  # type: ignore[assignment]
     elif spec.source == "timm":
         if model is not None:
@@ -184,3 +253,8 @@ def list_archs(pattern: str | None = None) -> list[tuple[str, str]]:
     out += [(f"torchvision:{n}", "torchvision") for n in _torchvision_names() if keep(n)]
     out += [(f"timm:{n}", "timm") for n in sorted(_timm_names()) if keep(n)]
     return out
+
+
+def is_held(arch: str) -> bool:
+    """Is ``arch`` a model object this process holds (so its plans can be rebuilt here)?"""
+    return arch.startswith(user.OBJECT_PREFIX) and user.is_held(arch)

@@ -14,8 +14,8 @@ from rich.markup import escape
 from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, load_model, onnx_metadata,
                                reference_candidate)
-from slimkit.cli._common import (check_out_parent, checked_numbers, console, make_progress,
-                                 parse_input_size, user_errors, warn)
+from slimkit.cli._common import (ARCH_KWARGS_HELP, check_out_parent, checked_numbers, console, make_progress,
+                                 parse_arch_kwargs, parse_input_size, user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -29,7 +29,7 @@ from slimkit.latency import Candidate
                  threads=limits.SMALL_COUNT, runs=limits.RUNS, calib_images=limits.COUNT,
                  max_drop=limits.Range(0.0, 100.0), max_output_error=limits.Range(0.0, 1e6), eval_images=limits.COUNT)
 def export(
-    source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name.")],
+    source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name or python: factory.")],
     onnx: Annotated[bool, typer.Option("--onnx", show_default=False, help="Export to ONNX: always on (the only backend so far); the flag may be given for clarity.")] = True,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: model.onnx beside a checkpoint, PLAN.onnx beside a plan).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
@@ -52,6 +52,7 @@ def export(
     max_drop: Annotated[float, typer.Option(help="--int8, trained weights: largest allowed top-1 drop in points on the test split.")] = 1.0,
     max_output_error: Annotated[float, typer.Option(help="--int8, untrained weights: largest allowed RMS int8 error, as a fraction of the fp32 outputs' spread over images.")] = 1.0,
     eval_images: Annotated[Optional[int], typer.Option(help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP + " For an architecture name.")] = None,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report.
 
@@ -64,7 +65,8 @@ def export(
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'model.onnx'}")
     check_out_parent(out)
-    src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
+    src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size),
+                     arch_kwargs=parse_arch_kwargs(arch_kwargs))
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     metadata = onnx_metadata(src)
     with console.status(f"exporting {escape(src.description)}"):
