@@ -200,8 +200,9 @@ def calibrate_bn(model: nn.Module, input_size: tuple[int, ...], *, batches: int 
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     model.train()
+    traced = registry.traced_part(model)  # a detector in train mode wants targets: run its dense core
     for _ in range(batches):
-        model(torch.randn(batch_size, *input_size, generator=gen).to(device))
+        traced(torch.randn(batch_size, *input_size, generator=gen).to(device))
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.train(was_training)

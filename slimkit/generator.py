@@ -41,6 +41,7 @@ def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, .
 
 
 _GRAPHS: dict[str, ChannelGraph] = {}
+TASK_OUTPUT = "read by the detector's fixed tail (anchors, box decoding, NMS, RoI heads): the task fixes its width"
 
 
 def build_model(arch: str, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -54,11 +55,19 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     key = _kwargs_key(arch, arch_kwargs, input_size)
     if key not in _GRAPHS:
         model = model if model is not None else build_model(arch, arch_kwargs)
-        graph = analyze(model, tuple(input_size))
-        # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
-        graph.other_macs = count_flops(model, input_size) - graph.count_flops()
+        graph = _analyze(model, tuple(input_size))
         _GRAPHS[key] = graph
     return _GRAPHS[key]
+
+
+def _analyze(model: nn.Module, input_size: tuple[int, ...]) -> ChannelGraph:
+    traced = registry.traced_part(model)  # a detector's dense core (slimkit.models.tasks)
+    graph = analyze(traced, input_size)
+    if traced is not model:  # the core's outputs are what the detector's fixed tail reads: say so
+        graph.frozen = {name: TASK_OUTPUT if why == "network output" else why for name, why in graph.frozen.items()}
+    # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
+    graph.other_macs = count_flops(traced, input_size) - graph.count_flops()
+    return graph
 
 
 def source_fields(arch: str, graph: ChannelGraph) -> dict[str, Any]:
@@ -206,7 +215,7 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     """
     plan = load_plan(plan)
     if model is not None:
-        graph = analyze(model, tuple(plan.input_size))
+        graph = _analyze(model, tuple(plan.input_size))
         check_fingerprint(plan, graph, "the model given")
         check_plan_fits(plan, graph)
         with torch.random.fork_rng(devices=[]):

@@ -127,6 +127,9 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         raise SlimkitError("--selection and --search-space choose how learned gates become widths: "
                            "use them with --method scratch")
     spec = registry.resolve(registry.model_source(arch))
+    if method == "scratch" and spec.source == "torchvision" and registry.torchvision_task(spec.name) != "classification":
+        raise SlimkitError(f"{spec.canonical} is a {registry.torchvision_task(spec.name)} model: learning its gates needs "
+                           "that task's loss and data, which slimkit does not provide yet; use --method uniform")
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
@@ -226,7 +229,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
                             search=search, latency=latency_record)
     if verify:  # the contract: G(plan) counts exactly the plan's FLOPs and parameters
         thin = generate(plan)
-        flops, params = count_flops(thin, size), count_params(thin)
+        flops, params = count_flops(registry.traced_part(thin), size), count_params(thin)
         if (flops, params) != (plan.flops, plan.params):
             raise PlanError(
                 f"internal error: G(plan) counts {flops} MACs / {params} params, plan says "

@@ -27,10 +27,11 @@ from torch import nn
 
 from slimkit.errors import RegistryError
 from slimkit.models import user
+from slimkit.models.tasks import traced_part
 from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
 
 __all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES", "model_source",
-           "is_user_code", "accepts", "arch_kwargs_for"]
+           "is_user_code", "accepts", "arch_kwargs_for", "traced_part"]
 
 SOURCES = ("slimkit", "torchvision", "timm")
 USER_SOURCES = ("python", "object")  # the user's code: plans record a fingerprint of its traced graph
@@ -76,9 +77,27 @@ def is_user_code(arch: str) -> bool:
     return user.is_factory_reference(text) or text.startswith(user.OBJECT_PREFIX)
 
 
+# torchvision's task families slimkit builds besides classification (list_models(module=torchvision.models)
+# lists classification only). Their builders default to an ImageNet backbone download: slimkit passes
+# weights_backbone=None, so every model starts from random weights like the rest.
+TASK_MODULES = {"detection": torchvision.models.detection, "segmentation": torchvision.models.segmentation}
+
+
 @functools.cache
 def _torchvision_names() -> tuple[str, ...]:
-    return tuple(torchvision.models.list_models(module=torchvision.models))
+    names = list(torchvision.models.list_models(module=torchvision.models))
+    for module in TASK_MODULES.values():
+        names += torchvision.models.list_models(module=module)
+    return tuple(dict.fromkeys(names))
+
+
+@functools.cache
+def torchvision_task(name: str) -> str:
+    """'classification', 'detection' or 'segmentation' for a torchvision model name."""
+    for task, module in TASK_MODULES.items():
+        if name in torchvision.models.list_models(module=module):
+            return task
+    return "classification"
 
 
 @functools.cache
@@ -200,6 +219,8 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
                 return BUILTIN_MODELS[spec.name](**opts)
             if spec.source == "timm":
                 return timm.create_model(spec.name, pretrained=False, **opts)
+            if torchvision_task(spec.name) != "classification":
+                opts.setdefault("weights_backbone", None)  # never download a backbone
             return torchvision.models.get_model(spec.name, weights=None, **opts)
         except TypeError as exc:
             raise RegistryError(f"{spec.canonical} does not accept these arguments: {exc}") from exc
@@ -223,15 +244,27 @@ def default_input_size(name: str, model: nn.Module | None = None, in_chans: int 
             cfg_size = cfg.input_size if cfg is not None else None
         size = tuple(cfg_size or size)  # type: ignore[assignment]
     else:
-        try:
-            crop = torchvision.models.get_model_weights(spec.name).DEFAULT.transforms().crop_size
-            side = int(crop[0])
-            size = (3, side, side)
-        except Exception:  # noqa: BLE001 - models without weights metadata keep 224
-            pass
+        size = _torchvision_input_size(spec.name, model)
     if in_chans is not None:
         size = (in_chans, size[1], size[2])
     return size
+
+
+def _torchvision_input_size(name: str, model: nn.Module | None) -> tuple[int, int, int]:
+    """Classification: the weights' crop; segmentation: the weights' resize (520 for DeepLab/LR-ASPP);
+    detection: the side the model's own transform resizes every image to (320 for SSDlite, 800 for
+    the R-CNNs), the input it is deployed at."""
+    task = torchvision_task(name)
+    try:
+        if task == "detection":
+            model = model if model is not None else create_model(f"torchvision:{name}")
+            side = int(min(model.transform.min_size))  # type: ignore[union-attr]
+        else:
+            preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+            side = int((preset.crop_size if task == "classification" else preset.resize_size)[0])
+    except Exception:  # noqa: BLE001 - models without weights metadata keep 224
+        return (3, 224, 224)
+    return (3, side, side)
 
 
 def list_archs(pattern: str | None = None) -> list[tuple[str, str]]:

@@ -82,7 +82,7 @@ def info(
             console.print(f"  G rewrites [cyan]{stored.module or 'model'}.{stored.attr}[/] = {stored.original!r} "
                           f"({stored.op})", highlight=False)
     if layers:
-        per = count_flops_per_layer(model, size)
+        per = count_flops_per_layer(registry.traced_part(model), size)
         table = Table(title="MACs per layer")
         table.add_column("layer")
         table.add_column("MACs", justify="right")
