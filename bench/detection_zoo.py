@@ -44,7 +44,7 @@ RESULTS = Path(__file__).parent / "results"
 JSONL = RESULTS / "detection_zoo.jsonl"
 
 
-def _eager_ms(fn, x, repeats: int = 3) -> float:
+def _eager_ms(fn, x, repeats: int = 2) -> float:
     with torch.no_grad():
         fn(x)
         best = float("inf")

@@ -318,9 +318,10 @@ def _plan_metadata(text: str, path: Path) -> dict[str, Any]:
 def export_for_timing(loaded: LoadedModel, out: Path, batch: int, name: str, spec: dict[str, Any],
                       **export_options: Any) -> Candidate:
     """A loaded model exported to ONNX at ``out`` for timing (weights do not change latency)."""
-    export(loaded.model, loaded.input_size, out, batch=batch, metadata={"slimkit.plan": loaded.plan.to_json()},
-           **export_options)
-    return Candidate(name=name, input_shape=(batch, *loaded.input_size), onnx_path=out, module=loaded.model,
+    export(registry.traced_part(loaded.model), loaded.input_size, out, batch=batch,  # a detector: its dense core
+           metadata={"slimkit.plan": loaded.plan.to_json()}, **export_options)
+    return Candidate(name=name, input_shape=(batch, *loaded.input_size), onnx_path=out,
+                     module=registry.traced_part(loaded.model),
                      spec=spec, flops=loaded.plan.flops, params=loaded.plan.params, plan=loaded.plan.to_dict())
 
 

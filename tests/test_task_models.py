@@ -65,3 +65,9 @@ def test_a_task_model_prunes_regenerates_and_runs(name, side):
         else:
             assert count_flops(thin, (3, side, side)) == plan.flops
             assert thin(torch.rand(1, 3, side, side))["out"].shape == (1, 21, side, side)
+
+
+def test_counting_a_detectors_core_leaves_the_detector_in_its_mode():
+    detector = registry.create_model("ssdlite320_mobilenet_v3_large").eval()
+    count_flops(registry.traced_part(detector), (3, 64, 64))
+    assert not any(m.training for m in detector.modules())

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from rich.markup import escape
 
+from slimkit import registry
 from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, load_model, onnx_metadata,
                                reference_candidate)
@@ -69,8 +70,12 @@ def export(
                      arch_kwargs=parse_arch_kwargs(arch_kwargs))
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     metadata = onnx_metadata(src)
+    exported = registry.traced_part(src.model)
+    if exported is not src.model:
+        warn("a detector is exported as its dense core (backbone, FPN, heads -> raw class/box tensors): anchors, box "
+             "decoding and NMS run outside the ONNX file")
     with console.status(f"exporting {escape(src.description)}"):
-        result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
+        result = get_exporter("onnx")(exported, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
                                       dynamic_batch=dynamic_batch, simplify=simplify, exporter=exporter, atol=atol,
                                       warn=warn)
     d = result.details

@@ -39,6 +39,7 @@ class DenseDetectionCore(nn.Module):
         for name, child in detector.named_children():  # the same names: parameter paths match the detector's
             self.add_module(name, child)
         self.two_stage = isinstance(detector, GeneralizedRCNN)
+        self.training = detector.training  # its submodules' mode: restoring "the core's mode" must not flip them
 
     def forward(self, x: torch.Tensor) -> Any:
         features = self.backbone(x)
