@@ -122,7 +122,9 @@ def report() -> Path:
              "slimkit traces (a detector's backbone, FPN and dense heads; a segmenter whole) at the input shown; "
              "frozen share = MACs no channel group can shrink. ONNX files hold that traced part; detector "
              "postprocessing (box decoding, NMS, RoI heads) runs in PyTorch and is timed apart (eager forward minus "
-             "the dense core). Latency: onnxruntime CPU, batch 1, median of interleaved runs.", "",
+             "the dense core). Latency: onnxruntime CPU, batch 1, median of interleaved runs. Random weights make "
+             "postprocessing a worst case (near-uniform scores send the most boxes to NMS). Rows run on a busy shared "
+             "machine: compare the ratios, not the milliseconds.", "",
              "| model | input (deploy) | MACs full | frozen share | 50% plan MACs (vs budget) | G runs | parity full / 50% "
              "| ORT ms full / 50% (ratio) | postproc ms full / 50% | status |",
              "|---|---|---|---|---|---|---|---|---|---|"]
