@@ -1,7 +1,8 @@
 """What a user names on the command line -> a model, its plan, or a model to time.
 
 Commands accept four kinds of argument: a training checkpoint (``.pt``, trained weights), a plan
-(``.json``, fresh weights from G), an ONNX file, or an architecture name (the full model).
+(``.json``, fresh weights from G), an ONNX file, or an architecture (the full model): a name or
+the user's own factory (``python:pkg.mod:build_net``, ``nets.py:build_net``; see slimkit.registry).
 :func:`classify` is the one place that decides which a text is; everything else here builds on
 it: :func:`load_model` (export, bench), :func:`plan_of` (train), :func:`default_export_path`
 (export) and :func:`load_candidate` (bench, the CI gate, run). Checkpoints are read and validated
@@ -48,8 +49,11 @@ def classify(text: str) -> str:
 
     By suffix first (``.pt``/``.pth``, ``.json``, ``.onnx``); an existing file of another suffix is a
     checkpoint when it is a zip archive (``torch.save``'s format); a text that looks like a path but
-    names nothing is "file not found"; anything else is an architecture name.
+    names nothing is "file not found"; anything else is an architecture name. A factory reference
+    (``nets.py:build_net``) is an architecture, though it names a file.
     """
+    if registry.is_user_code(text):
+        return "arch"
     path = Path(text)
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
@@ -142,8 +146,9 @@ def calibrate_bn(model: nn.Module, input_size: tuple[int, ...], *, batches: int 
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     model.train()
+    traced = registry.traced_part(model)  # a detector in train mode wants targets: run its dense core
     for _ in range(batches):
-        model(torch.randn(batch_size, *input_size, generator=gen).to(device))
+        traced(torch.randn(batch_size, *input_size, generator=gen).to(device))
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     model.train(was_training)
@@ -165,7 +170,7 @@ class LoadedModel:
 
 
 def load_model(source: str, *, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
-               calibrate: bool = True) -> LoadedModel:
+               calibrate: bool = True, arch_kwargs: dict[str, Any] | None = None) -> LoadedModel:
     """A checkpoint, a plan or an architecture name -> the model in eval mode, with its plan.
 
     Untrained models (plans, names) get BN statistics calibrated on random inputs (see
@@ -187,7 +192,7 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
         _check_fixed_by_plan(plan, source, "plan", num_classes, input_size)
         what = f"plan {source} (fresh weights from G)"
     else:
-        plan = full_plan(source, num_classes=num_classes, input_size=input_size)
+        plan = full_plan(source, num_classes=num_classes, input_size=input_size, arch_kwargs=arch_kwargs)
         what = f"{plan.arch} full model (fresh weights)"
     model = generate(plan)
     if calibrate:
@@ -281,20 +286,22 @@ def _plan_metadata(text: str, path: Path) -> dict[str, Any]:
 def export_for_timing(loaded: LoadedModel, out: Path, batch: int, name: str, spec: dict[str, Any],
                       **export_options: Any) -> Candidate:
     """A loaded model exported to ONNX at ``out`` for timing (weights do not change latency)."""
-    export(loaded.model, loaded.input_size, out, batch=batch, metadata={"slimkit.plan": loaded.plan.to_json()},
-           **export_options)
-    return Candidate(name=name, input_shape=(batch, *loaded.input_size), onnx_path=out, module=loaded.model,
+    export(registry.traced_part(loaded.model), loaded.input_size, out, batch=batch,  # a detector: its dense core
+           metadata={"slimkit.plan": loaded.plan.to_json()}, **export_options)
+    return Candidate(name=name, input_shape=(batch, *loaded.input_size), onnx_path=out,
+                     module=registry.traced_part(loaded.model),
                      spec=spec, flops=loaded.plan.flops, params=loaded.plan.params, plan=loaded.plan.to_dict())
 
 
 def load_candidate(text: str, workdir: Path, *, batch: int = 1, num_classes: int | None = None,
-                   input_size: tuple[int, int, int] | None = None, name: str | None = None) -> Candidate:
+                   input_size: tuple[int, int, int] | None = None, name: str | None = None,
+                   arch_kwargs: dict[str, Any] | None = None) -> Candidate:
     """An ONNX file as is; a checkpoint, plan or architecture name exported to ``workdir`` first."""
     path = Path(text)
     kind = classify(text)
     if kind == "onnx":
         return onnx_candidate(path, batch, name)
-    loaded = load_model(text, num_classes=num_classes, input_size=input_size)
+    loaded = load_model(text, num_classes=num_classes, input_size=input_size, arch_kwargs=arch_kwargs)
     label = name or (path.stem if kind in ("plan", "checkpoint") else loaded.plan.arch.split(":")[-1])
     spec = {"kind": "checkpoint", "path": str(path)} if loaded.trained else {"kind": "plan",
                                                                              "plan": loaded.plan.to_dict()}
@@ -329,7 +336,7 @@ def candidate_from_spec(spec: dict[str, Any], workdir: Path, batch: int, name: s
 
 
 def reference_candidate(model: Candidate, workdir: Path, batch: int, *, reference: str | None = None,
-                        arch: str | None = None) -> Candidate:
+                        arch: str | None = None, arch_kwargs: dict[str, Any] | None = None) -> Candidate:
     """What ``model`` is compared against in the same run: ``reference`` (any artifact), the full
     ``arch``, or by default the full model of the plan ``model`` carries."""
     if reference:
@@ -337,7 +344,7 @@ def reference_candidate(model: Candidate, workdir: Path, batch: int, *, referenc
     plan = verified_plan(model.plan, f"the plan of {model.name}") if model.plan else None
     if arch:
         full = full_plan(arch, num_classes=plan.num_classes if plan else None,
-                         input_size=tuple(model.input_shape[1:]))
+                         input_size=tuple(model.input_shape[1:]), arch_kwargs=arch_kwargs)
     elif plan is not None:
         full = plan.unpruned()
     else:

@@ -24,6 +24,7 @@ conv of each block by Σ|w|), or by learned gate values.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections import defaultdict
@@ -48,7 +49,7 @@ from slimkit.runtime import available_memory_bytes
 from slimkit.validate import check_input_size, check_number, check_type
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
-           "select_channels", "choose_channels", "kept_index"]
+           "select_channels", "choose_channels", "kept_index", "source_fields"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -56,6 +57,7 @@ def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, .
 
 
 _GRAPHS: dict[str, ChannelGraph] = {}
+TASK_OUTPUT = "read by the detector's fixed tail (anchors, box decoding, NMS, RoI heads): the task fixes its width"
 
 
 def build_model(arch: str, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
@@ -69,13 +71,7 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     key = _kwargs_key(arch, arch_kwargs, input_size)
     if key not in _GRAPHS:
         model = model if model is not None else build_model(arch, arch_kwargs)
-        graph = analyze(model, tuple(input_size))  # fake tensors: no real activation is made
-        check_memory(arch, graph)  # before the first real forward pass (the MACs count below)
-        # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
-        try:
-            graph.other_macs = count_flops(model, input_size) - graph.count_flops()
-        except Exception as exc:  # noqa: BLE001 - a model's own code failing is reported as one line
-            raise model_error(f"counting the MACs of {arch} at input {list(input_size)}", exc, model) from exc
+        graph = _analyze(model, tuple(input_size), arch)
         _freeze_what_g_breaks(graph, arch, arch_kwargs, tuple(input_size))
         _GRAPHS[key] = graph
     return _GRAPHS[key]
@@ -162,7 +158,7 @@ def _run_thinned(arch: str, arch_kwargs: dict[str, Any], graph: ChannelGraph, wi
         thin = build_model(arch, arch_kwargs)
         resize_model(thin, graph, widths)
     try:
-        count_flops(thin, input_size)
+        count_flops(registry.traced_part(thin), input_size)
     except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means
         raise _ThinnedFailure(exc, thin) from exc
     return thin
@@ -177,8 +173,31 @@ def _groups_in_module(graph: ChannelGraph, module: str | None) -> set[str]:
             for segs in dims.values() for key, _ in segs if isinstance(key, str)}
 
 
+def _analyze(model: nn.Module, input_size: tuple[int, ...], arch: str = "the model") -> ChannelGraph:
+    traced = registry.traced_part(model)  # a detector's dense core (slimkit.models.tasks)
+    graph = analyze(traced, input_size)  # fake tensors: no real activation is made
+    check_memory(arch, graph)  # before the first real forward pass (the MACs count below)
+    if traced is not model:  # the core's outputs are what the detector's fixed tail reads: say so
+        graph.frozen = {name: TASK_OUTPUT if why == "network output" else why for name, why in graph.frozen.items()}
+    # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
+    try:
+        graph.other_macs = count_flops(traced, input_size) - graph.count_flops()
+    except Exception as exc:  # noqa: BLE001 - a model's own code failing is reported as one line
+        raise model_error(f"counting the MACs of {arch} at input {list(input_size)}", exc, traced) from exc
+    return graph
+
+
+def source_fields(arch: str, graph: ChannelGraph) -> dict[str, Any]:
+    """Plan fields that pin the user's own code: the fingerprint of the graph it traced to, and whether
+    another process can rebuild it (not from a model object). Library models need neither."""
+    spec = registry.resolve(arch)
+    if not spec.user_code:
+        return {}
+    return {"graph_fingerprint": graph.fingerprint, "regenerable": spec.source != "object"}
+
+
 def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None = None,
-              input_size: tuple[int, int, int] | None = None) -> ChannelPlan:
+              input_size: tuple[int, int, int] | None = None, arch_kwargs: dict[str, Any] | None = None) -> ChannelPlan:
     """The unpruned ``arch`` as a plan: every group at full width (what `slimkit train ARCH` trains and
     what latency reports compare against). The same plan as a uniform prune to 100% at round_to 1."""
     check_type("full_plan", "arch", arch, str, "an architecture name like 'resnet20' or 'timm:resnet50'")
@@ -187,14 +206,16 @@ def full_plan(arch: str, *, num_classes: int | None = None, in_chans: int | None
     check_number("full_plan: 'in_chans'", in_chans, limits.IN_CHANS)
     spec = registry.resolve(arch)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
-    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
+    if num_classes is not None and spec.user_code and not registry.accepts(spec.canonical, "num_classes"):
+        num_classes = None  # a factory without the argument builds its own head (checked where data meets it)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
     graph = channel_graph(spec.canonical, kwargs, size)
     full = {n: g.width for n, g in graph.groups.items()}
     flops, params = graph.count_flops(), graph.count_params()
     return ChannelPlan.from_widths(
         spec.canonical, size, full, arch_kwargs=kwargs, expand=1.0, round_to=1, method="uniform",
         budget={"kind": "flops", "text": "100%", "value": flops, "fraction": 1.0}, flops=flops, params=params,
-        search={"full_flops": flops, "full_params": params})
+        search={"full_flops": flops, "full_params": params}, **source_fields(spec.canonical, graph))
 
 
 def _init_tensor(new: torch.Tensor, old: torch.Tensor, module: nn.Module, attr: str) -> None:
@@ -332,6 +353,14 @@ def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
             )
 
 
+def check_fingerprint(plan: ChannelPlan, graph: ChannelGraph, what: str) -> None:
+    """A plan of user code is built only from a model that traces to the graph it was planned on."""
+    if plan.graph_fingerprint is not None and graph.fingerprint != plan.graph_fingerprint:
+        raise PlanError(f"{what} now traces to a different graph ({graph.fingerprint}) than the plan was made from "
+                        f"({plan.graph_fingerprint}): its code or arguments changed; prune it again, or restore "
+                        "the code the plan was made with")
+
+
 def _plan_graph(plan: ChannelPlan) -> ChannelGraph:
     """The channel graph a plan is read against (traced once per architecture and size), checked to fit."""
     try:
@@ -340,6 +369,7 @@ def _plan_graph(plan: ChannelPlan) -> ChannelGraph:
         raise
     except (ValueError, TypeError) as exc:
         raise PlanError(f"cannot build {plan.arch} from the plan: {exc}") from exc
+    check_fingerprint(plan, graph, plan.arch + (f" {plan.arch_kwargs}" if plan.arch_kwargs else ""))
     check_plan_fits(plan, graph)
     return graph
 
@@ -376,17 +406,37 @@ def verified_plan(plan: ChannelPlan | dict | str | os.PathLike, source: str | No
 
 
 def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None,
-             weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+             weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+             model: nn.Module | None = None) -> nn.Module:
     """G(plan): the thin network a plan describes, freshly initialised.
 
     Initialisation is seeded from ``seed`` (default: the plan's seed), so the same plan gives the
     same weights; the global RNG is left untouched. With ``weights`` (a checkpoint of the full
     model, or its state dict) the thin network inherits the trained weights of the channels the
     plan keeps (its ``keep`` indices; see :func:`choose_channels` for a widths-only plan).
+    ``model`` (an instance of the plan's source architecture) is used instead of building one: a
+    copy of it is resized, the model itself is not changed. A plan made from a model object needs
+    it outside the process that made the plan.
     """
+    check_type("generate", "plan", plan, (ChannelPlan, dict, str, os.PathLike),
+               "a ChannelPlan, a plan dict or a plan file path")
+    check_number("generate: 'seed'", seed, limits.SEED)
     plan = load_plan(plan)
     if weights is not None:
         return _inherit(plan, weights)
+    if model is not None:
+        graph = _analyze(model, tuple(plan.input_size))
+        check_fingerprint(plan, graph, "the model given")
+        check_plan_fits(plan, graph)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed if seed is None else seed)
+            thin = copy.deepcopy(model)
+            resize_model(thin, graph, plan.widths)
+        return thin
+    if not plan.regenerable and not registry.is_held(plan.arch):
+        raise PlanError(f"this plan was made from a model object ({plan.arch}) in another Python process and cannot "
+                        "be regenerated here: pass the model, slimkit.generate(plan, model=...), or prune a "
+                        "python: factory (python:package.module:build_net or nets.py:build_net)")
     graph = _plan_graph(plan)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed if seed is None else seed)

@@ -27,6 +27,9 @@ then applies those shapes to real modules.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import linecache
 import logging
 import math
@@ -70,14 +73,17 @@ def input_size_problem(text: str) -> str | None:
 @contextlib.contextmanager
 def quiet_torch_logs() -> Iterator[None]:
     """Silence torch's own loggers meanwhile: a failed trace logs whole tracebacks (fake-tensor
-    ``E...`` lines) before it raises, and the one line slimkit reports is what the user needs."""
+    ``E...`` lines) and prints its partial graph to stderr before it raises, and the one line slimkit
+    reports is what the user needs."""
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
                if name == "torch" or name.startswith("torch.")]
+    loggers.append(logging.getLogger("torch.fx.experimental.symbolic_shapes"))  # torch resets its level: disable
     was = [lg.disabled for lg in loggers]
     for lg in loggers:
         lg.disabled = True
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         for lg, disabled in zip(loggers, was):
             lg.disabled = disabled
@@ -163,6 +169,9 @@ class ChannelGraph:
     attention_terms: list[tuple[list[Segment], int]] = field(default_factory=list)
     head_dims: dict[str, int] = field(default_factory=dict)
     attention_modules: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # What was traced: the ATen ops in order and every parameter/buffer shape, hashed. Equal
+    # fingerprints mean the same computation up to weight values (a plan of user code records it).
+    fingerprint: str = ""
 
     # ----------------------------------------------------------------------------- widths
     def full_widths(self) -> dict[str, int]:
@@ -1146,6 +1155,9 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
             raise GraphError(f"input {input_size[1]}x{input_size[2]} px does not fit this model: {size_problem}{at}; "
                              "use a larger --input-size (or the model's own: leave --input-size out)") from None
         hint = ""
+        if "data-dependent" in first:
+            hint = ("; the forward pass branches on tensor values, which torch.export cannot trace: decide "
+                    "such branches from Python settings instead")
         if "channels" in first and "expected input" in first:
             hint = (f"; the input has {input_size[0]} channel(s): --input-size sets them only with the size "
                     "(3,224,224), --in-chans changes the model's")
@@ -1154,6 +1166,7 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
     finally:
         model.train(was_training)
 
+    fingerprint = trace_fingerprint(ep, model, input_size)
     an = _Analyzer(ep, model)
     an.run()
     an.tie_attention_widths()
@@ -1232,4 +1245,14 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
         attention_terms=attention_terms,
         head_dims=head_dims,
         attention_modules=dict(an.attention_modules),
+        fingerprint=fingerprint,
     )
+
+
+def trace_fingerprint(ep: torch.export.ExportedProgram, model: nn.Module, input_size: tuple[int, ...]) -> str:
+    """A short hash of the traced computation: input size, the op of every graph node in order, and the
+    shape of every parameter and buffer (weight values do not count)."""
+    ops = [_op_name(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    shapes = sorted((n, list(t.shape)) for n, t in list(model.named_parameters()) + list(model.named_buffers()))
+    text = json.dumps([list(input_size), ops, shapes], separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -290,7 +290,7 @@ def _shape_kwargs(recipe: Recipe) -> dict[str, Any]:
     """The prune() arguments that fix the model and how widths are counted, as the recipe gives them."""
     size = recipe.input_tuple
     return dict(num_classes=num_classes_of(recipe), in_chans=size[0] if size and size[0] != 3 else None,
-                input_size=size, expand=recipe.prune.expand, round_to=recipe.prune.round_to)
+                input_size=size, arch_kwargs=recipe.arch_kwargs, expand=recipe.prune.expand, round_to=recipe.prune.round_to)
 
 
 def budget_reach(recipe: Recipe) -> str | None:

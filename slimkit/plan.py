@@ -9,6 +9,11 @@ A plan cut from trained weights also says *which* channels it keeps: each narrow
 "gates", "weights": the checkpoint ranked}); G copies those channels' weights
 (``generate(plan, weights=...)``). Such plans are format ``slimkit.plan/2``; widths-only plans are
 still written, and read, as ``slimkit.plan/1``.
+
+Plans of the user's own code (a ``python:`` factory or a model object) carry two more fields:
+``graph_fingerprint``, the hash of the graph the factory traced to (G refuses to build a plan
+whose factory now traces differently), and ``regenerable: false`` for a model object, which only
+the process that holds it can rebuild. Library models' plans leave both out.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class ChannelPlan:
     criterion: dict[str, Any] | None = None  # {"kind": "l1" | "gates", "weights": path}: how ``keep`` was chosen
     slimkit_version: str = __version__
     format: str = PLAN_FORMAT
+    graph_fingerprint: str | None = None  # user code: what its factory traced to (slimkit.graph)
+    regenerable: bool = True  # False: built from a model object in one Python process
 
     @property
     def widths(self) -> dict[str, int]:
@@ -126,7 +133,12 @@ class ChannelPlan:
                  "slimkit_version"]
         if d["format"] == PLAN_FORMAT:  # a widths-only plan reads exactly as before the format grew
             order.remove("criterion")
-        return {k: d[k] for k in order}
+        out = {k: d[k] for k in order}
+        if self.graph_fingerprint is not None:
+            out["graph_fingerprint"] = self.graph_fingerprint
+        if not self.regenerable:
+            out["regenerable"] = False
+        return out
 
     def to_json(self) -> str:
         # One group per line: readable by a person, diffable in review.
@@ -187,6 +199,11 @@ class ChannelPlan:
         if fmt == PLAN_FORMAT and data.get("criterion") is not None:
             raise PlanError(f"{source}: 'criterion' needs format {PLAN_FORMAT_KEEP!r} (a plan with kept channels)")
         _check_keep(data, source)
+        fingerprint = data.get("graph_fingerprint")
+        if fingerprint is not None and not (isinstance(fingerprint, str) and re.fullmatch(r"sha256:[0-9a-f]{16}", fingerprint)):
+            raise PlanError(f"{source}: 'graph_fingerprint' must be 'sha256:' and 16 hex digits, got {show(fingerprint)}")
+        if not isinstance(data.get("regenerable", True), bool):
+            raise PlanError(f"{source}: 'regenerable' must be true or false, got {show(data['regenerable'])}")
         return cls(**data)
 
 

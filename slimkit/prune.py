@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from slimkit import registry
 from slimkit import validate as limits
@@ -35,7 +36,7 @@ from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
-from slimkit.generator import build_model, channel_graph, choose_channels, generate, resize_model
+from slimkit.generator import build_model, channel_graph, choose_channels, generate, resize_model, source_fields
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.layer_latency import layer_latency_per_mac
 from slimkit.plan import CRITERIA, ChannelPlan
@@ -95,12 +96,18 @@ class LatencyOptions:
     check: bool = True  # time the finished plan beside the uniform plan at its budget (a few seconds)
 
 
-def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_classes: int | None = None,
-          in_chans: int | None = None, input_size: tuple[int, int, int] | None = None, expand: float = 1.0,
+def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget, *, method: str = DEFAULT_METHOD,
+          num_classes: int | None = None, in_chans: int | None = None, input_size: tuple[int, int, int] | None = None,
+          arch_kwargs: dict[str, Any] | None = None, expand: float = 1.0,
           round_to: int | str = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
           gates: GateOptions | None = None, latency: LatencyOptions | None = None, criterion: str | None = None,
           progress: Any | None = None, log: Callable[[str], None] | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
+
+    ``arch`` is an architecture name, a factory reference (``python:pkg.mod:build_net``,
+    ``nets.py:build_net``), or a Python object: a function that builds the model (called with
+    ``arch_kwargs``) or an ``nn.Module``. A model object's plan can be regenerated only in this
+    process (or with ``slimkit.generate(plan, model=...)``); a factory's anywhere its code is.
 
     ``method='scratch'`` learns gates on random frozen weights (``gates`` says how and on which
     data) and turns them into widths (``gates.selection``); ``method='uniform'`` scales every group
@@ -159,7 +166,10 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     elif method == "uniform" and gates.weights is not None:
         raise SlimkitError("--weights with --method uniform: add --criterion l1 to keep the trained model's "
                            "channels with the largest filters")
-    spec = registry.resolve(arch)
+    spec = registry.resolve(registry.model_source(arch))
+    if method == "scratch" and spec.source == "torchvision" and registry.torchvision_task(spec.name) != "classification":
+        raise SlimkitError(f"{spec.canonical} is a {registry.torchvision_task(spec.name)} model: learning its gates needs "
+                           "that task's loss and data, which slimkit does not provide yet; use --method uniform")
     if criterion is not None:  # the parent's classes and resolution, unless asked otherwise
         parent = load_checkpoint(gates.weights)["plan"]
         num_classes = parent.num_classes if num_classes is None else num_classes
@@ -180,7 +190,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
     if method == "scratch":
         dev = resolve_device(gates.device)
         side = gates.search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
-        if side != size[1] and input_size_kwargs(build_model(spec.canonical, registry.arch_kwargs_for(None, in_chans)),
+        if side != size[1] and input_size_kwargs(build_model(spec.canonical,
+                                                             registry.arch_kwargs_for(None, in_chans, arch_kwargs)),
                                                  (size[0], side, side)):
             say(f"{spec.canonical} is built for one image size: gates are learned at {size[1]} px "
                 "(pass a smaller --input-size for a faster search)")
@@ -192,7 +203,11 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         elif num_classes != bundle.num_classes:
             raise SlimkitError(f"--num-classes {num_classes} but {gates.data} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
-    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
+        if spec.user_code and not registry.accepts(spec.canonical, "num_classes"):
+            _check_outputs(spec.canonical, registry.arch_kwargs_for(None, in_chans, arch_kwargs), size,
+                           bundle.num_classes, gates.data)
+            num_classes = None  # the model builds its own head, of the data's size (checked above)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
     if input_size and tuple(size) != registry.default_input_size(spec.canonical, in_chans=in_chans):
         # transformers with a stored image size (timm's img_size, torchvision ViT's image_size)
         # are built for the asked size; the plan records it in arch_kwargs, so G rebuilds the same
@@ -215,7 +230,8 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
                                   latency_options.precision)
     # The unpruned model with this run's settings: the latency meter's reference, and the plan's template.
     base = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
-                                   arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed)
+                                   arch_kwargs=kwargs, expand=expand, round_to=round_to, method=method, seed=seed,
+                                   **source_fields(spec.canonical, graph))
     # the paper's space: residual streams stay at their expanded, rounded width
     pinned = {} if gates.search_space == "full" else {
         n: w for n, w in max_widths(graph, expand, round_to).items() if n in set(residual_stream_groups(graph))}
@@ -290,7 +306,7 @@ def prune(arch: str, budget: str | Budget, *, method: str = DEFAULT_METHOD, num_
         plan = choose_channels(plan, gates.weights, criterion, gates=learned_gates)
     if verify:  # the contract: G(plan) counts exactly the plan's FLOPs and parameters
         thin = generate(plan)
-        flops, params = count_flops(thin, size), count_params(thin)
+        flops, params = count_flops(registry.traced_part(thin), size), count_params(thin)
         if (flops, params) != (plan.flops, plan.params):
             raise PlanError(
                 f"internal error: G(plan) counts {flops} MACs / {params} params, plan says "
@@ -303,7 +319,9 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
                      progress: Any, log: Any) -> None:
     """prune()'s arguments have the types its docstring gives (the CLI and recipes always pass them so;
     a Python caller learns which argument is wrong, not an AttributeError from deep inside)."""
-    check_type("prune", "arch", arch, str, "an architecture name like 'resnet20' or 'timm:resnet50'")
+    if not (isinstance(arch, (str, nn.Module)) or callable(arch)):
+        raise TypeError(f"prune: 'arch' must be an architecture name like 'resnet20', a function returning an "
+                        f"nn.Module, or an nn.Module, got {show(arch)}")
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):
         hint = f"'{budget * 100:g}%'" if 0 < budget <= 1 else f"'{budget:g}' (MACs) or '{budget:g}p' (params)"
         raise TypeError(f"prune: 'budget' must be a budget string like '50%', '150M', '2.1Mp' or '8ms', "
@@ -318,6 +336,18 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
     if progress is not None and not all(hasattr(progress, m) for m in ("add_task", "update", "remove_task")):
         raise TypeError("prune: 'progress' must be a rich.progress.Progress (or an object with add_task, update "
                         f"and remove_task), got {show(progress)}")
+
+
+def _check_outputs(arch: str, kwargs: dict[str, Any], size: tuple[int, ...], classes: int, data: str) -> None:
+    """A model whose builder does not take num_classes must already output one score per class of the data
+    gates are learned on (else the loss fails deep inside the search)."""
+    model = build_model(arch, kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, *size))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SlimkitError(f"{arch} outputs {shape}, but learning gates on {data} needs [batch, {classes}] class "
+                           f"scores: give the factory a num_classes parameter, or prune with --method uniform")
 
 
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, opts: GateOptions, *,

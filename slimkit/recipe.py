@@ -225,6 +225,7 @@ class BenchSection:
 class Recipe:
     name: str
     arch: str
+    arch_kwargs: dict[str, Any] | None = None  # the model builder's keyword arguments (a python: factory's own)
     num_classes: int | None = None
     input_size: int | list[int] | None = None  # resolved to [C, H, W] (or None: the model's)
     data: DataSection = field(default_factory=DataSection)
@@ -267,6 +268,8 @@ def _describe(tp: Any) -> str:
     if tp is type(None):
         return "null"
     origin = typing.get_origin(tp)
+    if origin is dict:
+        return "a mapping of names to values"
     if origin is list:
         (arg,) = typing.get_args(tp)
         return f"a list of {_describe(arg).removeprefix('an ').removeprefix('a ')}s"
@@ -289,6 +292,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is str:
         return isinstance(value, str), value
     origin = typing.get_origin(tp)
+    if origin is dict:  # model keyword arguments: names to any plain value
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value), value
     if origin is list:
         (arg,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -413,6 +418,8 @@ def _validate(r: Recipe, source: str) -> Recipe:
            f"name {_show(r.name)} must be a folder name: letters, digits, '.', '_' and '-'")
     try:
         registry.resolve(r.arch)
+        if r.arch_kwargs is not None:
+            registry.check_arch_kwargs(r.arch_kwargs)
     except SlimkitError as exc:
         raise RecipeError(f"{source}: arch: {exc}") from None
     _check_numbers(r, source)

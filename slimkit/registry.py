@@ -4,13 +4,20 @@ Names resolve in this order: a friendly alias (``mobilenet_v1``), slimkit's buil
 networks, torchvision's classification models, then timm. ``timm:NAME``, ``torchvision:NAME`` and
 ``slimkit:NAME`` pick a source explicitly. Every model starts from random weights: nothing is
 ever downloaded. The canonical ``source:name`` form is what a ChannelPlan records.
+
+The user's own models are sources too (slimkit.models.user): ``python:package.module:build_net``
+or ``path/to/nets.py:build_net`` names a factory, imported only when named; an ``nn.Module`` or a
+function passed to the Python API is held in this process as ``object:NAME#N``.
+:func:`model_source` turns any of these into the text every other function takes.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +28,15 @@ from torch import nn
 from slimkit import validate as limits
 from slimkit.errors import RegistryError
 from slimkit.validate import check_number, check_type
+from slimkit.models import user
+from slimkit.models.tasks import traced_part
 from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
 
-__all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES"]
+__all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES", "model_source",
+           "is_user_code", "accepts", "arch_kwargs_for", "traced_part"]
 
 SOURCES = ("slimkit", "torchvision", "timm")
+USER_SOURCES = ("python", "object")  # the user's code: plans record a fingerprint of its traced graph
 
 # Names people use for the papers' networks that no library spells that way.
 ALIASES: dict[str, str] = {
@@ -42,17 +53,53 @@ ALIASES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class ArchSpec:
-    source: str  # "slimkit" | "torchvision" | "timm"
+    source: str  # "slimkit" | "torchvision" | "timm" | "python" | "object"
     name: str
 
     @property
     def canonical(self) -> str:
         return f"{self.source}:{self.name}"
 
+    @property
+    def user_code(self) -> bool:
+        return self.source in USER_SOURCES
+
+
+def model_source(arch: str | nn.Module | Callable[..., nn.Module]) -> str:
+    """What the API accepts as a model (a name, a factory reference, an ``nn.Module``, a function
+    that builds one) as the text every other function takes."""
+    if isinstance(arch, str):
+        return arch
+    return user.reference_for(arch)
+
+
+def is_user_code(arch: str) -> bool:
+    """Does ``arch`` name the user's own code (a python: factory, a file, a model object)?"""
+    text = arch.strip()
+    return user.is_factory_reference(text) or text.startswith(user.OBJECT_PREFIX)
+
+
+# torchvision's task families slimkit builds besides classification (list_models(module=torchvision.models)
+# lists classification only). Their builders default to an ImageNet backbone download: slimkit passes
+# weights_backbone=None, so every model starts from random weights like the rest.
+TASK_MODULES = {"detection": torchvision.models.detection, "segmentation": torchvision.models.segmentation}
+
 
 @functools.cache
 def _torchvision_names() -> tuple[str, ...]:
-    return tuple(torchvision.models.list_models(module=torchvision.models))
+    names = list(torchvision.models.list_models(module=torchvision.models))
+    for module in TASK_MODULES.values():
+        names += torchvision.models.list_models(module=module)
+    return tuple(dict.fromkeys(names))
+
+
+@functools.cache
+def torchvision_task(name: str) -> str:
+    """'classification', 'detection' or 'segmentation' for a torchvision model name."""
+    for task, module in TASK_MODULES.items():
+        if name in torchvision.models.list_models(module=module):
+            return task
+    return "classification"
 
 
 @functools.cache
@@ -94,6 +141,10 @@ def resolve(name: str) -> ArchSpec:
     """Turn a user's architecture name into its canonical source and name."""
     text = name.strip()
     text = ALIASES.get(text, text)
+    if user.is_factory_reference(text):
+        return ArchSpec("python", user.parse_factory(text).canonical.removeprefix("python:"))
+    if text.startswith(user.OBJECT_PREFIX):
+        return ArchSpec("object", text.removeprefix(user.OBJECT_PREFIX))
     if ":" in text:
         source, _, bare = text.partition(":")
         if source not in SOURCES:
@@ -124,14 +175,43 @@ def _suggest(name: str, source: str | None = None) -> str:
     return f"; did you mean {', '.join(close)}?{hint}" if close else hint
 
 
-def arch_kwargs_for(num_classes: int | None, in_chans: int | None) -> dict[str, Any]:
-    """The model keyword arguments a plan records: only what the user set (defaults stay the library's)."""
-    out: dict[str, Any] = {}
-    if num_classes is not None:
-        out["num_classes"] = num_classes
-    if in_chans is not None:
-        out["in_chans"] = in_chans
+def arch_kwargs_for(num_classes: int | None, in_chans: int | None,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model keyword arguments a plan records: only what the user set (defaults stay the library's).
+    ``extra`` holds any other keyword arguments (``--arch-kwargs``); they must be JSON, as plans are."""
+    out: dict[str, Any] = dict(check_arch_kwargs(extra) if extra else {})
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if value is None:
+            continue
+        if key in out and out[key] != value:
+            raise RegistryError(f"--arch-kwargs sets {key}={out[key]!r} but --{key.replace('_', '-')} is {value}: "
+                                "give it once")
+        out[key] = value
     return out
+
+
+def check_arch_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Model keyword arguments as a plan can record them: a JSON object with string keys."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise RegistryError(f"arch kwargs must be an object of name -> value, like {{\"width\": 64}}; got "
+                            f"{str(kwargs)[:80]}")
+    try:
+        json.dumps(kwargs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"arch kwargs must be plain JSON values (numbers, strings, lists, objects): {exc}") \
+            from None
+    return kwargs
+
+
+def accepts(arch: str, key: str) -> bool:
+    """Does ``arch``'s builder take the keyword ``key`` (``num_classes``, ``in_chans``)? Library models
+    do; a user factory does when its signature says so; a model object never."""
+    spec = resolve(arch)
+    if spec.source == "python":
+        return user.factory_accepts(user.parse_factory(spec.canonical), key)
+    if spec.source == "object":
+        return user.object_accepts(spec.canonical, key)
+    return key != "in_chans" or spec.source != "torchvision"
 
 
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
@@ -139,6 +219,11 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
     """Build ``name`` with random weights. ``num_classes``/``in_chans`` default to the model's own."""
     check_type("create_model", "name", name, str, "an architecture name like 'resnet20' or 'timm:resnet50'")
     spec = resolve(name)
+    if spec.user_code:  # the user's own code takes exactly the arguments given
+        opts = {**kwargs, **arch_kwargs_for(num_classes, in_chans)}
+        if spec.source == "object":
+            return user.build_from_object(spec.canonical, opts)
+        return user.build_from_factory(user.parse_factory(spec.canonical), opts)
     check_number("--num-classes", num_classes, limits.SMALL_COUNT, RegistryError)
     check_number("--in-chans", in_chans, limits.IN_CHANS, RegistryError)
     if spec.source == "torchvision" and in_chans not in (None, 3):
@@ -158,6 +243,8 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
                 return BUILTIN_MODELS[spec.name](**opts)
             if spec.source == "timm":
                 return timm.create_model(spec.name, pretrained=False, **opts)
+            if torchvision_task(spec.name) != "classification":
+                opts.setdefault("weights_backbone", None)  # never download a backbone
             return torchvision.models.get_model(spec.name, weights=None, **opts)
         except TypeError as exc:
             raise RegistryError(f"{spec.canonical} does not accept these arguments: {exc}") from exc
@@ -171,10 +258,13 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
 
 def default_input_size(name: str, model: nn.Module | None = None, in_chans: int | None = None) -> tuple[int, int, int]:
     """(C, H, W) the architecture is designed for: timm's config, torchvision's weights'
-    crop size, 32x32 for the CIFAR built-ins."""
+    crop size, 32x32 for the CIFAR built-ins, a user model's ``default_input_size`` attribute (when
+    the model is given) or 224x224."""
     spec = resolve(name)
     size: tuple[int, int, int] = (3, 224, 224)
-    if spec.source == "slimkit":
+    if spec.user_code:
+        size = tuple(getattr(model, "default_input_size", size))  # type: ignore[assignment]
+    elif spec.source == "slimkit":
         size = tuple(getattr(model, "default_input_size", (3, 32, 32)))  # type: ignore[assignment]
     elif spec.source == "timm":
         if model is not None:
@@ -184,15 +274,27 @@ def default_input_size(name: str, model: nn.Module | None = None, in_chans: int 
             cfg_size = cfg.input_size if cfg is not None else None
         size = tuple(cfg_size or size)  # type: ignore[assignment]
     else:
-        try:
-            crop = torchvision.models.get_model_weights(spec.name).DEFAULT.transforms().crop_size
-            side = int(crop[0])
-            size = (3, side, side)
-        except Exception:  # noqa: BLE001 - models without weights metadata keep 224
-            pass
+        size = _torchvision_input_size(spec.name, model)
     if in_chans is not None:
         size = (in_chans, size[1], size[2])
     return size
+
+
+def _torchvision_input_size(name: str, model: nn.Module | None) -> tuple[int, int, int]:
+    """Classification: the weights' crop; segmentation: the weights' resize (520 for DeepLab/LR-ASPP);
+    detection: the side the model's own transform resizes every image to (320 for SSDlite, 800 for
+    the R-CNNs), the input it is deployed at."""
+    task = torchvision_task(name)
+    try:
+        if task == "detection":
+            model = model if model is not None else create_model(f"torchvision:{name}")
+            side = int(min(model.transform.min_size))  # type: ignore[union-attr]
+        else:
+            preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+            side = int((preset.crop_size if task == "classification" else preset.resize_size)[0])
+    except Exception:  # noqa: BLE001 - models without weights metadata keep 224
+        return (3, 224, 224)
+    return (3, side, side)
 
 
 def list_archs(pattern: str | None = None) -> list[tuple[str, str]]:
@@ -214,3 +316,8 @@ def list_archs(pattern: str | None = None) -> list[tuple[str, str]]:
     out += [(f"torchvision:{n}", "torchvision") for n in _torchvision_names() if keep(n)]
     out += [(f"timm:{n}", "timm") for n in sorted(_timm_names()) if keep(n)]
     return out
+
+
+def is_held(arch: str) -> bool:
+    """Is ``arch`` a model object this process holds (so its plans can be rebuilt here)?"""
+    return arch.startswith(user.OBJECT_PREFIX) and user.is_held(arch)

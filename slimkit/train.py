@@ -263,8 +263,9 @@ def check_config(cfg: TrainConfig) -> None:
 
 def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           extend_to: int | None = None, progress: Any | None = None, log: Any | None = None,
-          force: bool = False) -> TrainResult:
-    """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model) from scratch.
+          force: bool = False, arch_kwargs: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model, built with
+    ``arch_kwargs``) from scratch.
 
     ``resume`` continues the run in ``out_dir``; with ``extend_to`` (more epochs than it was started
     with, finished or not) the cosine schedule is stretched to end there instead, from the step reached.
@@ -275,7 +276,7 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
         return _train(plan_or_arch, out_dir, cfg, resume=resume, extend_to=extend_to, progress=progress, log=log,
-                      force=force)
+                      force=force, arch_kwargs=arch_kwargs)
 
 
 def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
@@ -297,7 +298,8 @@ def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
 
 
 def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
-           extend_to: int | None, progress: Any | None, log: Any | None, force: bool = False) -> TrainResult:
+           extend_to: int | None, progress: Any | None, log: Any | None, force: bool = False,
+           arch_kwargs: dict[str, Any] | None = None) -> TrainResult:
     device, dist_info = runtime.local_device(cfg.device)
     main = dist_info.is_main
     say = (log or (lambda _m: None)) if main else (lambda _m: None)
@@ -348,11 +350,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         size = registry.default_input_size(str(plan_or_arch))
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed)
     if plan is None:
-        plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size)
+        plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     if plan.num_classes not in (None, data.num_classes):
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
-    if plan.num_classes is None:
+    if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
         raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune with --num-classes "
                         f"{data.num_classes} (or with --data {cfg.data}) for this data")
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ["slimkit.errors", "slimkit.version", "slimkit.validate"],
     ["slimkit.flops"],
-    ["slimkit.models", "slimkit.models.cifar"],
+    ["slimkit.models", "slimkit.models.cifar", "slimkit.models.user", "slimkit.models.tasks"],
     ["slimkit.registry", "slimkit.data", "slimkit.runtime", "slimkit.files", "slimkit.attention"],
     ["slimkit.graph", "slimkit.plan", "slimkit.exporters", "slimkit.exporters.onnx", "slimkit.exporters.int8",
      "slimkit.exporters.openvino"],

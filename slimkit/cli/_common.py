@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import inspect
+import json
 import os
 import sys
 import time
@@ -329,6 +330,24 @@ class SlimkitCommand(typer.core.TyperCommand):
                 name = (p.metavar or (p.name or "").upper()) + ("..." if p.nargs != 1 else "")
                 pieces.append(name if p.required else f"[{name}]")
         return pieces
+
+
+ARCH_KWARGS_HELP = ("Keyword arguments for the model's builder, as JSON: '{\"width\": 64}' (recorded in the plan; "
+                    "for a python: factory, its own parameters).")
+
+
+def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
+    """--arch-kwargs '{"width": 64}' -> a dict (one clear line when it is not a JSON object)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SlimkitError(f"cannot read --arch-kwargs '{text[:60]}': {exc.msg}; use JSON like "
+                           "'{\"width\": 64}'") from None
+    if not isinstance(value, dict):
+        raise SlimkitError(f"--arch-kwargs must be a JSON object like '{{\"width\": 64}}', got {text[:60]}")
+    return value
 
 
 def parse_input_size(text: str | None) -> tuple[int, int, int] | None:

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
-from slimkit.cli._common import FORCE_HELP, checked_numbers, console, make_progress, parse_input_size, user_errors
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
+                                 parse_arch_kwargs, parse_input_size, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
@@ -107,6 +108,7 @@ def bench(
     max_regression: Annotated[str, typer.Option(help="Allowed slow-down of MODEL/reference vs the baseline.")] = "10%",
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Measure and (re)write --baseline instead of checking it.")] = False,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP + " For architecture names and --arch.")] = None,
 ) -> None:
     """Time models side by side (interleaved rounds), or gate one against a latency baseline."""
     for b in backend:
@@ -116,6 +118,7 @@ def bench(
     if mode is not None:
         check_mode(mode)
     size = parse_input_size(input_size)
+    kwargs = parse_arch_kwargs(arch_kwargs)
     inputs = [m for m in models if Path(m).exists()]
     if baseline is not None and update_baseline:
         outputs = [baseline_output(baseline)]  # recording writes the baseline only
@@ -134,9 +137,10 @@ def bench(
             raise typer.Exit(code)
         if update_baseline:
             raise SlimkitError("--update-baseline needs --baseline PATH (the JSON file to write)")
-        cands = [load_candidate(m, workdir, batch=batch, num_classes=num_classes, input_size=size) for m in models]
+        cands = [load_candidate(m, workdir, batch=batch, num_classes=num_classes, input_size=size, arch_kwargs=kwargs)
+                 for m in models]
         if arch:
-            cands.insert(0, reference_candidate(cands[0], workdir, batch, arch=arch))
+            cands.insert(0, reference_candidate(cands[0], workdir, batch, arch=arch, arch_kwargs=kwargs))
         shapes = {tuple(c.input_shape[1:]) for c in cands}
         if len(shapes) > 1:
             raise LatencyError(f"models take different input shapes ({', '.join('x'.join(map(str, s)) for s in shapes)}); "

@@ -12,11 +12,12 @@ from rich.table import Table
 
 from rich.markup import escape
 
+from slimkit import registry
 from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, load_model, onnx_metadata,
                                reference_candidate)
-from slimkit.cli._common import (FORCE_HELP, checked_numbers, console, make_progress, parse_input_size,
-                                 user_errors, warn)
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
+                                 parse_arch_kwargs, parse_input_size, user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -32,7 +33,7 @@ from slimkit.latency import Candidate, report_outputs
                  threads=limits.SMALL_COUNT, runs=limits.RUNS, calib_images=limits.COUNT,
                  max_drop=limits.Range(0.0, 100.0), max_output_error=limits.Range(0.0, 1e6), eval_images=limits.COUNT)
 def export(
-    source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name.")],
+    source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name or python: factory.")],
     onnx: Annotated[bool, typer.Option("--onnx", show_default=False, help="Export to ONNX: always on (the only backend so far); the flag may be given for clarity.")] = True,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: model.onnx beside a checkpoint, PLAN.onnx beside a plan).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
@@ -58,6 +59,7 @@ def export(
     max_output_error: Annotated[float, typer.Option(help="--int8, untrained weights: largest allowed RMS int8 error, as a fraction of the fp32 outputs' spread over images.")] = 1.0,
     eval_images: Annotated[Optional[int], typer.Option(help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP + " For an architecture name.")] = None,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report.
 
@@ -72,12 +74,17 @@ def export(
     check_outputs([onnx_output(out)] + (int8_outputs(out) if int8 else [])
                   + (report_outputs(latency_stem(out)) if bench else []),
                   inputs=[source] if Path(source).exists() else [], force=force)
-    src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size))
+    src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size),
+                     arch_kwargs=parse_arch_kwargs(arch_kwargs))
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     int8_candidates = candidates_matching(int8_format, int8_activations, int8_weights) if int8 else []
     metadata = onnx_metadata(src)
+    exported = registry.traced_part(src.model)
+    if exported is not src.model:
+        warn("a detector is exported as its dense core (backbone, FPN, heads -> raw class/box tensors): anchors, box "
+             "decoding and NMS run outside the ONNX file")
     with console.status(f"exporting {escape(src.description)}"):
-        result = get_exporter("onnx")(src.model, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
+        result = get_exporter("onnx")(exported, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
                                       dynamic_batch=dynamic_batch, simplify=simplify, exporter=exporter, atol=atol,
                                       warn=warn)
     d = result.details

@@ -12,7 +12,7 @@ from rich.markup import escape
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.attention import input_size_kwargs
-from slimkit.cli._common import checked_numbers, console, parse_input_size, user_errors
+from slimkit.cli._common import ARCH_KWARGS_HELP, checked_numbers, console, parse_arch_kwargs, parse_input_size, user_errors
 from slimkit.flops import count_flops_per_layer, count_params, format_count
 from slimkit.generator import channel_graph
 
@@ -38,16 +38,17 @@ def models(
 @user_errors
 @checked_numbers(num_classes=limits.SMALL_COUNT, in_chans=limits.IN_CHANS)
 def info(
-    arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:resnet50.")],
+    arch: Annotated[str, typer.Argument(help="Architecture name (mobilenet_v1, resnet56, timm:resnet50) or your own model's factory (python:pkg.models:build_net, nets.py:build_net).")],
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="224, 224x224 or 3,224,224 (default: the model's).")] = None,
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Per-layer MACs breakdown.")] = False,
     groups: Annotated[bool, typer.Option("--groups/--no-groups", help="List every channel group.")] = False,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP)] = None,
 ) -> None:
     """Show an architecture's input size, MACs, parameters and channel groups."""
     spec = registry.resolve(arch)
-    kwargs = registry.arch_kwargs_for(num_classes, in_chans)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans, parse_arch_kwargs(arch_kwargs))
     model = registry.create_model(spec.canonical, **kwargs)
     size = parse_input_size(input_size) or registry.default_input_size(spec.canonical, model, in_chans)
     if in_chans:
@@ -81,7 +82,7 @@ def info(
             console.print(f"  G rewrites [cyan]{stored.module or 'model'}.{stored.attr}[/] = {stored.original!r} "
                           f"({stored.op})", highlight=False)
     if layers:
-        per = count_flops_per_layer(model, size)
+        per = count_flops_per_layer(registry.traced_part(model), size)
         table = Table(title="MACs per layer")
         table.add_column("layer")
         table.add_column("MACs", justify="right")

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.budget import parse_budget
-from slimkit.cli._common import (FORCE_HELP, checked_numbers, console, make_progress, parse_input_size, say_plain,
-                                 user_errors)
-from slimkit.errors import SlimkitError
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
+                                 parse_arch_kwargs, parse_input_size, say_plain, user_errors)
+from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import Output, check_outputs, has_mark
 from slimkit.flops import format_count
 from slimkit.plan import ChannelPlan, plan_output, save_plan
@@ -89,7 +89,7 @@ def plot_path(out: Path) -> Path:
                  epochs=limits.EPOCHS_FRACTIONAL, steps=limits.COUNT, batch_size=limits.COUNT,
                  search_size=limits.SIDE, val_size=limits.NON_NEGATIVE_COUNT)
 def prune(
-    arch: Annotated[str, typer.Argument(help="Architecture name, e.g. mobilenet_v1, resnet56, timm:efficientnet_b0.")],
+    arch: Annotated[str, typer.Argument(help="Architecture name (mobilenet_v1, resnet56, timm:efficientnet_b0) or your own model's factory (python:pkg.models:build_net, nets.py:build_net).")],
     flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
     latency: Annotated[Optional[str], typer.Option("--latency", help="Measured-latency budget: 8ms, or 50% of the full model's latency on --backend.")] = None,
@@ -103,6 +103,7 @@ def prune(
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="224, 224x224 or 3,224,224 (default: the model's).")] = None,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP)] = None,
     expand: Annotated[float, typer.Option(help="Widen every group by this factor before pruning (paper: 1.25 on CIFAR).")] = 1.0,
     round_to: Annotated[str, typer.Option(help="Round channel counts to multiples of this, or 'auto' (default): the multiple --backend runs fastest, measured on this model here (runtimes pad channels to 8 or 16; ragged counts run up to 2x slower) and cached per machine.")] = str(DEFAULT_ROUND_TO),
     latency_check: Annotated[bool, typer.Option("--latency-check/--no-latency-check", help="Time the plan beside the uniform plan at the same budget on --backend (a few seconds) and say which is faster.")] = LatencyOptions.check,
@@ -159,7 +160,8 @@ def prune(
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
                         weights=weights, selection=selection, search_space=search_space)
-    options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size, expand=expand,
+    options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size,
+                   arch_kwargs=parse_arch_kwargs(arch_kwargs), expand=expand,
                    round_to=round_to, seed=seed, tolerance=tolerance, gates=gates, criterion=criterion,
                    latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision,
                                           mode=timing, check=latency_check))

@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from slimkit import validate as limits
-from slimkit.cli._common import (FORCE_HELP, check_out_folder, checked_numbers, console, make_progress, say_plain,
-                                 user_errors)
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, check_out_folder, checked_numbers, console,
+                                 make_progress, parse_arch_kwargs, say_plain, user_errors)
 from slimkit.runtime import cleanup_distributed
 from slimkit.train import FINETUNE, FINETUNE_EPOCHS, MAX_WARMUP_SHARE, TrainConfig
 from slimkit.train import train as run_train
@@ -27,7 +27,7 @@ D = TrainConfig()  # every default lives in TrainConfig; the options below show 
                  workers=limits.Range(0, 256, integer=True), max_steps_per_epoch=limits.COUNT,
                  accum_steps=limits.Range(1, 65_536, integer=True))
 def train(
-    source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name for the unpruned baseline.")],
+    source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name (or python: factory) for the unpruned baseline.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
     data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = D.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
@@ -51,6 +51,7 @@ def train(
     accum_steps: Annotated[int, typer.Option(help="Gradient accumulation steps: the global --batch-size is reached in this many micro-batches.")] = D.accum_steps,
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over all processes.")] = D.sync_bn,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+    arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP + " For an architecture name; a plan records its own.")] = None,
 ) -> None:
     """Train the thin network a plan describes from scratch (label smoothing, warm-up + cosine), or
     fine-tune it from a trained parent: --init inherit --from CKPT --schedule finetune."""
@@ -62,12 +63,14 @@ def train(
                       device=device, compile=compile, workers=workers, max_steps_per_epoch=max_steps_per_epoch,
                       accum_steps=accum_steps, sync_bn=sync_bn)
     check_out_folder(out)
+    kwargs = parse_arch_kwargs(arch_kwargs)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     progress = make_progress() if main else None
     try:
         with progress or contextlib.nullcontext():
             result = run_train(source, out, cfg, resume=resume, extend_to=epochs if resume else None,
-                               progress=progress, log=say_plain(progress) if progress else None, force=force)
+                               progress=progress, arch_kwargs=kwargs,
+                               log=say_plain(progress) if progress else None, force=force)
     finally:
         cleanup_distributed()
     if result.metrics and main:

@@ -1,0 +1,57 @@
+"""What slimkit traces of torchvision's detection models: the dense part, backbone to head tensors.
+
+A torchvision detector resizes its input, runs backbone (+ FPN) and dense heads, then decodes
+anchors, runs NMS and (for the R-CNNs) RoI heads on however many boxes survive. That tail cannot be
+traced with static shapes, and its widths are fixed by the task (boxes, classes, keypoints, and the
+RoI heads read the FPN's width). :class:`DenseDetectionCore` holds the detector's own submodules
+under their own names (so the channel graph's parameter names are the detector's and G resizes the
+detector itself) and returns the tensors the tail reads: the graph freezes them as outputs, so
+every width the tail depends on keeps its size, and everything before it may be pruned.
+
+MACs of a detector are counted on this core at the deployment input (the R-CNNs' RoI heads run on
+a data-dependent number of boxes: their cost is not a property of the widths).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection.fcos import FCOS
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.models.detection.ssd import SSD
+
+__all__ = ["DenseDetectionCore", "traced_part", "is_detector"]
+
+
+def is_detector(model: nn.Module) -> bool:
+    return isinstance(model, (SSD, RetinaNet, FCOS, GeneralizedRCNN))
+
+
+class DenseDetectionCore(nn.Module):
+    """Backbone and dense heads of a torchvision detector on an image batch at the deployment size."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        for name, child in detector.named_children():  # the same names: parameter paths match the detector's
+            self.add_module(name, child)
+        self.two_stage = isinstance(detector, GeneralizedRCNN)
+        self.training = detector.training  # its submodules' mode: restoring "the core's mode" must not flip them
+
+    def forward(self, x: torch.Tensor) -> Any:
+        features = self.backbone(x)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        levels = list(features.values())
+        if self.two_stage:  # the RPN's scores and deltas; the FPN levels feed the RoI heads
+            objectness, deltas = self.rpn.head(levels)
+            return levels, objectness, deltas
+        return self.head(levels)
+
+
+def traced_part(model: nn.Module) -> nn.Module:
+    """The module slimkit traces and counts for ``model``: a detector's dense core, else the model."""
+    return DenseDetectionCore(model) if is_detector(model) else model

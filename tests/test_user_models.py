@@ -1,0 +1,237 @@
+"""The user's own models: python: factories (a module or a file), model objects, factory kwargs, the
+plan's graph fingerprint, and one-line errors for every way user code can go wrong."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import slimkit
+from slimkit import registry
+from slimkit.cli import app
+from slimkit.errors import PlanError, RegistryError
+from slimkit.flops import count_flops
+
+runner = CliRunner()
+
+# A user's network: residual blocks, a depthwise block, a concat and a custom two-layer head.
+NETS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class Residual(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                      nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            return torch.relu(x + self.body(x))
+
+
+    class Depthwise(nn.Module):
+        def __init__(self, c_in, c_out):
+            super().__init__()
+            self.dw = nn.Conv2d(c_in, c_in, 3, stride=2, padding=1, groups=c_in, bias=False)
+            self.bn1 = nn.BatchNorm2d(c_in)
+            self.pw = nn.Conv2d(c_in, c_out, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c_out)
+
+        def forward(self, x):
+            return torch.relu(self.bn2(self.pw(torch.relu(self.bn1(self.dw(x))))))
+
+
+    class Head(nn.Module):
+        def __init__(self, c, num_classes):
+            super().__init__()
+            self.fc1 = nn.Linear(c, 2 * c)
+            self.fc2 = nn.Linear(2 * c, num_classes)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
+
+
+    class Net(nn.Module):
+        def __init__(self, width=16, num_classes=10):
+            super().__init__()
+            w = width
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+            self.res1 = Residual(w)
+            self.down = Depthwise(w, 2 * w)
+            self.res2 = Residual(2 * w)
+            self.branch_a = nn.Sequential(nn.Conv2d(2 * w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+            self.branch_b = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                                          nn.ReLU())
+            self.head = Head(2 * w, num_classes)
+
+        def forward(self, x):
+            x = self.res2(self.down(self.res1(self.stem(x))))
+            return self.head(torch.cat([self.branch_a(x), self.branch_b(x)], dim=1))
+
+
+    def build_net(width=16, num_classes=10):
+        return Net(width, num_classes)
+
+
+    def broken(width=16):
+        raise ValueError("width must be even")
+
+
+    def not_a_model(width=16):
+        return width
+
+
+    class Branchy(nn.Module):  # data-dependent control flow: cannot be traced
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else self.conv(-x)
+
+
+    def build_branchy():
+        return Branchy()
+''')
+
+
+@pytest.fixture
+def nets(tmp_path, monkeypatch):
+    """nets.py in a fresh folder, which is the current folder (as a user runs slimkit beside their code)."""
+    (tmp_path / "nets.py").write_text(NETS)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code in (1, 2), result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert text.startswith("error:") and len(text.splitlines()) <= 4, text  # rich may wrap one line
+    for n in needles:
+        assert n in " ".join(text.split()), text
+
+
+def test_the_users_model_prunes_regenerates_elsewhere_trains_and_exports(nets):
+    """From the CLI: prune the file's factory at 50% MACs (default method) with factory kwargs, train the
+    plan one epoch in a fresh process (G rebuilds through the factory there), export the checkpoint with
+    onnxruntime parity <= 1e-4."""
+    plan_path = nets / "p.json"
+    r = run("prune", "./nets.py:build_net", "--flops", "50%", "--arch-kwargs", '{"width": 32}', "--input-size", "16",
+            "--data", "synthetic", "--steps", "6", "--batch-size", "16", "--val-size", "32", "--no-plot",
+            "--out", plan_path)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(plan_path.read_text())
+    assert plan["arch"] == "python:nets.py:build_net"
+    assert plan["arch_kwargs"] == {"width": 32, "num_classes": 10}
+    assert plan["graph_fingerprint"].startswith("sha256:") and "regenerable" not in plan
+    assert abs(plan["flops"] - plan["budget"]["value"]) / plan["budget"]["value"] <= 0.01
+    assert any(g["width"] < g["full"] for g in plan["groups"].values())
+
+    proc = subprocess.run([sys.executable, "-m", "slimkit", "train", str(plan_path), "--data", "synthetic", "--epochs",
+                           "1", "--max-steps-per-epoch", "2", "--batch-size", "16", "--out", str(nets / "run")],
+                          capture_output=True, text=True, cwd=nets, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "final: test top-1" in proc.stdout
+
+    r = run("export", nets / "run" / "checkpoint.pt", "--out", nets / "m.onnx", "--no-bench", "--atol", "1e-4")
+    assert r.exit_code == 0, r.output
+    assert "parity" in r.output
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(str(nets / "m.onnx")).metadata_props}
+    assert json.loads(meta["slimkit.plan"])["arch"] == "python:nets.py:build_net"
+
+
+def test_module_factories_objects_and_their_plans(nets, monkeypatch):
+    """The API takes a module path, a function and a model object; a model object's plan works in this
+    process (and with model=) but says it cannot be regenerated elsewhere."""
+    monkeypatch.syspath_prepend(str(nets))
+    plan = slimkit.prune("python:nets:build_net", "50%", method="uniform", input_size=(3, 16, 16),
+                         arch_kwargs={"width": 24})
+    assert plan.arch == "python:nets:build_net" and plan.arch_kwargs == {"width": 24}
+    thin = slimkit.generate(plan)
+    assert count_flops(thin, (3, 16, 16)) == plan.flops
+
+    import nets as user_nets
+    assert slimkit.prune(user_nets.build_net, "50%", method="uniform", input_size=(3, 16, 16)).arch == \
+        "python:nets:build_net"
+
+    net = user_nets.Net(24)
+    obj_plan = slimkit.prune(net, "50%", method="uniform", input_size=(3, 16, 16))
+    assert obj_plan.arch.startswith("object:Net#") and obj_plan.regenerable is False
+    assert json.loads(obj_plan.to_json())["regenerable"] is False
+    assert count_flops(slimkit.generate(obj_plan), (3, 16, 16)) == obj_plan.flops
+    thin = slimkit.generate(obj_plan, model=user_nets.Net(24))
+    assert count_flops(thin, (3, 16, 16)) == obj_plan.flops
+    assert net.stem[0].out_channels == 24  # the user's object is never resized
+
+    elsewhere = json.loads(obj_plan.to_json())
+    elsewhere["arch"] = "object:Net#999"  # as another process sees it: nothing held under that name
+    with pytest.raises(PlanError, match="cannot be regenerated here"):
+        slimkit.generate(elsewhere)
+    with pytest.raises(PlanError, match="traces to a different graph"):
+        slimkit.generate(obj_plan, model=user_nets.Net(32))
+
+
+def test_a_factory_that_now_traces_differently_is_refused(nets):
+    plan_path = nets / "p.json"
+    r = run("prune", "nets.py:build_net", "--flops", "50%", "--method", "uniform", "--input-size", "16",
+            "--num-classes", "10", "--no-plot", "--out", plan_path)
+    assert r.exit_code == 0, r.output
+    plan = json.loads(plan_path.read_text())
+    plan["graph_fingerprint"] = "sha256:" + "0" * 16  # what a plan from older code of nets.py holds
+    plan_path.write_text(json.dumps(plan))
+    assert_one_line_error(run("export", plan_path, "--no-bench"), "traces to a different graph", "prune it again")
+
+
+@pytest.mark.parametrize("arch, extra, needles", [
+    ("nets.py:build_nett", (), ["has no 'build_nett'", "did you mean build_net"]),
+    ("missing.py:build_net", (), ["model factory file not found: missing.py"]),
+    ("python:no_such_pkg.models:build_net", (), ["cannot import no_such_pkg.models", "No module named"]),
+    ("nets.py:broken", (), ["raised ValueError: width must be even"]),
+    ("nets.py:not_a_model", (), ["returned a int, not a torch.nn.Module"]),
+    ("nets.py:build_net", ("--arch-kwargs", '{"depth": 3}'), ["does not take these arguments", "depth"]),
+    ("nets.py:build_net", ("--arch-kwargs", "width=3"), ["cannot read --arch-kwargs"]),
+    ("nets.py:build_branchy", (), ["could not trace the model"]),
+])
+def test_bad_user_code_is_one_line(nets, arch, extra, needles):
+    assert_one_line_error(run("info", arch, "--input-size", "16", *extra), *needles)
+
+
+def test_user_code_is_imported_only_when_named(nets):
+    """Listing and resolving names never runs user code; the file runs when a command builds its model."""
+    (nets / "loud.py").write_text("raise SystemExit('imported')\n")
+    assert registry.resolve("loud.py:build").canonical == "python:loud.py:build"
+    assert registry.is_user_code("./loud.py:build") and not registry.is_user_code("resnet20")
+    with pytest.raises(RegistryError, match="importing loud.py raised SystemExit"):
+        registry.create_model("loud.py:build")
+
+
+def test_a_recipe_takes_arch_kwargs(nets):
+    from slimkit.recipe import load_recipe
+    (nets / "r.yaml").write_text("name: mine\narch: nets.py:build_net\narch_kwargs: {width: 8}\n"
+                                 "prune: {flops: 50%, method: uniform}\n")
+    assert load_recipe(nets / "r.yaml").arch_kwargs == {"width": 8}
+    (nets / "bad.yaml").write_text("name: mine\narch: nets.py:build_net\narch_kwargs: [8]\nprune: {flops: 50%}\n")
+    with pytest.raises(slimkit.SlimkitError, match="arch_kwargs must be"):
+        load_recipe(nets / "bad.yaml")
+
+
+def test_a_factory_without_num_classes_must_match_the_data(nets):
+    (nets / "fixed.py").write_text("from torch import nn\n"
+                                   "def build():\n"
+                                   "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+                                   "                         nn.Flatten(), nn.Linear(8, 7))\n")
+    r = run("prune", "fixed.py:build", "--flops", "50%", "--input-size", "16", "--data", "synthetic", "--steps", "2",
+            "--out", nets / "p.json")
+    assert_one_line_error(r, "outputs [1, 7]", "[batch, 10]", "num_classes parameter")
