@@ -179,7 +179,7 @@ def _unwrapped_state(obj: Any) -> dict[str, torch.Tensor] | None:
 def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | None, tuple[int, ...] | None]:
     """``(num_classes, in_chans, input_size)`` of the model whose weights ``path`` holds, as far as the file
     says: a slimkit checkpoint records all three; a plain state dict gives the classes from its
-    classifier's rows and the input channels from its first conv (``None`` where it matches ``arch``'s
+    classifier's rows and the input channels from its first conv (``None`` where they match ``arch``'s
     default or cannot be told), and no input size."""
     state, plan = read_weights(path)
     if plan is not None:
@@ -191,16 +191,14 @@ def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | 
     first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
     names = {id(m): n for n, m in default.named_modules()}
 
-    def rows(module: nn.Module | None, dim: int) -> int | None:
+    def size(module: nn.Module | None, dim: int) -> int | None:
         w = state.get(f"{names.get(id(module))}.weight") if module is not None else None
-        if w is None or w.dim() <= dim or w.shape[dim] == module.weight.shape[dim]:
-            return None
-        return int(w.shape[dim])
+        return int(w.shape[dim]) if w is not None and w.dim() > dim else None
 
-    in_chans = rows(first_conv, 1)
-    if in_chans is not None and first_conv is not None and first_conv.groups != 1:
-        in_chans = None  # a grouped stem's weight does not show its input channels
-    return rows(head, 0), in_chans, None
+    in_chans = size(first_conv, 1) if first_conv is not None and first_conv.groups == 1 else None
+    # The classes are always recorded (training checks them against the data); the input channels only
+    # when they differ from the default, as a user's --in-chans would be.
+    return size(head, 0), (in_chans if in_chans != first_conv.in_channels else None), None
 
 
 def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import slimkit
 from slimkit.checkpoint import CheckpointError, parent_shape, read_weights
 from slimkit.cli import app
 from slimkit.errors import PlanError
+from slimkit.generator import build_model
 from slimkit.plan import load_plan
 
 SIZE = (3, 64, 64)
@@ -95,3 +96,17 @@ def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
     torch.save({"epoch": 3, "lr": 0.1}, not_weights)
     with pytest.raises(CheckpointError, match="not model weights"):
         read_weights(not_weights)
+
+
+def test_a_plain_state_dict_prunes_and_fine_tunes_end_to_end(tmp_path):
+    runner = CliRunner()
+    weights, plan, ft = tmp_path / "resnet20.pt", tmp_path / "p.json", tmp_path / "ft"
+    torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), weights)
+    r = runner.invoke(app, ["prune", "resnet20", "--weights", str(weights), "--criterion", "l1", "--flops", "50%",
+                            "--out", str(plan), "--no-plot"])
+    assert r.exit_code == 0, r.output
+    assert load_plan(plan).num_classes == 10  # the classifier's rows, so training can check them
+    r = runner.invoke(app, ["train", str(plan), "--init", "inherit", "--from", str(weights), "--schedule", "finetune",
+                            "--epochs", "1", "--out", str(ft), "--data", "synthetic", "--max-steps-per-epoch", "1",
+                            "--batch-size", "16"])
+    assert r.exit_code == 0 and "inherited the kept channels' weights" in r.output, r.output
