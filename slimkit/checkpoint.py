@@ -90,7 +90,8 @@ def _what_file(p: Path, exc: Exception) -> str:
                     "(or its torch.save(model.state_dict()) file)")
         return "is a JSON file, not a checkpoint: pass a .pt file written by torch.save"
     # An ONNX ModelProto starts with its ir_version field (tag 0x08), then the producer's name.
-    if p.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and any(w in head[:256].lower() for w in (b"onnx", b"pytorch"))):
+    onnx_like = head[:1] == b"\x08" and any(w in head[:256].lower() for w in (b"onnx", b"pytorch"))
+    if p.suffix.lower() == ".onnx" or onnx_like:
         return ("is an ONNX model, not a PyTorch checkpoint: pass the checkpoint it was exported from "
                 "(a .pt file written by torch.save)")
     # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle: protocol byte 0x80).
