@@ -166,9 +166,9 @@ def _unwrapped_state(obj: Any) -> dict[str, torch.Tensor] | None:
         return isinstance(d, dict) and bool(d) and all(isinstance(k, str) for k in d) and \
             any(isinstance(v, torch.Tensor) for v in d.values())
 
-    candidates = [obj] + [obj[k] for k in STATE_DICT_KEYS if isinstance(obj, dict) and k in obj]
-    # A wrapper also holds non-tensor entries (epoch, args); a state dict holds tensors only.
-    found = next((c for c in candidates[1:] if is_state(c)), None) or (obj if is_state(obj) else None)
+    wrapped = [obj[k] for k in STATE_DICT_KEYS if isinstance(obj, dict) and k in obj]
+    # A wrapper also holds non-tensor entries (epoch, metrics); a state dict holds tensors only.
+    found = next((c for c in wrapped if is_state(c)), None) or (obj if is_state(obj) else None)
     if found is None or not all(isinstance(v, torch.Tensor) for v in found.values()):
         return None
     for prefix in WRAPPER_PREFIXES:
@@ -199,7 +199,8 @@ def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | 
     in_chans = size(first_conv, 1) if first_conv is not None and first_conv.groups == 1 else None
     # The classes are always recorded (training checks them against the data); the input channels only
     # when they differ from the default, as a user's --in-chans would be.
-    return size(head, 0), (in_chans if in_chans != first_conv.in_channels else None), None
+    default_chans = first_conv.in_channels if first_conv is not None else None
+    return size(head, 0), (in_chans if in_chans != default_chans else None), None
 
 
 def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
