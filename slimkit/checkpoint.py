@@ -4,18 +4,18 @@ Written atomically by ``slimkit train`` after every epoch and read back safely
 (``torch.load(weights_only=True)``): the plan and metrics are JSON text inside the file, so reading
 never unpickles code. Every reader goes through :func:`load_checkpoint`, so a damaged file is one
 clear error wherever it is named; :func:`full_model_weights` is what weight inheritance (G with
-``weights=``) and gate learning on trained weights read.
+``weights=``) and gate learning on trained weights read. Those also accept weights from outside
+slimkit: a plain ``torch.save(model.state_dict())`` file or a timm/torchvision checkpoint, including
+the common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and DataParallel's ``module.`` prefix.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
@@ -25,9 +25,14 @@ from slimkit.files import atomic_write
 from slimkit.plan import ChannelPlan
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "load_checkpoint", "load_weights",
-           "full_model_weights"]
+           "full_model_weights", "read_weights", "parent_shape"]
 
 CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
+# Where other training code keeps the state dict inside its checkpoint (timm's train.py: "state_dict";
+# torchvision's references and many scripts: "model"; others: "model_state"...), in the order tried.
+STATE_DICT_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "net")
+# Prefixes a wrapper adds to every key: DataParallel/DistributedDataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(SlimkitError):
@@ -50,22 +55,58 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     is a one-line error. The returned dict holds the plan as a :class:`ChannelPlan` under ``"plan"``
     and the metrics as a list, so no caller parses them again."""
     p = Path(path)
+    ckpt = _torch_load(p)
+    if not _is_slimkit(ckpt):
+        raise CheckpointError(f"{p} is not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return _checked(ckpt, p)
+
+
+def _is_slimkit(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def _torch_load(p: Path) -> Any:
+    """``torch.load(weights_only=True)``, or one line saying what the file is instead."""
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong file type
-        what = _file_kind(p)
-        if what is not None:
-            raise CheckpointError(f"{p} is {what}, not a checkpoint: pass a checkpoint.pt from `slimkit train`") from exc
-        # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
-        raise CheckpointError(
-            f"{p} is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
-            "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`"
-        ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p} is a PyTorch file but not a slimkit checkpoint (expected format {CHECKPOINT_FORMAT}): "
-                              "pass a checkpoint.pt from `slimkit train`")
+        raise CheckpointError(f"{p} {_what_file(p, exc)}") from None
+
+
+def _what_file(p: Path, exc: Exception) -> str:
+    """Why ``p`` did not load as weights, from its first bytes: the message after the file name."""
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    text = head.lstrip()
+    if text.startswith(b"{"):
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            doc = None
+        if isinstance(doc, dict) and str(doc.get("format", "")).startswith("slimkit.plan"):
+            return ("is a ChannelPlan (a slimkit plan from `slimkit prune`), not trained weights: pass the trained model's checkpoint.pt "
+                    "(or its torch.save(model.state_dict()) file)")
+        return "is a JSON file, not a checkpoint: pass a .pt file written by torch.save"
+    # An ONNX ModelProto starts with its ir_version field (tag 0x08), then the producer's name.
+    onnx_like = head[:1] == b"\x08" and any(w in head[:256].lower() for w in (b"onnx", b"pytorch"))
+    if p.suffix.lower() == ".onnx" or onnx_like:
+        return ("is an ONNX model, not a PyTorch checkpoint: pass the checkpoint it was exported from "
+                "(a .pt file written by torch.save)")
+    # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle: protocol byte 0x80).
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        return ("is not a PyTorch checkpoint (not a file written by torch.save): pass a checkpoint.pt or a "
+                "torch.save(model.state_dict(), path) file")
+    if "Unsupported global" in str(exc):
+        return ("holds Python objects besides tensors, which weights_only=True refuses to unpickle: re-save "
+                "only its weights with torch.save(ckpt['state_dict'], 'weights.pt') where the file came from")
+    # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
+    return (f"is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
+            "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`")
+
+
+def _checked(ckpt: dict[str, Any], p: Path) -> dict[str, Any]:
     damaged = f"{p} is a damaged slimkit checkpoint"
     fix = "delete it to start over, or restore a good copy"
     for key, kind in (("model", dict), ("plan", str), ("config", dict), ("metrics", str)):
@@ -91,32 +132,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return {**ckpt, "plan": plan, "metrics": metrics}
 
 
-def _file_kind(path: Path) -> str | None:
-    """What a file that is not a checkpoint is, when it is one of slimkit's other files (a plan, an
-    ONNX model, a recipe or other text); None when it cannot be told (it may be a damaged checkpoint)."""
-    with path.open("rb") as f:
-        head = f.read(1 << 16)
-    if head.startswith(b"PK") or zipfile.is_zipfile(path):  # a zip archive, as torch.save writes: maybe damaged
-        return None
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None:
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return "a text file" if text.strip() else "an empty file"
-        if isinstance(data, dict) and str(data.get("format", "")).startswith("slimkit.plan/"):
-            return "a ChannelPlan (from `slimkit prune`)"
-        return "a JSON file"
-    try:
-        onnx.load(str(path), load_external_data=False)
-        return "an ONNX model"
-    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: not ONNX
-        return None
-
-
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
     """``state`` into ``model``, or a one-line error when the weights do not fit the plan's model."""
     try:
@@ -128,11 +143,74 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | o
     return model
 
 
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ChannelPlan | None]:
+    """The model weights in ``path`` and, for a slimkit checkpoint, the plan they belong to (``None`` for
+    a plain state dict, a timm/torchvision checkpoint or one of the common wrappers around them)."""
+    p = Path(path)
+    obj = _torch_load(p)
+    if _is_slimkit(obj):
+        ckpt = _checked(obj, p)
+        return ckpt["model"], ckpt["plan"]
+    state = _unwrapped_state(obj)
+    if state is None:
+        held = f"a {type(obj).__name__}" if not isinstance(obj, dict) else \
+            f"a dict of {', '.join(repr(k) for k in list(obj)[:4])}" + (" ..." if len(obj) > 4 else "")
+        raise CheckpointError(f"{p} holds {held}, not model weights: pass a slimkit checkpoint.pt or a file written "
+                              "with torch.save(model.state_dict(), path)")
+    return state, None
+
+
+def _unwrapped_state(obj: Any) -> dict[str, torch.Tensor] | None:
+    """A state dict of tensors found in ``obj`` (itself, or under one of :data:`STATE_DICT_KEYS`), with a
+    prefix every key shares from a wrapper removed; ``None`` when there is none."""
+    def is_state(d: Any) -> bool:
+        return isinstance(d, dict) and bool(d) and all(isinstance(k, str) for k in d) and \
+            any(isinstance(v, torch.Tensor) for v in d.values())
+
+    wrapped = [obj[k] for k in STATE_DICT_KEYS if isinstance(obj, dict) and k in obj]
+    # A wrapper also holds non-tensor entries (epoch, metrics); a state dict holds tensors only.
+    found = next((c for c in wrapped if is_state(c)), None) or (obj if is_state(obj) else None)
+    if found is None or not all(isinstance(v, torch.Tensor) for v in found.values()):
+        return None
+    for prefix in WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in found):
+            found = {k[len(prefix):]: v for k, v in found.items()}
+    return dict(found)
+
+
+def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | None, tuple[int, ...] | None]:
+    """``(num_classes, in_chans, input_size)`` of the model whose weights ``path`` holds, as far as the file
+    says: a slimkit checkpoint records all three; a plain state dict gives the classes from its
+    classifier's rows and the input channels from its first conv (``None`` where they match ``arch``'s
+    default or cannot be told), and no input size."""
+    state, plan = read_weights(path)
+    if plan is not None:
+        return plan.num_classes, plan.arch_kwargs.get("in_chans"), tuple(plan.input_size)
+    default = registry.create_model(arch)
+    # timm names its classifier; elsewhere (torchvision, slimkit's own) it is the last linear layer.
+    head = default.get_classifier() if hasattr(default, "get_classifier") else \
+        next((m for m in reversed(list(default.modules())) if isinstance(m, nn.Linear)), None)
+    first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
+    names = {id(m): n for n, m in default.named_modules()}
+
+    def size(module: nn.Module | None, dim: int) -> int | None:
+        w = state.get(f"{names.get(id(module))}.weight") if module is not None else None
+        return int(w.shape[dim]) if w is not None and w.dim() > dim else None
+
+    in_chans = size(first_conv, 1) if first_conv is not None and first_conv.groups == 1 else None
+    # The classes are always recorded (training checks them against the data); the input channels only
+    # when they differ from the default, as a user's --in-chans would be.
+    default_chans = first_conv.in_channels if first_conv is not None else None
+    return size(head, 0), (in_chans if in_chans != default_chans else None), None
+
+
 def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The state dict of a checkpoint of the *full* (unpruned, unexpanded) ``arch`` built with
-    ``arch_kwargs``: what inheriting weights and learning gates on trained weights start from."""
-    ckpt = load_checkpoint(path)
-    plan = ckpt["plan"]
+    ``arch_kwargs``: what inheriting weights and learning gates on trained weights start from. A plain
+    state dict is returned as it is: loading it into ``arch`` is what checks it fits."""
+    state, plan = read_weights(path)
+    if plan is None:
+        return state
     canonical = registry.resolve(arch).canonical
     if registry.resolve(plan.arch).canonical != canonical or plan.arch_kwargs != arch_kwargs or \
             any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:
@@ -140,4 +218,4 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
                                                     else " (a pruned plan)")
         raise CheckpointError(f"{path} holds {held}, not the full {canonical} {arch_kwargs}: train the full model "
                               f"with `slimkit train {canonical.split(':')[-1]}` and pass its checkpoint.pt")
-    return ckpt["model"]
+    return state

@@ -49,7 +49,7 @@ from slimkit.runtime import available_memory_bytes
 from slimkit.validate import check_input_size, check_number, check_type
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
-           "select_channels", "choose_channels", "kept_index", "source_fields"]
+           "select_channels", "choose_channels", "kept_index", "source_fields", "load_full_weights"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -458,6 +458,13 @@ def _full_model(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: st
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed)
         model = build_model(plan.arch, plan.arch_kwargs)
+    return load_full_weights(model, state, source, plan.arch, plan.arch_kwargs), graph
+
+
+def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, arch: str,
+                      arch_kwargs: dict[str, Any]) -> nn.Module:
+    """``state`` into the full ``model``, or one line naming the first missing, unexpected and misshapen
+    keys: how every trained full model (a slimkit checkpoint or a state dict from elsewhere) is loaded."""
     mine = model.state_dict()
     missing = [k for k in mine if k not in state]
     unexpected = [k for k in state if k not in mine]
@@ -467,10 +474,10 @@ def _full_model(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: st
         what = "; ".join(f"{label} {', '.join(items[:3])}" + (f" (+{len(items) - 3})" if len(items) > 3 else "")
                          for label, items in (("missing", missing), ("unexpected", unexpected),
                                               ("shape", wrong)) if items)
-        raise PlanError(f"{source} does not hold weights of the full {plan.arch} {plan.arch_kwargs} ({what}); "
-                        "pass a checkpoint of that architecture")
+        raise PlanError(f"{source} does not hold weights of the full {arch} {arch_kwargs} ({what}); pass a checkpoint "
+                        "of that architecture, or name the architecture (and --num-classes) it was trained as")
     model.load_state_dict(state)
-    return model, graph
+    return model
 
 
 def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:

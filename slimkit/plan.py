@@ -251,8 +251,10 @@ def _check_plan_numbers(data: dict[str, Any], source: str) -> None:
 
 
 def plan_output(path: str | os.PathLike, what: str = "the plan") -> Output:
-    """A plan file about to be written: a file already there may be replaced when it is a plan."""
-    return Output(Path(path), what, is_json_with("arch", "groups", format=PLAN_FORMAT))
+    """A plan file about to be written: a file already there may be replaced when it is a plan (of
+    either format: widths only, or with kept channels)."""
+    recognisers = [is_json_with("arch", "groups", format=f) for f in (PLAN_FORMAT, PLAN_FORMAT_KEEP)]
+    return Output(Path(path), what, lambda p: any(ours(p) for ours in recognisers))
 
 
 def _check_keep(data: dict[str, Any], source: str) -> None:

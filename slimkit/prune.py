@@ -28,7 +28,7 @@ from torch import nn
 
 from slimkit import registry
 from slimkit import validate as limits
-from slimkit.checkpoint import full_model_weights, load_checkpoint
+from slimkit.checkpoint import full_model_weights, parent_shape
 from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_widths, parse_budget,
                             search_cost_aware, search_threshold, search_uniform)
 from slimkit.data import load_data
@@ -36,7 +36,8 @@ from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
-from slimkit.generator import build_model, channel_graph, choose_channels, generate, resize_model, source_fields
+from slimkit.generator import (build_model, channel_graph, choose_channels, generate, load_full_weights, resize_model,
+                               source_fields)
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.layer_latency import layer_latency_per_mac
 from slimkit.plan import CRITERIA, ChannelPlan
@@ -171,9 +172,11 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         raise SlimkitError(f"{spec.canonical} is a {registry.torchvision_task(spec.name)} model: learning its gates needs "
                            "that task's loss and data, which slimkit does not provide yet; use --method uniform")
     if criterion is not None:  # the parent's classes and resolution, unless asked otherwise
-        parent = load_checkpoint(gates.weights)["plan"]
-        num_classes = parent.num_classes if num_classes is None else num_classes
-        input_size = tuple(parent.input_size) if input_size is None and in_chans is None else input_size
+        parent_classes, parent_chans, parent_size = parent_shape(gates.weights, arch)
+        num_classes = parent_classes if num_classes is None else num_classes
+        if input_size is None and in_chans is None:
+            input_size = parent_size
+        in_chans = parent_chans if in_chans is None else in_chans
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if criterion is not None and b.kind == "latency":
         raise SlimkitError("--criterion takes a FLOPs or parameter budget (--flops, --params), not --latency")
@@ -215,6 +218,8 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     graph = channel_graph(spec.canonical, kwargs, size)
     if not graph.groups:
         raise SlimkitError(f"{spec.canonical} has no prunable channel groups (all are frozen)")
+    if criterion == "l1":  # weights that do not fit the architecture are refused before the search, not after
+        _load_full_weights(build_model(spec.canonical, kwargs), gates.weights, spec.canonical, kwargs)
     full_flops = graph.count_flops()
     timing_device = (str(resolve_device(gates.device)) if latency_options.backend.startswith("torch")
                      else "cpu")  # ort-*: the backend says where
@@ -479,7 +484,7 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
 
 def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> None:
     """Trained weights for gate learning: a checkpoint of the *full* model of the same architecture."""
-    model.load_state_dict(full_model_weights(path, arch, kwargs))
+    load_full_weights(model, full_model_weights(path, arch, kwargs), path, arch, kwargs)
 
 
 def check_latency(plan: ChannelPlan, graph, options: LatencyOptions, device: str, say) -> dict[str, Any]:

@@ -109,10 +109,8 @@ def _timm_names() -> frozenset[str]:
 
 # torchvision models slimkit does not take (yet), by kind: they are named as such instead of being
 # called unknown. The one place to change when a kind is taken.
-_OTHER_TASKS = {  # torchvision.models submodule -> (what it holds, why slimkit refuses it)
-    "detection": ("a detection model", "slimkit does not take detection models yet: it prunes image classifiers "
-                  "(e.g. torchvision:resnet50, the backbone of the fasterrcnn_resnet50_* models)"),
-    "segmentation": ("a segmentation model", "slimkit does not take segmentation models: it prunes image classifiers"),
+_OTHER_TASKS = {  # torchvision.models submodule -> (what it holds, why slimkit refuses it); detection and
+    # segmentation models are taken (slimkit.models.tasks)
     "video": ("a video model", "slimkit does not take video models: it prunes image classifiers"),
     "optical_flow": ("an optical-flow model", "slimkit does not take optical-flow models: it prunes image classifiers"),
     "quantization": ("an already quantized model", "prune the float model (e.g. torchvision:resnet50) and export "

@@ -232,8 +232,7 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
     if backend.startswith("torch") and device.startswith("cuda") and not torch.cuda.is_available():
         timing_possible = False
     if not timing_possible:
-        m, why = documented_multiple(backend, precision, device)
-        say(f"round-to auto: {m} ({why}; not measured here)")
+        m, why = documented_multiple(backend, precision, device)  # recorded in the plan; nothing timed to report
         return RoundingChoice(m, "table", why, backend, precision, machine=machine)
     full_flops = graph.count_flops()
     if budget.kind in ("flops", "params"):

@@ -35,7 +35,7 @@ WRONG_CALLS = [
     (lambda p: slimkit.prune("resnet20", "50%", method="uniform", log=1), TypeError, ["'log'"]),
     (lambda p: slimkit.prune("resnet20", "50%", method="uniform", progress=print), TypeError, ["'progress'"]),
     (lambda p: slimkit.prune("resnet20", "50%", method="uniform", verify="yes"), TypeError, ["'verify'"]),
-    (lambda p: slimkit.prune("resnet20", "50%", method="uniform", round_to="8"), SlimkitError, ["round-to"]),
+    (lambda p: slimkit.prune("resnet20", "50%", method="uniform", round_to="eight"), SlimkitError, ["round-to"]),
     (lambda p: slimkit.load_plan(None), TypeError, ["load_plan", "None"]),
     (lambda p: slimkit.load_plan(3), TypeError, ["load_plan"]),
     (lambda p: slimkit.generate(None), TypeError, ["generate: 'plan'"]),

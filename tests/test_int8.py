@@ -161,10 +161,10 @@ def test_untrained_check_catches_a_bad_calibration_that_top1_agreement_misses(un
 def test_cli_tiny_limit_fails_with_one_line_and_keeps_fp32(untrained, tmp_path):
     out = tmp_path / "m.onnx"
     stale = out.with_name("m.int8.onnx")
-    stale.write_bytes(b"an int8 file from an earlier run")
+    stale.write_bytes(b"an int8 file from an earlier run")  # not slimkit's: replaced only with --force
     r = _invoke("export", untrained["plan_path"], "-o", out, "--exporter", "torchscript", "--no-bench", "--int8",
                 "--data", "fashion-mnist", "--calib-images", "32", "--eval-images", "64",
-                "--max-output-error", "1e-9")
+                "--max-output-error", "1e-9", "--force")
     assert r.exit_code == 2
     err = r.output.strip().splitlines()[-1]
     assert "int8 check failed" in err and "Traceback" not in r.output

@@ -23,7 +23,7 @@ class CurveMeter(LatencyMeter):
         self.graph, self.curve = graph, curve
         self.template = ChannelPlan(arch="slimkit:resnet20", input_size=[3, 32, 32], groups={}, round_to=round_to)
         self.backend, self.threads, self.batch, self.runs, self.device_text = "fake", 1, 1, 40, "curve"
-        self.precision = "fp32"
+        self.precision, self.mode = "fp32", "served"
         self._cache = {}
         self.full_flops = graph.count_flops()
 

@@ -1,0 +1,112 @@
+"""Trained weights from outside slimkit: plain state dicts, timm/torchvision checkpoint wrappers, and
+files that are not checkpoints at all, through the one loader prune, train and G share."""
+
+import json
+
+import pytest
+import timm
+import torch
+from typer.testing import CliRunner
+
+import slimkit
+from slimkit.checkpoint import CheckpointError, parent_shape, read_weights
+from slimkit.cli import app
+from slimkit.errors import PlanError
+from slimkit.generator import build_model
+from slimkit.plan import load_plan
+
+SIZE = (3, 64, 64)
+CLASSES = 5
+
+
+@pytest.fixture(scope="module")
+def timm_resnet18(tmp_path_factory):
+    """A timm resnet18 (5-class head) saved the way its users save it: torch.save(model.state_dict())."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=CLASSES).eval()
+    with torch.no_grad():  # BatchNorms off their init, so a channel in the wrong place shows in the outputs
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    path = tmp_path_factory.mktemp("timm") / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def test_a_timm_state_dict_prunes_from_the_cli_and_inherits_exactly(timm_resnet18, tmp_path):
+    parent, path = timm_resnet18
+    plan_path = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["prune", "timm:resnet18", "--weights", str(path), "--criterion", "l1", "--flops",
+                                 "50%", "--input-size", "64", "--round-to", "1", "--out", str(plan_path), "--no-plot"])
+    assert r.exit_code == 0, r.output
+    plan = load_plan(plan_path)
+    # the classes come from the state dict's classifier, as they come from a slimkit checkpoint's plan
+    assert plan.has_keep and plan.num_classes == CLASSES and plan.criterion["kind"] == "l1"
+    x = torch.randn(2, *SIZE)
+    thin = slimkit.generate(plan, weights=path).eval()
+    assert thin(x).shape == (2, CLASSES)
+    keep_all = slimkit.full_plan("timm:resnet18", num_classes=CLASSES, input_size=SIZE)
+    with torch.no_grad():
+        assert torch.allclose(slimkit.generate(keep_all, weights=path).eval()(x), parent(x), atol=1e-5)
+
+
+def test_wrapped_and_data_parallel_state_dicts_load(timm_resnet18, tmp_path):
+    parent, _ = timm_resnet18
+    keep_all = slimkit.full_plan("timm:resnet18", num_classes=CLASSES, input_size=SIZE)
+    x = torch.randn(1, *SIZE)
+    state = parent.state_dict()
+    data_parallel = {f"module.{k}": v for k, v in state.items()}
+    for wrapper in ({"model": state}, {"model_state": data_parallel}, data_parallel):
+        path = tmp_path / "wrapped.pt"
+        torch.save(wrapper, path)
+        loaded, plan = read_weights(path)
+        assert plan is None and loaded.keys() == state.keys()
+    path = tmp_path / "train_checkpoint.pt"
+    torch.save({"state_dict": data_parallel, "epoch": 3}, path)  # timm's train.py layout, DataParallel keys
+    assert parent_shape(path, "timm:resnet18") == (CLASSES, None, None)
+    with torch.no_grad():
+        assert torch.allclose(slimkit.generate(keep_all, weights=path).eval()(x), parent(x), atol=1e-5)
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(timm_resnet18):
+    _, path = timm_resnet18
+    r = CliRunner().invoke(app, ["prune", "timm:resnet34", "--weights", str(path), "--criterion", "l1", "--flops",
+                                 "50%", "--input-size", "64", "--round-to", "1", "--out", "/nonexistent/q.json"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code != 0 and "Traceback" not in r.output and len(lines) == 1, r.output
+    assert "timm:resnet34" in lines[0] and "missing layer1.2.conv1.weight" in lines[0]
+    resnet34 = slimkit.full_plan("timm:resnet34", num_classes=CLASSES, input_size=SIZE)
+    with pytest.raises(PlanError, match="does not hold weights of the full timm:resnet34"):
+        slimkit.generate(resnet34, weights=path)
+
+
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
+    junk, plan, onnx_file = tmp_path / "junk.pt", tmp_path / "plan.json", tmp_path / "model.onnx"
+    junk.write_bytes(bytes(range(256)) * 4)
+    plan.write_text(json.dumps(slimkit.full_plan("resnet20", num_classes=10).to_dict()))
+    torch.onnx.export(torch.nn.Linear(3, 2), torch.zeros(1, 3), str(onnx_file), dynamo=False)
+    notes = {junk: "not a PyTorch checkpoint", plan: "slimkit plan", onnx_file: "is an ONNX model"}
+    for path, note in notes.items():
+        with pytest.raises(CheckpointError, match=note) as info:
+            read_weights(path)
+        assert "\n" not in str(info.value)
+    not_weights = tmp_path / "numbers.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, not_weights)
+    with pytest.raises(CheckpointError, match="not model weights"):
+        read_weights(not_weights)
+
+
+def test_a_plain_state_dict_prunes_and_fine_tunes_end_to_end(tmp_path):
+    runner = CliRunner()
+    weights, plan, ft = tmp_path / "resnet20.pt", tmp_path / "p.json", tmp_path / "ft"
+    torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), weights)
+    r = runner.invoke(app, ["prune", "resnet20", "--weights", str(weights), "--criterion", "l1", "--flops", "50%",
+                            "--out", str(plan), "--no-plot"])
+    assert r.exit_code == 0, r.output
+    assert load_plan(plan).num_classes == 10  # the classifier's rows, so training can check them
+    r = runner.invoke(app, ["train", str(plan), "--init", "inherit", "--from", str(weights), "--schedule", "finetune",
+                            "--epochs", "1", "--out", str(ft), "--data", "synthetic", "--max-steps-per-epoch", "1",
+                            "--batch-size", "16"])
+    assert r.exit_code == 0 and "inherited the kept channels' weights" in r.output, r.output
