@@ -96,6 +96,12 @@ def _what_file(p: Path, exc: Exception) -> str:
                 "(a .pt file written by torch.save)")
     # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle: protocol byte 0x80).
     if not head.startswith((b"PK\x03\x04", b"\x80")):
+        try:
+            if head.decode("utf-8").strip():
+                return ("is a text file, not a PyTorch checkpoint: pass a checkpoint.pt or a "
+                        "torch.save(model.state_dict(), path) file")
+        except UnicodeDecodeError:
+            pass
         return ("is not a PyTorch checkpoint (not a file written by torch.save): pass a checkpoint.pt or a "
                 "torch.save(model.state_dict(), path) file")
     if "Unsupported global" in str(exc):
