@@ -52,6 +52,22 @@ def bench_ratio(work: Path, model: Path, full: Path, mode: str, runs: int, threa
             "full_median_ms": rep["models"][0]["stats"]["median_ms"], "mode": rep["mode"]}
 
 
+def plan_and_measure(work: Path, name: str, budget_args: list, args) -> dict:
+    """`slimkit prune mobilenet_v1 BUDGET_ARGS`, export the plan, and re-measure it in both modes."""
+    t0 = time.perf_counter()
+    sh("prune", "mobilenet_v1", *budget_args, "--threads", args.threads, "--no-plot", "--out", work / f"{name}.json")
+    plan = json.loads((work / f"{name}.json").read_text())
+    out = {"round_to": plan["round_to"], "rounding": plan["search"].get("rounding"),
+           "latency_check": plan["search"].get("latency_check"), "planned": plan["latency"],
+           "mac_share": plan["flops"] / plan["search"]["full_flops"],
+           "prune_seconds": round(time.perf_counter() - t0, 1)}
+    sh("export", work / f"{name}.json", "--onnx", "--no-bench", "--exporter", "torchscript", "--out",
+       work / f"{name}.onnx")
+    for mode in ("served", "interleaved"):
+        out[mode] = bench_ratio(work, work / f"{name}.onnx", work / "full.onnx", mode, args.runs, args.threads)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="uniform", help="method of the --latency 50%% plan (uniform | scratch)")
@@ -66,31 +82,12 @@ def main() -> None:
         work = Path(tmp)
         sh("export", "mobilenet_v1", "--num-classes", 10, "--onnx", "--no-bench", "--exporter", "torchscript",
            "--out", work / "full.onnx")
-        t0 = time.perf_counter()
-        sh("prune", "mobilenet_v1", "--flops", "50%", "--method", "uniform", "--num-classes", 10, "--threads",
-           args.threads, "--no-plot", "--out", work / "uniform50.json")
-        plan = json.loads((work / "uniform50.json").read_text())
-        results["uniform50"] = {"round_to": plan["round_to"], "rounding": plan["search"].get("rounding"),
-                                "latency_check": plan["search"].get("latency_check"),
-                                "mac_share": plan["flops"] / plan["search"]["full_flops"],
-                                "prune_seconds": round(time.perf_counter() - t0, 1)}
-        sh("export", work / "uniform50.json", "--onnx", "--no-bench", "--exporter", "torchscript",
-           "--out", work / "uniform50.onnx")
-        for mode in ("served", "interleaved"):
-            results["uniform50"][mode] = bench_ratio(work, work / "uniform50.onnx", work / "full.onnx", mode,
-                                                     args.runs, args.threads)
-        t0 = time.perf_counter()
-        sh("prune", "mobilenet_v1", "--latency", "50%", "--method", args.method, "--threads", args.threads,
-           *(["--num-classes", 10] if args.method == "uniform" else []), "--no-plot", "--out", work / "latency50.json")
-        plan = json.loads((work / "latency50.json").read_text())
-        results["latency50"] = {"method": args.method, "round_to": plan["round_to"], "planned": plan["latency"],
-                                "mac_share": plan["flops"] / plan["search"]["full_flops"],
-                                "prune_seconds": round(time.perf_counter() - t0, 1)}
-        sh("export", work / "latency50.json", "--onnx", "--no-bench", "--exporter", "torchscript",
-           "--out", work / "latency50.onnx")
-        for mode in ("served", "interleaved"):
-            results["latency50"][mode] = bench_ratio(work, work / "latency50.onnx", work / "full.onnx", mode,
-                                                     args.runs, args.threads)
+        results["uniform50"] = plan_and_measure(work, "uniform50", ["--flops", "50%", "--method", "uniform",
+                                                                    "--num-classes", 10], args)
+        results["latency50"] = plan_and_measure(work, "latency50", [
+            "--latency", "50%", "--method", args.method, *(["--num-classes", 10] if args.method == "uniform" else [])],
+            args)
+        results["latency50"]["method"] = args.method
     results["machine"]["load_average_end"] = os.getloadavg()[0]
     write(results, args.out)
 
