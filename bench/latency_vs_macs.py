@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
@@ -48,7 +47,7 @@ from slimkit.exporters.int8 import quantize_for_timing
 from slimkit.files import atomic_write, atomic_write_text
 from slimkit.generator import full_plan
 from slimkit.latency import Candidate, cpu_description, measure
-from slimkit.ort_profile import CATEGORIES, compare_profiles, profile
+from slimkit.ort_profile import compare_profiles, profile
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, prune
 

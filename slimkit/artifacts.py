@@ -27,12 +27,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from slimkit import registry
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.exporters.onnx import export, input_shape, slimkit_metadata
-from slimkit.files import atomic_write
 from slimkit.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights,  # noqa: F401 (re-exported)
                                 write_checkpoint)
 from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
-from slimkit.plan import ChannelPlan, load_plan
+from slimkit.plan import ChannelPlan
 
 __all__ = ["classify", "LoadedModel", "load_model", "plan_of", "default_export_path", "calibrate_bn",
            "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_weights", "write_checkpoint", "model_from_checkpoint",

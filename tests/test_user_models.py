@@ -7,8 +7,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
-from torch import nn
 from typer.testing import CliRunner
 
 import slimkit

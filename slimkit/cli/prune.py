@@ -15,7 +15,7 @@ from slimkit import validate as limits
 from slimkit.budget import parse_budget
 from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
                                  parse_arch_kwargs, parse_input_size, say_plain, user_errors)
-from slimkit.errors import PlanError, SlimkitError
+from slimkit.errors import SlimkitError
 from slimkit.files import Output, check_outputs, has_mark
 from slimkit.flops import format_count
 from slimkit.plan import ChannelPlan, plan_output, save_plan
