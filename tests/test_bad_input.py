@@ -7,6 +7,7 @@ every command, the recipe test every numeric key.
 
 import errno
 import json
+import re
 import time
 from pathlib import Path
 
@@ -562,7 +563,10 @@ def test_one_epoch_is_singular(tmp_path):
     r = run("train", "resnet20", "--data", "synthetic", "--epochs", "1", "--max-steps-per-epoch", "2",
             "--batch-size", "32", "--budget", "fixed", "--out", tmp_path / "run")
     assert r.exit_code == 0, r.output
-    assert "after 1 epoch;" in r.output and "1 epochs" not in r.output and "/ 0 val /" not in r.output
+    # The progress log line starts with a wall-clock time ("21:58:51 epochs: 1/1"), so look for a
+    # whole-word "1 epochs", not the substring.
+    assert "after 1 epoch;" in r.output and "/ 0 val /" not in r.output
+    assert not re.search(r"(?<![\d:])1 epochs", r.output), r.output
 
 
 def test_license_is_an_spdx_string():
