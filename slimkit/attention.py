@@ -272,9 +272,11 @@ class AttentionAnalysis:
             copies, head_dim = factors[0], 0  # packed q/k/v: [3, width]; heads split later
         else:
             return None
-        if copies > 1:  # q, k and v (or k and v) each take one copy of one head space
+        if copies > 1:  # q, k and v (or k and v) each take one copy of one head space: the projection's
+            # rows are all of q's channels, then all of k's (a tile of the channel list, not each channel
+            # repeated in place, which is what a segment's rep means), so weights are inherited row for row
             inner = self.sp.new(self.sp.size[sid] // copies, self.sp.name[sid])
-            self.sp.substitute(sid, ((inner, copies),), "packed attention projection")
+            self.sp.substitute(sid, ((inner, 1),) * copies, "packed attention projection")
             sid = self.sp.find(inner)
         if not head_dim:
             return (dim + 1, ((sid, 1),))

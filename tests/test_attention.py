@@ -41,7 +41,8 @@ def test_heads_embedding_and_mlp_are_groups():
                      ("blocks.1.mlp.fc2.weight", 0), ("blocks.0.attn.qkv.weight", 1)]:
         assert graph.param_dims[fqn][dim] == [("patch_embed.proj", 1)], fqn
     # q, k and v are three copies of the head space; the projection reads one
-    assert graph.param_dims["blocks.0.attn.qkv.weight"][0] == [("blocks.0.attn.qkv", 3)]
+    # q, k, v rows are three copies of the channel list one after another (not each channel three times)
+    assert graph.param_dims["blocks.0.attn.qkv.weight"][0] == [("blocks.0.attn.qkv", 1)] * 3
     assert graph.param_dims["blocks.0.attn.proj.weight"][1] == [("blocks.0.attn.qkv", 1)]
     assert graph.frozen == {"head": "network output"}
     assert graph.other_macs == 0  # every counted MAC is explained by a conv/linear or attention term

@@ -20,20 +20,25 @@ from slimkit.train import TrainConfig, train
 SIZE = (3, 32, 32)
 
 
-def trained_like(arch: str) -> tuple[ChannelPlan, nn.Module]:
-    """A full plan and a parent whose BatchNorms are not at their init (scales, shifts, running stats
-    all differ per channel), so a channel copied to the wrong place shows in the outputs."""
-    plan = slimkit.full_plan(arch, num_classes=10, input_size=SIZE)
+def trained_like(arch: str, arch_kwargs: dict | None = None) -> tuple[ChannelPlan, nn.Module]:
+    """A full plan and a parent whose norms are not at their init (BatchNorm scales, shifts and running
+    stats, LayerNorm scales and shifts, ConvNeXt's layer scales all differ per channel), so a channel
+    copied to the wrong place shows in the outputs."""
+    plan = slimkit.full_plan(arch, num_classes=10, input_size=SIZE, arch_kwargs=arch_kwargs)
     parent = build_model(plan.arch, plan.arch_kwargs)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in parent.modules():
-            if isinstance(m, nn.BatchNorm2d) and m.affine and m.track_running_stats:
-                n = m.num_features
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) and getattr(m, "weight", None) is not None:
+                n = m.weight.shape[0]
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        for name, p in parent.named_parameters():
+            if name.endswith(".gamma"):  # timm's layer scale starts at 1e-6: blocks would barely count
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
     return plan, parent.eval()
 
 
@@ -53,15 +58,44 @@ def zeroed(parent: nn.Module, plan: ChannelPlan) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2"])
-def test_a_plan_keeping_every_channel_reproduces_the_parent(arch):
-    plan, parent = trained_like(arch)
+VIT = ("timm:vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8})  # a ViT at a test-sized input
+
+
+@pytest.mark.parametrize("arch,arch_kwargs", [("resnet20", None), ("mobilenet_v2", None),
+                                              ("timm:efficientnet_b0", None), ("timm:convnext_atto", None), VIT])
+def test_a_plan_keeping_every_channel_reproduces_the_parent(arch, arch_kwargs):
+    plan, parent = trained_like(arch, arch_kwargs)
     keep_all = choose_channels(plan, parent.state_dict())
     assert keep_all.format == PLAN_FORMAT_KEEP and keep_all.criterion["kind"] == "l1"
     child = generate(keep_all, weights=parent.state_dict()).eval()
+    assert child is not parent
     x = torch.randn(2, *SIZE)
     with torch.no_grad():
         assert (child(x) - parent(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch,arch_kwargs", [("timm:convnext_atto", None), VIT])
+def test_zeroing_equivalence_inside_blocks_of_layernorm_models(arch, arch_kwargs):
+    """Where a LayerNorm normalizes the residual stream, dropping a stream channel changes every other
+    channel's statistics, so the equivalence holds only with the streams kept: then the MLP hidden
+    channels (ConvNeXt, ViT) and whole attention heads (ViT: a zeroed head attends uniformly to zero
+    values) that G drops are exactly the parent's with those channels silenced."""
+    plan, parent = trained_like(arch, arch_kwargs)
+    graph = channel_graph(plan.arch, plan.arch_kwargs, SIZE)
+    pinned = {n: graph.groups[n].width for n in residual_stream_groups(graph)}
+    res = search_uniform(graph, Budget("flops", "80%", plan.flops * 8 // 10), round_to=1, tolerance=0.1,
+                         pinned=pinned)
+    # uniform scaling keeps ViT-Tiny's three 64-wide heads; drop one head per block by hand
+    widths = {n: w * 2 // 3 if n.endswith("attn.qkv") else w for n, w in res.widths.items()}
+    thin = choose_channels(plan.with_widths(widths, flops=graph.count_flops(widths),
+                                            params=graph.count_params(widths)), parent.state_dict())
+    assert sum(g["width"] < g["full"] for g in thin.groups.values()) >= 4
+    child = generate(thin, weights=parent.state_dict()).eval()
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        want, got = zeroed(parent, thin)(x), child(x)
+        assert (got - want).abs().max().item() <= 1e-5
+        assert (got - parent(x)).abs().max().item() > 1e-3  # the pruning did change the function
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2",
