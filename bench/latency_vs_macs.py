@@ -184,7 +184,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO,
+    ap.add_argument("--round-to", type=lambda v: v if v == "auto" else int(v), default=DEFAULT_ROUND_TO,
                     help="channel multiple of every plan (default: slimkit prune's default)")
     ap.add_argument("--gate-steps", type=int, default=30, help="gate-learning steps of the default method")
     ap.add_argument("--gate-batch", type=int, default=32, help="gate-learning batch size of the default method")
