@@ -33,7 +33,9 @@ and the check go into the file's ``metadata_props``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -231,6 +233,25 @@ def calibration_images(data: DataBundle, n: int, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- quantization
+
+class _FormatAdviceFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please use QuantFormat.QDQ")
+
+
+@contextlib.contextmanager
+def _without_format_advice():
+    """onnxruntime's quantizer logs "Please use QuantFormat.QDQ ..." on the root logger for QOperator
+    s8/s8; slimkit times that configuration on purpose (int8_speed ranks it) and reports what it
+    measured, so the advice would only be a stray line in the user's terminal."""
+    flt = _FormatAdviceFilter()
+    logging.getLogger().addFilter(flt)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(flt)
+
+
 def quantize_onnx(fp32_path: str | Path, calib: np.ndarray, settings: QuantizeSettings,
                   warn: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """onnxruntime's pre-processing + ``quantize_static`` on ``fp32_path``, in a scratch folder.
@@ -295,12 +316,13 @@ def quantize_onnx(fp32_path: str | Path, calib: np.ndarray, settings: QuantizeSe
             record["preprocess"] = "skipped"
         quantized = Path(tmp) / "model.int8.onnx"
         try:
-            quantize_static(str(source), str(quantized), _Reader(),
-                            quant_format={"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}[settings.quant_format],
-                            per_channel=settings.per_channel, activation_type=qtype[settings.activation_type],
-                            weight_type=qtype[settings.weight_type], calibrate_method=method,
-                            reduce_range=settings.reduce_range,
-                            extra_options={"CalibTensorRangeSymmetric": False})
+            with _without_format_advice():
+                quantize_static(str(source), str(quantized), _Reader(),
+                                quant_format={"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}[settings.quant_format],
+                                per_channel=settings.per_channel, activation_type=qtype[settings.activation_type],
+                                weight_type=qtype[settings.weight_type], calibrate_method=method,
+                                reduce_range=settings.reduce_range,
+                                extra_options={"CalibTensorRangeSymmetric": False})
             result = onnx.load(str(quantized))
         except ExportError:
             raise
