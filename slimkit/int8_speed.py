@@ -40,7 +40,7 @@ from slimkit.errors import SlimkitError
 from slimkit.exporters import ExportError
 from slimkit.exporters.int8 import QUANT_FORMATS, QuantizeSettings, quantize_for_timing
 from slimkit.files import atomic_write_text, cache_dir
-from slimkit.latency import Candidate, cpu_description, measure, model_fingerprint, physical_cores
+from slimkit.latency import Candidate, cpu_description, measure, model_fingerprint, physical_cores, timing_enabled
 
 __all__ = ["CANDIDATES", "Int8Ranking", "rank_int8_configs", "candidates_matching", "ordered_settings",
            "machine_key", "CACHE_FILE", "RANKING_FORMAT"]
@@ -136,7 +136,8 @@ class Int8Ranking:
         return asdict(self)
 
     def summary(self) -> str:
-        how = "cached timing" if self.source == "cached" else f"timed {len(self.configurations)} configurations"
+        how = {"cached": "cached timing", "untimed": "default order, untimed: SLIMKIT_NO_TIMING is set"}.get(
+            self.source, f"timed {len(self.configurations)} configurations")
         vs = f", {self.int8_over_fp32:.2f}x the fp32 file's latency" if self.int8_over_fp32 else ""
         return f"{self.best['label']} ({how} on {self.machine['cpu']}{vs})"
 
@@ -197,10 +198,11 @@ def rank_int8_configs(fp32_path: str | Path, input_shape: tuple[int, ...], *,
             return ranking
         except TypeError:
             pass  # written by another slimkit version: measure again
-    if len(candidates) == 1:  # nothing to choose: no timing
-        c = candidates[0]
-        return Int8Ranking([{"label": c.label, **_fields(c), "median_ms": None, "ratio": 1.0, "ratio_ci": [1.0, 1.0]}],
-                           None, machine, model, source="asked", runs=0, reference=c.label)
+    if len(candidates) == 1 or not timing_enabled():  # nothing to choose, or timings here mean nothing
+        untimed = [{"label": c.label, **_fields(c), "median_ms": None, "ratio": 1.0, "ratio_ci": [1.0, 1.0]}
+                   for c in candidates]
+        return Int8Ranking(untimed, None, machine, model, source="asked" if len(candidates) == 1 else "untimed",
+                           runs=0, reference=candidates[0].label)
     say = say or (lambda _m: None)
     say(f"int8: timing {len(candidates)} onnxruntime configurations on this CPU (once per machine and model "
         f"structure; cached in {cache})" if cache else f"int8: timing {len(candidates)} onnxruntime configurations")

@@ -47,7 +47,7 @@ from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is
 from slimkit.generator import generate
 from slimkit.plots import plot_latency
 
-__all__ = ["BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
+__all__ = ["timing_enabled", "BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
            "physical_cores", "measure", "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT",
            "model_fingerprint", "report_outputs", "baseline_output",
            "read_baseline", "write_baseline"]
@@ -100,6 +100,12 @@ class Candidate:
     flops: int | None = None
     params: int | None = None
     plan: dict[str, Any] | None = None  # the slimkit plan it was built from, when known
+
+
+def timing_enabled() -> bool:
+    """False under ``SLIMKIT_NO_TIMING=1``: for machines whose timings mean nothing (shared CI runners),
+    where no plan or export choice may depend on a measurement (rounding, int8 configuration)."""
+    return os.environ.get("SLIMKIT_NO_TIMING", "") in ("", "0")
 
 
 def _ort_runner(c: Candidate, backend: str, threads: int, mode: str = DEFAULT_TIMING_MODE) -> Callable[[], None]:

@@ -41,9 +41,8 @@ from slimkit.generator import (build_model, channel_graph, choose_channels, gene
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.layer_latency import layer_latency_per_mac
 from slimkit.plan import CRITERIA, ChannelPlan
-from slimkit.latency import check_mode
-from slimkit.rounding import (AUTO, RoundingChoice, auto_round_to, documented_multiple, is_ragged, parse_round_to,
-                              timing_enabled)
+from slimkit.latency import check_mode, timing_enabled
+from slimkit.rounding import AUTO, RoundingChoice, auto_round_to, documented_multiple, is_ragged, parse_round_to
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,24 +44,18 @@ from slimkit.budget import Budget, search_uniform
 from slimkit.errors import BudgetError, SlimkitError
 from slimkit.files import atomic_write_text, cache_dir
 from slimkit.graph import ChannelGraph
-from slimkit.latency import cpu_description
+from slimkit.latency import cpu_description, timing_enabled
 from slimkit.latency_search import LatencyMeter
 from slimkit.plan import ChannelPlan
 
 __all__ = ["AUTO", "CANDIDATES", "MIN_EFFICIENCY", "RoundingChoice", "choose_multiple", "sweep_multiples",
-           "auto_round_to", "odd_multiples", "documented_multiple", "parse_round_to", "cpu_flags", "is_ragged", "timing_enabled"]
+           "auto_round_to", "odd_multiples", "documented_multiple", "parse_round_to", "cpu_flags", "is_ragged"]
 
 AUTO = "auto"
 CANDIDATES = (4, 8, 16, 32)
 MIN_EFFICIENCY = 0.5  # at least half the MACs saved by m's finer step must show up as time saved
 CACHE_FILE = "round_to.json"
 CACHE_FORMAT = "slimkit.round_to/1"
-
-
-def timing_enabled() -> bool:
-    """False under ``SLIMKIT_NO_TIMING=1``: for machines whose timings mean nothing (shared CI runners),
-    where plans must not depend on a measurement."""
-    return os.environ.get("SLIMKIT_NO_TIMING", "") in ("", "0")
 
 
 def cpu_flags() -> set[str]:

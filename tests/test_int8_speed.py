@@ -64,6 +64,7 @@ def test_candidates_cover_formats_and_types_default_first():
 
 
 def test_a_confidently_faster_configuration_ranks_first_and_noise_does_not(fp32, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")  # this test is about the timed ranking
     calls = []
     qop = "QOperator u8/s8 per-channel"
     s8 = "QDQ s8/s8 per-channel"
@@ -90,6 +91,7 @@ def test_a_confidently_faster_configuration_ranks_first_and_noise_does_not(fp32,
 
 
 def test_damaged_cache_is_measured_again(fp32, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")  # this test is about the timed ranking
     calls = []
     monkeypatch.setattr(int8_speed, "measure", _fake_measure({}, calls))
     cache = tmp_path / "c.json"
@@ -99,11 +101,22 @@ def test_damaged_cache_is_measured_again(fp32, monkeypatch, tmp_path):
     assert json.loads(cache.read_text())["format"] == int8_speed.RANKING_FORMAT
 
 
-def test_real_timing_quantizes_every_configuration_and_ranks_them(fp32, tmp_path):
+def test_real_timing_quantizes_every_configuration_and_ranks_them(fp32, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
     ranking = rank_int8_configs(fp32["path"], fp32["shape"], runs=5, warmup=1, cache=None)
     labels = {c["label"] for c in ranking.configurations}
     assert len(labels) + len(ranking.skipped) == len(CANDIDATES)
     assert all(c["median_ms"] > 0 for c in ranking.configurations) and ranking.fp32_ratio > 0
+
+
+def test_no_timing_keeps_the_default_order_and_measures_nothing(fp32, monkeypatch, tmp_path):
+    """SLIMKIT_NO_TIMING=1 (shared CI runners): the export must not depend on a timing there."""
+    calls = []
+    monkeypatch.setattr(int8_speed, "measure", _fake_measure({}, calls))
+    ranking = rank_int8_configs(fp32["path"], fp32["shape"], cache=tmp_path / "c.json")
+    assert ranking.source == "untimed" and calls == [] and not (tmp_path / "c.json").exists()
+    assert [c["label"] for c in ranking.configurations] == [c.label for c in CANDIDATES]
+    assert "SLIMKIT_NO_TIMING" in ranking.summary()
 
 
 def test_export_falls_back_to_the_next_configuration_when_the_check_fails(fp32, monkeypatch, tmp_path):
@@ -153,6 +166,7 @@ def test_quantizer_advice_for_configurations_timed_on_purpose_stays_out_of_the_t
 
 
 def test_cli_export_reports_which_configuration_ran(fp32, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")  # this test is about the timed ranking
     calls = []
     qdq_s8 = "QDQ s8/s8 per-channel"
     monkeypatch.setattr(int8_speed, "measure", _fake_measure({qdq_s8: (0.6, 0.55, 0.65), "fp32": (1.5, 1.4, 1.6)},

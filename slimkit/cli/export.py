@@ -179,6 +179,10 @@ def _choice_text(ranking: Int8Ranking, attempts: list[dict]) -> str:
     if ranking.source == "asked":
         return f"{attempts[-1]['configuration']}, as asked (--int8-format/--int8-activations/--int8-weights)"
     failed = [a["configuration"] for a in attempts[:-1]]
+    if ranking.source == "untimed":
+        return (f"{attempts[-1]['configuration']}: the first of slimkit's default order that passed the check "
+                "(SLIMKIT_NO_TIMING is set, so this CPU was not timed)"
+                + (f"; failed the check: {', '.join(failed)}" if failed else ""))
     timed = ", ".join(f"{c['label']} {c['ratio']:.2f}" for c in ranking.configurations)
     fp32 = f", fp32 {ranking.fp32_ratio:.2f}" if ranking.fp32_ratio else ""
     return (f"{attempts[-1]['configuration']}: the fastest of {len(ranking.configurations)} that passed the check "
