@@ -264,11 +264,13 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
         return "exists: skip" if recorded is not None or record.legacy else "would run"
 
     trains = []
+    first = RUN_FULL in (recipe.prune.weights, recipe.train.init_from)  # the parent trains before the prune stage
     for label, folder in _train_jobs(recipe, lay):
         state, done, total = train_state(folder)
         text = {"done": f"done ({done} epochs): skip", "resume": f"resume after epoch {done}",
                 "new": "would run"}[state]
-        trains.append((folder, f"{label}: {text}"))
+        how = _training_text(_train_config(recipe, lay, label))
+        trains.append((folder, f"{label} ({how}{', before prune' if first and label == 'full' else ''}): {text}"))
     if "uniform" in recipe.train.compare and recipe.prune.method == "uniform" and recipe.prune.structure is None:
         trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
     int8 = recipe.export.int8
