@@ -131,10 +131,9 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     widths instead of a budget and a method; with ``gates.weights`` and ``criterion='l1'`` the plan keeps
     the channels with the largest filters, as the paper did.
     """
-    _check_arguments(arch, budget, method, input_size, verify, gates, latency, progress, log)
-    if (budget is None) == (structure is None):
-        raise SlimkitError("give a budget ('50%', '150M', '2.1Mp', '8ms') or a structure ('resnet56-a'), not both"
-                           if structure is not None else "give a budget: '50%', '150M', '2.1Mp' or '8ms'")
+    _check_arguments(arch, budget, method, input_size, verify, gates, latency, progress, log, structure)
+    if budget is not None and structure is not None:
+        raise SlimkitError("give a budget ('50%', '150M', '2.1Mp', '8ms') or a structure ('resnet56-a'), not both")
     input_size = check_input_size("prune", input_size)
     gates = gates or GateOptions()
     latency_options = latency or LatencyOptions()
@@ -393,7 +392,7 @@ def _prune_structure(arch: Any, name: str, *, num_classes: int | None, in_chans:
 
 
 def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verify: Any, gates: Any, latency: Any,
-                     progress: Any, log: Any) -> None:
+                     progress: Any, log: Any, structure: Any = None) -> None:
     """prune()'s arguments have the types its docstring gives (the CLI and recipes always pass them so;
     a Python caller learns which argument is wrong, not an AttributeError from deep inside)."""
     if not (isinstance(arch, (str, nn.Module)) or callable(arch)):
@@ -403,7 +402,8 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
         hint = f"'{budget * 100:g}%'" if 0 < budget <= 1 else f"'{budget:g}' (MACs) or '{budget:g}p' (params)"
         raise TypeError(f"prune: 'budget' must be a budget string like '50%', '150M', '2.1Mp' or '8ms', "
                         f"got the number {budget!r}: write {hint}")
-    check_type("prune", "budget", budget, (str, Budget, type(None)),
+    check_type("prune", "structure", structure, (str, type(None)), "a structure name like 'resnet56-a', or None")
+    check_type("prune", "budget", budget, (str, Budget) if structure is None else (str, Budget, type(None)),
                "a budget string like '50%', '150M', '2.1Mp' or '8ms' (or None with a structure)")
     check_type("prune", "method", method, str, f"one of {', '.join(repr(m) for m in METHODS)}")
     check_type("prune", "verify", verify, bool, "True or False")
