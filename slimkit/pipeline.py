@@ -25,7 +25,8 @@ its header) marks the folder as a run's: a folder without it is someone else's, 
 to write over any file in it (``force`` replaces them). ``stages.json`` records, for each stage,
 fingerprints (SHA-256) of the files it read and wrote; a stage is skipped only when they still
 match, so a plan, checkpoint or ONNX file changed or replaced after a stage ran makes the stages
-after it run again (a plan cut from a parent checkpoint is cut again when that checkpoint changed), and a trained folder whose plan is not the run's plan is refused. What the run has
+after it run again (a plan cut from a parent checkpoint is cut again when that checkpoint
+changed), and a trained folder whose plan is not the run's plan is refused. What the run has
 to say goes through :class:`RunHooks` (the CLI draws it with rich; the default is silent), as
 ``prune`` and ``train`` take ``log`` and ``progress``.
 """
@@ -169,7 +170,8 @@ class StageRecord:
             self.stages = {}
 
     def _entry(self, inputs: list[Path], outputs: list[Path]) -> dict[str, dict[str, str | None]]:
-        return {"from": {self._name(p): _digest(p) for p in inputs}, "wrote": {self._name(p): _digest(p) for p in outputs}}
+        return {"from": {self._name(p): _digest(p) for p in inputs},
+                "wrote": {self._name(p): _digest(p) for p in outputs}}
 
     def _name(self, path: Path) -> str:
         """A file's key in the record: relative to the run folder, or absolute for a file outside it (a

@@ -521,11 +521,11 @@ def _check_parent(r: Recipe, source: str) -> None:
     _check(p.weights is None or bool(p.weights.strip()), source,
            f"prune.weights is empty: give '{RUN_FULL}' (the run's own full model) or a checkpoint path")
     if p.criterion is not None and p.weights is None:
-        raise RecipeError(f"{source}: prune.criterion {p.criterion} ranks a trained model's channels: set prune.weights "
-                          f"('{RUN_FULL}', the run's own full model, or a checkpoint path)")
+        raise RecipeError(f"{source}: prune.criterion {p.criterion} ranks a trained model's channels: set "
+                          f"prune.weights ('{RUN_FULL}', the run's own full model, or a checkpoint path)")
     if p.weights is not None and p.criterion is None:
-        raise RecipeError(f"{source}: prune.weights: set prune.criterion (l1: the largest filters; gates: gates learned "
-                          "on the trained weights, prune.method scratch) to say which channels the plan keeps")
+        raise RecipeError(f"{source}: prune.weights: set prune.criterion (l1: the largest filters; gates: gates "
+                          "learned on the trained weights, prune.method scratch) to say which channels the plan keeps")
     if p.criterion is not None:
         wanted = "l1" if p.structure is not None else {"l1": "uniform", "gates": "scratch"}[p.criterion]
         if p.structure is not None:
@@ -647,8 +647,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def _paths_from_recipe_folder(raw: Any, folder: Path) -> Any:
     """Relative paths in a recipe file (``data.name: imagefolder:PATH``, ``data.data_dir``, the checkpoints
-    ``prune.weights`` and ``train.init_from``) are relative to the file's folder, as includes are in most config formats: a recipe means the same
-    wherever ``slimkit run`` starts. ``--set`` values stay relative to the current directory."""
+    ``prune.weights`` and ``train.init_from``) are relative to the file's folder, as includes are in most
+    config formats: a recipe means the same wherever ``slimkit run`` starts. ``--set`` values stay relative
+    to the current directory."""
     if not isinstance(raw, dict):
         return raw
     out = dict(raw)
@@ -665,7 +666,8 @@ def _paths_from_recipe_folder(raw: Any, folder: Path) -> Any:
     for section, key in (("prune", "weights"), ("train", "init_from")):  # checkpoints: the same rule
         part = out.get(section)
         value = part.get(key) if isinstance(part, dict) else None
-        if isinstance(value, str) and value.strip() and value != RUN_FULL and not Path(value).expanduser().is_absolute():
+        if isinstance(value, str) and value.strip() and value != RUN_FULL and \
+                not Path(value).expanduser().is_absolute():
             out[section] = {**part, key: str((folder / value).absolute())}
     return out
 

@@ -17,7 +17,8 @@ BASE = "name: r\narch: resnet56\nnum_classes: 10\n"
 
 def test_the_cifar10_rethinking_recipe_loads_with_the_papers_settings():
     r = load_recipe(RECIPES / "cifar10_resnet56_rethinking.yaml")
-    assert (r.data.name, r.prune.structure, r.prune.weights, r.prune.criterion) == ("cifar10", "resnet56-a", "full", "l1")
+    assert (r.data.name, r.prune.structure, r.prune.weights, r.prune.criterion) == \
+        ("cifar10", "resnet56-a", "full", "l1")
     assert (r.train.epochs, r.train.schedule, r.train.init, r.train.init_from) == (160, "finetune", "inherit", "full")
     assert (r.train.main_epochs, r.train.finetune_lr, r.train.lr) == (40, 0.001, 0.1)
     assert r.train.compare == ["full", "scratch-e", "scratch-b"]
@@ -100,7 +101,8 @@ def test_a_recipe_trains_the_parent_prunes_it_and_fine_tunes_resumably(tmp_path)
     assert [configs[f]["init"] for f in ("train-full", "train-scratch-b")] == ["scratch"] * 2
     assert not (out / "train-scratch-e").exists()
     # the same compute as the full model's 1 epoch: ceil(full / plan MACs), the plan being just under 50%
-    assert configs["train-scratch-b"]["epochs_run"] == scratch_b_epochs(1, plan.search["full_flops"], plan.flops, None) > 1
+    stretched = scratch_b_epochs(1, plan.search["full_flops"], plan.flops, None)
+    assert configs["train-scratch-b"]["epochs_run"] == stretched > 1
     rows = {row["name"]: row for row in summary["models"]}
     assert list(rows) == ["pruned", "scratch-b", "uniform", "full"]
     assert rows["pruned"]["training"] == f"finetune from {parent}"
