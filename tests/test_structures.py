@@ -57,6 +57,7 @@ def test_from_weights_the_structure_keeps_the_largest_filters(tmp_path):
         width = plan.groups[name]["width"]
         assert plan.groups[name]["keep"] == sorted(scores[name].argsort(descending=True)[:width].tolist())
     assert "keep" not in plan.groups["layer3.8.conv1"]  # skipped: kept whole
+    assert plan.widths == prune("resnet56", structure="resnet56-a", num_classes=10, verify=False).widths
     with pytest.raises(SlimkitError, match="use --criterion l1"):
         prune("resnet56", structure="resnet56-a", gates=GateOptions(weights=str(weights)), criterion="gates")
 
