@@ -4,9 +4,12 @@ Every stage writes into the run folder (default ``runs/<name>``) and is skipped 
 already exist, so a killed run continues where it stopped when the same recipe runs again:
 
 ========  ====================================================================================
-prune     ``plan.json`` (the recipe's method) and ``uniform.json`` (method uniform, same budget)
-train     ``train/`` (the plan), plus ``train-full/`` and ``train-uniform/`` when listed in
-          ``train.compare``; a folder with fewer epochs than planned is resumed
+prune     ``plan.json`` (the recipe's method) and ``uniform.json`` (method uniform, same budget);
+          from ``prune.weights: full`` the full model is trained first (``train-full/``) and pruned
+train     ``train/`` (the plan: from scratch, or fine-tuned from inherited weights with
+          ``train.init: inherit``), plus ``train-full/``, ``train-uniform/``, ``train-scratch-e/`` and
+          ``train-scratch-b/`` (the plan from scratch) when listed in ``train.compare``; a folder
+          with fewer epochs than planned is resumed
 export    ``model.onnx`` from ``train/checkpoint.pt`` (the metadata ``slimkit export`` writes);
           with ``export.int8``, also ``model.int8.onnx`` (and its ``.check.json``), refused when it
           loses more than ``export.max_drop`` top-1 points on the test split
@@ -22,7 +25,8 @@ its header) marks the folder as a run's: a folder without it is someone else's, 
 to write over any file in it (``force`` replaces them). ``stages.json`` records, for each stage,
 fingerprints (SHA-256) of the files it read and wrote; a stage is skipped only when they still
 match, so a plan, checkpoint or ONNX file changed or replaced after a stage ran makes the stages
-after it run again, and a trained folder whose plan is not the run's plan is refused. What the run has
+after it run again (a plan cut from a parent checkpoint is cut again when that checkpoint
+changed), and a trained folder whose plan is not the run's plan is refused. What the run has
 to say goes through :class:`RunHooks` (the CLI draws it with rich; the default is silent), as
 ``prune`` and ``train`` take ``log`` and ``progress``.
 """
@@ -36,7 +40,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +55,15 @@ from slimkit.exporters.int8 import (Int8CheckError, QuantizeSettings, export_int
 from slimkit.int8_speed import ordered_settings, rank_int8_configs
 from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
 from slimkit.flops import format_count
-from slimkit.generator import verified_plan
+from slimkit.budget import Budget
+from slimkit.generator import full_plan, verified_plan
 from slimkit.latency import LatencyReport, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
 from slimkit.rounding import documented_multiple
-from slimkit.recipe import Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
-from slimkit.train import TrainConfig, run_outputs, train
+from slimkit.recipe import RUN_FULL, Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
+from slimkit.train import FINETUNE, TrainConfig, run_outputs, train
 from slimkit.validate import check_type, show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "StageRecord", "train_state", "RECIPE_HEADER", "stage_list", "budget_reach", "check_folder",
@@ -103,6 +108,7 @@ class Layout:
         self.recipe = root / RUN_RECIPE_NAME
         self.plan, self.uniform, self.plan_png = root / "plan.json", root / "uniform.json", root / "plan.png"
         self.train, self.train_full, self.train_uniform = root / "train", root / "train-full", root / "train-uniform"
+        self.train_scratch = {label: root / f"train-{label}" for label in ("scratch-e", "scratch-b")}
         self.onnx = root / "model.onnx"
         self.onnx_int8 = int8_path(self.onnx)
         self.int8_check = root / "model.int8.check.json"
@@ -118,6 +124,13 @@ class Layout:
                 return f.read(len(RECIPE_HEADER)) == RECIPE_HEADER
         except OSError:
             return False
+
+    def checkpoint(self, where: str | None) -> Path | None:
+        """A parent checkpoint a recipe names (prune.weights, train.init_from): the run's own full model's
+        for ``full``, else the path itself."""
+        if where is None:
+            return None
+        return self.train_full / "checkpoint.pt" if where == RUN_FULL else Path(where).expanduser()
 
     def outputs(self, recipe: Recipe) -> list[Output]:
         """Every file a run may write here (for a folder that is not yet a run folder: none may exist)."""
@@ -157,8 +170,20 @@ class StageRecord:
             self.stages = {}
 
     def _entry(self, inputs: list[Path], outputs: list[Path]) -> dict[str, dict[str, str | None]]:
-        rel = lambda p: p.relative_to(self.lay.root).as_posix()  # noqa: E731
-        return {"from": {rel(p): _digest(p) for p in inputs}, "wrote": {rel(p): _digest(p) for p in outputs}}
+        return {"from": {self._name(p): _digest(p) for p in inputs},
+                "wrote": {self._name(p): _digest(p) for p in outputs}}
+
+    def _name(self, path: Path) -> str:
+        """A file's key in the record: relative to the run folder, or absolute for a file outside it (a
+        parent checkpoint given by path)."""
+        try:
+            return path.relative_to(self.lay.root).as_posix()
+        except ValueError:
+            return path.absolute().as_posix()
+
+    def read(self, stage: str, path: Path) -> str | None:
+        """The fingerprint ``path`` had when ``stage`` last read it (None: never recorded)."""
+        return self.stages.get(stage, {}).get("from", {}).get(self._name(path))
 
     def current(self, stage: str, inputs: list[Path], outputs: list[Path]) -> bool:
         """The stage's outputs all exist and are what it wrote, from inputs as they are now."""
@@ -169,7 +194,7 @@ class StageRecord:
         return self.stages[stage] == self._entry(inputs, outputs)
 
     def wrote(self, stage: str, path: Path) -> str | None:
-        return self.stages.get(stage, {}).get("wrote", {}).get(path.relative_to(self.lay.root).as_posix())
+        return self.stages.get(stage, {}).get("wrote", {}).get(self._name(path))
 
     def record(self, stage: str, inputs: list[Path], outputs: list[Path]) -> None:
         self.stages[stage] = self._entry(inputs, outputs)
@@ -199,10 +224,31 @@ def train_state(folder: Path) -> tuple[str, int, int | None]:
 def _train_jobs(recipe: Recipe, lay: Layout) -> list[tuple[str, Path]]:
     jobs = [("pruned", lay.train)]
     for other in recipe.train.compare:
-        if other == "uniform" and recipe.prune.method == "uniform":
+        if other == "uniform" and recipe.prune.method == "uniform" and recipe.prune.structure is None:
             continue  # the pruned model *is* the uniform one: same plan, same seed, same run
-        jobs.append((other, lay.train_full if other == "full" else lay.train_uniform))
+        folder = {"full": lay.train_full, "uniform": lay.train_uniform}.get(other) or lay.train_scratch[other]
+        jobs.append((other, folder))
+    if RUN_FULL in (recipe.prune.weights, recipe.train.init_from):  # the parent trains before anything is cut
+        jobs.sort(key=lambda job: job[0] != "full")
     return jobs
+
+
+def _train_config(recipe: Recipe, lay: Layout, label: str) -> TrainConfig:
+    """How each of the run's trainings trains: the plan (train/) and the uniform plan as the recipe's
+    train section says (inheriting, when it says so); the full model and the scratch-e / scratch-b
+    comparisons from scratch for train.epochs (the full model: Scratch-E, i.e. its plain schedule)."""
+    t = recipe.train
+    common = dict(data=recipe.data.name, data_dir=recipe.data.data_dir, batch_size=t.batch_size,
+                  weight_decay=t.weight_decay, label_smoothing=t.label_smoothing, warmup_epochs=t.warmup_epochs,
+                  augment=t.augment, seed=t.seed, max_steps_per_epoch=t.max_steps_per_epoch)
+    if label in ("pruned", "uniform"):
+        finetune = t.schedule == FINETUNE
+        init_from = lay.checkpoint(t.init_from)
+        return TrainConfig(**common, epochs=t.main_epochs, schedule=t.schedule,
+                           lr=t.finetune_lr if finetune else t.lr, init=t.init,
+                           init_from=str(init_from) if init_from is not None else None)
+    schedule = label if label in lay.train_scratch else (t.schedule if t.schedule != FINETUNE else "scratch-e")
+    return TrainConfig(**common, epochs=t.epochs, schedule=schedule, lr=t.lr)
 
 
 def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, str]]]]:
@@ -220,19 +266,24 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
         return "exists: skip" if recorded is not None or record.legacy else "would run"
 
     trains = []
+    first = RUN_FULL in (recipe.prune.weights, recipe.train.init_from)  # the parent trains before the prune stage
     for label, folder in _train_jobs(recipe, lay):
         state, done, total = train_state(folder)
         text = {"done": f"done ({done} epochs): skip", "resume": f"resume after epoch {done}",
                 "new": "would run"}[state]
-        trains.append((folder, f"{label}: {text}"))
-    if "uniform" in recipe.train.compare and recipe.prune.method == "uniform":
+        how = _training_text(_train_config(recipe, lay, label))
+        trains.append((folder, f"{label} ({how}{', before prune' if first and label == 'full' else ''}): {text}"))
+    if "uniform" in recipe.train.compare and recipe.prune.method == "uniform" and recipe.prune.structure is None:
         trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
     int8 = recipe.export.int8
     onnx_state = "exists: skip" if _export_done(lay, record) else "would run"
     int8_state = "exists: skip" if _int8_done(recipe, lay, record) else "would run"
     bench_state = "exists: skip" if _bench_done(recipe, lay, record) else "would run"
     return [
-        ("prune", [(lay.plan, f"{recipe.prune.method} plan: {status(lay.plan)}"),
+        ("prune", [(lay.plan, (f"structure {recipe.prune.structure}" if recipe.prune.structure else
+                               f"{recipe.prune.method} plan")
+                    + (f", channels kept by {recipe.prune.criterion} on {lay.checkpoint(recipe.prune.weights)}"
+                       if recipe.prune.weights else "") + f": {status(lay.plan)}"),
                    (lay.uniform, f"uniform plan, same budget: {status(lay.uniform)}"),
                    (lay.plan_png, f"channels per group: {status(lay.plan_png)}")]),
         ("train", trains),
@@ -297,6 +348,11 @@ def budget_reach(recipe: Recipe) -> str | None:
     """Dry run: is a FLOPs/params budget reachable for this model at all? (The uniform plan at that
     budget, seconds to find; a latency budget needs the machine it is measured on.)"""
     b = recipe.prune.budget()
+    if b is None:  # a structure: its widths are fixed, so it fits by construction
+        plan = prune(recipe.arch, structure=recipe.prune.structure, verify=False,
+                     **{k: v for k, v in _shape_kwargs(recipe).items() if k != "round_to"})
+        return (f"reachable: the full model has {format_count(plan.search['full_flops'])} MACs; structure "
+                f"{recipe.prune.structure} keeps {format_count(plan.flops)}")
     if b.kind == "latency":
         return None
     shape = _shape_kwargs(recipe)
@@ -316,42 +372,64 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
     latency = LatencyOptions(backend=p.backend, threads=p.threads, batch=recipe.bench.batch, precision=p.precision,
                              mode=p.timing)
     plans: dict[str, ChannelPlan] = {}
+    parent = lay.checkpoint(p.weights)
+    if parent is not None and not parent.is_file():
+        raise SlimkitError(f"prune.weights: checkpoint not found: {parent}")
+    # a plan cut from a parent is cut again when the parent changed since (e.g. train-full/ trained anew)
+    parent_changed = parent is not None and record.read("prune", parent) not in (None, _digest(parent))
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
         recorded = record.wrote("prune", path)
         if path.exists() and recorded is not None and recorded != _digest(path):
             raise SlimkitError(f"{path} is not the plan this run made (it changed after the prune stage wrote it, "
                                f"e.g. a new `slimkit prune` into it): a run's stages must come from one plan; put "
                                f"the run's plan back, or run the recipe into a new --out")
-        if path.exists() and (recorded is not None or record.legacy):
+        if path.exists() and (recorded is not None or record.legacy) and not parent_changed:
             plans[key] = verified_plan(path)
             if plans[key].arch != registry.resolve(recipe.arch).canonical:
                 raise SlimkitError(f"{path} is a plan of {plans[key].arch}, not of the recipe's {recipe.arch}: "
                                    "run the recipe into a new --out")
             hooks.stage("prune", f"{path.name} exists: skip")
             continue
-        if key == "uniform" and p.method == "uniform":
+        if key == "uniform" and p.method == "uniform" and p.structure is None:
             plans[key] = plans["plan"]  # the same plan: method uniform at the same budget
         else:
-            hooks.stage("prune", f"{method} plan of {recipe.arch} at {p.budget_key} {getattr(p, p.budget_key)}")
+            what = (f"structure {p.structure}" if key == "plan" and p.structure is not None else
+                    f"{method} plan of {recipe.arch} at {p.budget_key} {getattr(p, p.budget_key)}")
+            hooks.stage("prune", what + (f", channels kept by {p.criterion} on {parent}" if key == "plan" and parent
+                                         else ""))
             start = time.perf_counter()
             with hooks.bars() as (progress, log):
                 task = progress.add_task(f"tracing {recipe.arch}", total=None) if progress else None
                 shape = _shape_kwargs(recipe)
                 if key == "uniform":  # the comparison plan uses the main plan's channel multiple
                     shape["round_to"] = plans["plan"].round_to
-                plans[key] = prune(recipe.arch, p.budget(), method=method, seed=p.seed, tolerance=p.tolerance,
-                                   gates=gates, latency=latency, progress=progress, log=log, **shape)
+                budget = p.budget()
+                if budget is None and key == "uniform":  # uniform widths at the structure's MACs
+                    budget = Budget("flops", f"{p.structure} MACs", plans["plan"].flops)
+                from_parent = key == "plan" and parent is not None
+                plans[key] = prune(recipe.arch, budget, method=method, seed=p.seed, tolerance=p.tolerance,
+                                   gates=replace(gates, weights=str(parent)) if from_parent else gates,
+                                   criterion=p.criterion if key == "plan" else None,
+                                   structure=p.structure if key == "plan" else None,
+                                   latency=latency, progress=progress, log=log, **shape)
                 if progress:
                     progress.remove_task(task)
             hooks.log(f"  MACs {format_count(plans[key].flops)}, params {format_count(plans[key].params)} "
                       f"({time.perf_counter() - start:.1f}s)")
         save_plan(plans[key], path)
         hooks.log(f"  wrote {path}")
-    if not record.current("prune", [lay.plan, lay.uniform], [lay.plan, lay.uniform, lay.plan_png]) and not (
+    if not record.current("prune", _prune_inputs(recipe, lay), [lay.plan, lay.uniform, lay.plan_png]) and not (
             record.legacy and lay.plan_png.exists()):
-        plot_channels(plans["plan"], lay.plan_png, {"uniform": plans["uniform"]} if p.method != "uniform" else {})
-    record.record("prune", [lay.plan, lay.uniform], [lay.plan, lay.uniform, lay.plan_png])
+        plot_channels(plans["plan"], lay.plan_png, {"uniform": plans["uniform"]}
+                      if plans["uniform"] is not plans["plan"] else {})
+    record.record("prune", _prune_inputs(recipe, lay), [lay.plan, lay.uniform, lay.plan_png])
     return plans["plan"], plans["uniform"]
+
+
+def _prune_inputs(recipe: Recipe, lay: Layout) -> list[Path]:
+    """What the prune stage read: its own plans, and the parent checkpoint a plan was cut from."""
+    parent = lay.checkpoint(recipe.prune.weights)
+    return [lay.plan, lay.uniform] + ([parent] if parent is not None else [])
 
 
 def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
@@ -362,35 +440,40 @@ def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
     except SlimkitError:
         held = None
     key = lambda p: (p.arch, p.arch_kwargs, list(p.input_size), p.widths)  # noqa: E731
-    if held is None or key(held) != key(plan):
+    # channels kept from a parent are part of the plan (a widths-only plan may gain them in training)
+    if held is None or key(held) != key(plan) or (plan.has_keep and held.keep != plan.keep):
         raise SlimkitError(f"{folder} was trained from another plan than this run's (the plan changed after it "
                            f"was trained): its model does not belong with this run's plan; move {folder} away to "
                            "train again, or run the recipe into a new --out")
 
 
 def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
-                 force: bool = False) -> None:
+                 force: bool = False, only: tuple[str, ...] | None = None) -> None:
     t = recipe.train
-    cfg = TrainConfig(data=recipe.data.name, data_dir=recipe.data.data_dir, epochs=t.epochs, schedule=t.schedule,
-                      batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-                      label_smoothing=t.label_smoothing, warmup_epochs=t.warmup_epochs, augment=t.augment,
-                      seed=t.seed, max_steps_per_epoch=t.max_steps_per_epoch)
     for label, folder in _train_jobs(recipe, lay):
+        if only is not None and label not in only:
+            continue
+        plan = plans["pruned" if label in lay.train_scratch else label]  # scratch-e/-b: the plan, from scratch
+        cfg = _train_config(recipe, lay, label)
         state, done, total = train_state(folder)
         if state != "new":
-            _check_trained_plan(folder, plans[label])
+            _check_trained_plan(folder, plan)
         if state == "done":
             hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
             continue
-        hooks.stage("train", f"{label} model -> {folder.name}/"
+        how = (f"fine-tuned from {cfg.init_from}" if cfg.schedule == FINETUNE else
+                f"from {cfg.init_from}, {cfg.schedule}" if cfg.init == "inherit" else cfg.schedule)
+        hooks.stage("train", f"{label} model ({how}) -> {folder.name}/"
                     + (f" (resuming after epoch {done})" if state == "resume" else ""))
+        if cfg.init == "inherit" and state == "new" and not Path(cfg.init_from).is_file():
+            raise SlimkitError(f"train.init_from: checkpoint not found: {cfg.init_from}")
         with hooks.bars() as (progress, log):
-            result = train(plans[label], folder, cfg, resume=state == "resume", progress=progress, log=log,
+            result = train(plan, folder, cfg, resume=state == "resume", progress=progress, log=log,
                            force=force)
         if result.metrics:
             final = result.metrics[-1]
             hooks.log(f"  test top-1 {final['test_top1']:.4f} after {final['epoch']} epochs")
-    if "uniform" in t.compare and recipe.prune.method == "uniform":
+    if "uniform" in t.compare and recipe.prune.method == "uniform" and recipe.prune.structure is None and only is None:
         hooks.stage("train", "uniform: the pruned model is the uniform one (prune.method uniform); see train/")
 
 
@@ -535,8 +618,10 @@ def _final_metrics(folder: Path) -> dict[str, Any] | None:
 def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) -> dict[str, Any]:
     report = json.loads((lay.root / "latency.json").read_text()) if (lay.root / "latency.json").is_file() else None
     by_name = {m["name"]: m for m in report["models"]} if report else {}
-    folders = {"pruned": lay.train, "full": lay.train_full,
-               "uniform": lay.train if recipe.prune.method == "uniform" else lay.train_uniform}
+    folders = {"pruned": lay.train, "full": lay.train_full, **lay.train_scratch,
+               "uniform": lay.train if recipe.prune.method == "uniform" and recipe.prune.structure is None
+               else lay.train_uniform}
+    plans = {**plans, **{label: plans["pruned"] for label in lay.train_scratch}}  # the plan, from scratch
     full_flops = plans["full"].flops
     int8_check = None
     if recipe.export.int8 and lay.int8_check.is_file():
@@ -545,18 +630,20 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
         except ValueError:
             int8_check = None  # damaged: the int8 columns stay empty rather than the summary failing
     rows = []
-    for name in ("pruned", "uniform", "full"):
+    names = ["pruned"] + [label for label in lay.train_scratch if label in recipe.train.compare] + ["uniform", "full"]
+    for name in names:
         plan = plans[name]
         final = _final_metrics(folders[name])
         lat, lat8 = by_name.get(name), by_name.get(f"{name}-int8")
         check = int8_check["check"] if name == "pruned" and int8_check and int8_check.get("written") else None
         rows.append({
-            "name": name, "plan": {"pruned": "plan.json", "uniform": "uniform.json", "full": None}[name],
+            "name": name, "plan": {"uniform": "uniform.json", "full": None}.get(name, "plan.json"),
             "macs": plan.flops, "params": plan.params,
             "macs_ratio": round(plan.flops / full_flops, 4) if plan.flops and full_flops else None,
             "test_top1": final["test_top1"] if final else None,
             "epochs": final["epoch"] if final else None,
             "train_folder": folders[name].name + "/" if final else None,
+            "training": _training_text(_train_config(recipe, lay, name)) if final else None,
             "latency_median_ms": round(lat["stats"]["median_ms"], 4) if lat else None,
             "latency_ratio": round(lat["ratio"], 4) if lat else None,
             "latency_ratio_ci": [round(x, 4) for x in lat["ratio_ci"]] if lat else None,
@@ -569,9 +656,17 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
         int8 = {"written": bool(int8_check.get("written")), "check": int8_check.get("check"),
                 "file": lay.onnx_int8.name if int8_check.get("written") else None}
     return {"format": SUMMARY_FORMAT, "recipe": recipe.name, "arch": plans["pruned"].arch, "int8": int8,
-            "data": recipe.data.name, "budget": plans["pruned"].budget, "method": recipe.prune.method,
+            "data": recipe.data.name, "budget": plans["pruned"].budget,
+            "method": "structure" if recipe.prune.structure else recipe.prune.method,
             "latency": ({k: report[k] for k in ("backend", "device", "threads", "batch", "runs")} if report else None),
             "models": rows}
+
+
+def _training_text(cfg: TrainConfig) -> str:
+    """How a summary row's model was trained, in a few words."""
+    if cfg.init == "inherit":
+        return f"{cfg.schedule} from {cfg.init_from}"
+    return cfg.schedule
 
 
 def format_cell(value: Any, kind: str) -> str:
@@ -650,6 +745,11 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
             atomic_write_text(lay.recipe, f"{RECIPE_HEADER} (from {source}, every key, "
                                           "defaults filled in).\n# `slimkit run` refuses to mix another recipe into "
                                           "this folder.\n" + resolved)
+        if recipe.prune.weights == RUN_FULL:  # the plan is cut from the run's own trained full model
+            shape = _shape_kwargs(recipe)
+            full = full_plan(recipe.arch, num_classes=shape["num_classes"], in_chans=shape["in_chans"],
+                             input_size=shape["input_size"], arch_kwargs=shape["arch_kwargs"])
+            _train_stage(recipe, lay, {"full": full}, hooks, force=force, only=("full",))
         plan, uniform = _prune_stage(recipe, lay, hooks, record)
         plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
         _train_stage(recipe, lay, plans, hooks, force=force)

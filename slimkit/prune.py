@@ -46,6 +46,7 @@ from slimkit.rounding import AUTO, RoundingChoice, auto_round_to, documented_mul
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
+from slimkit.structures import get_structure, structure_widths
 from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
@@ -96,12 +97,14 @@ class LatencyOptions:
     check: bool = True  # time the finished plan beside the uniform plan at its budget (a few seconds)
 
 
-def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget, *, method: str = DEFAULT_METHOD,
+def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget | None = None, *,
+          method: str = DEFAULT_METHOD,
           num_classes: int | None = None, in_chans: int | None = None, input_size: tuple[int, int, int] | None = None,
           arch_kwargs: dict[str, Any] | None = None, expand: float = 1.0,
           round_to: int | str = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
           gates: GateOptions | None = None, latency: LatencyOptions | None = None, criterion: str | None = None,
-          progress: Any | None = None, log: Callable[[str], None] | None = None) -> ChannelPlan:
+          structure: str | None = None, progress: Any | None = None,
+          log: Callable[[str], None] | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
     ``arch`` is an architecture name, a factory reference (``python:pkg.mod:build_net``,
@@ -122,8 +125,14 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     gates on those trained weights instead of random ones: the paper's comparison with structures
     from trained weights; ``criterion`` ('l1' with ``method='uniform'``, 'gates' with 'scratch')
     records in the plan which of those weights' channels it keeps (module docstring).
+
+    ``structure`` (e.g. ``'resnet56-a'``, see :mod:`slimkit.structures`) takes a published structure's
+    widths instead of a budget and a method; with ``gates.weights`` and ``criterion='l1'`` the plan keeps
+    the channels with the largest filters, as the paper did.
     """
-    _check_arguments(arch, budget, method, input_size, verify, gates, latency, progress, log)
+    _check_arguments(arch, budget, method, input_size, verify, gates, latency, progress, log, structure)
+    if budget is not None and structure is not None:
+        raise SlimkitError("give a budget ('50%', '150M', '2.1Mp', '8ms') or a structure ('resnet56-a'), not both")
     input_size = check_input_size("prune", input_size)
     gates = gates or GateOptions()
     latency_options = latency or LatencyOptions()
@@ -142,6 +151,10 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
             ("batch", latency_options.batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
             ("in_chans", in_chans, limits.IN_CHANS)):
         check_number(f"--{name.replace('_', '-')}", value, allowed)
+    if structure is not None:
+        return _prune_structure(arch, structure, num_classes=num_classes, in_chans=in_chans, input_size=input_size,
+                                arch_kwargs=arch_kwargs, expand=expand, seed=seed, criterion=criterion,
+                                weights=gates.weights, verify=verify, say=log or (lambda _msg: None))
     if gates.selection not in SELECTIONS:
         raise SlimkitError(f"unknown selection '{gates.selection}': choose one of {', '.join(SELECTIONS)}")
     if gates.search_space not in SEARCH_SPACES:
@@ -308,19 +321,77 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     if criterion is not None:
         say(f"kept channels: {criterion} on {gates.weights}")
         plan = choose_channels(plan, gates.weights, criterion, gates=learned_gates)
-    if verify:  # the contract: G(plan) counts exactly the plan's FLOPs and parameters
-        thin = generate(plan)
-        flops, params = count_flops(registry.traced_part(thin), size), count_params(thin)
-        if (flops, params) != (plan.flops, plan.params):
-            raise PlanError(
-                f"internal error: G(plan) counts {flops} MACs / {params} params, plan says "
-                f"{plan.flops} / {plan.params}; please report this with the architecture name"
-            )
+    if verify:
+        _verify(plan)
+    return plan
+
+
+def _verify(plan: ChannelPlan) -> None:
+    """The contract: G(plan) counts exactly the plan's FLOPs and parameters."""
+    thin = generate(plan)
+    flops, params = count_flops(registry.traced_part(thin), tuple(plan.input_size)), count_params(thin)
+    if (flops, params) != (plan.flops, plan.params):
+        raise PlanError(
+            f"internal error: G(plan) counts {flops} MACs / {params} params, plan says "
+            f"{plan.flops} / {plan.params}; please report this with the architecture name"
+        )
+
+
+def _prune_structure(arch: Any, name: str, *, num_classes: int | None, in_chans: int | None,
+                     input_size: tuple[int, int, int] | None, arch_kwargs: dict[str, Any] | None, expand: float,
+                     seed: int, criterion: str | None, weights: str | None, verify: bool, say) -> ChannelPlan:
+    """A published structure's plan (slimkit.structures); with ``weights`` and ``criterion='l1'``, the
+    channels it keeps are the parent's with the largest filter L1 norm. The plan's budget is the
+    structure's own MACs, so a uniform plan can be compared at the same cost."""
+    if not isinstance(arch, str):
+        raise SlimkitError(f"structure {name} is defined for a named architecture: pass its name, not a model object")
+    if expand != 1.0:
+        raise SlimkitError(f"structure {name} fixes the widths of the unexpanded model: drop --expand")
+    if criterion not in (None, "l1"):
+        raise SlimkitError(f"structure {name} keeps the filters with the largest L1 norm, as its paper does: use "
+                           "--criterion l1 (or no --criterion and no --weights, for the widths alone)")
+    if criterion is None and weights is not None:
+        raise SlimkitError(f"--weights with structure {name}: add --criterion l1 to keep the trained model's "
+                           "channels with the largest filters")
+    if criterion is not None and weights is None:
+        raise SlimkitError(f"--criterion {criterion} ranks the channels of a trained model: pass its checkpoint "
+                           "with --weights CKPT")
+    spec = registry.resolve(registry.model_source(arch))
+    structure = get_structure(name, spec.canonical)
+    if weights is not None:  # the parent's classes and resolution, unless asked otherwise
+        parent_classes, parent_chans, parent_size = parent_shape(weights, arch)
+        num_classes = parent_classes if num_classes is None else num_classes
+        if input_size is None and in_chans is None:
+            input_size = parent_size
+        in_chans = parent_chans if in_chans is None else in_chans
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
+    size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
+    graph = channel_graph(spec.canonical, kwargs, size)
+    if weights is not None:  # weights that do not fit the architecture are refused before anything else
+        _load_full_weights(build_model(spec.canonical, kwargs), weights, spec.canonical, kwargs)
+    widths = structure_widths(structure, graph)
+    flops, full_flops = graph.count_flops(widths), graph.count_flops()
+    record = {**structure.to_json(), "flops_reduction": round(1 - flops / full_flops, 4)}
+    base = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
+                                   arch_kwargs=kwargs, round_to=1, method="structure", seed=seed,
+                                   **source_fields(spec.canonical, graph))
+    plan = base.with_widths(widths, budget={"kind": "flops", "text": structure.name, "value": flops}, flops=flops,
+                            params=graph.count_params(widths),
+                            search={"structure": record, "full_flops": full_flops,
+                                    "full_params": graph.count_params()})
+    say(f"structure {structure.name}: block-internal channels pruned by {list(structure.stage_prune)} per stage, "
+        f"layers {list(structure.skip_layers)} kept whole; MACs -{100 * record['flops_reduction']:.1f}% "
+        f"(paper: -{100 * structure.reported_flops_reduction:.1f}%)")
+    if criterion is not None:
+        say(f"kept channels: {criterion} on {weights}")
+        plan = choose_channels(plan, weights, criterion)
+    if verify:
+        _verify(plan)
     return plan
 
 
 def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verify: Any, gates: Any, latency: Any,
-                     progress: Any, log: Any) -> None:
+                     progress: Any, log: Any, structure: Any = None) -> None:
     """prune()'s arguments have the types its docstring gives (the CLI and recipes always pass them so;
     a Python caller learns which argument is wrong, not an AttributeError from deep inside)."""
     if not (isinstance(arch, (str, nn.Module)) or callable(arch)):
@@ -330,7 +401,9 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
         hint = f"'{budget * 100:g}%'" if 0 < budget <= 1 else f"'{budget:g}' (MACs) or '{budget:g}p' (params)"
         raise TypeError(f"prune: 'budget' must be a budget string like '50%', '150M', '2.1Mp' or '8ms', "
                         f"got the number {budget!r}: write {hint}")
-    check_type("prune", "budget", budget, (str, Budget), "a budget string like '50%', '150M', '2.1Mp' or '8ms'")
+    check_type("prune", "structure", structure, (str, type(None)), "a structure name like 'resnet56-a', or None")
+    check_type("prune", "budget", budget, (str, Budget) if structure is None else (str, Budget, type(None)),
+               "a budget string like '50%', '150M', '2.1Mp' or '8ms' (or None with a structure)")
     check_type("prune", "method", method, str, f"one of {', '.join(repr(m) for m in METHODS)}")
     check_type("prune", "verify", verify, bool, "True or False")
     check_type("prune", "gates", gates, (GateOptions, type(None)), "a slimkit.GateOptions or None")

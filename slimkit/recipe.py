@@ -17,6 +17,18 @@ export: {exporter: auto, int8: true}  # int8: also model.int8.onnx, accuracy-che
 bench: {threads: 2, runs: 100}
 ```
 
+From a trained model ("Rethinking the Value of Network Pruning"): ``prune.weights`` names the parent
+(``full``: the run's own ``train-full/``, trained first; or a checkpoint path) and ``prune.criterion``
+how its channels are kept (``prune.structure`` names a published structure instead of a budget);
+``train.init: inherit`` with ``train.init_from`` (``full`` or a path) and ``train.schedule: finetune``
+fine-tune the plan (``train.finetune_epochs`` at ``train.finetune_lr``), while ``train.compare`` may
+add the same plan trained from scratch (``scratch-e``, ``scratch-b``):
+
+```yaml
+prune: {structure: resnet56-a, weights: full, criterion: l1}
+train: {epochs: 160, lr: 0.1, schedule: finetune, init: inherit, init_from: full, compare: [full, scratch-e, scratch-b]}
+```
+
 ``load_recipe(path, overrides)`` applies ``--set section.key=value`` overrides (each value read
 as YAML, so ``train.epochs=3`` is an int) before validation.
 """
@@ -42,17 +54,20 @@ from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings
 from slimkit.exporters.onnx import EXPORTERS
 from slimkit.latency import BACKENDS, TIMING_MODES
 from slimkit.latency_search import PRECISIONS
+from slimkit.plan import CRITERIA
 from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, METHODS, LatencyOptions
 from slimkit.search import PRESETS
-from slimkit.train import SCHEDULES, TrainConfig
+from slimkit.structures import get_structure
+from slimkit.train import FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig
 from slimkit.validate import Range, check_number, check_type, show
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
            "RecipeError", "load_recipe", "parse_recipe", "apply_overrides", "dump_recipe", "read_yaml",
            "SECTIONS", "COMPARE", "BUDGET_KEYS", "num_classes_of"]
 
-COMPARE = ("full", "uniform")  # extra models train.compare may list
-BUDGET_KEYS = ("flops", "params", "latency")
+COMPARE = ("full", "uniform", "scratch-e", "scratch-b")  # extra trainings train.compare may list
+BUDGET_KEYS = ("flops", "params", "latency", "structure")  # a structure fixes the widths instead of a budget
+RUN_FULL = "full"  # prune.weights / train.init_from: the run's own trained full model (train-full/)
 DATA_NAMES = tuple(d for d in DATASETS if not d.startswith("imagefolder:"))  # + imagefolder:PATH
 _T = TrainConfig()  # defaults are the library's: read from where they live, never restated
 
@@ -171,14 +186,20 @@ class PruneSection:
     threads: int | None = None
     precision: str = LatencyOptions.precision  # fp32 | int8: how a latency budget's candidates are timed
     timing: str = LatencyOptions.mode  # served | interleaved: how latency budgets and --round-to auto are timed
+    structure: str | None = field(default=None, metadata={"budget": True})  # resnet56-a, ... (slimkit.structures)
+    weights: str | None = None  # a trained parent: "full" (the run's train-full/) or a checkpoint path
+    criterion: str | None = None  # l1 | gates: which of the parent's channels the plan keeps
 
     @property
     def budget_key(self) -> str:
         return next(k for k in BUDGET_KEYS if getattr(self, k) is not None)
 
-    def budget(self) -> Budget:
-        """The :class:`slimkit.budget.Budget` this section asks for (parsed as the CLI does)."""
+    def budget(self) -> Budget | None:
+        """The :class:`slimkit.budget.Budget` this section asks for (parsed as the CLI does); None for a
+        structure, whose widths are fixed."""
         key = self.budget_key
+        if key == "structure":
+            return None
         text = getattr(self, key)
         if key == "flops":
             b = parse_budget(text, kind="flops")
@@ -192,7 +213,7 @@ class PruneSection:
 @dataclass
 class TrainSection:
     epochs: int = _T.epochs
-    schedule: str = _T.schedule  # scratch-e | scratch-b | fixed
+    schedule: str = _T.schedule  # scratch-e | scratch-b | fixed | finetune
     batch_size: int = _T.batch_size
     lr: float | None = _T.lr  # default 0.05 x batch / 256
     weight_decay: float = _T.weight_decay
@@ -201,7 +222,18 @@ class TrainSection:
     augment: bool = _T.augment
     seed: int = _T.seed
     max_steps_per_epoch: int | None = _T.max_steps_per_epoch
-    compare: list[str] = field(default_factory=list)  # also train these with the same budget: full, uniform
+    compare: list[str] = field(default_factory=list)  # also train: full, uniform, scratch-e, scratch-b
+    init: str = _T.init  # scratch | inherit: the plan starts from init_from's kept channels
+    init_from: str | None = _T.init_from  # "full" (the run's train-full/) or a checkpoint path
+    finetune_epochs: int | None = None  # schedule finetune: its epochs (default 40, the paper's CIFAR)
+    finetune_lr: float | None = None  # schedule finetune: its constant lr (default 0.001, the paper's)
+
+    @property
+    def main_epochs(self) -> int:
+        """Epochs of the plan's own training (train/): the fine-tuning's, or the full model's."""
+        if self.schedule == FINETUNE:
+            return self.finetune_epochs if self.finetune_epochs is not None else FINETUNE_EPOCHS
+        return self.epochs
 
 
 @dataclass
@@ -365,6 +397,7 @@ NUMBER_RANGES: dict[str, Range] = {
     "train.epochs": limits.COUNT, "train.batch_size": limits.COUNT, "train.lr": limits.LR,
     "train.weight_decay": limits.WEIGHT_DECAY, "train.label_smoothing": limits.LABEL_SMOOTHING,
     "train.warmup_epochs": limits.WARMUP_EPOCHS, "train.seed": limits.SEED, "train.max_steps_per_epoch": limits.COUNT,
+    "train.finetune_epochs": limits.COUNT, "train.finetune_lr": limits.LR,
     "export.opset": limits.OPSET, "export.calib_images": limits.COUNT, "export.max_drop": Range(0.0, 100.0),
     "bench.threads": limits.SMALL_COUNT, "bench.runs": limits.RUNS, "bench.batch": limits.SMALL_COUNT,
 }
@@ -430,7 +463,7 @@ def _validate(r: Recipe, source: str) -> Recipe:
     _check(p.method in METHODS, source, f"prune.method '{p.method}' is unknown: choose one of {', '.join(METHODS)}")
     given = [k for k in BUDGET_KEYS if getattr(p, k) is not None]
     _check(len(given) == 1, source,
-           "prune needs exactly one budget of flops, params or latency, got "
+           "prune needs exactly one budget of flops, params or latency, or a structure, got "
            + (" and ".join(given) if given else "none") + " (set the others to null)")
     try:
         p.budget()
@@ -441,13 +474,16 @@ def _validate(r: Recipe, source: str) -> Recipe:
     _check(p.preset is None or p.preset in PRESETS, source,
            f"prune.preset '{p.preset}' is unknown: choose one of {', '.join(PRESETS)} (or null: from the data)")
     _check(p.backend in BACKENDS, source, f"prune.backend '{p.backend}' is unknown: choose one of {', '.join(BACKENDS)}")
+    _check_parent(r, source)
 
     t = r.train
-    _check(t.schedule in SCHEDULES, source,
-           f"train.schedule '{t.schedule}' is unknown: choose one of {', '.join(SCHEDULES)}")
+    schedules = (*SCHEDULES, FINETUNE)
+    _check(t.schedule in schedules, source,
+           f"train.schedule '{t.schedule}' is unknown: choose one of {', '.join(schedules)}")
     bad = [c for c in t.compare if c not in COMPARE]
     _check(not bad, source, f"train.compare: unknown model '{bad[0] if bad else ''}': list any of {', '.join(COMPARE)}")
     _check(len(set(t.compare)) == len(t.compare), source, f"train.compare lists a model twice: {t.compare}")
+    _check_init(r, source)
 
     _check(p.precision in PRECISIONS, source,
            f"prune.precision '{p.precision}' is unknown: choose one of {', '.join(PRECISIONS)}")
@@ -467,6 +503,63 @@ def _validate(r: Recipe, source: str) -> Recipe:
            "nor time one: set export.int8: true")
 
     return r
+
+
+def _check_parent(r: Recipe, source: str) -> None:
+    """prune.structure, prune.weights and prune.criterion fit together (as `slimkit prune` checks its
+    options), named by their recipe keys, before anything runs."""
+    p = r.prune
+    if p.structure is not None:
+        try:
+            get_structure(p.structure, registry.resolve(r.arch).canonical)
+        except SlimkitError as exc:
+            raise RecipeError(f"{source}: prune.structure: {exc}") from None
+        _check(p.method == DEFAULT_METHOD and p.expand == 1.0, source,
+               f"prune.structure {p.structure} fixes every width: remove prune.method and prune.expand")
+    _check(p.criterion is None or p.criterion in CRITERIA, source,
+           f"prune.criterion '{p.criterion}' is unknown: choose one of {', '.join(CRITERIA)}")
+    _check(p.weights is None or bool(p.weights.strip()), source,
+           f"prune.weights is empty: give '{RUN_FULL}' (the run's own full model) or a checkpoint path")
+    if p.criterion is not None and p.weights is None:
+        raise RecipeError(f"{source}: prune.criterion {p.criterion} ranks a trained model's channels: set "
+                          f"prune.weights ('{RUN_FULL}', the run's own full model, or a checkpoint path)")
+    if p.weights is not None and p.criterion is None:
+        raise RecipeError(f"{source}: prune.weights: set prune.criterion (l1: the largest filters; gates: gates "
+                          "learned on the trained weights, prune.method scratch) to say which channels the plan keeps")
+    if p.criterion is not None:
+        wanted = "l1" if p.structure is not None else {"l1": "uniform", "gates": "scratch"}[p.criterion]
+        if p.structure is not None:
+            _check(p.criterion == "l1", source, f"prune.structure keeps the largest filters, as its paper does: set "
+                                                f"prune.criterion l1")
+        else:
+            _check(p.method == wanted, source, f"prune.criterion {p.criterion} goes with prune.method {wanted}")
+        _check(p.expand == 1.0, source, "prune.criterion keeps channels of a trained model: remove prune.expand")
+        _check(p.budget_key != "latency", source, "prune.criterion takes prune.flops, prune.params or prune.structure, "
+                                                  "not prune.latency")
+    _check(p.weights != RUN_FULL or RUN_FULL in r.train.compare, source,
+           f"prune.weights: {RUN_FULL} prunes the run's own trained full model: add {RUN_FULL} to train.compare")
+
+
+def _check_init(r: Recipe, source: str) -> None:
+    """train.init, init_from, schedule finetune and its keys, and the scratch comparisons fit together."""
+    t = r.train
+    _check(t.init in INITS, source, f"train.init '{t.init}' is unknown: choose one of {', '.join(INITS)}")
+    _check(t.init != "inherit" or bool(t.init_from and t.init_from.strip()), source,
+           f"train.init inherit needs the trained full model: set train.init_from ('{RUN_FULL}', the run's own, or a "
+           "checkpoint path)")
+    _check(t.init == "inherit" or t.init_from is None, source,
+           "train.init_from names weights to inherit: set train.init: inherit (or remove train.init_from)")
+    _check(t.schedule != FINETUNE or t.init == "inherit", source,
+           "train.schedule finetune continues trained weights: set train.init: inherit and train.init_from")
+    for key in ("finetune_epochs", "finetune_lr"):
+        _check(getattr(t, key) is None or t.schedule == FINETUNE, source,
+               f"train.{key} applies to train.schedule finetune: remove it, or set the schedule")
+    _check(t.init_from != RUN_FULL or RUN_FULL in t.compare, source,
+           f"train.init_from: {RUN_FULL} inherits the run's own trained full model: add {RUN_FULL} to train.compare")
+    for label in ("scratch-e", "scratch-b"):
+        _check(label not in t.compare or t.init != "scratch" or t.schedule != label, source,
+               f"train.compare lists {label}, which is how train/ already trains the plan (train.schedule {label}): "
+               "remove it from train.compare")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -553,13 +646,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def _paths_from_recipe_folder(raw: Any, folder: Path) -> Any:
-    """Relative data paths in a recipe file (``data.name: imagefolder:PATH``, ``data.data_dir``) are
-    relative to the file's folder, as includes are in most config formats: a recipe means the same
-    wherever ``slimkit run`` starts. ``--set`` values stay relative to the current directory."""
-    data = raw.get("data") if isinstance(raw, dict) else None
-    if not isinstance(data, dict):
+    """Relative paths in a recipe file (``data.name: imagefolder:PATH``, ``data.data_dir``, the checkpoints
+    ``prune.weights`` and ``train.init_from``) are relative to the file's folder, as includes are in most
+    config formats: a recipe means the same wherever ``slimkit run`` starts. ``--set`` values stay relative
+    to the current directory."""
+    if not isinstance(raw, dict):
         return raw
-    data = dict(data)
+    out = dict(raw)
+    data = dict(raw["data"]) if isinstance(raw.get("data"), dict) else {}
     name, data_dir = data.get("name"), data.get("data_dir")
     if isinstance(name, str) and name.startswith("imagefolder:"):
         path = Path(name.removeprefix("imagefolder:"))
@@ -567,7 +661,15 @@ def _paths_from_recipe_folder(raw: Any, folder: Path) -> Any:
             data["name"] = f"imagefolder:{(folder / path).absolute()}"
     if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
         data["data_dir"] = str((folder / data_dir).absolute())
-    return {**raw, "data": data}
+    if isinstance(raw.get("data"), dict):
+        out["data"] = data
+    for section, key in (("prune", "weights"), ("train", "init_from")):  # checkpoints: the same rule
+        part = out.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and value.strip() and value != RUN_FULL and \
+                not Path(value).expanduser().is_absolute():
+            out[section] = {**part, key: str((folder / value).absolute())}
+    return out
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -24,6 +24,7 @@ from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, Latency
 from slimkit.rounding import parse_round_to
 from slimkit.prune import prune as run_prune
 from slimkit.runtime import cleanup_distributed
+from slimkit.structures import STRUCTURES
 
 
 def render_plan(plan: ChannelPlan, title: str) -> None:
@@ -47,7 +48,11 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
     line += f"   params {format_count(plan.params)}"
     if full_params:
         line += f" ({100 * plan.params / full_params:.1f}% of {format_count(full_params)})"
-    if plan.budget:
+    structure = plan.search.get("structure")
+    if structure:
+        line += (f"   structure {structure['name']}: MACs -{100 * structure['flops_reduction']:.1f}% "
+                 f"(the paper reports -{100 * structure['reported_flops_reduction']:.1f}%)")
+    elif plan.budget:
         target = plan.budget["value"]
         line += f"   budget {plan.budget['text']}"
         if plan.budget["kind"] == "flops" and target:
@@ -93,6 +98,7 @@ def prune(
     flops: Annotated[Optional[str], typer.Option("--flops", help="MACs budget: 150M, 1.2G, or 50% of the full model.")] = None,
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
     latency: Annotated[Optional[str], typer.Option("--latency", help="Measured-latency budget: 8ms, or 50% of the full model's latency on --backend.")] = None,
+    structure: Annotated[Optional[str], typer.Option("--structure", help=f"A published pruned structure instead of a budget: {', '.join(STRUCTURES)} (Li et al. 2017's ResNet-56/110-A/B, the rows of 'Rethinking the Value of Network Pruning': per-stage shares of block-internal channels, sensitive layers kept whole). With --weights CKPT the channels with the largest filter L1 norm are kept.")] = None,
     backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = LatencyOptions.backend,
     threads: Annotated[Optional[int], typer.Option(help="Threads for --latency (default: physical cores).")] = None,
     batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = LatencyOptions.batch,
@@ -139,9 +145,18 @@ def prune(
     MobileNet-V1 and the paper's search space worse on ResNet-20 at 25%, so neither is the default.
     Every scratch plan's PNG shows the uniform plan beside it (--method uniform).
     """
-    if sum(x is not None for x in (flops, params, latency)) != 1:
-        raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%)")
-    if flops is not None:
+    if sum(x is not None for x in (flops, params, latency, structure)) != 1:
+        raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%), "
+                           "or a --structure")
+    budget = None
+    if structure is not None:
+        if method is not None:
+            raise SlimkitError(f"--structure {structure} fixes every width: drop --method {method}")
+        if search_space != "full" or selection != "threshold":
+            raise SlimkitError(f"--structure {structure} fixes every width: drop --search-space and --selection")
+        if criterion is None and weights is not None:
+            criterion = "l1"  # the paper's criterion, and the only one a fixed structure takes
+    elif flops is not None:
         budget = parse_budget(flops, kind="flops")
         if budget.kind != "flops":
             raise SlimkitError(f"--flops {flops} is not a FLOPs budget: use 150M, 1.2G or 50% (or --latency / --params)")
@@ -160,7 +175,7 @@ def prune(
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
                         weights=weights, selection=selection, search_space=search_space)
-    options = dict(method=method, num_classes=num_classes, in_chans=in_chans, input_size=size,
+    options = dict(method=method, structure=structure, num_classes=num_classes, in_chans=in_chans, input_size=size,
                    arch_kwargs=parse_arch_kwargs(arch_kwargs), expand=expand,
                    round_to=round_to, seed=seed, tolerance=tolerance, gates=gates, criterion=criterion,
                    latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision,
@@ -189,7 +204,8 @@ def prune(
             if ref is not None:
                 others["uniform"] = ref
         png = plot_channels(plan, plot_path(out), others)
-    render_plan(plan, f"{plan.arch} — {method} plan" + (f", channels kept by {criterion}" if criterion else ""))
+    what = f"structure {structure}" if structure else f"{method} plan"
+    render_plan(plan, f"{plan.arch} — {what}" + (f", channels kept by {criterion}" if criterion else ""))
     console.print(f"wrote {out}" + f"  ({seconds:.1f}s)", markup=False)
     if plan.method == "scratch":
         console.print(gate_summary(plan), highlight=False, markup=False)

@@ -38,8 +38,11 @@ def _dry_run(recipe, recipe_path: Path, overridden: bool, lay: Layout, same: boo
                   markup=False)
     console.print(dump_recipe(recipe), highlight=False, markup=False, soft_wrap=True)
     b = recipe.prune.budget()
-    what = (f"{b.fraction:.0%} of the full model's {'latency' if b.kind == 'latency' else 'MACs'}"
-            if b.fraction is not None else f"{b.kind} {b.text}")
+    if b is None:
+        what = f"structure {recipe.prune.structure}"
+    else:
+        what = (f"{b.fraction:.0%} of the full model's {'latency' if b.kind == 'latency' else 'MACs'}"
+                if b.fraction is not None else f"{b.kind} {b.text}")
     reach = budget_reach(recipe)
     if reach:
         what += f" ({reach})"

@@ -1,0 +1,125 @@
+"""Recipes that prune a trained model and fine-tune it (Rethinking's fine-tuned vs Scratch-E/B arms)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimkit.pipeline import RunHooks, run_recipe, train_state
+from slimkit.plan import load_plan
+from slimkit.recipe import RecipeError, load_recipe, parse_recipe, read_yaml
+from slimkit.train import scratch_b_epochs
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+BASE = "name: r\narch: resnet56\nnum_classes: 10\n"
+
+
+def test_the_cifar10_rethinking_recipe_loads_with_the_papers_settings():
+    r = load_recipe(RECIPES / "cifar10_resnet56_rethinking.yaml")
+    assert (r.data.name, r.prune.structure, r.prune.weights, r.prune.criterion) == \
+        ("cifar10", "resnet56-a", "full", "l1")
+    assert (r.train.epochs, r.train.schedule, r.train.init, r.train.init_from) == (160, "finetune", "inherit", "full")
+    assert (r.train.main_epochs, r.train.finetune_lr, r.train.lr) == (40, 0.001, 0.1)
+    assert r.train.compare == ["full", "scratch-e", "scratch-b"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("prune: {structure: resnet56-z}", "prune.structure: unknown structure 'resnet56-z'"),
+    ("prune: {structure: resnet110-a}", "defined for slimkit:resnet110, not slimkit:resnet56"),
+    ("prune: {structure: resnet56-a, flops: 50%}", "got flops and structure"),
+    ("prune: {structure: resnet56-a, method: uniform}", "remove prune.method"),
+    ("prune: {flops: 50%, criterion: l1}", "set prune.weights"),
+    ("prune: {flops: 50%, method: uniform, weights: a.pt}", "set prune.criterion"),
+    ("prune: {flops: 50%, weights: a.pt, criterion: l1}", "goes with prune.method uniform"),
+    ("prune: {structure: resnet56-a, weights: a.pt, criterion: gates}", "set prune.criterion l1"),
+    ("prune: {structure: resnet56-a, weights: full, criterion: l1}", "add full to train.compare"),
+    ("prune: {flops: 50%}\ntrain: {init_from: a.pt}", "set train.init: inherit"),
+    ("prune: {flops: 50%}\ntrain: {init: inherit}", "set train.init_from"),
+    ("prune: {flops: 50%}\ntrain: {schedule: finetune}", "set train.init: inherit"),
+    ("prune: {flops: 50%}\ntrain: {finetune_epochs: 10}", "applies to train.schedule finetune"),
+    ("prune: {flops: 50%}\ntrain: {schedule: finetune, init: inherit, init_from: full}", "add full to train.compare"),
+    ("prune: {flops: 50%}\ntrain: {compare: [scratch-e]}", "remove it from train.compare"),
+])
+def test_inherit_keys_that_do_not_fit_together_are_one_line(text, words):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(read_yaml(BASE + text))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_checkpoint_paths_are_relative_to_the_recipe(tmp_path):
+    (tmp_path / "r.yaml").write_text(BASE + "prune: {flops: 50%, method: uniform, weights: p.pt, criterion: l1}\n"
+                                     "train: {schedule: finetune, init: inherit, init_from: p.pt}\n")
+    r = load_recipe(tmp_path / "r.yaml")
+    assert r.prune.weights == r.train.init_from == str(tmp_path / "p.pt")
+
+
+TINY = """\
+name: tiny_ft
+arch: resnet20
+num_classes: 10
+data: {name: synthetic}
+prune: {method: uniform, flops: 50%, round_to: 1, weights: full, criterion: l1}
+train: {epochs: 1, batch_size: 16, max_steps_per_epoch: 2, warmup_epochs: 0, schedule: finetune, init: inherit,
+        init_from: full, finetune_epochs: 2, compare: [full, scratch-b]}
+export: {exporter: torchscript}
+bench: {runs: 5, threads: 1}
+"""
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow  # four short trainings, an export and a timing: about a minute of CPU
+def test_a_recipe_trains_the_parent_prunes_it_and_fine_tunes_resumably(tmp_path):
+    (tmp_path / "r.yaml").write_text(TINY)
+    recipe = load_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "run"
+    job = {}
+
+    def stop_in_the_second_fine_tuning_epoch(text):
+        if job.get("label", "").startswith("pruned") and text.startswith("epoch 2/2"):
+            raise Interrupted  # as a kill would: after epoch 1's checkpoint, before epoch 2's
+    with pytest.raises(Interrupted):
+        run_recipe(recipe, out, hooks=RunHooks(stage=lambda name, text: job.update(label=text),
+                                               log=stop_in_the_second_fine_tuning_epoch))
+    parent = out / "train-full" / "checkpoint.pt"
+    assert train_state(out / "train-full")[0] == "done" and train_state(out / "train") == ("resume", 1, 2)
+    plan = load_plan(out / "plan.json")
+    assert plan.criterion == {"kind": "l1", "weights": str(parent)} and plan.has_keep
+
+    stages = []
+    summary = run_recipe(recipe, out, hooks=RunHooks(stage=lambda name, text: stages.append(text)))
+    assert any("pruned model (fine-tuned from" in s and "resuming after epoch 1" in s for s in stages), stages
+    history = json.loads((out / "train" / "metrics.json").read_text())["history"]
+    assert [h["lr"] for h in history] == [0.001, 0.001]  # the paper's constant fine-tuning lr, across the resume
+    assert load_plan(out / "train" / "plan.json").keep == plan.keep
+    configs = {f: json.loads((out / f / "config.json").read_text())
+               for f in ("train", "train-full", "train-scratch-b")}
+    assert (configs["train"]["init"], configs["train"]["init_from"]) == ("inherit", str(parent))
+    assert [configs[f]["init"] for f in ("train-full", "train-scratch-b")] == ["scratch"] * 2
+    assert not (out / "train-scratch-e").exists()
+    # the same compute as the full model's 1 epoch: ceil(full / plan MACs), the plan being just under 50%
+    stretched = scratch_b_epochs(1, plan.search["full_flops"], plan.flops, None)
+    assert configs["train-scratch-b"]["epochs_run"] == stretched > 1
+    rows = {row["name"]: row for row in summary["models"]}
+    assert list(rows) == ["pruned", "scratch-b", "uniform", "full"]
+    assert rows["pruned"]["training"] == f"finetune from {parent}"
+    assert rows["scratch-b"]["epochs"] == configs["train-scratch-b"]["epochs_run"]
+    assert rows["scratch-b"]["macs"] == rows["pruned"]["macs"]
+
+    again = []
+    run_recipe(recipe, out, hooks=RunHooks(stage=lambda name, text: again.append(text)))
+    assert all("skip" in s for s in again), again
+
+    # a parent trained anew: the plan is cut again from it, and the fine-tuning of the old cut is refused
+    ckpt = torch.load(parent, weights_only=True)
+    w = ckpt["model"]["layer1.0.conv1.weight"]
+    norms = w.abs().sum((1, 2, 3))
+    rank = norms.argsort().argsort().float()  # 0 = the smallest filter: make it the largest
+    ckpt["model"]["layer1.0.conv1.weight"] = w / norms.view(-1, 1, 1, 1) * (w.shape[0] - rank).view(-1, 1, 1, 1)
+    torch.save(ckpt, parent)
+    with pytest.raises(Exception, match="was trained from another plan"):
+        run_recipe(recipe, out)
+    assert load_plan(out / "plan.json").keep["layer1.0.conv1"] != plan.keep["layer1.0.conv1"]
