@@ -529,8 +529,8 @@ def _check_parent(r: Recipe, source: str) -> None:
     if p.criterion is not None:
         wanted = "l1" if p.structure is not None else {"l1": "uniform", "gates": "scratch"}[p.criterion]
         if p.structure is not None:
-            _check(p.criterion == "l1", source, f"prune.structure keeps the largest filters, as its paper does: set "
-                                                f"prune.criterion l1")
+            _check(p.criterion == "l1", source, "prune.structure keeps the largest filters, as its paper does: set "
+                                                "prune.criterion l1")
         else:
             _check(p.method == wanted, source, f"prune.criterion {p.criterion} goes with prune.method {wanted}")
         _check(p.expand == 1.0, source, "prune.criterion keeps channels of a trained model: remove prune.expand")
