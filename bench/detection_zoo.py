@@ -156,7 +156,8 @@ def report() -> Path:
              "such timings and is marked 'noise' where the load made it negative. Parity = max |onnxruntime - "
              "PyTorch| on two random inputs, within slimkit's export limit (1e-4 x max(1, largest output)); a miss "
              "shows the limit and PyTorch's own fp32 error against fp64 on the same input, the rounding noise "
-             "of one fp32 runtime. Where an input is smaller than the deployment input, the 2 shared cores "
+             "of one fp32 runtime; two runtimes each that close to the exact result differ by at most twice it, "
+             "so a miss within twice the fp32 error reads 'rounding', beyond it 'WRONG'. Where an input is smaller than the deployment input, the 2 shared cores "
              "could not afford the latter (the budget error and parity do not depend on it; the latency ratio "
              "may). Random weights: the R-CNNs' box classifiers score no box above their 0.05 threshold, so "
              "they return 0 boxes.", "",
@@ -175,8 +176,10 @@ def report() -> Path:
         def parity_cell(label):
             if r.get(f"fp32_error_{label}") is None:
                 return g(f"parity_{label}", "{:.1e}")
+            # two fp32 runtimes each within fp32_error of the exact result differ by at most twice it
+            verdict = "rounding" if r[f"parity_{label}"] <= 2 * r[f"fp32_error_{label}"] else "WRONG"
             return (f"{r[f'parity_{label}']:.1e} (> {r[f'parity_limit_{label}']:.1e}; fp32 error "
-                    f"{r[f'fp32_error_{label}']:.1e})")
+                    f"{r[f'fp32_error_{label}']:.1e}: {verdict})")
 
         def post_cell(key):
             return "noise" if (r.get(key) or 0) < 0 else g(key)
