@@ -28,11 +28,11 @@ import traceback
 from pathlib import Path
 
 import torch
+from slimkit.exporters.onnx import DEFAULT_ATOL, export, parity, parity_limit
 
 import slimkit
 from slimkit import registry
 from slimkit.artifacts import calibrate_bn
-from slimkit.exporters.onnx import DEFAULT_ATOL, export, parity, parity_limit
 from slimkit.flops import count_flops
 from slimkit.generator import channel_graph
 from slimkit.latency import Candidate, measure
