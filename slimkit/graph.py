@@ -587,6 +587,10 @@ class _Analyzer(AttentionAnalysis):
             return None if res is None else (res[0] + 1 if dim <= res[0] else res[0], res[1])
         if op in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp"):
             return self.visit_reduce(node, ins, args, out_shape)
+        if op == "linalg_vector_norm":  # (x, ord, dim, keepdim): F.normalize's norm, SSD300's L2Norm on conv4_3
+            dim = args[2] if len(args) > 2 else node.kwargs.get("dim")
+            keepdim = args[3] if len(args) > 3 else node.kwargs.get("keepdim", False)
+            return self.visit_reduce(node, ins[:1], [args[0], dim, keepdim], out_shape)
         if op == "alias":
             # timm's GhostNet slices out[:, :self.out_chs]; export sees a no-op alias.
             return self.mark_no_expand(self.cmap_of(ins[0]))

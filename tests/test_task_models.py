@@ -71,3 +71,28 @@ def test_counting_a_detectors_core_leaves_the_detector_in_its_mode():
     detector = registry.create_model("ssdlite320_mobilenet_v3_large").eval()
     count_flops(registry.traced_part(detector), (3, 64, 64))
     assert not any(m.training for m in detector.modules())
+
+
+class _ScaledL2Norm(nn.Module):
+    """SSD300's conv4_3 path: conv, then F.normalize over channels times a learned per-channel scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3)
+        self.scale_weight = nn.Parameter(torch.full((32,), 20.0))
+        self.head = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.head(self.scale_weight.view(1, -1, 1, 1) * nn.functional.normalize(x))
+
+
+def test_a_norm_over_channels_keeps_them_prunable():
+    # the norm reduces the channels away and divides back by broadcasting: any width works
+    plan = slimkit.prune(_ScaledL2Norm, "50%", method="uniform", input_size=(3, 12, 12), round_to=1)
+    graph = channel_graph(plan.arch, plan.arch_kwargs, (3, 12, 12))
+    assert "conv" in graph.groups and "conv" not in graph.frozen
+    thin = slimkit.generate(plan)
+    w = plan.widths["conv"]
+    assert w < 32 and thin.scale_weight.shape == (w,)
+    assert thin(torch.rand(1, 3, 12, 12)).shape == (1, 8, 10, 10)
