@@ -19,7 +19,6 @@ Rows are appended to bench/results/detection_zoo.jsonl one model at a time (resu
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import tempfile
@@ -28,7 +27,7 @@ import traceback
 from pathlib import Path
 
 import torch
-from slimkit.exporters.onnx import DEFAULT_ATOL, export, parity, parity_limit
+from slimkit.exporters.onnx import DEFAULT_ATOL, export, fp32_rounding_error, parity, parity_limit
 
 import slimkit
 from slimkit import registry
@@ -57,24 +56,6 @@ def _eager_ms(fn, x, repeats: int = 2) -> float:
             fn(x)
             best = min(best, time.perf_counter() - t)
     return 1000 * best
-
-
-def _outputs(result) -> list[torch.Tensor]:
-    if isinstance(result, torch.Tensor):
-        return [result]
-    items = result.values() if isinstance(result, dict) else result
-    return [t for item in items for t in _outputs(item)]
-
-
-def _fp32_error(module: torch.nn.Module, size: tuple[int, int, int]) -> float:
-    """Max |PyTorch fp32 - PyTorch fp64| on the parity check's first input: how far an fp32 runtime
-    strays from the exact result on this model by rounding alone. Two fp32 runtimes (PyTorch and
-    onnxruntime) that differ by about this much disagree on rounding, not on the graph."""
-    x = torch.randn(1, *size, generator=torch.Generator().manual_seed(12345))  # parity()'s first input
-    exact = copy.deepcopy(module).double()
-    with torch.no_grad():
-        pairs = zip(_outputs(module(x)), _outputs(exact(x.double())))
-        return max(float((a.double() - b).abs().max()) for a, b in pairs)
 
 
 def run_one(name: str, side_cap: int | None, runs: int, threads: int | None) -> dict:
@@ -123,7 +104,7 @@ def run_one(name: str, side_cap: int | None, runs: int, threads: int | None) -> 
                 diff, scale = parity(module, path.read_bytes(), size, [1, 1])
                 row[f"parity_{label}"], row[f"parity_limit_{label}"] = diff, parity_limit(DEFAULT_ATOL, scale)
                 if not diff <= row[f"parity_limit_{label}"]:
-                    row[f"fp32_error_{label}"] = _fp32_error(module, size)
+                    row[f"fp32_error_{label}"] = fp32_rounding_error(module, size)
                 row[f"exporter_{label}"] = res.details["exporter"]
                 cands.append(Candidate(name=label, input_shape=(1, *size), onnx_path=path, flops=flops))
             row["stage"] = "latency"

@@ -12,6 +12,7 @@ the checker and the parity check passed, so a failure never leaves a partial ``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import re
@@ -79,13 +80,14 @@ def _torch_export(model: nn.Module, x: torch.Tensor, path: str, exporter: str, o
         torch.onnx.export(model, (x,), path, **kwargs)
 
 
-def _outputs(result: Any) -> list[np.ndarray]:
+def _outputs(result: Any, exact: bool = False) -> list[np.ndarray]:
+    """Every tensor in a model's output, flattened, as fp32 arrays (``exact``: in their own dtype)."""
     if isinstance(result, torch.Tensor):
-        return [result.detach().float().numpy()]
+        return [result.detach().numpy() if exact else result.detach().float().numpy()]
     if isinstance(result, (list, tuple)):
-        return [a for r in result for a in _outputs(r)]
+        return [a for r in result for a in _outputs(r, exact)]
     if isinstance(result, dict):
-        return [a for r in result.values() for a in _outputs(r)]
+        return [a for r in result.values() for a in _outputs(r, exact)]
     raise ExportError(f"cannot compare model output of type {type(result).__name__}")
 
 
@@ -95,6 +97,18 @@ def parity_limit(atol: float, scale: float) -> float:
     random-init MobileNet's logits reach ~12 and differ by ~2e-4 between the two runtimes, 2e-5 of
     the output), while a wrong graph differs by the order of the outputs themselves."""
     return atol * max(1.0, scale)
+
+
+def fp32_rounding_error(model: nn.Module, input_size: tuple[int, ...], seed: int = 0) -> float:
+    """Max |PyTorch fp32 - PyTorch fp64| on :func:`parity`'s first input: how far an fp32 runtime strays
+    from the exact result on this model by rounding alone. Deep nets with large activations (a
+    random-init ResNet-50 FPN) reach a few 1e-4 here, above a fixed tolerance; two fp32 runtimes that
+    each stray this far can differ by up to twice it while computing the same graph."""
+    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(seed + 12345))
+    exact = copy.deepcopy(model).double()
+    with torch.no_grad():
+        pairs = zip(_outputs(model(x)), _outputs(exact(x.double()), exact=True))
+        return max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in pairs)
 
 
 def parity(model: nn.Module, onnx_bytes: bytes, input_size: tuple[int, ...], batches: list[int],
@@ -243,9 +257,18 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
     batches = [batch, batch + 2] if dynamic_batch else [batch, batch]
     max_diff, scale = parity(model, data, input_size, batches, seed=seed) if check_parity else (float("nan"), 0.0)
     limit = parity_limit(atol, scale)
+    rounding = None
     if check_parity and not max_diff <= limit:  # also catches NaN
-        raise ExportError(f"onnxruntime output differs from PyTorch by {max_diff:.2e} (> {limit:.2g}, outputs up to "
-                          f"{scale:.3g}): the exported graph is wrong; try --exporter torchscript or another --opset")
+        # Over the tolerance but within what fp32 rounding alone explains on this model: the same graph.
+        rounding = fp32_rounding_error(model, input_size, seed=seed)
+        # (a model whose own fp32 and fp64 runs differ by far more than the tolerance is not rounding:
+        # it is nondeterministic or overflows, and proves nothing about the graph)
+        if not (max_diff <= 2 * rounding and rounding <= 10 * limit):
+            raise ExportError(f"onnxruntime output differs from PyTorch by {max_diff:.2e} (> {limit:.2g}, outputs up "
+                              f"to {scale:.3g}; PyTorch's own fp32 rounding error here is {rounding:.1e}): the "
+                              "exported graph is wrong; try --exporter torchscript or another --opset")
+        warn(f"onnxruntime differs from PyTorch by {max_diff:.1e}, over --atol's {limit:.2g} but within twice "
+             f"PyTorch's own fp32 rounding error on this model ({rounding:.1e} against fp64): accepted as rounding")
 
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     opset_used = _opset_of(proto)
@@ -255,4 +278,4 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
                                  "dynamic_batch": dynamic_batch, "batch": batch,
                                  "input_shape": input_shape(proto), "parity_max_abs_diff": max_diff,
                                  "parity_output_scale": scale, "parity_atol": atol,
-                                 "parity_limit": limit})
+                                 "parity_limit": limit, "parity_fp32_rounding_error": rounding})
