@@ -162,7 +162,7 @@ def test_a_segmentation_model_refuses_classification_data_in_one_line():
 @pytest.mark.slow
 def test_lraspp_learns_gates_on_shapes_and_trains_an_epoch_reporting_miou(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "SHAPES_SPLITS", {"train": 16, "val": 8, "test": 8})
-    plan = slimkit.prune("lraspp_mobilenet_v3_large", "50%", input_size=(3, 32, 32),
+    plan = slimkit.prune("lraspp_mobilenet_v3_large", "50%",
                          gates=GateOptions(steps=3, batch_size=4, device="cpu"), **{**FAST, "input_size": (3, 32, 32)})
     s = plan.search
     assert plan.method == "scratch" and plan.num_classes == NUM_CLASSES and s["data"] == "shapes"
@@ -173,3 +173,12 @@ def test_lraspp_learns_gates_on_shapes_and_trains_an_epoch_reporting_miou(tmp_pa
     assert 0.0 <= final["test_miou"] <= 1.0 and 0.0 <= final["test_pixel_accuracy"] <= 1.0
     assert len(final["test_iou"]) == NUM_CLASSES
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == "shapes"
+
+
+def test_shapes_detection_batches_carry_each_images_boxes_and_labels():
+    bundle = load_data("shapes", data_dir=None, input_size=(3, 40, 40), val_size=0, seed=2)
+    images, targets = bundle.test.detection_batch(torch.tensor([0, 1]))
+    for i, (image, target) in enumerate(zip(images, targets)):
+        sample = bundle.test.sample(i)
+        assert image.shape == (3, 40, 40) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        assert torch.equal(target["boxes"], sample.boxes) and torch.equal(target["labels"], sample.labels)
