@@ -40,7 +40,7 @@ from slimkit import validate as limits
 from slimkit.checkpoint import full_model_weights, parent_shape
 from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_widths, parse_budget,
                             search_cost_aware, search_threshold, search_uniform)
-from slimkit.data import load_data, make_loader
+from slimkit.data import load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
@@ -55,8 +55,9 @@ from slimkit.rounding import (AUTO, RoundingChoice, auto_round_to, documented_mu
                               timing_enabled)
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, GateTask, search_gates, steps_for_epochs
-from slimkit.task_losses import (LossFn, check_classification_batch, check_loader, evaluate_segmentation,
-                                 segmentation_loss, to_device)
+from slimkit.shapes import ShapesLoader
+from slimkit.task_losses import (LossFn, check_classification_batch, check_loader, detection_loss,
+                                 evaluate_segmentation, segmentation_loss, to_device)
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
 from slimkit.validate import check_input_size, check_number, check_type, show
 
@@ -193,13 +194,12 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     user_task = _user_task(loss_fn, data, val_data, method, gates)
     spec = registry.resolve(registry.model_source(arch))
     task = registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
-    if method == "scratch" and task == "detection" and user_task is None:
-        raise SlimkitError(f"{spec.canonical} is a detection model: learning its gates needs a detection loss and "
-                           "data; pass loss_fn= and data= (Python API), or use --method uniform")
-    dense = method == "scratch" and task == "segmentation" and user_task is None
+    # dense prediction: the task's own loss on the shapes data, unless the user gives theirs
+    dense = task if method == "scratch" and task != "classification" and user_task is None else None
     if dense and gates.data not in (GateOptions.data, DENSE_DATA):
-        raise SlimkitError(f"{spec.canonical} is a segmentation model: it learns gates on --data {DENSE_DATA} "
-                           f"(masks), not {gates.data}; drop --data, or pass loss_fn= and data= (Python API)")
+        raise SlimkitError(f"{spec.canonical} is a {dense} model: it learns gates on --data {DENSE_DATA} "
+                           f"({'masks' if dense == 'segmentation' else 'boxes'}), not {gates.data}; drop --data, or "
+                           "pass loss_fn= and data= (Python API)")
     if criterion is not None:  # the parent's classes and resolution, unless asked otherwise
         parent_classes, parent_chans, parent_size = parent_shape(gates.weights, arch)
         num_classes = parent_classes if num_classes is None else num_classes
@@ -280,8 +280,9 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     else:
         b = check_budget(graph, b, round_to, expand, pinned)  # before any gate learning: fail in seconds
     if bundle is not None:
-        say(f"data: {bundle.description}" + (f" (a segmentation model: its loss, snapshots by held-out mIoU)"
-                                            if dense else ""))
+        say(f"data: {bundle.description}" + (
+            " (a segmentation model: its loss, snapshots by held-out mIoU)" if dense == "segmentation" else
+            " (a detection model: its own training losses, snapshots by held-out loss)" if dense else ""))
     elif user_task is not None and method == "scratch":
         say(f"data: {user_task.description}")
     learned = None
@@ -443,18 +444,26 @@ def _user_task(loss_fn: Any, data: Any, val_data: Any, method: str, opts: GateOp
                                 f"by {score} on {where}")
 
 
-def _segmentation_task(bundle, batch_size: int, seed: int, device: torch.device, amp: bool) -> GateTask:
-    """Segmentation on the shapes data: its loss on training batches, snapshots by held-out mIoU
-    (BatchNorm on batch statistics, as the gates learn: the running statistics of random frozen
-    weights say nothing)."""
+def _dense_task(task: str, bundle, batch_size: int, seed: int, device: torch.device) -> GateTask:
+    """Segmentation or detection on the shapes data. Segmentation: its loss on training batches,
+    snapshots by held-out mIoU (BatchNorm on batch statistics, as the gates learn: the running
+    statistics of random frozen weights say nothing). Detection: the detector's own training losses
+    (it returns them in train mode, given targets), snapshots by the lowest held-out loss."""
     val = bundle.val if bundle.val is not None else bundle.test
     if device.type == "cpu" and len(val) > CPU_DENSE_VAL_IMAGES:
         val = val.subset(torch.arange(CPU_DENSE_VAL_IMAGES))
-    train_loader = make_loader(bundle.train, batch_size, shuffle=True, seed=seed, drop_last=True)
-    val_loader = make_loader(val, batch_size, shuffle=False, seed=seed)
+    detection = task == "detection"
+    train_loader = ShapesLoader(bundle.train, batch_size, shuffle=True, seed=seed, drop_last=True, detection=detection)
+    val_loader = ShapesLoader(val, batch_size, shuffle=False, seed=seed, drop_last=False, detection=detection)
+    if detection:
+        def minus_loss(model: nn.Module) -> float:
+            return -sum(float(detection_loss(model, to_device(b, device))) for b in val_loader) / max(len(val_loader), 1)
+
+        return GateTask(train=train_loader, loss=detection_loss, evaluate=minus_loss, score_name="-loss",
+                        steps_per_epoch=len(train_loader), description=bundle.description)
 
     def miou(model: nn.Module) -> float:
-        return evaluate_segmentation(model, val_loader, device, bundle.num_classes, amp, eval_mode=False)["miou"]
+        return evaluate_segmentation(model, val_loader, device, bundle.num_classes, True, eval_mode=False)["miou"]
 
     return GateTask(train=train_loader, loss=segmentation_loss, evaluate=miou, score_name="mIoU",
                     steps_per_epoch=len(train_loader), description=bundle.description)
@@ -462,7 +471,7 @@ def _segmentation_task(bundle, batch_size: int, seed: int, device: torch.device,
 
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, opts: GateOptions, *,
                  expand: float, seed: int, progress: Any, say: Any, user_task: GateTask | None = None,
-                 dense: bool = False):
+                 dense: str | None = None):
     """Build the (expanded) supernet with frozen random weights and learn its gates.
 
     Default space: all groups gated, r against the expanded supernet, γ adaptive so a short run
@@ -482,7 +491,7 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     if user_task is not None:
         bs = getattr(user_task.train, "batch_size", None) or bs  # the loader's own batches
     gate_data = user_task if user_task is not None else \
-        _segmentation_task(bundle, bs, seed, dev, amp=True) if dense else bundle
+        _dense_task(dense, bundle, bs, seed, dev) if dense else bundle
     if opts.steps is None and opts.epochs is None and dev.type == "cpu" and not paper:
         n_steps = CPU_DENSE_STEPS if dense else CPU_STEPS
         say(f"CPU: a short gate search of {n_steps} steps at lr {lr} (paper: {p['epochs']:g} epochs at lr 0.01); "

@@ -4,7 +4,7 @@ Gate learning and training call a loss as ``loss_fn(model, batch) -> scalar tens
 and one batch as the loader yields it. slimkit's own for segmentation is torchvision's reference
 recipe: cross-entropy on the ``'out'`` map, plus 0.5 x cross-entropy on the ``'aux'`` map where
 the model has one (DeepLabV3 and FCN with ``aux_loss=True``), pixels labelled 255 ignored (VOC's
-"void"). Its metrics are pixel accuracy and mean IoU from one confusion matrix over the whole
+"void"); for torchvision's detectors, the sum of the losses they return in train mode. Segmentation's metrics are pixel accuracy and mean IoU from one confusion matrix over the whole
 evaluation set; the mean runs over the classes that occur (in the labels or the predictions), so a
 class the data never shows does not count as a perfect or a failed class.
 
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from slimkit.errors import SlimkitError
 from slimkit.runtime import all_reduce_sum, autocast, place_batch
 
-__all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "LossFn", "segmentation_loss", "segmentation_output_loss",
+__all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "LossFn", "detection_loss", "segmentation_loss", "segmentation_output_loss",
            "confusion_matrix", "segmentation_scores", "evaluate_segmentation", "checked_loss", "to_device",
            "check_classification_batch", "check_loader"]
 
@@ -51,6 +51,18 @@ def segmentation_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     """``loss_fn`` for segmentation batches ``(images, masks)``: cross-entropy (+ 0.5 aux)."""
     images, masks = batch
     return segmentation_output_loss(model(images), masks)
+
+
+def detection_loss(model: nn.Module, batch: tuple[list[Tensor], list[dict[str, Tensor]]]) -> Tensor:
+    """``loss_fn`` for torchvision detectors on ``(images, targets)`` batches: the sum of the losses the
+    detector itself returns in train mode (SSD: box regression + classification; the R-CNNs add the
+    RPN's)."""
+    images, targets = batch
+    losses = model(images, targets)
+    if not isinstance(losses, dict):
+        raise SlimkitError(f"a detector in train mode returns a dict of losses, got {type(losses).__name__}: "
+                           "pass your own loss_fn")
+    return sum(losses.values())
 
 
 def _class_map(out: Any) -> Tensor:

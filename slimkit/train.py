@@ -230,10 +230,10 @@ def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
-def _is_segmentation(arch: str) -> bool:
-    """Is ``arch`` one of torchvision's segmentation models (trained on masks, scored by mIoU)?"""
+def _torchvision_task(arch: str) -> str:
+    """'segmentation' (trained on masks, scored by mIoU), 'detection' or 'classification'."""
     spec = registry.resolve(arch)
-    return spec.source == "torchvision" and registry.torchvision_task(spec.name) == "segmentation"
+    return registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
 
 
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
@@ -366,11 +366,15 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         if cfg.init == "inherit" and not Path(cfg.init_from).is_file():  # a resumed run holds its weights already
             raise CheckpointError(f"--from: checkpoint not found: {cfg.init_from}")
 
+    task = _torchvision_task(plan.arch if plan is not None else str(plan_or_arch))
+    if task == "detection":
+        raise SlimkitError("slimkit train does not train detectors yet (their mAP evaluation is missing): train "
+                           "slimkit.generate(plan) in your own detection loop")
+    segmentation = task == "segmentation"
     if plan is not None:
         size = tuple(plan.input_size)
     else:
         size = registry.default_input_size(str(plan_or_arch))
-    segmentation = _is_segmentation(plan.arch if plan is not None else str(plan_or_arch))
     if segmentation and cfg.data == TrainConfig.data:  # the classifiers' default: a segmenter needs masks
         cfg = replace(cfg, data=SEGMENTATION_DATA[0])
     elif segmentation and cfg.data not in SEGMENTATION_DATA:

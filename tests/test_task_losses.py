@@ -182,3 +182,9 @@ def test_shapes_detection_batches_carry_each_images_boxes_and_labels():
         sample = bundle.test.sample(i)
         assert image.shape == (3, 40, 40) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
         assert torch.equal(target["boxes"], sample.boxes) and torch.equal(target["labels"], sample.labels)
+
+
+def test_training_a_detector_is_refused_in_one_line(tmp_path):
+    with pytest.raises(SlimkitError, match="does not train detectors yet"):
+        train("ssdlite320_mobilenet_v3_large", tmp_path / "run", TrainConfig(epochs=1, workers=0))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
