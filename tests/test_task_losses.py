@@ -188,3 +188,14 @@ def test_training_a_detector_is_refused_in_one_line(tmp_path):
     with pytest.raises(SlimkitError, match="does not train detectors yet"):
         train("ssdlite320_mobilenet_v3_large", tmp_path / "run", TrainConfig(epochs=1, workers=0))
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_ssdlite_learns_gates_on_shapes_boxes_with_its_own_losses(monkeypatch):
+    monkeypatch.setattr(data_module, "SHAPES_SPLITS", {"train": 8, "val": 2, "test": 2})
+    plan = slimkit.prune("ssdlite320_mobilenet_v3_large", "50%", round_to=8, latency=LatencyOptions(check=False),
+                         gates=GateOptions(steps=3, batch_size=2, device="cpu"))
+    s = plan.search
+    assert plan.method == "scratch" and plan.num_classes == NUM_CLASSES and s["data"] == "shapes"
+    assert s["val_score_name"] == "-loss" and s["val_score"] < 0 and s["gates"]["mean"] < 1.0
+    assert abs(plan.flops / s["full_flops"] - 0.5) <= 0.01
