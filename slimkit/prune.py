@@ -78,7 +78,7 @@ CPU_VAL_IMAGES = 2000
 # is shorter and its snapshots are scored on fewer held-out images.
 CPU_DENSE_STEPS = 100
 CPU_DENSE_VAL_IMAGES = 64
-DENSE_DATA = "shapes"  # what segmentation models learn gates on from the CLI
+DENSE_DATA = "shapes"  # what segmentation and detection models learn gates on from the CLI
 USER_VAL_BATCHES = 4  # without val_data: snapshots scored on this many batches of the user's data
 
 
