@@ -22,6 +22,8 @@ Names accepted by :func:`load_data` (see :data:`DATASETS`):
 * ``cifar10`` / ``cifar100`` — torchvision's python-format archives under ``data_dir``.
 * ``imagefolder:PATH`` — ``PATH/train/<class>/*`` for training, ``PATH/val/<class>/*`` as test.
 * ``synthetic`` — random uint8 images and labels, for speed tests only.
+* ``shapes`` — procedurally drawn shapes with per-pixel masks and boxes (:mod:`slimkit.shapes`), for
+  segmentation and detection models: seeded, offline, drawn at any size.
 
 Every failure to find or read data raises :class:`DataError` with a one-line message saying what
 is missing and how to fix it, so the CLI can print it as is.
@@ -46,6 +48,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from slimkit.errors import SlimkitError
+from slimkit.shapes import NUM_CLASSES as SHAPES_CLASSES
+from slimkit.shapes import ShapesDataset, ShapesLoader
 
 __all__ = [
     "CACHE_DIR",
@@ -64,10 +68,12 @@ __all__ = [
 
 InputSize = tuple[int, int, int]
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
+DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic", "shapes")
 DEFAULT_DATASET = "fashion-mnist"
 # Classes of the datasets whose size is fixed (an ImageFolder has as many as its class folders).
-NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
+NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10, "shapes": SHAPES_CLASSES}
+# The shapes stream's splits: enough images for a gate search or a quick epoch; each is drawn when read.
+SHAPES_SPLITS = {"train": 2000, "val": 200, "test": 200}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path.home() / ".cache" / "slimkit"
 _FMNIST_TORCHVISION_RAW = Path("FashionMNIST") / "raw"  # where torchvision's own download puts the files
@@ -320,7 +326,7 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         )
 
 
-AnyDataset = ImageTensorDataset | ImageFolderDataset
+AnyDataset = ImageTensorDataset | ImageFolderDataset | ShapesDataset
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,6 +486,8 @@ def make_loader(
         return TensorLoader(
             dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, augment=augment
         )
+    if isinstance(dataset, ShapesDataset):
+        return ShapesLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
     if isinstance(dataset, ImageFolderDataset):
         return FolderLoader(
             dataset,
@@ -718,6 +726,25 @@ def _synthetic(input_size: InputSize, seed: int, size: int, num_classes: int) ->
     )
 
 
+def _shapes(size: InputSize, seed: int, val_size: int | None) -> DataBundle:
+    """Disjoint index ranges of one seeded stream: train, then test, then val (so the test images are the
+    same whatever --val-size is)."""
+    if size[0] != 3:
+        raise DataError(f"the shapes dataset draws 3-channel images; the model takes {size[0]}: build it with 3")
+    n_train, n_test = SHAPES_SPLITS["train"], SHAPES_SPLITS["test"]
+    n_val = SHAPES_SPLITS["val"] if val_size is None else val_size
+    if not 0 <= n_val <= 100_000:
+        raise DataError(f"val_size {n_val} must be between 0 and 100000 for the shapes dataset: pass a valid --val-size")
+    train = ShapesDataset(n_train, input_size=size, seed=seed)
+    test = ShapesDataset(n_test, input_size=size, seed=seed, first_index=n_train)
+    val = ShapesDataset(n_val, input_size=size, seed=seed, first_index=n_train + n_test) if n_val else None
+    counts = f"{n_train:,} train / " + (f"{n_val:,} val / " if n_val else "") + f"{n_test:,} test"
+    return DataBundle(train=train, val=val, test=test, num_classes=SHAPES_CLASSES, name="shapes",
+                      description=f"shapes (drawn from seed {seed}, offline): {counts}, {SHAPES_CLASSES} classes "
+                                  f"(background, rectangle, ellipse, triangle) → {size[0]}x{size[1]}x{size[2]}",
+                      in_chans_source=3)
+
+
 def _split_indices(
     labels: Tensor,
     val_size: int,
@@ -756,7 +783,7 @@ def data_missing(name: str, data_dir: str | None = None) -> str | None:
     """Why ``name`` cannot be loaded here, without reading it (for ``slimkit run --dry-run``), or None.
 
     A cheap look at the paths each loader reads; the loaders themselves give the full error."""
-    if name == "synthetic":
+    if name in ("synthetic", "shapes"):
         return None
     if name == "fashion-mnist":
         roots = [Path(data_dir).expanduser()] if data_dir else [FASHION_MNIST_DIR, CACHE_DIR]
@@ -798,6 +825,8 @@ def load_data(
     ``synthetic_size`` and ``num_classes_hint`` (default 10) only shape the synthetic dataset.
     """
     size = _check_input_size(input_size)
+    if name == "shapes":
+        return _shapes(size, seed, val_size)
     if name == "fashion-mnist":
         source = _fashion_mnist(data_dir, size)
     elif name in ("cifar10", "cifar100"):

@@ -15,11 +15,20 @@ which channels the plan keeps, so G can inherit them: ``"l1"`` ranks filters by 
 within uniform widths (Li et al. 2017; with ``search_space="paper"`` only block-internal channels
 shrink, in the spirit of Rethinking's ResNet-56/110-A/B), ``"gates"`` keeps the channels whose
 gates, learned on the trained weights, are highest.
+
+Gates learn from a task loss. Classifiers: cross-entropy on ``gates.data``. torchvision's
+segmentation models (LR-ASPP, DeepLabV3, FCN): their loss (cross-entropy on 'out', + 0.5 aux) on the
+shapes data (:mod:`slimkit.shapes`), chosen automatically, snapshots picked by held-out mIoU. Any
+model on the user's own data: ``prune(model, '50%', loss_fn=..., data=loader)``, ``loss_fn(model,
+batch)`` returning the batch's loss, snapshots picked by the lowest loss on ``val_data`` (default: the
+first few batches of ``data``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +53,10 @@ from slimkit.plan import CRITERIA, ChannelPlan
 from slimkit.latency import check_mode, timing_enabled
 from slimkit.rounding import AUTO, RoundingChoice, auto_round_to, documented_multiple, is_ragged, parse_round_to
 from slimkit.runtime import resolve_device
-from slimkit.search import PRESETS, GateSearchConfig, search_gates, steps_for_epochs
+from slimkit.search import PRESETS, GateSearchConfig, GateTask, search_gates, steps_for_epochs
+from slimkit.shapes import ShapesLoader
+from slimkit.task_losses import (LossFn, check_classification_batch, check_loader, detection_loss,
+                                 evaluate_segmentation, segmentation_loss, to_device)
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
 from slimkit.structures import get_structure, structure_widths
 from slimkit.validate import check_input_size, check_number, check_type, show
@@ -62,6 +74,12 @@ CPU_LR = 0.05  # the CPU default, whatever the steps: a larger Adam step than th
 PAPER_LR = 0.01
 CPU_SEARCH_SIDE = 64
 CPU_VAL_IMAGES = 2000
+# Dense prediction on a CPU: a segmentation step at 64 px costs ~10x a classifier's, so the short run
+# is shorter and its snapshots are scored on fewer held-out images.
+CPU_DENSE_STEPS = 100
+CPU_DENSE_VAL_IMAGES = 64
+DENSE_DATA = "shapes"  # what segmentation and detection models learn gates on from the CLI
+USER_VAL_BATCHES = 4  # without val_data: snapshots scored on this many batches of the user's data
 
 
 @dataclass
@@ -103,7 +121,8 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
           arch_kwargs: dict[str, Any] | None = None, expand: float = 1.0,
           round_to: int | str = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
           gates: GateOptions | None = None, latency: LatencyOptions | None = None, criterion: str | None = None,
-          structure: str | None = None, progress: Any | None = None,
+          structure: str | None = None, loss_fn: LossFn | None = None, data: Iterable | None = None,
+          val_data: Iterable | None = None, progress: Any | None = None,
           log: Callable[[str], None] | None = None) -> ChannelPlan:
     """Plan the widths of ``arch`` so it meets ``budget`` (e.g. '150M', '50%', '3.5Mp').
 
@@ -129,6 +148,11 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     ``structure`` (e.g. ``'resnet56-a'``, see :mod:`slimkit.structures`) takes a published structure's
     widths instead of a budget and a method; with ``gates.weights`` and ``criterion='l1'`` the plan keeps
     the channels with the largest filters, as the paper did.
+
+    ``data`` (a DataLoader, or any re-iterable of batches) learns the gates on your own data, with
+    ``loss_fn(model, batch)`` returning the batch's loss as a scalar tensor (default: cross-entropy on
+    ``(images, labels)`` batches); snapshots are scored on ``val_data`` (default: the first
+    batches of ``data``). torchvision segmentation models learn on the shapes data by default.
     """
     _check_arguments(arch, budget, method, input_size, verify, gates, latency, progress, log, structure)
     if budget is not None and structure is not None:
@@ -179,10 +203,15 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     elif method == "uniform" and gates.weights is not None:
         raise SlimkitError("--weights with --method uniform: add --criterion l1 to keep the trained model's "
                            "channels with the largest filters")
+    user_task = _user_task(loss_fn, data, val_data, method, gates)
     spec = registry.resolve(registry.model_source(arch))
-    if method == "scratch" and spec.source == "torchvision" and registry.torchvision_task(spec.name) != "classification":
-        raise SlimkitError(f"{spec.canonical} is a {registry.torchvision_task(spec.name)} model: learning its gates needs "
-                           "that task's loss and data, which slimkit does not provide yet; use --method uniform")
+    task = registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
+    # dense prediction: the task's own loss on the shapes data, unless the user gives theirs
+    dense = task if method == "scratch" and task != "classification" and user_task is None else None
+    if dense and gates.data not in (GateOptions.data, DENSE_DATA):
+        raise SlimkitError(f"{spec.canonical} is a {dense} model: it learns gates on --data {DENSE_DATA} "
+                           f"({'masks' if dense == 'segmentation' else 'boxes'}), not {gates.data}; drop --data, or "
+                           "pass loss_fn= and data= (Python API)")
     if criterion is not None:  # the parent's classes and resolution, unless asked otherwise
         parent_classes, parent_chans, parent_size = parent_shape(gates.weights, arch)
         num_classes = parent_classes if num_classes is None else num_classes
@@ -202,7 +231,8 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     say = log or (lambda _msg: None)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     bundle = None
-    if method == "scratch":
+    data_name = DENSE_DATA if dense else gates.data
+    if method == "scratch" and user_task is None:
         dev = resolve_device(gates.device)
         side = gates.search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
         if side != size[1] and input_size_kwargs(build_model(spec.canonical,
@@ -211,16 +241,16 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
             say(f"{spec.canonical} is built for one image size: gates are learned at {size[1]} px "
                 "(pass a smaller --input-size for a faster search)")
             side = size[1]
-        bundle = load_data(gates.data, data_dir=gates.data_dir, input_size=(size[0], side, side * size[2] // size[1]),
+        bundle = load_data(data_name, data_dir=gates.data_dir, input_size=(size[0], side, side * size[2] // size[1]),
                            val_size=gates.val_size, seed=seed)
         if num_classes is None:
             num_classes = bundle.num_classes
         elif num_classes != bundle.num_classes:
-            raise SlimkitError(f"--num-classes {num_classes} but {gates.data} has {bundle.num_classes} classes: "
+            raise SlimkitError(f"--num-classes {num_classes} but {data_name} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
         if spec.user_code and not registry.accepts(spec.canonical, "num_classes"):
             _check_outputs(spec.canonical, registry.arch_kwargs_for(None, in_chans, arch_kwargs), size,
-                           bundle.num_classes, gates.data)
+                           bundle.num_classes, data_name)
             num_classes = None  # the model builds its own head, of the data's size (checked above)
     kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
     if input_size and tuple(size) != registry.default_input_size(spec.canonical, in_chans=in_chans):
@@ -262,14 +292,19 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     else:
         b = check_budget(graph, b, round_to, expand, pinned)  # before any gate learning: fail in seconds
     if bundle is not None:
-        say(f"data: {bundle.description}")
+        say(f"data: {bundle.description}" + (
+            " (a segmentation model: its loss, snapshots by held-out mIoU)" if dense == "segmentation" else
+            " (a detection model: its own training losses, snapshots by held-out loss)" if dense else ""))
+    elif user_task is not None and method == "scratch":
+        say(f"data: {user_task.description}")
     learned = None
     learned_gates = None  # the gate values of a FLOPs/params search, for --criterion gates
     latency_record = None
     if meter is not None:
         if method == "scratch":
             gates_result, search = _learn_gates(spec.canonical, kwargs, graph, flops_guess, bundle, gates,
-                                                expand=expand, seed=seed, progress=progress, say=say)
+                                                expand=expand, seed=seed, progress=progress, say=say,
+                                                user_task=user_task, dense=dense)
             learned = gates_result.gates
         else:
             search = {}
@@ -285,9 +320,9 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         if result.filled:  # no single factor landed within tolerance under channel rounding
             search["one_step_wider"] = result.filled
     else:
-        assert bundle is not None
+        assert bundle is not None or user_task is not None
         gates_result, search = _learn_gates(spec.canonical, kwargs, graph, b, bundle, gates, expand=expand,
-                                            seed=seed, progress=progress, say=say)
+                                            seed=seed, progress=progress, say=say, user_task=user_task, dense=dense)
         learned_gates = gates_result.gates
         if gates.selection in ("cost-aware", "latency-aware"):
             weights = _layer_costs(gates.selection, base, graph, latency_options, say, search)
@@ -427,13 +462,93 @@ def _check_outputs(arch: str, kwargs: dict[str, Any], size: tuple[int, ...], cla
                            f"scores: give the factory a num_classes parameter, or prune with --method uniform")
 
 
+def _user_task(loss_fn: Any, data: Any, val_data: Any, method: str, opts: GateOptions) -> GateTask | None:
+    """The user's own gate-learning data and loss as a GateTask (None when neither is given)."""
+    if loss_fn is None and data is None and val_data is None:
+        return None
+    if data is None:
+        raise SlimkitError("loss_fn and val_data need the data to learn gates on: pass data=loader")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"prune: 'loss_fn' must be a function loss_fn(model, batch) -> scalar tensor, got {show(loss_fn)}")
+    if method != "scratch":
+        raise SlimkitError(f"loss_fn and data are for learning gates: use method='scratch', not '{method}'")
+    if opts.data != GateOptions.data or opts.data_dir is not None:
+        raise SlimkitError("give the gate-learning data once: as a loader (data=) or by name (GateOptions.data)")
+    check_loader(data, "data")
+    if val_data is not None:
+        check_loader(val_data, "val_data")
+    held_out = list(val_data) if val_data is not None else list(itertools.islice(iter(data), USER_VAL_BATCHES))
+    if not held_out:
+        raise SlimkitError(("val_data" if val_data is not None else "data") + " yields no batch: give a loader "
+                           "with at least one batch")
+    if loss_fn is None:  # slimkit's own: cross-entropy on (images, labels), snapshots by held-out accuracy
+        for batch in held_out[:1]:
+            check_classification_batch(batch)
+
+        def classification_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+            images, labels = check_classification_batch(batch)
+            return torch.nn.functional.cross_entropy(model(images).float(), labels)
+
+        def accuracy(model: nn.Module) -> float:
+            hits = seen = 0
+            device = next(iter(model.parameters())).device
+            for batch in held_out:
+                images, labels = check_classification_batch(to_device(batch, device))
+                hits += int((model(images).argmax(1) == labels).sum())
+                seen += labels.numel()
+            return hits / max(seen, 1)
+
+        loss, evaluate, score = classification_loss, accuracy, "accuracy"
+    else:
+        def minus_loss(model: nn.Module) -> float:  # the snapshot with the lowest held-out loss scores highest
+            device = next(iter(model.parameters())).device
+            return -sum(float(loss_fn(model, to_device(b, device))) for b in held_out) / len(held_out)
+
+        loss, evaluate, score = loss_fn, minus_loss, "-loss"
+    try:
+        steps = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        steps = None
+    where = f"{len(held_out)} batch(es) of " + ("val_data" if val_data is not None else "data (not held out)")
+    return GateTask(train=data, loss=loss, evaluate=evaluate, score_name=score, steps_per_epoch=steps,
+                    description=f"your loader ({steps if steps is not None else 'unknown number of'} batches per "
+                                f"epoch), loss {'cross-entropy' if loss_fn is None else 'loss_fn'}, snapshots scored "
+                                f"by {score} on {where}")
+
+
+def _dense_task(task: str, bundle, batch_size: int, seed: int, device: torch.device) -> GateTask:
+    """Segmentation or detection on the shapes data. Segmentation: its loss on training batches,
+    snapshots by held-out mIoU (BatchNorm on batch statistics, as the gates learn: the running
+    statistics of random frozen weights say nothing). Detection: the detector's own training losses
+    (it returns them in train mode, given targets), snapshots by the lowest held-out loss."""
+    val = bundle.val if bundle.val is not None else bundle.test
+    if device.type == "cpu" and len(val) > CPU_DENSE_VAL_IMAGES:
+        val = val.subset(torch.arange(CPU_DENSE_VAL_IMAGES))
+    detection = task == "detection"
+    train_loader = ShapesLoader(bundle.train, batch_size, shuffle=True, seed=seed, drop_last=True, detection=detection)
+    val_loader = ShapesLoader(val, batch_size, shuffle=False, seed=seed, drop_last=False, detection=detection)
+    if detection:
+        def minus_loss(model: nn.Module) -> float:
+            return -sum(float(detection_loss(model, to_device(b, device))) for b in val_loader) / max(len(val_loader), 1)
+
+        return GateTask(train=train_loader, loss=detection_loss, evaluate=minus_loss, score_name="-loss",
+                        steps_per_epoch=len(train_loader), description=bundle.description)
+
+    def miou(model: nn.Module) -> float:
+        return evaluate_segmentation(model, val_loader, device, bundle.num_classes, True, eval_mode=False)["miou"]
+
+    return GateTask(train=train_loader, loss=segmentation_loss, evaluate=miou, score_name="mIoU",
+                    steps_per_epoch=len(train_loader), description=bundle.description)
+
+
 def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundle, opts: GateOptions, *,
-                 expand: float, seed: int, progress: Any, say: Any):
+                 expand: float, seed: int, progress: Any, say: Any, user_task: GateTask | None = None,
+                 dense: str | None = None):
     """Build the (expanded) supernet with frozen random weights and learn its gates.
 
     Default space: all groups gated, r against the expanded supernet, γ adaptive so a short run
     reaches r. Paper space: the official code's settings (module docstring), γ fixed."""
-    preset = opts.preset or ("imagenet" if opts.data.startswith("imagefolder:") else "cifar")
+    preset = opts.preset or ("shapes" if dense else "imagenet" if opts.data.startswith("imagefolder:") else "cifar")
     if preset not in PRESETS:
         raise SlimkitError(f"unknown --preset '{preset}': choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -445,10 +560,19 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     lr = opts.lr
     if lr is None:
         lr = CPU_LR if dev.type == "cpu" and not paper else PAPER_LR
+    if user_task is not None:
+        bs = getattr(user_task.train, "batch_size", None) or bs  # the loader's own batches
+    gate_data = user_task if user_task is not None else \
+        _dense_task(dense, bundle, bs, seed, dev) if dense else bundle
     if opts.steps is None and opts.epochs is None and dev.type == "cpu" and not paper:
-        n_steps = CPU_STEPS
+        n_steps = CPU_DENSE_STEPS if dense else CPU_STEPS
         say(f"CPU: a short gate search of {n_steps} steps at lr {lr} (paper: {p['epochs']:g} epochs at lr 0.01); "
             "pass --epochs or --steps for more")
+    elif opts.steps is None and isinstance(gate_data, GateTask):
+        if gate_data.steps_per_epoch is None:
+            raise SlimkitError("data has no length, so epochs cannot be counted: pass GateOptions(steps=N)")
+        n_steps = max(1, math.ceil((opts.epochs if opts.epochs is not None else p["epochs"])
+                                   * gate_data.steps_per_epoch))
     else:
         n_steps = opts.steps or steps_for_epochs(opts.epochs if opts.epochs is not None else p["epochs"],
                                                  len(bundle.train), bs)
@@ -468,16 +592,17 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
     r = min(1.0, budget.value / graph.count_flops(reference)) if budget.kind == "flops" else \
         min(1.0, budget.value / graph.count_params(reference))
     cfg = GateSearchConfig(target=r, gamma=opts.gamma if opts.gamma is not None else p["gamma"], lr=lr,
-                           batch_size=bs, steps=n_steps, evals=10,
+                           batch_size=bs if user_task is None else 1, steps=n_steps, evals=10,
                            val_images=CPU_VAL_IMAGES if dev.type == "cpu" else None, seed=seed, device=str(dev),
                            snapshot_rule="nonzero" if paper else "mean", augment=paper, eval_bn=paper,
                            adaptive_gamma=not paper)
     gated = sum(w for n, w in widths.items() if n not in fixed)
+    search_input = list(bundle.train.input_size) if bundle is not None else "your data"
     say(f"gates: {gated} channels in {len(widths) - len(fixed)} groups"
         + (f" ({len(fixed)} residual-stream groups kept at full width)" if fixed else "")
         + f", r = {r:.3f}, γ = {cfg.gamma}{' (adaptive)' if cfg.adaptive_gamma else ''}, lr {lr}, "
-        f"batch {bs}, {n_steps} steps at {list(bundle.train.input_size)} on {dev}")
-    res = search_gates(supernet, bundle, cfg, progress=progress)
+        f"batch {bs}, {n_steps} steps at {search_input} on {dev}")
+    res = search_gates(supernet, gate_data, cfg, progress=progress)
     if not res.qualified and paper:
         say(f"note: no snapshot had a share of non-zero gates <= r ({r:.3f}); using the final gates "
             f"(non-zero share {res.nonzero_fraction:.3f}), as the paper's code does")
@@ -488,8 +613,11 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
             "preset": preset, "gamma": cfg.gamma, "gamma_final": res.gamma, "adaptive_gamma": cfg.adaptive_gamma,
             "snapshot_rule": cfg.snapshot_rule, "augment": cfg.augment, "eval_bn": cfg.eval_bn,
             "nonzero_fraction": round(res.nonzero_fraction, 4), "lr": lr, "batch_size": bs, "steps": n_steps,
-            "target_r": round(r, 6), "penalty_target": round(res.aim, 6), "search_input": list(bundle.train.input_size), "data": opts.data,
-            "device": str(dev), "chosen_step": res.step, "val_accuracy": round(res.val_accuracy, 4),
+            "target_r": round(r, 6), "penalty_target": round(res.aim, 6), "search_input": search_input,
+            "data": "your loader" if user_task is not None else bundle.name,
+            "device": str(dev), "chosen_step": res.step,
+            **({"val_accuracy": round(res.val_accuracy, 4)} if res.score_name == "accuracy" else
+               {"val_score": round(res.val_accuracy, 4), "val_score_name": res.score_name}),
             "qualified": res.qualified, "seconds": round(res.seconds, 1),
             "gates": {"mean": round(sum(flat) / len(flat), 4), "min": round(min(flat), 4),
                       "max": round(max(flat), 4),

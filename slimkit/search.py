@@ -25,12 +25,18 @@ Paper settings, as presets: CIFAR-10 γ 0.5, batch 128, 10 epochs; ImageNet γ 0
 1 epoch. On a CPU the default is a short run (a fixed number of steps at a reduced search
 resolution; gates are per channel, so the resolution they are learned at does not change what
 they mean) so the command stays interactive; the run prints what it does.
+
+Other tasks (:class:`GateTask`): the cross-entropy is replaced by the task's loss of a batch,
+``loss_fn(model, batch)`` (segmentation's, or the user's own on their own loader), and held-out
+accuracy by the task's held-out score (mIoU for segmentation; minus the held-out loss for a user's
+loss); everything else, the sparsity term, adaptive γ and the snapshot rule, is the same.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,13 +49,31 @@ from slimkit.data import DataBundle, make_loader
 from slimkit.errors import SlimkitError
 from slimkit.gates import GatedSupernet
 from slimkit.runtime import all_reduce_sum, autocast, place_batch, place_model
+from slimkit.task_losses import LossFn, checked_loss, to_device
 
-__all__ = ["GateSearchConfig", "GateSearchResult", "PRESETS", "SNAPSHOT_RULES", "search_gates"]
+__all__ = ["GateSearchConfig", "GateSearchResult", "GateTask", "PRESETS", "SNAPSHOT_RULES", "search_gates"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar": {"gamma": 0.5, "batch_size": 128, "epochs": 10.0},
     "imagenet": {"gamma": 0.05, "batch_size": 100, "epochs": 1.0},
+    # slimkit's, for dense prediction on the shapes data: every pixel is a label, so a small batch
+    # already gives the gates a steady signal (and keeps a CPU step near a second at 64 px)
+    "shapes": {"gamma": 0.5, "batch_size": 16, "epochs": 1.0},
 }
+
+
+@dataclass
+class GateTask:
+    """Gates learned on a task other than classification: ``train`` batches (re-iterable), the loss of
+    one batch ``loss(model, batch)``, and ``evaluate(model)``, the held-out score that picks the
+    snapshot (higher is better) called ``score_name``. ``steps_per_epoch`` is len(train) when known."""
+
+    train: Iterable
+    loss: LossFn
+    evaluate: Callable[[Any], float]
+    score_name: str
+    description: str
+    steps_per_epoch: int | None = None
 
 
 @dataclass
@@ -83,6 +107,7 @@ class GateSearchResult:
     gamma: float = 0.0  # γ at the end (grows under adaptive_gamma)
     nonzero_fraction: float = 1.0  # of the chosen snapshot's learnable gates
     aim: float = 0.0  # where the sparsity penalty pointed (r, or a little below it under adaptive_gamma)
+    score_name: str = "accuracy"  # what val_accuracy holds: held-out accuracy, or a GateTask's score
 
 
 SNAPSHOT_RULES = ("mean", "nonzero")
@@ -120,9 +145,10 @@ def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool, 
     return correct / max(total, 1)
 
 
-def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfig,
+def search_gates(supernet: GatedSupernet, data: DataBundle | GateTask, cfg: GateSearchConfig,
                  progress: Any | None = None) -> GateSearchResult:
-    """Learn the gates of ``supernet`` on ``data.train``; choose a snapshot on ``data.val``."""
+    """Learn the gates of ``supernet`` on ``data.train``; choose a snapshot on ``data.val`` (a
+    :class:`GateTask`: by its own loss and held-out score)."""
     if cfg.snapshot_rule not in SNAPSHOT_RULES:
         raise SlimkitError(f"unknown snapshot rule '{cfg.snapshot_rule}': choose one of {', '.join(SNAPSHOT_RULES)}")
     device, _ = runtime.local_device(cfg.device)
@@ -137,16 +163,36 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
     world, rank = runtime.world_size(), (dist.get_rank() if runtime.world_size() > 1 else 0)
     if cfg.batch_size % world:
         raise SlimkitError(f"gate batch size {cfg.batch_size} must divide by {world} processes")
-    train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                               augment=cfg.augment).shard(rank, world)
-    if len(train_loader) == 0:  # no full batch: the loop below would never take a step (and never end)
-        raise SlimkitError(f"gate batch size {cfg.batch_size} is larger than the {len(data.train):,} training images: "
-                           f"use --batch-size {len(data.train)} or less")
-    val_ds = data.val if data.val is not None else data.train
-    if cfg.val_images is not None and len(val_ds) > cfg.val_images and hasattr(val_ds, "subset"):
-        val_ds = val_ds.subset(torch.arange(cfg.val_images))
-    val_batch = max(cfg.batch_size, 256)
-    val_loader = make_loader(val_ds, val_batch - val_batch % world, shuffle=False, seed=cfg.seed).shard(rank, world)
+    if isinstance(data, GateTask):
+        train_loader: Any = data.train
+        score_name = data.score_name
+
+        def batch_loss(batch: Any) -> torch.Tensor:
+            return checked_loss(data.loss(model, to_device(batch, device)))
+
+        def held_out() -> float:
+            with torch.no_grad(), autocast(device, cfg.amp):
+                return float(data.evaluate(model))
+    else:
+        train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                                   augment=cfg.augment).shard(rank, world)
+        if len(train_loader) == 0:  # no full batch: the loop below would never take a step (and never end)
+            raise SlimkitError(f"gate batch size {cfg.batch_size} is larger than the {len(data.train):,} training "
+                               f"images: use --batch-size {len(data.train)} or less")
+        val_ds = data.val if data.val is not None else data.train
+        if cfg.val_images is not None and len(val_ds) > cfg.val_images and hasattr(val_ds, "subset"):
+            val_ds = val_ds.subset(torch.arange(cfg.val_images))
+        val_batch = max(cfg.batch_size, 256)
+        val_loader = make_loader(val_ds, val_batch - val_batch % world, shuffle=False, seed=cfg.seed).shard(rank, world)
+        score_name = "accuracy"
+
+        def batch_loss(batch: Any) -> torch.Tensor:
+            x, y = batch
+            x, y = place_batch(x, device), y.to(device, non_blocking=True)
+            return F.cross_entropy(model(x).float(), y)
+
+        def held_out() -> float:
+            return _evaluate(supernet, val_loader, device, cfg.amp, cfg.eval_bn)
     opt = torch.optim.Adam(supernet.parameters(), lr=cfg.lr)
     eval_at = {max(1, round(cfg.steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}
     # γ may double at most every 5 steps (50 times a run) and at most 10 times in all: the gates
@@ -163,14 +209,17 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
     step_time = 0.0
     task = progress.add_task("learning gates", total=cfg.steps) if progress is not None else None
     epoch = 0
+    task_key = "ce" if score_name == "accuracy" else "task_loss"
+    val_key = "val_accuracy" if score_name == "accuracy" else "val_score"
     while step < cfg.steps:
-        train_loader.set_epoch(epoch)
-        for x, y in train_loader:
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        took_a_step = False
+        for batch in train_loader:
+            took_a_step = True
             t0 = time.perf_counter()
-            x, y = place_batch(x, device), y.to(device, non_blocking=True)
             with autocast(device, cfg.amp):
-                logits = model(x)
-            ce = F.cross_entropy(logits.float(), y)
+                ce = batch_loss(batch).float()
             loss = ce + gamma * (supernet.penalty_mean() - aim) ** 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,11 +235,11 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
             if cfg.adaptive_gamma and step in pace_at and _lags(mean, step, cfg.steps, cfg.target):
                 gamma = min(2.0 * gamma, max_gamma)
             if step in eval_at:
-                acc = _evaluate(supernet, val_loader, device, cfg.amp, cfg.eval_bn)
+                acc = held_out()
                 supernet.set_search_mode()
                 nonzero = supernet.nonzero_fraction()
-                history.append({"step": step, "loss": loss.item(), "ce": ce.item(), "gate_mean": mean,
-                                "nonzero": nonzero, "gamma": gamma, "val_accuracy": acc})
+                history.append({"step": step, "loss": loss.item(), task_key: ce.item(), "gate_mean": mean,
+                                "nonzero": nonzero, "gamma": gamma, val_key: acc})
                 snap = (acc, step, supernet.snapshot(), mean, nonzero)
                 sparsity = nonzero if cfg.snapshot_rule == "nonzero" else mean
                 if sparsity <= cfg.target + 1e-6 and (best is None or acc > best[0]):
@@ -200,12 +249,14 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
                 elif sparsest is None or mean < sparsest[3]:
                     sparsest = snap
             if task is not None:
-                last = f"{history[-1]['val_accuracy']:.3f}" if history else "–"  # not evaluated yet
+                last = f"{history[-1][val_key]:.3f}" if history else "–"  # not evaluated yet
                 progress.update(task, advance=1, description=(
                     f"learning gates  loss {loss.item():.3f}  mean λ {mean:.3f} (r {cfg.target:.3f})  "
-                    f"val acc {last}"))
+                    f"val {'acc' if score_name == 'accuracy' else score_name} {last}"))
             if step >= cfg.steps:
                 break
+        if not took_a_step:
+            raise SlimkitError("the gate-learning data yielded no batch: give a loader with at least one batch")
         epoch += 1
     chosen = best if best is not None else sparsest
     assert chosen is not None
@@ -213,7 +264,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle, cfg: GateSearchConfi
     return GateSearchResult(gates=gates, step=at, val_accuracy=acc, gate_mean=mean,
                             qualified=best is not None, history=history,
                             seconds=time.perf_counter() - start, step_seconds=step_time / max(step, 1),
-                            gamma=gamma, nonzero_fraction=nonzero, aim=aim)
+                            gamma=gamma, nonzero_fraction=nonzero, aim=aim, score_name=score_name)
 
 
 def steps_for_epochs(epochs: float, train_size: int, batch_size: int) -> int:

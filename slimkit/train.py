@@ -17,6 +17,11 @@ The loop reads top to bottom like torchvision's reference trainer: ``train_one_e
 ``evaluate``, a checkpoint written atomically after every epoch holding weights, optimizer,
 scheduler, epoch, RNG state, config, metrics and the plan (as JSON text, so
 ``torch.load(weights_only=True)`` can read it), and ``--resume`` that continues exactly.
+
+Segmentation models (torchvision's LR-ASPP, DeepLabV3, FCN) train the same way on the shapes data
+by default, with their own loss (slimkit.task_losses: cross-entropy on 'out' + 0.5 aux, no label
+smoothing, as torchvision's segmentation reference) and are evaluated by mIoU and pixel accuracy;
+the shapes loader draws new images rather than cropping and flipping (masks would have to follow).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ from slimkit.generator import choose_channels, full_plan, generate, verified_pla
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
+from slimkit.task_losses import IGNORE_INDEX, evaluate_segmentation, segmentation_output_loss
 from slimkit.validate import check_number
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
@@ -59,6 +65,7 @@ FINETUNE = "finetune"  # inherited weights: --epochs at a constant LR
 FINETUNE_LR = 0.001  # Rethinking's official fine-tuning LR (CIFAR and ImageNet)
 FINETUNE_EPOCHS = 40  # ... and its CIFAR epochs (a quarter of the parent's 160; 20 on ImageNet)
 INITS = ("scratch", "inherit")  # fresh weights from G, or the kept channels of a trained full model
+SEGMENTATION_DATA = ("shapes",)  # what a segmentation model trains on (masks); the default for it
 
 
 def scratch_b_cap(data: str) -> float | None:
@@ -163,11 +170,13 @@ def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int, 
     return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cosine], milestones=[warmup_steps])
 
 
-def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progress=None, task=None):
+def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progress=None, task=None,
+                    segmentation: bool = False):
     """One pass. ``loader`` yields this process's share of each global batch; it is split into
-    ``cfg.accum_steps`` micro-batches whose gradients add up (DDP syncs only on the last one)."""
+    ``cfg.accum_steps`` micro-batches whose gradients add up (DDP syncs only on the last one).
+    Returns the mean loss, the accuracy (of pixels, for ``segmentation``), the images seen and seconds."""
     model.train()
-    total_loss = correct = seen = 0
+    total_loss = correct = seen = images = 0
     start = time.perf_counter()
     accum = max(1, cfg.accum_steps)
     for step, (x, y) in enumerate(loader):
@@ -180,20 +189,27 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
             sync = i == len(chunks) - 1 or not hasattr(model, "no_sync")
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, cfg.amp):
                 logits = model(xm)
-            loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
+            if segmentation:  # every labelled pixel is a sample
+                loss = segmentation_output_loss(logits, ym)
+                counted = ym != IGNORE_INDEX
+                hits = int(((logits["out"] if isinstance(logits, dict) else logits).argmax(1) == ym)[counted].sum())
+            else:
+                loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
+                hits = int((logits.argmax(1) == ym).sum())
             (loss * (ym.numel() / y.numel())).backward()  # the mean over the whole local batch
             total_loss += loss.item() * ym.numel()
-            correct += int((logits.argmax(1) == ym).sum())
+            correct += hits
         opt.step()
         sched.step()
         seen += y.numel()
+        images += y.shape[0]
         if progress is not None:
-            rate = seen / max(time.perf_counter() - start, 1e-9)
+            rate = images / max(time.perf_counter() - start, 1e-9)
             progress.update(task, advance=1, description=(
                 f"loss {total_loss / seen:.3f}  acc {correct / seen:.3f}  {rate:.0f} img/s"))
     secs = time.perf_counter() - start
-    total_loss, correct, seen = all_reduce_sum(total_loss, correct, seen, device=device)
-    return total_loss / max(seen, 1), correct / max(seen, 1), int(seen), secs
+    total_loss, correct, seen, images = all_reduce_sum(total_loss, correct, seen, images, device=device)
+    return total_loss / max(seen, 1), correct / max(seen, 1), int(images), secs
 
 
 def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True) -> tuple[float, float, float]:
@@ -212,6 +228,12 @@ def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True
             seen += y.numel()
     total_loss, top1, top5, seen = all_reduce_sum(total_loss, top1, top5, seen, device=device)
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
+
+
+def _torchvision_task(arch: str) -> str:
+    """'segmentation' (trained on masks, scored by mIoU), 'detection' or 'classification'."""
+    spec = registry.resolve(arch)
+    return registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
 
 
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
@@ -344,10 +366,20 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         if cfg.init == "inherit" and not Path(cfg.init_from).is_file():  # a resumed run holds its weights already
             raise CheckpointError(f"--from: checkpoint not found: {cfg.init_from}")
 
+    task = _torchvision_task(plan.arch if plan is not None else str(plan_or_arch))
+    if task == "detection":
+        raise SlimkitError("slimkit train does not train detectors yet (their mAP evaluation is missing): train "
+                           "slimkit.generate(plan) in your own detection loop")
+    segmentation = task == "segmentation"
     if plan is not None:
         size = tuple(plan.input_size)
     else:
         size = registry.default_input_size(str(plan_or_arch))
+    if segmentation and cfg.data == TrainConfig.data:  # the classifiers' default: a segmenter needs masks
+        cfg = replace(cfg, data=SEGMENTATION_DATA[0])
+    elif segmentation and cfg.data not in SEGMENTATION_DATA:
+        raise SlimkitError(f"a segmentation model trains on masks: --data {' or '.join(SEGMENTATION_DATA)} "
+                           f"(the default for it), not {cfg.data}")
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed)
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
@@ -461,16 +493,29 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
         step_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch) if progress else None
-        loss, acc, seen, secs = train_one_epoch(step_fn, train_loader, opt, sched, cfg, device, progress, step_task)
+        loss, acc, seen, secs = train_one_epoch(step_fn, train_loader, opt, sched, cfg, device, progress, step_task,
+                                                segmentation=segmentation)
         if progress is not None:
             progress.remove_task(step_task)
-        test_loss, top1, top5 = evaluate(model, test_loader, device, cfg.amp, cfg.channels_last)
-        m = EpochMetrics(epoch + 1, round(loss, 5), round(acc, 5), round(test_loss, 5), round(top1, 5),
-                         round(top5, 5), round(opt.param_groups[0]["lr"], 7), round(secs, 2),
-                         round(seen / max(secs, 1e-9), 1))
-        metrics.append(asdict(m))
-        say(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train acc {acc:.4f}  test top-1 {top1:.4f}  "
-            f"top-5 {top5:.4f}  ({m.images_per_second:.0f} img/s)")
+        if segmentation:
+            scores = evaluate_segmentation(model, test_loader, device, data.num_classes, cfg.amp, cfg.channels_last)
+            metrics.append({"epoch": epoch + 1, "train_loss": round(loss, 5), "train_pixel_accuracy": round(acc, 5),
+                            "test_loss": round(scores["loss"], 5), "test_miou": round(scores["miou"], 5),
+                            "test_pixel_accuracy": round(scores["pixel_accuracy"], 5),
+                            "test_iou": [None if v is None else round(v, 5) for v in scores["iou"]],
+                            "lr": round(opt.param_groups[0]["lr"], 7), "seconds": round(secs, 2),
+                            "images_per_second": round(seen / max(secs, 1e-9), 1)})
+            say(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train pixel acc {acc:.4f}  test mIoU "
+                f"{scores['miou']:.4f}  pixel acc {scores['pixel_accuracy']:.4f}  "
+                f"({metrics[-1]['images_per_second']:.0f} img/s)")
+        else:
+            test_loss, top1, top5 = evaluate(model, test_loader, device, cfg.amp, cfg.channels_last)
+            m = EpochMetrics(epoch + 1, round(loss, 5), round(acc, 5), round(test_loss, 5), round(top1, 5),
+                             round(top5, 5), round(opt.param_groups[0]["lr"], 7), round(secs, 2),
+                             round(seen / max(secs, 1e-9), 1))
+            metrics.append(asdict(m))
+            say(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  train acc {acc:.4f}  test top-1 {top1:.4f}  "
+                f"top-5 {top5:.4f}  ({m.images_per_second:.0f} img/s)")
         in_sync = runtime.replicas_identical(model) if world > 1 else None  # every rank takes part
         if not main:
             continue

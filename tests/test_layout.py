@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top: a module may import modules of a lower layer (and its own package's __init__).
 LAYERS = [
     ["slimkit.errors", "slimkit.version", "slimkit.validate"],
-    ["slimkit.flops"],
+    ["slimkit.flops", "slimkit.shapes"],
     ["slimkit.models", "slimkit.models.cifar", "slimkit.models.user", "slimkit.models.tasks"],
     ["slimkit.registry", "slimkit.data", "slimkit.runtime", "slimkit.files", "slimkit.attention"],
-    ["slimkit.graph", "slimkit.plan", "slimkit.exporters", "slimkit.exporters.onnx", "slimkit.exporters.int8",
+    ["slimkit.graph", "slimkit.plan", "slimkit.task_losses", "slimkit.exporters", "slimkit.exporters.onnx", "slimkit.exporters.int8",
      "slimkit.exporters.openvino"],
     ["slimkit.checkpoint"],
     ["slimkit.budget", "slimkit.gates", "slimkit.generator", "slimkit.plots", "slimkit.search_space",

@@ -24,9 +24,9 @@ def test_task_models_resolve_with_their_deployment_input():
     assert registry.default_input_size("resnet50") == (3, 224, 224)
 
 
-def test_learning_gates_on_a_detector_is_refused_in_one_line():
-    with pytest.raises(SlimkitError, match="is a detection model.*--method uniform"):
-        slimkit.prune("ssdlite320_mobilenet_v3_large", "50%")
+def test_a_detector_learning_gates_on_classification_data_is_refused_in_one_line():
+    with pytest.raises(SlimkitError, match="is a detection model: it learns gates on --data shapes"):
+        slimkit.prune("ssdlite320_mobilenet_v3_large", "50%", gates=slimkit.GateOptions(data="cifar10"))
 
 
 def test_frozen_batchnorm_is_resized_like_batchnorm():

@@ -116,7 +116,7 @@ def prune(
     tolerance: Annotated[Optional[float], typer.Option(help="Relative budget tolerance of the search (default 1%; 5% for --latency).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a channels-per-group PNG.")] = True,
-    data: Annotated[str, typer.Option(help="Gate-learning data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic.")] = GateOptions.data,
+    data: Annotated[str, typer.Option(help="Gate-learning data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic; segmentation models learn on shapes (drawn masks) whatever the default.")] = GateOptions.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives (default: Debian's /usr/share/datasets/fashion-mnist).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Paper gate settings: cifar (γ 0.5, batch 128, 10 epochs) or imagenet (γ 0.05, batch 100, 1 epoch); default from --data.")] = None,
     gamma: Annotated[Optional[float], typer.Option(help="Weight of the sparsity term γ·(mean λ − r)².")] = None,
@@ -230,5 +230,7 @@ def gate_summary(plan: ChannelPlan) -> str:
         how = "channels ranked by gate per unit of cost, "
     else:
         how = f"{s.get('selection', 'gate-order fill')} (no single τ within tolerance), "
-    return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} (held-out acc {s['val_accuracy']:.3f} on random "
+    score = (f"held-out acc {s['val_accuracy']:.3f}" if "val_accuracy" in s else
+             f"held-out {s['val_score_name']} {s['val_score']:.3f}")  # a task's own score (mIoU, -loss)
+    return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} ({score} on random "
             f"frozen weights), mean λ {s['gates']['mean']:.3f}, {how}{s['seconds']:.0f}s")

@@ -1,0 +1,161 @@
+"""Task losses and metrics beyond classification, and the checks on a user's own loss and batches.
+
+Gate learning and training call a loss as ``loss_fn(model, batch) -> scalar tensor``: the model
+and one batch as the loader yields it. slimkit's own for segmentation is torchvision's reference
+recipe: cross-entropy on the ``'out'`` map, plus 0.5 x cross-entropy on the ``'aux'`` map where
+the model has one (DeepLabV3 and FCN with ``aux_loss=True``), pixels labelled 255 ignored (VOC's
+"void"); for torchvision's detectors, the sum of the losses they return in train mode. Segmentation's metrics are pixel accuracy and mean IoU from one confusion matrix over the whole
+evaluation set; the mean runs over the classes that occur (in the labels or the predictions), so a
+class the data never shows does not count as a perfect or a failed class.
+
+A user's ``loss_fn`` returning anything but a one-element tensor that depends on the model, or a
+loader whose batches do not fit what slimkit feeds the model, stops at the first batch with one
+line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from slimkit.errors import SlimkitError
+from slimkit.runtime import all_reduce_sum, autocast, place_batch
+
+__all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "LossFn", "detection_loss", "segmentation_loss", "segmentation_output_loss",
+           "confusion_matrix", "segmentation_scores", "evaluate_segmentation", "checked_loss", "to_device",
+           "check_classification_batch", "check_loader"]
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+AUX_WEIGHT = 0.5  # torchvision's references/segmentation/train.py
+IGNORE_INDEX = 255  # VOC's "void" pixels: object borders and unlabelled regions
+
+
+def segmentation_output_loss(out: Any, masks: Tensor) -> Tensor:
+    """The segmentation loss of a model's output (a dict with 'out', maybe 'aux', or a bare map)."""
+    if isinstance(out, Tensor):
+        return F.cross_entropy(out.float(), masks, ignore_index=IGNORE_INDEX)
+    if not isinstance(out, dict) or "out" not in out:
+        raise SlimkitError(f"a segmentation model must return a class map or a dict with 'out' (torchvision's), got "
+                           f"{type(out).__name__}: pass your own loss_fn")
+    loss = F.cross_entropy(out["out"].float(), masks, ignore_index=IGNORE_INDEX)
+    if out.get("aux") is not None:
+        loss = loss + AUX_WEIGHT * F.cross_entropy(out["aux"].float(), masks, ignore_index=IGNORE_INDEX)
+    return loss
+
+
+def segmentation_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """``loss_fn`` for segmentation batches ``(images, masks)``: cross-entropy (+ 0.5 aux)."""
+    images, masks = batch
+    return segmentation_output_loss(model(images), masks)
+
+
+def detection_loss(model: nn.Module, batch: tuple[list[Tensor], list[dict[str, Tensor]]]) -> Tensor:
+    """``loss_fn`` for torchvision detectors on ``(images, targets)`` batches: the sum of the losses the
+    detector itself returns in train mode (SSD: box regression + classification; the R-CNNs add the
+    RPN's)."""
+    images, targets = batch
+    losses = model(images, targets)
+    if not isinstance(losses, dict):
+        raise SlimkitError(f"a detector in train mode returns a dict of losses, got {type(losses).__name__}: "
+                           "pass your own loss_fn")
+    return sum(losses.values())
+
+
+def _class_map(out: Any) -> Tensor:
+    return out if isinstance(out, Tensor) else out["out"]
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """(num_classes, num_classes) counts: row = true class, column = predicted; ignored pixels left out."""
+    keep = target != IGNORE_INDEX
+    index = target[keep].to(torch.int64) * num_classes + pred[keep].to(torch.int64)
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_scores(confusion: Tensor) -> dict[str, Any]:
+    """Pixel accuracy, mean IoU over the classes present, and each class's IoU (None where absent)."""
+    confusion = confusion.to(torch.float64)
+    hits = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = union > 0
+    iou = torch.where(present, hits / union.clamp(min=1), torch.zeros_like(hits))
+    total = confusion.sum()
+    return {"pixel_accuracy": float(hits.sum() / total) if total > 0 else 0.0,
+            "miou": float(iou[present].mean()) if bool(present.any()) else 0.0,
+            "iou": [float(v) if p else None for v, p in zip(iou, present)]}
+
+
+def evaluate_segmentation(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
+                          amp: bool = True, channels_last: bool = True, eval_mode: bool = True) -> dict[str, Any]:
+    """Loss (per pixel), pixel accuracy and mIoU of ``model`` on ``(images, masks)`` batches (in eval
+    mode unless ``eval_mode`` is off: gate learning scores with BatchNorm on batch statistics)."""
+    if eval_mode:
+        model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    total_loss = pixels = 0.0
+    with torch.no_grad(), autocast(device, amp):
+        for images, masks in loader:
+            images, masks = place_batch(images, device, channels_last), masks.to(device, non_blocking=True)
+            out = model(images)
+            counted = int((masks != IGNORE_INDEX).sum())
+            total_loss += segmentation_output_loss(out, masks).item() * counted
+            pixels += counted
+            confusion += confusion_matrix(_class_map(out).argmax(1), masks, num_classes)
+    total_loss, pixels = all_reduce_sum(total_loss, pixels, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(confusion)
+    return {"loss": total_loss / max(pixels, 1), **segmentation_scores(confusion.cpu())}
+
+
+def checked_loss(value: Any, where: str = "loss_fn") -> Tensor:
+    """``value`` if it is a loss gates can learn from: one number, as a tensor computed from the model."""
+    if not isinstance(value, Tensor):
+        raise SlimkitError(f"{where} must return a scalar tensor (the batch's loss), got {type(value).__name__}: "
+                           "return e.g. torch.nn.functional.cross_entropy(model(x), y)")
+    if value.numel() != 1:
+        raise SlimkitError(f"{where} must return a scalar tensor, got one of shape {list(value.shape)}: reduce it "
+                           "to one number, e.g. with .mean()")
+    if not value.requires_grad:
+        raise SlimkitError(f"{where} returned a tensor that does not depend on the model's output (no gradient): "
+                           "compute the loss from model(batch), without torch.no_grad() or .detach()")
+    return value.reshape(())
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch with every tensor in it (in tuples, lists and dicts, nested) moved to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    return batch
+
+
+def check_classification_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    """A user loader's batch for slimkit's own classification loss: ``(images, integer labels)``."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)):
+        what = type(batch).__name__ + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        raise SlimkitError(f"data yields a {what}; without loss_fn slimkit needs (images, labels) tensor pairs: "
+                           "pass loss_fn=lambda model, batch: ... for other batches")
+    images, labels = batch
+    if images.dim() != 4 or labels.dim() != 1 or labels.dtype.is_floating_point or len(labels) != len(images):
+        raise SlimkitError(f"data yields images {list(images.shape)} and labels {list(labels.shape)} "
+                           f"({labels.dtype}); without loss_fn slimkit needs images (N, C, H, W) and N integer "
+                           "labels: pass loss_fn for other batches")
+    return images, labels
+
+
+def check_loader(data: Any, what: str = "data") -> None:
+    """``data`` can be iterated more than once (a DataLoader, a list of batches), not a one-shot iterator."""
+    if isinstance(data, (str, bytes, Tensor)) or not isinstance(data, Iterable):
+        raise SlimkitError(f"{what} must be a loader of batches (e.g. a torch.utils.data.DataLoader), got "
+                           f"{type(data).__name__}")
+    if iter(data) is data:
+        raise SlimkitError(f"{what} is a one-shot iterator: gates learn over several passes; pass a DataLoader or a "
+                           "list of batches")
