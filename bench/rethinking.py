@@ -30,7 +30,8 @@ structure study: each finished training is written at once to ``<results>/runs/<
 each plan to ``<results>/plans/`` before it trains), rerunning skips finished runs and resumes a
 training from its last epoch checkpoint under ``--work``; ``--summarize`` only rebuilds the table.
 
-    python bench/rethinking.py --workers 2              # the study (about 8 h on 2 CPU cores)
+    python bench/rethinking.py --workers 2              # the study (about 8 h on 2 CPU cores; resumes anywhere:
+                                                        # the trained parent is kept in <results>/parent/)
     python bench/rethinking.py --smoke --data synthetic # minutes: proves the machinery
 """
 
@@ -147,8 +148,12 @@ def parent_checkpoint(args, results: Path, work: Path) -> str:
         save_plan(full_plan(cell(args).arch, num_classes=10, input_size=(3, args.side, args.side)), plan_path)
     job = Job("parent", "parent", "scratch-e", 0, plan_path, work / "parent-s0", results / "runs" / "parent-s0.json")
     ckpt = job.folder / "checkpoint.pt"
+    kept = results / "parent" / "checkpoint.pt"  # committed beside the results: every seed fine-tunes this one
     if job.out.exists() and ckpt.is_file():
+        _keep_parent(ckpt, kept)
         return str(ckpt)
+    if job.out.exists() and kept.is_file():  # another machine trained it
+        return str(kept)
     if job.out.exists():
         raise SystemExit(f"{job.out} says the parent finished, but its checkpoint {ckpt} is not here (another "
                          "machine trained it): copy it there, pass --parent CKPT, or delete the record to retrain")
@@ -158,7 +163,15 @@ def parent_checkpoint(args, results: Path, work: Path) -> str:
         run_job(job, args)
     finally:
         torch.set_num_threads(threads)
+    _keep_parent(ckpt, kept)
     return str(ckpt)
+
+
+def _keep_parent(ckpt: Path, kept: Path) -> None:
+    """Copy the trained parent beside the results (2 MB), so the study resumes on any machine."""
+    if not kept.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ckpt, kept)
 
 
 # ------------------------------------------------------------------------ plans and jobs
