@@ -36,17 +36,16 @@ test: setup data
 test-slow: setup data
 	$(PY) -m pytest -q -m slow
 
-# The main job, end to end on the offline default data: prune (from scratch and uniform), train the
-# pruned network from scratch, export verified fp32 and int8 ONNX with latency reports beside them,
+# The main job, end to end on the offline default data: prune (the default, uniform widths; and
+# gates learned from scratch, timed beside it at 224 px), train the pruned network from scratch, export verified fp32 and int8 ONNX with latency reports beside them,
 # then a summary of what was made. Channel counts use the multiple this machine's onnxruntime
-# computes at (--round-to auto, measured once and cached); prune prints the plan's latency beside
-# the uniform plan's at 224 px.
+# computes at (--round-to auto, measured once and cached).
 DEMO_STARTED := $(shell date +%s)
 demo: setup data
 	rm -rf runs/demo  # a fresh run each time (train refuses to overwrite a run silently)
 	$(SLIMKIT) info mobilenet_v1
-	$(SLIMKIT) prune mobilenet_v1 --flops 150M --out runs/demo/mobilenet_v1_150M.json
-	$(SLIMKIT) prune mobilenet_v1 --flops 150M --method uniform --num-classes 10 --out runs/demo/mobilenet_v1_150M_uniform.json
+	$(SLIMKIT) prune mobilenet_v1 --flops 150M --num-classes 10 --out runs/demo/mobilenet_v1_150M.json
+	$(SLIMKIT) prune mobilenet_v1 --flops 150M --method scratch --out runs/demo/mobilenet_v1_150M_scratch.json
 	$(SLIMKIT) export runs/demo/mobilenet_v1_150M.json --onnx
 	$(SLIMKIT) prune resnet20 --flops 50% --out runs/demo/resnet20_50pct.json
 	$(SLIMKIT) train runs/demo/resnet20_50pct.json --epochs 3 --lr 0.1 --weight-decay 1e-4 --out runs/demo/resnet20_50pct

@@ -40,12 +40,11 @@ def summary(root: Path, seconds: float | None) -> str:
     r20 = root / "resnet20_50pct"
     lines = [f"slimkit demo: done{f' in {seconds / 60:.0f} min' if seconds else ''}; everything is in {root}/", ""]
     mnv1 = _read(root / "mobilenet_v1_150M.json")
-    lines += ["MobileNet-V1 pruned to 150M MACs on random weights (not trained):",
-              f"  {root}/mobilenet_v1_150M.json   learned plan: {_cost(mnv1)}",
-              f"  {root}/mobilenet_v1_150M.png    its channels per group",
-              f"  {root}/mobilenet_v1_150M_uniform.json   the uniform plan, for comparison",
-              f"  {root}/mobilenet_v1_150M.onnx   the learned plan as ONNX "
-              f"({_size(root / 'mobilenet_v1_150M.onnx')})",
+    lines += ["MobileNet-V1 pruned to 150M MACs (random weights, not trained):",
+              f"  {root}/mobilenet_v1_150M.json   the default (uniform) plan: {_cost(mnv1)}",
+              f"  {root}/mobilenet_v1_150M.onnx   it as ONNX ({_size(root / 'mobilenet_v1_150M.onnx')})",
+              f"  {root}/mobilenet_v1_150M_scratch.json   gates learned from scratch, for comparison",
+              f"  {root}/mobilenet_v1_150M_scratch.png    its channels per group beside uniform's",
               ""]
     metrics = _read(r20 / "metrics.json") or {}
     final = metrics.get("final") or {}

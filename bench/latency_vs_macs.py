@@ -49,7 +49,7 @@ from slimkit.generator import full_plan
 from slimkit.latency import Candidate, cpu_description, measure
 from slimkit.ort_profile import compare_profiles, profile
 from slimkit.plan import ChannelPlan, load_plan, save_plan
-from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, prune
+from slimkit.prune import DEFAULT_ROUND_TO, GateOptions, prune
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {  # label -> slimkit architecture name
@@ -62,7 +62,7 @@ MODELS = {  # label -> slimkit architecture name
     "ViT-Tiny/16": "timm:vit_tiny_patch16_224",
 }
 BUDGETS = ("50%", "25%")
-METHODS = ("uniform", DEFAULT_METHOD)
+METHODS = ("uniform", "scratch")  # the default for classifiers, and learned gates
 SIDE = 224
 NUM_CLASSES = 10  # the default method learns gates on Fashion-MNIST (10 classes); the head is <0.3% of MACs
 GATE_VAL_IMAGES = 128  # held out to pick the gate snapshot; the short run evaluates 10 times
@@ -363,7 +363,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.plot(xs, xs, "k-", lw=0.8, label="latency = MACs")
         ax.plot(xs, HIGH * xs, "k--", lw=0.8, label=f"{HIGH}x MACs")
         ax.set_xlabel("MAC ratio (plan / full)")
-        ax.set_title(f"{precision}: hollow = uniform, filled = {DEFAULT_METHOD}", fontsize=9)
+        ax.set_title(f"{precision}: hollow = uniform, filled = scratch", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("latency ratio (plan / full, same precision)")
     axes[1].legend(fontsize=7, loc="upper left")

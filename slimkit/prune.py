@@ -62,10 +62,14 @@ from slimkit.structures import get_structure, structure_widths
 from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
-           "DEFAULT_ROUND_TO"]
+           "DEFAULT_ROUND_TO", "default_method", "model_task"]
 
 METHODS = ("scratch", "uniform")
-DEFAULT_METHOD = "scratch"
+# A classifier's default. The paired-seed structure study (docs/search.md, sections 6-7) found learned
+# gates level with or better than a uniform width in accuracy, but their plans no faster than uniform's
+# at the resolution models ship at (MobileNet-V1 at 224 px: 1.07-1.11x), so its pre-registered rule
+# picks uniform. Detection and segmentation models learn gates by default (default_method).
+DEFAULT_METHOD = "uniform"
 DEFAULT_ROUND_TO: int | str = AUTO  # measured per machine and backend (slimkit.rounding); ragged counts run up to 2x slower
 
 # A CPU cannot run the papers' gate budgets interactively: a short run at a reduced resolution.
@@ -115,8 +119,28 @@ class LatencyOptions:
     check: bool = True  # time the finished plan beside the uniform plan at its budget (a few seconds)
 
 
+def default_method(arch: str | nn.Module | Callable[..., nn.Module], *, criterion: str | None = None,
+                   learns_gates: bool = False) -> str:
+    """The method ``prune`` uses when none is given: what ``criterion`` needs ('l1' ranks filters within
+    uniform widths, 'gates' learns them); 'scratch' when gate-learning options or data were given;
+    'scratch' for detection and segmentation models (their learned plan ran at 0.62x the uniform plan's
+    latency at 520 px, LR-ASPP MobileNet-V3 at 50%); otherwise ``DEFAULT_METHOD`` (uniform)."""
+    if criterion is not None:
+        return "uniform" if criterion == "l1" else "scratch"
+    if learns_gates:
+        return "scratch"
+    return DEFAULT_METHOD if model_task(arch) == "classification" else "scratch"
+
+
+def model_task(arch: str | nn.Module | Callable[..., nn.Module]) -> str:
+    """'classification', 'detection' or 'segmentation' (torchvision's task models; every other model is
+    taken as a classifier)."""
+    spec = registry.resolve(registry.model_source(arch))
+    return registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
+
+
 def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget | None = None, *,
-          method: str = DEFAULT_METHOD,
+          method: str | None = None,
           num_classes: int | None = None, in_chans: int | None = None, input_size: tuple[int, int, int] | None = None,
           arch_kwargs: dict[str, Any] | None = None, expand: float = 1.0,
           round_to: int | str = DEFAULT_ROUND_TO, seed: int = 0, tolerance: float | None = None, verify: bool = True,
@@ -133,7 +157,9 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
 
     ``method='scratch'`` learns gates on random frozen weights (``gates`` says how and on which
     data) and turns them into widths (``gates.selection``); ``method='uniform'`` scales every group
-    by one factor. The call is quiet: ``progress`` (a ``rich.progress.Progress``, or any object with its
+    by one factor. ``method=None`` (the default) picks with :func:`default_method`: uniform for a
+    classifier, scratch when ``gates``, ``loss_fn`` or ``data`` is given or for a detection or
+    segmentation model. The call is quiet: ``progress`` (a ``rich.progress.Progress``, or any object with its
     ``add_task``/``update``/``remove_task``) gets a bar per long stage, ``log`` (e.g. ``print``) one-line
     notes. ``input_size`` is (C, H, W) (default: the model's). A latency budget ('8ms', or '50%' with
     ``Budget(kind='latency')``) is measured as ``latency`` says (see :mod:`slimkit.latency_search`);
@@ -155,12 +181,13 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     batches of ``data``). torchvision segmentation models learn on the shapes data by default.
     """
     _check_arguments(arch, budget, method, input_size, verify, gates, latency, progress, log, structure)
+    learns_gates = gates is not None or loss_fn is not None or data is not None or val_data is not None
     if budget is not None and structure is not None:
         raise SlimkitError("give a budget ('50%', '150M', '2.1Mp', '8ms') or a structure ('resnet56-a'), not both")
     input_size = check_input_size("prune", input_size)
     gates = gates or GateOptions()
     latency_options = latency or LatencyOptions()
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     round_to = parse_round_to(round_to)
     check_mode(latency_options.mode)
@@ -179,6 +206,8 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         return _prune_structure(arch, structure, num_classes=num_classes, in_chans=in_chans, input_size=input_size,
                                 arch_kwargs=arch_kwargs, expand=expand, seed=seed, criterion=criterion,
                                 weights=gates.weights, verify=verify, say=log or (lambda _msg: None))
+    if method is None:
+        method = default_method(arch, criterion=criterion, learns_gates=learns_gates)
     if gates.selection not in SELECTIONS:
         raise SlimkitError(f"unknown selection '{gates.selection}': choose one of {', '.join(SELECTIONS)}")
     if gates.search_space not in SEARCH_SPACES:
@@ -205,7 +234,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
                            "channels with the largest filters")
     user_task = _user_task(loss_fn, data, val_data, method, gates)
     spec = registry.resolve(registry.model_source(arch))
-    task = registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
+    task = model_task(arch)
     # dense prediction: the task's own loss on the shapes data, unless the user gives theirs
     dense = task if method == "scratch" and task != "classification" and user_task is None else None
     if dense and gates.data not in (GateOptions.data, DENSE_DATA):
@@ -439,7 +468,7 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
     check_type("prune", "structure", structure, (str, type(None)), "a structure name like 'resnet56-a', or None")
     check_type("prune", "budget", budget, (str, Budget) if structure is None else (str, Budget, type(None)),
                "a budget string like '50%', '150M', '2.1Mp' or '8ms' (or None with a structure)")
-    check_type("prune", "method", method, str, f"one of {', '.join(repr(m) for m in METHODS)}")
+    check_type("prune", "method", method, (str, type(None)), f"one of {', '.join(repr(m) for m in METHODS)}, or None")
     check_type("prune", "verify", verify, bool, "True or False")
     check_type("prune", "gates", gates, (GateOptions, type(None)), "a slimkit.GateOptions or None")
     check_type("prune", "latency", latency, (LatencyOptions, type(None)), "a slimkit.LatencyOptions or None")

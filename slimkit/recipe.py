@@ -55,7 +55,7 @@ from slimkit.exporters.onnx import EXPORTERS
 from slimkit.latency import BACKENDS, TIMING_MODES
 from slimkit.latency_search import PRECISIONS
 from slimkit.plan import CRITERIA
-from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, METHODS, LatencyOptions
+from slimkit.prune import DEFAULT_ROUND_TO, METHODS, LatencyOptions, default_method
 from slimkit.search import PRESETS
 from slimkit.structures import get_structure
 from slimkit.train import FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig
@@ -168,7 +168,7 @@ class DataSection:
 
 @dataclass
 class PruneSection:
-    method: str = DEFAULT_METHOD  # scratch | uniform
+    method: str | None = None  # scratch | uniform (default: slimkit.prune.default_method)
     flops: str | None = field(default=None, metadata={"budget": True})  # 150M, 1.2G, 50%
     params: str | None = field(default=None, metadata={"budget": True})  # 2.1M
     latency: str | None = field(default=None, metadata={"budget": True})  # 8ms, 50%
@@ -460,7 +460,7 @@ def _validate(r: Recipe, source: str) -> Recipe:
     check_data_name(r.data.name, source)
 
     p = r.prune
-    _check(p.method in METHODS, source, f"prune.method '{p.method}' is unknown: choose one of {', '.join(METHODS)}")
+    _check(p.method is None or p.method in METHODS, source, f"prune.method '{p.method}' is unknown: choose one of {', '.join(METHODS)}")
     given = [k for k in BUDGET_KEYS if getattr(p, k) is not None]
     _check(len(given) == 1, source,
            "prune needs exactly one budget of flops, params or latency, or a structure, got "
@@ -475,6 +475,9 @@ def _validate(r: Recipe, source: str) -> Recipe:
            f"prune.preset '{p.preset}' is unknown: choose one of {', '.join(PRESETS)} (or null: from the data)")
     _check(p.backend in BACKENDS, source, f"prune.backend '{p.backend}' is unknown: choose one of {', '.join(BACKENDS)}")
     _check_parent(r, source)
+    if p.method is None and p.structure is None:  # as `slimkit prune` picks it: gate options mean gates
+        learns_gates = any(v is not None for v in (p.preset, p.gamma, p.lr, p.epochs, p.steps, p.batch_size))
+        p.method = default_method(r.arch, criterion=p.criterion, learns_gates=learns_gates)
 
     t = r.train
     schedules = (*SCHEDULES, FINETUNE)
@@ -514,7 +517,7 @@ def _check_parent(r: Recipe, source: str) -> None:
             get_structure(p.structure, registry.resolve(r.arch).canonical)
         except SlimkitError as exc:
             raise RecipeError(f"{source}: prune.structure: {exc}") from None
-        _check(p.method == DEFAULT_METHOD and p.expand == 1.0, source,
+        _check(p.method is None and p.expand == 1.0, source,
                f"prune.structure {p.structure} fixes every width: remove prune.method and prune.expand")
     _check(p.criterion is None or p.criterion in CRITERIA, source,
            f"prune.criterion '{p.criterion}' is unknown: choose one of {', '.join(CRITERIA)}")
@@ -532,7 +535,7 @@ def _check_parent(r: Recipe, source: str) -> None:
             _check(p.criterion == "l1", source, "prune.structure keeps the largest filters, as its paper does: set "
                                                 "prune.criterion l1")
         else:
-            _check(p.method == wanted, source, f"prune.criterion {p.criterion} goes with prune.method {wanted}")
+            _check(p.method in (None, wanted), source, f"prune.criterion {p.criterion} goes with prune.method {wanted}")
         _check(p.expand == 1.0, source, "prune.criterion keeps channels of a trained model: remove prune.expand")
         _check(p.budget_key != "latency", source, "prune.criterion takes prune.flops, prune.params or prune.structure, "
                                                   "not prune.latency")

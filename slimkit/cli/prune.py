@@ -20,7 +20,7 @@ from slimkit.files import Output, check_outputs, has_mark
 from slimkit.flops import format_count
 from slimkit.plan import ChannelPlan, plan_output, save_plan
 from slimkit.plots import plot_channels
-from slimkit.prune import DEFAULT_METHOD, DEFAULT_ROUND_TO, GateOptions, LatencyOptions, uniform_reference
+from slimkit.prune import DEFAULT_ROUND_TO, GateOptions, LatencyOptions, default_method, uniform_reference
 from slimkit.rounding import parse_round_to
 from slimkit.prune import prune as run_prune
 from slimkit.runtime import cleanup_distributed
@@ -104,7 +104,7 @@ def prune(
     batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = LatencyOptions.batch,
     timing: Annotated[str, typer.Option(help="How --latency is timed: served (default: onnxruntime's defaults, each model alone, as a deployed model runs) or interleaved (every model once per round, pool threads not spinning). Recorded in the plan.")] = LatencyOptions.mode,
     precision: Annotated[str, typer.Option(help="How --latency candidates are timed: fp32, or int8 (quantized as `slimkit export --int8` ships them, against the int8 full model; ort-cpu).")] = LatencyOptions.precision,
-    method: Annotated[Optional[str], typer.Option(help=f"scratch: learn gates on random frozen weights (Wang et al. 2020); uniform: one width factor for all groups. Default: {DEFAULT_METHOD}; uniform with --criterion l1.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="uniform: one width factor for all groups; scratch: learn gates on random frozen weights (Wang et al. 2020). Default: uniform for classifiers; scratch for detection and segmentation models, with --criterion gates or --weights alone, and when a gate-learning option (--data, --steps, --epochs, --preset, --selection, --search-space, ...) is given.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Plan JSON to write (a .png of channels per group lands beside it).")] = Path("plan.json"),
     num_classes: Annotated[Optional[int], typer.Option(help="Classifier outputs (default: the model's).")] = None,
     in_chans: Annotated[Optional[int], typer.Option(help="Input channels (default: the model's).")] = None,
@@ -138,12 +138,12 @@ def prune(
     Budgets: --flops 150M (or 50% of the full model's MACs), --params 2.1M, or --latency 8ms (or 50%
     of the full model's latency), timed on --backend with --threads and --batch while searching.
 
-    Default method: the paper's (scratch gates, threshold selection, full search space). A
-    paired-seed study at equal FLOPs (bench/compare_structures.py, docs/search.md) finds it better
-    than a uniform width on MobileNet-V1 at 25% (+0.8 points, 18 seeds, at 0.57x uniform's latency)
-    and level with it on ResNet-20 (within 0.1 point); cost-aware selection trained worse on
-    MobileNet-V1 and the paper's search space worse on ResNet-20 at 25%, so neither is the default.
-    Every scratch plan's PNG shows the uniform plan beside it (--method uniform).
+    Default method for classifiers: uniform. A paired-seed study at equal FLOPs (docs/search.md)
+    found learned gates (--method scratch) level with a uniform width on ResNet-20 and better on
+    MobileNet-V1 at 32 px (+0.8 points), but their plans no faster than uniform's at the resolution
+    models ship at (MobileNet-V1 at 224 px: 1.07-1.11x uniform's latency), so uniform is the default
+    by the study's pre-registered rule; for speed at a budget, --latency. Detection and segmentation
+    models learn gates by default. Every scratch plan's PNG shows the uniform plan beside it.
     """
     if sum(x is not None for x in (flops, params, latency, structure)) != 1:
         raise SlimkitError("give exactly one budget: --flops 150M (or 50%), --params 2.1M or --latency 8ms (or 50%), "
@@ -170,8 +170,12 @@ def prune(
     round_to = parse_round_to(round_to)
     check_out(out, plot=plot, weights=weights, force=force)
     start = time.perf_counter()
-    if method is None:
-        method = "uniform" if criterion == "l1" else DEFAULT_METHOD
+    if method is None and structure is None:
+        learns_gates = (data != GateOptions.data or selection != "threshold" or search_space != "full"
+                        or (weights is not None and criterion is None)
+                        or any(v is not None for v in (data_dir, preset, gamma, lr, epochs, steps, batch_size,
+                                                       search_size, val_size)))
+        method = default_method(arch, criterion=criterion, learns_gates=learns_gates)
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
                         weights=weights, selection=selection, search_space=search_space)
