@@ -24,6 +24,7 @@ conv of each block by Σ|w|), or by learned gate values.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -61,6 +62,12 @@ TASK_OUTPUT = "read by the detector's fixed tail (anchors, box decoding, NMS, Ro
 
 
 def build_model(arch: str, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """``arch`` with random weights; the first build of each model in a process checks, from its shapes
+    alone, that its weights fit in memory (check_weights_memory)."""
+    key = _kwargs_key(arch, dict(arch_kwargs or {}), ())
+    if key not in _MEMORY_CHECKED:
+        check_weights_memory(arch, arch_kwargs)
+        _MEMORY_CHECKED.add(key)
     return registry.create_model(arch, **(arch_kwargs or {}))
 
 
@@ -98,6 +105,54 @@ def check_memory(arch: str, graph: ChannelGraph) -> None:
         c, h, w = graph.input_size
         raise PlanError(f"{arch} at input {h}x{w} needs about {need / 2**30:.1f} GiB for one forward pass, more than "
                         f"the {free / 2**30:.1f} GiB free here: use a smaller --input-size")
+
+
+# Tracing and checking a model holds its weights about twice: the model, and the thinned copy that
+# proves G can run it (built full-size before it is resized).
+_WEIGHT_COPIES = 2
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Build a model with every parameter moved to the meta device as it is registered: its shapes,
+    without its memory (each layer's weight exists for a moment only). Buffers stay real."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+_MEMORY_CHECKED: set[Any] = set()  # build_model's: models whose weights were found to fit
+
+
+def weights_bytes(arch: str, arch_kwargs: dict[str, Any] | None = None) -> int | None:
+    """The bytes of ``arch``'s parameters, counted without allocating them (None when the model
+    cannot be built that way)."""
+    try:
+        with torch.random.fork_rng(devices=[]), _parameters_on_meta():
+            model = registry.create_model(arch, **(arch_kwargs or {}))
+    except Exception:  # noqa: BLE001 - a model that cannot be built this way is built for real next
+        return None
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def check_weights_memory(arch: str, arch_kwargs: dict[str, Any] | None = None) -> None:
+    """Refuse, in one line, a model whose weights cannot fit in this machine's free memory (timm's
+    billion-parameter models on a small machine): the alternative is the kernel killing us."""
+    free = available_memory_bytes()
+    weights = weights_bytes(arch, arch_kwargs) if free is not None else None
+    if weights is not None and _WEIGHT_COPIES * weights > 0.8 * free:
+        raise PlanError(f"{arch}'s weights take {weights / 2**30:.1f} GiB: tracing and checking it needs about "
+                        f"{_WEIGHT_COPIES * weights / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free "
+                        "here: use a machine with more memory")
 
 
 # Probe widths: groups shrink by different factors so that two groups the analysis wrongly keeps

@@ -5,7 +5,9 @@ default.
 
 Each slow case records what it printed (``record_property``, so ``--junitxml=FILE`` keeps it) and,
 with ``SLIMKIT_ZOO_LOG=FILE``, appends it to FILE as one JSON line as soon as it ends (a long run
-keeps what it did when stopped): docs/zoo.md lists the models that cannot be pruned from such a run.
+keeps what it did when stopped, and a rerun with the same FILE skips the models it already holds,
+so the sweep resumes across machines): docs/zoo.md lists the models that cannot be pruned from such
+a run (the committed log: bench/results/zoo_info.jsonl).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import slimkit
+from slimkit import generator
 from slimkit.cli import app
 from slimkit.flops import count_flops
 from slimkit.generator import channel_graph
@@ -59,6 +62,13 @@ def run_info(arch: str, capfd: pytest.CaptureFixture[str], side: int = SIDE) -> 
     return result.exit_code, text
 
 
+def test_a_zoo_log_resumes_from_the_models_it_answered(tmp_path):
+    log = tmp_path / "zoo.jsonl"
+    assert logged_models(str(log)) == set()
+    log.write_text('{"arch": "timm:a", "exit_code": 0}\n{"arch": "timm:b", "failed": "Traceback"}\n{"arch": "ti')
+    assert logged_models(str(log)) == {"timm:a"}  # failures run again; a cut line is ignored
+
+
 @pytest.mark.parametrize("arch", FAST_SAMPLE)
 def test_info_on_models_that_once_crashed(arch, capfd):
     code, text = run_info(arch, capfd, FAST_SIDE)
@@ -66,9 +76,27 @@ def test_info_on_models_that_once_crashed(arch, capfd):
     assert "MACs" in text
 
 
+def logged_models(path: str | None) -> set[str]:
+    """The models a zoo log already holds an answer for (a passing one: failures run again)."""
+    if not path or not os.path.exists(path):
+        return set()
+    done = set()
+    with open(path) as log:
+        for line in log:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short when a run was killed
+                continue
+            if "failed" not in row:
+                done.add(row["arch"])
+    return done
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", classification_models())
 def test_info_over_the_zoo_never_ends_in_a_traceback(arch, capfd, record_property):
+    if arch in logged_models(os.environ.get("SLIMKIT_ZOO_LOG")):
+        pytest.skip("answered in SLIMKIT_ZOO_LOG already")
     start, row = time.perf_counter(), {"arch": arch}
     try:
         code, text = run_info(arch, capfd)
@@ -205,3 +233,16 @@ def test_torch_logged_tracebacks_do_not_reach_the_terminal(monkeypatch, capfd):
         logging.getLogger("torch").removeHandler(handler)
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
+
+
+
+def test_a_model_whose_weights_cannot_fit_is_one_line_before_it_is_built(monkeypatch):
+    """timm's billion-parameter models on a small machine: refused from their shapes alone, before the
+    kernel kills the process (a 1B-parameter model killed the zoo sweep at 17 GB)."""
+    weights = generator.weights_bytes("slimkit:resnet20")
+    assert weights == 4 * sum(p.numel() for p in generator.build_model("slimkit:resnet20").parameters())
+    monkeypatch.setattr(generator, "available_memory_bytes", lambda: weights)  # less than two copies
+    monkeypatch.setattr(generator, "_MEMORY_CHECKED", set())  # checked once per model and process
+    result = CliRunner().invoke(app, ["info", "slimkit:resnet20", "--input-size", "8"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "use a machine with more memory" in " ".join(result.output.split()), result.output

@@ -14,7 +14,7 @@ from slimkit import validate as limits
 from slimkit.attention import input_size_kwargs
 from slimkit.cli._common import ARCH_KWARGS_HELP, checked_numbers, console, parse_arch_kwargs, parse_input_size, user_errors
 from slimkit.flops import count_flops_per_layer, count_params, format_count
-from slimkit.generator import channel_graph
+from slimkit.generator import build_model, channel_graph
 
 
 @user_errors
@@ -49,14 +49,14 @@ def info(
     """Show an architecture's input size, MACs, parameters and channel groups."""
     spec = registry.resolve(arch)
     kwargs = registry.arch_kwargs_for(num_classes, in_chans, parse_arch_kwargs(arch_kwargs))
-    model = registry.create_model(spec.canonical, **kwargs)
+    model = build_model(spec.canonical, kwargs)
     size = parse_input_size(input_size) or registry.default_input_size(spec.canonical, model, in_chans)
     if in_chans:
         size = (in_chans, size[1], size[2])
     fixed_size = input_size_kwargs(model, size)  # transformers built for one image size
     if fixed_size:
         kwargs.update(fixed_size)
-        model = registry.create_model(spec.canonical, **kwargs)
+        model = build_model(spec.canonical, kwargs)
     graph = channel_graph(spec.canonical, kwargs, size, model=model)
     macs, params = graph.count_flops(), count_params(model)
     classes = getattr(model, "num_classes", None) or num_classes
