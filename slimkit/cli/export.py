@@ -120,7 +120,7 @@ def export(
                              threads=threads) if int8 else None
     if bench:
         _latency_report(src, out, batch, threads, runs, extra=[int8_file] if int8_file else [],
-                        whole_detector=postprocess)
+                        postprocessing=exported.postprocessing if postprocess else None)
 
 
 def _whole_detector(src: LoadedModel) -> WholeDetector:
@@ -236,10 +236,10 @@ def _choice_text(ranking: Int8Ranking, attempts: list[dict]) -> str:
 
 
 def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None, runs: int,
-                    extra: list[Path] = (), whole_detector: bool = False) -> None:
+                    extra: list[Path] = (), postprocessing: str | None = None) -> None:
     """Full model vs the exported one (and ``extra`` files: the int8 one), interleaved, written as
-    OUT.latency.{json,md,png}. A whole detector is timed beside its dense core, both on the fixed
-    image, and the report names the difference: what transform, decoding and NMS cost."""
+    OUT.latency.{json,md,png}. A whole detector (``postprocessing``: what it runs beyond its dense
+    core) is timed beside that core, both on the fixed image, and the report names the difference."""
     def label(p: Path) -> str:  # a checkpoint's export is always model.onnx: say whose
         return f"{p.parent.name}/{p.stem}" if p.stem.split(".")[0] == "model" and p.parent.name else p.stem
 
@@ -250,9 +250,10 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
                       for p in extra]
     full = src.plan.unpruned()
     with tempfile.TemporaryDirectory(prefix="slimkit-export-") as tmp:
-        if whole_detector:  # its own dense core, timed first so the whole detector's ratio is to it
+        if postprocessing:  # its own dense core, timed first so the whole detector's ratio is to it
             image = fixed_image(src.input_size, seed=0).numpy()
             this.feed = image
+            this.flops = None  # the core's MACs plus a data-dependent tail (an R-CNN's RoI heads): not one number
             core = export_for_timing(src, Path(tmp) / "core.onnx", batch, f"{this.name}.core",
                                      {"kind": "plan", "plan": src.plan.to_dict()}, check_parity=False)
             core.feed = image
@@ -260,8 +261,8 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
         if full.widths != src.plan.widths or src.plan.expand != 1.0:
             cands.insert(0, reference_candidate(this, Path(tmp), batch))  # the full model of this plan
         report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
-    if whole_detector:
-        report.split_postprocessing(this.name, core.name, "transform, box decoding, NMS")
+    if postprocessing:
+        report.split_postprocessing(this.name, core.name, postprocessing)
     written = report.write(latency_stem(out))  # the files first, then the table
     render_report(report)
     console.print("wrote " + ", ".join(str(p) for p in [out, *extra, *written]), highlight=False, markup=False)

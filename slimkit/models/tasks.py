@@ -87,6 +87,13 @@ class WholeDetector(nn.Module):
         elif roi_heads is not None and roi_heads.has_keypoint():
             extra = ("keypoints", "keypoints_scores")
         self.output_names = ("boxes", "scores", "labels") + extra
+        # what runs here beyond the dense core, named in the latency report: for an R-CNN the second
+        # stage too (RoI heads on up to 1000 proposals), usually the larger part
+        stages = ["transform", "box decoding", "NMS"]
+        if roi_heads is not None:
+            stages[1:] = ["proposals and their NMS", "RoI heads", "box decoding", "NMS"]
+            stages += ["mask head and pasting"] if extra == ("masks",) else ["keypoint head"] if extra else []
+        self.postprocessing = ", ".join(stages)
 
     def with_score_threshold(self, value: float) -> WholeDetector:
         """A copy that keeps detections down to score ``value``: the same graph with another constant
