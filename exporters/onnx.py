@@ -277,9 +277,9 @@ def _compare_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], 
     and box within ``tol``); the largest differences of matched pairs per output, and what is wrong
     (``problem``: None when nothing)."""
     count = len(ref["scores"])
-    free = np.ones(count, dtype=bool)
+    free = np.ones(len(got["scores"]), dtype=bool)  # an fp64 run may keep another count than ref
     pairs: list[tuple[int, int]] = []
-    for i in np.argsort(-ref["scores"], kind="stable"):
+    for i in np.argsort(-ref["scores"], kind="stable") if len(free) else ():
         ok = free & (got["labels"] == ref["labels"][i]) & (np.abs(got["scores"] - ref["scores"][i]) <= tol["scores"])
         dist = np.where(ok, np.abs(got["boxes"] - ref["boxes"][i]).max(axis=1), np.inf)
         j = int(np.argmin(dist))
@@ -303,10 +303,11 @@ def _compare_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], 
     beyond = [i for i in unmatched if ref["scores"][i] > lowest + tol["scores"]] + \
         [int(j) for j in np.flatnonzero(free) if got["scores"][j] > lowest + tol["scores"]]
     if beyond:
-        i = unmatched[0]
-        problem = (f"{len(unmatched)} of {count} detections have no match, not only near-ties at the lowest score "
-                   f"{lowest:.4f} (e.g. PyTorch's label {int(ref['labels'][i])} at score {float(ref['scores'][i]):.4f}, "
-                   f"box {np.round(ref['boxes'][i], 2).tolist()}; tolerances {_diff_text(tol)})")
+        side, i = (ref, unmatched[0]) if unmatched else (got, int(np.flatnonzero(free)[0]))
+        problem = (f"{max(len(unmatched), int(free.sum()))} of {count} detections have no match, not only near-ties at "
+                   f"the lowest score {lowest:.4f} (e.g. label {int(side['labels'][i])} at score "
+                   f"{float(side['scores'][i]):.4f}, box {np.round(side['boxes'][i], 2).tolist()}; tolerances "
+                   f"{_diff_text(tol)})")
     else:
         over = {k: v for k, v in max_diff.items() if not v <= tol[k]}
         if over:
