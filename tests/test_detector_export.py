@@ -14,7 +14,7 @@ from slimkit import registry
 from slimkit.artifacts import calibrate_bn
 from slimkit.cli import app
 from slimkit.exporters import ExportError
-from slimkit.exporters.onnx import _compare_detections, detection_parity, export, fixed_image, read_metadata
+from slimkit.exporters.onnx import _compare_detections, _outside_neighbours, detection_parity, export, fixed_image, read_metadata
 from slimkit.models.tasks import WholeDetector
 
 runner = CliRunner()
@@ -109,6 +109,16 @@ def test_only_near_ties_at_the_lowest_score_may_go_unmatched():
     assert "no match" in _compare_detections(ref, relabelled, TOL)["problem"]
     reordered = {k: v[::-1].copy() for k, v in ref.items()}  # another order of the same detections
     assert _compare_detections(ref, reordered, TOL)["problem"] is None
+
+
+def test_masks_shifted_by_a_pixel_agree_and_a_wrong_mask_does_not():
+    mask = np.zeros((1, 1, 24, 24), np.float32)
+    mask[..., 5:15, 6:18] = np.linspace(0.2, 0.9, 12, dtype=np.float32)  # a pasted mask with a gradient
+    shifted = np.roll(mask, 1, axis=-1)  # a box corner across a pixel edge: pasted one pixel over
+    assert _outside_neighbours(mask, shifted) == 0.0 and _outside_neighbours(shifted, mask) == 0.0
+    assert np.abs(mask - shifted).max() > 0.2  # what a pixel-by-pixel comparison would have failed on
+    wrong = mask * 0.9  # a mask head off by 10%
+    assert _outside_neighbours(wrong, mask) > 0.01
 
 
 def test_a_file_with_few_detections_is_checked_on_a_copy_that_keeps_every_score(nets, tmp_path):
