@@ -15,7 +15,9 @@ import contextlib
 import copy
 import io
 import json
+import os
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +32,7 @@ from slimkit import validate as limits
 from slimkit.errors import os_error_in
 from slimkit.exporters import METADATA_MARK, ExportError, ExportResult
 from slimkit.files import atomic_write, scratch_path
+from slimkit.shapes import draw_sample
 from slimkit.validate import check_number
 from slimkit.version import __version__
 
@@ -38,6 +41,10 @@ __all__ = ["export", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "read_metadata", 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_ATOL = 1e-4
+MIN_DETECTOR_OPSET = 11  # NonMaxSuppression and RoiAlign (torchvision's own ONNX tests start here)
+# Under this many detections on the fixed image the file's own check compares little, so a copy
+# that keeps every score is checked as well.
+FEW_DETECTIONS = 10
 
 
 @contextlib.contextmanager
@@ -47,6 +54,24 @@ def _quiet():
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+@contextlib.contextmanager
+def _quiet_native():
+    """Also silence what native code writes to the process's stdout/stderr: onnx-simplifier's C++
+    prints a warning per op it cannot fold, hundreds of them on a detector's NMS graph."""
+    for stream in (sys.stdout, sys.stderr):  # what Python buffered so far goes out first, not into the void
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as null:
+            for fd in (1, 2):
+                os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        for fd, copy_fd in zip((1, 2), saved):
+            os.dup2(copy_fd, fd)
+            os.close(copy_fd)
 
 
 def _failed_op(exc: BaseException) -> str | None:
@@ -66,8 +91,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _torch_export(model: nn.Module, x: torch.Tensor, path: str, exporter: str, opset: int | None,
-                  dynamic_batch: bool) -> None:
-    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+                  dynamic_batch: bool, output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> None:
+    kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=list(output_names))
     if opset is not None:
         kwargs["opset_version"] = opset
     if dynamic_batch:
@@ -143,11 +168,190 @@ def parity(model: nn.Module, onnx_bytes: bytes, input_size: tuple[int, ...], bat
     return worst, scale
 
 
+def _session(onnx_bytes: bytes):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def fixed_image(input_size: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """The image a whole detector is traced and checked on: shapes image ``seed`` (objects on a
+    noisy background, the same on every machine) at the input size, (1, 3, H, W) in [0, 1] as
+    torchvision's detectors take it."""
+    return draw_sample(seed, 0, (input_size[1], input_size[2])).image.float().div(255.0)[None]
+
+
+def detection_parity(model: nn.Module, onnx_bytes: bytes, image: torch.Tensor, atol: float = DEFAULT_ATOL
+                     ) -> dict[str, Any]:
+    """onnxruntime vs PyTorch detections of a whole detector on ``image``: the same count, and every
+    detection matched (same label, |score difference| <= ``atol``, every box coordinate within
+    ``atol`` x the image side in pixels) except near-ties at the lowest score kept.
+
+    Why these tolerances: the dense core's raw outputs agree to ``atol`` (its parity check);
+    sigmoid/softmax scores move at most a quarter of a logit's error, so ``atol`` bounds a score;
+    a box is an anchor (or proposal) plus a delta scaled by its size, at most the image side, so a
+    delta error of ``atol`` moves a coordinate by at most ``atol`` x side pixels. Keypoints are
+    pixels like boxes. Masks (probabilities, like scores) are pasted at whole-pixel box corners, so a
+    box that moves by 1e-3 px across a pixel edge shifts or resamples its mask by a pixel: each mask
+    pixel is compared with the range of the other mask's 3x3 neighbourhood around it, which a
+    one-pixel shift keeps and a wrong mask head does not.
+
+    A two-stage detector (R-CNN) crops features at its proposals, so the proposals' own rounding
+    moves its scores and boxes beyond these bounds while the graph is right. As for dense outputs
+    (:func:`fp32_rounding_error`), differences over a tolerance are accepted when PyTorch's own
+    fp32 run strays as far from an fp64 run of the same detector (up to twice that, and only
+    while that rounding is under 10x the tolerance).
+
+    Why match instead of comparing row by row: detections with near-equal scores may come out in
+    another order, and where the count is capped (``detections_per_img``) or a top-k keeps the best
+    candidates, two runtimes may keep different ones of a near-tie at the cut-off. A detection left
+    unmatched is accepted only there (its score within the score tolerance of the lowest score
+    kept); anything else is a wrong graph."""
+    names = tuple(getattr(model, "output_names", ("boxes", "scores", "labels")))
+    session = _session(onnx_bytes)
+    with torch.no_grad():
+        ref = dict(zip(names, (t.detach().numpy() for t in model(image))))
+    got_list = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    if len(got_list) != len(names):
+        raise ExportError(f"ONNX model has {len(got_list)} outputs, PyTorch {len(names)}")
+    got = dict(zip(names, got_list))
+    count, got_count = len(ref["scores"]), len(got["scores"])
+    if got_count != count:
+        raise ExportError(f"onnxruntime finds {got_count} detections on the fixed image, PyTorch {count}: the "
+                          "exported detector is wrong; export the dense core instead (drop --postprocess)")
+    for what, out in (("PyTorch", ref), ("onnxruntime", got)):
+        if not all(np.isfinite(out[k]).all() for k in ("boxes", "scores")):
+            raise ExportError(f"{what}'s detections hold NaN or inf: the model's weights or BatchNorm statistics are "
+                              "not finite (a diverged training run?)")
+    side = float(max(image.shape[-2:]))
+    tol = {"boxes": atol * side, "scores": atol, "keypoints": atol * side, "masks": atol,
+           "keypoints_scores": parity_limit(atol, float(np.abs(ref.get("keypoints_scores", np.zeros(1))).max(
+               initial=0.0)))}
+    tol = {k: v for k, v in tol.items() if k in names}
+    found = _compare_detections(ref, got, tol)
+    rounding = None
+    if found["problem"]:
+        # over a tolerance: is it what fp32 rounding alone does to this detector?
+        with torch.no_grad():
+            exact_model = copy.deepcopy(model).double()
+            exact = dict(zip(names, (t.detach().float().numpy() for t in exact_model(image.double()))))
+        own = _compare_detections(ref, exact, {k: 10 * v for k, v in tol.items()})
+        if not own["problem"]:
+            rounding = own["max_diff"]
+            widened = {k: max(v, 2 * rounding[k]) for k, v in tol.items()}
+            again = _compare_detections(ref, got, widened)
+            if not again["problem"]:
+                found, tol = again, widened
+    if found["problem"]:
+        raise ExportError(f"onnxruntime and PyTorch disagree on the fixed image: {found['problem']}"
+                          + (f" (PyTorch's own fp32 rounding against fp64: {_diff_text(rounding)})" if rounding else "")
+                          + ": the exported detector is wrong; export the dense core instead (drop --postprocess)")
+    return {"detections": count, "matched": found["matched"], "ties_at_cut_off": found["ties"],
+            "lowest_score": found["lowest_score"], "max_diff": found["max_diff"], "tolerance": tol,
+            "fp32_rounding": rounding}
+
+
+def _outside_neighbours(a: np.ndarray, b: np.ndarray) -> float:
+    """How far any pixel of ``a`` lies outside the range of ``b``'s 3x3 neighbourhood around it: 0 for
+    ``b`` = ``a`` shifted or resampled by up to a pixel, the size of the error for a wrong mask."""
+    h, w = b.shape[-2:]
+    padded = np.pad(b, [(0, 0)] * (b.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    lo, hi = b.copy(), b.copy()
+    for dy in range(3):
+        for dx in range(3):
+            shifted = padded[..., dy:dy + h, dx:dx + w]
+            np.minimum(lo, shifted, out=lo)
+            np.maximum(hi, shifted, out=hi)
+    return float(np.maximum(lo - a, a - hi).max(initial=0.0))
+
+
+def _diff_text(diffs: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+
+
+def _compare_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], tol: dict[str, float]
+                        ) -> dict[str, Any]:
+    """Match ``got`` to ``ref`` detection by detection (greedily, best score first: same label, score
+    and box within ``tol``); the largest differences of matched pairs per output, and what is wrong
+    (``problem``: None when nothing)."""
+    count = len(ref["scores"])
+    free = np.ones(len(got["scores"]), dtype=bool)  # an fp64 run may keep another count than ref
+    pairs: list[tuple[int, int]] = []
+    for i in np.argsort(-ref["scores"], kind="stable") if len(free) else ():
+        ok = free & (got["labels"] == ref["labels"][i]) & (np.abs(got["scores"] - ref["scores"][i]) <= tol["scores"])
+        dist = np.where(ok, np.abs(got["boxes"] - ref["boxes"][i]).max(axis=1), np.inf)
+        j = int(np.argmin(dist))
+        if dist[j] <= tol["boxes"]:
+            free[j] = False
+            pairs.append((int(i), j))
+    ri = np.array([p[0] for p in pairs], dtype=int)
+    gi = np.array([p[1] for p in pairs], dtype=int)
+    max_diff = {}
+    for name in tol:
+        a, b = ref[name][ri].astype(np.float64), got[name][gi].astype(np.float64)
+        if not pairs:
+            max_diff[name] = 0.0
+        elif name == "masks":
+            max_diff[name] = max(_outside_neighbours(a, b), _outside_neighbours(b, a))
+        else:
+            max_diff[name] = float(np.abs(a - b).max())
+    lowest = float(ref["scores"].min()) if count else 0.0
+    unmatched = sorted(set(range(count)) - set(ri.tolist()))
+    problem = None
+    beyond = [i for i in unmatched if ref["scores"][i] > lowest + tol["scores"]] + \
+        [int(j) for j in np.flatnonzero(free) if got["scores"][j] > lowest + tol["scores"]]
+    if beyond:
+        side, i = (ref, unmatched[0]) if unmatched else (got, int(np.flatnonzero(free)[0]))
+        problem = (f"{max(len(unmatched), int(free.sum()))} of {count} detections have no match, not only near-ties at "
+                   f"the lowest score {lowest:.4f} (e.g. label {int(side['labels'][i])} at score "
+                   f"{float(side['scores'][i]):.4f}, box {np.round(side['boxes'][i], 2).tolist()}; tolerances "
+                   f"{_diff_text(tol)})")
+    else:
+        over = {k: v for k, v in max_diff.items() if not v <= tol[k]}
+        if over:
+            problem = f"matched detections differ by {_diff_text(over)} (tolerances {_diff_text(tol)})"
+    return {"matched": len(pairs), "ties": len(unmatched), "lowest_score": lowest, "max_diff": max_diff,
+            "problem": problem}
+
+
+def _export_proto(model: nn.Module, x: torch.Tensor, scratch: Path, exporter: str, opset: int | None,
+                  dynamic_batch: bool, output_names: tuple[str, ...]) -> onnx.ModelProto:
+    _torch_export(model, x, str(scratch), exporter, opset, dynamic_batch, output_names)
+    return onnx.load(str(scratch))
+
+
+def _check_detector_options(batch: int, dynamic_batch: bool, exporter: str, opset: int | None) -> None:
+    if batch != 1 or dynamic_batch:
+        raise ExportError("a whole detector is exported for one image at a time (its detections per image vary in "
+                          "number): drop --batch and --dynamic-batch, or export the dense core (drop --postprocess)")
+    if exporter == "dynamo":
+        raise ExportError("the dynamo exporter (torch.export) cannot trace a detector's NMS (torchvision's "
+                          "batched_nms branches on the number of boxes): use --exporter torchscript or auto")
+    if opset is not None and opset < MIN_DETECTOR_OPSET:
+        raise ExportError(f"a whole detector needs --opset {MIN_DETECTOR_OPSET} or later (NMS and RoIAlign have no "
+                          "earlier ONNX form): raise --opset or drop it")
+
+
+def _check_at_threshold_zero(model: nn.Module, x: torch.Tensor, scratch: Path, opset: int | None,
+                             atol: float) -> dict[str, Any]:
+    """:func:`detection_parity` on a copy that keeps every score: for a file that finds few detections
+    on the fixed image (untrained weights score at their prior, under the threshold), whose own check
+    then compares almost nothing. The copy's graph is the file's with another threshold constant."""
+    copy = model.with_score_threshold(0.0)
+    try:
+        proto = _export_proto(copy, x, scratch, "torchscript", opset, False, tuple(copy.output_names))
+    finally:
+        scratch.unlink(missing_ok=True)
+    return detection_parity(copy, proto.SerializeToString(), x, atol)
+
+
 def _simplify(proto: onnx.ModelProto, warn: Callable[[str], None]) -> tuple[onnx.ModelProto, bool]:
     try:
         from onnxsim import simplify
 
-        with _quiet():
+        with _quiet_native(), _quiet():
             simplified, ok = simplify(proto)
     except Exception as exc:  # noqa: BLE001 - a simplifier failure must never fail the export
         warn(f"onnx-simplifier failed ({type(exc).__name__}: {_first_line(exc)}); kept the unsimplified graph")
@@ -184,8 +388,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, *, batch: int = 1,
            metadata: dict[str, Any] | None = None, opset: int | None = None, dynamic_batch: bool = False,
            simplify: bool = True, exporter: str = "auto", atol: float = DEFAULT_ATOL, seed: int = 0,
-           check_parity: bool = True, warn: Callable[[str], None] | None = None) -> ExportResult:
+           check_parity: bool = True, warn: Callable[[str], None] | None = None,
+           detections: bool = False) -> ExportResult:
     """Export ``model`` (fp32, eval mode) to a checked, simplified, parity-verified ONNX file.
+
+    ``detections``: ``model`` is a whole detector (:class:`slimkit.models.tasks.WholeDetector`): one
+    image in, its ``output_names`` out; traced on :func:`fixed_image` and checked there with
+    :func:`detection_parity`.
 
     ``check_parity=False`` is for throw-away files timed during a latency search, never for a
     file handed to a user."""
@@ -197,19 +406,25 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
     check_number("--atol", atol, limits.ATOL, ExportError)
     out = Path(out)
     model = model.float().eval().cpu()
-    # A batch-1 example would let torch.export specialise the batch dim; trace dynamic at 2.
-    example_batch = max(batch, 2) if dynamic_batch else batch
-    x = torch.randn(example_batch, *input_size, generator=torch.Generator().manual_seed(seed))
+    output_names: tuple[str, ...] = (OUTPUT_NAME,)
+    if detections:
+        _check_detector_options(batch, dynamic_batch, exporter, opset)
+        output_names = tuple(model.output_names)
+        x = fixed_image(input_size, seed)
+    else:
+        # A batch-1 example would let torch.export specialise the batch dim; trace dynamic at 2.
+        example_batch = max(batch, 2) if dynamic_batch else batch
+        x = torch.randn(example_batch, *input_size, generator=torch.Generator().manual_seed(seed))
 
     t0 = time.perf_counter()
-    tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    # torch.export cannot take a detector's NMS: torchvision's batched_nms branches on the box count
+    tried = ["torchscript"] if detections else ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     proto, used, errors = None, None, []
     scratch = scratch_path(out, "export")  # fits beside a 255-byte --out
     scratch.parent.mkdir(parents=True, exist_ok=True)
     for name in tried:
         try:
-            _torch_export(model, x, str(scratch), name, opset, dynamic_batch)
-            written = onnx.load(str(scratch))
+            written = _export_proto(model, x, scratch, name, opset, dynamic_batch, output_names)
             got = _opset_of(written)
             if opset is not None and got != opset:  # dynamo writes 18 for opsets it cannot convert to
                 raise ExportError(f"the {name} exporter wrote opset {got}, not the --opset {opset} asked")
@@ -231,6 +446,8 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
         why = (f"operator aten::{op} has no ONNX conversion" if op else _first_line(exc))
         fix = ("use an opset both exporters write here (dynamo: 18-25, torchscript: 7-23), or drop --opset"
                if opset is not None and not op else "replace that op or try another --opset")
+        if detections:
+            fix = "export its dense core instead (drop --postprocess); anchors, decoding and NMS then run outside"
         raise ExportError(f"cannot export to ONNX: {why} (tried the {' and '.join(n for n, _ in errors)} "
                           f"exporter{'s' if len(errors) > 1 else ''}); {fix}")
     if errors:
@@ -254,6 +471,16 @@ def export(model: nn.Module, input_size: tuple[int, int, int], out: str | Path, 
     onnx.helper.set_model_props(proto, props)
     data = proto.SerializeToString()
 
+    if detections:
+        found = detection_parity(model, data, x, atol) if check_parity else {}
+        if check_parity and found["detections"] < FEW_DETECTIONS:
+            found["check_copy"] = _check_at_threshold_zero(model, x, scratch, opset, atol)
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
+        return ExportResult(path=out, backend="onnx", size_bytes=len(data), export_seconds=export_seconds,
+                            details={"exporter": used, "opset": _opset_of(proto), "nodes_before": nodes_before,
+                                     "nodes_after": nodes_after, "simplified": simplified, "dynamic_batch": False,
+                                     "batch": 1, "input_shape": input_shape(proto), "outputs": list(output_names),
+                                     "parity_atol": atol, "detection_parity": found})
     batches = [batch, batch + 2] if dynamic_batch else [batch, batch]
     max_diff, scale = parity(model, data, input_size, batches, seed=seed) if check_parity else (float("nan"), 0.0)
     limit = parity_limit(atol, scale)

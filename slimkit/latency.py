@@ -48,7 +48,7 @@ from slimkit.generator import generate
 from slimkit.plots import plot_latency
 
 __all__ = ["timing_enabled", "BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
-           "physical_cores", "measure", "paired_ratio", "check_regression", "GateResult", "REPORT_FORMAT",
+           "physical_cores", "measure", "paired_ratio", "paired_difference", "postprocessing_text", "check_regression", "GateResult", "REPORT_FORMAT",
            "model_fingerprint", "report_outputs", "baseline_output",
            "read_baseline", "write_baseline"]
 
@@ -100,6 +100,9 @@ class Candidate:
     flops: int | None = None
     params: int | None = None
     plan: dict[str, Any] | None = None  # the slimkit plan it was built from, when known
+    # the input to time on (ONNX backends); default seeded noise. A whole detector gets a real image:
+    # its NMS costs what the boxes above its score threshold cost, which noise does not give.
+    feed: np.ndarray | None = None
 
 
 def timing_enabled() -> bool:
@@ -128,8 +131,12 @@ def _ort_runner(c: Candidate, backend: str, threads: int, mode: str = DEFAULT_TI
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         raise LatencyError(f"{c.onnx_path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from exc
     inp = session.get_inputs()[0]
-    feed = {inp.name: np.random.default_rng(0).standard_normal(c.input_shape).astype(np.float32)}
+    feed = {inp.name: _input_of(c)}
     return lambda: session.run(None, feed)
+
+
+def _input_of(c: Candidate) -> np.ndarray:
+    return c.feed if c.feed is not None else np.random.default_rng(0).standard_normal(c.input_shape).astype(np.float32)
 
 
 def _openvino_runner(c: Candidate, threads: int) -> Callable[[], None]:
@@ -138,7 +145,7 @@ def _openvino_runner(c: Candidate, threads: int) -> Callable[[], None]:
         raise LatencyError(f"{c.name}: backend openvino-cpu needs an ONNX file")
     compiled, precision = compile_onnx(c.onnx_path, threads=threads, precision="f32")
     request = compiled.create_infer_request()
-    x = np.random.default_rng(0).standard_normal(c.input_shape).astype(np.float32)
+    x = _input_of(c)
 
     def run() -> None:
         request.infer({0: x})
@@ -188,6 +195,17 @@ def summarize(times_ms: np.ndarray, batch: int) -> dict[str, float]:
             "throughput_per_s": batch * 1000.0 / med if med > 0 else math.inf}
 
 
+def paired_difference(t_model: np.ndarray, t_ref: np.ndarray, *, confidence: float = CONFIDENCE,
+                      n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of the per-round differences t_model - t_ref (ms) and its bootstrap confidence interval:
+    what the part one model runs on top of the other costs, drift common to both cancelled."""
+    d = np.asarray(t_model, dtype=float) - np.asarray(t_ref, dtype=float)
+    rng = np.random.default_rng(seed)
+    boots = np.median(d[rng.integers(0, len(d), size=(n_boot, len(d)))], axis=1)
+    alpha = (1 - confidence) / 2
+    return float(np.median(d)), float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
+
+
 def paired_ratio(t_model: np.ndarray, t_ref: np.ndarray, *, confidence: float = CONFIDENCE,
                  n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Median of the per-round ratios t_model/t_ref and its bootstrap confidence interval."""
@@ -211,6 +229,8 @@ class LatencyReport:
     environment: dict[str, str] = field(default_factory=dict)
     format: str = REPORT_FORMAT
     mode: str = DEFAULT_TIMING_MODE
+    # a whole detector timed beside its dense core: what its postprocessing costs (see split_postprocessing)
+    postprocessing: dict[str, Any] | None = None
 
     def model(self, name: str) -> dict[str, Any]:
         for m in self.models:
@@ -223,6 +243,8 @@ class LatencyReport:
              "batch": self.batch, "warmup": self.warmup, "runs": self.runs, "mode": self.mode,
              "interleaved": self.mode == "interleaved",
              "environment": self.environment, "models": self.models}
+        if self.postprocessing is not None:
+            d["postprocessing"] = self.postprocessing
         if with_times:
             d["times_ms"] = {k: [round(t, 4) for t in v] for k, v in self.times_ms.items()}
         return d
@@ -231,7 +253,7 @@ class LatencyReport:
     def from_dict(cls, d: dict[str, Any]) -> LatencyReport:
         return cls(backend=d["backend"], device=d["device"], threads=d["threads"], batch=d["batch"],
                    warmup=d["warmup"], runs=d["runs"], models=d["models"], times_ms=d.get("times_ms", {}),
-                   environment=d.get("environment", {}), mode=report_mode(d))
+                   environment=d.get("environment", {}), mode=report_mode(d), postprocessing=d.get("postprocessing"))
 
     def markdown(self) -> str:
         ref = self.models[0]["name"]
@@ -249,7 +271,18 @@ class LatencyReport:
             lines.append(f"| {m['name']} | {'x'.join(map(str, m['input_shape']))} | {fl} | {s['min_ms']:.3f} | "
                          f"{s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | "
                          f"{s['throughput_per_s']:.1f} | {m['ratio']:.3f} | {m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f} |")
+        if self.postprocessing is not None:
+            lines += ["", postprocessing_text(self.postprocessing)]
         return "\n".join(lines + ["", MARKDOWN_MARK]) + "\n"
+
+    def split_postprocessing(self, whole: str, core: str, what: str) -> dict[str, Any]:
+        """Record what ``whole`` runs on top of ``core`` (``what``: e.g. 'transform, box decoding and NMS')
+        as the median per-round difference of their times, with its confidence interval."""
+        diff, lo, hi = paired_difference(np.asarray(self.times_ms[whole]), np.asarray(self.times_ms[core]))
+        whole_ms = float(np.median(self.times_ms[whole]))
+        self.postprocessing = {"whole": whole, "core": core, "what": what, "median_ms": diff, "ci_ms": [lo, hi],
+                               "share_of_whole": diff / whole_ms if whole_ms > 0 else None}
+        return self.postprocessing
 
     def write(self, stem: str | os.PathLike) -> list[Path]:
         """``stem``.json / .md / .png (the paths of :func:`report_outputs`), each written atomically."""
@@ -258,6 +291,14 @@ class LatencyReport:
                  atomic_write_text(md_path, self.markdown())]
         paths.append(plot_latency(self, png_path))
         return paths
+
+
+def postprocessing_text(p: dict[str, Any]) -> str:
+    """One line naming the postprocessing and what it costs, for the Markdown report and the terminal."""
+    share = f", {100 * p['share_of_whole']:.0f}% of {p['whole']}" if p.get("share_of_whole") is not None else ""
+    return (f"Postprocessing ({p['what']}): {p['median_ms']:.3f} ms per image{share} "
+            f"(median of per-round {p['whole']} − {p['core']}, {int(CONFIDENCE * 100)}% CI "
+            f"{p['ci_ms'][0]:.3f}–{p['ci_ms'][1]:.3f} ms).")
 
 
 def report_mode(d: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from slimkit import validate as limits
 from slimkit.errors import RegistryError
 from slimkit.validate import check_number, check_type
 from slimkit.models import user
-from slimkit.models.tasks import traced_part
+from slimkit.models.tasks import deployment_side, traced_part
 from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
 
 __all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES", "model_source",
@@ -286,7 +286,7 @@ def _torchvision_input_size(name: str, model: nn.Module | None) -> tuple[int, in
     try:
         if task == "detection":
             model = model if model is not None else create_model(f"torchvision:{name}")
-            side = int(min(model.transform.min_size))  # type: ignore[union-attr]
+            side = deployment_side(model)
         else:
             preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
             side = int((preset.crop_size if task == "classification" else preset.resize_size)[0])

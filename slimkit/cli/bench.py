@@ -19,7 +19,7 @@ from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
 from slimkit.files import check_outputs
-from slimkit.latency import (BACKENDS, DEFAULT_TIMING_MODE, LatencyError, baseline_output, check_mode, check_regression,
+from slimkit.latency import (BACKENDS, postprocessing_text, DEFAULT_TIMING_MODE, LatencyError, baseline_output, check_mode, check_regression,
                              measure, read_baseline, report_mode, report_outputs, write_baseline)
 from slimkit.runtime import resolve_device
 
@@ -40,6 +40,8 @@ def render_report(report) -> None:
         table.add_row(escape(m["name"]), format_count(m["flops"]) if m.get("flops") else "–",
                       f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{m['ratio']:.3f}", f"{m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f}")
     console.print(table)
+    if report.postprocessing is not None:
+        console.print(postprocessing_text(report.postprocessing), markup=False, highlight=False)
 
 
 def resolve_bench_device(backends: list[str], device: str) -> str:

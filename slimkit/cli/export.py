@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from slimkit import registry
 from slimkit import validate as limits
-from slimkit.artifacts import (LoadedModel, default_export_path, load_model, onnx_metadata,
+from slimkit.artifacts import (LoadedModel, default_export_path, export_for_timing, load_model, onnx_metadata,
                                reference_candidate)
 from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
                                  parse_arch_kwargs, parse_input_size, user_errors, warn)
@@ -22,10 +22,12 @@ from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
 from slimkit.exporters import get_exporter, onnx_output
+from slimkit.exporters.onnx import fixed_image
 from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs
 from slimkit.files import check_outputs
 from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
+from slimkit.models.tasks import WholeDetector, deployment_side, is_detector
 
 
 @user_errors
@@ -60,12 +62,19 @@ def export(
     eval_images: Annotated[Optional[int], typer.Option(help="--int8: check on this many images (default: the whole test split; 512 for untrained weights).")] = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP + " For an architecture name.")] = None,
+    postprocess: Annotated[bool, typer.Option("--postprocess", help="Detectors: export the whole detector, its transform (resize, normalize), box decoding and NMS included: one image (1x3xHxW, 0-1) in, boxes/scores/labels out, checked by matching detections with PyTorch's on a fixed image; the latency report times the dense core beside it to name what postprocessing costs. Default: the dense core (raw head tensors).")] = False,
 ) -> None:
     """Export to ONNX: checker, simplifier, plan in the metadata, parity vs PyTorch, latency report.
+
+    A detector exports as its dense core (backbone to head tensors) unless --postprocess asks for the
+    whole detector, NMS included.
 
     With --int8, also quantize (onnxruntime, calibrated on --data's training split), check top-1 vs
     fp32 (or output agreement for untrained weights), and time full fp32, fp32 and int8 together."""
     del onnx  # always ONNX: the flag exists so a script may say so
+    if postprocess and int8:
+        raise SlimkitError("--int8 is checked by top-1 agreement, which a whole detector's detections do not give: "
+                           "drop --int8, or drop --postprocess to quantize the dense core")
     out = out or default_export_path(source)
     if out.suffix != ".onnx":
         raise SlimkitError(f"--out {out} should end in .onnx")
@@ -79,14 +88,18 @@ def export(
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     int8_candidates = candidates_matching(int8_format, int8_activations, int8_weights) if int8 else []
     metadata = onnx_metadata(src)
-    exported = registry.traced_part(src.model)
-    if exported is not src.model:
-        warn("a detector is exported as its dense core (backbone, FPN, heads -> raw class/box tensors): anchors, box "
-             "decoding and NMS run outside the ONNX file")
-    with console.status(f"exporting {escape(src.description)}"):
+    if postprocess:
+        exported = _whole_detector(src)
+        metadata["slimkit.detector"] = "whole: transform, box decoding, NMS; outputs " + ", ".join(exported.output_names)
+    else:
+        exported = registry.traced_part(src.model)
+        if exported is not src.model:
+            warn("a detector is exported as its dense core (backbone, FPN, heads -> raw class/box tensors): anchors, "
+                 "box decoding and NMS run outside the ONNX file (--postprocess puts them inside)")
+    with console.status(f"exporting {escape(src.description)}" + (", NMS included" if postprocess else "")):
         result = get_exporter("onnx")(exported, src.input_size, out, batch=batch, metadata=metadata, opset=opset,
                                       dynamic_batch=dynamic_batch, simplify=simplify, exporter=exporter, atol=atol,
-                                      warn=warn)
+                                      warn=warn, detections=postprocess)
     d = result.details
     table = Table(title=escape(f"ONNX export of {src.plan.arch}"), show_header=False)
     table.add_column(justify="left")
@@ -96,8 +109,9 @@ def export(
                        ("nodes", f"{d['nodes_before']} → {d['nodes_after']}" + ("" if d["simplified"] else " (not simplified)")),
                        ("input", "x".join(map(str, d["input_shape"]))),
                        ("export time", f"{result.export_seconds:.1f} s"),
-                       ("parity", f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e} (≤ {d['parity_limit']:.2g}; outputs up to "
-                                  f"{d['parity_output_scale']:.3g})")):
+                       *(_detection_rows(d) if postprocess else [
+                           ("parity", f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e} (≤ {d['parity_limit']:.2g}; "
+                                      f"outputs up to {d['parity_output_scale']:.3g})")])):
         table.add_row(key, escape(value))
     console.print(table)
     int8_file = _export_int8(out, src, quant_data, calib_images=calib_images, calib_method=calib_method,
@@ -105,7 +119,38 @@ def export(
                              max_drop=max_drop, max_output_error=max_output_error, eval_images=eval_images,
                              threads=threads) if int8 else None
     if bench:
-        _latency_report(src, out, batch, threads, runs, extra=[int8_file] if int8_file else [])
+        _latency_report(src, out, batch, threads, runs, extra=[int8_file] if int8_file else [],
+                        postprocessing=exported.postprocessing if postprocess else None)
+
+
+def _whole_detector(src: LoadedModel) -> WholeDetector:
+    """The detector with its transform, decoding and NMS, or one line saying why --postprocess cannot apply."""
+    if not is_detector(src.model):
+        raise SlimkitError(f"--postprocess exports a detector's box decoding and NMS, and {src.plan.arch} is not a "
+                           "torchvision detector (SSD, RetinaNet, FCOS, R-CNN): drop --postprocess")
+    whole = WholeDetector(src.model)
+    side = deployment_side(src.model)
+    if tuple(src.input_size[1:]) != (side, side):
+        warn(f"the detector resizes every image to {side} px (its own transform), so this {src.input_size[1]}x"
+             f"{src.input_size[2]} export runs at {side} inside; export at --input-size {side} to time what deploys")
+    return whole
+
+
+def _detection_rows(d: dict) -> list[tuple[str, str]]:
+    """The export table's parity rows for a whole detector."""
+    def text(p: dict) -> str:
+        ties = f", {p['ties_at_cut_off']} near-ties at the lowest score {p['lowest_score']:.4f} swapped" \
+            if p["ties_at_cut_off"] else ""
+        diffs = "; ".join(f"{k} {p['max_diff'][k]:.1e} (≤ {p['tolerance'][k]:.2g})" for k in p["max_diff"])
+        rounding = " (tolerances widened to twice PyTorch's own fp32 rounding against fp64)" \
+            if p.get("fp32_rounding") else ""
+        return f"{p['detections']} detections on both, {p['matched']} matched{ties}; max |ORT − PyTorch|: {diffs}{rounding}"
+    p = d["detection_parity"]
+    rows = [("outputs", ", ".join(d["outputs"])), ("parity (fixed image)", text(p))]
+    if "check_copy" in p:
+        rows.append(("parity, threshold 0", text(p["check_copy"]) + " (a copy that keeps every score: the file "
+                                                                    "finds too few to compare)"))
+    return rows
 
 
 def latency_stem(out: Path) -> Path:
@@ -191,9 +236,10 @@ def _choice_text(ranking: Int8Ranking, attempts: list[dict]) -> str:
 
 
 def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None, runs: int,
-                    extra: list[Path] = ()) -> None:
+                    extra: list[Path] = (), postprocessing: str | None = None) -> None:
     """Full model vs the exported one (and ``extra`` files: the int8 one), interleaved, written as
-    OUT.latency.{json,md,png}."""
+    OUT.latency.{json,md,png}. A whole detector (``postprocessing``: what it runs beyond its dense
+    core) is timed beside that core, both on the fixed image, and the report names the difference."""
     def label(p: Path) -> str:  # a checkpoint's export is always model.onnx: say whose
         return f"{p.parent.name}/{p.stem}" if p.stem.split(".")[0] == "model" and p.parent.name else p.stem
 
@@ -203,13 +249,20 @@ def _latency_report(src: LoadedModel, out: Path, batch: int, threads: int | None
                                 spec={"kind": "onnx", "path": str(p)}, flops=src.plan.flops, params=src.plan.params)
                       for p in extra]
     full = src.plan.unpruned()
-    if full.widths != src.plan.widths or src.plan.expand != 1.0:
-        with tempfile.TemporaryDirectory(prefix="slimkit-export-") as tmp:
-            ref = reference_candidate(this, Path(tmp), batch)  # the full model of this plan
-            report = measure_with_progress([ref, *cands], backend="ort-cpu", threads=threads, warmup=10, runs=runs,
-                                           device="cpu")
-    else:
+    with tempfile.TemporaryDirectory(prefix="slimkit-export-") as tmp:
+        if postprocessing:  # its own dense core, timed first so the whole detector's ratio is to it
+            image = fixed_image(src.input_size, seed=0).numpy()
+            this.feed = image
+            this.flops = None  # the core's MACs plus a data-dependent tail (an R-CNN's RoI heads): not one number
+            core = export_for_timing(src, Path(tmp) / "core.onnx", batch, f"{this.name}.core",
+                                     {"kind": "plan", "plan": src.plan.to_dict()}, check_parity=False)
+            core.feed = image
+            cands.insert(0, core)
+        if full.widths != src.plan.widths or src.plan.expand != 1.0:
+            cands.insert(0, reference_candidate(this, Path(tmp), batch))  # the full model of this plan
         report = measure_with_progress(cands, backend="ort-cpu", threads=threads, warmup=10, runs=runs, device="cpu")
+    if postprocessing:
+        report.split_postprocessing(this.name, core.name, postprocessing)
     written = report.write(latency_stem(out))  # the files first, then the table
     render_report(report)
     console.print("wrote " + ", ".join(str(p) for p in [out, *extra, *written]), highlight=False, markup=False)

@@ -10,11 +10,15 @@ every width the tail depends on keeps its size, and everything before it may be 
 
 MACs of a detector are counted on this core at the deployment input (the R-CNNs' RoI heads run on
 a data-dependent number of boxes: their cost is not a property of the widths).
+
+:class:`WholeDetector` is the other view, for export only: the detector itself, transform to NMS, on
+one image tensor, returning its detections as a tuple of tensors (what an ONNX graph can output).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -24,11 +28,19 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
 
-__all__ = ["DenseDetectionCore", "traced_part", "is_detector"]
+__all__ = ["DenseDetectionCore", "WholeDetector", "traced_part", "is_detector", "deployment_side", "DETECTION_OUTPUTS"]
+
+# what a torchvision detector returns per image, in the order a whole-detector export outputs them
+DETECTION_OUTPUTS = ("boxes", "scores", "labels", "masks", "keypoints", "keypoints_scores")
 
 
 def is_detector(model: nn.Module) -> bool:
     return isinstance(model, (SSD, RetinaNet, FCOS, GeneralizedRCNN))
+
+
+def deployment_side(detector: nn.Module) -> int:
+    """The side a detector's own transform resizes every image to (320 for SSDlite, 800 for the R-CNNs)."""
+    return int(min(detector.transform.min_size))
 
 
 class DenseDetectionCore(nn.Module):
@@ -55,3 +67,42 @@ class DenseDetectionCore(nn.Module):
 def traced_part(model: nn.Module) -> nn.Module:
     """The module slimkit traces and counts for ``model``: a detector's dense core, else the model."""
     return DenseDetectionCore(model) if is_detector(model) else model
+
+
+class WholeDetector(nn.Module):
+    """A torchvision detector on one image, (1, 3, H, W) in [0, 1], -> its detections as a tuple in the
+    order of :attr:`output_names`: boxes (N, 4, xyxy pixels of the input), scores (N,), labels (N,),
+    and masks or keypoints for Mask/Keypoint R-CNN. Its own transform (resize, normalize), box decoding
+    and NMS run inside, so an export of it is the deployable detector."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        if not is_detector(detector):
+            raise TypeError(f"{type(detector).__name__} is not a torchvision detector")
+        self.detector = detector
+        roi_heads = getattr(detector, "roi_heads", None)
+        extra = ()
+        if roi_heads is not None and roi_heads.has_mask():
+            extra = ("masks",)
+        elif roi_heads is not None and roi_heads.has_keypoint():
+            extra = ("keypoints", "keypoints_scores")
+        self.output_names = ("boxes", "scores", "labels") + extra
+        # what runs here beyond the dense core, named in the latency report: for an R-CNN the second
+        # stage too (RoI heads on up to 1000 proposals), usually the larger part
+        stages = ["transform", "box decoding", "NMS"]
+        if roi_heads is not None:
+            stages[1:] = ["proposals and their NMS", "RoI heads", "box decoding", "NMS"]
+            stages += ["mask head and pasting"] if extra == ("masks",) else ["keypoint head"] if extra else []
+        self.postprocessing = ", ".join(stages)
+
+    def with_score_threshold(self, value: float) -> WholeDetector:
+        """A copy that keeps detections down to score ``value``: the same graph with another constant
+        (the threshold is a Python float the tracer records as one)."""
+        copy = deepcopy(self)
+        owner = getattr(copy.detector, "roi_heads", copy.detector)  # R-CNNs threshold in their RoI heads
+        owner.score_thresh = value
+        return copy
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        detections = self.detector([x[0]])[0]
+        return tuple(detections[name] for name in self.output_names)
