@@ -88,7 +88,7 @@ def _shape(node: Any) -> tuple[int, ...] | None:
 
 # ------------------------------------------------------------------------ analysis
 class AttentionAnalysis:
-    """Attention ops for the channel-graph walk. Mixed into ``slimkit.graph._Analyzer``, whose
+    """Attention ops for the channel-graph walk. Mixed into ``slimkit.graph.walk.Walk``, whose
     union-find (``self.sp``), environment and tie helpers these methods use."""
 
     param_ref_type: type = object  # set by the analyzer: its class of parameter references

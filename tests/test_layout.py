@@ -17,6 +17,15 @@ LAYERS = [
     ["slimkit.flops", "slimkit.shapes"],
     ["slimkit.models", "slimkit.models.cifar", "slimkit.models.user", "slimkit.models.tasks"],
     ["slimkit.registry", "slimkit.data", "slimkit.runtime", "slimkit.files", "slimkit.attention"],
+    # the channel graph package: union-find, result types, tracing <- the walk and its rule registry <- one
+    # module per op family <- analyze() <- slimkit.graph (re-exports)
+    ["slimkit.graph.unionfind", "slimkit.graph.channels", "slimkit.graph.tracing"],
+    ["slimkit.graph.walk"],
+    ["slimkit.graph.ops.attention", "slimkit.graph.ops.cat", "slimkit.graph.ops.constants", "slimkit.graph.ops.conv",
+     "slimkit.graph.ops.elementwise", "slimkit.graph.ops.linear", "slimkit.graph.ops.norm", "slimkit.graph.ops.permute",
+     "slimkit.graph.ops.reduce", "slimkit.graph.ops.reshape", "slimkit.graph.ops.slicing", "slimkit.graph.ops.split"],
+    ["slimkit.graph.ops"],
+    ["slimkit.graph.analysis"],
     ["slimkit.graph", "slimkit.plan", "slimkit.task_losses", "slimkit.exporters", "slimkit.exporters.onnx", "slimkit.exporters.int8",
      "slimkit.exporters.openvino"],
     ["slimkit.checkpoint"],
