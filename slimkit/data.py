@@ -473,8 +473,11 @@ def make_loader(
     drop_last: bool = False,
     augment: bool = False,
     num_workers: int = 0,
+    detection: bool = False,
 ) -> Loader:
-    """Batches of ``(float32 NCHW images, int64 labels)`` from a dataset of :func:`load_data`.
+    """Batches of ``(float32 NCHW images, int64 labels)`` from a dataset of :func:`load_data`; of
+    ``(images, masks)`` from the shapes data, or with ``detection`` of ``(list of images, list of
+    target dicts)`` as torchvision's detectors take them.
 
     ``augment`` adds random crop + horizontal flip (in-memory data: 4 px padding at 32x32,
     scaled with the size; ImageFolder: the standard random-resized crop). In-memory data is
@@ -482,12 +485,14 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if detection and not isinstance(dataset, ShapesDataset):
+        raise DataError(f"{type(dataset).__name__} holds no boxes: detectors train on shapes")
     if isinstance(dataset, ImageTensorDataset):
         return TensorLoader(
             dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, augment=augment
         )
     if isinstance(dataset, ShapesDataset):
-        return ShapesLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return ShapesLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, detection=detection)
     if isinstance(dataset, ImageFolderDataset):
         return FolderLoader(
             dataset,

@@ -24,7 +24,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
 
-__all__ = ["DenseDetectionCore", "traced_part", "is_detector"]
+__all__ = ["DenseDetectionCore", "traced_part", "is_detector", "set_detector_input_size"]
 
 
 def is_detector(model: nn.Module) -> bool:
@@ -55,3 +55,16 @@ class DenseDetectionCore(nn.Module):
 def traced_part(model: nn.Module) -> nn.Module:
     """The module slimkit traces and counts for ``model``: a detector's dense core, else the model."""
     return DenseDetectionCore(model) if is_detector(model) else model
+
+
+def set_detector_input_size(detector: nn.Module, size: tuple[int, int]) -> nn.Module:
+    """Make ``detector``'s own transform resize every image to ``size`` = (H, W), the input its MACs
+    were counted at (a plan's ``input_size``), instead of the size it was built for (320 for SSDlite,
+    800-1333 for the R-CNNs): trained and evaluated at the size it is deployed at."""
+    transform = detector.transform
+    height, width = size
+    transform.min_size = (min(height, width),)
+    transform.max_size = max(height, width)
+    if getattr(transform, "fixed_size", None) is not None:  # SSD resizes to exactly this, given as (W, H)
+        transform.fixed_size = (width, height)
+    return detector
