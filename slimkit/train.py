@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from slimkit import registry, runtime
 from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, plan_of, write_checkpoint
-from slimkit.data import load_data, make_loader
+from slimkit.data import DEFAULT_DATASET, load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with
@@ -100,7 +100,7 @@ def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float |
 
 @dataclass
 class TrainConfig:
-    data: str = "fashion-mnist"
+    data: str | None = None  # None: the model's task's default (DEFAULT_DATASET for a classifier, TASK_DATA's first)
     data_dir: str | None = None
     epochs: int = 30  # the full model's epochs; Scratch-B stretches them
     schedule: str = "scratch-e"  # scratch-e | scratch-b | fixed
@@ -432,8 +432,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         size = tuple(plan.input_size)
     else:
         size = registry.default_input_size(str(plan_or_arch))
-    if task in TASK_DATA and cfg.data == TrainConfig.data:  # the classifiers' default: masks or boxes instead
-        cfg = replace(cfg, data=TASK_DATA[task][0])
+    if cfg.data is None:
+        cfg = replace(cfg, data=TASK_DATA[task][0] if task in TASK_DATA else DEFAULT_DATASET)
     check_task_data(task, cfg.data)
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed)
     if plan is None:

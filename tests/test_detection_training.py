@@ -2,9 +2,13 @@
 from pycocotools, resumable like any run, and one-line refusals of data without boxes."""
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import slimkit
@@ -12,7 +16,10 @@ from slimkit import data as data_module
 from slimkit.cli import app
 from slimkit.errors import SlimkitError
 from slimkit.models.tasks import set_detector_input_size
+from slimkit.pipeline import run_recipe, summary_markdown
 from slimkit.prune import LatencyOptions
+from slimkit.recipe import RecipeError, load_recipe
+from slimkit.shapes import draw_sample
 from slimkit.task_losses import detection_scores
 from slimkit.train import TrainConfig, headline_metric, train
 
@@ -105,3 +112,97 @@ def test_a_detector_on_data_without_boxes_is_one_line(ssd_plan, tmp_path, data, 
 def test_a_classifier_on_shapes_is_one_line(tmp_path):
     with pytest.raises(SlimkitError, match="holds masks or boxes"):
         train("resnet20", tmp_path / "run", TrainConfig(data="shapes", epochs=1, workers=0))
+
+
+# ------------------------------------------------------------------------------ recipes (slimkit run)
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "shapes_ssdlite_50.yaml"
+
+
+@pytest.mark.parametrize("sets, says", [
+    (["data.name=fashion-mnist"], "a detection model trains on boxes: data.name shapes or coco:PATH"),
+    (["export.int8=true"], "a detection model has none: set export.int8: false"),
+])
+def test_a_detection_recipe_needs_data_with_boxes_and_no_int8_check(sets, says):
+    with pytest.raises(RecipeError, match=re.escape(says)):
+        load_recipe(RECIPE, sets)
+
+
+def test_a_detection_summary_compares_models_by_map():
+    summary = {"recipe": "r", "arch": "torchvision:ssdlite320_mobilenet_v3_large", "budget": None, "latency": None,
+               "metric": {"key": "test_map", "name": "test mAP@[.5:.95]"},
+               "models": [{"name": "pruned", "macs": 10, "params": 5, "test_map": 0.1234, "epochs": 1}]}
+    table = summary_markdown(summary)
+    assert "| test mAP@[.5:.95] |" in table and "12.34%" in table and "top-1" not in table
+
+
+@pytest.mark.slow
+def test_the_detection_recipe_runs_end_to_end_and_summarizes_map(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "SHAPES_SPLITS", {"train": 8, "val": 0, "test": 4})
+    recipe = load_recipe(RECIPE, ["input_size=64", "train.epochs=1", "train.batch_size=4", "bench.runs=3",
+                                  "bench.threads=1"])
+    summary = run_recipe(recipe, tmp_path / "run")
+    assert summary["metric"] == {"key": "test_map", "name": "test mAP@[.5:.95]"}
+    pruned = next(m for m in summary["models"] if m["name"] == "pruned")
+    assert 0.0 <= pruned["test_map"] <= 1.0 and pruned["latency_median_ms"] > 0
+    assert "test mAP@[.5:.95]" in (tmp_path / "run" / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------------------ a COCO-format folder
+def _coco_folder(root: Path, images: int = 3) -> Path:
+    """A tiny COCO layout: annotations/instances_{train,val}2017.json, images in train2017/, val2017/."""
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir()
+        listed, boxes = [], []
+        for i in range(images):
+            sample = draw_sample(7 if split == "train2017" else 8, i, (48, 56))
+            Image.fromarray(sample.image.permute(1, 2, 0).numpy()).save(root / split / f"{i:04d}.png")
+            listed.append({"id": i + 1, "file_name": f"{i:04d}.png", "height": 48, "width": 56})
+            for (x0, y0, x1, y1), label in zip(sample.boxes.tolist(), sample.labels.tolist()):
+                boxes.append({"id": len(boxes) + 1, "image_id": i + 1, "category_id": label, "iscrowd": 0,
+                              "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+        categories = [{"id": c, "name": n} for c, n in enumerate(("rectangle", "ellipse", "triangle"), start=1)]
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            {"images": listed, "annotations": boxes, "categories": categories}))
+    return root
+
+
+def test_a_coco_folder_loads_as_detection_batches(tmp_path):
+    root = _coco_folder(tmp_path / "coco")
+    bundle = data_module.load_data(f"coco:{root}", data_dir=None, input_size=(3, SIDE, SIDE), val_size=0)
+    assert bundle.num_classes == 4 and len(bundle.train) == 3 and len(bundle.test) == 3
+    images, targets = next(iter(data_module.make_loader(bundle.test, 2, shuffle=False, detection=True)))
+    assert len(images) == len(targets) == 2 and images[0].shape == (3, 48, 56) and float(images[0].max()) <= 1.0
+    expected = draw_sample(8, 0, (48, 56))
+    assert torch.equal(targets[0]["boxes"], expected.boxes) and torch.equal(targets[0]["labels"], expected.labels)
+
+
+def test_a_detector_trains_on_a_coco_folder(ssd_plan, tmp_path):
+    root = _coco_folder(tmp_path / "coco", images=4)
+    r = runner.invoke(app, ["train", str(ssd_plan), "--data", f"coco:{root}", "--epochs", "1", "--batch-size", "2",
+                            "--workers", "0", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    assert 0.0 <= final["test_map"] <= 1.0 and final["images_per_second"] > 0
+
+
+DAMAGES = {
+    "no folder": (None, "is not a folder: expected PATH/annotations/instances_train2017.json"),
+    "no val annotations": (lambda root: (root / "annotations" / "instances_val2017.json").unlink(),
+                           "instances_val2017.json not found"),
+    "no train images": (lambda root: shutil.rmtree(root / "train2017"), "train2017 not found: the images of"),
+    "damaged annotations": (lambda root: (root / "annotations" / "instances_train2017.json").write_text("{"),
+                            "cannot read"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_broken_coco_folder_is_one_line(ssd_plan, tmp_path, damage):
+    harm, says = DAMAGES[damage]
+    root = tmp_path / "coco"
+    if harm is not None:
+        harm(_coco_folder(root, images=1))
+    r = runner.invoke(app, ["train", str(ssd_plan), "--data", f"coco:{root}", "--epochs", "1", "--out",
+                            str(tmp_path / "run")])
+    assert r.exit_code != 0 and says in r.output.replace("\n", " ") and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
