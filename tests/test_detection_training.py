@@ -73,7 +73,8 @@ def test_a_detector_resizes_its_input_to_the_plan_size(ssd_plan):
     set_detector_input_size(detector, (SIDE, SIDE))
     images, _ = detector.transform([torch.rand(3, 50, 70)])
     assert images.tensors.shape[-2:] == (SIDE, SIDE)
-    out = detector([torch.rand(3, 50, 70)])[0]  # boxes come back in the given image's coordinates
+    with torch.no_grad():
+        out = detector([torch.rand(3, 50, 70)])[0]  # boxes come back in the given image's coordinates
     assert out["boxes"].shape[1] == 4 and float(out["boxes"][:, 2].max()) <= 70 + 1e-3
 
 
@@ -92,9 +93,9 @@ def test_ssdlite_trains_an_epoch_reporting_coco_map_and_resumes(ssd_plan, few_sh
     assert headline_metric("ssdlite320_mobilenet_v3_large") == ("test_map", "test mAP@[.5:.95]")
 
 
-def test_the_cli_trains_a_detector_plan_and_prints_its_map(ssd_plan, few_shapes, tmp_path):
-    r = runner.invoke(app, ["train", str(ssd_plan), "--epochs", "1", "--batch-size", "4", "--workers", "0",
-                            "--out", str(tmp_path / "run")])
+def test_the_cli_trains_a_detector_plan_in_micro_batches_and_prints_its_map(ssd_plan, few_shapes, tmp_path):
+    r = runner.invoke(app, ["train", str(ssd_plan), "--epochs", "1", "--batch-size", "4", "--accum-steps", "2",
+                            "--workers", "0", "--out", str(tmp_path / "run")])  # 2 micro-batches of 2 images
     assert r.exit_code == 0, r.output
     assert "final: test mAP@[.5:.95] " in r.output and "mAP@.5" in r.output
 
@@ -128,7 +129,8 @@ def test_a_detection_recipe_needs_data_with_boxes_and_no_int8_check(sets, says):
 
 
 def test_a_detection_summary_compares_models_by_map():
-    summary = {"recipe": "r", "arch": "torchvision:ssdlite320_mobilenet_v3_large", "budget": None, "latency": None,
+    summary = {"recipe": "r", "arch": "torchvision:ssdlite320_mobilenet_v3_large", "method": "uniform", "budget": None,
+               "latency": None,
                "metric": {"key": "test_map", "name": "test mAP@[.5:.95]"},
                "models": [{"name": "pruned", "macs": 10, "params": 5, "test_map": 0.1234, "epochs": 1}]}
     table = summary_markdown(summary)
@@ -138,7 +140,7 @@ def test_a_detection_summary_compares_models_by_map():
 @pytest.mark.slow
 def test_the_detection_recipe_runs_end_to_end_and_summarizes_map(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "SHAPES_SPLITS", {"train": 8, "val": 0, "test": 4})
-    recipe = load_recipe(RECIPE, ["input_size=64", "train.epochs=1", "train.batch_size=4", "bench.runs=3",
+    recipe = load_recipe(RECIPE, ["input_size=64", "train.epochs=1", "train.batch_size=4", "bench.runs=5",
                                   "bench.threads=1"])
     summary = run_recipe(recipe, tmp_path / "run")
     assert summary["metric"] == {"key": "test_map", "name": "test mAP@[.5:.95]"}
