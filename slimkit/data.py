@@ -24,6 +24,11 @@ Names accepted by :func:`load_data` (see :data:`DATASETS`):
 * ``synthetic`` — random uint8 images and labels, for speed tests only.
 * ``shapes`` — procedurally drawn shapes with per-pixel masks and boxes (:mod:`slimkit.shapes`), for
   segmentation and detection models: seeded, offline, drawn at any size.
+* ``coco:PATH`` — a COCO-format detection folder, for detectors: ``PATH/annotations/instances_train2017.json``
+  with images in ``PATH/train2017/`` and ``instances_val2017.json`` with ``PATH/val2017/`` as test
+  (COCO's own layout; ``instances_train.json`` with ``train/`` works too). torchvision's
+  ``CocoDetection`` reads it; labels are the category ids (0 is the background, as torchvision's
+  detectors count), so the model has ``max id + 1`` classes.
 
 Every failure to find or read data raises :class:`DataError` with a one-line message saying what
 is missing and how to fix it, so the CLI can print it as is.
@@ -46,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import CocoDetection
+from torchvision.transforms.functional import pil_to_tensor
 
 from slimkit.errors import SlimkitError
 from slimkit.shapes import NUM_CLASSES as SHAPES_CLASSES
@@ -61,6 +68,8 @@ __all__ = [
     "DataError",
     "ImageFolderDataset",
     "ImageTensorDataset",
+    "CocoBoxes",
+    "coco_files",
     "Loader",
     "load_data",
     "make_loader",
@@ -68,7 +77,8 @@ __all__ = [
 
 InputSize = tuple[int, int, int]
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic", "shapes")
+DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic", "shapes",
+                             "coco:PATH")
 DEFAULT_DATASET = "fashion-mnist"
 # Classes of the datasets whose size is fixed (an ImageFolder has as many as its class folders).
 NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10, "shapes": SHAPES_CLASSES}
@@ -326,7 +336,49 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         )
 
 
-AnyDataset = ImageTensorDataset | ImageFolderDataset | ShapesDataset
+class CocoBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
+    """A COCO-format split as torchvision's detectors take it: a [0, 1] float image at its own size (the
+    detector's transform resizes it) and a target of xyxy ``boxes``, ``labels`` (category ids) and
+    ``iscrowd``. Crowd regions and empty boxes are left out of training targets (a detector cannot
+    ignore them); evaluation keeps crowd regions, which COCOeval ignores."""
+
+    def __init__(self, images: Path, annotation_file: Path, *, training: bool) -> None:
+        with contextlib.redirect_stdout(None):  # pycocotools prints its loading progress
+            self._coco = CocoDetection(str(images), str(annotation_file))
+        self.images, self.annotations, self.training = images, annotation_file, training
+        self.num_classes = max(self._coco.coco.getCatIds(), default=0) + 1
+
+    def __len__(self) -> int:
+        return len(self._coco)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        try:
+            image, objects = self._coco[index]
+        except Exception as exc:  # noqa: BLE001 - a missing file, PIL's OSError, SyntaxError, ...
+            name = self._coco.coco.loadImgs(self._coco.ids[index])[0].get("file_name", "?")
+            raise DataError(f"cannot read image {self.images / name} ({type(exc).__name__}): restore that file or "
+                            f"remove it from {self.annotations}") from None
+        boxes, labels, crowd = [], [], []
+        for a in objects:
+            x, y, w, h = a["bbox"]
+            if w <= 0 or h <= 0 or (self.training and a.get("iscrowd", 0)):
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(a["category_id"])
+            crowd.append(a.get("iscrowd", 0))
+        target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  "labels": torch.tensor(labels, dtype=torch.int64), "iscrowd": torch.tensor(crowd, dtype=torch.int64)}
+        return pil_to_tensor(image.convert("RGB")).to(torch.float32).div_(255.0), target
+
+    @staticmethod
+    def collate(samples: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        return [image for image, _ in samples], [target for _, target in samples]
+
+    def with_augment(self, augment: bool) -> CocoBoxes:  # noqa: ARG002 - boxes would have to follow a crop
+        return self
+
+
+AnyDataset = ImageTensorDataset | ImageFolderDataset | ShapesDataset | CocoBoxes
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,7 +484,7 @@ class FolderLoader(_SeededLoader):
 
     def __init__(
         self,
-        dataset: ImageFolderDataset,
+        dataset: ImageFolderDataset | CocoBoxes,
         batch_size: int,
         *,
         shuffle: bool,
@@ -455,7 +507,8 @@ class FolderLoader(_SeededLoader):
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         batches = [b for i in range(len(self))
                    if (b := self._local(order[i * self.batch_size : (i + 1) * self.batch_size]).tolist())]
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=generator)
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, generator=generator,
+                            collate_fn=getattr(self.dataset, "collate", None))
         try:
             yield from loader
         except DataError as exc:
@@ -473,8 +526,11 @@ def make_loader(
     drop_last: bool = False,
     augment: bool = False,
     num_workers: int = 0,
+    detection: bool = False,
 ) -> Loader:
-    """Batches of ``(float32 NCHW images, int64 labels)`` from a dataset of :func:`load_data`.
+    """Batches of ``(float32 NCHW images, int64 labels)`` from a dataset of :func:`load_data`; of
+    ``(images, masks)`` from the shapes data, or with ``detection`` of ``(list of images, list of
+    target dicts)`` as torchvision's detectors take them.
 
     ``augment`` adds random crop + horizontal flip (in-memory data: 4 px padding at 32x32,
     scaled with the size; ImageFolder: the standard random-resized crop). In-memory data is
@@ -482,13 +538,16 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if detection != isinstance(dataset, CocoBoxes) and not isinstance(dataset, ShapesDataset):
+        raise DataError(f"{type(dataset).__name__} " + ("holds no boxes: detectors train on shapes or coco:PATH"
+                                                         if detection else "holds boxes: for detectors"))
     if isinstance(dataset, ImageTensorDataset):
         return TensorLoader(
             dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, augment=augment
         )
     if isinstance(dataset, ShapesDataset):
-        return ShapesLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    if isinstance(dataset, ImageFolderDataset):
+        return ShapesLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, detection=detection)
+    if isinstance(dataset, (ImageFolderDataset, CocoBoxes)):
         return FolderLoader(
             dataset,
             batch_size,
@@ -745,6 +804,57 @@ def _shapes(size: InputSize, seed: int, val_size: int | None) -> DataBundle:
                       in_chans_source=3)
 
 
+# COCO's own names first (instances_train2017.json with train2017/), then the plain ones.
+_COCO_SPLITS = {"train": ("train2017", "train"), "val": ("val2017", "val")}
+
+
+def coco_files(path: str) -> dict[str, tuple[Path, Path]]:
+    """``{"train": (images folder, annotation file), "val": ...}`` of a COCO-format folder, or a
+    DataError naming the first thing missing and the layout expected."""
+    root = Path(path).expanduser()
+    layout = ("expected PATH/annotations/instances_train2017.json with images in PATH/train2017/, and the same for "
+              "val2017 (or instances_train.json with train/)")
+    if not path:
+        raise DataError(f"coco needs a path: use coco:PATH; {layout}")
+    if not root.is_dir():
+        raise DataError(f"coco: {root} is not a folder: {layout}")
+    found = {}
+    for split, names in _COCO_SPLITS.items():
+        name = next((n for n in names if (root / "annotations" / f"instances_{n}.json").is_file()), None)
+        if name is None:
+            raise DataError(f"coco: {root / 'annotations' / f'instances_{names[0]}.json'} not found (nor "
+                            f"instances_{names[1]}.json): {layout}")
+        if not (root / name).is_dir():
+            raise DataError(f"coco: {root / name} not found: the images of annotations/instances_{name}.json go there")
+        found[split] = (root / name, root / "annotations" / f"instances_{name}.json")
+    return found
+
+
+def _coco(path: str, val_size: int | None) -> DataBundle:
+    """A COCO-format folder: train2017 to train on, val2017 as the test split (COCO has no public test
+    labels); no validation split is carved (gates learn on shapes)."""
+    if val_size:
+        raise DataError(f"coco:PATH holds no validation split to carve (val_size {val_size}): pass --val-size 0")
+    files = coco_files(path)
+    splits = {}
+    for split, (images, annotation_file) in files.items():
+        try:
+            splits[split] = CocoBoxes(images, annotation_file, training=split == "train")
+        except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+            raise DataError(f"coco: cannot read {annotation_file} ({type(exc).__name__}: {' '.join(str(exc).split())[:80]}): "
+                            "it must be a COCO instances file (images, annotations, categories)") from None
+    train, test = splits["train"], splits["val"]
+    if len(train) == 0:
+        raise DataError(f"coco: {files['train'][1]} lists no images: add images and their annotations")
+    classes = max(train.num_classes, test.num_classes)
+    train.num_classes = test.num_classes = classes
+    return DataBundle(train=train, val=None, test=test, num_classes=classes, name=f"coco:{path}",
+                      description=f"COCO-format boxes in {Path(path).expanduser()}: {len(train):,} train / "
+                                  f"{len(test):,} test ({files['val'][0].name}) images, {classes} classes "
+                                  "(category ids, 0 the background), each resized by the detector",
+                      in_chans_source=3)
+
+
 def _split_indices(
     labels: Tensor,
     val_size: int,
@@ -799,6 +909,11 @@ def data_missing(name: str, data_dir: str | None = None) -> str | None:
         root = Path(name.removeprefix("imagefolder:")).expanduser()
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
         return f"imagefolder: {', '.join(missing)} missing (set data.name=imagefolder:PATH)" if missing else None
+    if name.startswith("coco:"):
+        try:
+            coco_files(name.removeprefix("coco:"))
+        except DataError as exc:
+            return str(exc)
     return None  # an unknown name is the loader's (and the recipe check's) to report
 
 
@@ -827,6 +942,8 @@ def load_data(
     size = _check_input_size(input_size)
     if name == "shapes":
         return _shapes(size, seed, val_size)
+    if name.startswith("coco:"):
+        return _coco(name.removeprefix("coco:"), val_size)
     if name == "fashion-mnist":
         source = _fashion_mnist(data_dir, size)
     elif name in ("cifar10", "cifar100"):

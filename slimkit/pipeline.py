@@ -15,8 +15,8 @@ export    ``model.onnx`` from ``train/checkpoint.pt`` (the metadata ``slimkit ex
           loses more than ``export.max_drop`` top-1 points on the test split
 bench     ``latency.{json,md,png}``: full vs uniform vs pruned (and full-int8, pruned-int8 with
           ``export.int8``), interleaved in one run
-summary   ``summary.{json,md}``: MACs, params, test top-1, latency for each model (and int8 top-1
-          and latency)
+summary   ``summary.{json,md}``: MACs, params, the test metric, latency for each model (and int8
+          top-1 and latency)
 ========  ====================================================================================
 
 The resolved recipe (every key, defaults filled in) is written to ``recipe.yaml`` first; a folder
@@ -29,6 +29,10 @@ after it run again (a plan cut from a parent checkpoint is cut again when that c
 changed), and a trained folder whose plan is not the run's plan is refused. What the run has
 to say goes through :class:`RunHooks` (the CLI draws it with rich; the default is silent), as
 ``prune`` and ``train`` take ``log`` and ``progress``.
+
+Models are compared by their task's headline metric (``slimkit.train.headline_metric``): test top-1
+for a classifier, mIoU for a segmentation model, COCO mAP@[.5:.95] for a detector; the summary names
+it (``metric``) and each row holds it under that key.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
 from slimkit.rounding import documented_multiple
 from slimkit.recipe import RUN_FULL, Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
-from slimkit.train import FINETUNE, TrainConfig, run_outputs, train
+from slimkit.train import FINETUNE, TrainConfig, headline_metric, run_outputs, train
 from slimkit.validate import check_type, show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "StageRecord", "train_state", "RECIPE_HEADER", "stage_list", "budget_reach", "check_folder",
@@ -472,7 +476,8 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                            force=force)
         if result.metrics:
             final = result.metrics[-1]
-            hooks.log(f"  test top-1 {final['test_top1']:.4f} after {final['epoch']} epochs")
+            key, name = headline_metric(plan.arch)
+            hooks.log(f"  {name} {final[key]:.4f} after {final['epoch']} epochs")
     if "uniform" in t.compare and recipe.prune.method == "uniform" and recipe.prune.structure is None and only is None:
         hooks.stage("train", "uniform: the pruned model is the uniform one (prune.method uniform); see train/")
 
@@ -488,8 +493,9 @@ def _export_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageRec
         return
     e = recipe.export
     loaded = load_model(str(ckpt))
-    with hooks.status(f"exporting {loaded.description}"):
-        result = get_exporter("onnx")(loaded.model, loaded.input_size, lay.onnx, batch=recipe.bench.batch,
+    with hooks.status(f"exporting {loaded.description}"):  # a detector: its dense core, as `slimkit export` does
+        result = get_exporter("onnx")(registry.traced_part(loaded.model), loaded.input_size, lay.onnx,
+                                      batch=recipe.bench.batch,
                                       metadata=onnx_metadata(loaded), opset=e.opset, dynamic_batch=e.dynamic_batch,
                                       exporter=e.exporter, warn=hooks.warn)
     record.record("export", [ckpt], [lay.onnx])
@@ -623,6 +629,7 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
                else lay.train_uniform}
     plans = {**plans, **{label: plans["pruned"] for label in lay.train_scratch}}  # the plan, from scratch
     full_flops = plans["full"].flops
+    metric, metric_name = headline_metric(plans["pruned"].arch)
     int8_check = None
     if recipe.export.int8 and lay.int8_check.is_file():
         try:
@@ -640,7 +647,7 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
             "name": name, "plan": {"uniform": "uniform.json", "full": None}.get(name, "plan.json"),
             "macs": plan.flops, "params": plan.params,
             "macs_ratio": round(plan.flops / full_flops, 4) if plan.flops and full_flops else None,
-            "test_top1": final["test_top1"] if final else None,
+            metric: final[metric] if final else None,
             "epochs": final["epoch"] if final else None,
             "train_folder": folders[name].name + "/" if final else None,
             "training": _training_text(_train_config(recipe, lay, name)) if final else None,
@@ -656,6 +663,7 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
         int8 = {"written": bool(int8_check.get("written")), "check": int8_check.get("check"),
                 "file": lay.onnx_int8.name if int8_check.get("written") else None}
     return {"format": SUMMARY_FORMAT, "recipe": recipe.name, "arch": plans["pruned"].arch, "int8": int8,
+            "metric": {"key": metric, "name": metric_name},
             "data": recipe.data.name, "budget": plans["pruned"].budget,
             "method": "structure" if recipe.prune.structure else recipe.prune.method,
             "latency": ({k: report[k] for k in ("backend", "device", "threads", "batch", "runs")} if report else None),
@@ -684,9 +692,13 @@ INT8_COLUMNS = (("int8 top-1", "int8_top1", "acc"), ("int8 ms", "int8_latency_me
 
 
 def summary_columns(summary: dict[str, Any]) -> tuple[tuple[str, str, str | None], ...]:
-    """The summary's columns: the int8 ones only when the run has int8 results."""
+    """The summary's columns: its task's metric in place of top-1 (mIoU, mAP), and the int8 ones only
+    when the run has int8 results."""
     has_int8 = any(row.get(key) is not None for row in summary["models"] for _, key, _ in INT8_COLUMNS)
-    return SUMMARY_COLUMNS + (INT8_COLUMNS if has_int8 else ())
+    metric = summary.get("metric") or {"key": "test_top1", "name": "test top-1"}  # summaries written before it
+    columns = tuple((metric["name"], metric["key"], kind) if key == "test_top1" else (title, key, kind)
+                    for title, key, kind in SUMMARY_COLUMNS)
+    return columns + (INT8_COLUMNS if has_int8 else ())
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -53,16 +53,21 @@ def plot_channels(plan: ChannelPlan, path: str | os.PathLike,
 
 
 def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss and accuracy per epoch (train and test)."""
+    """Loss and accuracy (mIoU, mAP) per epoch (train and test)."""
     plt = _pyplot()
     epochs = [m["epoch"] for m in metrics]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax1.plot(epochs, [m["train_loss"] for m in metrics], "o-", ms=3, label="train" if "test_miou" in metrics[0] else "train (smoothed labels)")
-    ax1.plot(epochs, [m["test_loss"] for m in metrics], "s-", ms=3, label="test")
+    classifier = "test_top1" in metrics[0]
+    ax1.plot(epochs, [m["train_loss"] for m in metrics], "o-", ms=3, label="train (smoothed labels)" if classifier else "train")
+    if "test_loss" in metrics[0]:  # a detector gives no loss in eval mode
+        ax1.plot(epochs, [m["test_loss"] for m in metrics], "s-", ms=3, label="test")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend(fontsize=7)
-    if "test_miou" in metrics[0]:  # segmentation: pixels and mean IoU
+    if "test_map" in metrics[0]:  # detection: COCO box mAP
+        ax2.plot(epochs, [m["test_map"] for m in metrics], "s-", ms=3, label="test mAP@[.5:.95]")
+        ax2.plot(epochs, [m["test_map50"] for m in metrics], "^-", ms=3, label="test mAP@.5")
+    elif "test_miou" in metrics[0]:  # segmentation: pixels and mean IoU
         ax2.plot(epochs, [m["train_pixel_accuracy"] for m in metrics], "o-", ms=3, label="train pixel accuracy")
         ax2.plot(epochs, [m["test_pixel_accuracy"] for m in metrics], "s-", ms=3, label="test pixel accuracy")
         ax2.plot(epochs, [m["test_miou"] for m in metrics], "^-", ms=3, label="test mIoU")
@@ -70,7 +75,7 @@ def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "")
         ax2.plot(epochs, [m["train_accuracy"] for m in metrics], "o-", ms=3, label="train")
         ax2.plot(epochs, [m["test_top1"] for m in metrics], "s-", ms=3, label="test top-1")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy")
+    ax2.set_ylabel("mAP" if "test_map" in metrics[0] else "accuracy")
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)

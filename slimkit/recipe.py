@@ -35,6 +35,7 @@ as YAML, so ``train.epochs=3`` is an int) before validation.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import types
@@ -48,7 +49,7 @@ import yaml
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.budget import Budget, parse_budget
-from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES
+from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES, coco_files
 from slimkit.errors import SlimkitError
 from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings
 from slimkit.exporters.onnx import EXPORTERS
@@ -58,7 +59,7 @@ from slimkit.plan import CRITERIA
 from slimkit.prune import DEFAULT_ROUND_TO, METHODS, LatencyOptions, default_method
 from slimkit.search import PRESETS
 from slimkit.structures import get_structure
-from slimkit.train import FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig
+from slimkit.train import FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig, check_task_data, model_task
 from slimkit.validate import Range, check_number, check_type, show
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
@@ -68,7 +69,8 @@ __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSecti
 COMPARE = ("full", "uniform", "scratch-e", "scratch-b")  # extra trainings train.compare may list
 BUDGET_KEYS = ("flops", "params", "latency", "structure")  # a structure fixes the widths instead of a budget
 RUN_FULL = "full"  # prune.weights / train.init_from: the run's own trained full model (train-full/)
-DATA_NAMES = tuple(d for d in DATASETS if not d.startswith("imagefolder:"))  # + imagefolder:PATH
+PATH_DATA = ("imagefolder:", "coco:")  # data named by a folder: imagefolder:PATH, coco:PATH
+DATA_NAMES = tuple(d for d in DATASETS if not d.startswith(PATH_DATA))  # + the PATH_DATA ones
 _T = TrainConfig()  # defaults are the library's: read from where they live, never restated
 
 
@@ -441,8 +443,9 @@ def _resolve_input_size(value: int | list[int] | None, source: str) -> list[int]
 
 
 def check_data_name(name: str, source: str = "recipe") -> None:
-    ok = name in DATA_NAMES or (name.startswith("imagefolder:") and len(name) > len("imagefolder:"))
-    _check(ok, source, f"unknown data.name {_show(name)}: choose one of {', '.join(DATA_NAMES)} or imagefolder:PATH")
+    ok = name in DATA_NAMES or any(name.startswith(p) and len(name) > len(p) for p in PATH_DATA)
+    _check(ok, source, f"unknown data.name {_show(name)}: choose one of {', '.join(DATA_NAMES)}, imagefolder:PATH "
+                       "or coco:PATH")
 
 
 def _validate(r: Recipe, source: str) -> Recipe:
@@ -458,6 +461,14 @@ def _validate(r: Recipe, source: str) -> Recipe:
     _check_numbers(r, source)
     r.input_size = _resolve_input_size(r.input_size, source)
     check_data_name(r.data.name, source)
+    task = model_task(r.arch)
+    try:  # a dense model names its data: the classes it is pruned for come from it
+        check_task_data(task, r.data.name, option="data.name")
+    except SlimkitError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+    _check(task == "classification" or not r.export.int8, source,
+           f"export.int8 checks int8 top-1 against fp32, a classifier's metric; a {task} model has none: set "
+           "export.int8: false")
 
     p = r.prune
     _check(p.method is None or p.method in METHODS, source, f"prune.method '{p.method}' is unknown: choose one of {', '.join(METHODS)}")
@@ -658,10 +669,11 @@ def _paths_from_recipe_folder(raw: Any, folder: Path) -> Any:
     out = dict(raw)
     data = dict(raw["data"]) if isinstance(raw.get("data"), dict) else {}
     name, data_dir = data.get("name"), data.get("data_dir")
-    if isinstance(name, str) and name.startswith("imagefolder:"):
-        path = Path(name.removeprefix("imagefolder:"))
+    prefix = next((p for p in PATH_DATA if isinstance(name, str) and name.startswith(p)), None)
+    if prefix is not None:
+        path = Path(name.removeprefix(prefix))
         if str(path) and not path.expanduser().is_absolute():
-            data["name"] = f"imagefolder:{(folder / path).absolute()}"
+            data["name"] = f"{prefix}{(folder / path).absolute()}"
     if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
         data["data_dir"] = str((folder / data_dir).absolute())
     if isinstance(raw.get("data"), dict):
@@ -687,6 +699,15 @@ def num_classes_of(recipe: Recipe) -> int:
     name = recipe.data.name
     if name in NUM_CLASSES:
         return NUM_CLASSES[name]
+    if name.startswith("coco:"):  # torchvision's count: the largest category id + 1 (0 is the background)
+        try:
+            annotations = coco_files(name.removeprefix("coco:"))["val"][1]
+            return max((int(c["id"]) for c in json.loads(annotations.read_text())["categories"]), default=0) + 1
+        except SlimkitError as exc:
+            raise RecipeError(f"{exc} (or set num_classes)") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RecipeError(f"coco: cannot read the categories of {annotations} ({type(exc).__name__}): it must "
+                              "be a COCO instances file; fix it (or set num_classes)") from None
     root = Path(name.removeprefix("imagefolder:")).expanduser() / "train"
     if not root.is_dir():
         raise RecipeError(f"imagefolder: {root} does not exist: expected PATH/train/<class>/<image>; "

@@ -6,7 +6,10 @@ recipe: cross-entropy on the ``'out'`` map, plus 0.5 x cross-entropy on the ``'a
 the model has one (DeepLabV3 and FCN with ``aux_loss=True``), pixels labelled 255 ignored (VOC's
 "void"); for torchvision's detectors, the sum of the losses they return in train mode. Segmentation's metrics are pixel accuracy and mean IoU from one confusion matrix over the whole
 evaluation set; the mean runs over the classes that occur (in the labels or the predictions), so a
-class the data never shows does not count as a perfect or a failed class.
+class the data never shows does not count as a perfect or a failed class. Detection's are COCO's box
+mAP averaged over IoU 0.5:0.95 and mAP at IoU 0.5, computed by pycocotools' COCOeval (the reference
+implementation every detection paper reports, rather than a re-implementation of its interpolation
+and matching rules) on the evaluation set converted to COCO's format in memory.
 
 A user's ``loss_fn`` returning anything but a one-element tensor that depends on the model, or a
 loader whose batches do not fit what slimkit feeds the model, stops at the first batch with one
@@ -15,18 +18,23 @@ line naming the problem and the fix.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
 from slimkit.errors import SlimkitError
 from slimkit.runtime import all_reduce_sum, autocast, place_batch
 
 __all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "LossFn", "detection_loss", "segmentation_loss", "segmentation_output_loss",
-           "confusion_matrix", "segmentation_scores", "evaluate_segmentation", "checked_loss", "to_device",
+           "confusion_matrix", "segmentation_scores", "evaluate_segmentation", "detection_scores",
+           "evaluate_detection", "checked_loss", "to_device",
            "check_classification_batch", "check_loader"]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -109,6 +117,67 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, device: torch.devi
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(confusion)
     return {"loss": total_loss / max(pixels, 1), **segmentation_scores(confusion.cpu())}
+
+
+def _xywh(box: Tensor) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def detection_scores(targets: list[dict[str, Tensor]], predictions: list[dict[str, Tensor]],
+                     num_classes: int) -> dict[str, float]:
+    """COCO box mAP@[.5:.95] ('map') and mAP@.5 ('map50') of ``predictions`` (torchvision's eval-mode
+    output: boxes xyxy, labels, scores) against ``targets`` (boxes xyxy, labels, optionally iscrowd),
+    item i of both being the same image; classes 1 .. num_classes - 1 (0 is the background). A class
+    with no ground-truth box is left out of the mean, as COCOeval does."""
+    images, truth, found = [], [], []
+    for image_id, (target, pred) in enumerate(zip(targets, predictions, strict=True), start=1):
+        images.append({"id": image_id})
+        crowd = target.get("iscrowd", torch.zeros(len(target["labels"]), dtype=torch.int64))
+        for box, label, is_crowd in zip(target["boxes"], target["labels"], crowd):
+            bbox = _xywh(box)
+            truth.append({"id": len(truth) + 1, "image_id": image_id, "category_id": int(label), "bbox": bbox,
+                          "area": bbox[2] * bbox[3], "iscrowd": int(is_crowd)})
+        for box, label, score in zip(pred["boxes"], pred["labels"], pred["scores"]):
+            found.append({"image_id": image_id, "category_id": int(label), "bbox": _xywh(box),
+                          "score": float(score)})
+    if not truth:
+        raise SlimkitError(f"the evaluation images hold no boxes ({len(images)} images): mAP is undefined; "
+                           "evaluate on images with annotated objects")
+    if not found:  # COCO.loadRes refuses an empty list; nothing found is an AP of 0 everywhere
+        return {"map": 0.0, "map50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": truth,
+                        "categories": [{"id": c, "name": str(c)} for c in range(1, num_classes)]}
+        coco.createIndex()
+        result = COCOeval(coco, coco.loadRes(found), "bbox")
+        result.evaluate()
+        result.accumulate()
+        result.summarize()
+    # stats[0], stats[1]: AP at IoU .50:.95 and .50, all areas, 100 detections per image; -1 where no class has boxes
+    return {"map": max(float(result.stats[0]), 0.0), "map50": max(float(result.stats[1]), 0.0)}
+
+
+def evaluate_detection(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
+                       amp: bool = True) -> dict[str, float]:
+    """COCO mAP@[.5:.95] and mAP@.5 of a torchvision detector (in eval mode) on ``(images, targets)``
+    batches; under torchrun every process's images count (each gets the same scores)."""
+    model.eval()
+    targets: list[dict[str, Tensor]] = []
+    predictions: list[dict[str, Tensor]] = []
+    with torch.no_grad(), autocast(device, amp):
+        for images, batch_targets in loader:
+            outputs = model(to_device(list(images), device))
+            predictions += [{k: o[k].float().cpu() for k in ("boxes", "labels", "scores")} for o in outputs]
+            targets += [{k: v.cpu() for k, v in t.items() if k in ("boxes", "labels", "iscrowd")}
+                        for t in batch_targets]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, (targets, predictions))
+        targets = [t for part in gathered for t in part[0]]
+        predictions = [p for part in gathered for p in part[1]]
+    return detection_scores(targets, predictions, num_classes)
 
 
 def checked_loss(value: Any, where: str = "loss_fn") -> Tensor:

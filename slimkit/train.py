@@ -22,6 +22,12 @@ Segmentation models (torchvision's LR-ASPP, DeepLabV3, FCN) train the same way o
 by default, with their own loss (slimkit.task_losses: cross-entropy on 'out' + 0.5 aux, no label
 smoothing, as torchvision's segmentation reference) and are evaluated by mIoU and pixel accuracy;
 the shapes loader draws new images rather than cropping and flipping (masks would have to follow).
+Detectors (torchvision's SSD, SSDlite, RetinaNet, FCOS, Faster/Mask R-CNN) train on the shapes
+boxes (or a COCO-format folder) with the losses they return in train mode (slimkit.task_losses), no
+label smoothing, their own transform resizing every image to the plan's input size (the size its MACs
+were counted at), and are evaluated by COCO mAP@[.5:.95] and mAP@.5 (pycocotools).
+Each task has one headline metric (``headline_metric``: top-1, mIoU, mAP) that the CLI and
+``slimkit run`` report and compare.
 """
 
 from __future__ import annotations
@@ -43,19 +49,22 @@ from torch.nn.parallel import DistributedDataParallel
 
 from slimkit import registry, runtime
 from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, plan_of, write_checkpoint
-from slimkit.data import load_data, make_loader
+from slimkit.data import DEFAULT_DATASET, load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with
 from slimkit.generator import choose_channels, full_plan, generate, verified_plan
+from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
-from slimkit.task_losses import IGNORE_INDEX, evaluate_segmentation, segmentation_output_loss
+from slimkit.task_losses import (IGNORE_INDEX, detection_loss, evaluate_detection, evaluate_segmentation,
+                                 segmentation_output_loss, to_device)
 from slimkit.validate import check_number
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
-           "FINETUNE_EPOCHS", "INITS"]
+           "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "model_task", "headline_metric",
+           "check_task_data"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
 # Scratch-B's stretch past which a plan is more likely wrong than meant (a plan at 5% of the full
@@ -65,7 +74,12 @@ FINETUNE = "finetune"  # inherited weights: --epochs at a constant LR
 FINETUNE_LR = 0.001  # Rethinking's official fine-tuning LR (CIFAR and ImageNet)
 FINETUNE_EPOCHS = 40  # ... and its CIFAR epochs (a quarter of the parent's 160; 20 on ImageNet)
 INITS = ("scratch", "inherit")  # fresh weights from G, or the kept channels of a trained full model
-SEGMENTATION_DATA = ("shapes",)  # what a segmentation model trains on (masks); the default for it
+# What a segmentation or detection model trains on (the first: its default), and what those sets hold.
+TASK_DATA = {"segmentation": ("shapes",), "detection": ("shapes", "coco:PATH")}
+_TASK_LABELS = {"segmentation": "masks", "detection": "boxes"}
+# The one number each task's results are compared by: (metrics.json key of the final epoch, its name).
+HEADLINE_METRICS = {"classification": ("test_top1", "test top-1"), "segmentation": ("test_miou", "test mIoU"),
+                    "detection": ("test_map", "test mAP@[.5:.95]")}
 
 
 def scratch_b_cap(data: str) -> float | None:
@@ -86,7 +100,7 @@ def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float |
 
 @dataclass
 class TrainConfig:
-    data: str = "fashion-mnist"
+    data: str | None = None  # None: the model's task's default (DEFAULT_DATASET for a classifier, TASK_DATA's first)
     data_dir: str | None = None
     epochs: int = 30  # the full model's epochs; Scratch-B stretches them
     schedule: str = "scratch-e"  # scratch-e | scratch-b | fixed
@@ -170,11 +184,21 @@ def _scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int, 
     return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cosine], milestones=[warmup_steps])
 
 
+def _micro_batches(x, y, parts: int) -> list[tuple]:
+    """A batch split into ``parts`` micro-batches: tensors along dim 0, a detector's lists of images and
+    of targets into consecutive runs."""
+    if isinstance(x, torch.Tensor):
+        return list(zip(x.tensor_split(parts), y.tensor_split(parts)))
+    bounds = torch.arange(len(x)).tensor_split(parts)
+    return [(x[int(b[0]):int(b[-1]) + 1], y[int(b[0]):int(b[-1]) + 1]) for b in bounds if len(b)]
+
+
 def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progress=None, task=None,
-                    segmentation: bool = False):
+                    segmentation: bool = False, detection: bool = False):
     """One pass. ``loader`` yields this process's share of each global batch; it is split into
     ``cfg.accum_steps`` micro-batches whose gradients add up (DDP syncs only on the last one).
-    Returns the mean loss, the accuracy (of pixels, for ``segmentation``), the images seen and seconds."""
+    Returns the mean loss, the accuracy (of pixels, for ``segmentation``; None for ``detection``), the
+    images seen and seconds."""
     model.train()
     total_loss = correct = seen = images = 0
     start = time.perf_counter()
@@ -182,11 +206,22 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
     for step, (x, y) in enumerate(loader):
         if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
             break
-        x, y = place_batch(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+        if detection:  # lists of images and of target dicts: each image is a sample
+            x, y = to_device(list(x), device), to_device(list(y), device)
+            samples = len(x)
+        else:
+            x, y = place_batch(x, device, cfg.channels_last), y.to(device, non_blocking=True)
+            samples = y.numel()
         opt.zero_grad(set_to_none=True)
-        chunks = list(zip(x.tensor_split(accum), y.tensor_split(accum)))
+        chunks = _micro_batches(x, y, accum)
         for i, (xm, ym) in enumerate(chunks):
             sync = i == len(chunks) - 1 or not hasattr(model, "no_sync")
+            if detection:
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, cfg.amp):
+                    loss = detection_loss(model, (xm, ym)).float()
+                (loss * (len(xm) / samples)).backward()
+                total_loss += loss.item() * len(xm)
+                continue
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, cfg.amp):
                 logits = model(xm)
             if segmentation:  # every labelled pixel is a sample
@@ -201,15 +236,16 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
             correct += hits
         opt.step()
         sched.step()
-        seen += y.numel()
-        images += y.shape[0]
+        seen += samples
+        images += len(x)
         if progress is not None:
             rate = images / max(time.perf_counter() - start, 1e-9)
             progress.update(task, advance=1, description=(
-                f"loss {total_loss / seen:.3f}  acc {correct / seen:.3f}  {rate:.0f} img/s"))
+                f"loss {total_loss / seen:.3f}  " + ("" if detection else f"acc {correct / seen:.3f}  ")
+                + f"{rate:.0f} img/s"))
     secs = time.perf_counter() - start
     total_loss, correct, seen, images = all_reduce_sum(total_loss, correct, seen, images, device=device)
-    return total_loss / max(seen, 1), correct / max(seen, 1), int(images), secs
+    return total_loss / max(seen, 1), None if detection else correct / max(seen, 1), int(images), secs
 
 
 def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True) -> tuple[float, float, float]:
@@ -230,10 +266,34 @@ def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
-def _torchvision_task(arch: str) -> str:
-    """'segmentation' (trained on masks, scored by mIoU), 'detection' or 'classification'."""
+def model_task(arch: str) -> str:
+    """'segmentation' (trained on masks, scored by mIoU), 'detection' (boxes, mAP) or 'classification'."""
     spec = registry.resolve(arch)
     return registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
+
+
+def headline_metric(arch: str) -> tuple[str, str]:
+    """(metrics.json key, its name) of the number ``arch``'s training is judged by: test top-1 for a
+    classifier, mIoU for a segmenter, mAP@[.5:.95] for a detector."""
+    return HEADLINE_METRICS[model_task(arch)]
+
+
+def _data_kind(name: str) -> str:
+    """A data name as TASK_DATA lists it: 'coco:/data/x' -> 'coco:PATH'."""
+    prefix, colon, _ = name.partition(":")
+    return f"{prefix}:PATH" if colon else name
+
+
+def check_task_data(task: str, data: str, option: str = "--data") -> None:
+    """A segmentation or detection model on data with its labels (masks, boxes), a classifier on data
+    with class labels: one line naming the data to use otherwise (``option``: what the user set)."""
+    dense = TASK_DATA.get(task)
+    if dense is not None and _data_kind(data) not in dense:
+        raise SlimkitError(f"a {task} model trains on {_TASK_LABELS[task]}: {option} {' or '.join(dense)} (the first "
+                           f"is its default), not {data}")
+    if dense is None and any(_data_kind(data) in sets for sets in TASK_DATA.values()):
+        raise SlimkitError(f"{option} {data} holds masks or boxes, for segmentation and detection models; train a "
+                           "classifier on fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
 
 
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
@@ -366,20 +426,15 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         if cfg.init == "inherit" and not Path(cfg.init_from).is_file():  # a resumed run holds its weights already
             raise CheckpointError(f"--from: checkpoint not found: {cfg.init_from}")
 
-    task = _torchvision_task(plan.arch if plan is not None else str(plan_or_arch))
-    if task == "detection":
-        raise SlimkitError("slimkit train does not train detectors yet (their mAP evaluation is missing): train "
-                           "slimkit.generate(plan) in your own detection loop")
-    segmentation = task == "segmentation"
+    task = model_task(plan.arch if plan is not None else str(plan_or_arch))
+    segmentation, detection = task == "segmentation", task == "detection"
     if plan is not None:
         size = tuple(plan.input_size)
     else:
         size = registry.default_input_size(str(plan_or_arch))
-    if segmentation and cfg.data == TrainConfig.data:  # the classifiers' default: a segmenter needs masks
-        cfg = replace(cfg, data=SEGMENTATION_DATA[0])
-    elif segmentation and cfg.data not in SEGMENTATION_DATA:
-        raise SlimkitError(f"a segmentation model trains on masks: --data {' or '.join(SEGMENTATION_DATA)} "
-                           f"(the default for it), not {cfg.data}")
+    if cfg.data is None:
+        cfg = replace(cfg, data=TASK_DATA[task][0] if task in TASK_DATA else DEFAULT_DATASET)
+    check_task_data(task, cfg.data)
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed)
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
@@ -426,15 +481,18 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         say(f"init: inherited the kept channels' weights of {cfg.init_from} ({plan.criterion['kind']} criterion)")
     else:
         model = generate(plan)
+    if detection:  # at the size its MACs were counted at, not the one its builder chose (320 for SSDlite)
+        set_detector_input_size(model, (plan.input_size[1], plan.input_size[2]))
     model = place_model(model, device, cfg.channels_last)
     out_of_place_activations(model)
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                               augment=cfg.augment, num_workers=cfg.workers).shard(dist_info.rank, world)
-    eval_batch = max(256, cfg.batch_size)
+                               augment=cfg.augment, num_workers=cfg.workers, detection=detection
+                               ).shard(dist_info.rank, world)
+    eval_batch = max(32 if detection else 256, cfg.batch_size)  # a detector keeps every image's boxes in memory
     test_loader = make_loader(data.test, eval_batch - eval_batch % world, shuffle=False, seed=cfg.seed,
-                              num_workers=cfg.workers).shard(dist_info.rank, world)
+                              num_workers=cfg.workers, detection=detection).shard(dist_info.rank, world)
     steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None else min(
         len(train_loader), cfg.max_steps_per_epoch)
     if steps_per_epoch == 0:  # no full batch: nothing would train, yet a checkpoint would be written
@@ -494,10 +552,17 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         train_loader.set_epoch(epoch)
         step_task = progress.add_task(f"epoch {epoch + 1}", total=steps_per_epoch) if progress else None
         loss, acc, seen, secs = train_one_epoch(step_fn, train_loader, opt, sched, cfg, device, progress, step_task,
-                                                segmentation=segmentation)
+                                                segmentation=segmentation, detection=detection)
         if progress is not None:
             progress.remove_task(step_task)
-        if segmentation:
+        if detection:
+            scores = evaluate_detection(model, test_loader, device, data.num_classes, cfg.amp)
+            metrics.append({"epoch": epoch + 1, "train_loss": round(loss, 5), "test_map": round(scores["map"], 5),
+                            "test_map50": round(scores["map50"], 5), "lr": round(opt.param_groups[0]["lr"], 7),
+                            "seconds": round(secs, 2), "images_per_second": round(seen / max(secs, 1e-9), 1)})
+            say(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  test mAP@[.5:.95] {scores['map']:.4f}  mAP@.5 "
+                f"{scores['map50']:.4f}  ({metrics[-1]['images_per_second']:.0f} img/s)")
+        elif segmentation:
             scores = evaluate_segmentation(model, test_loader, device, data.num_classes, cfg.amp, cfg.channels_last)
             metrics.append({"epoch": epoch + 1, "train_loss": round(loss, 5), "train_pixel_accuracy": round(acc, 5),
                             "test_loss": round(scores["loss"], 5), "test_miou": round(scores["miou"], 5),

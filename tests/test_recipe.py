@@ -57,7 +57,7 @@ def test_every_recipe_dry_runs(path, tmp_path):
     assert r.exit_code == 0, r.output
     assert "plan.json" in r.output and "model.onnx" in r.output
     assert "reachable: the full model has" in r.output or "latency" in path.read_text()
-    assert ("data not available here" in r.output) is path.stem.startswith(("imagenet", "cifar"))  # placeholders
+    assert ("data not available here" in r.output) is path.stem.startswith(("imagenet", "cifar", "coco"))  # placeholders
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 

@@ -184,12 +184,6 @@ def test_shapes_detection_batches_carry_each_images_boxes_and_labels():
         assert torch.equal(target["boxes"], sample.boxes) and torch.equal(target["labels"], sample.labels)
 
 
-def test_training_a_detector_is_refused_in_one_line(tmp_path):
-    with pytest.raises(SlimkitError, match="does not train detectors yet"):
-        train("ssdlite320_mobilenet_v3_large", tmp_path / "run", TrainConfig(epochs=1, workers=0))
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
-
-
 @pytest.mark.slow
 def test_ssdlite_learns_gates_on_shapes_boxes_with_its_own_losses(monkeypatch):
     monkeypatch.setattr(data_module, "SHAPES_SPLITS", {"train": 8, "val": 2, "test": 2})

@@ -29,7 +29,7 @@ D = TrainConfig()  # every default lives in TrainConfig; the options below show 
 def train(
     source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name (or python: factory) for the unpruned baseline.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
-    data: Annotated[str, typer.Option(help="fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic; shapes (drawn masks) for segmentation models, their default.")] = D.data,
+    data: Annotated[Optional[str], typer.Option(help="fashion-mnist (the default for classifiers), cifar10, cifar100, imagefolder:PATH, synthetic; shapes (drawn masks and boxes: the default for segmentation and detection models); coco:PATH (a COCO-format folder) for detectors.")] = D.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of the full model (default {D.epochs}); --schedule scratch-b stretches them. With --resume: extend the run to this many (the cosine schedule is stretched from where it stands).")] = None,
     schedule: Annotated[str, typer.Option("--schedule", "--budget", help=f"How long a pruned model trains: scratch-e: the full model's epochs; scratch-b: the full model's compute (epochs x full/plan FLOPs: uncapped on CIFAR-style data, at most 2x on imagefolder data, as Rethinking the Value of Network Pruning does); fixed: exactly --epochs; finetune (with --init inherit): exactly --epochs (default {FINETUNE_EPOCHS}, the paper's CIFAR fine-tuning) at a constant LR (default 0.001). (--budget: the old name.)")] = D.schedule,
@@ -76,7 +76,11 @@ def train(
     if result.metrics and main:
         final = result.metrics[-1]
         epochs_text = f"{final['epoch']} epoch" + ("" if final["epoch"] == 1 else "s")
-        scores = (f"test mIoU {final['test_miou']:.4f}, pixel accuracy {final['test_pixel_accuracy']:.4f}"
-                  if "test_miou" in final else f"test top-1 {final['test_top1']:.4f}, top-5 {final['test_top5']:.4f}")
+        if "test_map" in final:
+            scores = f"test mAP@[.5:.95] {final['test_map']:.4f}, mAP@.5 {final['test_map50']:.4f}"
+        elif "test_miou" in final:
+            scores = f"test mIoU {final['test_miou']:.4f}, pixel accuracy {final['test_pixel_accuracy']:.4f}"
+        else:
+            scores = f"test top-1 {final['test_top1']:.4f}, top-5 {final['test_top5']:.4f}"
         console.print(f"final: {scores} after {epochs_text}; wrote {out}/checkpoint.pt, metrics.json, curves.png",
                       highlight=False, markup=False)

@@ -28,7 +28,8 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
 
-__all__ = ["DenseDetectionCore", "WholeDetector", "traced_part", "is_detector", "deployment_side", "DETECTION_OUTPUTS"]
+__all__ = ["DenseDetectionCore", "WholeDetector", "traced_part", "is_detector", "deployment_side", "DETECTION_OUTPUTS",
+           "set_detector_input_size"]
 
 # what a torchvision detector returns per image, in the order a whole-detector export outputs them
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "masks", "keypoints", "keypoints_scores")
@@ -106,3 +107,16 @@ class WholeDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         detections = self.detector([x[0]])[0]
         return tuple(detections[name] for name in self.output_names)
+
+
+def set_detector_input_size(detector: nn.Module, size: tuple[int, int]) -> nn.Module:
+    """Make ``detector``'s own transform resize every image to ``size`` = (H, W), the input its MACs
+    were counted at (a plan's ``input_size``), instead of the size it was built for (320 for SSDlite,
+    800-1333 for the R-CNNs): trained and evaluated at the size it is deployed at."""
+    transform = detector.transform
+    height, width = size
+    transform.min_size = (min(height, width),)
+    transform.max_size = max(height, width)
+    if getattr(transform, "fixed_size", None) is not None:  # SSD resizes to exactly this, given as (W, H)
+        transform.fixed_size = (width, height)
+    return detector
