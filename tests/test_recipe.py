@@ -78,7 +78,7 @@ def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
     assert rec.train.compare == ["full"]
     assert rec.prune.budget().kind == "params"
     assert (rec.data.name, rec.prune.method, rec.prune.round_to, rec.train.weight_decay, rec.bench.runs) == \
-        ("fashion-mnist", "scratch", 1, 4e-5, 100)
+        ("fashion-mnist", "uniform", 1, 4e-5, 100)  # uniform: `slimkit prune`'s default for a classifier
     assert read_yaml(dump_recipe(rec)) == rec.to_dict()  # the resolved config round-trips
 
 

@@ -31,7 +31,7 @@ def test_the_cifar10_rethinking_recipe_loads_with_the_papers_settings():
     ("prune: {structure: resnet56-a, method: uniform}", "remove prune.method"),
     ("prune: {flops: 50%, criterion: l1}", "set prune.weights"),
     ("prune: {flops: 50%, method: uniform, weights: a.pt}", "set prune.criterion"),
-    ("prune: {flops: 50%, weights: a.pt, criterion: l1}", "goes with prune.method uniform"),
+    ("prune: {flops: 50%, method: scratch, weights: a.pt, criterion: l1}", "goes with prune.method uniform"),
     ("prune: {structure: resnet56-a, weights: a.pt, criterion: gates}", "set prune.criterion l1"),
     ("prune: {structure: resnet56-a, weights: full, criterion: l1}", "add full to train.compare"),
     ("prune: {flops: 50%}\ntrain: {init_from: a.pt}", "set train.init: inherit"),
