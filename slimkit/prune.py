@@ -62,7 +62,7 @@ from slimkit.structures import get_structure, structure_widths
 from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
-           "DEFAULT_ROUND_TO", "default_method", "model_task"]
+           "DEFAULT_ROUND_TO", "default_method"]
 
 METHODS = ("scratch", "uniform")
 # A classifier's default. The paired-seed structure study (docs/search.md, sections 6-7) found learned
@@ -129,14 +129,7 @@ def default_method(arch: str | nn.Module | Callable[..., nn.Module], *, criterio
         return "uniform" if criterion == "l1" else "scratch"
     if learns_gates:
         return "scratch"
-    return DEFAULT_METHOD if model_task(arch) == "classification" else "scratch"
-
-
-def model_task(arch: str | nn.Module | Callable[..., nn.Module]) -> str:
-    """'classification', 'detection' or 'segmentation' (torchvision's task models; every other model is
-    taken as a classifier)."""
-    spec = registry.resolve(registry.model_source(arch))
-    return registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
+    return DEFAULT_METHOD if registry.model_task(arch) == "classification" else "scratch"
 
 
 def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget | None = None, *,
@@ -234,7 +227,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
                            "channels with the largest filters")
     user_task = _user_task(loss_fn, data, val_data, method, gates)
     spec = registry.resolve(registry.model_source(arch))
-    task = model_task(arch)
+    task = registry.model_task(spec.canonical)
     # dense prediction: the task's own loss on the shapes data, unless the user gives theirs
     dense = task if method == "scratch" and task != "classification" and user_task is None else None
     if dense and gates.data not in (GateOptions.data, DENSE_DATA):

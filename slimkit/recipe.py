@@ -59,7 +59,7 @@ from slimkit.plan import CRITERIA
 from slimkit.prune import DEFAULT_ROUND_TO, METHODS, LatencyOptions, default_method
 from slimkit.search import PRESETS
 from slimkit.structures import get_structure
-from slimkit.train import FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig, check_task_data, model_task
+from slimkit.train import FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig, check_task_data
 from slimkit.validate import Range, check_number, check_type, show
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
@@ -461,7 +461,7 @@ def _validate(r: Recipe, source: str) -> Recipe:
     _check_numbers(r, source)
     r.input_size = _resolve_input_size(r.input_size, source)
     check_data_name(r.data.name, source)
-    task = model_task(r.arch)
+    task = registry.model_task(r.arch)
     try:  # a dense model names its data: the classes it is pruned for come from it
         check_task_data(task, r.data.name, option="data.name")
     except SlimkitError as exc:

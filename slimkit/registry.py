@@ -102,6 +102,13 @@ def torchvision_task(name: str) -> str:
     return "classification"
 
 
+def model_task(arch: str | nn.Module | Callable[..., nn.Module]) -> str:
+    """'classification', 'detection' or 'segmentation' (torchvision's task models; every other model,
+    a user's own included, is taken as a classifier)."""
+    spec = resolve(model_source(arch))
+    return torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
+
+
 @functools.cache
 def _timm_names() -> frozenset[str]:
     return frozenset(timm.list_models())

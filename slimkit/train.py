@@ -63,7 +63,7 @@ from slimkit.task_losses import (IGNORE_INDEX, detection_loss, evaluate_detectio
 from slimkit.validate import check_number
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
-           "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "model_task", "headline_metric",
+           "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
            "check_task_data"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
@@ -266,16 +266,10 @@ def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True
     return total_loss / max(seen, 1), top1 / max(seen, 1), top5 / max(seen, 1)
 
 
-def model_task(arch: str) -> str:
-    """'segmentation' (trained on masks, scored by mIoU), 'detection' (boxes, mAP) or 'classification'."""
-    spec = registry.resolve(arch)
-    return registry.torchvision_task(spec.name) if spec.source == "torchvision" else "classification"
-
-
 def headline_metric(arch: str) -> tuple[str, str]:
     """(metrics.json key, its name) of the number ``arch``'s training is judged by: test top-1 for a
     classifier, mIoU for a segmenter, mAP@[.5:.95] for a detector."""
-    return HEADLINE_METRICS[model_task(arch)]
+    return HEADLINE_METRICS[registry.model_task(arch)]
 
 
 def _data_kind(name: str) -> str:
@@ -426,7 +420,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         if cfg.init == "inherit" and not Path(cfg.init_from).is_file():  # a resumed run holds its weights already
             raise CheckpointError(f"--from: checkpoint not found: {cfg.init_from}")
 
-    task = model_task(plan.arch if plan is not None else str(plan_or_arch))
+    task = registry.model_task(plan.arch if plan is not None else str(plan_or_arch))
     segmentation, detection = task == "segmentation", task == "detection"
     if plan is not None:
         size = tuple(plan.input_size)
