@@ -45,6 +45,7 @@ from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_version  # imports OpenVINO itself only when used
 from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with
 from slimkit.generator import generate
+from slimkit.registry import traced_part
 from slimkit.plots import plot_latency
 
 __all__ = ["timing_enabled", "BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
@@ -156,7 +157,7 @@ def _openvino_runner(c: Candidate, threads: int) -> Callable[[], None]:
 
 def _torch_runner(c: Candidate, backend: str, device: str) -> Callable[[], None]:
     if c.module is None and c.plan:  # built only for PyTorch backends; weights do not change latency
-        c.module = generate(c.plan)
+        c.module = traced_part(generate(c.plan))  # a detector: its dense core, as the ONNX backends time it
     if c.module is None:
         raise LatencyError(f"{c.name}: backend {backend} needs the PyTorch model (give a plan, checkpoint or "
                            "architecture, or an ONNX file exported by slimkit)")

@@ -28,6 +28,7 @@ from slimkit.generator import generate
 from slimkit.graph import ChannelGraph
 from slimkit.latency import Candidate, measure
 from slimkit.plan import ChannelPlan
+from slimkit.registry import traced_part
 
 __all__ = ["layer_latency_per_mac"]
 
@@ -71,7 +72,7 @@ def layer_latency_per_mac(plan: ChannelPlan, graph: ChannelGraph, *, backend: st
     channel graph counts MACs for, measured at ``plan``'s input size on ``backend`` (batch 1);
     plus ``"_layers"``: how many distinct layer configurations were timed."""
     say = say or (lambda _m: None)
-    model = generate(plan)
+    model = traced_part(generate(plan))  # a detector: its dense core at the plan's size, as it is timed
     inputs = _layer_inputs(model, tuple(plan.input_size))
     positions = {fqn: pos for fqn, pos in graph.mac_terms}
     by_config: dict[tuple, tuple[nn.Module, tuple[int, ...], list[str]]] = {}
