@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 import traceback
@@ -34,7 +33,7 @@ from slimkit import registry
 from slimkit.artifacts import calibrate_bn
 from slimkit.flops import count_flops
 from slimkit.generator import channel_graph
-from slimkit.latency import Candidate, measure
+from slimkit.latency import Candidate, cpu_description, measure
 
 MODELS = ["ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "fasterrcnn_mobilenet_v3_large_fpn",
           "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
@@ -198,7 +197,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.only or MODELS:
         row = run_one(name, args.side, args.runs, args.threads)
-        row.update({"machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} torch threads)",
+        row.update({"machine": f"{cpu_description()}, {torch.get_num_threads()} torch threads",
                     "torch": torch.__version__})
         print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
         with args.out.open("a") as f:
