@@ -782,4 +782,4 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
 
 def missing_data(recipe: Recipe) -> str | None:
     """Dry run: why the recipe's data is not on this machine (None when it is)."""
-    return data_missing(recipe.data.name, recipe.data.data_dir)
+    return data_missing(recipe.data.name, recipe.data.data_dir, detection=registry.model_task(recipe.arch) == "detection")

@@ -1,0 +1,109 @@
+"""PASCAL VOC-format folders (`--data voc:PATH`): read by torchvision's VOCSegmentation / VOCDetection,
+masks for segmentation models (255 ignored), boxes for detectors, and a one-line refusal naming what
+is missing from a broken folder."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import slimkit
+from slimkit import data as data_module
+from slimkit.cli import app
+from slimkit.errors import SlimkitError
+from slimkit.prune import LatencyOptions
+from slimkit.recipe import load_recipe, num_classes_of
+from slimkit.shapes import draw_sample
+from slimkit.train import TrainConfig, train
+
+runner = CliRunner()
+SIDE = 64  # the models' input here: small enough for a CPU test
+HEIGHT, WIDTH = 40, 48  # the fake VOC images' own size (VOC's are ~500x375), not the model's
+# The drawn shapes' classes (1 rectangle, 2 ellipse, 3 triangle) stand for these VOC classes.
+AS_VOC = {1: "aeroplane", 2: "bicycle", 3: "bird"}
+
+
+def _palette() -> list[int]:
+    """VOC's colour map (the bit-interleaved one its devkit uses): index k's colour, 256 entries."""
+    colours = []
+    for k in range(256):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours += [r, g, b]
+    return colours
+
+
+def _annotation(name: str, sample) -> str:
+    objects = "".join(
+        f"<object><name>{AS_VOC[label]}</name><difficult>{int(i == 1)}</difficult><bndbox><xmin>{x0 + 1:g}</xmin>"
+        f"<ymin>{y0 + 1:g}</ymin><xmax>{x1:g}</xmax><ymax>{y1:g}</ymax></bndbox></object>"
+        for i, ((x0, y0, x1, y1), label) in enumerate(zip(sample.boxes.tolist(), sample.labels.tolist())))
+    return (f"<annotation><folder>VOC2012</folder><filename>{name}.jpg</filename><size><width>{WIDTH}</width>"
+            f"<height>{HEIGHT}</height><depth>3</depth></size>{objects}</annotation>")
+
+
+def voc_folder(root: Path, images: int = 3) -> Path:
+    """A tiny VOCdevkit/VOC2012 tree: JPEGs, palette PNG masks (first row void), XML boxes and split lists."""
+    folder = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation", "ImageSets/Main"):
+        (folder / sub).mkdir(parents=True)
+    for split, seed in (("train", 7), ("val", 8)):
+        names = [f"2012_{seed}{i:05d}" for i in range(images)]
+        for i, name in enumerate(names):
+            sample = draw_sample(seed, i, (HEIGHT, WIDTH))
+            Image.fromarray(sample.image.permute(1, 2, 0).numpy()).save(folder / "JPEGImages" / f"{name}.jpg",
+                                                                      quality=95)
+            mask = sample.mask.to(torch.uint8)
+            mask[0] = 255
+            png = Image.fromarray(mask.numpy(), mode="P")
+            png.putpalette(_palette())
+            png.save(folder / "SegmentationClass" / f"{name}.png")
+            (folder / "Annotations" / f"{name}.xml").write_text(_annotation(name, sample))
+        for lists in ("Segmentation", "Main"):
+            (folder / "ImageSets" / lists / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    return root
+
+
+@pytest.fixture
+def voc(tmp_path):
+    return voc_folder(tmp_path / "voc")
+
+
+# ------------------------------------------------------------------------------ reading
+def test_a_voc_folder_gives_masks_at_the_model_size_with_void_kept(voc):
+    bundle = data_module.load_data(f"voc:{voc}", data_dir=None, input_size=(3, SIDE, SIDE), val_size=0)
+    assert bundle.num_classes == 21 and len(bundle.train) == 3 and len(bundle.test) == 3 and bundle.val is None
+    assert "VOC2012 masks" in bundle.description
+    images, masks = next(iter(data_module.make_loader(bundle.test, 2, shuffle=False)))
+    assert images.shape == (2, 3, SIDE, SIDE) and images.dtype == torch.float32
+    assert masks.shape == (2, SIDE, SIDE) and masks.dtype == torch.int64
+    assert bool((masks[:, 0] == 255).all())  # the void row survives the resize (nearest, not blended)
+    expected = draw_sample(8, 0, (HEIGHT, WIDTH)).mask
+    labelled = masks[0][masks[0] != 255]
+    assert set(labelled.unique().tolist()) == set(expected[1:].unique().tolist())  # class ids, no blends
+
+
+def test_a_voc_folder_gives_a_detector_its_boxes_and_voc_labels(voc):
+    bundle = data_module.load_data(f"voc:{voc / 'VOCdevkit' / 'VOC2012'}", data_dir=None, input_size=(3, SIDE, SIDE),
+                                   val_size=0, detection=True)  # the VOC2012 folder itself works too
+    assert bundle.num_classes == 21 and "VOC2012 boxes" in bundle.description
+    images, targets = next(iter(data_module.make_loader(bundle.test, 2, shuffle=False, detection=True)))
+    assert images[0].shape == (3, HEIGHT, WIDTH) and float(images[0].max()) <= 1.0
+    expected = draw_sample(8, 0, (HEIGHT, WIDTH))
+    assert torch.equal(targets[0]["boxes"], expected.boxes)  # VOC's 1-based pixels back to pixel edges
+    names = [data_module.VOC_CLASSES[k] for k in targets[0]["labels"].tolist()]
+    assert names == [AS_VOC[k] for k in expected.labels.tolist()]
+    assert targets[0]["iscrowd"].tolist() == [int(i == 1) for i in range(len(names))]  # difficult: ignored in scoring
+    _, train_targets = next(iter(data_module.make_loader(bundle.train, 3, shuffle=False, detection=True)))
+    for i, target in enumerate(train_targets):  # difficult objects are left out of training targets
+        kept = [AS_VOC[k] for j, k in enumerate(draw_sample(7, i, (HEIGHT, WIDTH)).labels.tolist()) if j != 1]
+        assert [data_module.VOC_CLASSES[k] for k in target["labels"].tolist()] == kept
