@@ -1046,14 +1046,14 @@ def _voc(path: str, val_size: int | None, size: InputSize, detection: bool) -> D
     voc = voc_folder(path, detection=detection)
     if detection:
         train, test = VocBoxes(voc, "train", training=True), VocBoxes(voc, "val", training=False)
-        labels, sizing = "boxes", ", each resized by the detector"
+        labels, sizing = "boxes", "), each resized by the detector"
     else:
         train, test = VocMasks(voc, "train", input_size=size), VocMasks(voc, "val", input_size=size)
-        labels, sizing = "masks", f" (255 ignored) → {size[0]}x{size[1]}x{size[2]}"
+        labels, sizing = "masks", f"; 255 ignored) → {size[0]}x{size[1]}x{size[2]}"
     classes = len(VOC_CLASSES)
     return DataBundle(train=train, val=None, test=test, num_classes=classes, name=f"voc:{path}",
                       description=f"VOC{voc.year} {labels} in {voc.folder}: {len(train):,} train / {len(test):,} test "
-                                  f"(val.txt) images, {classes} classes (VOC's 20 and the background){sizing}",
+                                  f"(val.txt) images, {classes} classes (VOC's 20 and the background{sizing}",
                       in_chans_source=3)
 
 

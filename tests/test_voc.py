@@ -107,3 +107,94 @@ def test_a_voc_folder_gives_a_detector_its_boxes_and_voc_labels(voc):
     for i, target in enumerate(train_targets):  # difficult objects are left out of training targets
         kept = [AS_VOC[k] for j, k in enumerate(draw_sample(7, i, (HEIGHT, WIDTH)).labels.tolist()) if j != 1]
         assert [data_module.VOC_CLASSES[k] for k in target["labels"].tolist()] == kept
+
+
+# ------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    """LR-ASPP and SSDlite at half their MACs, 64 px, heads of VOC's 21 classes (uniform widths: seconds)."""
+    folder = tmp_path_factory.mktemp("plans")
+    paths = {}
+    for task, arch in (("segmentation", "lraspp_mobilenet_v3_large"), ("detection", "ssdlite320_mobilenet_v3_large")):
+        plan = slimkit.prune(arch, "50%", method="uniform", input_size=(3, SIDE, SIDE), num_classes=21, round_to=8,
+                             latency=LatencyOptions(check=False))
+        paths[task] = folder / f"{task}.json"
+        slimkit.save_plan(plan, paths[task])
+    return paths
+
+
+def test_the_cli_trains_a_segmenter_on_a_voc_folder_and_prints_its_miou(plans, voc, tmp_path):
+    r = runner.invoke(app, ["train", str(plans["segmentation"]), "--data", f"voc:{voc}", "--epochs", "1",
+                            "--batch-size", "2", "--max-steps-per-epoch", "1", "--workers", "0",
+                            "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "VOC2012 masks" in r.output and "final: test mIoU " in r.output
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    assert 0.0 <= final["test_miou"] <= 1.0 and len(final["test_iou"]) == 21
+    assert 0.0 <= final["train_pixel_accuracy"] <= 1.0 and final["train_loss"] > 0
+
+
+@pytest.mark.slow  # ~10-20 s: SSDlite and COCOeval; the boxes it reads are checked above, the loop by coco's tests
+def test_a_detector_trains_on_a_voc_folder_and_is_scored_by_map(plans, voc, tmp_path):
+    train(plans["detection"], tmp_path / "run", TrainConfig(data=f"voc:{voc}", epochs=1, batch_size=2, workers=0,
+                                                            max_steps_per_epoch=1))
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    assert 0.0 <= final["test_map"] <= final["test_map50"] <= 1.0 and final["train_loss"] > 0
+
+
+def test_a_classifier_on_a_voc_folder_is_one_line(voc, tmp_path):
+    with pytest.raises(SlimkitError, match="holds masks or boxes"):
+        train("resnet20", tmp_path / "run", TrainConfig(data=f"voc:{voc}", epochs=1, workers=0))
+
+
+# ------------------------------------------------------------------------------ broken folders
+def _rgb_mask(folder: Path) -> None:
+    mask = next((folder / "SegmentationClass").glob("2012_7*.png"))
+    Image.open(mask).convert("RGB").save(mask)
+
+
+def _unknown_class(folder: Path) -> None:
+    xml = next((folder / "Annotations").glob("2012_7*.xml"))
+    xml.write_text(xml.read_text().replace("<name>", "<name>x", 1))
+
+
+VOC2012 = Path("VOCdevkit") / "VOC2012"
+DAMAGES = {  # (what breaks the folder, a detector's run?, what the one line says)
+    "no folder": (None, False, "is not a folder: expected PATH/VOCdevkit/VOC2012/"),
+    "no VOC2012": (lambda root: shutil.rmtree(root / "VOCdevkit"), False, "no VOC2007-VOC2012 folder in"),
+    "no images": (lambda root: shutil.rmtree(root / VOC2012 / "JPEGImages"), False, "JPEGImages not found"),
+    "no masks": (lambda root: shutil.rmtree(root / VOC2012 / "SegmentationClass"), False,
+                 "SegmentationClass not found"),
+    "no split list": (lambda root: (root / VOC2012 / "ImageSets" / "Segmentation" / "val.txt").unlink(), False,
+                      "ImageSets/Segmentation/val.txt not found"),
+    "a listed mask missing": (lambda root: next((root / VOC2012 / "SegmentationClass").glob("*.png")).unlink(), False,
+                              ".png not found ("),
+    "an RGB mask": (lambda root: _rgb_mask(root / VOC2012), False, "is a RGB image; masks are palette"),
+    "no annotations": (lambda root: shutil.rmtree(root / VOC2012 / "Annotations"), True, "Annotations not found"),
+    "an unknown class": (lambda root: _unknown_class(root / VOC2012), True, "not one of VOC's 20 classes"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_broken_voc_folder_is_one_line(plans, tmp_path, damage):
+    harm, detector, says = DAMAGES[damage]
+    root = tmp_path / "voc"
+    if harm is not None:
+        harm(voc_folder(root, images=1))
+    r = runner.invoke(app, ["train", str(plans["detection" if detector else "segmentation"]), "--data", f"voc:{root}",
+                            "--epochs", "1", "--batch-size", "1", "--workers", "0", "--out", str(tmp_path / "run")])
+    assert r.exit_code != 0 and says in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------------------ recipes
+TEMPLATE = Path(__file__).resolve().parents[1] / "recipes" / "voc_lraspp_template.yaml"
+
+
+def test_the_voc_template_names_voc_data_and_its_21_classes(voc):
+    recipe = load_recipe(TEMPLATE, [f"data.name=voc:{voc}"])
+    assert num_classes_of(recipe) == 21 and recipe.data.name == f"voc:{voc}"
+    assert data_module.data_missing(recipe.data.name) is None
+    shutil.rmtree(voc / VOC2012 / "SegmentationClass")  # what `slimkit run --dry-run` reports
+    assert "SegmentationClass not found" in data_module.data_missing(recipe.data.name)
+    assert data_module.data_missing(recipe.data.name, detection=True) is None  # a detector reads the boxes
