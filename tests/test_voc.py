@@ -18,7 +18,7 @@ from slimkit.errors import SlimkitError
 from slimkit.prune import LatencyOptions
 from slimkit.recipe import load_recipe, num_classes_of
 from slimkit.shapes import draw_sample
-from slimkit.train import TrainConfig, train
+from slimkit.train import TrainConfig, train, train_one_epoch
 
 runner = CliRunner()
 SIDE = 64  # the models' input here: small enough for a CPU test
@@ -145,6 +145,23 @@ def test_a_detector_trains_on_a_voc_folder_and_is_scored_by_map(plans, voc, tmp_
 def test_a_classifier_on_a_voc_folder_is_one_line(voc, tmp_path):
     with pytest.raises(SlimkitError, match="holds masks or boxes"):
         train("resnet20", tmp_path / "run", TrainConfig(data=f"voc:{voc}", epochs=1, workers=0))
+
+
+def test_void_pixels_are_no_training_samples():
+    """A model right on every labelled pixel has a training pixel accuracy of 1, whatever the void ones."""
+    model = torch.nn.Conv2d(3, 2, 1)
+    with torch.no_grad():  # class 0 everywhere
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([1.0, 0.0]))
+    masks = torch.zeros(2, 8, 8, dtype=torch.int64)
+    masks[:, :2] = 255  # a quarter of the pixels: void
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    cfg = TrainConfig(amp=False, channels_last=False, workers=0)
+    loss, accuracy, images, _ = train_one_epoch(model, [(torch.rand(2, 3, 8, 8), masks)], opt, sched, cfg,
+                                                torch.device("cpu"), segmentation=True)
+    assert accuracy == 1.0 and images == 2 and loss == pytest.approx(float(torch.nn.functional.cross_entropy(
+        torch.tensor([[1.0, 0.0]]), torch.tensor([0]))))
 
 
 # ------------------------------------------------------------------------------ broken folders
