@@ -295,7 +295,8 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
          + ([(lay.onnx_int8, f"int8 ONNX, top-1 checked against fp32: {int8_state}")] if int8 else [])),
         ("bench", [(lay.root / "latency.{json,md,png}", "full vs uniform vs pruned" + (" (fp32 and int8)" if int8 else "")
                     + f", interleaved: {bench_state}")]),
-        ("summary", [(lay.root / "summary.{json,md}", "MACs, params, test top-1, latency per model")]),
+        ("summary", [(lay.root / "summary.{json,md}",
+                      f"MACs, params, {headline_metric(recipe.arch)[1]}, latency per model")]),
     ]
 
 
