@@ -412,12 +412,13 @@ class VocMasks(Dataset[tuple[Tensor, Tensor]]):
     loss and the scores. ``augment`` flips image and mask together, at random."""
 
     def __init__(self, voc: VocFolder, split: str, *, input_size: InputSize, augment: bool = False) -> None:
-        _check_channels(3, input_size[0], "voc")
+        if input_size[0] != 3:
+            raise DataError(f"voc holds RGB images; the model takes {input_size[0]} channels: build it with 3")
         self.voc, self.split, self.input_size, self.augment = voc, split, input_size, augment
         self._set = VOCSegmentation(str(voc.root), year=voc.year, image_set=split, download=False)
         self.num_classes = len(VOC_CLASSES)
-        mean, std = _STATS["imagefolder"]
-        self._mean, self._std = _working_stats(mean, std, 3, input_size[0])
+        mean, std = _STATS["imagefolder"]  # ImageNet's, as torchvision's segmentation models expect
+        self._mean, self._std = torch.tensor(mean).reshape(3, 1, 1), torch.tensor(std).reshape(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self._set)
@@ -441,10 +442,7 @@ class VocMasks(Dataset[tuple[Tensor, Tensor]]):
         labels = resize(labels[None], size, InterpolationMode.NEAREST)[0]
         if self.augment and bool(torch.rand(()) < 0.5):
             x, labels = hflip(x), hflip(labels)
-        x = (x.to(torch.float32).div_(255.0)[None] - self._mean) / self._std
-        chans = self.input_size[0]
-        x = x if x.shape[1] == chans else (x * torch.tensor(_LUMA).reshape(1, 3, 1, 1)).sum(1, keepdim=True)
-        return x[0], labels.to(torch.int64)
+        return (x.to(torch.float32).div_(255.0) - self._mean) / self._std, labels.to(torch.int64)
 
     def with_augment(self, augment: bool) -> VocMasks:
         return self if augment == self.augment else VocMasks(self.voc, self.split, input_size=self.input_size,
