@@ -29,6 +29,11 @@ Names accepted by :func:`load_data` (see :data:`DATASETS`):
   (COCO's own layout; ``instances_train.json`` with ``train/`` works too). torchvision's
   ``CocoDetection`` reads it; labels are the category ids (0 is the background, as torchvision's
   detectors count), so the model has ``max id + 1`` classes.
+* ``voc:PATH`` — a PASCAL VOC-format folder (``PATH/VOCdevkit/VOC2012``, or that folder itself), read by
+  torchvision's ``VOCSegmentation`` (``SegmentationClass`` masks, 255 ignored) for segmentation models
+  and ``VOCDetection`` (``Annotations`` boxes) for detectors (``load_data(..., detection=True)``);
+  ``ImageSets/{Segmentation,Main}/train.txt`` trains, ``val.txt`` is the test split. 21 classes: VOC's
+  20 and the background (0).
 
 Every failure to find or read data raises :class:`DataError` with a one-line message saying what
 is missing and how to fix it, so the CLI can print it as is.
@@ -51,8 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import CocoDetection
-from torchvision.transforms.functional import pil_to_tensor
+from torchvision.datasets import CocoDetection, VOCDetection, VOCSegmentation
+from torchvision.datasets.voc import DATASET_YEAR_DICT as VOC_YEARS
+from torchvision.transforms.functional import InterpolationMode, hflip, pil_to_tensor, resize
 
 from slimkit.errors import SlimkitError
 from slimkit.shapes import NUM_CLASSES as SHAPES_CLASSES
@@ -70,6 +76,12 @@ __all__ = [
     "ImageTensorDataset",
     "CocoBoxes",
     "coco_files",
+    "VOC_CLASSES",
+    "VOC_VOID",
+    "VocFolder",
+    "VocBoxes",
+    "VocMasks",
+    "voc_folder",
     "Loader",
     "load_data",
     "make_loader",
@@ -78,10 +90,15 @@ __all__ = [
 InputSize = tuple[int, int, int]
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic", "shapes",
-                             "coco:PATH")
+                             "coco:PATH", "voc:PATH")
 DEFAULT_DATASET = "fashion-mnist"
 # Classes of the datasets whose size is fixed (an ImageFolder has as many as its class folders).
 NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10, "shapes": SHAPES_CLASSES}
+# PASCAL VOC's classes in its label order: a mask value or a detector's label is the index here.
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+VOC_VOID = 255  # VOC's mask value for object borders and unlabelled pixels: losses and scores ignore it
 # The shapes stream's splits: enough images for a gate search or a quick epoch; each is drawn when read.
 SHAPES_SPLITS = {"train": 2000, "val": 200, "test": 200}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -378,7 +395,114 @@ class CocoBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
         return self
 
 
-AnyDataset = ImageTensorDataset | ImageFolderDataset | ShapesDataset | CocoBoxes
+@dataclass(frozen=True)
+class VocFolder:
+    """A VOC-format folder as torchvision's VOC datasets take it: ``root`` holds ``VOCdevkit/VOC<year>``
+    (``folder``)."""
+
+    root: Path
+    year: str
+    folder: Path
+
+
+class VocMasks(Dataset[tuple[Tensor, Tensor]]):
+    """A VOC segmentation split (torchvision's ``VOCSegmentation``): the image resized to ``input_size``
+    (bilinear) and normalized with ImageNet's mean/std, its class mask resized alike (nearest: class ids
+    must not blend). Mask values are VOC's class indices; 255 (object borders, "void") is ignored by the
+    loss and the scores. ``augment`` flips image and mask together, at random."""
+
+    def __init__(self, voc: VocFolder, split: str, *, input_size: InputSize, augment: bool = False) -> None:
+        if input_size[0] != 3:
+            raise DataError(f"voc holds RGB images; the model takes {input_size[0]} channels: build it with 3")
+        self.voc, self.split, self.input_size, self.augment = voc, split, input_size, augment
+        self._set = VOCSegmentation(str(voc.root), year=voc.year, image_set=split, download=False)
+        self.num_classes = len(VOC_CLASSES)
+        mean, std = _STATS["imagefolder"]  # ImageNet's, as torchvision's segmentation models expect
+        self._mean, self._std = torch.tensor(mean).reshape(3, 1, 1), torch.tensor(std).reshape(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image_file, mask_file = self._set.images[index], self._set.masks[index]
+        try:
+            image, mask = self._set[index]
+        except Exception as exc:  # noqa: BLE001 - a missing file, PIL's OSError, SyntaxError, ...
+            raise DataError(f"voc: cannot read {image_file} or {mask_file} ({type(exc).__name__}): restore them or "
+                            f"remove the image from ImageSets/Segmentation/{self.split}.txt") from None
+        if mask.mode not in ("P", "L"):  # an RGB rendering of the palette holds colours, not class ids
+            raise DataError(f"voc: {mask_file} is a {mask.mode} image; masks are palette (or grayscale) PNGs of class "
+                            "indices, 255 for void, as VOC's SegmentationClass ships them")
+        labels = torch.from_numpy(np.array(mask, dtype=np.uint8))
+        if bool(((labels >= self.num_classes) & (labels != VOC_VOID)).any()):
+            raise DataError(f"voc: {mask_file} holds class {int(labels[labels != VOC_VOID].max())}; VOC masks hold "
+                            f"0-{self.num_classes - 1} (the background and VOC's 20 classes) and 255 for void")
+        size = [self.input_size[1], self.input_size[2]]
+        x = resize(pil_to_tensor(image.convert("RGB")), size, InterpolationMode.BILINEAR, antialias=True)
+        labels = resize(labels[None], size, InterpolationMode.NEAREST)[0]
+        if self.augment and bool(torch.rand(()) < 0.5):
+            x, labels = hflip(x), hflip(labels)
+        return (x.to(torch.float32).div_(255.0) - self._mean) / self._std, labels.to(torch.int64)
+
+    def with_augment(self, augment: bool) -> VocMasks:
+        return self if augment == self.augment else VocMasks(self.voc, self.split, input_size=self.input_size,
+                                                              augment=augment)
+
+
+class VocBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
+    """A VOC detection split (torchvision's ``VOCDetection``), as torchvision's detectors take it: a [0, 1]
+    float image at its own size and a target of xyxy ``boxes`` (VOC's 1-based pixel indices turned into
+    pixel edges), ``labels`` (indices into :data:`VOC_CLASSES`) and ``iscrowd`` (VOC's "difficult" flag).
+    Difficult objects are left out of training targets; evaluation keeps them as crowd regions, which
+    COCOeval ignores, as VOC's own evaluation ignores difficult objects."""
+
+    def __init__(self, voc: VocFolder, split: str, *, training: bool) -> None:
+        self.voc, self.split, self.training = voc, split, training
+        self._set = VOCDetection(str(voc.root), year=voc.year, image_set=split, download=False)
+        self.num_classes = len(VOC_CLASSES)
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        image_file, annotation_file = self._set.images[index], self._set.annotations[index]
+        try:
+            image, parsed = self._set[index]
+        except Exception as exc:  # noqa: BLE001 - a missing file, PIL's OSError, an XML ParseError, ...
+            raise DataError(f"voc: cannot read {image_file} or {annotation_file} ({type(exc).__name__}): restore them "
+                            f"or remove the image from ImageSets/Main/{self.split}.txt") from None
+        boxes, labels, difficult = [], [], []
+        for obj in parsed.get("annotation", {}).get("object", []):
+            name = str(obj.get("name", "")).strip()
+            if name not in VOC_CLASSES[1:]:
+                raise DataError(f"voc: {annotation_file} names an object {name!r}, not one of VOC's 20 classes "
+                                f"({', '.join(VOC_CLASSES[1:])}): fix its <name>")
+            try:
+                box = obj["bndbox"]
+                x0, y0 = float(box["xmin"]) - 1.0, float(box["ymin"]) - 1.0
+                x1, y1 = float(box["xmax"]), float(box["ymax"])
+                hard = int(obj.get("difficult") or 0)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"voc: {annotation_file}: an object {name!r} has no readable <bndbox> "
+                                f"({type(exc).__name__}: {exc}): give it xmin, ymin, xmax, ymax") from None
+            if x1 <= x0 or y1 <= y0 or (self.training and hard):
+                continue
+            boxes.append([x0, y0, x1, y1])
+            labels.append(VOC_CLASSES.index(name))
+            difficult.append(hard)
+        target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                  "labels": torch.tensor(labels, dtype=torch.int64),
+                  "iscrowd": torch.tensor(difficult, dtype=torch.int64)}
+        return pil_to_tensor(image.convert("RGB")).to(torch.float32).div_(255.0), target
+
+    collate = staticmethod(CocoBoxes.collate)
+
+    def with_augment(self, augment: bool) -> VocBoxes:  # noqa: ARG002 - boxes would have to follow a crop
+        return self
+
+
+BOX_DATASETS = (CocoBoxes, VocBoxes)
+AnyDataset = ImageTensorDataset | ImageFolderDataset | ShapesDataset | CocoBoxes | VocMasks | VocBoxes
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,7 +608,7 @@ class FolderLoader(_SeededLoader):
 
     def __init__(
         self,
-        dataset: ImageFolderDataset | CocoBoxes,
+        dataset: ImageFolderDataset | CocoBoxes | VocMasks | VocBoxes,
         batch_size: int,
         *,
         shuffle: bool,
@@ -538,16 +662,16 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if detection != isinstance(dataset, CocoBoxes) and not isinstance(dataset, ShapesDataset):
-        raise DataError(f"{type(dataset).__name__} " + ("holds no boxes: detectors train on shapes or coco:PATH"
-                                                         if detection else "holds boxes: for detectors"))
+    if detection != isinstance(dataset, BOX_DATASETS) and not isinstance(dataset, ShapesDataset):
+        raise DataError(f"{type(dataset).__name__} " + ("holds no boxes: detectors train on shapes, coco:PATH or "
+                                                         "voc:PATH" if detection else "holds boxes: for detectors"))
     if isinstance(dataset, ImageTensorDataset):
         return TensorLoader(
             dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, augment=augment
         )
     if isinstance(dataset, ShapesDataset):
         return ShapesLoader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, detection=detection)
-    if isinstance(dataset, (ImageFolderDataset, CocoBoxes)):
+    if isinstance(dataset, (ImageFolderDataset, CocoBoxes, VocMasks, VocBoxes)):
         return FolderLoader(
             dataset,
             batch_size,
@@ -855,6 +979,82 @@ def _coco(path: str, val_size: int | None) -> DataBundle:
                       in_chans_source=3)
 
 
+# What each task reads from a VOC folder: (labels folder, ImageSets subfolder, label file suffix).
+_VOC_PARTS = {"masks": ("SegmentationClass", "Segmentation", ".png"), "boxes": ("Annotations", "Main", ".xml")}
+_VOC_LAYOUT = ("expected PATH/VOCdevkit/VOC2012/ (or PATH = that VOC2012 folder) with JPEGImages/, and "
+               "SegmentationClass/ + ImageSets/Segmentation/{train,val}.txt for segmentation or Annotations/ + "
+               "ImageSets/Main/{train,val}.txt for detection")
+
+
+def _voc_year_folder(given: Path) -> Path | None:
+    """The VOC<year> folder ``given`` is or holds (directly or in VOCdevkit/), the newest year first."""
+    years = sorted({key[:4] for key in VOC_YEARS}, reverse=True)
+    if given.name.startswith("VOC") and given.name[3:] in years:
+        return given
+    for parent in (given / "VOCdevkit", given, given / "TrainVal" / "VOCdevkit"):
+        for year in years:
+            if (parent / f"VOC{year}").is_dir():
+                return parent / f"VOC{year}"
+    return None
+
+
+def voc_folder(path: str, *, detection: bool) -> VocFolder:
+    """The VOC folder at ``path`` with what a segmentation model (masks) or a detector (boxes) reads in
+    it, or a DataError naming the first thing missing and the layout expected. Every image and label
+    file the train and val lists name is looked for here, so a missing one stops the run before it
+    starts, not an epoch in."""
+    if not path:
+        raise DataError(f"voc needs a path: use voc:PATH; {_VOC_LAYOUT}")
+    given = Path(path).expanduser()
+    if not given.is_dir():
+        raise DataError(f"voc: {given} is not a folder: {_VOC_LAYOUT}")
+    folder = _voc_year_folder(given)
+    if folder is None:
+        raise DataError(f"voc: no VOC2007-VOC2012 folder in {given} or {given / 'VOCdevkit'}: {_VOC_LAYOUT}")
+    year = folder.name[3:]
+    base = Path(VOC_YEARS[year]["base_dir"])  # where torchvision looks under its root
+    if folder.parts[-len(base.parts):] != base.parts:
+        raise DataError(f"voc: {folder} must sit in a folder named {base.parent} (torchvision reads ROOT/{base}): "
+                        f"move it there and pass voc:ROOT; {_VOC_LAYOUT}")
+    labels_dir, lists_dir, suffix = _VOC_PARTS["boxes" if detection else "masks"]
+    for needed in ("JPEGImages", labels_dir):
+        if not (folder / needed).is_dir():
+            raise DataError(f"voc: {folder / needed} not found: {_VOC_LAYOUT}")
+    for split in ("train", "val"):
+        listing = folder / "ImageSets" / lists_dir / f"{split}.txt"
+        if not listing.is_file():
+            raise DataError(f"voc: {listing} not found (the image names of the {split} split, one a line): "
+                            f"{_VOC_LAYOUT}")
+        names = listing.read_text().split()
+        if not names:
+            raise DataError(f"voc: {listing} lists no images: add the image names (without .jpg), one a line")
+        for name in names:
+            for needed in (folder / "JPEGImages" / f"{name}.jpg", folder / labels_dir / f"{name}{suffix}"):
+                if not needed.is_file():
+                    raise DataError(f"voc: {needed} not found ({listing} lists {name}): add it, or remove {name} "
+                                    "from that list")
+    return VocFolder(root=Path(*folder.parts[:-len(base.parts)]), year=year, folder=folder)
+
+
+def _voc(path: str, val_size: int | None, size: InputSize, detection: bool) -> DataBundle:
+    """A VOC-format folder: the train list to train on, the val list as the test split (VOC's test labels
+    are not public); no validation split is carved."""
+    if val_size:
+        raise DataError(f"voc:PATH holds no validation split to carve (val_size {val_size}): pass --val-size 0")
+    voc = voc_folder(path, detection=detection)
+    if detection:
+        train, test = VocBoxes(voc, "train", training=True), VocBoxes(voc, "val", training=False)
+        labels, sizing = "boxes", "), each resized by the detector"
+    else:
+        train, test = VocMasks(voc, "train", input_size=size), VocMasks(voc, "val", input_size=size)
+        labels, sizing = "masks", f"; 255 ignored) → {size[0]}x{size[1]}x{size[2]}"
+    classes = len(VOC_CLASSES)
+    return DataBundle(train=train, val=None, test=test, num_classes=classes, name=f"voc:{path}",
+                      description=f"VOC{voc.year} {labels} in {voc.folder}: {len(train):,} train / {len(test):,} test "
+                                  f"(val.txt) images, {classes} classes (VOC's 20 and the background{sizing}",
+                      in_chans_source=3)
+
+
 def _split_indices(
     labels: Tensor,
     val_size: int,
@@ -889,8 +1089,9 @@ def _split_indices(
     return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
 
 
-def data_missing(name: str, data_dir: str | None = None) -> str | None:
-    """Why ``name`` cannot be loaded here, without reading it (for ``slimkit run --dry-run``), or None.
+def data_missing(name: str, data_dir: str | None = None, *, detection: bool = False) -> str | None:
+    """Why ``name`` cannot be loaded here, without reading it (for ``slimkit run --dry-run``), or None
+    (``detection``: what a detector reads, where the data holds boxes and masks apart).
 
     A cheap look at the paths each loader reads; the loaders themselves give the full error."""
     if name in ("synthetic", "shapes"):
@@ -914,6 +1115,11 @@ def data_missing(name: str, data_dir: str | None = None) -> str | None:
             coco_files(name.removeprefix("coco:"))
         except DataError as exc:
             return str(exc)
+    if name.startswith("voc:"):
+        try:
+            voc_folder(name.removeprefix("voc:"), detection=detection)
+        except DataError as exc:
+            return str(exc)
     return None  # an unknown name is the loader's (and the recipe check's) to report
 
 
@@ -932,18 +1138,22 @@ def load_data(
     seed: int = 0,
     synthetic_size: int = 512,
     num_classes_hint: int | None = None,
+    detection: bool = False,
 ) -> DataBundle:
     """Load dataset ``name`` (one of :data:`DATASETS`) for a model taking ``input_size`` images.
 
     ``val_size`` images are held out of the training set (default: 5,000 for Fashion-MNIST and
     CIFAR, 50 per class for ImageFolder, 1/8 for synthetic; 0 for none), chosen by ``seed``.
     ``synthetic_size`` and ``num_classes_hint`` (default 10) only shape the synthetic dataset.
+    ``detection`` reads a ``voc:`` folder's boxes instead of its masks.
     """
     size = _check_input_size(input_size)
     if name == "shapes":
         return _shapes(size, seed, val_size)
     if name.startswith("coco:"):
         return _coco(name.removeprefix("coco:"), val_size)
+    if name.startswith("voc:"):
+        return _voc(name.removeprefix("voc:"), val_size, size, detection)
     if name == "fashion-mnist":
         source = _fashion_mnist(data_dir, size)
     elif name in ("cifar10", "cifar100"):

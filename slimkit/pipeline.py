@@ -295,7 +295,8 @@ def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, 
          + ([(lay.onnx_int8, f"int8 ONNX, top-1 checked against fp32: {int8_state}")] if int8 else [])),
         ("bench", [(lay.root / "latency.{json,md,png}", "full vs uniform vs pruned" + (" (fp32 and int8)" if int8 else "")
                     + f", interleaved: {bench_state}")]),
-        ("summary", [(lay.root / "summary.{json,md}", "MACs, params, test top-1, latency per model")]),
+        ("summary", [(lay.root / "summary.{json,md}",
+                      f"MACs, params, {headline_metric(recipe.arch)[1]}, latency per model")]),
     ]
 
 
@@ -782,4 +783,4 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
 
 def missing_data(recipe: Recipe) -> str | None:
     """Dry run: why the recipe's data is not on this machine (None when it is)."""
-    return data_missing(recipe.data.name, recipe.data.data_dir)
+    return data_missing(recipe.data.name, recipe.data.data_dir, detection=registry.model_task(recipe.arch) == "detection")

@@ -49,7 +49,7 @@ import yaml
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.budget import Budget, parse_budget
-from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES, coco_files
+from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES, VOC_CLASSES, coco_files
 from slimkit.errors import SlimkitError
 from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings
 from slimkit.exporters.onnx import EXPORTERS
@@ -69,7 +69,7 @@ __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSecti
 COMPARE = ("full", "uniform", "scratch-e", "scratch-b")  # extra trainings train.compare may list
 BUDGET_KEYS = ("flops", "params", "latency", "structure")  # a structure fixes the widths instead of a budget
 RUN_FULL = "full"  # prune.weights / train.init_from: the run's own trained full model (train-full/)
-PATH_DATA = ("imagefolder:", "coco:")  # data named by a folder: imagefolder:PATH, coco:PATH
+PATH_DATA = ("imagefolder:", "coco:", "voc:")  # data named by a folder: imagefolder:PATH, coco:PATH, voc:PATH
 DATA_NAMES = tuple(d for d in DATASETS if not d.startswith(PATH_DATA))  # + the PATH_DATA ones
 _T = TrainConfig()  # defaults are the library's: read from where they live, never restated
 
@@ -444,8 +444,8 @@ def _resolve_input_size(value: int | list[int] | None, source: str) -> list[int]
 
 def check_data_name(name: str, source: str = "recipe") -> None:
     ok = name in DATA_NAMES or any(name.startswith(p) and len(name) > len(p) for p in PATH_DATA)
-    _check(ok, source, f"unknown data.name {_show(name)}: choose one of {', '.join(DATA_NAMES)}, imagefolder:PATH "
-                       "or coco:PATH")
+    _check(ok, source, f"unknown data.name {_show(name)}: choose one of {', '.join(DATA_NAMES)}, imagefolder:PATH, "
+                       "coco:PATH or voc:PATH")
 
 
 def _validate(r: Recipe, source: str) -> Recipe:
@@ -699,6 +699,8 @@ def num_classes_of(recipe: Recipe) -> int:
     name = recipe.data.name
     if name in NUM_CLASSES:
         return NUM_CLASSES[name]
+    if name.startswith("voc:"):  # VOC's 20 classes and the background, for masks and boxes alike
+        return len(VOC_CLASSES)
     if name.startswith("coco:"):  # torchvision's count: the largest category id + 1 (0 is the background)
         try:
             annotations = coco_files(name.removeprefix("coco:"))["val"][1]

@@ -29,6 +29,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
+from slimkit.data import VOC_VOID
 from slimkit.errors import SlimkitError
 from slimkit.runtime import all_reduce_sum, autocast, place_batch
 
@@ -39,7 +40,7 @@ __all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "LossFn", "detection_loss", "segmentati
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 AUX_WEIGHT = 0.5  # torchvision's references/segmentation/train.py
-IGNORE_INDEX = 255  # VOC's "void" pixels: object borders and unlabelled regions
+IGNORE_INDEX = VOC_VOID  # VOC's "void" pixels: object borders and unlabelled regions
 
 
 def segmentation_output_loss(out: Any, masks: Tensor) -> Tensor:

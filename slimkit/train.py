@@ -75,7 +75,7 @@ FINETUNE_LR = 0.001  # Rethinking's official fine-tuning LR (CIFAR and ImageNet)
 FINETUNE_EPOCHS = 40  # ... and its CIFAR epochs (a quarter of the parent's 160; 20 on ImageNet)
 INITS = ("scratch", "inherit")  # fresh weights from G, or the kept channels of a trained full model
 # What a segmentation or detection model trains on (the first: its default), and what those sets hold.
-TASK_DATA = {"segmentation": ("shapes",), "detection": ("shapes", "coco:PATH")}
+TASK_DATA = {"segmentation": ("shapes", "voc:PATH"), "detection": ("shapes", "coco:PATH", "voc:PATH")}
 _TASK_LABELS = {"segmentation": "masks", "detection": "boxes"}
 # The one number each task's results are compared by: (metrics.json key of the final epoch, its name).
 HEADLINE_METRICS = {"classification": ("test_top1", "test top-1"), "segmentation": ("test_miou", "test mIoU"),
@@ -211,7 +211,7 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
             samples = len(x)
         else:
             x, y = place_batch(x, device, cfg.channels_last), y.to(device, non_blocking=True)
-            samples = y.numel()
+            samples = int((y != IGNORE_INDEX).sum()) if segmentation else y.numel()  # void pixels are no samples
         opt.zero_grad(set_to_none=True)
         chunks = _micro_batches(x, y, accum)
         for i, (xm, ym) in enumerate(chunks):
@@ -228,11 +228,15 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
                 loss = segmentation_output_loss(logits, ym)
                 counted = ym != IGNORE_INDEX
                 hits = int(((logits["out"] if isinstance(logits, dict) else logits).argmax(1) == ym)[counted].sum())
+                part = int(counted.sum())
+                if part == 0:  # a micro-batch of void pixels only: its mean loss is 0/0, and it teaches nothing
+                    continue
             else:
                 loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
                 hits = int((logits.argmax(1) == ym).sum())
-            (loss * (ym.numel() / y.numel())).backward()  # the mean over the whole local batch
-            total_loss += loss.item() * ym.numel()
+                part = ym.numel()
+            (loss * (part / samples)).backward()  # the mean over the whole local batch
+            total_loss += loss.item() * part
             correct += hits
         opt.step()
         sched.step()
@@ -429,7 +433,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     if cfg.data is None:
         cfg = replace(cfg, data=TASK_DATA[task][0] if task in TASK_DATA else DEFAULT_DATASET)
     check_task_data(task, cfg.data)
-    data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed)
+    data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed, detection=detection)
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     if plan.num_classes not in (None, data.num_classes):

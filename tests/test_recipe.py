@@ -11,6 +11,7 @@ from slimkit.cli import app
 from slimkit.pipeline import train_state
 from slimkit.errors import SlimkitError
 from slimkit.recipe import dump_recipe, load_recipe, read_yaml
+from slimkit.train import headline_metric
 
 runner = CliRunner()
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
@@ -57,7 +58,9 @@ def test_every_recipe_dry_runs(path, tmp_path):
     assert r.exit_code == 0, r.output
     assert "plan.json" in r.output and "model.onnx" in r.output
     assert "reachable: the full model has" in r.output or "latency" in path.read_text()
-    assert ("data not available here" in r.output) is path.stem.startswith(("imagenet", "cifar", "coco"))  # placeholders
+    assert ("data not available here" in r.output) is path.stem.startswith(("imagenet", "cifar", "coco", "voc"))  # placeholders
+    stages = " ".join(r.output.replace("│", " ").split())  # the stage table's cells, unwrapped
+    assert f"{headline_metric(load_recipe(path).arch)[1]}, latency per model" in stages  # what the summary compares
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
