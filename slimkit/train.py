@@ -408,6 +408,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             extend_to = None
         plan = ckpt["plan"]
         _check_resumed_model(plan_or_arch, plan, out)
+        if main:  # the run's other files are rewritten too: a user's file put in their place is not replaced
+            check_outputs([o for o in run_outputs(out, plan) if o.path != ckpt_path], force=force)
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
     elif ckpt_path.exists():

@@ -166,6 +166,17 @@ def test_train_refuses_a_folder_of_someone_elses_files(tmp_path, plan_file, plan
     assert r.metrics and (folder / "checkpoint.pt").is_file()
 
 
+def test_train_resume_never_replaces_a_users_file_among_the_run_files(tmp_path, plan_file):
+    out = tmp_path / "run"
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, workers=0)
+    train(plan_file, out, cfg)
+    (out / "curves.png").write_bytes(b"my own figure")  # the user's file, where the run draws its curves
+    before = snapshot(out)
+    assert_refused(run("train", plan_file, "--out", out, "--resume", "--epochs", 2, "--data", "synthetic",
+                       "--max-steps-per-epoch", 1, "--batch-size", 16, "--workers", 0), "curves.png exists", "--force")
+    assert snapshot(out) == before
+
+
 def test_run_refuses_a_folder_that_is_not_a_run_folder(tmp_path, plan_file):
     recipe = ROOT / "recipes" / "fmnist_resnet20_50.yaml"
     foreign = tmp_path / "foreign"
