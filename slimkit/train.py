@@ -52,7 +52,8 @@ from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, pl
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
-from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with
+from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with,
+                           same_path)
 from slimkit.generator import choose_channels, full_plan, generate, verified_plan
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
@@ -537,8 +538,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
 
     def write_run_files() -> None:  # with the first checkpoint: a run that fails before it leaves no folder
         plan_path = out / "plan.json"
-        if not (plan_path.is_file() and plan_path.read_text() == plan.to_json()):  # it may be the source itself
-            atomic_write_text(plan_path, plan.to_json())
+        source = plan_or_arch if isinstance(plan_or_arch, (str, os.PathLike)) else None
+        is_source = source is not None and plan_path.is_file() and same_path(plan_path, source)
+        if not is_source and not (plan_path.is_file() and plan_path.read_text() == plan.to_json()):
+            atomic_write_text(plan_path, plan.to_json())  # the plan trained from stays as the user wrote it
         atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs,
                                                            "world_size": world}, indent=2))
 

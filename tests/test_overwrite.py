@@ -177,6 +177,16 @@ def test_train_resume_never_replaces_a_users_file_among_the_run_files(tmp_path, 
     assert snapshot(out) == before
 
 
+def test_the_plan_trained_from_stays_byte_identical_in_the_run_folder(tmp_path, plan):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    source = folder / "plan.json"
+    source.write_text(json.dumps(json.loads(plan.to_json())))  # the same plan, written by the user's own script
+    before = source.read_bytes()
+    train(source, folder, TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, workers=0))
+    assert (folder / "checkpoint.pt").is_file() and source.read_bytes() == before
+
+
 def test_run_refuses_a_folder_that_is_not_a_run_folder(tmp_path, plan_file):
     recipe = ROOT / "recipes" / "fmnist_resnet20_50.yaml"
     foreign = tmp_path / "foreign"
