@@ -437,15 +437,20 @@ def _prune_inputs(recipe: Recipe, lay: Layout) -> list[Path]:
 
 
 def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
-    """A training folder holds a run of ``plan`` (its plan.json, else its checkpoint's plan)."""
+    """A training folder holds a run of ``plan``: its plan.json and its checkpoint's plan, each that is
+    there (the checkpoint is what the export stage exports, so a checkpoint put there from another run
+    is refused even beside the right plan.json)."""
+    held = []
     try:
-        held = load_plan(folder / "plan.json") if (folder / "plan.json").is_file() else \
-            load_checkpoint(folder / "checkpoint.pt")["plan"]
+        if (folder / "plan.json").is_file():
+            held.append(load_plan(folder / "plan.json"))
+        if (folder / "checkpoint.pt").is_file():
+            held.append(load_checkpoint(folder / "checkpoint.pt")["plan"])
     except SlimkitError:
-        held = None
+        held.append(None)
     key = lambda p: (p.arch, p.arch_kwargs, list(p.input_size), p.widths)  # noqa: E731
     # channels kept from a parent are part of the plan (a widths-only plan may gain them in training)
-    if held is None or key(held) != key(plan) or (plan.has_keep and held.keep != plan.keep):
+    if not held or any(h is None or key(h) != key(plan) or (plan.has_keep and h.keep != plan.keep) for h in held):
         raise SlimkitError(f"{folder} was trained from another plan than this run's (the plan changed after it "
                            f"was trained): its model does not belong with this run's plan; move {folder} away to "
                            "train again, or run the recipe into a new --out")

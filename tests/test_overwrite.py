@@ -21,6 +21,7 @@ from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import (MARKDOWN_MARK, NAME_MAX, Output, OutputError, atomic_write, atomic_write_text,
                            check_outputs, has_mark, scratch_path)
+from slimkit.checkpoint import write_checkpoint
 from slimkit.generator import channel_graph, check_memory, verified_plan
 from slimkit.pipeline import Layout, RunHooks, StageRecord, _check_trained_plan, _prune_stage
 from slimkit.plan import save_plan
@@ -233,6 +234,13 @@ def test_a_replaced_plan_is_refused_not_mixed_into_the_run(tmp_path, plan):
     _check_trained_plan(lay.train, plan)
     with pytest.raises(SlimkitError, match="trained from another plan"):
         _check_trained_plan(lay.train, other)
+    # the checkpoint is what the export stage exports: one from another run, beside the right plan.json,
+    # is refused too (it was exported and timed as the run's model, beside this plan's MACs)
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={}, epoch=1, metrics=[])
+    _check_trained_plan(lay.train, plan)
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=other, config={}, epoch=1, metrics=[])
+    with pytest.raises(SlimkitError, match="trained from another plan"):
+        _check_trained_plan(lay.train, plan)
 
 
 def test_stage_record_sees_changed_inputs_that_mtimes_miss(tmp_path, plan):
