@@ -619,11 +619,13 @@ def _bench_done(recipe: Recipe, lay: Layout, record: StageRecord) -> bool:
 
 # ---------------------------------------------------------------------------- summary
 def _final_metrics(folder: Path) -> dict[str, Any] | None:
-    path = folder / "metrics.json"
+    """The last epoch's metrics as training computed them: from the checkpoint (the model they belong to,
+    checked against the run's plan by the train stage), not from metrics.json, a copy anyone can edit."""
+    path = folder / "checkpoint.pt"
     if not path.is_file():
         return None
-    m = json.loads(path.read_text())
-    return m.get("final")
+    metrics = load_checkpoint(path)["metrics"]
+    return metrics[-1] if metrics else None
 
 
 def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) -> dict[str, Any]:

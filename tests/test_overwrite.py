@@ -23,7 +23,8 @@ from slimkit.files import (MARKDOWN_MARK, NAME_MAX, Output, OutputError, atomic_
                            check_outputs, has_mark, scratch_path)
 from slimkit.checkpoint import write_checkpoint
 from slimkit.generator import channel_graph, check_memory, verified_plan
-from slimkit.pipeline import Layout, RunHooks, StageRecord, _check_trained_plan, _prune_stage
+from slimkit.pipeline import (Layout, RunHooks, StageRecord, _check_trained_plan, _prune_stage, build_summary,
+                              summary_markdown)
 from slimkit.plan import save_plan
 from slimkit.recipe import parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
@@ -255,6 +256,17 @@ def test_stage_record_sees_changed_inputs_that_mtimes_miss(tmp_path, plan):
     ckpt.write_bytes(b"weights 2")  # retrained, and its time set back (a copy with -p, a clock)
     os.utime(ckpt, ns=(stamp - 10**9, stamp - 10**9))
     assert not StageRecord(lay).current("export", [ckpt], [onnx_file])
+
+
+def test_the_summary_reads_metrics_from_the_checkpoint_not_an_edited_metrics_json(tmp_path, plan):
+    recipe, lay = _run_folder(tmp_path, plan)
+    final = {"epoch": 1, "test_top1": 0.5, "test_top5": 0.9}
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={}, epoch=1, metrics=[final])
+    (lay.train / "metrics.json").write_text(json.dumps({"epochs": 1, "final": {"epoch": [1], "test_top1": "abc"},
+                                                         "history": [{}]}))
+    summary = build_summary(recipe, lay, {"pruned": plan, "uniform": plan, "full": plan.unpruned()})
+    assert (summary["models"][0]["test_top1"], summary["models"][0]["epochs"]) == (0.5, 1)
+    assert "50.00%" in summary_markdown(summary)
 
 
 # ---------------------------------------------------------------------------- class 3: counts are recomputed
