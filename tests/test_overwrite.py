@@ -124,6 +124,19 @@ def test_prune_never_replaces_a_file_it_did_not_write(tmp_path):
     assert r.exit_code == 0 and has_mark(tmp_path / "important.png"), r.output
 
 
+def test_prune_never_writes_over_the_model_factory_it_reads_even_with_force(tmp_path, monkeypatch):
+    source = tmp_path / "nets.py"
+    source.write_text("import torch\n\ndef build(num_classes=10):\n    return torch.nn.Sequential(torch.nn.Conv2d("
+                      "3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), "
+                      "torch.nn.Linear(8, num_classes))\n")
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for arch in (f"{source}:build", "python:nets:build"):  # the file form, and a module in the current folder
+        assert_refused(run("prune", arch, "--flops", "50%", "--method", "uniform", "--input-size", 32, "--out", source,
+                           "--force"), "is also an input")
+    assert snapshot(tmp_path) == before
+
+
 def test_empty_out_is_refused_by_every_command(tmp_path, plan_file):
     for args in (["prune", "resnet20", "--flops", "50%"], ["train", plan_file], ["export", plan_file],
                  ["bench", plan_file], ["run", ROOT / "recipes" / "fmnist_resnet20_50.yaml"]):
