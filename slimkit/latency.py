@@ -41,12 +41,14 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from slimkit import validate as limits
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_version  # imports OpenVINO itself only when used
 from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with
 from slimkit.generator import generate
 from slimkit.registry import traced_part
 from slimkit.plots import plot_latency
+from slimkit.validate import check_number
 
 __all__ = ["timing_enabled", "BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
            "physical_cores", "measure", "paired_ratio", "paired_difference", "postprocessing_text", "check_regression", "GateResult", "REPORT_FORMAT",
@@ -506,6 +508,8 @@ def read_baseline(path: Path) -> dict[str, Any]:
         raise LatencyError(f"{path} is not a slimkit latency baseline; {redo}") from None
     if data.get("format") != REPORT_FORMAT:
         raise LatencyError(f"{path} has format {data.get('format')!r}, not {REPORT_FORMAT!r}; {redo}")
+    for key in ("threads", "batch"):  # what the check re-measures with: the CLI's own ranges, no bool
+        check_number(f"{path}: '{key}'", data[key], limits.SMALL_COUNT, LatencyError, fix=redo)
     if not (math.isfinite(ratio) and ratio > 0 and all(math.isfinite(x) and x > 0 for x in ci)):
         raise LatencyError(f"{path} holds an impossible latency ratio ({ratio!r}); {redo}")
     if len(shape) < 2 or min(shape) < 1 or threads < 1 or batch < 1 or backend not in BACKENDS:
