@@ -7,7 +7,10 @@ every command, the recipe test every numeric key.
 
 import errno
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -530,6 +533,16 @@ def test_progress_lines_are_rate_limited():
         for _ in range(99):
             progress.advance(task)
     assert "epoch 1" not in buf.getvalue()  # nothing before the hour is up or the task ends
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "-1", "inf"])
+def test_a_bad_progress_interval_in_the_environment_is_one_line(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("SLIMKIT_PROGRESS_SECONDS", value)
+    r = subprocess.run([sys.executable, "-m", "slimkit", "prune", "resnet20", "--flops", "50%", "--method", "uniform",
+                        "--out", str(tmp_path / "p.json")], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert "SLIMKIT_PROGRESS_SECONDS" in r.stdout + r.stderr and not (tmp_path / "p.json").exists()
 
 
 def test_help_reads_cleanly():
