@@ -350,7 +350,7 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     check_config(cfg)
     if not str(out_dir).strip():
         raise SlimkitError("the run folder (--out) is empty: give a folder name")
-    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
+    writer = runtime.launch_env()[0] == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
         return _train(plan_or_arch, out_dir, cfg, resume=resume, extend_to=extend_to, progress=progress, log=log,
                       force=force, arch_kwargs=arch_kwargs)

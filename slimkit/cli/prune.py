@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,7 +23,7 @@ from slimkit.plots import plot_channels
 from slimkit.prune import DEFAULT_ROUND_TO, GateOptions, LatencyOptions, default_method, uniform_reference
 from slimkit.rounding import parse_round_to
 from slimkit.prune import prune as run_prune
-from slimkit.runtime import cleanup_distributed
+from slimkit.runtime import cleanup_distributed, launch_env
 from slimkit.structures import STRUCTURES
 
 
@@ -187,7 +186,7 @@ def prune(
                    round_to=round_to, seed=seed, tolerance=tolerance, gates=gates, criterion=criterion,
                    latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision,
                                           mode=timing, check=latency_check))
-    if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
+    if launch_env()[0] != 0:  # under torchrun: gates are learned together, rank 0 writes
         try:
             run_prune(arch, budget, **options)
         finally:
