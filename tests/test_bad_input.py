@@ -396,6 +396,20 @@ def test_bench_refuses_onnx_files_slimkit_did_not_write(tmp_path, kind, needle):
     assert not list(tmp_path.glob("lat*"))
 
 
+@pytest.mark.parametrize("field,value", [("flops", 12345), ("params", 0), ("flops", 10**15)])
+def test_bench_recounts_the_plan_in_onnx_metadata_instead_of_showing_an_edited_count(tmp_path, field, value):
+    plan = json.loads(slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, round_to=1).to_json())
+    f = _onnx_model(tmp_path / "m.onnx", [TensorProto.FLOAT], shape=(1, 3, 32, 32),
+                    meta=json.dumps({**plan, field: value}))
+    r = run("bench", f, "--runs", "5", "--warmup", "0", "--out", tmp_path / "lat")
+    assert_one_line_error(r, f"'{field}' says {value}", "re-export")
+    assert not list(tmp_path.glob("lat*"))
+    _onnx_model(f, [TensorProto.FLOAT], shape=(1, 3, 32, 32), meta=json.dumps(plan))  # as exported: timed
+    r = run("bench", f, "--runs", "5", "--warmup", "0", "--out", tmp_path / "lat")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "lat.json").read_text())["models"][0]["flops"] == plan["flops"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_bench_torch_on_an_absent_gpu_is_one_line(tmp_path):
     f = _onnx_model(tmp_path / "m.onnx", [TensorProto.FLOAT])
