@@ -44,7 +44,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +456,26 @@ def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
                            "train again, or run the recipe into a new --out")
 
 
+# TrainConfig fields that say how a training runs, not what it trains (they may change on resume), and
+# paths whose spelling follows --out (the parent checkpoint itself is fingerprinted by the prune stage).
+NOT_COMPARED = ("device", "workers", "accum_steps", "sync_bn", "init_from", "data_dir")
+
+
+def _check_trained_config(folder: Path, cfg: TrainConfig) -> None:
+    """A training folder's checkpoint was trained as this recipe trains it: a folder trained on (or resumed
+    to) other epochs, schedule, learning rate or data does not belong in this run's summary."""
+    try:
+        saved = load_checkpoint(folder / "checkpoint.pt")["config"]
+    except SlimkitError:
+        return  # no checkpoint or a damaged one: _check_trained_plan and the train stage say so
+    for key, value in asdict(cfg).items():
+        if key in NOT_COMPARED or value is None or key not in saved or saved[key] == value:
+            continue
+        raise SlimkitError(f"{folder} was trained with {key}={show(saved[key])}, not the recipe's {show(value)} "
+                           f"(trained again outside this run?): its model does not belong with this run; move "
+                           f"{folder} away to train again, or run the recipe into a new --out")
+
+
 def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
                  force: bool = False, only: tuple[str, ...] | None = None) -> None:
     t = recipe.train
@@ -467,6 +487,7 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
         state, done, total = train_state(folder)
         if state != "new":
             _check_trained_plan(folder, plan)
+            _check_trained_config(folder, cfg)
         if state == "done":
             hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
             continue

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ from slimkit.files import (MARKDOWN_MARK, NAME_MAX, Output, OutputError, atomic_
                            check_outputs, has_mark, scratch_path)
 from slimkit.checkpoint import write_checkpoint
 from slimkit.generator import channel_graph, check_memory, verified_plan
-from slimkit.pipeline import (Layout, RunHooks, StageRecord, _check_trained_plan, _prune_stage, build_summary,
-                              summary_markdown)
+from slimkit.pipeline import (Layout, RunHooks, StageRecord, _check_trained_config, _check_trained_plan,
+                              _prune_stage, build_summary, summary_markdown)
 from slimkit.plan import save_plan
 from slimkit.recipe import parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
@@ -255,6 +256,19 @@ def test_a_replaced_plan_is_refused_not_mixed_into_the_run(tmp_path, plan):
     write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=other, config={}, epoch=1, metrics=[])
     with pytest.raises(SlimkitError, match="trained from another plan"):
         _check_trained_plan(lay.train, plan)
+
+
+def test_a_training_folder_trained_again_with_other_settings_is_refused(tmp_path, plan):
+    _, lay = _run_folder(tmp_path, plan)
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2)
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={**asdict(cfg), "workers": 3},
+                     epoch=1, metrics=[])
+    _check_trained_config(lay.train, cfg)  # how it ran (workers, device) may differ
+    # `slimkit train run/plan.json --out run/train --resume --epochs 3`: no longer the recipe's training
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={**asdict(cfg), "epochs": 3},
+                     epoch=3, metrics=[])
+    with pytest.raises(SlimkitError, match="trained with epochs=3, not the recipe's 1"):
+        _check_trained_config(lay.train, cfg)
 
 
 def test_stage_record_sees_changed_inputs_that_mtimes_miss(tmp_path, plan):
