@@ -559,6 +559,18 @@ def test_a_bad_progress_interval_in_the_environment_is_one_line(tmp_path, monkey
     assert "SLIMKIT_PROGRESS_SECONDS" in r.stdout + r.stderr and not (tmp_path / "p.json").exists()
 
 
+def test_input_channels_given_twice_must_agree(tmp_path):
+    for args in (["info", "resnet20"], ["prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out",
+                                        tmp_path / "p.json"]):
+        assert_one_line_error(run(*args, "--in-chans", 2, "--input-size", "5,32,32"), "5 input channels",
+                              "--in-chans 2")
+    assert not (tmp_path / "p.json").exists()
+    r = run("info", "resnet20", "--in-chans", 2, "--input-size", "2,32,32")
+    assert r.exit_code == 0 and "input [2, 32, 32]" in r.output, r.output
+    r = run("info", "resnet20", "--in-chans", 2, "--input-size", "32")
+    assert r.exit_code == 0 and "input [2, 32, 32]" in r.output, r.output
+
+
 def test_help_reads_cleanly():
     for cmd in ("prune", "train", "export", "bench", "info", "run", "models"):
         r = run(cmd, "--help")

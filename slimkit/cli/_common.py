@@ -366,10 +366,17 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
-    """'224' -> (3,224,224) later filled with channels; '3,224,224' or '224x224' accepted."""
+def parse_input_size(text: str | None, in_chans: int | None = None) -> tuple[int, int, int] | None:
+    """'224' -> (3,224,224), its channels ``in_chans`` when given; '3,224,224' or '224x224' accepted. Channels
+    given both ways must agree: one of them silently dropped would build another model than asked."""
     if text is None:
         return None
+    if in_chans is not None:
+        size = parse_input_size(text)
+        if len(text.replace("x", ",").split(",")) == 3 and size[0] != in_chans:
+            raise SlimkitError(f"--input-size {text[:40]} gives {size[0]} input channels but --in-chans {in_chans}: "
+                               "give the channels once (--input-size H,W with --in-chans, or C,H,W alone)")
+        return (in_chans, size[1], size[2])
     usage = f"cannot read --input-size '{text[:40]}': use 224, 224x224 or 3,224,224"
     parts = text.replace("x", ",").split(",")
     if len(parts) not in (1, 2, 3) or any(not p.strip() for p in parts):

@@ -166,9 +166,7 @@ def prune(
         budget = parse_budget(params, kind="params")
     else:
         budget = parse_budget(latency, kind="latency")
-    size = parse_input_size(input_size)
-    if size and in_chans:
-        size = (in_chans, size[1], size[2])
+    size = parse_input_size(input_size, in_chans)
     round_to = parse_round_to(round_to)
     check_out(out, plot=plot, weights=weights, force=force, arch=arch)
     start = time.perf_counter()
