@@ -15,7 +15,7 @@ import json
 import math
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -273,9 +273,22 @@ def _check_foreign_onnx(proto, path: Path, shape: list) -> None:
 
 
 def _plan_metadata(text: str, path: Path) -> dict[str, Any]:
-    """The plan slimkit stores in an ONNX file's metadata, checked (a damaged one is an error, not a crash)."""
+    """The plan slimkit stores in an ONNX file's metadata, checked (a damaged one is an error, not a crash),
+    with its MACs and parameters recounted from its widths like every plan read for work: an edited count
+    is refused, never shown in a report. A plan of the user's own code that cannot be built here keeps
+    no counts (none that slimkit can vouch for)."""
     try:
-        return ChannelPlan.from_dict(json.loads(text), source="the plan").to_dict()
+        plan = ChannelPlan.from_dict(json.loads(text), source="the plan")
+        try:
+            plan = verified_plan(plan, f"{path}'s slimkit.plan metadata")
+        except PlanError as exc:
+            if not registry.is_user_code(plan.arch):
+                raise LatencyError(str(exc).replace("regenerate it with `slimkit prune`",
+                                                    "re-export the model with `slimkit export`")) from None
+            plan = replace(plan, flops=None, params=None)
+        return plan.to_dict()
+    except LatencyError:
+        raise
     except (json.JSONDecodeError, TypeError, ValueError) as exc:  # PlanError is a ValueError
         why = str(exc).splitlines()[0] if isinstance(exc, SlimkitError) else f"not a plan: {type(exc).__name__}"
         raise LatencyError(f"{path}: its slimkit.plan metadata is damaged ({why[:160]}); re-export the model with "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -168,6 +169,37 @@ def _read_cache(path: Path | None) -> dict[str, Any]:
         return {}  # a damaged cache only costs a re-measurement
 
 
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value > 0
+
+
+def _cached_ranking(entry: Any, candidates: Sequence[QuantizeSettings]) -> Int8Ranking | None:
+    """A cache entry as :func:`rank_int8_configs` wrote it for ``candidates``, or None (measure again):
+    every candidate ranked once, with positive finite ratios. A damaged or hand-edited entry (no
+    configurations, an unknown format, a ratio of 0 or a string) is never the order int8 files are made in."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        ranking = Int8Ranking(**entry)
+    except TypeError:  # written by another slimkit version
+        return None
+    confs = ranking.configurations
+    if not isinstance(confs, list) or not all(isinstance(c, dict) for c in confs):
+        return None
+    asked = sorted(json.dumps({"label": s.label, **_fields(s)}, sort_keys=True) for s in candidates)
+    ranked = sorted(json.dumps({k: c.get(k) for k in ("label", *_fields(candidates[0]))}, sort_keys=True)
+                    for c in confs)
+    if ranked != asked or not isinstance(ranking.machine, dict) or not isinstance(ranking.machine.get("cpu"), str):
+        return None
+    if not all(_number(c.get("ratio")) and isinstance(c.get("ratio_ci"), list) and len(c["ratio_ci"]) == 2
+               and all(_number(x) for x in c["ratio_ci"]) for c in confs):
+        return None
+    if ranking.fp32_ratio is not None and not _number(ranking.fp32_ratio):
+        return None
+    ranking.source = "cached"
+    return ranking
+
+
 def _cache_key(machine: dict[str, Any], model: str, candidates: Sequence[QuantizeSettings]) -> str:
     text = json.dumps([machine, model, [s.label for s in candidates]], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -191,13 +223,10 @@ def rank_int8_configs(fp32_path: str | Path, input_shape: tuple[int, ...], *,
     model = model_fingerprint(Candidate(name="fp32", input_shape=tuple(input_shape), onnx_path=fp32_path))
     key = _cache_key(machine, model, candidates)
     store = _read_cache(cache)
-    if not refresh and key in store.get("rankings", {}):
-        try:
-            ranking = Int8Ranking(**store["rankings"][key])
-            ranking.source = "cached"
-            return ranking
-        except TypeError:
-            pass  # written by another slimkit version: measure again
+    rankings = store.get("rankings")
+    cached = _cached_ranking(rankings.get(key), candidates) if isinstance(rankings, dict) and not refresh else None
+    if cached is not None:
+        return cached
     if len(candidates) == 1 or not timing_enabled():  # nothing to choose, or timings here mean nothing
         untimed = [{"label": c.label, **_fields(c), "median_ms": None, "ratio": 1.0, "ratio_ci": [1.0, 1.0]}
                    for c in candidates]

@@ -41,12 +41,14 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from slimkit import validate as limits
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_version  # imports OpenVINO itself only when used
 from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with
 from slimkit.generator import generate
 from slimkit.registry import traced_part
 from slimkit.plots import plot_latency
+from slimkit.validate import check_number, show
 
 __all__ = ["timing_enabled", "BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
            "physical_cores", "measure", "paired_ratio", "paired_difference", "postprocessing_text", "check_regression", "GateResult", "REPORT_FORMAT",
@@ -486,6 +488,11 @@ def write_baseline(path: str | os.PathLike, report: LatencyReport, reference: Ca
     return data["gate"]
 
 
+# A recorded ratio beyond this is no measurement (a model a million times slower than its reference):
+# a baseline edited to 1e308 would pass every check.
+MAX_RATIO = 1e6
+
+
 def read_baseline(path: Path) -> dict[str, Any]:
     """A baseline file, validated: any doubt about it is an error, never a silent pass."""
     redo = "record it again with --update-baseline"
@@ -506,8 +513,13 @@ def read_baseline(path: Path) -> dict[str, Any]:
         raise LatencyError(f"{path} is not a slimkit latency baseline; {redo}") from None
     if data.get("format") != REPORT_FORMAT:
         raise LatencyError(f"{path} has format {data.get('format')!r}, not {REPORT_FORMAT!r}; {redo}")
-    if not (math.isfinite(ratio) and ratio > 0 and all(math.isfinite(x) and x > 0 for x in ci)):
-        raise LatencyError(f"{path} holds an impossible latency ratio ({ratio!r}); {redo}")
+    for key in ("threads", "batch"):  # what the check re-measures with: the CLI's own ranges, no bool
+        check_number(f"{path}: '{key}'", data[key], limits.SMALL_COUNT, LatencyError, fix=redo)
+    numbers = [gate["ratio"], *gate["ratio_ci"]]
+    if not (all(type(x) in (int, float) for x in numbers) and len(ci) == 2  # as written: numbers, not text
+            and all(math.isfinite(x) and 0 < x <= MAX_RATIO for x in numbers) and 0.99 * ci[0] <= ratio <= 1.01 * ci[1]):
+        raise LatencyError(f"{path} holds an impossible latency ratio ({show(gate['ratio'])}, 95% CI "
+                           f"{show(gate['ratio_ci'])}); {redo}")
     if len(shape) < 2 or min(shape) < 1 or threads < 1 or batch < 1 or backend not in BACKENDS:
         raise LatencyError(f"{path} holds an impossible setting (input {shape}, {threads} threads, batch {batch}, "
                            f"backend {backend!r}); {redo}")

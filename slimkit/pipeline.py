@@ -44,7 +44,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -438,18 +438,43 @@ def _prune_inputs(recipe: Recipe, lay: Layout) -> list[Path]:
 
 
 def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
-    """A training folder holds a run of ``plan`` (its plan.json, else its checkpoint's plan)."""
+    """A training folder holds a run of ``plan``: its plan.json and its checkpoint's plan, each that is
+    there (the checkpoint is what the export stage exports, so a checkpoint put there from another run
+    is refused even beside the right plan.json)."""
+    held = []
     try:
-        held = load_plan(folder / "plan.json") if (folder / "plan.json").is_file() else \
-            load_checkpoint(folder / "checkpoint.pt")["plan"]
+        if (folder / "plan.json").is_file():
+            held.append(load_plan(folder / "plan.json"))
+        if (folder / "checkpoint.pt").is_file():
+            held.append(load_checkpoint(folder / "checkpoint.pt")["plan"])
     except SlimkitError:
-        held = None
+        held.append(None)
     key = lambda p: (p.arch, p.arch_kwargs, list(p.input_size), p.widths)  # noqa: E731
     # channels kept from a parent are part of the plan (a widths-only plan may gain them in training)
-    if held is None or key(held) != key(plan) or (plan.has_keep and held.keep != plan.keep):
+    if not held or any(h is None or key(h) != key(plan) or (plan.has_keep and h.keep != plan.keep) for h in held):
         raise SlimkitError(f"{folder} was trained from another plan than this run's (the plan changed after it "
                            f"was trained): its model does not belong with this run's plan; move {folder} away to "
                            "train again, or run the recipe into a new --out")
+
+
+# TrainConfig fields that say how a training runs, not what it trains (they may change on resume), and
+# paths whose spelling follows --out (the parent checkpoint itself is fingerprinted by the prune stage).
+NOT_COMPARED = ("device", "workers", "accum_steps", "sync_bn", "init_from", "data_dir")
+
+
+def _check_trained_config(folder: Path, cfg: TrainConfig) -> None:
+    """A training folder's checkpoint was trained as this recipe trains it: a folder trained on (or resumed
+    to) other epochs, schedule, learning rate or data does not belong in this run's summary."""
+    try:
+        saved = load_checkpoint(folder / "checkpoint.pt")["config"]
+    except SlimkitError:
+        return  # no checkpoint or a damaged one: _check_trained_plan and the train stage say so
+    for key, value in asdict(cfg).items():
+        if key in NOT_COMPARED or value is None or key not in saved or saved[key] == value:
+            continue
+        raise SlimkitError(f"{folder} was trained with {key}={show(saved[key])}, not the recipe's {show(value)} "
+                           f"(trained again outside this run?): its model does not belong with this run; move "
+                           f"{folder} away to train again, or run the recipe into a new --out")
 
 
 def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
@@ -463,6 +488,7 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
         state, done, total = train_state(folder)
         if state != "new":
             _check_trained_plan(folder, plan)
+            _check_trained_config(folder, cfg)
         if state == "done":
             hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
             continue
@@ -615,11 +641,13 @@ def _bench_done(recipe: Recipe, lay: Layout, record: StageRecord) -> bool:
 
 # ---------------------------------------------------------------------------- summary
 def _final_metrics(folder: Path) -> dict[str, Any] | None:
-    path = folder / "metrics.json"
+    """The last epoch's metrics as training computed them: from the checkpoint (the model they belong to,
+    checked against the run's plan by the train stage), not from metrics.json, a copy anyone can edit."""
+    path = folder / "checkpoint.pt"
     if not path.is_file():
         return None
-    m = json.loads(path.read_text())
-    return m.get("final")
+    metrics = load_checkpoint(path)["metrics"]
+    return metrics[-1] if metrics else None
 
 
 def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) -> dict[str, Any]:

@@ -210,6 +210,24 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return {"format": CACHE_FORMAT, "entries": {}}
 
 
+def _cached_choice(hit: Any) -> dict[str, Any] | None:
+    """A cache entry as :func:`auto_round_to` wrote it, or None (measure again): the multiple is one the
+    sweep measures and its sweep reads back, so a damaged or hand-edited cache (round_to 0, -8, true,
+    a billion) never becomes a plan's channel multiple."""
+    if not isinstance(hit, dict) or type(hit.get("round_to")) is not int or hit["round_to"] not in CANDIDATES:
+        return None
+    if hit.get("threads") is not None and (type(hit["threads"]) is not int or hit["threads"] < 1):
+        return None
+    sweep = hit.get("sweep", {})
+    try:
+        if not isinstance(sweep, dict) or not all(int(k) in CANDIDATES and isinstance(v, dict)
+                                                  for k, v in sweep.items()):
+            return None
+    except ValueError:
+        return None
+    return hit
+
+
 def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *, backend: str = "ort-cpu",
                   precision: str = "fp32", threads: int | None = None, batch: int = 1,
                   device: str = "cpu", say: Callable[[str], None] | None = None) -> RoundingChoice:
@@ -238,10 +256,10 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
     mode = "interleaved"  # a comparison of two plans: see the module docstring
     key = _cache_key(template, fraction, backend, precision, threads, batch)
     cache = _read_cache(path)
-    hit = cache["entries"].get(key)
-    if isinstance(hit, dict) and isinstance(hit.get("round_to"), int):
+    hit = _cached_choice(cache["entries"].get(key))
+    if hit is not None:
         sweep = {int(k): dict(v) for k, v in hit.get("sweep", {}).items()}
-        choice = RoundingChoice(hit["round_to"], "cached", hit.get("why", ""), backend, precision, mode,
+        choice = RoundingChoice(hit["round_to"], "cached", str(hit.get("why", "")), backend, precision, mode,
                                 hit.get("threads"), sweep, machine)
         say(f"round-to auto: {choice.multiple} (measured earlier on this machine; cache {path})")
         return choice

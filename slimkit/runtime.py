@@ -32,7 +32,7 @@ from torch import nn
 from slimkit.errors import SlimkitError
 
 __all__ = ["resolve_device", "place_model", "place_batch", "out_of_place_activations", "autocast",
-           "DistInfo", "setup_distributed", "local_device", "is_main", "all_reduce_sum", "barrier", "world_size",
+           "DistInfo", "launch_env", "setup_distributed", "local_device", "is_main", "all_reduce_sum", "barrier", "world_size",
            "cleanup_distributed", "replicas_identical"]
 
 
@@ -115,18 +115,44 @@ class DistInfo:
         return self.rank == 0
 
 
+def launch_env() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them, (0, 1, 0) without it; checked, so a stray
+    or mistyped variable is one line instead of a traceback, or of a prune that writes nothing because
+    it took itself for a non-zero rank."""
+    fix = "slimkit reads it from torchrun: unset it, or launch with torchrun --nproc-per-node N -m slimkit ..."
+
+    def read(name: str, default: int) -> int:
+        text = os.environ.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            raise SlimkitError(f"{name}={text[:40]!r} is not a whole number; {fix}") from None
+
+    rank, world, local = read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0)
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise SlimkitError(f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} is no process of a torchrun launch "
+                           f"(0 <= RANK < WORLD_SIZE); {fix}")
+    return rank, world, local
+
+
 def setup_distributed(device_type: str = "cpu") -> DistInfo:
     """Join the process group torchrun describes (once); a plain run stays single-process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world, local = launch_env()
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
-                    dist.get_backend())
+            torch.cuda.set_device(local)
+        try:
+            dist.init_process_group(backend)
+        except (ValueError, RuntimeError) as exc:  # WORLD_SIZE set by hand: no MASTER_ADDR, no peers
+            raise SlimkitError(f"WORLD_SIZE={world} asks for {world} processes, but joining their process group "
+                               f"failed ({str(exc).splitlines()[0][:160]}): launch with torchrun, or unset "
+                               "WORLD_SIZE") from None
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
 
 
 def local_device(device: str) -> tuple[torch.device, DistInfo]:

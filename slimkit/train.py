@@ -52,7 +52,8 @@ from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, pl
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
-from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with
+from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with,
+                           same_path)
 from slimkit.generator import choose_channels, full_plan, generate, verified_plan
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
@@ -353,7 +354,7 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     check_config(cfg)
     if not str(out_dir).strip():
         raise SlimkitError("the run folder (--out) is empty: give a folder name")
-    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone writes the folder
+    writer = runtime.launch_env()[0] == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
         return _train(plan_or_arch, out_dir, cfg, resume=resume, extend_to=extend_to, progress=progress, log=log,
                       force=force, arch_kwargs=arch_kwargs)
@@ -412,6 +413,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             extend_to = None
         plan = ckpt["plan"]
         _check_resumed_model(plan_or_arch, plan, out)
+        if main:  # the run's other files are rewritten too: a user's file put in their place is not replaced
+            check_outputs([o for o in run_outputs(out, plan) if o.path != ckpt_path], force=force)
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
     elif ckpt_path.exists():
@@ -539,8 +542,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
 
     def write_run_files() -> None:  # with the first checkpoint: a run that fails before it leaves no folder
         plan_path = out / "plan.json"
-        if not (plan_path.is_file() and plan_path.read_text() == plan.to_json()):  # it may be the source itself
-            atomic_write_text(plan_path, plan.to_json())
+        source = plan_or_arch if isinstance(plan_or_arch, (str, os.PathLike)) else None
+        is_source = source is not None and plan_path.is_file() and same_path(plan_path, source)
+        if not is_source and not (plan_path.is_file() and plan_path.read_text() == plan.to_json()):
+            atomic_write_text(plan_path, plan.to_json())  # the plan trained from stays as the user wrote it
         atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "epochs_run": epochs,
                                                            "world_size": world}, indent=2))
 

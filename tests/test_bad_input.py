@@ -7,7 +7,10 @@ every command, the recipe test every numeric key.
 
 import errno
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -393,6 +396,20 @@ def test_bench_refuses_onnx_files_slimkit_did_not_write(tmp_path, kind, needle):
     assert not list(tmp_path.glob("lat*"))
 
 
+@pytest.mark.parametrize("field,value", [("flops", 12345), ("params", 0), ("flops", 10**15)])
+def test_bench_recounts_the_plan_in_onnx_metadata_instead_of_showing_an_edited_count(tmp_path, field, value):
+    plan = json.loads(slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, round_to=1).to_json())
+    f = _onnx_model(tmp_path / "m.onnx", [TensorProto.FLOAT], shape=(1, 3, 32, 32),
+                    meta=json.dumps({**plan, field: value}))
+    r = run("bench", f, "--runs", "5", "--warmup", "0", "--out", tmp_path / "lat")
+    assert_one_line_error(r, f"'{field}' says {value}", "re-export")
+    assert not list(tmp_path.glob("lat*"))
+    _onnx_model(f, [TensorProto.FLOAT], shape=(1, 3, 32, 32), meta=json.dumps(plan))  # as exported: timed
+    r = run("bench", f, "--runs", "5", "--warmup", "0", "--out", tmp_path / "lat")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "lat.json").read_text())["models"][0]["flops"] == plan["flops"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_bench_torch_on_an_absent_gpu_is_one_line(tmp_path):
     f = _onnx_model(tmp_path / "m.onnx", [TensorProto.FLOAT])
@@ -530,6 +547,28 @@ def test_progress_lines_are_rate_limited():
         for _ in range(99):
             progress.advance(task)
     assert "epoch 1" not in buf.getvalue()  # nothing before the hour is up or the task ends
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "-1", "inf"])
+def test_a_bad_progress_interval_in_the_environment_is_one_line(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("SLIMKIT_PROGRESS_SECONDS", value)
+    r = subprocess.run([sys.executable, "-m", "slimkit", "prune", "resnet20", "--flops", "50%", "--method", "uniform",
+                        "--out", str(tmp_path / "p.json")], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert "SLIMKIT_PROGRESS_SECONDS" in r.stdout + r.stderr and not (tmp_path / "p.json").exists()
+
+
+def test_input_channels_given_twice_must_agree(tmp_path):
+    for args in (["info", "resnet20"], ["prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out",
+                                        tmp_path / "p.json"]):
+        assert_one_line_error(run(*args, "--in-chans", 2, "--input-size", "5,32,32"), "5 input channels",
+                              "--in-chans 2")
+    assert not (tmp_path / "p.json").exists()
+    r = run("info", "resnet20", "--in-chans", 2, "--input-size", "2,32,32")
+    assert r.exit_code == 0 and "input [2, 32, 32]" in r.output, r.output
+    r = run("info", "resnet20", "--in-chans", 2, "--input-size", "32")
+    assert r.exit_code == 0 and "input [2, 32, 32]" in r.output, r.output
 
 
 def test_help_reads_cleanly():

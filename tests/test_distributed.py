@@ -90,3 +90,22 @@ def test_indivisible_global_batch_is_a_clear_error(plan, tmp_path):
     r = runner.invoke(app, ["train", str(plan), "--data", "synthetic", "--epochs", "1", "--batch-size", "15",
                             "--accum-steps", "2", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "must divide by" in r.output
+
+
+STRAY = [{"WORLD_SIZE": "abc"}, {"RANK": "abc"}, {"RANK": "1"}, {"LOCAL_RANK": "-1"}, {"WORLD_SIZE": "0"}]
+
+
+# a uniform prune joins no process group, so WORLD_SIZE alone (no torchrun peers) only fails training
+@pytest.mark.parametrize("command,env", [("train", e) for e in STRAY] + [("prune", e) for e in STRAY]
+                         + [("train", {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": ""})])
+def test_stray_torchrun_variables_are_one_line_and_write_nothing(plan, tmp_path, monkeypatch, env, command):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    args = (["train", str(plan), "--data", "synthetic", "--epochs", "1", "--max-steps-per-epoch", "1"]
+            if command == "train" else ["prune", "resnet20", "--flops", "50%", "--method", "uniform"])
+    r = runner.invoke(app, args + ["--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert ("torchrun" in r.output) and not out.exists(), r.output

@@ -101,6 +101,26 @@ def test_damaged_cache_is_measured_again(fp32, monkeypatch, tmp_path):
     assert json.loads(cache.read_text())["format"] == int8_speed.RANKING_FORMAT
 
 
+@pytest.mark.parametrize("edit", [
+    lambda e: e.update(configurations=[]), lambda e: e.update(configurations=e["configurations"][:1]),
+    lambda e: e["configurations"][0].update(quant_format="bogus"), lambda e: e["configurations"][0].pop("weight_type"),
+    lambda e: e["configurations"][0].update(ratio=0), lambda e: e["configurations"][0].update(ratio="fast"),
+    lambda e: e["configurations"][1].update(ratio_ci=[1.0]), lambda e: e.update(fp32_ratio=float("nan")),
+    lambda e: e.update(configurations="x"), lambda e: e.update(machine=[])])
+def test_a_hand_edited_int8_ranking_cache_is_measured_again_not_trusted(fp32, monkeypatch, tmp_path, edit):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")  # this test is about the timed ranking
+    calls = []
+    monkeypatch.setattr(int8_speed, "measure", _fake_measure({}, calls))
+    cache, cands = tmp_path / "c.json", list(CANDIDATES[:2])
+    first = rank_int8_configs(fp32["path"], fp32["shape"], candidates=cands, cache=cache)
+    store = json.loads(cache.read_text())
+    edit(next(iter(store["rankings"].values())))
+    cache.write_text(json.dumps(store))
+    again = rank_int8_configs(fp32["path"], fp32["shape"], candidates=cands, cache=cache)
+    assert again.source == "measured" and len(calls) == 2 and again.configurations == first.configurations
+    assert [s.quant_format for s in ordered_settings(again, QuantizeSettings())] == ["QDQ", "QDQ"]
+
+
 def test_real_timing_quantizes_every_configuration_and_ranks_them(fp32, monkeypatch, tmp_path):
     monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
     ranking = rank_int8_configs(fp32["path"], fp32["shape"], runs=5, warmup=1, cache=None)

@@ -149,8 +149,15 @@ def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
     check_with(lambda d: d["gate"].update(model_fingerprint="0123456789abcdef"), "recorded for another model")
     check_with(lambda d: d["gate"].update(ratio=0.0), "impossible latency ratio")
     check_with(lambda d: d["gate"].update(ratio=float("nan")), "impossible latency ratio")
+    check_with(lambda d: d["gate"].update(ratio="1e308"), "impossible latency ratio")  # text, and huge
+    check_with(lambda d: d["gate"].update(ratio=1e308, ratio_ci=[1e307, 1e308]), "impossible latency ratio")
+    check_with(lambda d: d["gate"].update(ratio=d["gate"]["ratio_ci"][1] * 2), "impossible latency ratio")
     check_with(lambda d: d.update(format="slimkit.latency/0"), "format")
     check_with(lambda d: d["gate"].pop("model_fingerprint"), "which model")
+    # the settings the check re-measures with are the CLI's own ranges: a billion threads is not an allocation error
+    check_with(lambda d: d.update(threads=10**9), "'threads' must be in [1, 65536]")
+    check_with(lambda d: d.update(threads=True), "'threads' must be a number")
+    check_with(lambda d: d.update(batch=10**7), "'batch' must be in [1, 65536]")
     _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", base, "--reference", "nosuchnet"),
                     "--update-baseline")
 

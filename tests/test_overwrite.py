@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import (MARKDOWN_MARK, NAME_MAX, Output, OutputError, atomic_write, atomic_write_text,
                            check_outputs, has_mark, scratch_path)
+from slimkit.checkpoint import write_checkpoint
 from slimkit.generator import channel_graph, check_memory, verified_plan
-from slimkit.pipeline import Layout, RunHooks, StageRecord, _check_trained_plan, _prune_stage
+from slimkit.pipeline import (Layout, RunHooks, StageRecord, _check_trained_config, _check_trained_plan,
+                              _prune_stage, build_summary, summary_markdown)
 from slimkit.plan import save_plan
 from slimkit.recipe import parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
@@ -122,6 +125,19 @@ def test_prune_never_replaces_a_file_it_did_not_write(tmp_path):
     assert r.exit_code == 0 and has_mark(tmp_path / "important.png"), r.output
 
 
+def test_prune_never_writes_over_the_model_factory_it_reads_even_with_force(tmp_path, monkeypatch):
+    source = tmp_path / "nets.py"
+    source.write_text("import torch\n\ndef build(num_classes=10):\n    return torch.nn.Sequential(torch.nn.Conv2d("
+                      "3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), "
+                      "torch.nn.Linear(8, num_classes))\n")
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for arch in (f"{source}:build", "python:nets:build"):  # the file form, and a module in the current folder
+        assert_refused(run("prune", arch, "--flops", "50%", "--method", "uniform", "--input-size", 32, "--out", source,
+                           "--force"), "is also an input")
+    assert snapshot(tmp_path) == before
+
+
 def test_empty_out_is_refused_by_every_command(tmp_path, plan_file):
     for args in (["prune", "resnet20", "--flops", "50%"], ["train", plan_file], ["export", plan_file],
                  ["bench", plan_file], ["run", ROOT / "recipes" / "fmnist_resnet20_50.yaml"]):
@@ -164,6 +180,27 @@ def test_train_refuses_a_folder_of_someone_elses_files(tmp_path, plan_file, plan
     r = train(folder / "plan.json", folder, TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1,
                                                         batch_size=16, workers=0))
     assert r.metrics and (folder / "checkpoint.pt").is_file()
+
+
+def test_train_resume_never_replaces_a_users_file_among_the_run_files(tmp_path, plan_file):
+    out = tmp_path / "run"
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, workers=0)
+    train(plan_file, out, cfg)
+    (out / "curves.png").write_bytes(b"my own figure")  # the user's file, where the run draws its curves
+    before = snapshot(out)
+    assert_refused(run("train", plan_file, "--out", out, "--resume", "--epochs", 2, "--data", "synthetic",
+                       "--max-steps-per-epoch", 1, "--batch-size", 16, "--workers", 0), "curves.png exists", "--force")
+    assert snapshot(out) == before
+
+
+def test_the_plan_trained_from_stays_byte_identical_in_the_run_folder(tmp_path, plan):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    source = folder / "plan.json"
+    source.write_text(json.dumps(json.loads(plan.to_json())))  # the same plan, written by the user's own script
+    before = source.read_bytes()
+    train(source, folder, TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, workers=0))
+    assert (folder / "checkpoint.pt").is_file() and source.read_bytes() == before
 
 
 def test_run_refuses_a_folder_that_is_not_a_run_folder(tmp_path, plan_file):
@@ -212,6 +249,26 @@ def test_a_replaced_plan_is_refused_not_mixed_into_the_run(tmp_path, plan):
     _check_trained_plan(lay.train, plan)
     with pytest.raises(SlimkitError, match="trained from another plan"):
         _check_trained_plan(lay.train, other)
+    # the checkpoint is what the export stage exports: one from another run, beside the right plan.json,
+    # is refused too (it was exported and timed as the run's model, beside this plan's MACs)
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={}, epoch=1, metrics=[])
+    _check_trained_plan(lay.train, plan)
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=other, config={}, epoch=1, metrics=[])
+    with pytest.raises(SlimkitError, match="trained from another plan"):
+        _check_trained_plan(lay.train, plan)
+
+
+def test_a_training_folder_trained_again_with_other_settings_is_refused(tmp_path, plan):
+    _, lay = _run_folder(tmp_path, plan)
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2)
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={**asdict(cfg), "workers": 3},
+                     epoch=1, metrics=[])
+    _check_trained_config(lay.train, cfg)  # how it ran (workers, device) may differ
+    # `slimkit train run/plan.json --out run/train --resume --epochs 3`: no longer the recipe's training
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={**asdict(cfg), "epochs": 3},
+                     epoch=3, metrics=[])
+    with pytest.raises(SlimkitError, match="trained with epochs=3, not the recipe's 1"):
+        _check_trained_config(lay.train, cfg)
 
 
 def test_stage_record_sees_changed_inputs_that_mtimes_miss(tmp_path, plan):
@@ -226,6 +283,17 @@ def test_stage_record_sees_changed_inputs_that_mtimes_miss(tmp_path, plan):
     ckpt.write_bytes(b"weights 2")  # retrained, and its time set back (a copy with -p, a clock)
     os.utime(ckpt, ns=(stamp - 10**9, stamp - 10**9))
     assert not StageRecord(lay).current("export", [ckpt], [onnx_file])
+
+
+def test_the_summary_reads_metrics_from_the_checkpoint_not_an_edited_metrics_json(tmp_path, plan):
+    recipe, lay = _run_folder(tmp_path, plan)
+    final = {"epoch": 1, "test_top1": 0.5, "test_top5": 0.9}
+    write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=plan, config={}, epoch=1, metrics=[final])
+    (lay.train / "metrics.json").write_text(json.dumps({"epochs": 1, "final": {"epoch": [1], "test_top1": "abc"},
+                                                         "history": [{}]}))
+    summary = build_summary(recipe, lay, {"pruned": plan, "uniform": plan, "full": plan.unpruned()})
+    assert (summary["models"][0]["test_top1"], summary["models"][0]["epochs"]) == (0.5, 1)
+    assert "50.00%" in summary_markdown(summary)
 
 
 # ---------------------------------------------------------------------------- class 3: counts are recomputed

@@ -97,6 +97,27 @@ def test_auto_measures_once_then_uses_the_cache(monkeypatch, tmp_path):
     assert again.search["rounding"]["how"] == "cached" and again.round_to == plan.round_to
 
 
+
+@pytest.mark.parametrize("edit", [{"round_to": 0}, {"round_to": -8}, {"round_to": True}, {"round_to": 10**9},
+                                  {"round_to": "8"}, {"sweep": {"x": {}}}, {"sweep": [1]}, {"threads": -1}])
+def test_a_hand_edited_round_to_cache_is_measured_again_not_trusted(monkeypatch, tmp_path, edit):
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    key = "k"
+    entry = {"round_to": 8, "why": "", "threads": 1, "sweep": {"8": {"mac_ratio": 0.5, "time_ratio": 0.5,
+                                                                    "efficiency": 1.0}}}
+    assert rounding._cached_choice(entry) == entry
+    assert rounding._cached_choice({**entry, **edit}) is None
+    monkeypatch.setattr(rounding, "_cache_key", lambda *a, **k: key)
+    monkeypatch.setattr(rounding, "sweep_multiples", lambda *a, **k: {16: {"mac_ratio": 0.5, "time_ratio": 0.5,
+                                                                           "efficiency": 1.0}})
+    (tmp_path / rounding.CACHE_FILE).write_text(json.dumps({"format": rounding.CACHE_FORMAT,
+                                                             "entries": {key: {**entry, **edit}}}))
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10,
+                         latency=LatencyOptions(threads=1, check=False))
+    assert plan.search["rounding"]["how"] == "measured" and plan.round_to == 16
+
+
 def test_ragged_plan_warns_with_its_measured_cost(monkeypatch, tmp_path):
     monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
     logs = []

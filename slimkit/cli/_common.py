@@ -46,7 +46,23 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # When stdout is not a terminal (CI logs, `| tee`), a plain progress line at most this often.
-PLAIN_PROGRESS_SECONDS = float(os.environ.get("SLIMKIT_PROGRESS_SECONDS", "30"))
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+def plain_progress_seconds() -> float:
+    """``$SLIMKIT_PROGRESS_SECONDS`` (default :data:`PLAIN_PROGRESS_SECONDS`), read when a command draws
+    progress, so a bad value is that command's one-line error, not a traceback on importing the CLI."""
+    text = os.environ.get("SLIMKIT_PROGRESS_SECONDS", "").strip()
+    if not text:
+        return PLAIN_PROGRESS_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 1e9:  # NaN fails too: it would print a line on every step
+        raise SlimkitError(f"SLIMKIT_PROGRESS_SECONDS={text[:40]!r} is not a number of seconds in [0, 1e9]: set it "
+                           f"like 30, or unset it for the default ({PLAIN_PROGRESS_SECONDS:g})")
+    return value
 
 
 def _duration(seconds: float | None) -> str:
@@ -71,7 +87,7 @@ class SlimkitProgress(Progress):
     def __init__(self, *columns: Any, plain_every: float | None = None, **kwargs: Any) -> None:
         super().__init__(*columns, **kwargs)
         self.plain = not self.console.is_terminal
-        self.plain_every = PLAIN_PROGRESS_SECONDS if plain_every is None else plain_every
+        self.plain_every = plain_progress_seconds() if plain_every is None else plain_every
         self._last_line: dict[TaskID, float] = {}
 
     def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
@@ -350,10 +366,17 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
-    """'224' -> (3,224,224) later filled with channels; '3,224,224' or '224x224' accepted."""
+def parse_input_size(text: str | None, in_chans: int | None = None) -> tuple[int, int, int] | None:
+    """'224' -> (3,224,224), its channels ``in_chans`` when given; '3,224,224' or '224x224' accepted. Channels
+    given both ways must agree: one of them silently dropped would build another model than asked."""
     if text is None:
         return None
+    if in_chans is not None:
+        size = parse_input_size(text)
+        if len(text.replace("x", ",").split(",")) == 3 and size[0] != in_chans:
+            raise SlimkitError(f"--input-size {text[:40]} gives {size[0]} input channels but --in-chans {in_chans}: "
+                               "give the channels once (--input-size H,W with --in-chans, or C,H,W alone)")
+        return (in_chans, size[1], size[2])
     usage = f"cannot read --input-size '{text[:40]}': use 224, 224x224 or 3,224,224"
     parts = text.replace("x", ",").split(",")
     if len(parts) not in (1, 2, 3) or any(not p.strip() for p in parts):

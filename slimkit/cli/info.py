@@ -50,7 +50,7 @@ def info(
     spec = registry.resolve(arch)
     kwargs = registry.arch_kwargs_for(num_classes, in_chans, parse_arch_kwargs(arch_kwargs))
     model = build_model(spec.canonical, kwargs)
-    size = parse_input_size(input_size) or registry.default_input_size(spec.canonical, model, in_chans)
+    size = parse_input_size(input_size, in_chans) or registry.default_input_size(spec.canonical, model, in_chans)
     if in_chans:
         size = (in_chans, size[1], size[2])
     fixed_size = input_size_kwargs(model, size)  # transformers built for one image size

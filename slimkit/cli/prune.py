@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,12 +17,13 @@ from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, 
 from slimkit.errors import SlimkitError
 from slimkit.files import Output, check_outputs, has_mark
 from slimkit.flops import format_count
+from slimkit.models.user import factory_file
 from slimkit.plan import ChannelPlan, plan_output, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import DEFAULT_ROUND_TO, GateOptions, LatencyOptions, default_method, uniform_reference
 from slimkit.rounding import parse_round_to
 from slimkit.prune import prune as run_prune
-from slimkit.runtime import cleanup_distributed
+from slimkit.runtime import cleanup_distributed, launch_env
 from slimkit.structures import STRUCTURES
 
 
@@ -73,13 +73,15 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
                       markup=False)
 
 
-def check_out(out: Path, *, plot: bool, weights: str | None = None, force: bool = False) -> None:
+def check_out(out: Path, *, plot: bool, weights: str | None = None, force: bool = False, arch: str = "") -> None:
     """Before minutes of work: the plan (and its PNG beside it) may be written, replacing nothing of the
-    user's: absent, an old plan / a PNG slimkit drew, or --force."""
+    user's: absent, an old plan / a PNG slimkit drew, or --force; never an input (--weights, the .py
+    file of a model factory), even with --force."""
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
     outputs = [plan_output(out)] + ([Output(plot_path(out), "the channels-per-group plot", has_mark)] if plot else [])
-    check_outputs(outputs, inputs=[weights] if weights else [], force=force)
+    factory = factory_file(arch)
+    check_outputs(outputs, inputs=([weights] if weights else []) + ([factory] if factory else []), force=force)
 
 
 def plot_path(out: Path) -> Path:
@@ -164,11 +166,9 @@ def prune(
         budget = parse_budget(params, kind="params")
     else:
         budget = parse_budget(latency, kind="latency")
-    size = parse_input_size(input_size)
-    if size and in_chans:
-        size = (in_chans, size[1], size[2])
+    size = parse_input_size(input_size, in_chans)
     round_to = parse_round_to(round_to)
-    check_out(out, plot=plot, weights=weights, force=force)
+    check_out(out, plot=plot, weights=weights, force=force, arch=arch)
     start = time.perf_counter()
     if method is None and structure is None:
         learns_gates = (data != GateOptions.data or selection != "threshold" or search_space != "full"
@@ -184,7 +184,7 @@ def prune(
                    round_to=round_to, seed=seed, tolerance=tolerance, gates=gates, criterion=criterion,
                    latency=LatencyOptions(backend=backend, threads=threads, batch=batch, precision=precision,
                                           mode=timing, check=latency_check))
-    if os.environ.get("RANK", "0") != "0":  # under torchrun: gates are learned together, rank 0 writes
+    if launch_env()[0] != 0:  # under torchrun: gates are learned together, rank 0 writes
         try:
             run_prune(arch, budget, **options)
         finally:

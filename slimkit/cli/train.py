@@ -4,7 +4,6 @@ parent's kept channels, resumably."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,7 +13,7 @@ import typer
 from slimkit import validate as limits
 from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, check_out_folder, checked_numbers, console,
                                  make_progress, parse_arch_kwargs, say_plain, user_errors)
-from slimkit.runtime import cleanup_distributed
+from slimkit.runtime import cleanup_distributed, launch_env
 from slimkit.train import FINETUNE, FINETUNE_EPOCHS, MAX_WARMUP_SHARE, TrainConfig
 from slimkit.train import train as run_train
 
@@ -64,7 +63,7 @@ def train(
                       accum_steps=accum_steps, sync_bn=sync_bn)
     check_out_folder(out)
     kwargs = parse_arch_kwargs(arch_kwargs)
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    main = launch_env()[0] == 0  # under torchrun only rank 0 talks
     progress = make_progress() if main else None
     try:
         with progress or contextlib.nullcontext():

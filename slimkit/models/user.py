@@ -34,7 +34,7 @@ from torch import nn
 
 from slimkit.errors import RegistryError
 
-__all__ = ["FactoryRef", "is_factory_reference", "parse_factory", "build_from_factory", "factory_accepts",
+__all__ = ["FactoryRef", "is_factory_reference", "parse_factory", "factory_file", "build_from_factory", "factory_accepts",
            "register_object", "build_from_object", "object_accepts", "reference_for", "OBJECT_PREFIX"]
 
 OBJECT_PREFIX = "object:"
@@ -81,6 +81,23 @@ def parse_factory(text: str) -> FactoryRef:
     if not _MODULE.fullmatch(where):
         raise RegistryError(usage)
     return FactoryRef(attr=attr, module=where)
+
+
+def factory_file(text: str) -> Path | None:
+    """The file of the user's code that ``text`` names, found without running it (an input no output
+    may replace): the .py of the file form, or for ``python:a.b:fn`` ``a/b.py`` (or its package's
+    ``__init__.py``) in the current folder, where the import looks first. None when it is elsewhere or
+    ``text`` names no factory."""
+    if not is_factory_reference(text):
+        return None
+    try:
+        ref = parse_factory(text)
+    except RegistryError:
+        return None
+    if ref.path is not None:
+        return Path(ref.path)
+    base = Path.cwd().joinpath(*(ref.module or "").split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
 
 
 # Files run once per process (keyed by absolute path), so repeated builds use the same classes.
