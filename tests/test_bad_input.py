@@ -625,3 +625,11 @@ def test_latency_plot_survives_an_outlier(tmp_path):
     report = LatencyReport("ort-cpu", "cpu", 1, 1, 0, 100, models, times)
     png = plot_latency(report, tmp_path / "lat.png")
     assert png.stat().st_size > 1000
+
+
+def test_bench_out_with_a_report_suffix_names_the_report_not_a_stem(tmp_path):
+    """`--out lat.json` wrote lat.json.json, lat.json.md and lat.json.png."""
+    f = _onnx_model(tmp_path / "m.onnx", [TensorProto.FLOAT])
+    r = run("bench", f, "--runs", "5", "--warmup", "0", "--out", tmp_path / "lat.json")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.glob("lat*")) == ["lat.json", "lat.md", "lat.png"]

@@ -105,7 +105,7 @@ def bench(
     device: Annotated[str, typer.Option(help="Device for the torch backends: cpu, cuda or auto (ort-cuda needs no --device).")] = "cpu",
     num_classes: Annotated[Optional[int], typer.Option(help="Classes for architecture names (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Input size for architecture names, e.g. 224.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png.")] = Path("runs/bench/latency"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png (lat and lat.json both write lat.json, lat.md, lat.png).")] = Path("runs/bench/latency"),
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare MODEL against this baseline JSON; exit 1 on a regression.")] = None,
     max_regression: Annotated[str, typer.Option(help="Allowed slow-down of MODEL/reference vs the baseline.")] = "10%",
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Measure and (re)write --baseline instead of checking it.")] = False,
@@ -122,6 +122,8 @@ def bench(
     size = parse_input_size(input_size)
     kwargs = parse_arch_kwargs(arch_kwargs)
     inputs = [m for m in models if Path(m).exists()]
+    if out.suffix in REPORT_SUFFIXES:  # --out lat.json names the report itself: its stem is lat, not lat.json
+        out = out.with_suffix("")
     if baseline is not None and update_baseline:
         outputs = [baseline_output(baseline)]  # recording writes the baseline only
     elif baseline is not None:  # the gate's check writes its report to --out itself
@@ -155,6 +157,9 @@ def bench(
             written = report.write(_report_stem(out, b, backend))  # the files first, then the table
             render_report(report)
             console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
+
+
+REPORT_SUFFIXES = (".json", ".md", ".png")  # what a report stem gets
 
 
 def _report_stem(out: Path, backend: str, backends: list[str]) -> Path:
