@@ -309,6 +309,8 @@ def load_plan(path: str | os.PathLike | dict | ChannelPlan) -> ChannelPlan:
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise TypeError(f"load_plan: expected a plan file path, a dict or a ChannelPlan, got {show(path)}")
     p = Path(path)
+    if p.is_dir():
+        raise PlanError(f"{p} is a folder, not a plan file: give the plan's JSON file (e.g. {p / 'plan.json'})")
     if not p.is_file():
         raise PlanError(f"plan file not found: {p} (create one with `slimkit prune ARCH --out {p}`)")
     try:

@@ -643,6 +643,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                                   or not all(isinstance(o, str) for o in overrides)):
         raise TypeError(f"load_recipe: 'overrides' must be a list of 'section.key=value' strings, got {show(overrides)}")
     p = Path(path)
+    if p.is_dir():
+        raise RecipeError(f"{p} is a folder, not a recipe file: give the recipe's YAML file (see recipes/ for examples)")
     if not p.is_file():
         raise RecipeError(f"recipe not found: {p} (see recipes/ for examples)")
     try:

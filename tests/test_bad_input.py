@@ -633,3 +633,15 @@ def test_bench_out_with_a_report_suffix_names_the_report_not_a_stem(tmp_path):
     r = run("bench", f, "--runs", "5", "--warmup", "0", "--out", tmp_path / "lat.json")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in tmp_path.glob("lat*")) == ["lat.json", "lat.md", "lat.png"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["export", "{d}"], "is a folder, not a plan file"),
+    (["bench", "{d}"], "is a folder, not a plan file"),
+    (["run", "{d}", "--dry-run"], "is a folder, not a recipe file"),
+])
+def test_a_folder_given_as_a_plan_or_recipe_says_so(tmp_path, args, needle):
+    """A folder where a plan or recipe file is expected was reported as 'not found'."""
+    d = tmp_path / "plan.json"
+    d.mkdir()
+    assert_one_line_error(run(*[a.format(d=d) for a in args]), needle)
