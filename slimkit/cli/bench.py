@@ -122,8 +122,8 @@ def bench(
     size = parse_input_size(input_size)
     kwargs = parse_arch_kwargs(arch_kwargs)
     inputs = [m for m in models if Path(m).exists()]
-    if out.suffix in REPORT_SUFFIXES:  # --out lat.json names the report itself: its stem is lat, not lat.json
-        out = out.with_suffix("")
+    if out.suffix in {o.path.suffix for o in report_outputs(out.with_suffix(""))}:
+        out = out.with_suffix("")  # --out lat.json names the report itself: its stem is lat, not lat.json
     if baseline is not None and update_baseline:
         outputs = [baseline_output(baseline)]  # recording writes the baseline only
     elif baseline is not None:  # the gate's check writes its report to --out itself
@@ -157,9 +157,6 @@ def bench(
             written = report.write(_report_stem(out, b, backend))  # the files first, then the table
             render_report(report)
             console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, markup=False)
-
-
-REPORT_SUFFIXES = (".json", ".md", ".png")  # what a report stem gets
 
 
 def _report_stem(out: Path, backend: str, backends: list[str]) -> Path:
