@@ -63,6 +63,14 @@ def test_grouped_conv_keeps_group_width_as_divisor():
     assert any(grp.divisor > 1 for grp in g.groups.values())
 
 
+def test_ecas_conv_over_the_channel_vector_keeps_the_blocks_prunable():
+    """ECA views the pooled channels as (B, 1, C) and slides a width-agnostic Conv1d(1, 1) over
+    them: its weight is not a channel tensor, and nothing freezes (it used to fail G 8 times)."""
+    g = channel_graph("timm:eca_resnext26ts", {}, (3, 64, 64))
+    assert g.frozen == {"head.fc": "network output"}
+    assert "stages.0.0.attn.conv.weight" not in g.param_dims
+
+
 def test_convnext_layer_scale_follows_its_group():
     g = channel_graph("timm:convnext_atto", {}, (3, 64, 64))
     assert "stages.0.blocks.0.gamma" in g.param_dims
@@ -73,6 +81,7 @@ def test_convnext_layer_scale_follows_its_group():
     ("torchvision:mobilenet_v3_large", (3, 64, 64)), ("timm:densenet121", (3, 64, 64)),
     ("timm:ghostnet_100", (3, 64, 64)), ("timm:convnext_atto", (3, 64, 64)),
     ("timm:regnety_008", (3, 64, 64)), ("torchvision:inception_v3", (3, 96, 96)),
+    ("timm:eca_resnext26ts", (3, 64, 64)),
 ])
 def test_predicted_counts_equal_counted_for_random_widths(arch, size):
     """The graph's MACs/params for arbitrary widths equal what the resized model counts."""

@@ -26,6 +26,8 @@ def convolution(walk: Walk, call: OpCall) -> CMap:
     cm = walk.cmap_of(x)
     out_ch, in_per_group = w.shape[0], w.shape[1]
     walk.used.add(w.fqn)
+    if cm is not None and cm[0] != 1:
+        return _conv_along_channels(walk, call, cm, module)
     walk.mac_terms.append((w.fqn, math.prod(out_shape) // out_ch))
     in_segs = cm[1] if cm else None
     if groups == 1:
@@ -77,6 +79,20 @@ def convolution(walk: Walk, call: OpCall) -> CMap:
     if isinstance(b, ParamRef):
         walk.tie(b.fqn, 0, segs, module)
     return (1, segs)
+
+
+def _conv_along_channels(walk: Walk, call: OpCall, cm: CMap, module: str) -> CMap | None:
+    """The channels lie along a spatial axis (ECA's ``conv1d`` slides one small kernel over the
+    pooled channel vector, viewed as ``(B, 1, C)``): the kernel does not depend on the width, and a
+    length-keeping conv leaves the channels where they were. A stride or dilation that changes the
+    length cannot follow a width change, so the channels freeze."""
+    d, out_shape, w = cm[0], call.out_shape, call.ins[1]
+    if out_shape is not None and out_shape[d] == meta_shape(call.node.args[0])[d]:
+        # its MACs grow with the width along that axis, not with its weight: a linear term
+        walk.attention_terms.append((cm[1], math.prod(out_shape) // out_shape[d] * math.prod(w.shape[1:])))
+        return cm
+    walk.freeze_value(cm, f"{module}: a convolution that changes the length of the axis holding the channels")
+    return None
 
 
 def _stored_groups(walk: Walk, node: Any, module: str, groups: int, segs: SpaceSegments) -> None:
