@@ -442,16 +442,16 @@ def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
     there (the checkpoint is what the export stage exports, so a checkpoint put there from another run
     is refused even beside the right plan.json)."""
     held = []
-    try:
-        if (folder / "plan.json").is_file():
-            held.append(load_plan(folder / "plan.json"))
-        if (folder / "checkpoint.pt").is_file():
-            held.append(load_checkpoint(folder / "checkpoint.pt")["plan"])
-    except SlimkitError:
-        held.append(None)
+    for name, read in (("plan.json", load_plan), ("checkpoint.pt", lambda p: load_checkpoint(p)["plan"])):
+        if (folder / name).is_file():
+            try:
+                held.append(read(folder / name))
+            except SlimkitError as exc:  # damaged, not foreign: say what is wrong with it
+                raise SlimkitError(f"{folder / name} cannot be read ({exc}): move {folder} away to train "
+                                   "again, or run the recipe into a new --out") from exc
     key = lambda p: (p.arch, p.arch_kwargs, list(p.input_size), p.widths)  # noqa: E731
     # channels kept from a parent are part of the plan (a widths-only plan may gain them in training)
-    if not held or any(h is None or key(h) != key(plan) or (plan.has_keep and h.keep != plan.keep) for h in held):
+    if not held or any(key(h) != key(plan) or (plan.has_keep and h.keep != plan.keep) for h in held):
         raise SlimkitError(f"{folder} was trained from another plan than this run's (the plan changed after it "
                            f"was trained): its model does not belong with this run's plan; move {folder} away to "
                            "train again, or run the recipe into a new --out")

@@ -256,6 +256,10 @@ def test_a_replaced_plan_is_refused_not_mixed_into_the_run(tmp_path, plan):
     write_checkpoint(lay.train / "checkpoint.pt", model={}, plan=other, config={}, epoch=1, metrics=[])
     with pytest.raises(SlimkitError, match="trained from another plan"):
         _check_trained_plan(lay.train, plan)
+    # a damaged checkpoint is called damaged (what is wrong with it), not "trained from another plan"
+    (lay.train / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SlimkitError, match=r"checkpoint\.pt cannot be read \(.*\): move"):
+        _check_trained_plan(lay.train, plan)
 
 
 def test_a_training_folder_trained_again_with_other_settings_is_refused(tmp_path, plan):
