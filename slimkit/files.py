@@ -24,7 +24,7 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["atomic_write", "atomic_write_text", "cache_dir", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME", "Output",
+__all__ = ["atomic_write", "atomic_write_text", "cache_dir", "read_cache", "write_cache", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME", "Output",
            "OutputError", "check_outputs", "MARK", "MARKDOWN_MARK", "PNG_MARK", "has_mark", "is_json_with",
            "same_path", "scratch_path"]
 
@@ -43,6 +43,32 @@ def cache_dir() -> Path:
         return Path(os.environ["SLIMKIT_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "slimkit"
+
+
+def read_cache(path: Path | None, format: str) -> dict[str, Any] | None:
+    """A per-machine cache file as slimkit wrote it (a JSON object whose ``format`` is ``format``), or
+    None when it is absent, damaged or someone else's: the caller measures again."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == format else None
+
+
+def write_cache(path: Path, data: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Write a cache (``data["format"]`` names it) atomically, never over a file that is not that cache
+    (a user's own file in ``$SLIMKIT_CACHE_DIR``): that one is left byte-identical and the value is
+    measured again next time. A cache that cannot be written never fails the command it serves."""
+    if path.exists() and read_cache(path, data["format"]) is None:
+        say(f"note: {path} is not slimkit's cache ({data['format']}): left as it is, so this measurement is "
+            "not cached; move that file away (or set SLIMKIT_CACHE_DIR) to cache it")
+        return
+    try:
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    except OSError as exc:  # a read-only home: the next run measures again
+        say(f"note: could not write the cache {path} ({exc.strerror or exc})")
 
 
 def _umask() -> int:

@@ -40,7 +40,7 @@ import onnxruntime as ort
 from slimkit.errors import SlimkitError
 from slimkit.exporters import ExportError
 from slimkit.exporters.int8 import QUANT_FORMATS, QuantizeSettings, quantize_for_timing
-from slimkit.files import atomic_write_text, cache_dir
+from slimkit.files import cache_dir, read_cache, write_cache
 from slimkit.latency import Candidate, cpu_description, measure, model_fingerprint, physical_cores, timing_enabled
 
 __all__ = ["CANDIDATES", "Int8Ranking", "rank_int8_configs", "candidates_matching", "ordered_settings",
@@ -160,13 +160,7 @@ def _order(timed: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _read_cache(path: Path | None) -> dict[str, Any]:
-    if path is None or not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) and data.get("format") == RANKING_FORMAT else {}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}  # a damaged cache only costs a re-measurement
+    return read_cache(path, RANKING_FORMAT) or {}  # absent, damaged or not ours: a re-measurement
 
 
 def _number(value: Any) -> bool:
@@ -263,10 +257,7 @@ def rank_int8_configs(fp32_path: str | Path, input_shape: tuple[int, ...], *,
     if cache is not None:
         store = _read_cache(cache) or {"format": RANKING_FORMAT, "rankings": {}}
         store.setdefault("rankings", {})[key] = ranking.to_dict()
-        try:
-            atomic_write_text(cache, json.dumps(store, indent=1) + "\n")
-        except OSError as exc:  # a read-only home still gets its int8 file, it just times again next time
-            say(f"note: could not cache the int8 timing in {cache} ({exc.strerror})")
+        write_cache(cache, store, say)
     return ranking
 
 

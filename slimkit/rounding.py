@@ -42,7 +42,7 @@ import torch
 
 from slimkit.budget import Budget, search_uniform
 from slimkit.errors import BudgetError, SlimkitError
-from slimkit.files import atomic_write_text, cache_dir
+from slimkit.files import cache_dir, read_cache, write_cache
 from slimkit.graph import ChannelGraph
 from slimkit.latency import cpu_description, timing_enabled
 from slimkit.latency_search import LatencyMeter
@@ -201,13 +201,10 @@ def _cache_key(template: ChannelPlan, fraction: float, backend: str, precision: 
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        if data.get("format") == CACHE_FORMAT and isinstance(data.get("entries"), dict):
-            return data
-    except (OSError, ValueError, AttributeError):
-        pass  # absent or damaged: measure again and rewrite it
-    return {"format": CACHE_FORMAT, "entries": {}}
+    data = read_cache(path, CACHE_FORMAT)
+    if data is not None and isinstance(data.get("entries"), dict):
+        return data
+    return {"format": CACHE_FORMAT, "entries": {}}  # absent, damaged or not ours: measure again
 
 
 def _cached_choice(hit: Any) -> dict[str, Any] | None:
@@ -281,9 +278,6 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
            f"no multiple up to {best} showed its MACs saved as time saved on {backend} here")
     choice = RoundingChoice(best, "measured", why, backend, precision, mode, threads, sweep, machine)
     cache["entries"][key] = choice.to_json()
-    try:
-        atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
-    except OSError as exc:  # a read-only home must not fail a prune: the next run measures again
-        say(f"note: could not cache the round-to choice in {path} ({exc.strerror})")
+    write_cache(path, cache, say)
     say(f"round-to auto: {best} ({why})")
     return choice

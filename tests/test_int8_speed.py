@@ -94,10 +94,15 @@ def test_damaged_cache_is_measured_again(fp32, monkeypatch, tmp_path):
     monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")  # this test is about the timed ranking
     calls = []
     monkeypatch.setattr(int8_speed, "measure", _fake_measure({}, calls))
-    cache = tmp_path / "c.json"
+    cache, said = tmp_path / "c.json", []
     cache.write_text("{not json")
-    ranking = rank_int8_configs(fp32["path"], fp32["shape"], candidates=list(CANDIDATES[:2]), cache=cache)
+    ranking = rank_int8_configs(fp32["path"], fp32["shape"], candidates=list(CANDIDATES[:2]), cache=cache,
+                                say=said.append)
     assert ranking.source == "measured" and len(calls) == 1
+    # slimkit writes its caches atomically, so a file it cannot read is not one it wrote: left as it is
+    assert cache.read_text() == "{not json" and any("is not slimkit's cache" in line for line in said)
+    cache.unlink()
+    rank_int8_configs(fp32["path"], fp32["shape"], candidates=list(CANDIDATES[:2]), cache=cache)
     assert json.loads(cache.read_text())["format"] == int8_speed.RANKING_FORMAT
 
 

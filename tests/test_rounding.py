@@ -98,6 +98,22 @@ def test_auto_measures_once_then_uses_the_cache(monkeypatch, tmp_path):
 
 
 
+@pytest.mark.parametrize("own", ['{"format": "my-tool/2", "entries": {}}', "my notes\n", ""])
+def test_a_users_file_named_like_the_cache_is_never_replaced(monkeypatch, tmp_path, own):
+    """SLIMKIT_CACHE_DIR may point at a folder of the user's: a round_to.json slimkit did not write stays
+    byte-identical (the choice is measured, used, and not cached), and a note says why."""
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    monkeypatch.setattr(rounding, "sweep_multiples", lambda *a, **k: {16: {"mac_ratio": 0.5, "time_ratio": 0.5,
+                                                                           "efficiency": 1.0}})
+    (tmp_path / rounding.CACHE_FILE).write_text(own)
+    logs = []
+    plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10,
+                         latency=LatencyOptions(threads=1, check=False), log=logs.append)
+    assert plan.round_to == 16 and (tmp_path / rounding.CACHE_FILE).read_text() == own
+    assert any("is not slimkit's cache" in line for line in logs)
+
+
 @pytest.mark.parametrize("edit", [{"round_to": 0}, {"round_to": -8}, {"round_to": True}, {"round_to": 10**9},
                                   {"round_to": "8"}, {"sweep": {"x": {}}}, {"sweep": [1]}, {"threads": -1}])
 def test_a_hand_edited_round_to_cache_is_measured_again_not_trusted(monkeypatch, tmp_path, edit):
