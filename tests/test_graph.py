@@ -6,8 +6,12 @@ import random
 import pytest
 import torch
 
+from torch import nn
+
+import slimkit
 from slimkit import count_flops, count_params
 from slimkit.generator import build_model, channel_graph, resize_model
+from slimkit.graph import GraphError
 
 
 def test_resnet56_residual_stages_are_one_group_each():
@@ -71,6 +75,14 @@ def test_ecas_conv_over_the_channel_vector_keeps_the_blocks_prunable():
     assert "stages.0.0.attn.conv.weight" not in g.param_dims
 
 
+def test_global_context_pooling_keeps_the_blocks_prunable():
+    """GC blocks pool with ``x.view(B, 1, C, HW) @ softmax(attn)``: each channel's row is multiplied on
+    its own, so the block's channels stay prunable; only the single attention map keeps width 1."""
+    g = channel_graph("timm:gcresnext26ts", {}, (3, 64, 64))
+    assert len(g.groups) == 23
+    assert all(name == "head.fc" or name.endswith("attn.conv_attn") for name in g.frozen)
+
+
 def test_convnext_layer_scale_follows_its_group():
     g = channel_graph("timm:convnext_atto", {}, (3, 64, 64))
     assert "stages.0.blocks.0.gamma" in g.param_dims
@@ -81,7 +93,7 @@ def test_convnext_layer_scale_follows_its_group():
     ("torchvision:mobilenet_v3_large", (3, 64, 64)), ("timm:densenet121", (3, 64, 64)),
     ("timm:ghostnet_100", (3, 64, 64)), ("timm:convnext_atto", (3, 64, 64)),
     ("timm:regnety_008", (3, 64, 64)), ("torchvision:inception_v3", (3, 96, 96)),
-    ("timm:eca_resnext26ts", (3, 64, 64)),
+    ("timm:eca_resnext26ts", (3, 64, 64)), ("timm:gcresnext26ts", (3, 64, 64)),
 ])
 def test_predicted_counts_equal_counted_for_random_widths(arch, size):
     """The graph's MACs/params for arbitrary widths equal what the resized model counts."""
@@ -97,3 +109,48 @@ def test_predicted_counts_equal_counted_for_random_widths(arch, size):
     assert out.shape[-1] == classes
     assert count_flops(model, size) == g.count_flops(widths)
     assert count_params(model) == g.count_params(widths)
+
+
+_HIDDEN_WIDTH: dict[int, int] = {}  # a width the forward reads from outside the module: G cannot rewrite it
+
+
+class _HiddenReshape(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(width)
+        _HIDDEN_WIDTH[id(self)] = width
+
+    def forward(self, y):
+        y = self.norm(y)
+        return y.reshape(y.shape[0], _HIDDEN_WIDTH[id(self)], -1).softmax(-1).reshape(y.shape)
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.inner, self.mix, self.out = nn.Conv2d(16, width, 1), _HiddenReshape(width), nn.Conv2d(width, 16, 1)
+
+    def forward(self, x):
+        return x + self.out(self.mix(self.inner(x)))
+
+
+def _dozen_blocks(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_chans, 16, 3, padding=1), *[_Block(8 + 4 * i) for i in range(12)],
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+def test_a_model_with_a_dozen_blocks_g_cannot_resize_still_prunes_the_rest():
+    """Each block reshapes to a width the trace sees as a constant: the graph calls it prunable and the
+    thinned copy fails there, one block per probe round. Twelve such blocks (Twins-SVT's attention in
+    every block) used to exhaust 8 rounds; each now freezes and the stem/residual width still prunes."""
+    # at 7x7 px (49 positions, odd) a thinned width never reshapes to the full one: the probe sees it fail
+    plan = slimkit.prune(_dozen_blocks, "80%", method="uniform", input_size=(3, 7, 7), round_to=1, tolerance=0.1)
+    assert plan.widths == {"0": plan.widths["0"]} and plan.widths["0"] < 16  # the residual stream prunes
+
+
+def test_widths_the_probe_missed_that_break_the_model_are_one_error_naming_the_module():
+    """At 8x8 px the probe's widths happen to reshape without error (64 positions divide evenly), so the
+    blocks stay prunable; the plan's own widths do not: one line naming the module, not torch's traceback."""
+    with pytest.raises(GraphError, match=r"failed in module '\d+\.mix' \(_HiddenReshape\): RuntimeError: .*"
+                                         "G cannot resize that module at these widths"):
+        slimkit.prune(_dozen_blocks, "80%", method="uniform", input_size=(3, 8, 8), round_to=1, tolerance=0.1)
