@@ -50,7 +50,8 @@ from slimkit.runtime import available_memory_bytes
 from slimkit.validate import check_input_size, check_number, check_type
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
-           "select_channels", "choose_channels", "kept_index", "source_fields", "load_full_weights"]
+           "select_channels", "choose_channels", "kept_index", "source_fields", "load_full_weights",
+           "thinned_failure"]
 
 
 def _kwargs_key(arch: str, arch_kwargs: dict[str, Any], input_size: tuple[int, ...]) -> str:
@@ -156,9 +157,10 @@ def check_weights_memory(arch: str, arch_kwargs: dict[str, Any] | None = None) -
 
 
 # Probe widths: groups shrink by different factors so that two groups the analysis wrongly keeps
-# apart are very likely to disagree; a few rounds, each freezing what the previous one broke.
+# apart are very likely to disagree; rounds, each freezing what the previous one broke (one module
+# a round: a transformer whose every block's attention reads a width G cannot rewrite needs a dozen).
 _PROBE_FACTORS = (0.5, 0.75, 0.625)
-_PROBE_ROUNDS = 8
+_PROBE_ROUNDS = 32
 
 
 def _probe_widths(graph: ChannelGraph) -> dict[str, int]:
@@ -205,6 +207,14 @@ class _ThinnedFailure(Exception):
     def __init__(self, error: Exception, model: nn.Module):
         super().__init__(str(error))
         self.error, self.model = error, model
+
+
+def thinned_failure(arch: str, exc: BaseException, thin: nn.Module) -> GraphError:
+    """One line for a thinned model whose own code fails at a plan's widths although the probe's widths
+    ran: the module reads a width from somewhere the trace cannot see, and the probe's happened to fit."""
+    error = model_error(f"running {arch} thinned to these widths", exc, thin)
+    return GraphError(f"{error}: G cannot resize that module at these widths (its code reads a width slimkit "
+                      "cannot see); try another budget or --round-to")
 
 
 def _run_thinned(arch: str, arch_kwargs: dict[str, Any], graph: ChannelGraph, widths: dict[str, int],

@@ -39,7 +39,7 @@ from slimkit.errors import BudgetError
 from slimkit.exporters.int8 import QuantizeSettings, quantize_for_timing
 from slimkit.int8_speed import Int8Ranking, ordered_settings, rank_int8_configs
 from slimkit.exporters.onnx import export
-from slimkit.generator import generate
+from slimkit.generator import generate, thinned_failure
 from slimkit.graph import ChannelGraph
 from slimkit.latency import Candidate, LatencyError, check_mode, measure
 from slimkit.registry import traced_part
@@ -118,7 +118,10 @@ class LatencyMeter:
         model = traced_part(generate(plan))
         # Realistic activations (no denormals, no overflow) at little cost: weights do not change
         # latency, but values that vanish into denormals would slow some CPUs down.
-        calibrate_bn(model, tuple(plan.input_size), batches=2, batch_size=2)
+        try:
+            calibrate_bn(model, tuple(plan.input_size), batches=2, batch_size=2)
+        except Exception as exc:  # noqa: BLE001 - the model's own code fails at these widths: one line
+            raise thinned_failure(plan.arch, exc, model) from exc
         label = name or f"cand{len(self._files)}"
         path = self.workdir / f"{label}.onnx"
         export(model.eval(), tuple(plan.input_size), path, batch=self.batch, exporter="torchscript",

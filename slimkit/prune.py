@@ -46,7 +46,7 @@ from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
 from slimkit.generator import (build_model, channel_graph, choose_channels, generate, load_full_weights, resize_model,
-                               source_fields)
+                               source_fields, thinned_failure)
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.layer_latency import layer_latency_per_mac
 from slimkit.plan import CRITERIA, ChannelPlan
@@ -363,6 +363,8 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
                    "rounding": rounding.to_json()})
     plan = base.with_widths(result.widths, budget=b.to_json(), flops=result.flops, params=result.params,
                             search=search, latency=latency_record)
+    if verify:  # before anything else runs the thin model (the latency check below)
+        _verify(plan)
     if latency_options.check and latency_record is None and timing_enabled():
         plan.search["latency_check"] = check_latency(plan, graph, latency_options, timing_device, say)
     block = documented_multiple(latency_options.backend, latency_options.precision, timing_device)[0]
@@ -378,15 +380,16 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     if criterion is not None:
         say(f"kept channels: {criterion} on {gates.weights}")
         plan = choose_channels(plan, gates.weights, criterion, gates=learned_gates)
-    if verify:
-        _verify(plan)
     return plan
 
 
 def _verify(plan: ChannelPlan) -> None:
     """The contract: G(plan) counts exactly the plan's FLOPs and parameters."""
     thin = generate(plan)
-    flops, params = count_flops(registry.traced_part(thin), tuple(plan.input_size)), count_params(thin)
+    try:
+        flops, params = count_flops(registry.traced_part(thin), tuple(plan.input_size)), count_params(thin)
+    except Exception as exc:  # noqa: BLE001 - the model's own code fails at these widths (the probe's passed)
+        raise thinned_failure(plan.arch, exc, thin) from exc
     if (flops, params) != (plan.flops, plan.params):
         raise PlanError(
             f"internal error: G(plan) counts {flops} MACs / {params} params, plan says "
