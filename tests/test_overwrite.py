@@ -147,6 +147,19 @@ def test_empty_out_is_refused_by_every_command(tmp_path, plan_file):
     assert list(Path.cwd().glob("checkpoint.pt")) == []
 
 
+def test_an_out_ending_in_a_slash_is_a_folder_not_a_file_name(tmp_path, plan_file, monkeypatch):
+    """`--out runs/` names a folder; Path() drops the slash, and the plan would land in a file called `runs`."""
+    monkeypatch.chdir(tmp_path)
+    for args, example in ((["prune", "resnet20", "--flops", "50%", "--method", "uniform"], "new/plan.json"),
+                          (["export", plan_file, "--no-bench"], "new/model.onnx"),
+                          (["bench", plan_file, "--runs", "5"], "new/latency"),
+                          (["bench", plan_file, "--update-baseline", "--baseline"], "new/baseline.json")):
+        for out in (["--out", "new/"], ["--out=new/"]) if args[0] != "bench" or "--baseline" not in args else [["new/"]]:
+            r = run(*args, *out)
+            assert r.exit_code == 2 and "ends in '/'" in r.output and example in r.output, (args, out, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 def test_export_and_bench_never_replace_inputs_or_foreign_side_files(tmp_path, plan_file):
     keep = tmp_path / "keep.latency.json"
     keep.write_text('{"mine": 1}\n')

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
@@ -89,6 +89,7 @@ def _openvino_parity(report, cands, threads: int | None) -> None:
                       f"{verdict}", highlight=False)
 
 
+@file_paths(out="latency", baseline="baseline.json")
 @user_errors
 @checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, warmup=limits.NON_NEGATIVE_COUNT,
                  runs=limits.RUNS, num_classes=limits.SMALL_COUNT)

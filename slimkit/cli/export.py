@@ -16,7 +16,7 @@ from slimkit import registry
 from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, export_for_timing, load_model, onnx_metadata,
                                reference_candidate)
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
@@ -30,6 +30,7 @@ from slimkit.latency import Candidate, report_outputs
 from slimkit.models.tasks import WholeDetector, deployment_side, is_detector
 
 
+@file_paths(out="model.onnx")
 @user_errors
 @checked_numbers(opset=limits.OPSET, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT, atol=limits.ATOL,
                  threads=limits.SMALL_COUNT, runs=limits.RUNS, calib_images=limits.COUNT,
