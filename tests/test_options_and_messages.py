@@ -110,6 +110,18 @@ def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
         load_recipe(recipe)
 
 
+def test_a_recipe_whose_num_classes_contradicts_its_data_fails_the_dry_run(tmp_path):
+    """Found only after the prune stage (minutes of gate learning), with advice to pass --num-classes,
+    which `slimkit run` does not take."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: tiny\narch: resnet20\nnum_classes: 3\ndata:\n  name: synthetic\nprune:\n  flops: 50%\n")
+    with pytest.raises(RecipeError, match="num_classes 3 but synthetic has 10 classes.*num_classes: 10"):
+        load_recipe(recipe)
+    assert load_recipe(recipe, ["num_classes=10"]).num_classes == 10
+    one_line_error(run("run", recipe, "--dry-run", "--out", tmp_path / "never"), "num_classes 3 but synthetic")
+    assert not (tmp_path / "never").exists()
+
+
 # ---------------------------------------------------------------------------- misleading messages
 def test_a_folder_named_like_an_architecture_says_how_to_name_the_architecture(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
