@@ -86,6 +86,18 @@ def test_check_outputs_refuses_what_is_not_ours(tmp_path):
     assert mine.read_text() == "my notes\n"
 
 
+def test_a_folder_given_as_a_file_to_write_is_one_error(tmp_path, plan, monkeypatch):
+    """save_plan(plan, '.') raised a raw OSError ('Device or resource busy: . -> .')."""
+    monkeypatch.chdir(tmp_path)
+    for folder in (".", tmp_path, "sub"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(OutputError, match="is a folder, not a file"):
+            save_plan(plan, folder)
+        with pytest.raises(OutputError, match="is a folder, not a file"):
+            atomic_write_text(folder, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"] and not any((tmp_path / "sub").iterdir())
+
+
 def test_a_legal_255_byte_name_is_written_and_errors_name_it(tmp_path):
     """The temporary name beside it used to be longer than the file system allows (after the work)."""
     path = tmp_path / ("p" * (NAME_MAX - 5) + ".json")
