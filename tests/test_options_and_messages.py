@@ -110,6 +110,20 @@ def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
         load_recipe(recipe)
 
 
+def test_a_key_given_twice_in_a_plan_or_arch_kwargs_is_refused(plan_file, tmp_path):
+    """A group line added by hand instead of edited: JSON keeps the last value without a word."""
+    text = plan_file.read_text()
+    line = next(ln for ln in text.splitlines() if '"layer3.2.conv1"' in ln)
+    twice = tmp_path / "twice.json"
+    twice.write_text(text.replace(line, line.rstrip(",") + ",\n" + line, 1))
+    with pytest.raises(PlanError, match="'layer3.2.conv1' appears twice"):
+        slimkit.load_plan(twice)
+    one_line_error(run("export", twice, "--no-bench", "--out", tmp_path / "never.onnx"), "appears twice")
+    one_line_error(run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out", tmp_path / "never.json",
+                       "--arch-kwargs", '{"num_classes": 10, "num_classes": 5}'), "'num_classes' appears twice")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["twice.json"]
+
+
 def test_a_recipe_whose_num_classes_contradicts_its_data_fails_the_dry_run(tmp_path):
     """Found only after the prune stage (minutes of gate learning), with advice to pass --num-classes,
     which `slimkit run` does not take."""

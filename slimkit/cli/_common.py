@@ -25,7 +25,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from slimkit.errors import SlimkitError, os_error_in
 from slimkit import validate as limits
-from slimkit.validate import Range, check_number
+from slimkit.validate import DuplicateKeyError, Range, check_number, loads_json
 
 
 def _never_fail_on_encoding() -> None:
@@ -380,7 +380,9 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = loads_json(text)
+    except DuplicateKeyError as exc:
+        raise SlimkitError(f"--arch-kwargs: {exc}") from None
     except json.JSONDecodeError as exc:
         raise SlimkitError(f"cannot read --arch-kwargs '{text[:60]}': {exc.msg}; use JSON like "
                            "'{\"width\": 64}'") from None
