@@ -188,6 +188,11 @@ def test_export_and_bench_never_replace_inputs_or_foreign_side_files(tmp_path, p
     assert_refused(run("bench", plan_file, "--out", plan_file.with_suffix("")), "is also an input")
     assert_refused(run("bench", plan_file, "--baseline", tmp_path / "keep.latency.json", "--update-baseline"),
                    "not the latency baseline written by slimkit")
+    # the message names the option at fault: --baseline when recording, --backend when one is given twice
+    assert_refused(run("bench", plan_file, "--baseline", plan_file, "--update-baseline"),
+                   f"--baseline {plan_file} is also an input", "choose another --baseline")
+    assert_refused(run("bench", plan_file, "--backend", "ort-cpu", "--backend", "ort-cpu", "--out", tmp_path / "two"),
+                   "--backend ort-cpu is given twice")
     assert {**snapshot(tmp_path), "plan": plan_file.read_bytes()} == before
 
 

@@ -117,6 +117,8 @@ def bench(
     for b in backend:
         if b not in BACKENDS:
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
+        if backend.count(b) > 1:  # its two reports would go to one file: say which option is at fault
+            raise SlimkitError(f"--backend {b} is given twice: give each backend once")
     device = resolve_bench_device(backend, device)
     if mode is not None:
         check_mode(mode)
@@ -132,7 +134,8 @@ def bench(
         outputs = report_outputs(out)
     else:
         outputs = [o for b in backend for o in report_outputs(_report_stem(out, b, backend))]
-    check_outputs(outputs, inputs=inputs, force=force)
+    check_outputs(outputs, inputs=inputs, force=force,
+                  option="--baseline" if baseline is not None and update_baseline else "--out")
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         workdir = Path(tmp)
         if baseline is not None:
