@@ -85,6 +85,19 @@ def test_export_refuses_num_classes_a_checkpoint_does_not_have(checkpoint, plan_
     assert not out.exists()
 
 
+def test_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
+    """--int8's options without --int8, and bench's --reference without --baseline (ratios stay to the first
+    model), were accepted and ignored: the user believed they had calibrated on, or compared against, them."""
+    out = tmp_path / "m.onnx"
+    one_line_error(run("export", plan_file, "--data", "synthetic", "--no-bench", "--out", out),
+                   "--data sets up the int8 file: add --int8, or drop it")
+    one_line_error(run("export", plan_file, "--calib-images", "5", "--max-drop", "2", "--no-bench", "--out", out),
+                   "--calib-images, --max-drop set up the int8 file")
+    one_line_error(run("bench", plan_file, "--reference", "resnet20", "--runs", "5", "--out", tmp_path / "lat"),
+                   "--reference chooses the gate's reference", "slimkit bench resnet20 MODEL")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def _image_folder(root: Path, classes: list[str]) -> Path:
     for split in ("train", "val"):
         for c in classes:

@@ -119,6 +119,9 @@ def bench(
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
         if backend.count(b) > 1:  # its two reports would go to one file: say which option is at fault
             raise SlimkitError(f"--backend {b} is given twice: give each backend once")
+    if reference is not None and baseline is None:  # ratios are to the first model: --reference would do nothing
+        raise SlimkitError(f"--reference chooses the gate's reference when recording a --baseline; to time models "
+                           f"against {reference}, list it first: slimkit bench {reference} MODEL ...")
     device = resolve_bench_device(backend, device)
     if mode is not None:
         check_mode(mode)

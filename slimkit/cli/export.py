@@ -73,6 +73,17 @@ def export(
     With --int8, also quantize (onnxruntime, calibrated on --data's training split), check top-1 vs
     fp32 (or output agreement for untrained weights), and time full fp32, fp32 and int8 together."""
     del onnx  # always ONNX: the flag exists so a script may say so
+    if not int8:  # the --int8 options do nothing alone: a user who gave one expects it to have done something
+        given = [name for name, value, default in (
+            ("--data", data, None), ("--data-dir", data_dir, None),
+            ("--calib-images", calib_images, QuantizeSettings.calib_images),
+            ("--calib-method", calib_method, QuantizeSettings.calib_method), ("--int8-format", int8_format, "auto"),
+            ("--int8-activations", int8_activations, "auto"), ("--int8-weights", int8_weights, "auto"),
+            ("--max-drop", max_drop, 1.0), ("--max-output-error", max_output_error, 1.0),
+            ("--eval-images", eval_images, None)) if value != default]
+        if given:
+            raise SlimkitError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up the int8 file: add --int8, "
+                               f"or drop {'it' if len(given) == 1 else 'them'}")
     if postprocess and int8:
         raise SlimkitError("--int8 is checked by top-1 agreement, which a whole detector's detections do not give: "
                            "drop --int8, or drop --postprocess to quantize the dense core")
