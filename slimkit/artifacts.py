@@ -378,4 +378,8 @@ def baseline_candidates(baseline: dict[str, Any], model_text: str, workdir: Path
         raise LatencyError(f"the baseline was recorded for another model ({gate['model']}), not {model_text}: check "
                            "the model it was recorded for, or re-record it with --update-baseline")
     ref = candidate_from_spec(gate["reference_spec"], workdir, batch, gate["reference"], base_dir)
+    if list(ref.input_shape) != list(gate["input_shape"]):  # a ratio to another input size means nothing
+        raise LatencyError(f"the baseline's reference {ref.name} takes input {'x'.join(map(str, ref.input_shape))} but "
+                           f"the baseline was recorded at {'x'.join(map(str, gate['input_shape']))}: the baseline was "
+                           "edited or damaged; re-record it with --update-baseline")
     return ref, model

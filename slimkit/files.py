@@ -81,6 +81,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Write via a temp file in the same folder + rename: readers never see half a file, and a
     crash leaves the previous version intact. ``write(tmp_path)`` produces the content."""
     path = Path(path)
+    if path.is_dir():  # os.replace would fail with EBUSY/EISDIR naming a temporary file, after the work
+        raise OutputError(f"{path} is a folder, not a file: give a file name inside it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     os.close(fd)

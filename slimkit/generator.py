@@ -486,6 +486,9 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     check_type("generate", "plan", plan, (ChannelPlan, dict, str, os.PathLike),
                "a ChannelPlan, a plan dict or a plan file path")
     check_number("generate: 'seed'", seed, limits.SEED)
+    check_type("generate", "weights", weights, (str, os.PathLike, Mapping, type(None)),
+               "a checkpoint path or a state dict of the full model, or None")
+    check_type("generate", "model", model, (nn.Module, type(None)), "an nn.Module of the plan's architecture, or None")
     plan = load_plan(plan)
     if weights is not None:
         return _inherit(plan, weights)

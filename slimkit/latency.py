@@ -525,4 +525,9 @@ def read_baseline(path: Path) -> dict[str, Any]:
                            f"backend {backend!r}); {redo}")
     if not isinstance(gate.get("model_fingerprint"), str):
         raise LatencyError(f"{path} does not say which model it was recorded for; {redo}")
+    spec = gate["reference_spec"]  # what the check rebuilds and times: a path, or the plan itself
+    if not (isinstance(gate["reference"], str) and isinstance(spec, dict) and (
+            (spec.get("kind") in ("onnx", "checkpoint") and isinstance(spec.get("path"), str) and spec["path"])
+            or (spec.get("kind") == "plan" and isinstance(spec.get("plan"), dict)))):
+        raise LatencyError(f"{path} holds a damaged reference ({show(gate['reference'])}: {show(spec)}); {redo}")
     return data

@@ -28,7 +28,7 @@ from typing import Any
 from slimkit import validate as limits
 from slimkit.errors import PlanError
 from slimkit.files import Output, atomic_write_text, is_json_with
-from slimkit.validate import Range, check_number, show
+from slimkit.validate import DuplicateKeyError, Range, check_number, loads_json, show
 from slimkit.version import __version__
 
 __all__ = ["ChannelPlan", "checked", "load_plan", "save_plan", "plan_output", "PLAN_FORMAT", "PLAN_FORMAT_KEEP",
@@ -314,7 +314,9 @@ def load_plan(path: str | os.PathLike | dict | ChannelPlan) -> ChannelPlan:
     if not p.is_file():
         raise PlanError(f"plan file not found: {p} (create one with `slimkit prune ARCH --out {p}`)")
     try:
-        data = json.loads(p.read_text())
+        data = loads_json(p.read_text())
+    except DuplicateKeyError as exc:
+        raise PlanError(f"{p}: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PlanError(f"{p} is not valid JSON ({exc}); regenerate it with `slimkit prune`") from exc
     return ChannelPlan.from_dict(data, source=str(p))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -468,6 +469,15 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
     check_type("prune", "verify", verify, bool, "True or False")
     check_type("prune", "gates", gates, (GateOptions, type(None)), "a slimkit.GateOptions or None")
     check_type("prune", "latency", latency, (LatencyOptions, type(None)), "a slimkit.LatencyOptions or None")
+    text, text_or_none = (str,), (str, os.PathLike, type(None))
+    for prefix, options, kinds in (  # their text fields too: GateOptions(data=3) is no AttributeError later
+            ("gates", gates, {"data": text, "data_dir": text_or_none, "preset": text_or_none, "device": text,
+                              "weights": text_or_none, "selection": text, "search_space": text}),
+            ("latency", latency, {"backend": text, "precision": text, "mode": text, "check": (bool,)})):
+        for field, allowed in kinds.items() if options is not None else ():
+            check_type("prune", f"{prefix}.{field}", getattr(options, field), allowed,
+                       "True or False" if allowed == (bool,) else "a string" + (" or None" if type(None) in allowed
+                                                                                 else ""))
     if log is not None and not callable(log):
         raise TypeError(f"prune: 'log' must be a function taking one string (e.g. print), got {show(log)}")
     if progress is not None and not all(hasattr(progress, m) for m in ("add_task", "update", "remove_task")):

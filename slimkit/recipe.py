@@ -466,6 +466,10 @@ def _validate(r: Recipe, source: str) -> Recipe:
         check_task_data(task, r.data.name, option="data.name")
     except SlimkitError as exc:
         raise RecipeError(f"{source}: {exc}") from None
+    known = NUM_CLASSES.get(r.data.name) if task == "classification" else None
+    _check(r.num_classes is None or known is None or r.num_classes == known, source,
+           f"num_classes {r.num_classes} but {r.data.name} has {known} classes: the plan would be pruned for a head "
+           f"training cannot use; set num_classes: {known} (or remove it: the data's is the default)")
     _check(task == "classification" or not r.export.int8, source,
            f"export.int8 checks int8 top-1 against fp32, a classifier's metric; a {task} model has none: set "
            "export.int8: false")

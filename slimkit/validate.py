@@ -12,6 +12,7 @@ to a structure whose full ``repr`` runs to gigabytes.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import reprlib
@@ -20,7 +21,8 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "INT64_MAX"]
+__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "INT64_MAX", "DuplicateKeyError",
+           "loads_json"]
 
 INT64_MAX = 2**63 - 1  # torch, numpy and onnxruntime all overflow past this
 
@@ -147,3 +149,22 @@ IN_CHANS = Range(1, 64, integer=True)
 OPSET = Range(7, 99, integer=True)
 RUNS = Range(5, 10_000_000, integer=True)  # timed rounds: fewer than 5 give no usable statistics
 ATOL = Range(0.0, 1e6, low_open=True)
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object that names one key twice: json.loads would keep the last value without a word."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"the key {show(key, 60)} appears twice: keep one of them")
+        out[key] = value
+    return out
+
+
+def loads_json(text: str | bytes) -> Any:
+    """json.loads for a file a person may have edited (a plan, --arch-kwargs): a key given twice is a
+    :class:`DuplicateKeyError`, as it is in a recipe, never the last value taken silently."""
+    return json.loads(text, object_pairs_hook=_refuse_duplicates)

@@ -158,6 +158,14 @@ def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
     check_with(lambda d: d.update(threads=10**9), "'threads' must be in [1, 65536]")
     check_with(lambda d: d.update(threads=True), "'threads' must be a number")
     check_with(lambda d: d.update(batch=10**7), "'batch' must be in [1, 65536]")
+    # a damaged reference is one line, and a reference of another input size is no ratio at all
+    check_with(lambda d: d["gate"].update(reference_spec={"kind": "onnx"}), "damaged reference")
+    check_with(lambda d: d["gate"].update(reference_spec={"kind": "onnx", "path": 3}), "damaged reference")
+    check_with(lambda d: d["gate"].update(reference_spec={"kind": "checkpoint", "path": None}), "damaged reference")
+    check_with(lambda d: d["gate"].update(reference_spec={"kind": "plan", "plan": None}), "damaged reference")
+    check_with(lambda d: d["gate"].update(reference=["full"]), "damaged reference")
+    check_with(lambda d: d["gate"]["reference_spec"]["plan"].update(input_size=[3, 64, 64], flops=None),
+               "recorded at 1x3x32x32")
     _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", base, "--reference", "nosuchnet"),
                     "--update-baseline")
 

@@ -85,6 +85,19 @@ def test_export_refuses_num_classes_a_checkpoint_does_not_have(checkpoint, plan_
     assert not out.exists()
 
 
+def test_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
+    """--int8's options without --int8, and bench's --reference without --baseline (ratios stay to the first
+    model), were accepted and ignored: the user believed they had calibrated on, or compared against, them."""
+    out = tmp_path / "m.onnx"
+    one_line_error(run("export", plan_file, "--data", "synthetic", "--no-bench", "--out", out),
+                   "--data sets up the int8 file: add --int8, or drop it")
+    one_line_error(run("export", plan_file, "--calib-images", "5", "--max-drop", "2", "--no-bench", "--out", out),
+                   "--calib-images, --max-drop set up the int8 file")
+    one_line_error(run("bench", plan_file, "--reference", "resnet20", "--runs", "5", "--out", tmp_path / "lat"),
+                   "--reference chooses the gate's reference", "slimkit bench resnet20 MODEL")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def _image_folder(root: Path, classes: list[str]) -> Path:
     for split in ("train", "val"):
         for c in classes:
@@ -108,6 +121,32 @@ def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
     recipe.write_text("name: tiny\narch: resnet20\nprune:\n  flops: 50%\nname: other\n")
     with pytest.raises(RecipeError, match="'name' appears twice"):
         load_recipe(recipe)
+
+
+def test_a_key_given_twice_in_a_plan_or_arch_kwargs_is_refused(plan_file, tmp_path):
+    """A group line added by hand instead of edited: JSON keeps the last value without a word."""
+    text = plan_file.read_text()
+    line = next(ln for ln in text.splitlines() if '"layer3.2.conv1"' in ln)
+    twice = tmp_path / "twice.json"
+    twice.write_text(text.replace(line, line.rstrip(",") + ",\n" + line, 1))
+    with pytest.raises(PlanError, match="'layer3.2.conv1' appears twice"):
+        slimkit.load_plan(twice)
+    one_line_error(run("export", twice, "--no-bench", "--out", tmp_path / "never.onnx"), "appears twice")
+    one_line_error(run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out", tmp_path / "never.json",
+                       "--arch-kwargs", '{"num_classes": 10, "num_classes": 5}'), "'num_classes' appears twice")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["twice.json"]
+
+
+def test_a_recipe_whose_num_classes_contradicts_its_data_fails_the_dry_run(tmp_path):
+    """Found only after the prune stage (minutes of gate learning), with advice to pass --num-classes,
+    which `slimkit run` does not take."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: tiny\narch: resnet20\nnum_classes: 3\ndata:\n  name: synthetic\nprune:\n  flops: 50%\n")
+    with pytest.raises(RecipeError, match="num_classes 3 but synthetic has 10 classes.*num_classes: 10"):
+        load_recipe(recipe)
+    assert load_recipe(recipe, ["num_classes=10"]).num_classes == 10
+    one_line_error(run("run", recipe, "--dry-run", "--out", tmp_path / "never"), "num_classes 3 but synthetic")
+    assert not (tmp_path / "never").exists()
 
 
 # ---------------------------------------------------------------------------- misleading messages

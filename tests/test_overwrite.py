@@ -86,6 +86,18 @@ def test_check_outputs_refuses_what_is_not_ours(tmp_path):
     assert mine.read_text() == "my notes\n"
 
 
+def test_a_folder_given_as_a_file_to_write_is_one_error(tmp_path, plan, monkeypatch):
+    """save_plan(plan, '.') raised a raw OSError ('Device or resource busy: . -> .')."""
+    monkeypatch.chdir(tmp_path)
+    for folder in (".", tmp_path, "sub"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(OutputError, match="is a folder, not a file"):
+            save_plan(plan, folder)
+        with pytest.raises(OutputError, match="is a folder, not a file"):
+            atomic_write_text(folder, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"] and not any((tmp_path / "sub").iterdir())
+
+
 def test_a_legal_255_byte_name_is_written_and_errors_name_it(tmp_path):
     """The temporary name beside it used to be longer than the file system allows (after the work)."""
     path = tmp_path / ("p" * (NAME_MAX - 5) + ".json")
@@ -147,6 +159,19 @@ def test_empty_out_is_refused_by_every_command(tmp_path, plan_file):
     assert list(Path.cwd().glob("checkpoint.pt")) == []
 
 
+def test_an_out_ending_in_a_slash_is_a_folder_not_a_file_name(tmp_path, plan_file, monkeypatch):
+    """`--out runs/` names a folder; Path() drops the slash, and the plan would land in a file called `runs`."""
+    monkeypatch.chdir(tmp_path)
+    for args, example in ((["prune", "resnet20", "--flops", "50%", "--method", "uniform"], "new/plan.json"),
+                          (["export", plan_file, "--no-bench"], "new/model.onnx"),
+                          (["bench", plan_file, "--runs", "5"], "new/latency"),
+                          (["bench", plan_file, "--update-baseline", "--baseline"], "new/baseline.json")):
+        for out in (["--out", "new/"], ["--out=new/"]) if args[0] != "bench" or "--baseline" not in args else [["new/"]]:
+            r = run(*args, *out)
+            assert r.exit_code == 2 and "ends in '/'" in r.output and example in r.output, (args, out, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 def test_export_and_bench_never_replace_inputs_or_foreign_side_files(tmp_path, plan_file):
     keep = tmp_path / "keep.latency.json"
     keep.write_text('{"mine": 1}\n')
@@ -163,6 +188,11 @@ def test_export_and_bench_never_replace_inputs_or_foreign_side_files(tmp_path, p
     assert_refused(run("bench", plan_file, "--out", plan_file.with_suffix("")), "is also an input")
     assert_refused(run("bench", plan_file, "--baseline", tmp_path / "keep.latency.json", "--update-baseline"),
                    "not the latency baseline written by slimkit")
+    # the message names the option at fault: --baseline when recording, --backend when one is given twice
+    assert_refused(run("bench", plan_file, "--baseline", plan_file, "--update-baseline"),
+                   f"--baseline {plan_file} is also an input", "choose another --baseline")
+    assert_refused(run("bench", plan_file, "--backend", "ort-cpu", "--backend", "ort-cpu", "--out", tmp_path / "two"),
+                   "--backend ort-cpu is given twice")
     assert {**snapshot(tmp_path), "plan": plan_file.read_bytes()} == before
 
 

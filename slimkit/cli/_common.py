@@ -25,7 +25,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from slimkit.errors import SlimkitError, os_error_in
 from slimkit import validate as limits
-from slimkit.validate import Range, check_number
+from slimkit.validate import DuplicateKeyError, Range, check_number, loads_json
 
 
 def _never_fail_on_encoding() -> None:
@@ -278,6 +278,18 @@ def checked_numbers(**ranges: Range) -> Callable[[F], F]:
     return decorate
 
 
+def file_paths(**examples: str) -> Callable[[F], F]:
+    """Path options of a command that name a file (or a report's stem), each with an example name:
+    ``--out runs/`` names a folder, which Path() would turn into a file called ``runs``. SlimkitCommand
+    refuses a trailing ``/`` while the raw text is still there."""
+
+    def decorate(fn: F) -> F:
+        fn.file_paths = dict(examples)  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
 # ---------------------------------------------------------------------------- help text
 def _no_type(option: Any) -> Any:
     if option is not None:
@@ -328,15 +340,26 @@ class SlimkitCommand(typer.core.TyperCommand):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # An empty path ('--out ""') reaches the command as Path('.'): the current folder, which the
-        # user did not name. Refuse it while the raw text is still here.
+        # user did not name; 'runs/' reaches it as Path('runs'), a file where the user named a folder.
+        # Refuse both while the raw text is still here.
+        files = getattr(self.callback, "file_paths", {})
         for p in self.params:
             if not isinstance(p, typer.core.TyperOption) or p.type_descriptor.annotation is not Path:
                 continue
             for i, arg in enumerate(args):
-                empty = (arg in p.opts and i + 1 < len(args) and not args[i + 1].strip()) or \
-                    any(arg.startswith(o + "=") and not arg[len(o) + 1:].strip() for o in p.opts if o.startswith("--"))
-                if empty:
+                if arg in p.opts and i + 1 < len(args):
+                    value = args[i + 1]
+                else:
+                    value = next((arg[len(o) + 1:] for o in p.opts if o.startswith("--") and arg.startswith(o + "=")),
+                                 None)
+                if value is None:
+                    continue
+                if not value.strip():
                     raise typer.BadParameter("is empty: give a file or folder name", ctx=ctx, param=p)
+                if p.name in files and value.endswith(("/", os.sep)):
+                    raise typer.BadParameter(f"{value} ends in '/', a folder, but this option names a file: give a "
+                                             f"file name, e.g. {value.rstrip('/' + os.sep)}/{files[p.name]}",
+                                             ctx=ctx, param=p)
         return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
@@ -357,7 +380,9 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = loads_json(text)
+    except DuplicateKeyError as exc:
+        raise SlimkitError(f"--arch-kwargs: {exc}") from None
     except json.JSONDecodeError as exc:
         raise SlimkitError(f"cannot read --arch-kwargs '{text[:60]}': {exc.msg}; use JSON like "
                            "'{\"width\": 64}'") from None

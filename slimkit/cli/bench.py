@@ -13,7 +13,7 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
@@ -89,6 +89,7 @@ def _openvino_parity(report, cands, threads: int | None) -> None:
                       f"{verdict}", highlight=False)
 
 
+@file_paths(out="latency", baseline="baseline.json")
 @user_errors
 @checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, warmup=limits.NON_NEGATIVE_COUNT,
                  runs=limits.RUNS, num_classes=limits.SMALL_COUNT)
@@ -116,6 +117,11 @@ def bench(
     for b in backend:
         if b not in BACKENDS:
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
+        if backend.count(b) > 1:  # its two reports would go to one file: say which option is at fault
+            raise SlimkitError(f"--backend {b} is given twice: give each backend once")
+    if reference is not None and baseline is None:  # ratios are to the first model: --reference would do nothing
+        raise SlimkitError(f"--reference chooses the gate's reference when recording a --baseline; to time models "
+                           f"against {reference}, list it first: slimkit bench {reference} MODEL ...")
     device = resolve_bench_device(backend, device)
     if mode is not None:
         check_mode(mode)
@@ -131,7 +137,8 @@ def bench(
         outputs = report_outputs(out)
     else:
         outputs = [o for b in backend for o in report_outputs(_report_stem(out, b, backend))]
-    check_outputs(outputs, inputs=inputs, force=force)
+    check_outputs(outputs, inputs=inputs, force=force,
+                  option="--baseline" if baseline is not None and update_baseline else "--out")
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
         workdir = Path(tmp)
         if baseline is not None:

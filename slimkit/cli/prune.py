@@ -12,7 +12,7 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.budget import parse_budget
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, make_progress,
+from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, say_plain, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.files import Output, check_outputs, has_mark
@@ -89,6 +89,7 @@ def plot_path(out: Path) -> Path:
     return out.with_suffix(".png")
 
 
+@file_paths(out="plan.json")
 @user_errors
 @checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT,
                  in_chans=limits.IN_CHANS, expand=limits.EXPAND,
