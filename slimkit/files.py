@@ -24,7 +24,8 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["atomic_write", "atomic_write_text", "cache_dir", "read_cache", "write_cache", "folder_lock", "LOCK_NAME", "RUN_RECIPE_NAME", "Output",
+__all__ = ["atomic_write", "atomic_write_text", "cache_dir", "read_cache", "write_cache", "folder_lock", "LOCK_NAME",
+           "RUN_RECIPE_NAME", "Output",
            "OutputError", "check_outputs", "MARK", "MARKDOWN_MARK", "PNG_MARK", "has_mark", "is_json_with",
            "same_path", "scratch_path"]
 

@@ -63,7 +63,8 @@ class ChannelGraph:
     unused_params: int = 0  # parameters never executed (aux heads): counted, never resized
     stored_sizes: list[StoredSize] = field(default_factory=list)  # split sizes G rewrites
     # Attention (slimkit.attention): (head segments, MACs per unit of their width) for every
-    # attention product over tracked heads (and convs sliding along the channels, ECA's); channels per head of each head group (gates are per
+    # attention product over tracked heads (and every other product linear in one width: ECA's conv
+    # along the channels, GC's pooling matmul); channels per head of each head group (gates are per
     # head there); attention modules G rewrites -> (kind, head_dim).
     attention_terms: list[tuple[list[Segment], int]] = field(default_factory=list)
     head_dims: dict[str, int] = field(default_factory=dict)

@@ -46,9 +46,9 @@ def matmul(walk: Walk, call: OpCall) -> Any:
 
 def _channels_as_rows(walk: Walk, call: OpCall) -> Any:
     """A product whose one operand holds the channels as its rows (the left operand's dim -2, or the
-    right operand's columns, dim -1) while the other holds a single map: every channel is multiplied on its
-    own (global-context pooling, ``x.view(B, 1, C, HW) @ softmax(attn)``), so the width passes
-    through. Its MACs grow linearly with the width: a linear term, like attention's products."""
+    right operand's columns, dim -1) while the other holds a single map: every channel is multiplied
+    on its own (global-context pooling, ``x.view(B, 1, C, HW) @ softmax(attn)``), so the width
+    passes through. Its MACs grow linearly with the width: a linear term, like attention's products."""
     out = call.out_shape
     shapes = [meta_shape(a) for a in call.node.args[:2]]
     cms = [walk.cmap_of(x) for x in call.ins[:2]]
