@@ -38,7 +38,7 @@ from slimkit.budget import Budget, min_widths
 from slimkit.errors import BudgetError
 from slimkit.exporters.int8 import QuantizeSettings, quantize_for_timing
 from slimkit.int8_speed import Int8Ranking, ordered_settings, rank_int8_configs
-from slimkit.exporters.onnx import export
+from slimkit.exporters.onnx import TIMING_EXPORTERS, export
 from slimkit.generator import generate, thinned_failure
 from slimkit.graph import ChannelGraph
 from slimkit.latency import Candidate, LatencyError, check_mode, measure
@@ -124,7 +124,7 @@ class LatencyMeter:
             raise thinned_failure(plan.arch, exc, model) from exc
         label = name or f"cand{len(self._files)}"
         path = self.workdir / f"{label}.onnx"
-        export(model.eval(), tuple(plan.input_size), path, batch=self.batch, exporter="torchscript",
+        export(model.eval(), tuple(plan.input_size), path, batch=self.batch, exporter=TIMING_EXPORTERS,
                simplify=False, check_parity=False)
         if self.precision == "int8":
             if self.int8_ranking is None:  # the first file is the full model: rank int8 configurations on it

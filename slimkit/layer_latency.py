@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.exporters.onnx import export
+from slimkit.exporters.onnx import TIMING_EXPORTERS, export
 from slimkit.generator import generate
 from slimkit.graph import ChannelGraph
 from slimkit.latency import Candidate, measure
@@ -91,7 +91,7 @@ def layer_latency_per_mac(plan: ChannelPlan, graph: ChannelGraph, *, backend: st
         cands = []
         for i, (layer, shape, fqns) in enumerate(by_config.values()):
             path = Path(tmp) / f"layer{i}.onnx"
-            export(layer.eval(), tuple(shape[1:]), path, batch=1, exporter="torchscript", simplify=False,
+            export(layer.eval(), tuple(shape[1:]), path, batch=1, exporter=TIMING_EXPORTERS, simplify=False,
                    check_parity=False)
             cands.append(Candidate(name=f"layer{i}", input_shape=tuple(shape), onnx_path=path))
         report = measure(cands, backend=backend, threads=threads, warmup=5, runs=runs, mode=mode)

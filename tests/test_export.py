@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from slimkit import prune
 from slimkit.cli import app
 from slimkit.exporters import ExportError, get_exporter
-from slimkit.exporters.onnx import export, parity_limit, read_metadata
+from slimkit.exporters.onnx import TIMING_EXPORTERS, export, parity_limit, read_metadata
 from slimkit.artifacts import calibrate_bn, load_model
 
 runner = CliRunner()
@@ -93,6 +93,30 @@ def test_unsupported_op_names_it_and_leaves_nothing(tmp_path):
     with pytest.raises(ExportError, match="aten::cummax"):
         export(_Unsupported(), (3, 8, 8), tmp_path / "m.onnx")
     assert _leftovers(tmp_path) == []
+
+
+class _FoldBack(nn.Module):
+    """Unfold then fold back to the input's own size, as VOLO's outlook attention does: the fold's
+    output size is traced from the input, which torchscript's col2im conversion cannot take."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        h, w = x.shape[-2:]
+        cols = nn.functional.unfold(x, 3, padding=1)
+        return nn.functional.fold(cols, output_size=(h, w), kernel_size=3, padding=1)
+
+
+def test_files_timed_in_a_search_fall_back_to_torch_export_where_torchscript_cannot(tmp_path):
+    with pytest.raises(ExportError, match="col2im|torchscript"):
+        export(_FoldBack(), (3, 8, 8), tmp_path / "ts.onnx", exporter="torchscript", simplify=False,
+               check_parity=False)
+    result = export(_FoldBack(), (3, 8, 8), tmp_path / "m.onnx", exporter=TIMING_EXPORTERS, simplify=False,
+                    check_parity=False)
+    assert result.details["exporter"] == "dynamo" and (tmp_path / "m.onnx").exists()
 
 
 def test_parity_failure_is_an_error_and_leaves_nothing(tmp_path):
