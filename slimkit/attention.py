@@ -379,6 +379,20 @@ def rewrite_attention_modules(model: nn.Module, attention_modules: dict[str, tup
             module.hidden_dim = module.conv_proj.out_channels
 
 
+def _takes_img_size(cls: type) -> bool:
+    """Whether ``cls(...)`` accepts ``img_size``, also through a subclass's ``**kwargs`` passed on to
+    its base (timm's LevitDistilled takes ``*args, **kwargs`` for Levit's ``img_size``)."""
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if "img_size" in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
 def input_size_kwargs(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
     """Constructor arguments a transformer needs to run at ``input_size`` (C, H, W): timm's
     ``img_size``, torchvision ViT's ``image_size``. Empty for models that take any size."""
@@ -391,8 +405,7 @@ def input_size_kwargs(model: nn.Module, input_size: tuple[int, ...]) -> dict[str
     # timm models whose patch embedding has another name (CoaT's patch_embed1..4) still take
     # img_size; rebuild them when their configured size is not the one asked for.
     configured = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-    if stored is None and configured and tuple(configured[1:]) != side and \
-            "img_size" in inspect.signature(type(model).__init__).parameters:
+    if stored is None and configured and tuple(configured[1:]) != side and _takes_img_size(type(model)):
         return img_size
     if type(model).__name__ == "VisionTransformer" and hasattr(model, "image_size") and hasattr(model, "conv_proj"):
         if model.image_size != side[0] or side[0] != side[1]:

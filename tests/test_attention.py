@@ -141,6 +141,9 @@ def test_input_size_kwargs():
                                               hidden_dim=64, mlp_dim=128)
     assert input_size_kwargs(tv, (3, 64, 64)) == {"image_size": 64}
     assert input_size_kwargs(torchvision.models.resnet18(), (3, 64, 64)) == {}
+    # timm's LevitDistilled takes `*args, **kwargs` and hands img_size to Levit: still rebuilt
+    levit = timm.create_model("levit_128s")
+    assert input_size_kwargs(levit, (3, 64, 64)) == {"img_size": 64}
 
 
 @pytest.mark.slow

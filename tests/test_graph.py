@@ -83,6 +83,14 @@ def test_global_context_pooling_keeps_the_blocks_prunable():
     assert all(name == "head.fc" or name.endswith("attn.conv_attn") for name in g.frozen)
 
 
+def test_levit_norms_over_flattened_tokens_keep_their_channels():
+    """LeViT normalises ``bn(x.flatten(0, 1)).reshape_as(x)``: the channels stay the last dim through
+    both, so the linears stay prunable (every one froze on "reshape_as mixes channels")."""
+    g = channel_graph("timm:levit_128s", {"img_size": 64}, (3, 64, 64))
+    assert not [why for why in g.frozen.values() if "reshape_as" in why]
+    assert len(g.groups) >= 15
+
+
 def test_convnext_layer_scale_follows_its_group():
     g = channel_graph("timm:convnext_atto", {}, (3, 64, 64))
     assert "stages.0.blocks.0.gamma" in g.param_dims

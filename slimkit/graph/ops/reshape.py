@@ -41,7 +41,7 @@ def flatten(walk: Walk, call: OpCall) -> Any:
     return (start, tuple((s, r * inner) for s, r in cm[1]) * outer)
 
 
-@rule("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "unflatten")
+@rule("view", "reshape", "reshape_as", "view_as", "_unsafe_view", "unsqueeze", "squeeze", "unflatten")
 def reshape(walk: Walk, call: OpCall) -> Any:
     node, out_shape = call.node, call.out_shape
     cm = walk.cmap_of(call.ins[0])
