@@ -41,7 +41,7 @@ from torch.nn.modules.conv import _ConvNd
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.attention import rewrite_attention_modules
-from slimkit.checkpoint import full_model_weights
+from slimkit.checkpoint import full_model_weights, weights_fingerprint
 from slimkit.errors import PlanError
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
@@ -50,7 +50,7 @@ from slimkit.runtime import available_memory_bytes
 from slimkit.validate import check_input_size, check_number, check_type
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
-           "select_channels", "choose_channels", "kept_index", "source_fields", "load_full_weights",
+           "select_channels", "choose_channels", "check_parent", "kept_index", "source_fields", "load_full_weights",
            "thinned_failure"]
 
 
@@ -544,6 +544,17 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                                               ("shape", wrong)) if items)
         raise PlanError(f"{source} does not hold weights of the full {arch} {arch_kwargs} ({what}); pass a checkpoint "
                         "of that architecture, or name the architecture (and --num-classes) it was trained as")
+    # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers
+    # into float weights: a diverged training's checkpoint (or a wrong file) is refused before either.
+    kinds = [f"{k} ({state[k].dtype})" for k, v in mine.items() if v.is_floating_point() and not state[k].is_floating_point()]
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if kinds or broken:
+        first = kinds or broken
+        more = f" (+{len(first) - 1})" if len(first) > 1 else ""
+        raise PlanError(f"{source} holds " + (f"integer values where {arch} has float weights: {first[0]}{more}; pass "
+                                               "the trained model's float weights" if kinds else
+                                               f"NaN or infinite values in {first[0]}{more}: the training that wrote it "
+                                               "diverged; pass a checkpoint from before it did"))
     model.load_state_dict(state)
     return model
 
@@ -558,8 +569,25 @@ def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.
                         "with `slimkit prune --weights CKPT --criterion l1` (or let `slimkit train --init inherit` "
                         "choose the channels by L1 norm)")
     source = "the weights given" if isinstance(weights, Mapping) else str(weights)
-    model, graph = _full_model(plan, _state_of(plan, weights), source)
+    state = _state_of(plan, weights)
+    check_parent(plan, state, source)
+    model, graph = _full_model(plan, state, source)
     return resize_model(model, graph, plan.widths, keep=plan.keep)
+
+
+def check_parent(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """The weights to inherit are the parent the plan's channels were ranked on (its criterion's
+    fingerprint): channels chosen on one trained model mean nothing in another. Plans written before
+    the fingerprint was recorded cannot be checked."""
+    recorded = (plan.criterion or {}).get("fingerprint")
+    if recorded is None:
+        return
+    held = weights_fingerprint(state)
+    if held != recorded:
+        ranked = plan.criterion["weights"]
+        raise PlanError(f"the plan's channels were chosen on {ranked} (weights {recorded}), but {source} holds other "
+                        f"weights ({held}): inherit from the model the plan was cut from, or cut the plan again "
+                        f"from this one (`slimkit prune --weights {source} --criterion {plan.criterion['kind']}`)")
 
 
 def _block(graph: ChannelGraph, name: str) -> int:
@@ -624,7 +652,7 @@ def choose_channels(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str,
         keep[name] = select_channels(values, g["width"], block)
     name = weights_name if weights_name is not None else (
         "state dict" if isinstance(weights, Mapping) else str(weights))
-    return plan.with_keep(keep, {"kind": criterion, "weights": name})
+    return plan.with_keep(keep, {"kind": criterion, "weights": name, "fingerprint": weights_fingerprint(state)})
 
 
 def group_module_map(graph: ChannelGraph) -> dict[str, list[str]]:

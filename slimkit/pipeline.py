@@ -50,6 +50,7 @@ from typing import Any
 
 from slimkit import registry
 from slimkit.artifacts import load_checkpoint, load_model, onnx_candidate, onnx_metadata, plan_candidate
+from slimkit.checkpoint import missing_checkpoint
 from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
 from slimkit.data import load_data
@@ -378,8 +379,8 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
                              mode=p.timing)
     plans: dict[str, ChannelPlan] = {}
     parent = lay.checkpoint(p.weights)
-    if parent is not None and not parent.is_file():
-        raise SlimkitError(f"prune.weights: checkpoint not found: {parent}")
+    if parent is not None and missing_checkpoint(parent):
+        raise SlimkitError(f"prune.weights: {missing_checkpoint(parent)}")
     # a plan cut from a parent is cut again when the parent changed since (e.g. train-full/ trained anew)
     parent_changed = parent is not None and record.read("prune", parent) not in (None, _digest(parent))
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
@@ -496,8 +497,8 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                 f"from {cfg.init_from}, {cfg.schedule}" if cfg.init == "inherit" else cfg.schedule)
         hooks.stage("train", f"{label} model ({how}) -> {folder.name}/"
                     + (f" (resuming after epoch {done})" if state == "resume" else ""))
-        if cfg.init == "inherit" and state == "new" and not Path(cfg.init_from).is_file():
-            raise SlimkitError(f"train.init_from: checkpoint not found: {cfg.init_from}")
+        if cfg.init == "inherit" and state == "new" and missing_checkpoint(cfg.init_from):
+            raise SlimkitError(f"train.init_from: {missing_checkpoint(cfg.init_from)}")
         with hooks.bars() as (progress, log):
             result = train(plan, folder, cfg, resume=state == "resume", progress=progress, log=log,
                            force=force)

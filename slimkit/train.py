@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from slimkit import registry, runtime
 from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, plan_of, write_checkpoint
+from slimkit.checkpoint import missing_checkpoint
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -424,8 +425,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         plan = plan_of(plan_or_arch)  # None for an architecture name: the full model, once the data gives the classes
         if main:
             check_outputs(run_outputs(out, plan), force=force)
-        if cfg.init == "inherit" and not Path(cfg.init_from).is_file():  # a resumed run holds its weights already
-            raise CheckpointError(f"--from: checkpoint not found: {cfg.init_from}")
+        if cfg.init == "inherit" and missing_checkpoint(cfg.init_from):  # a resumed run holds its weights already
+            raise CheckpointError(f"--from: {missing_checkpoint(cfg.init_from)}")
 
     task = registry.model_task(plan.arch if plan is not None else str(plan_or_arch))
     segmentation, detection = task == "segmentation", task == "detection"

@@ -110,3 +110,36 @@ def test_a_plain_state_dict_prunes_and_fine_tunes_end_to_end(tmp_path):
                             "--epochs", "1", "--out", str(ft), "--data", "synthetic", "--max-steps-per-epoch", "1",
                             "--batch-size", "16"])
     assert r.exit_code == 0 and "inherited the kept channels' weights" in r.output, r.output
+
+
+def test_diverged_integer_empty_and_misplaced_weights_say_what_is_wrong(tmp_path):
+    """A diverged training's NaN weights would rank channels by NaN norms (arbitrary ones kept, exit 0);
+    integer tensors would be rounded into float weights; an empty dict, a folder or an empty path were
+    'a dict of ,', 'checkpoint not found: full' and 'checkpoint not found: .'. Each is one line, and no
+    plan is written."""
+    state = build_model("resnet20", {"num_classes": 10}).state_dict()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(state, folder / "checkpoint.pt")
+    files = {"nan.pt": {k: v.clone().fill_(float("nan")) if k == "layer2.0.conv1.weight" else v
+                        for k, v in state.items()},
+             "int.pt": {k: v.round().long() if v.is_floating_point() else v for k, v in state.items()},
+             "empty.pt": {}}
+    for name, content in files.items():
+        torch.save(content, tmp_path / name)
+    out = tmp_path / "p.json"
+    for weights, needle in (("nan.pt", "NaN or infinite values in layer2.0.conv1.weight: the training that wrote it "
+                                       "diverged"), ("int.pt", "integer values where slimkit:resnet20 has float weights"),
+                            ("empty.pt", "holds an empty dict, not model weights"),
+                            ("run", f"--weights: {folder} is a folder, not a checkpoint file: pass "
+                                    f"{folder / 'checkpoint.pt'}"),
+                            ("", "--weights: the path is empty")):
+        path = str(tmp_path / weights) if weights else ""
+        r = CliRunner().invoke(app, ["prune", "resnet20", "--weights", path, "--criterion", "l1", "--flops", "50%",
+                                     "--out", str(out), "--no-plot"])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and needle in " ".join(r.output.split()), r.output
+        assert not out.exists()
+    keep_all = slimkit.full_plan("resnet20", num_classes=10)
+    with pytest.raises(PlanError, match="NaN or infinite"):
+        slimkit.generate(keep_all, weights=files["nan.pt"])

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 import slimkit
 from slimkit.budget import Budget, search_uniform
+from slimkit.checkpoint import load_checkpoint, weights_fingerprint
 from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.generator import build_model, channel_graph, choose_channels, generate, kept_index
@@ -145,7 +146,8 @@ def test_plan_formats_old_plans_load_and_kept_channels_are_checked(tmp_path):
                         (lambda d: d["groups"]["layer1.0.conv1"].update(keep=[1, 16]), "ascending distinct"),
                         (lambda d: d.update(criterion=None), "needs 'criterion'"),
                         (lambda d: d.update(format=PLAN_FORMAT), "group"),
-                        (lambda d: d["groups"]["layer1.0.conv1"].pop("keep"), "no group says")):
+                        (lambda d: d["groups"]["layer1.0.conv1"].pop("keep"), "no group says"),
+                        (lambda d: d["criterion"].update(fingerprint="abc"), "criterion.fingerprint")):
         d = json.loads(kept.to_json())
         bad(d)
         with pytest.raises(PlanError, match=needle):
@@ -164,6 +166,32 @@ def test_inheriting_needs_kept_channels_and_the_right_parent():
         choose_channels(narrow, other)
 
 
+def test_inheriting_from_another_parent_than_the_plan_was_cut_from_is_refused(tmp_path):
+    """Channels ranked on one trained model mean nothing in another of the same architecture: the plan
+    records the fingerprint of the weights it was cut from, and G (so `slimkit train --init inherit` and a
+    recipe's fine-tuning stage) refuses other weights; the same weights saved another way still fit."""
+    plan, parent = trained_like("resnet20")
+    narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 8})
+    torch.save(parent.state_dict(), tmp_path / "a.pt")
+    kept = choose_channels(narrow, str(tmp_path / "a.pt"))
+    assert kept.criterion["fingerprint"] == weights_fingerprint(parent.state_dict())
+    torch.save({"state_dict": {"module." + k: v for k, v in parent.state_dict().items()}, "epoch": 3},
+               tmp_path / "same.pth")
+    generate(kept, weights=str(tmp_path / "same.pth"))
+    other = {k: v.clone() for k, v in parent.state_dict().items()}
+    other["layer3.2.conv2.weight"][0, 0, 0, 0] += 1.0
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(PlanError, match="channels were chosen on .*a.pt .*other.pt holds other weights"):
+        generate(kept, weights=str(tmp_path / "other.pt"))
+    with pytest.raises(PlanError, match="channels were chosen on"):
+        generate(kept, weights=other)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "other.pt"))
+    with pytest.raises(PlanError, match="channels were chosen on"):
+        train(kept, tmp_path / "ft", ft)
+    assert not (tmp_path / "ft").exists()
+
+
 def test_uniform_search_keeps_pinned_groups():
     graph = channel_graph("slimkit:resnet20", {"num_classes": 10}, SIZE)
     streams = residual_stream_groups(graph)
@@ -179,7 +207,8 @@ def test_finetune_inherits_keeps_the_lr_constant_and_resumes(tmp_path):
     parent_ckpt = str(tmp_path / "full" / "checkpoint.pt")
     plan = prune("resnet20", "50%", method="uniform", round_to=1, criterion="l1",
                  gates=GateOptions(weights=parent_ckpt, search_space="paper"))
-    assert plan.criterion == {"kind": "l1", "weights": parent_ckpt}
+    assert plan.criterion == {"kind": "l1", "weights": parent_ckpt,
+                              "fingerprint": weights_fingerprint(load_checkpoint(parent_ckpt)["model"])}
     streams = plan.search["pinned"]
     assert streams and all(plan.groups[n]["width"] == plan.groups[n]["full"] for n in streams)
     ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2, batch_size=16, schedule="finetune",

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from slimkit.checkpoint import load_checkpoint, weights_fingerprint
 from slimkit.pipeline import RunHooks, run_recipe, train_state
 from slimkit.plan import load_plan
 from slimkit.recipe import RecipeError, load_recipe, parse_recipe, read_yaml
@@ -87,7 +88,8 @@ def test_a_recipe_trains_the_parent_prunes_it_and_fine_tunes_resumably(tmp_path)
     parent = out / "train-full" / "checkpoint.pt"
     assert train_state(out / "train-full")[0] == "done" and train_state(out / "train") == ("resume", 1, 2)
     plan = load_plan(out / "plan.json")
-    assert plan.criterion == {"kind": "l1", "weights": str(parent)} and plan.has_keep
+    assert plan.criterion == {"kind": "l1", "weights": str(parent),
+                              "fingerprint": weights_fingerprint(load_checkpoint(parent)["model"])} and plan.has_keep
 
     stages = []
     summary = run_recipe(recipe, out, hooks=RunHooks(stage=lambda name, text: stages.append(text)))
