@@ -29,6 +29,7 @@ import copy
 import math
 import os
 from collections import defaultdict
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -43,6 +44,7 @@ from slimkit import validate as limits
 from slimkit.attention import rewrite_attention_modules
 from slimkit.checkpoint import full_model_weights, weights_fingerprint
 from slimkit.errors import PlanError
+from slimkit.files import same_path
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
 from slimkit.plan import ChannelPlan, load_plan
@@ -585,6 +587,10 @@ def check_parent(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: s
     held = weights_fingerprint(state)
     if held != recorded:
         ranked = plan.criterion["weights"]
+        if source == ranked or (Path(ranked).exists() and Path(source).exists() and same_path(ranked, source)):
+            raise PlanError(f"{source} has changed since the plan's channels were chosen on it (weights {recorded}, now "
+                            f"{held}; trained again?): cut the plan again from it (`slimkit prune --weights {source} "
+                            f"--criterion {plan.criterion['kind']}`), or restore the weights it was cut from")
         raise PlanError(f"the plan's channels were chosen on {ranked} (weights {recorded}), but {source} holds other "
                         f"weights ({held}): inherit from the model the plan was cut from, or cut the plan again "
                         f"from this one (`slimkit prune --weights {source} --criterion {plan.criterion['kind']}`)")

@@ -185,9 +185,12 @@ def test_inheriting_from_another_parent_than_the_plan_was_cut_from_is_refused(tm
         generate(kept, weights=str(tmp_path / "other.pt"))
     with pytest.raises(PlanError, match="channels were chosen on"):
         generate(kept, weights=other)
+    torch.save(other, tmp_path / "a.pt")  # the parent trained again into the same file
+    with pytest.raises(PlanError, match="a.pt has changed since the plan's channels were chosen on it"):
+        generate(kept, weights=str(tmp_path / "a.pt"))
     ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
                      init="inherit", init_from=str(tmp_path / "other.pt"))
-    with pytest.raises(PlanError, match="channels were chosen on"):
+    with pytest.raises(PlanError, match="holds other weights"):
         train(kept, tmp_path / "ft", ft)
     assert not (tmp_path / "ft").exists()
 
