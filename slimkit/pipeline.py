@@ -50,7 +50,7 @@ from typing import Any
 
 from slimkit import registry
 from slimkit.artifacts import load_checkpoint, load_model, onnx_candidate, onnx_metadata, plan_candidate
-from slimkit.checkpoint import missing_checkpoint
+from slimkit.checkpoint import full_model_weights, missing_checkpoint, weights_fingerprint
 from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
 from slimkit.data import load_data
@@ -478,6 +478,27 @@ def _check_trained_config(folder: Path, cfg: TrainConfig) -> None:
                            f"{folder} away to train again, or run the recipe into a new --out")
 
 
+def _check_trained_parent(folder: Path, cfg: TrainConfig) -> None:
+    """A folder fine-tuned from inherited weights was inherited from the weights train.init_from holds now
+    (the fingerprint its plan's criterion recorded): a parent replaced or trained again since makes
+    the fine-tuned model one of another parent's."""
+    if cfg.init != "inherit" or missing_checkpoint(cfg.init_from):
+        return  # a parent removed after the fine-tuning: what was trained still stands
+    try:
+        held = load_checkpoint(folder / "checkpoint.pt")["plan"]
+    except SlimkitError:
+        return  # _check_trained_plan says what is wrong with it
+    recorded = (held.criterion or {}).get("fingerprint")
+    if recorded is None:  # written before slimkit recorded the parent
+        return
+    now = weights_fingerprint(full_model_weights(cfg.init_from, held.arch, held.arch_kwargs))
+    if now != recorded:
+        raise SlimkitError(f"{folder} was fine-tuned from weights {recorded}, but train.init_from {cfg.init_from} now "
+                           f"holds {now} (replaced or trained again since): its model does not belong with this "
+                           f"run; move {folder} away to train again, restore that parent, or run the recipe into a "
+                           "new --out")
+
+
 def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
                  force: bool = False, only: tuple[str, ...] | None = None) -> None:
     t = recipe.train
@@ -490,6 +511,7 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
         if state != "new":
             _check_trained_plan(folder, plan)
             _check_trained_config(folder, cfg)
+            _check_trained_parent(folder, cfg)
         if state == "done":
             hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
             continue
