@@ -25,6 +25,7 @@ from slimkit import registry
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import atomic_write
 from slimkit.plan import ChannelPlan
+from slimkit.validate import show
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "load_checkpoint", "load_weights",
            "full_model_weights", "read_weights", "parent_shape", "weights_fingerprint",
@@ -74,6 +75,9 @@ def _is_slimkit(obj: Any) -> bool:
 def missing_checkpoint(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be a checkpoint file before it is even opened (empty, absent, a folder), as the
     end of a sentence; ``None`` when it is a file. Every option that names a checkpoint says it this way."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a checkpoint must be given as a file path (str or os.PathLike), got {show(path)} "
+                        f"({type(path).__name__})")
     if not str(path).strip():
         return "the path is empty: give a checkpoint file"
     p = Path(path)
@@ -213,6 +217,8 @@ def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     """``sha256:`` and 16 hex digits of a state dict's contents (names, dtypes, shapes and values, not the
     file that held them): a plan's kept channels record the parent they were ranked on, and inheriting
     checks that the weights given are that parent, wherever and however they were saved."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TypeError(f"weights_fingerprint: 'state' must be a state dict of tensors, got {type(state).__name__}")
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()

@@ -47,9 +47,9 @@ from slimkit.errors import PlanError
 from slimkit.files import same_path
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
-from slimkit.plan import ChannelPlan, load_plan
+from slimkit.plan import CRITERIA, ChannelPlan, load_plan
 from slimkit.runtime import available_memory_bytes
-from slimkit.validate import check_input_size, check_number, check_type
+from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
            "select_channels", "choose_channels", "check_parent", "kept_index", "source_fields", "load_full_weights",
@@ -515,8 +515,14 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     return model
 
 
-def _state_of(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _state_of(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor],
+              function: str = "generate") -> dict[str, torch.Tensor]:
     if isinstance(weights, Mapping):
+        wrong = next(((k, v) for k, v in weights.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))),
+                     None)
+        if wrong is not None:
+            raise TypeError(f"{function}: 'weights' must be a state dict (parameter names -> tensors), e.g. "
+                            f"model.state_dict(), got {show(wrong[0])}: {type(wrong[1]).__name__}")
         return dict(weights)
     return full_model_weights(weights, plan.arch, plan.arch_kwargs)
 
@@ -572,8 +578,8 @@ def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.
                         "choose the channels by L1 norm)")
     source = "the weights given" if isinstance(weights, Mapping) else str(weights)
     state = _state_of(plan, weights)
+    model, graph = _full_model(plan, state, source)  # weights of another architecture say so first
     check_parent(plan, state, source)
-    model, graph = _full_model(plan, state, source)
     return resize_model(model, graph, plan.widths, keep=plan.keep)
 
 
@@ -638,14 +644,25 @@ def choose_channels(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str,
     """``plan`` with the channels each narrowed group keeps, chosen on the trained full model
     ``weights``: by filter L1 norm (``"l1"``), or by the learned ``gates`` (``"gates"``: one value per
     channel, or per attention head). Widths are unchanged."""
-    state = _state_of(plan, weights)
+    check_type("choose_channels", "plan", plan, (ChannelPlan, dict, str, os.PathLike),
+               "a ChannelPlan, a plan dict or a plan file path")
+    check_type("choose_channels", "weights", weights, (str, os.PathLike, Mapping),
+               "a checkpoint path or a state dict of the full model")
+    check_type("choose_channels", "criterion", criterion, str, f"one of {', '.join(map(repr, CRITERIA))}")
+    check_type("choose_channels", "gates", gates, (Mapping, type(None)),
+               "a dict of group name -> gate values, or None")
+    check_type("choose_channels", "weights_name", weights_name, (str, type(None)), "a string, or None")
+    if criterion not in CRITERIA or (criterion == "gates") != (gates is not None):
+        raise PlanError(f"choose_channels: criterion {show(criterion)} " + (
+            f"is unknown: choose one of {', '.join(CRITERIA)}" if criterion not in CRITERIA else
+            "needs the learned gates (gates=...)" if criterion == "gates" else "takes no gates (they are for 'gates')"))
+    plan = load_plan(plan)
+    state = _state_of(plan, weights, "choose_channels")
     _, graph = _full_model(plan, state, "the weights given" if isinstance(weights, Mapping) else str(weights))
     if criterion == "l1":
         scores = l1_scores(graph, state)
-    elif criterion == "gates" and gates is not None:
-        scores = {n: torch.as_tensor(v, dtype=torch.float64) for n, v in gates.items()}
     else:
-        raise PlanError(f"unknown criterion '{criterion}' (or gates missing): choose l1 or gates")
+        scores = _gate_scores(plan, graph, gates)
     keep = {}
     for name, g in plan.groups.items():
         if g["width"] == g["full"]:  # kept whole (and not gated at all in the paper's search space)
@@ -659,6 +676,28 @@ def choose_channels(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str,
     name = weights_name if weights_name is not None else (
         "state dict" if isinstance(weights, Mapping) else str(weights))
     return plan.with_keep(keep, {"kind": criterion, "weights": name, "fingerprint": weights_fingerprint(state)})
+
+
+def _gate_scores(plan: ChannelPlan, graph: ChannelGraph, gates: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """``gates`` as one score tensor per narrowed group: one value per channel, or per block of channels
+    kept together (an attention head); anything else is a PlanError naming the group."""
+    scores = {}
+    for name, g in plan.groups.items():
+        if g["width"] == g["full"]:
+            continue
+        values = gates.get(name)
+        blocks = g["full"] // _block(graph, name)
+        try:
+            tensor = torch.as_tensor(values, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            tensor = None
+        if tensor is None or tensor.dim() != 1 or tensor.numel() not in (g["full"], blocks) or \
+                not bool(torch.isfinite(tensor).all()):
+            per_block = f" or {blocks} (one per block of channels kept together)" if blocks != g["full"] else ""
+            raise PlanError(f"choose_channels: gates[{show(name, 40)}] must be {g['full']} finite numbers (one per "
+                            f"channel){per_block}, got {show(values)}")
+        scores[name] = tensor
+    return scores
 
 
 def group_module_map(graph: ChannelGraph) -> dict[str, list[str]]:

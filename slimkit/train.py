@@ -62,7 +62,7 @@ from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.task_losses import (IGNORE_INDEX, detection_loss, evaluate_detection, evaluate_segmentation,
                                  segmentation_output_loss, to_device)
-from slimkit.validate import check_number
+from slimkit.validate import check_number, check_type
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
@@ -320,6 +320,11 @@ def check_config(cfg: TrainConfig) -> None:
     """Every number of the config finite and in range (the CLI checks the same ranges; this is for
     Python callers and recipes), and the init and schedule consistent, before a folder is created or
     data is read."""
+    check_type("train", "cfg", cfg, TrainConfig, "a slimkit.train.TrainConfig")
+    for name in ("data", "data_dir", "init_from"):  # written to config.json after the first epoch: text only
+        check_type("train", f"cfg.{name}", getattr(cfg, name), (str, type(None)), "a string (a name or a path), or None")
+    for name in ("schedule", "init", "device"):
+        check_type("train", f"cfg.{name}", getattr(cfg, name), str, "a string")
     if cfg.schedule not in (*SCHEDULES, FINETUNE):
         raise SlimkitError(f"unknown --schedule '{cfg.schedule}': choose one of {', '.join((*SCHEDULES, FINETUNE))}")
     if cfg.init not in INITS:
@@ -352,6 +357,9 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     ``resume`` continues the run in ``out_dir``; with ``extend_to`` (more epochs than it was started
     with, finished or not) the cosine schedule is stretched to end there instead, from the step reached.
     A new run refuses to replace files in ``out_dir`` that are not a training run's (``force`` replaces them)."""
+    if isinstance(cfg, TrainConfig):  # a Path is a path: kept as text, as the config file records it
+        cfg = replace(cfg, **{name: os.fspath(getattr(cfg, name)) for name in ("data_dir", "init_from")
+                              if isinstance(getattr(cfg, name), os.PathLike)})
     check_config(cfg)
     if not str(out_dir).strip():
         raise SlimkitError("the run folder (--out) is empty: give a folder name")
