@@ -1,6 +1,7 @@
 """Plans cut from trained weights: kept channels, G inheriting them, and fine-tuning (Rethinking)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import slimkit
 from slimkit.budget import Budget, search_uniform
 from slimkit.checkpoint import load_checkpoint, weights_fingerprint
 from slimkit.cli import app
+from slimkit.cli.prune import gate_summary
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.generator import build_model, channel_graph, choose_channels, generate, kept_index
 from slimkit.plan import PLAN_FORMAT, PLAN_FORMAT_KEEP, ChannelPlan, load_plan
@@ -254,3 +256,13 @@ def test_cli_prune_by_l1_then_finetune(tmp_path):
     r = runner.invoke(app, ["prune", "resnet20", "--weights", str(ft / "checkpoint.pt"), "--criterion", "l1",
                             "--flops", "50%", "--out", str(tmp_path / "q.json")])
     assert r.exit_code != 0 and "not the full" in r.output
+
+
+def test_the_gate_line_says_which_weights_the_gates_were_learned_on():
+    """`prune --weights CKPT` (gates learned on trained weights) printed 'on random frozen weights'."""
+    search = {"chosen_step": 3, "steps": 5, "val_accuracy": 0.5, "gates": {"mean": 0.5}, "threshold": 0.3,
+              "seconds": 1}
+    plan = slimkit.full_plan("resnet20", num_classes=10)
+    assert "on random frozen weights" in gate_summary(replace(plan, search={**search, "weights": "random"}))
+    line = gate_summary(replace(plan, search={**search, "weights": "trained (runs/full/checkpoint.pt)"}))
+    assert "on the frozen trained (runs/full/checkpoint.pt) weights" in line and "random" not in line
