@@ -266,3 +266,21 @@ def test_the_gate_line_says_which_weights_the_gates_were_learned_on():
     assert "on random frozen weights" in gate_summary(replace(plan, search={**search, "weights": "random"}))
     line = gate_summary(replace(plan, search={**search, "weights": "trained (runs/full/checkpoint.pt)"}))
     assert "on the frozen trained (runs/full/checkpoint.pt) weights" in line and "random" not in line
+
+
+def test_a_plan_json_with_other_kept_channels_is_not_replaced(tmp_path):
+    """A plan.json of the same widths but other kept channels (another parent's cut) in the folder a
+    fine-tuning trains into counted as 'this very plan' and was replaced."""
+    plan, parent = trained_like("resnet20")
+    narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 8})
+    torch.save(parent.state_dict(), tmp_path / "parent.pt")
+    kept = choose_channels(narrow, str(tmp_path / "parent.pt"))
+    other = kept.with_keep({"layer1.0.conv1": [i for i in range(16) if i not in kept.keep["layer1.0.conv1"]]},
+                           kept.criterion)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "plan.json").write_text(other.to_json())
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "parent.pt"))
+    with pytest.raises(SlimkitError, match="plan.json exists"):
+        train(kept, tmp_path / "run", ft)
+    assert (tmp_path / "run" / "plan.json").read_text() == other.to_json()
