@@ -797,6 +797,9 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     if not str(out if out is not None else lay.root).strip():
         raise SlimkitError("--out is empty: give a folder for the run")
     same = check_folder(recipe, lay)
+    problem = missing_parent(recipe, lay)
+    if problem is not None:  # before the run writes anything (it wrote the plans, then stopped at training)
+        raise SlimkitError(problem)
     if not lay.owned():  # not a run folder (yet): nothing in it is the run's, so nothing may be replaced
         check_outputs(lay.outputs(recipe), inputs=[source] if Path(source).exists() else [], force=force,
                       not_ours=f"{lay.root} is not a `slimkit run` folder (no recipe.yaml a run wrote), so this is "
@@ -830,6 +833,20 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
                              f"are in {lay.root}; rerun with --set export.calib_images=1024 or a larger --set "
                              "export.max_drop (same folder; only the int8 stage reruns)")
     return summary
+
+
+def missing_parent(recipe: Recipe, lay: Layout) -> str | None:
+    """Why a trained parent the recipe names by path cannot be read before any stage runs (None when
+    each is a file): prune.weights, and train.init_from for a fine-tuning not yet started (a finished one
+    stands without it). ``full``, the run's own parent, is trained by the run itself."""
+    if recipe.prune.weights not in (None, RUN_FULL) and missing_checkpoint(recipe.prune.weights):
+        return f"prune.weights: {missing_checkpoint(recipe.prune.weights)}"
+    if recipe.train.init == "inherit" and recipe.train.init_from != RUN_FULL:
+        for label, folder in _train_jobs(recipe, lay):
+            cfg = _train_config(recipe, lay, label)
+            if cfg.init == "inherit" and train_state(folder)[0] == "new" and missing_checkpoint(cfg.init_from):
+                return f"train.init_from: {missing_checkpoint(cfg.init_from)}"
+    return None
 
 
 def missing_data(recipe: Recipe) -> str | None:

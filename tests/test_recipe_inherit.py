@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from slimkit.checkpoint import load_checkpoint, weights_fingerprint
+from slimkit.cli import app
 from slimkit.errors import SlimkitError
 from slimkit.generator import build_model
 from slimkit.pipeline import RunHooks, _check_trained_parent, run_recipe, train_state
@@ -155,3 +157,16 @@ def test_a_recipe_trains_the_parent_prunes_it_and_fine_tunes_resumably(tmp_path)
     with pytest.raises(Exception, match="was trained from another plan"):
         run_recipe(recipe, out)
     assert load_plan(out / "plan.json").keep["layer1.0.conv1"] != plan.keep["layer1.0.conv1"]
+
+
+def test_a_missing_parent_stops_the_run_before_it_writes_anything(tmp_path):
+    """train.init_from naming no file: the run wrote plan.json, uniform.json and plan.png, then stopped at
+    the training stage (and the dry run said every stage would run)."""
+    text = TINY.replace("weights: full, criterion: l1", "").replace("init_from: full", "init_from: gone.pt")
+    (tmp_path / "r.yaml").write_text(text)
+    recipe = load_recipe(tmp_path / "r.yaml")
+    with pytest.raises(SlimkitError, match=f"train.init_from: checkpoint not found: {tmp_path / 'gone.pt'}"):
+        run_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert r.exit_code == 0 and "would stop before its first stage: train.init_from" in " ".join(r.output.split())
