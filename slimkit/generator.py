@@ -554,6 +554,12 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                         "of that architecture, or name the architecture (and --num-classes) it was trained as")
     # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers
     # into float weights: a diverged training's checkpoint (or a wrong file) is refused before either.
+    hollow = [f"{k} ({'on the meta device: shapes without values' if v.is_meta else v.layout})" for k, v in state.items()
+              if v.is_meta or v.layout != torch.strided]
+    if hollow:
+        raise PlanError(f"{source} holds tensors slimkit cannot copy weights from: {hollow[0]}"
+                        + (f" (+{len(hollow) - 1})" if len(hollow) > 1 else "")
+                        + "; save the trained model's dense weights with torch.save(model.state_dict(), path)")
     kinds = [f"{k} ({state[k].dtype})" for k, v in mine.items() if v.is_floating_point() and not state[k].is_floating_point()]
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if kinds or broken:

@@ -114,7 +114,7 @@ def test_a_plain_state_dict_prunes_and_fine_tunes_end_to_end(tmp_path):
 
 def test_diverged_integer_empty_and_misplaced_weights_say_what_is_wrong(tmp_path):
     """A diverged training's NaN weights would rank channels by NaN norms (arbitrary ones kept, exit 0);
-    integer tensors would be rounded into float weights; an empty dict, a folder or an empty path were
+    integer tensors would be rounded into float weights; meta or sparse tensors were tracebacks; an empty dict, a folder or an empty path were
     'a dict of ,', 'checkpoint not found: full' and 'checkpoint not found: .'. Each is one line, and no
     plan is written."""
     state = build_model("resnet20", {"num_classes": 10}).state_dict()
@@ -124,13 +124,17 @@ def test_diverged_integer_empty_and_misplaced_weights_say_what_is_wrong(tmp_path
     files = {"nan.pt": {k: v.clone().fill_(float("nan")) if k == "layer2.0.conv1.weight" else v
                         for k, v in state.items()},
              "int.pt": {k: v.round().long() if v.is_floating_point() else v for k, v in state.items()},
-             "empty.pt": {}}
+             "empty.pt": {},
+             "meta.pt": {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()},
+             "sparse.pt": {**state, "fc.weight": state["fc.weight"].to_sparse()}}
     for name, content in files.items():
         torch.save(content, tmp_path / name)
     out = tmp_path / "p.json"
     for weights, needle in (("nan.pt", "NaN or infinite values in layer2.0.conv1.weight: the training that wrote it "
                                        "diverged"), ("int.pt", "integer values where slimkit:resnet20 has float weights"),
                             ("empty.pt", "holds an empty dict, not model weights"),
+                            ("meta.pt", "cannot copy weights from: conv1.weight (on the meta device"),
+                            ("sparse.pt", "cannot copy weights from: fc.weight (torch.sparse_coo)"),
                             ("run", f"--weights: {folder} is a folder, not a checkpoint file: pass "
                                     f"{folder / 'checkpoint.pt'}"),
                             ("", "--weights: the path is empty")):
