@@ -426,6 +426,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             check_outputs([o for o in run_outputs(out, plan) if o.path != ckpt_path], force=force)
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
+    elif cfg.init == "inherit" and ckpt_path.exists() and same_path(ckpt_path, cfg.init_from):
+        raise SlimkitError(f"--from {cfg.init_from} is where this run writes its checkpoint: training into {out} "
+                           "would replace the parent it inherits from; choose another --out")
     elif ckpt_path.exists():
         raise SlimkitError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, "
                            "or choose another --out")

@@ -284,3 +284,17 @@ def test_a_plan_json_with_other_kept_channels_is_not_replaced(tmp_path):
     with pytest.raises(SlimkitError, match="plan.json exists"):
         train(kept, tmp_path / "run", ft)
     assert (tmp_path / "run" / "plan.json").read_text() == other.to_json()
+
+
+def test_the_parent_cannot_be_the_checkpoint_the_run_writes(tmp_path):
+    """--from OUT/checkpoint.pt (a parent saved where the run writes its own): 'already holds a run: pass
+    --resume', and --resume then said it was not a slimkit checkpoint; the file is the run's input."""
+    plan, parent = trained_like("resnet20")
+    (tmp_path / "run").mkdir()
+    torch.save(parent.state_dict(), tmp_path / "run" / "checkpoint.pt")
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "run" / ".." / "run" / "checkpoint.pt"))
+    with pytest.raises(SlimkitError, match="is where this run writes its checkpoint: .* choose another --out"):
+        train(plan, tmp_path / "run", ft, force=True)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
