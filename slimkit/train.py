@@ -304,8 +304,9 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
     given = plan_of(plan_or_arch)
     if given is not None:
         same = given.arch == plan.arch and {n: g["width"] for n, g in given.groups.items()} == {
-            n: g["width"] for n, g in plan.groups.items()}
-        what = "this plan"
+            n: g["width"] for n, g in plan.groups.items()} and (not given.has_keep or given.keep == plan.keep)
+        what = "this plan" + (" (it keeps other channels of the parent)" if given.has_keep and plan.has_keep and
+                              given.keep != plan.keep else "")
     else:
         same = registry.resolve(str(plan_or_arch)).canonical == plan.arch and all(
             g["width"] == g["full"] for g in plan.groups.values())

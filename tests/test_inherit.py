@@ -223,6 +223,11 @@ def test_finetune_inherits_keeps_the_lr_constant_and_resumes(tmp_path):
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())["history"]
     assert [h["lr"] for h in history] == [0.001, 0.001] and result.epochs == 1
     assert load_plan(tmp_path / "ft" / "plan.json").keep == plan.keep
+    narrowed = next(n for n, g in plan.groups.items() if g["width"] < g["full"])
+    other = plan.with_keep({**plan.keep, narrowed: list(range(plan.groups[narrowed]["width"]))}, plan.criterion)
+    assert other.keep != plan.keep
+    with pytest.raises(SlimkitError, match="not this plan .it keeps other channels of the parent"):
+        train(other, tmp_path / "ft", ft, resume=True, extend_to=3)  # the same widths, another cut
     with pytest.raises(SlimkitError, match="add --init inherit"):
         train(plan, tmp_path / "x", TrainConfig(data="synthetic", schedule="finetune"))
     with pytest.raises(SlimkitError, match="add --from"):
