@@ -378,8 +378,9 @@ def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
             old = load_plan(path)
         except PlanError:
             return False
+        # the channels kept from a parent are part of the plan: another parent's cut is another plan
         return plan is not None and (old.arch, old.arch_kwargs, old.input_size, old.widths) == (
-            plan.arch, plan.arch_kwargs, plan.input_size, plan.widths)
+            plan.arch, plan.arch_kwargs, plan.input_size, plan.widths) and (not plan.has_keep or old.keep == plan.keep)
 
     return [Output(out / "checkpoint.pt", "the checkpoint"),  # a new run: any file there is not ours to replace
             Output(out / "plan.json", "the trained plan", same_plan),
