@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -130,9 +131,14 @@ def _what_file(p: Path, exc: Exception) -> str:
             pass
         return ("is not a PyTorch checkpoint (not a file written by torch.save): pass a checkpoint.pt or a "
                 "torch.save(model.state_dict(), path) file")
-    if "Unsupported global" in str(exc):
-        return ("holds Python objects besides tensors, which weights_only=True refuses to unpickle: re-save "
-                "only its weights with torch.save(ckpt['state_dict'], 'weights.pt') where the file came from")
+    if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):  # read, but refused: not damage
+        if head.startswith(b"\x80") and head[1:2] not in (b"\x02",):  # torch.save's legacy pickles are protocol 2
+            return (f"is a plain pickle (protocol {head[1]}), not a file written by torch.save: save the weights "
+                    "with torch.save(model.state_dict(), path) where the file came from")
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        return ("holds Python objects besides tensors" + (f" ({named.group(1)})" if named else "") + ", which "
+                "weights_only=True refuses to unpickle: re-save only its weights with "
+                "torch.save(ckpt['state_dict'], 'weights.pt') where the file came from")
     # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
     return (f"is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
             "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`")

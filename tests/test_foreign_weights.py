@@ -2,6 +2,8 @@
 files that are not checkpoints at all, through the one loader prune, train and G share."""
 
 import json
+import pickle
+import re
 
 import pytest
 import timm
@@ -92,6 +94,18 @@ def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
         with pytest.raises(CheckpointError, match=note) as info:
             read_weights(path)
         assert "\n" not in str(info.value)
+    # read but refused by weights_only: code in the pickle, or a plain pickle; never "truncated"
+    class Code:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "hook": Code()}, tmp_path / "code.pt")
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"a": [1.0]}, f, protocol=4)
+    for name, note in (("code.pt", "holds Python objects besides tensors (print)"),
+                       ("plain.pkl", "is a plain pickle (protocol 4), not a file written by torch.save")):
+        with pytest.raises(CheckpointError, match=re.escape(note)) as info:
+            read_weights(tmp_path / name)
+        assert "truncated" not in str(info.value)
     not_weights = tmp_path / "numbers.pt"
     torch.save({"epoch": 3, "lr": 0.1}, not_weights)
     with pytest.raises(CheckpointError, match="not model weights"):
