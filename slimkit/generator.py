@@ -29,9 +29,9 @@ import copy
 import math
 import os
 from collections import defaultdict
-from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
