@@ -344,7 +344,8 @@ def _best_swap(graph: ChannelGraph, kind: str, target: float, cost: int, widths:
     """One group a rung wider and another a rung thinner: the pair that lands highest under the
     target (and above ``cost``), or None. Where every single step is coarser than the tolerance,
     such a pair can land where adding alone cannot."""
-    rung = {n: ladders[n].index(w) if w in ladders[n] else None for n, w in widths.items()}
+    # pinned groups (kept whole: a paper search space's residual streams) have no ladder and never move
+    rung = {n: ladders[n].index(widths[n]) if widths[n] in ladders[n] else None for n in ladders}
     best: tuple[int, dict[str, int]] | None = None
     for up, down in itertools.permutations(ladders, 2):
         i, j = rung[up], rung[down]

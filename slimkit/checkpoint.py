@@ -11,8 +11,11 @@ the common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and DataParall
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,11 @@ from slimkit import registry
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import atomic_write
 from slimkit.plan import ChannelPlan
+from slimkit.validate import show
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "load_checkpoint", "load_weights",
-           "full_model_weights", "read_weights", "parent_shape"]
+           "full_model_weights", "read_weights", "parent_shape", "weights_fingerprint",
+           "missing_checkpoint"]
 
 CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
 # Where other training code keeps the state dict inside its checkpoint (timm's train.py: "state_dict";
@@ -54,6 +59,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``) and check its structure, once, here: any damage
     is a one-line error. The returned dict holds the plan as a :class:`ChannelPlan` under ``"plan"``
     and the metrics as a list, so no caller parses them again."""
+    problem = missing_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(problem)
     p = Path(path)
     ckpt = _torch_load(p)
     if not _is_slimkit(ckpt):
@@ -65,10 +73,29 @@ def _is_slimkit(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
 
 
+def missing_checkpoint(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a checkpoint file before it is even opened (empty, absent, a folder), as the
+    end of a sentence; ``None`` when it is a file. Every option that names a checkpoint says it this way."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a checkpoint must be given as a file path (str or os.PathLike), got {show(path)} "
+                        f"({type(path).__name__})")
+    if not str(path).strip():
+        return "the path is empty: give a checkpoint file"
+    p = Path(path)
+    if p.is_dir():
+        inside = p / "checkpoint.pt"
+        return (f"{p} is a folder, not a checkpoint file" +
+                (f": pass {inside}" if inside.is_file() else ": pass the checkpoint file in it"))
+    if not p.is_file():
+        return f"checkpoint not found: {p}"
+    return None
+
+
 def _torch_load(p: Path) -> Any:
     """``torch.load(weights_only=True)``, or one line saying what the file is instead."""
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+    problem = missing_checkpoint(p)
+    if problem is not None:
+        raise CheckpointError(problem)
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, wrong file type
@@ -104,9 +131,14 @@ def _what_file(p: Path, exc: Exception) -> str:
             pass
         return ("is not a PyTorch checkpoint (not a file written by torch.save): pass a checkpoint.pt or a "
                 "torch.save(model.state_dict(), path) file")
-    if "Unsupported global" in str(exc):
-        return ("holds Python objects besides tensors, which weights_only=True refuses to unpickle: re-save "
-                "only its weights with torch.save(ckpt['state_dict'], 'weights.pt') where the file came from")
+    if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):  # read, but refused: not damage
+        if head.startswith(b"\x80") and head[1:2] not in (b"\x02",):  # torch.save's legacy pickles are protocol 2
+            return (f"is a plain pickle (protocol {head[1]}), not a file written by torch.save: save the weights "
+                    "with torch.save(model.state_dict(), path) where the file came from")
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        return ("holds Python objects besides tensors" + (f" ({named.group(1)})" if named else "") + ", which "
+                "weights_only=True refuses to unpickle: re-save only its weights with "
+                "torch.save(ckpt['state_dict'], 'weights.pt') where the file came from")
     # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
     return (f"is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
             "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`")
@@ -152,6 +184,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | o
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ChannelPlan | None]:
     """The model weights in ``path`` and, for a slimkit checkpoint, the plan they belong to (``None`` for
     a plain state dict, a timm/torchvision checkpoint or one of the common wrappers around them)."""
+    problem = missing_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(problem)
     p = Path(path)
     obj = _torch_load(p)
     if _is_slimkit(obj):
@@ -159,7 +194,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Chan
         return ckpt["model"], ckpt["plan"]
     state = _unwrapped_state(obj)
     if state is None:
-        held = f"a {type(obj).__name__}" if not isinstance(obj, dict) else \
+        held = f"a {type(obj).__name__}" if not isinstance(obj, dict) else "an empty dict" if not obj else \
             f"a dict of {', '.join(repr(k) for k in list(obj)[:4])}" + (" ..." if len(obj) > 4 else "")
         raise CheckpointError(f"{p} holds {held}, not model weights: pass a slimkit checkpoint.pt or a file written "
                               "with torch.save(model.state_dict(), path)")
@@ -182,6 +217,20 @@ def _unwrapped_state(obj: Any) -> dict[str, torch.Tensor] | None:
         if all(k.startswith(prefix) for k in found):
             found = {k[len(prefix):]: v for k, v in found.items()}
     return dict(found)
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """``sha256:`` and 16 hex digits of a state dict's contents (names, dtypes, shapes and values, not the
+    file that held them): a plan's kept channels record the parent they were ranked on, and inheriting
+    checks that the weights given are that parent, wherever and however they were saved."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TypeError(f"weights_fingerprint: 'state' must be a state dict of tensors, got {type(state).__name__}")
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | None, tuple[int, ...] | None]:

@@ -31,6 +31,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,16 +42,17 @@ from torch.nn.modules.conv import _ConvNd
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.attention import rewrite_attention_modules
-from slimkit.checkpoint import full_model_weights
+from slimkit.checkpoint import full_model_weights, weights_fingerprint
 from slimkit.errors import PlanError
+from slimkit.files import same_path
 from slimkit.flops import count_flops
 from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
-from slimkit.plan import ChannelPlan, load_plan
+from slimkit.plan import CRITERIA, ChannelPlan, load_plan
 from slimkit.runtime import available_memory_bytes
-from slimkit.validate import check_input_size, check_number, check_type
+from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["generate", "full_plan", "build_model", "channel_graph", "resize_model", "verified_plan", "l1_scores",
-           "select_channels", "choose_channels", "kept_index", "source_fields", "load_full_weights",
+           "select_channels", "choose_channels", "check_parent", "kept_index", "source_fields", "load_full_weights",
            "thinned_failure"]
 
 
@@ -513,8 +515,14 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     return model
 
 
-def _state_of(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _state_of(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor],
+              function: str = "generate") -> dict[str, torch.Tensor]:
     if isinstance(weights, Mapping):
+        wrong = next(((k, v) for k, v in weights.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))),
+                     None)
+        if wrong is not None:
+            raise TypeError(f"{function}: 'weights' must be a state dict (parameter names -> tensors), e.g. "
+                            f"model.state_dict(), got {show(wrong[0])}: {type(wrong[1]).__name__}")
         return dict(weights)
     return full_model_weights(weights, plan.arch, plan.arch_kwargs)
 
@@ -544,6 +552,23 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                                               ("shape", wrong)) if items)
         raise PlanError(f"{source} does not hold weights of the full {arch} {arch_kwargs} ({what}); pass a checkpoint "
                         "of that architecture, or name the architecture (and --num-classes) it was trained as")
+    # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers
+    # into float weights: a diverged training's checkpoint (or a wrong file) is refused before either.
+    hollow = [f"{k} ({'on the meta device: shapes without values' if v.is_meta else v.layout})" for k, v in state.items()
+              if v.is_meta or v.layout != torch.strided]
+    if hollow:
+        raise PlanError(f"{source} holds tensors slimkit cannot copy weights from: {hollow[0]}"
+                        + (f" (+{len(hollow) - 1})" if len(hollow) > 1 else "")
+                        + "; save the trained model's dense weights with torch.save(model.state_dict(), path)")
+    kinds = [f"{k} ({state[k].dtype})" for k, v in mine.items() if v.is_floating_point() and not state[k].is_floating_point()]
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if kinds or broken:
+        first = kinds or broken
+        more = f" (+{len(first) - 1})" if len(first) > 1 else ""
+        raise PlanError(f"{source} holds " + (f"integer values where {arch} has float weights: {first[0]}{more}; pass "
+                                               "the trained model's float weights" if kinds else
+                                               f"NaN or infinite values in {first[0]}{more}: the training that wrote it "
+                                               "diverged; pass a checkpoint from before it did"))
     model.load_state_dict(state)
     return model
 
@@ -558,8 +583,29 @@ def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.
                         "with `slimkit prune --weights CKPT --criterion l1` (or let `slimkit train --init inherit` "
                         "choose the channels by L1 norm)")
     source = "the weights given" if isinstance(weights, Mapping) else str(weights)
-    model, graph = _full_model(plan, _state_of(plan, weights), source)
+    state = _state_of(plan, weights)
+    model, graph = _full_model(plan, state, source)  # weights of another architecture say so first
+    check_parent(plan, state, source)
     return resize_model(model, graph, plan.widths, keep=plan.keep)
+
+
+def check_parent(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """The weights to inherit are the parent the plan's channels were ranked on (its criterion's
+    fingerprint): channels chosen on one trained model mean nothing in another. Plans written before
+    the fingerprint was recorded cannot be checked."""
+    recorded = (plan.criterion or {}).get("fingerprint")
+    if recorded is None:
+        return
+    held = weights_fingerprint(state)
+    if held != recorded:
+        ranked = plan.criterion["weights"]
+        if source == ranked or (Path(ranked).exists() and Path(source).exists() and same_path(ranked, source)):
+            raise PlanError(f"{source} has changed since the plan's channels were chosen on it (weights {recorded}, now "
+                            f"{held}; trained again?): cut the plan again from it (`slimkit prune --weights {source} "
+                            f"--criterion {plan.criterion['kind']}`), or restore the weights it was cut from")
+        raise PlanError(f"the plan's channels were chosen on {ranked} (weights {recorded}), but {source} holds other "
+                        f"weights ({held}): inherit from the model the plan was cut from, or cut the plan again "
+                        f"from this one (`slimkit prune --weights {source} --criterion {plan.criterion['kind']}`)")
 
 
 def _block(graph: ChannelGraph, name: str) -> int:
@@ -604,14 +650,25 @@ def choose_channels(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str,
     """``plan`` with the channels each narrowed group keeps, chosen on the trained full model
     ``weights``: by filter L1 norm (``"l1"``), or by the learned ``gates`` (``"gates"``: one value per
     channel, or per attention head). Widths are unchanged."""
-    state = _state_of(plan, weights)
+    check_type("choose_channels", "plan", plan, (ChannelPlan, dict, str, os.PathLike),
+               "a ChannelPlan, a plan dict or a plan file path")
+    check_type("choose_channels", "weights", weights, (str, os.PathLike, Mapping),
+               "a checkpoint path or a state dict of the full model")
+    check_type("choose_channels", "criterion", criterion, str, f"one of {', '.join(map(repr, CRITERIA))}")
+    check_type("choose_channels", "gates", gates, (Mapping, type(None)),
+               "a dict of group name -> gate values, or None")
+    check_type("choose_channels", "weights_name", weights_name, (str, type(None)), "a string, or None")
+    if criterion not in CRITERIA or (criterion == "gates") != (gates is not None):
+        raise PlanError(f"choose_channels: criterion {show(criterion)} " + (
+            f"is unknown: choose one of {', '.join(CRITERIA)}" if criterion not in CRITERIA else
+            "needs the learned gates (gates=...)" if criterion == "gates" else "takes no gates (they are for 'gates')"))
+    plan = load_plan(plan)
+    state = _state_of(plan, weights, "choose_channels")
     _, graph = _full_model(plan, state, "the weights given" if isinstance(weights, Mapping) else str(weights))
     if criterion == "l1":
         scores = l1_scores(graph, state)
-    elif criterion == "gates" and gates is not None:
-        scores = {n: torch.as_tensor(v, dtype=torch.float64) for n, v in gates.items()}
     else:
-        raise PlanError(f"unknown criterion '{criterion}' (or gates missing): choose l1 or gates")
+        scores = _gate_scores(plan, graph, gates)
     keep = {}
     for name, g in plan.groups.items():
         if g["width"] == g["full"]:  # kept whole (and not gated at all in the paper's search space)
@@ -624,7 +681,29 @@ def choose_channels(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str,
         keep[name] = select_channels(values, g["width"], block)
     name = weights_name if weights_name is not None else (
         "state dict" if isinstance(weights, Mapping) else str(weights))
-    return plan.with_keep(keep, {"kind": criterion, "weights": name})
+    return plan.with_keep(keep, {"kind": criterion, "weights": name, "fingerprint": weights_fingerprint(state)})
+
+
+def _gate_scores(plan: ChannelPlan, graph: ChannelGraph, gates: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """``gates`` as one score tensor per narrowed group: one value per channel, or per block of channels
+    kept together (an attention head); anything else is a PlanError naming the group."""
+    scores = {}
+    for name, g in plan.groups.items():
+        if g["width"] == g["full"]:
+            continue
+        values = gates.get(name)
+        blocks = g["full"] // _block(graph, name)
+        try:
+            tensor = torch.as_tensor(values, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            tensor = None
+        if tensor is None or tensor.dim() != 1 or tensor.numel() not in (g["full"], blocks) or \
+                not bool(torch.isfinite(tensor).all()):
+            per_block = f" or {blocks} (one per block of channels kept together)" if blocks != g["full"] else ""
+            raise PlanError(f"choose_channels: gates[{show(name, 40)}] must be {g['full']} finite numbers (one per "
+                            f"channel){per_block}, got {show(values)}")
+        scores[name] = tensor
+    return scores
 
 
 def group_module_map(graph: ChannelGraph) -> dict[str, list[str]]:

@@ -50,6 +50,7 @@ from typing import Any
 
 from slimkit import registry
 from slimkit.artifacts import load_checkpoint, load_model, onnx_candidate, onnx_metadata, plan_candidate
+from slimkit.checkpoint import full_model_weights, missing_checkpoint, weights_fingerprint
 from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
 from slimkit.data import load_data
@@ -378,8 +379,8 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
                              mode=p.timing)
     plans: dict[str, ChannelPlan] = {}
     parent = lay.checkpoint(p.weights)
-    if parent is not None and not parent.is_file():
-        raise SlimkitError(f"prune.weights: checkpoint not found: {parent}")
+    if parent is not None and missing_checkpoint(parent):
+        raise SlimkitError(f"prune.weights: {missing_checkpoint(parent)}")
     # a plan cut from a parent is cut again when the parent changed since (e.g. train-full/ trained anew)
     parent_changed = parent is not None and record.read("prune", parent) not in (None, _digest(parent))
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
@@ -477,6 +478,27 @@ def _check_trained_config(folder: Path, cfg: TrainConfig) -> None:
                            f"{folder} away to train again, or run the recipe into a new --out")
 
 
+def _check_trained_parent(folder: Path, cfg: TrainConfig) -> None:
+    """A folder fine-tuned from inherited weights was inherited from the weights train.init_from holds now
+    (the fingerprint its plan's criterion recorded): a parent replaced or trained again since makes
+    the fine-tuned model one of another parent's."""
+    if cfg.init != "inherit" or missing_checkpoint(cfg.init_from):
+        return  # a parent removed after the fine-tuning: what was trained still stands
+    try:
+        held = load_checkpoint(folder / "checkpoint.pt")["plan"]
+    except SlimkitError:
+        return  # _check_trained_plan says what is wrong with it
+    recorded = (held.criterion or {}).get("fingerprint")
+    if recorded is None:  # written before slimkit recorded the parent
+        return
+    now = weights_fingerprint(full_model_weights(cfg.init_from, held.arch, held.arch_kwargs))
+    if now != recorded:
+        raise SlimkitError(f"{folder} was fine-tuned from weights {recorded}, but train.init_from {cfg.init_from} now "
+                           f"holds {now} (replaced or trained again since): its model does not belong with this "
+                           f"run; move {folder} away to train again, restore that parent, or run the recipe into a "
+                           "new --out")
+
+
 def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
                  force: bool = False, only: tuple[str, ...] | None = None) -> None:
     t = recipe.train
@@ -489,6 +511,7 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
         if state != "new":
             _check_trained_plan(folder, plan)
             _check_trained_config(folder, cfg)
+            _check_trained_parent(folder, cfg)
         if state == "done":
             hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
             continue
@@ -496,8 +519,8 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                 f"from {cfg.init_from}, {cfg.schedule}" if cfg.init == "inherit" else cfg.schedule)
         hooks.stage("train", f"{label} model ({how}) -> {folder.name}/"
                     + (f" (resuming after epoch {done})" if state == "resume" else ""))
-        if cfg.init == "inherit" and state == "new" and not Path(cfg.init_from).is_file():
-            raise SlimkitError(f"train.init_from: checkpoint not found: {cfg.init_from}")
+        if cfg.init == "inherit" and state == "new" and missing_checkpoint(cfg.init_from):
+            raise SlimkitError(f"train.init_from: {missing_checkpoint(cfg.init_from)}")
         with hooks.bars() as (progress, log):
             result = train(plan, folder, cfg, resume=state == "resume", progress=progress, log=log,
                            force=force)
@@ -774,6 +797,9 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     if not str(out if out is not None else lay.root).strip():
         raise SlimkitError("--out is empty: give a folder for the run")
     same = check_folder(recipe, lay)
+    problem = missing_parent(recipe, lay)
+    if problem is not None:  # before the run writes anything (it wrote the plans, then stopped at training)
+        raise SlimkitError(problem)
     if not lay.owned():  # not a run folder (yet): nothing in it is the run's, so nothing may be replaced
         check_outputs(lay.outputs(recipe), inputs=[source] if Path(source).exists() else [], force=force,
                       not_ours=f"{lay.root} is not a `slimkit run` folder (no recipe.yaml a run wrote), so this is "
@@ -807,6 +833,20 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
                              f"are in {lay.root}; rerun with --set export.calib_images=1024 or a larger --set "
                              "export.max_drop (same folder; only the int8 stage reruns)")
     return summary
+
+
+def missing_parent(recipe: Recipe, lay: Layout) -> str | None:
+    """Why a trained parent the recipe names by path cannot be read before any stage runs (None when
+    each is a file): prune.weights, and train.init_from for a fine-tuning not yet started (a finished one
+    stands without it). ``full``, the run's own parent, is trained by the run itself."""
+    if recipe.prune.weights not in (None, RUN_FULL) and missing_checkpoint(recipe.prune.weights):
+        return f"prune.weights: {missing_checkpoint(recipe.prune.weights)}"
+    if recipe.train.init == "inherit" and recipe.train.init_from != RUN_FULL:
+        for label, folder in _train_jobs(recipe, lay):
+            cfg = _train_config(recipe, lay, label)
+            if cfg.init == "inherit" and train_state(folder)[0] == "new" and missing_checkpoint(cfg.init_from):
+                return f"train.init_from: {missing_checkpoint(cfg.init_from)}"
+    return None
 
 
 def missing_data(recipe: Recipe) -> str | None:

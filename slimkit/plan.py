@@ -6,8 +6,8 @@ docs/method.md section 5); unknown top-level fields are rejected so typos do not
 
 A plan cut from trained weights also says *which* channels it keeps: each narrowed group carries
 ``keep`` (indices into its full width, ascending) and the plan a ``criterion`` ({"kind": "l1" or
-"gates", "weights": the checkpoint ranked}); G copies those channels' weights
-(``generate(plan, weights=...)``). Such plans are format ``slimkit.plan/2``; widths-only plans are
+"gates", "weights": the checkpoint ranked, "fingerprint": its weights' hash}); G copies those channels'
+weights (``generate(plan, weights=...)``), from that parent only: other weights are refused. Such plans are format ``slimkit.plan/2``; widths-only plans are
 still written, and read, as ``slimkit.plan/1``.
 
 Plans of the user's own code (a ``python:`` factory or a model object) carry two more fields:
@@ -38,6 +38,7 @@ PLAN_FORMAT = "slimkit.plan/1"  # widths only
 PLAN_FORMAT_KEEP = "slimkit.plan/2"  # widths, and the channels kept from trained weights
 FORMATS = (PLAN_FORMAT, PLAN_FORMAT_KEEP)
 CRITERIA = ("l1", "gates")  # how kept channels were chosen: filter L1 norm (Li et al. 2017), gate value
+FINGERPRINT = re.compile(r"sha256:[0-9a-f]{16}")  # a traced graph's, or the weights a plan's channels were ranked on
 
 
 @dataclass
@@ -55,7 +56,8 @@ class ChannelPlan:
     params: int | None = None
     latency: dict[str, Any] | None = None
     search: dict[str, Any] = field(default_factory=dict)
-    criterion: dict[str, Any] | None = None  # {"kind": "l1" | "gates", "weights": path}: how ``keep`` was chosen
+    # {"kind": "l1" | "gates", "weights": path, "fingerprint": of those weights}: how ``keep`` was chosen
+    criterion: dict[str, Any] | None = None
     slimkit_version: str = __version__
     format: str = PLAN_FORMAT
     graph_fingerprint: str | None = None  # user code: what its factory traced to (slimkit.graph)
@@ -200,7 +202,7 @@ class ChannelPlan:
             raise PlanError(f"{source}: 'criterion' needs format {PLAN_FORMAT_KEEP!r} (a plan with kept channels)")
         _check_keep(data, source)
         fingerprint = data.get("graph_fingerprint")
-        if fingerprint is not None and not (isinstance(fingerprint, str) and re.fullmatch(r"sha256:[0-9a-f]{16}", fingerprint)):
+        if fingerprint is not None and not (isinstance(fingerprint, str) and FINGERPRINT.fullmatch(fingerprint)):
             raise PlanError(f"{source}: 'graph_fingerprint' must be 'sha256:' and 16 hex digits, got {show(fingerprint)}")
         if not isinstance(data.get("regenerable", True), bool):
             raise PlanError(f"{source}: 'regenerable' must be true or false, got {show(data['regenerable'])}")
@@ -277,6 +279,10 @@ def _check_keep(data: dict[str, Any], source: str) -> None:
                 and isinstance(criterion.get("weights"), str)):
             raise PlanError(f"{source}: a plan with kept channels needs 'criterion': {{\"kind\": one of "
                             f"{', '.join(CRITERIA)}, \"weights\": the checkpoint}}, got {show(criterion)}")
+        fingerprint = criterion.get("fingerprint")
+        if fingerprint is not None and not (isinstance(fingerprint, str) and FINGERPRINT.fullmatch(fingerprint)):
+            raise PlanError(f"{source}: criterion.fingerprint must be 'sha256:' and 16 hex digits (the weights the "
+                            f"channels were ranked on), got {show(fingerprint)}")
         if not has_keep and any(g["width"] < g["full"] for g in data["groups"].values()):
             raise PlanError(f"{source}: 'criterion' is set but no group says which channels it keeps ('keep')")
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from slimkit import registry
 from slimkit import validate as limits
-from slimkit.checkpoint import full_model_weights, parent_shape
+from slimkit.checkpoint import CheckpointError, full_model_weights, missing_checkpoint, parent_shape
 from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_widths, parse_budget,
                             search_cost_aware, search_threshold, search_uniform)
 from slimkit.data import load_data
@@ -196,6 +196,8 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
             ("batch", latency_options.batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
             ("in_chans", in_chans, limits.IN_CHANS)):
         check_number(f"--{name.replace('_', '-')}", value, allowed)
+    if gates.weights is not None and missing_checkpoint(gates.weights):  # before any tracing
+        raise CheckpointError(f"--weights: {missing_checkpoint(gates.weights)}")
     if structure is not None:
         return _prune_structure(arch, structure, num_classes=num_classes, in_chans=in_chans, input_size=input_size,
                                 arch_kwargs=arch_kwargs, expand=expand, seed=seed, criterion=criterion,

@@ -53,6 +53,7 @@ from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES, VOC_CLASSES, co
 from slimkit.errors import SlimkitError
 from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings
 from slimkit.exporters.onnx import EXPORTERS
+from slimkit.files import same_path
 from slimkit.latency import BACKENDS, TIMING_MODES
 from slimkit.latency_search import PRECISIONS
 from slimkit.plan import CRITERIA
@@ -574,10 +575,25 @@ def _check_init(r: Recipe, source: str) -> None:
                f"train.{key} applies to train.schedule finetune: remove it, or set the schedule")
     _check(t.init_from != RUN_FULL or RUN_FULL in t.compare, source,
            f"train.init_from: {RUN_FULL} inherits the run's own trained full model: add {RUN_FULL} to train.compare")
+    # The plan keeps the channels ranked on prune.weights: they mean nothing in another model (found out
+    # only after the parent's training and the prune, as the fine-tuning starts, without this).
+    parent = r.prune.weights
+    _check(parent is None or t.init != "inherit" or _same_checkpoint(parent, t.init_from), source,
+           f"train.init_from {show(t.init_from)} is not prune.weights {show(parent)}: the plan keeps the channels "
+           f"ranked on prune.weights, so fine-tuning inherits from that model: set train.init_from: {parent}")
     for label in ("scratch-e", "scratch-b"):
         _check(label not in t.compare or t.init != "scratch" or t.schedule != label, source,
                f"train.compare lists {label}, which is how train/ already trains the plan (train.schedule {label}): "
                "remove it from train.compare")
+
+
+def _same_checkpoint(a: str, b: str | None) -> bool:
+    """Two recipe values that name one checkpoint: the same word (``full``), path or file."""
+    if b is None:
+        return False
+    if a == b or os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b)):
+        return True
+    return a != RUN_FULL and b != RUN_FULL and os.path.isfile(a) and os.path.isfile(b) and same_path(a, b)
 
 
 # ---------------------------------------------------------------------------- loading

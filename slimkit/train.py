@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from slimkit import registry, runtime
 from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, plan_of, write_checkpoint
+from slimkit.checkpoint import missing_checkpoint
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -61,7 +62,7 @@ from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.task_losses import (IGNORE_INDEX, detection_loss, evaluate_detection, evaluate_segmentation,
                                  segmentation_output_loss, to_device)
-from slimkit.validate import check_number
+from slimkit.validate import check_number, check_type
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
@@ -303,8 +304,9 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
     given = plan_of(plan_or_arch)
     if given is not None:
         same = given.arch == plan.arch and {n: g["width"] for n, g in given.groups.items()} == {
-            n: g["width"] for n, g in plan.groups.items()}
-        what = "this plan"
+            n: g["width"] for n, g in plan.groups.items()} and (not given.has_keep or given.keep == plan.keep)
+        what = "this plan" + (" (it keeps other channels of the parent)" if given.has_keep and plan.has_keep and
+                              given.keep != plan.keep else "")
     else:
         same = registry.resolve(str(plan_or_arch)).canonical == plan.arch and all(
             g["width"] == g["full"] for g in plan.groups.values())
@@ -319,6 +321,11 @@ def check_config(cfg: TrainConfig) -> None:
     """Every number of the config finite and in range (the CLI checks the same ranges; this is for
     Python callers and recipes), and the init and schedule consistent, before a folder is created or
     data is read."""
+    check_type("train", "cfg", cfg, TrainConfig, "a slimkit.train.TrainConfig")
+    for name in ("data", "data_dir", "init_from"):  # written to config.json after the first epoch: text only
+        check_type("train", f"cfg.{name}", getattr(cfg, name), (str, type(None)), "a string (a name or a path), or None")
+    for name in ("schedule", "init", "device"):
+        check_type("train", f"cfg.{name}", getattr(cfg, name), str, "a string")
     if cfg.schedule not in (*SCHEDULES, FINETUNE):
         raise SlimkitError(f"unknown --schedule '{cfg.schedule}': choose one of {', '.join((*SCHEDULES, FINETUNE))}")
     if cfg.init not in INITS:
@@ -351,6 +358,9 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     ``resume`` continues the run in ``out_dir``; with ``extend_to`` (more epochs than it was started
     with, finished or not) the cosine schedule is stretched to end there instead, from the step reached.
     A new run refuses to replace files in ``out_dir`` that are not a training run's (``force`` replaces them)."""
+    if isinstance(cfg, TrainConfig):  # a Path is a path: kept as text, as the config file records it
+        cfg = replace(cfg, **{name: os.fspath(getattr(cfg, name)) for name in ("data_dir", "init_from")
+                              if isinstance(getattr(cfg, name), os.PathLike)})
     check_config(cfg)
     if not str(out_dir).strip():
         raise SlimkitError("the run folder (--out) is empty: give a folder name")
@@ -368,8 +378,9 @@ def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
             old = load_plan(path)
         except PlanError:
             return False
+        # the channels kept from a parent are part of the plan: another parent's cut is another plan
         return plan is not None and (old.arch, old.arch_kwargs, old.input_size, old.widths) == (
-            plan.arch, plan.arch_kwargs, plan.input_size, plan.widths)
+            plan.arch, plan.arch_kwargs, plan.input_size, plan.widths) and (not plan.has_keep or old.keep == plan.keep)
 
     return [Output(out / "checkpoint.pt", "the checkpoint"),  # a new run: any file there is not ours to replace
             Output(out / "plan.json", "the trained plan", same_plan),
@@ -417,6 +428,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             check_outputs([o for o in run_outputs(out, plan) if o.path != ckpt_path], force=force)
     elif resume:
         raise CheckpointError(f"--resume: no checkpoint in {out}; drop --resume to start a new run")
+    elif cfg.init == "inherit" and ckpt_path.exists() and same_path(ckpt_path, cfg.init_from):
+        raise SlimkitError(f"--from {cfg.init_from} is where this run writes its checkpoint: training into {out} "
+                           "would replace the parent it inherits from; choose another --out")
     elif ckpt_path.exists():
         raise SlimkitError(f"{out} already holds a run (checkpoint.pt): pass --resume to continue it, "
                            "or choose another --out")
@@ -424,8 +438,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         plan = plan_of(plan_or_arch)  # None for an architecture name: the full model, once the data gives the classes
         if main:
             check_outputs(run_outputs(out, plan), force=force)
-        if cfg.init == "inherit" and not Path(cfg.init_from).is_file():  # a resumed run holds its weights already
-            raise CheckpointError(f"--from: checkpoint not found: {cfg.init_from}")
+        if cfg.init == "inherit" and missing_checkpoint(cfg.init_from):  # a resumed run holds its weights already
+            raise CheckpointError(f"--from: {missing_checkpoint(cfg.init_from)}")
 
     task = registry.model_task(plan.arch if plan is not None else str(plan_or_arch))
     segmentation, detection = task == "segmentation", task == "detection"

@@ -5,12 +5,17 @@ AttributeError from deep inside."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
 import slimkit
+from slimkit.artifacts import model_from_checkpoint
+from slimkit.checkpoint import load_checkpoint
 from slimkit.errors import PlanError, SlimkitError
+from slimkit.generator import build_model, choose_channels
+from slimkit.train import TrainConfig, train
 
 RECIPE = "recipes/fmnist_resnet20_50.yaml"
 
@@ -63,6 +68,19 @@ WRONG_CALLS = [
     (lambda p: slimkit.load_recipe(None), TypeError, ["load_recipe: 'path'"]),
     (lambda p: slimkit.load_recipe(RECIPE, overrides="train.epochs=1"), TypeError, ["'overrides'"]),
     (lambda p: slimkit.run_recipe(RECIPE), TypeError, ["run_recipe: 'recipe'", "load_recipe"]),
+    # the trained-weights path: generate(weights=), choose_channels, training's inherit config, checkpoints
+    (lambda p: slimkit.generate(p, weights={"conv1.weight": 3}), TypeError,
+     ["generate: 'weights' must be a state dict", "'conv1.weight': int"]),
+    (lambda p: choose_channels(None, {}), TypeError, ["choose_channels: 'plan'"]),
+    (lambda p: choose_channels(p, 3), TypeError, ["choose_channels: 'weights'"]),
+    (lambda p: choose_channels(p, {}, 3), TypeError, ["choose_channels: 'criterion'"]),
+    (lambda p: choose_channels(p, {}, "gates"), PlanError, ["criterion 'gates' needs the learned gates"]),
+    (lambda p: choose_channels(p, {}, "l1", gates=3), TypeError, ["choose_channels: 'gates'"]),
+    (lambda p: train(p, "/nonexistent/run", TrainConfig(init="inherit", init_from=3, schedule="finetune")), TypeError,
+     ["train: 'cfg.init_from' must be a string"]),
+    (lambda p: train(p, "/nonexistent/run", {"epochs": 1}), TypeError, ["train: 'cfg'", "TrainConfig"]),
+    (lambda p: load_checkpoint(None), TypeError, ["checkpoint must be given as a file path", "None"]),
+    (lambda p: model_from_checkpoint(3), TypeError, ["checkpoint must be given as a file path"]),
 ]
 
 
@@ -85,3 +103,28 @@ def test_generate_checks_a_plan_built_in_python(full, width, words):
         slimkit.generate(plan)
     with pytest.raises(PlanError, match=words):
         slimkit.save_plan(plan, "/nonexistent/never-written.json")
+
+
+def test_choose_channels_checks_the_gates_it_ranks_by(full):
+    """Gates that do not cover a narrowed group, or have its width wrong, were a KeyError or a keep list of
+    the wrong length blamed on the plan."""
+    narrow = full.with_widths({**full.widths, "layer1.0.conv1": 8})
+    state = build_model("resnet20", {"num_classes": 10}).state_dict()
+    for gates, words in (({}, "gates['layer1.0.conv1'] must be 16 finite numbers (one per channel), got None"),
+                         ({"layer1.0.conv1": [1.0]}, "got [1.0]"),
+                         ({"layer1.0.conv1": [float("nan")] * 16}, "finite numbers")):
+        with pytest.raises(PlanError) as info:
+            choose_channels(narrow, state, "gates", gates=gates)
+        assert words in str(info.value)
+    kept = choose_channels(narrow, state, "gates", gates={"layer1.0.conv1": [i % 5 for i in range(16)]})
+    assert kept.groups["layer1.0.conv1"]["keep"] == [2, 3, 4, 7, 8, 9, 13, 14]  # the 4s, the 3s, two lowest 2s
+
+
+def test_paths_in_a_train_config_may_be_paths(tmp_path):
+    """TrainConfig(init_from=Path(...)) trained its first epoch and then failed writing config.json
+    ('Object of type PosixPath is not JSON serializable'), the epoch lost."""
+    torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), tmp_path / "parent.pt")
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                      init="inherit", init_from=tmp_path / "parent.pt")
+    train(slimkit.full_plan("resnet20", num_classes=10), tmp_path / "run", cfg)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init_from"] == str(tmp_path / "parent.pt")

@@ -4,6 +4,7 @@ from slimkit.budget import (make_divisible, max_widths, parse_budget, search_thr
                             uniform_widths)
 from slimkit.errors import BudgetError
 from slimkit.generator import channel_graph
+from slimkit.search_space import residual_stream_groups
 
 
 @pytest.mark.parametrize("text,kind,value", [
@@ -150,3 +151,15 @@ def test_a_swap_lands_where_every_single_step_is_coarser_than_the_tolerance():
     gates = {n: [1.0 - i / grp.width for i in range(grp.width)] for n, grp in g.groups.items()}
     plan = search_threshold(g, gates, parse_budget("30%"), round_to=8)  # the gate-order fill lands too
     assert target * 0.99 <= plan.flops <= target and "swap" in plan.selection
+
+
+def test_a_swap_with_pinned_groups_leaves_them_whole():
+    """`prune --criterion l1 --search-space paper` (the guide's command): the residual streams are pinned
+    at full width and have no ladder; when the fill has to swap, the swap moves only the groups that may
+    move (it used to look every group up in the ladders: KeyError 'conv1', a traceback)."""
+    g = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+    pinned = {n: g.groups[n].width for n in residual_stream_groups(g)}
+    target = 0.5 * g.count_flops()
+    res = search_uniform(g, parse_budget("50%"), round_to=8, pinned=pinned)
+    assert target * 0.99 <= res.flops <= target and "swap" in res.selection
+    assert all(res.widths[n] == w for n, w in pinned.items())

@@ -2,6 +2,8 @@
 files that are not checkpoints at all, through the one loader prune, train and G share."""
 
 import json
+import pickle
+import re
 
 import pytest
 import timm
@@ -92,6 +94,18 @@ def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
         with pytest.raises(CheckpointError, match=note) as info:
             read_weights(path)
         assert "\n" not in str(info.value)
+    # read but refused by weights_only: code in the pickle, or a plain pickle; never "truncated"
+    class Code:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "hook": Code()}, tmp_path / "code.pt")
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"a": [1.0]}, f, protocol=4)
+    for name, note in (("code.pt", "holds Python objects besides tensors (print)"),
+                       ("plain.pkl", "is a plain pickle (protocol 4), not a file written by torch.save")):
+        with pytest.raises(CheckpointError, match=re.escape(note)) as info:
+            read_weights(tmp_path / name)
+        assert "truncated" not in str(info.value)
     not_weights = tmp_path / "numbers.pt"
     torch.save({"epoch": 3, "lr": 0.1}, not_weights)
     with pytest.raises(CheckpointError, match="not model weights"):
@@ -110,3 +124,40 @@ def test_a_plain_state_dict_prunes_and_fine_tunes_end_to_end(tmp_path):
                             "--epochs", "1", "--out", str(ft), "--data", "synthetic", "--max-steps-per-epoch", "1",
                             "--batch-size", "16"])
     assert r.exit_code == 0 and "inherited the kept channels' weights" in r.output, r.output
+
+
+def test_diverged_integer_empty_and_misplaced_weights_say_what_is_wrong(tmp_path):
+    """A diverged training's NaN weights would rank channels by NaN norms (arbitrary ones kept, exit 0);
+    integer tensors would be rounded into float weights; meta or sparse tensors were tracebacks; an empty dict, a folder or an empty path were
+    'a dict of ,', 'checkpoint not found: full' and 'checkpoint not found: .'. Each is one line, and no
+    plan is written."""
+    state = build_model("resnet20", {"num_classes": 10}).state_dict()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save(state, folder / "checkpoint.pt")
+    files = {"nan.pt": {k: v.clone().fill_(float("nan")) if k == "layer2.0.conv1.weight" else v
+                        for k, v in state.items()},
+             "int.pt": {k: v.round().long() if v.is_floating_point() else v for k, v in state.items()},
+             "empty.pt": {},
+             "meta.pt": {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()},
+             "sparse.pt": {**state, "fc.weight": state["fc.weight"].to_sparse()}}
+    for name, content in files.items():
+        torch.save(content, tmp_path / name)
+    out = tmp_path / "p.json"
+    for weights, needle in (("nan.pt", "NaN or infinite values in layer2.0.conv1.weight: the training that wrote it "
+                                       "diverged"), ("int.pt", "integer values where slimkit:resnet20 has float weights"),
+                            ("empty.pt", "holds an empty dict, not model weights"),
+                            ("meta.pt", "cannot copy weights from: conv1.weight (on the meta device"),
+                            ("sparse.pt", "cannot copy weights from: fc.weight (torch.sparse_coo)"),
+                            ("run", f"--weights: {folder} is a folder, not a checkpoint file: pass "
+                                    f"{folder / 'checkpoint.pt'}"),
+                            ("", "--weights: the path is empty")):
+        path = str(tmp_path / weights) if weights else ""
+        r = CliRunner().invoke(app, ["prune", "resnet20", "--weights", path, "--criterion", "l1", "--flops", "50%",
+                                     "--out", str(out), "--no-plot"])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and needle in " ".join(r.output.split()), r.output
+        assert not out.exists()
+    keep_all = slimkit.full_plan("resnet20", num_classes=10)
+    with pytest.raises(PlanError, match="NaN or infinite"):
+        slimkit.generate(keep_all, weights=files["nan.pt"])

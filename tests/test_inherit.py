@@ -1,6 +1,7 @@
 """Plans cut from trained weights: kept channels, G inheriting them, and fine-tuning (Rethinking)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from typer.testing import CliRunner
 
 import slimkit
 from slimkit.budget import Budget, search_uniform
+from slimkit.checkpoint import load_checkpoint, weights_fingerprint
 from slimkit.cli import app
+from slimkit.cli.prune import gate_summary
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.generator import build_model, channel_graph, choose_channels, generate, kept_index
 from slimkit.plan import PLAN_FORMAT, PLAN_FORMAT_KEEP, ChannelPlan, load_plan
@@ -145,7 +148,8 @@ def test_plan_formats_old_plans_load_and_kept_channels_are_checked(tmp_path):
                         (lambda d: d["groups"]["layer1.0.conv1"].update(keep=[1, 16]), "ascending distinct"),
                         (lambda d: d.update(criterion=None), "needs 'criterion'"),
                         (lambda d: d.update(format=PLAN_FORMAT), "group"),
-                        (lambda d: d["groups"]["layer1.0.conv1"].pop("keep"), "no group says")):
+                        (lambda d: d["groups"]["layer1.0.conv1"].pop("keep"), "no group says"),
+                        (lambda d: d["criterion"].update(fingerprint="abc"), "criterion.fingerprint")):
         d = json.loads(kept.to_json())
         bad(d)
         with pytest.raises(PlanError, match=needle):
@@ -164,6 +168,35 @@ def test_inheriting_needs_kept_channels_and_the_right_parent():
         choose_channels(narrow, other)
 
 
+def test_inheriting_from_another_parent_than_the_plan_was_cut_from_is_refused(tmp_path):
+    """Channels ranked on one trained model mean nothing in another of the same architecture: the plan
+    records the fingerprint of the weights it was cut from, and G (so `slimkit train --init inherit` and a
+    recipe's fine-tuning stage) refuses other weights; the same weights saved another way still fit."""
+    plan, parent = trained_like("resnet20")
+    narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 8})
+    torch.save(parent.state_dict(), tmp_path / "a.pt")
+    kept = choose_channels(narrow, str(tmp_path / "a.pt"))
+    assert kept.criterion["fingerprint"] == weights_fingerprint(parent.state_dict())
+    torch.save({"state_dict": {"module." + k: v for k, v in parent.state_dict().items()}, "epoch": 3},
+               tmp_path / "same.pth")
+    generate(kept, weights=str(tmp_path / "same.pth"))
+    other = {k: v.clone() for k, v in parent.state_dict().items()}
+    other["layer3.2.conv2.weight"][0, 0, 0, 0] += 1.0
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(PlanError, match="channels were chosen on .*a.pt .*other.pt holds other weights"):
+        generate(kept, weights=str(tmp_path / "other.pt"))
+    with pytest.raises(PlanError, match="channels were chosen on"):
+        generate(kept, weights=other)
+    torch.save(other, tmp_path / "a.pt")  # the parent trained again into the same file
+    with pytest.raises(PlanError, match="a.pt has changed since the plan's channels were chosen on it"):
+        generate(kept, weights=str(tmp_path / "a.pt"))
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "other.pt"))
+    with pytest.raises(PlanError, match="holds other weights"):
+        train(kept, tmp_path / "ft", ft)
+    assert not (tmp_path / "ft").exists()
+
+
 def test_uniform_search_keeps_pinned_groups():
     graph = channel_graph("slimkit:resnet20", {"num_classes": 10}, SIZE)
     streams = residual_stream_groups(graph)
@@ -179,7 +212,8 @@ def test_finetune_inherits_keeps_the_lr_constant_and_resumes(tmp_path):
     parent_ckpt = str(tmp_path / "full" / "checkpoint.pt")
     plan = prune("resnet20", "50%", method="uniform", round_to=1, criterion="l1",
                  gates=GateOptions(weights=parent_ckpt, search_space="paper"))
-    assert plan.criterion == {"kind": "l1", "weights": parent_ckpt}
+    assert plan.criterion == {"kind": "l1", "weights": parent_ckpt,
+                              "fingerprint": weights_fingerprint(load_checkpoint(parent_ckpt)["model"])}
     streams = plan.search["pinned"]
     assert streams and all(plan.groups[n]["width"] == plan.groups[n]["full"] for n in streams)
     ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2, batch_size=16, schedule="finetune",
@@ -189,6 +223,11 @@ def test_finetune_inherits_keeps_the_lr_constant_and_resumes(tmp_path):
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())["history"]
     assert [h["lr"] for h in history] == [0.001, 0.001] and result.epochs == 1
     assert load_plan(tmp_path / "ft" / "plan.json").keep == plan.keep
+    narrowed = next(n for n, g in plan.groups.items() if g["width"] < g["full"])
+    other = plan.with_keep({**plan.keep, narrowed: list(range(plan.groups[narrowed]["width"]))}, plan.criterion)
+    assert other.keep != plan.keep
+    with pytest.raises(SlimkitError, match="not this plan .it keeps other channels of the parent"):
+        train(other, tmp_path / "ft", ft, resume=True, extend_to=3)  # the same widths, another cut
     with pytest.raises(SlimkitError, match="add --init inherit"):
         train(plan, tmp_path / "x", TrainConfig(data="synthetic", schedule="finetune"))
     with pytest.raises(SlimkitError, match="add --from"):
@@ -222,3 +261,45 @@ def test_cli_prune_by_l1_then_finetune(tmp_path):
     r = runner.invoke(app, ["prune", "resnet20", "--weights", str(ft / "checkpoint.pt"), "--criterion", "l1",
                             "--flops", "50%", "--out", str(tmp_path / "q.json")])
     assert r.exit_code != 0 and "not the full" in r.output
+
+
+def test_the_gate_line_says_which_weights_the_gates_were_learned_on():
+    """`prune --weights CKPT` (gates learned on trained weights) printed 'on random frozen weights'."""
+    search = {"chosen_step": 3, "steps": 5, "val_accuracy": 0.5, "gates": {"mean": 0.5}, "threshold": 0.3,
+              "seconds": 1}
+    plan = slimkit.full_plan("resnet20", num_classes=10)
+    assert "on random frozen weights" in gate_summary(replace(plan, search={**search, "weights": "random"}))
+    line = gate_summary(replace(plan, search={**search, "weights": "trained (runs/full/checkpoint.pt)"}))
+    assert "on the frozen trained (runs/full/checkpoint.pt) weights" in line and "random" not in line
+
+
+def test_a_plan_json_with_other_kept_channels_is_not_replaced(tmp_path):
+    """A plan.json of the same widths but other kept channels (another parent's cut) in the folder a
+    fine-tuning trains into counted as 'this very plan' and was replaced."""
+    plan, parent = trained_like("resnet20")
+    narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 8})
+    torch.save(parent.state_dict(), tmp_path / "parent.pt")
+    kept = choose_channels(narrow, str(tmp_path / "parent.pt"))
+    other = kept.with_keep({"layer1.0.conv1": [i for i in range(16) if i not in kept.keep["layer1.0.conv1"]]},
+                           kept.criterion)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "plan.json").write_text(other.to_json())
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "parent.pt"))
+    with pytest.raises(SlimkitError, match="plan.json exists"):
+        train(kept, tmp_path / "run", ft)
+    assert (tmp_path / "run" / "plan.json").read_text() == other.to_json()
+
+
+def test_the_parent_cannot_be_the_checkpoint_the_run_writes(tmp_path):
+    """--from OUT/checkpoint.pt (a parent saved where the run writes its own): 'already holds a run: pass
+    --resume', and --resume then said it was not a slimkit checkpoint; the file is the run's input."""
+    plan, parent = trained_like("resnet20")
+    (tmp_path / "run").mkdir()
+    torch.save(parent.state_dict(), tmp_path / "run" / "checkpoint.pt")
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "run" / ".." / "run" / "checkpoint.pt"))
+    with pytest.raises(SlimkitError, match="is where this run writes its checkpoint: .* choose another --out"):
+        train(plan, tmp_path / "run", ft, force=True)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before

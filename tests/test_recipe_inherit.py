@@ -5,11 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from slimkit.pipeline import RunHooks, run_recipe, train_state
+from slimkit.checkpoint import load_checkpoint, weights_fingerprint
+from slimkit.cli import app
+from slimkit.errors import SlimkitError
+from slimkit.generator import build_model
+from slimkit.pipeline import RunHooks, _check_trained_parent, run_recipe, train_state
 from slimkit.plan import load_plan
 from slimkit.recipe import RecipeError, load_recipe, parse_recipe, read_yaml
-from slimkit.train import scratch_b_epochs
+from slimkit.prune import prune
+from slimkit.train import TrainConfig, scratch_b_epochs, train
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 BASE = "name: r\narch: resnet56\nnum_classes: 10\n"
@@ -40,6 +46,10 @@ def test_the_cifar10_rethinking_recipe_loads_with_the_papers_settings():
     ("prune: {flops: 50%}\ntrain: {finetune_epochs: 10}", "applies to train.schedule finetune"),
     ("prune: {flops: 50%}\ntrain: {schedule: finetune, init: inherit, init_from: full}", "add full to train.compare"),
     ("prune: {flops: 50%}\ntrain: {compare: [scratch-e]}", "remove it from train.compare"),
+    ("prune: {flops: 50%, method: uniform, weights: a.pt, criterion: l1}\ntrain: {schedule: finetune, init: inherit, "
+     "init_from: b.pt}", "train.init_from 'b.pt' is not prune.weights 'a.pt'"),
+    ("prune: {structure: resnet56-a, weights: full, criterion: l1}\ntrain: {schedule: finetune, init: inherit, "
+     "init_from: a.pt, compare: [full]}", "set train.init_from: full"),
 ])
 def test_inherit_keys_that_do_not_fit_together_are_one_line(text, words):
     with pytest.raises(RecipeError) as err:
@@ -52,6 +62,29 @@ def test_checkpoint_paths_are_relative_to_the_recipe(tmp_path):
                                      "train: {schedule: finetune, init: inherit, init_from: p.pt}\n")
     r = load_recipe(tmp_path / "r.yaml")
     assert r.prune.weights == r.train.init_from == str(tmp_path / "p.pt")
+
+
+def test_the_same_parent_spelled_two_ways_is_one_parent(tmp_path):
+    (tmp_path / "r.yaml").write_text(BASE + "prune: {flops: 50%, method: uniform, weights: ./p.pt, criterion: l1}\n"
+                                     "train: {schedule: finetune, init: inherit, init_from: sub/../p.pt}\n")
+    r = load_recipe(tmp_path / "r.yaml")
+    assert r.train.init == "inherit"
+
+
+def test_a_fine_tuned_folder_of_a_parent_replaced_since_is_refused(tmp_path):
+    """train.init_from replaced after its fine-tuning finished (a widths-only plan: the prune stage never
+    read the parent): the run said 'done: skip' and exported the old parent's model."""
+    parent, state = tmp_path / "p.pt", build_model("resnet20", {"num_classes": 10}).state_dict()
+    torch.save(state, parent)
+    plan = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                      init="inherit", init_from=str(parent))
+    train(plan, tmp_path / "train", cfg)
+    _check_trained_parent(tmp_path / "train", cfg)  # the same parent: nothing to say
+    state["fc.weight"] += 1.0
+    torch.save(state, parent)  # another training's weights
+    with pytest.raises(SlimkitError, match="was fine-tuned from weights sha256:.* now holds sha256:"):
+        _check_trained_parent(tmp_path / "train", cfg)
 
 
 TINY = """\
@@ -87,7 +120,8 @@ def test_a_recipe_trains_the_parent_prunes_it_and_fine_tunes_resumably(tmp_path)
     parent = out / "train-full" / "checkpoint.pt"
     assert train_state(out / "train-full")[0] == "done" and train_state(out / "train") == ("resume", 1, 2)
     plan = load_plan(out / "plan.json")
-    assert plan.criterion == {"kind": "l1", "weights": str(parent)} and plan.has_keep
+    assert plan.criterion == {"kind": "l1", "weights": str(parent),
+                              "fingerprint": weights_fingerprint(load_checkpoint(parent)["model"])} and plan.has_keep
 
     stages = []
     summary = run_recipe(recipe, out, hooks=RunHooks(stage=lambda name, text: stages.append(text)))
@@ -123,3 +157,16 @@ def test_a_recipe_trains_the_parent_prunes_it_and_fine_tunes_resumably(tmp_path)
     with pytest.raises(Exception, match="was trained from another plan"):
         run_recipe(recipe, out)
     assert load_plan(out / "plan.json").keep["layer1.0.conv1"] != plan.keep["layer1.0.conv1"]
+
+
+def test_a_missing_parent_stops_the_run_before_it_writes_anything(tmp_path):
+    """train.init_from naming no file: the run wrote plan.json, uniform.json and plan.png, then stopped at
+    the training stage (and the dry run said every stage would run)."""
+    text = TINY.replace("weights: full, criterion: l1", "").replace("init_from: full", "init_from: gone.pt")
+    (tmp_path / "r.yaml").write_text(text)
+    recipe = load_recipe(tmp_path / "r.yaml")
+    with pytest.raises(SlimkitError, match=f"train.init_from: checkpoint not found: {tmp_path / 'gone.pt'}"):
+        run_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert r.exit_code == 0 and "would stop before its first stage: train.init_from" in " ".join(r.output.split())

@@ -4,6 +4,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from slimkit.checkpoint import weights_fingerprint
 from slimkit.cli import app
 from slimkit.errors import SlimkitError
 from slimkit.generator import build_model, l1_scores, channel_graph
@@ -51,7 +52,7 @@ def test_from_weights_the_structure_keeps_the_largest_filters(tmp_path):
     weights = tmp_path / "parent.pth"
     torch.save(parent.state_dict(), weights)
     plan = prune("resnet56", structure="resnet56-a", gates=GateOptions(weights=str(weights)), criterion="l1")
-    assert plan.criterion == {"kind": "l1", "weights": str(weights)}
+    assert plan.criterion == {"kind": "l1", "weights": str(weights), "fingerprint": weights_fingerprint(parent.state_dict())}
     scores = l1_scores(channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size)), parent.state_dict())
     for name in ("layer1.0.conv1", "layer2.3.conv1", "layer3.5.conv1"):
         width = plan.groups[name]["width"]

@@ -237,5 +237,7 @@ def gate_summary(plan: ChannelPlan) -> str:
         how = f"{s.get('selection', 'gate-order fill')} (no single τ within tolerance), "
     score = (f"held-out acc {s['val_accuracy']:.3f}" if "val_accuracy" in s else
              f"held-out {s['val_score_name']} {s['val_score']:.3f}")  # a task's own score (mIoU, -loss)
-    return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} ({score} on random "
-            f"frozen weights), mean λ {s['gates']['mean']:.3f}, {how}{s['seconds']:.0f}s")
+    weights = s.get("weights", "random")  # "random", or "trained (PATH)" with --weights
+    on = "random frozen weights" if weights == "random" else f"the frozen {weights} weights"
+    return (f"gates: chosen at step {s['chosen_step']}/{s['steps']} ({score} on {on}), mean λ "
+            f"{s['gates']['mean']:.3f}, {how}{s['seconds']:.0f}s")
