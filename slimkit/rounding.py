@@ -270,6 +270,11 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
         threads = meter.threads
     finally:
         meter.close()
+    if not sweep:  # nothing pruned at this budget (100%), or no multiple reaches it (1%): nothing to time
+        m, why = documented_multiple(backend, precision, device)
+        why = f"{why}; no multiple could be timed at {fraction:.0%} of the MACs, where no pruned width can move"
+        say(f"round-to auto: {m} ({why})")
+        return RoundingChoice(m, "table", why, backend, precision, machine=machine)
     best = choose_multiple(sweep)
     finer = [m for m in sweep if m < best]
     why = (f"the finest multiple {backend} computes at here (efficiency {sweep[best]['efficiency']:.2f}"

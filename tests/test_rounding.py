@@ -98,6 +98,18 @@ def test_auto_measures_once_then_uses_the_cache(monkeypatch, tmp_path):
 
 
 
+def test_a_budget_with_no_width_to_time_takes_the_documented_multiple(monkeypatch, tmp_path):
+    """At 100% nothing is pruned, so no multiple can be timed: the documented one is used and said,
+    not 'no channel multiple could be measured' (exit 2 on `prune --flops 100%`), and nothing is cached."""
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    plan = slimkit.prune("resnet20", "100%", method="uniform", num_classes=10,
+                         latency=LatencyOptions(threads=1, check=False))
+    rec = plan.search["rounding"]
+    assert rec["how"] == "table" and plan.round_to == 8 and "no multiple could be timed at 100%" in rec["why"]
+    assert not (tmp_path / rounding.CACHE_FILE).exists()
+
+
 @pytest.mark.parametrize("own", ['{"format": "my-tool/2", "entries": {}}', "my notes\n", ""])
 def test_a_users_file_named_like_the_cache_is_never_replaced(monkeypatch, tmp_path, own):
     """SLIMKIT_CACHE_DIR may point at a folder of the user's: a round_to.json slimkit did not write stays
