@@ -270,6 +270,11 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
         threads = meter.threads
     finally:
         meter.close()
+    if not sweep:  # every multiple missed the budget by more than 5%: nothing to time against anything
+        raise BudgetError(
+            f"round-to auto: {template.arch} is too narrow for channel multiples: no multiple of "
+            f"{', '.join(map(str, CANDIDATES))} gives a uniform plan within 5% of {sweep_budget.text} to time; "
+            "pass --round-to N (--round-to 1 for exact widths)")
     best = choose_multiple(sweep)
     finer = [m for m in sweep if m < best]
     why = (f"the finest multiple {backend} computes at here (efficiency {sweep[best]['efficiency']:.2f}"

@@ -150,3 +150,12 @@ def test_a_swap_lands_where_every_single_step_is_coarser_than_the_tolerance():
     gates = {n: [1.0 - i / grp.width for i in range(grp.width)] for n, grp in g.groups.items()}
     plan = search_threshold(g, gates, parse_budget("30%"), round_to=8)  # the gate-order fill lands too
     assert target * 0.99 <= plan.flops <= target and "swap" in plan.selection
+
+
+def test_a_budget_missed_at_round_to_1_does_not_advise_round_to_1():
+    """Every width already moves one channel at a time: the advice is a larger tolerance or another
+    budget, not the --round-to 1 the user already gave."""
+    graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+    with pytest.raises(BudgetError, match="larger --tolerance") as caught:
+        search_uniform(graph, parse_budget("50%"), round_to=1, tolerance=1e-9)
+    assert "--round-to 1" not in str(caught.value)

@@ -189,3 +189,18 @@ def test_layer_table_times_every_counted_layer(monkeypatch):
     assert 3 <= layers < len(counted)  # equal configurations are timed once
     assert all(v > 0 for v in table.values())
     assert sum(table.values()) / len(table) == pytest.approx(1.0)
+
+
+def test_auto_on_a_model_too_narrow_for_any_multiple_says_so_and_what_to_pass(monkeypatch, tmp_path):
+    """A 16-channel user model at 50%: no multiple of 4..32 lands the uniform plan within 5%, so nothing
+    is timed; the refusal says why and which --round-to to pass (it said 'no channel multiple could be
+    measured', with no fix)."""
+    from torch import nn
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(SlimkitError, match=r"too narrow for channel multiples.*--round-to 1"):
+        slimkit.prune(net, "50%", input_size=(3, 32, 32), method="uniform",
+                      latency=LatencyOptions(threads=1, check=False))
