@@ -96,6 +96,14 @@ NETS = textwrap.dedent('''
 
     def build_branchy():
         return Branchy()
+
+
+    _calls = [0]
+
+
+    def build_varying(num_classes=10):  # widths drawn anew on each call, as random.choice would
+        _calls[0] += 1
+        return Net(8 * (1 + _calls[0] % 2), num_classes)
 ''')
 
 
@@ -201,6 +209,7 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
     ("nets.py:build_net", ("--arch-kwargs", '{"depth": 3}'), ["does not take these arguments", "depth"]),
     ("nets.py:build_net", ("--arch-kwargs", "width=3"), ["cannot read --arch-kwargs"]),
     ("nets.py:build_branchy", (), ["could not trace the model"]),
+    ("nets.py:build_varying", (), ["builds a different model on each call", "make the factory deterministic"]),
 ])
 def test_bad_user_code_is_one_line(nets, arch, extra, needles):
     assert_one_line_error(run("info", arch, "--input-size", "16", *extra), *needles)
