@@ -98,6 +98,15 @@ NETS = textwrap.dedent('''
         return Branchy()
 
 
+    class Silent(Net):  # computes, returns nothing
+        def forward(self, x):
+            super().forward(x)
+
+
+    def build_silent():
+        return Silent()
+
+
     _calls = [0]
 
 
@@ -209,6 +218,7 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
     ("nets.py:build_net", ("--arch-kwargs", '{"depth": 3}'), ["does not take these arguments", "depth"]),
     ("nets.py:build_net", ("--arch-kwargs", "width=3"), ["cannot read --arch-kwargs"]),
     ("nets.py:build_branchy", (), ["could not trace the model"]),
+    ("nets.py:build_silent", (), ["Silent.forward returns no tensor"]),
     ("nets.py:build_varying", (), ["builds a different model on each call", "make the factory deterministic"]),
 ])
 def test_bad_user_code_is_one_line(nets, arch, extra, needles):
