@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import slimkit
-from slimkit import rounding
+from slimkit import latency, rounding
 from slimkit.budget import Budget, search_cost_aware
 from slimkit.cli import app
 from slimkit.errors import SlimkitError
@@ -204,3 +204,18 @@ def test_auto_on_a_model_too_narrow_for_any_multiple_says_so_and_what_to_pass(mo
     with pytest.raises(SlimkitError, match=r"too narrow for channel multiples.*--round-to 1"):
         slimkit.prune(net, "50%", input_size=(3, 32, 32), method="uniform",
                       latency=LatencyOptions(threads=1, check=False))
+
+
+@pytest.mark.parametrize("value, timing", [("", True), ("0", True), ("false", True), ("No", True), ("1", False),
+                                           ("true", False), ("yes", False)])
+def test_slimkit_no_timing_reads_as_a_switch(monkeypatch, value, timing):
+    """SLIMKIT_NO_TIMING=false turned timing *off* (any value but '' and '0' did)."""
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", value)
+    assert latency.timing_enabled() is timing
+
+
+def test_a_slimkit_no_timing_that_is_no_switch_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "sometimes")
+    r = runner.invoke(app, ["prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out",
+                            str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and "SLIMKIT_NO_TIMING='sometimes' is not 1 or 0" in r.output and "Traceback" not in r.output
