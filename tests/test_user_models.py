@@ -252,3 +252,17 @@ def test_a_factory_without_num_classes_must_match_the_data(nets):
     r = run("prune", "fixed.py:build", "--flops", "50%", "--input-size", "16", "--data", "synthetic", "--steps", "2",
             "--out", nets / "p.json")
     assert_one_line_error(r, "outputs [1, 7]", "[batch, 10]", "num_classes parameter")
+
+
+def test_arch_kwargs_that_contradict_a_plan_are_refused_not_ignored(nets):
+    """A plan records the factory's arguments: export and train of it took --arch-kwargs width 8 and built
+    the plan's width-16 model without a word."""
+    plan_path = nets / "p.json"
+    r = run("prune", "nets.py:build_net", "--arch-kwargs", '{"width": 16}', "--flops", "50%", "--method", "uniform",
+            "--input-size", "16", "--num-classes", "10", "--no-plot", "--no-latency-check", "--out", plan_path)
+    assert r.exit_code == 0, r.output
+    for command in (["export", plan_path, "--no-bench", "--out", nets / "p.onnx"],
+                    ["train", plan_path, "--epochs", "1", "--data", "synthetic", "--out", nets / "run"]):
+        assert_one_line_error(run(*command, "--arch-kwargs", '{"width": 8}'), "does not apply to plan",
+                              "'width': 16}")
+    assert not (nets / "p.onnx").exists() and not (nets / "run").exists()
