@@ -32,6 +32,7 @@ from slimkit.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpo
 from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
 from slimkit.plan import ChannelPlan
+from slimkit.validate import show
 
 __all__ = ["classify", "LoadedModel", "load_model", "plan_of", "default_export_path", "calibrate_bn",
            "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_weights", "write_checkpoint", "model_from_checkpoint",
@@ -180,6 +181,7 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
         ckpt = load_checkpoint(source)
         plan = verified_plan(ckpt["plan"], f"the plan in {source}")
         _check_fixed_by_plan(plan, source, "checkpoint", num_classes, input_size)
+        check_kwargs_fixed_by_plan(plan, source, "checkpoint", arch_kwargs)
         model = load_weights(generate(plan), ckpt["model"], source)
         return LoadedModel(model.eval(), plan, True, f"checkpoint {source} (trained weights)",
                            train_config=ckpt["config"])
@@ -189,6 +191,7 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     if kind == "plan":
         plan = verified_plan(source)
         _check_fixed_by_plan(plan, source, "plan", num_classes, input_size)
+        check_kwargs_fixed_by_plan(plan, source, "plan", arch_kwargs)
         what = f"plan {source} (fresh weights from G)"
     else:
         plan = full_plan(source, num_classes=num_classes, input_size=input_size, arch_kwargs=arch_kwargs)
@@ -216,6 +219,15 @@ def _check_fixed_by_plan(plan: ChannelPlan, source: str, kind: str, num_classes:
         raise SlimkitError(f"--input-size {shown} does not apply to {kind} {source}: "
                            f"it was made for input {list(plan.input_size)} (its channel groups and MACs are counted "
                            "there); drop the option, or prune again with --input-size")
+
+
+def check_kwargs_fixed_by_plan(plan: ChannelPlan, source: str, kind: str, arch_kwargs: dict[str, Any] | None) -> None:
+    """--arch-kwargs shape a model built from a name; a plan or checkpoint records the ones it was built with,
+    so one that differs is refused instead of silently ignored (the plan's model was exported or trained)."""
+    differ = {k: v for k, v in (arch_kwargs or {}).items() if k not in plan.arch_kwargs or plan.arch_kwargs[k] != v}
+    if differ:
+        raise SlimkitError(f"--arch-kwargs {show(differ)} does not apply to {kind} {source}: it was built with "
+                           f"{show(plan.arch_kwargs)}; drop the option, or prune again with --arch-kwargs")
 
 
 def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:

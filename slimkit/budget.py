@@ -204,8 +204,16 @@ class _RoundingTooCoarse(BudgetError):
         self.best_under = best_under
 
 
+def _coarse_hint(graph: ChannelGraph, round_to: int) -> str:
+    """What to do when no plan lands within tolerance: finer rounding, unless every width already
+    moves one channel at a time (then only a larger tolerance or another budget helps)."""
+    if all(_divisor(graph, name, round_to) == 1 for name in graph.groups):
+        return "one channel moves the cost by more than that here, pass a larger --tolerance or another budget"
+    return "channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
+
+
 def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget: Budget,
-            lo: float, hi: float, increasing: bool, iterations: int, tolerance: float) -> SearchResult:
+            lo: float, hi: float, increasing: bool, iterations: int, tolerance: float, hint: str) -> SearchResult:
     """Binary search of a scalar knob; keep the closest plan at or under budget, or just over it
     within tolerance when nothing under is within tolerance."""
     target = float(budget.value)
@@ -244,7 +252,7 @@ def _bisect(make: Callable[[float], dict[str, int]], graph: ChannelGraph, budget
         near = [f"{format_count(c[2])} ({100 * (c[2] - target) / target:+.1f}%)" for c in (best_under, best_over) if c]
         raise _RoundingTooCoarse(
             f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): closest "
-            f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance",
+            f"{' and '.join(near)}; {hint}",
             best_under[:2] if best_under else None,
         )
     return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), value, n)
@@ -262,7 +270,7 @@ def search_uniform(graph: ChannelGraph, budget: Budget, round_to: int = 8, expan
     _check_range(graph, budget, {**min_widths(graph, round_to), **pinned}, {**max_widths(graph, expand, round_to), **pinned})
     try:
         result = _bisect(lambda f: {**uniform_widths(graph, f, round_to), **pinned}, graph, budget,
-                         0.0, expand, True, iterations, tolerance)
+                         0.0, expand, True, iterations, tolerance, _coarse_hint(graph, round_to))
     except _RoundingTooCoarse as exc:
         # No single factor lands within tolerance: from the best plan under budget, widen groups
         # one rounding step at a time, in rounds (every group one step, widest first: a step is
@@ -334,7 +342,7 @@ def search_threshold(graph: ChannelGraph, gates: Mapping[str, list[float]], budg
     distinct = _tie_broken(gates)
     try:
         return _bisect(lambda t: threshold_widths(graph, distinct, t, round_to, expand, pinned), graph, budget,
-                       -1e-3, 1.0 + 1e-3, False, iterations, tolerance)
+                       -1e-3, 1.0 + 1e-3, False, iterations, tolerance, _coarse_hint(graph, round_to))
     except BudgetError:
         return _fill_by_gate_order(graph, distinct, budget, round_to, expand, tolerance, pinned)
 
@@ -433,7 +441,7 @@ def _fill_by_gate_order(graph: ChannelGraph, gates: Mapping[str, list[float]], b
     ladders = {n: [pinned[n]] if n in pinned else _ladder(mins[n], highs[n], _divisor(graph, n, round_to))
                for n in graph.groups}
     return _fill(graph, budget, start, moves, tolerance, None,
-                 failure + ": channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance",
+                 f"{failure}: {_coarse_hint(graph, round_to)}",
                  selection="gate-order fill", ladders=ladders)
 
 
@@ -594,7 +602,7 @@ def search_cost_aware(graph: ChannelGraph, gates: Mapping[str, list[float]], bud
                 if c is not None]
         raise BudgetError(
             f"no plan within {100 * tolerance:g}% of budget {budget.text} ({format_count(target)}): closest "
-            f"{' and '.join(near)}; channel rounding is too coarse here, pass --round-to 1 or a larger --tolerance"
+            f"{' and '.join(near)}; {_coarse_hint(graph, round_to)}"
         )
     return SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), None, iterations,
                         selection="latency-aware" if rank_weights else "cost-aware")

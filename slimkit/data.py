@@ -63,6 +63,7 @@ from torchvision.transforms.functional import InterpolationMode, hflip, pil_to_t
 from slimkit.errors import SlimkitError
 from slimkit.shapes import NUM_CLASSES as SHAPES_CLASSES
 from slimkit.shapes import ShapesDataset, ShapesLoader
+from slimkit.validate import show
 
 __all__ = [
     "CACHE_DIR",
@@ -363,6 +364,7 @@ class CocoBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
         with contextlib.redirect_stdout(None):  # pycocotools prints its loading progress
             self._coco = CocoDetection(str(images), str(annotation_file))
         self.images, self.annotations, self.training = images, annotation_file, training
+        _check_coco(self._coco.coco.dataset, annotation_file)
         self.num_classes = max(self._coco.coco.getCatIds(), default=0) + 1
 
     def __len__(self) -> int:
@@ -380,7 +382,8 @@ class CocoBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
             x, y, w, h = a["bbox"]
             if w <= 0 or h <= 0 or (self.training and a.get("iscrowd", 0)):
                 continue
-            boxes.append([x, y, x + w, y + h])
+            boxes.append(list(_box_on_image(x, y, x + w, y + h, image.size,
+                                            f"coco: {self.annotations}: annotation {a.get('id')!r}")))
             labels.append(a["category_id"])
             crowd.append(a.get("iscrowd", 0))
         target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -393,6 +396,57 @@ class CocoBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
 
     def with_augment(self, augment: bool) -> CocoBoxes:  # noqa: ARG002 - boxes would have to follow a crop
         return self
+
+
+def _box_on_image(x0: float, y0: float, x1: float, y1: float, size: tuple[int, int],
+                  where: str) -> tuple[float, float, float, float]:
+    """A box clipped to its image (annotations often reach a pixel past the edge), or a DataError when it
+    misses the image altogether: its coordinates belong to another image or another scale."""
+    width, height = size
+    if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
+        raise DataError(f"{where}: box [{x0:g}, {y0:g}, {x1:g}, {y1:g}] (x0, y0, x1, y1) lies outside the "
+                        f"{width}x{height} image: fix its coordinates")
+    return max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+
+
+def _check_coco(dataset: dict[str, Any], annotation_file: Path) -> None:
+    """What a COCO instances file must hold for its boxes to mean what they say, checked before any
+    training: unique image and annotation ids (pycocotools indexes by id, so a repeated id silently gives
+    every image the last annotation of that id), category ids of 1 or more (0 is the background) that the
+    file declares, annotations of images it lists, and boxes of four finite numbers."""
+    fix = "fix that file"
+    categories = set()
+    for c in dataset.get("categories", []):
+        cid = c.get("id") if isinstance(c, dict) else None
+        if type(cid) is not int or cid < 1:
+            raise DataError(f"coco: {annotation_file} declares a category id {cid!r}; ids are whole numbers from 1 "
+                            f"(0 is the background): {fix}")
+        categories.add(cid)
+    image_ids: set[Any] = set()
+    for im in dataset.get("images", []):
+        iid = im.get("id") if isinstance(im, dict) else None
+        if iid in image_ids:
+            raise DataError(f"coco: {annotation_file} lists image id {iid!r} twice: {fix}")
+        image_ids.add(iid)
+    ann_ids: set[Any] = set()
+    for a in dataset.get("annotations", []):
+        if not isinstance(a, dict):
+            raise DataError(f"coco: {annotation_file} holds an annotation that is not an object: {fix}")
+        what = f"coco: {annotation_file}: annotation {a.get('id')!r}"
+        if a.get("id") in ann_ids:
+            raise DataError(f"coco: {annotation_file} has two annotations with id {a.get('id')!r}: give each its "
+                            "own id")
+        ann_ids.add(a.get("id"))
+        if a.get("image_id") not in image_ids:
+            raise DataError(f"{what} is of image {a.get('image_id')!r}, which the file does not list: {fix}")
+        if a.get("category_id") not in categories:
+            raise DataError(f"{what} has category {a.get('category_id')!r}, not one the file declares "
+                            f"({', '.join(map(str, sorted(categories))) or 'none'}): {fix}")
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            raise DataError(f"{what} has bbox {show(box)}; COCO boxes are [x, y, width, height], four finite "
+                            f"numbers: {fix}")
 
 
 @dataclass(frozen=True)
@@ -433,6 +487,9 @@ class VocMasks(Dataset[tuple[Tensor, Tensor]]):
         if mask.mode not in ("P", "L"):  # an RGB rendering of the palette holds colours, not class ids
             raise DataError(f"voc: {mask_file} is a {mask.mode} image; masks are palette (or grayscale) PNGs of class "
                             "indices, 255 for void, as VOC's SegmentationClass ships them")
+        if mask.size != image.size:  # resized to the model's size separately, it would label other pixels
+            raise DataError(f"voc: {mask_file} is {mask.size[0]}x{mask.size[1]} but its image {image_file} is "
+                            f"{image.size[0]}x{image.size[1]}: a mask labels its image's pixels; give it the image's size")
         labels = torch.from_numpy(np.array(mask, dtype=np.uint8))
         if bool(((labels >= self.num_classes) & (labels != VOC_VOID)).any()):
             raise DataError(f"voc: {mask_file} holds class {int(labels[labels != VOC_VOID].max())}; VOC masks hold "
@@ -482,12 +539,15 @@ class VocBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
                 x0, y0 = float(box["xmin"]) - 1.0, float(box["ymin"]) - 1.0
                 x1, y1 = float(box["xmax"]), float(box["ymax"])
                 hard = int(obj.get("difficult") or 0)
+                if not all(map(math.isfinite, (x0, y0, x1, y1))):
+                    raise ValueError(f"{x0 + 1:g}, {y0 + 1:g}, {x1:g}, {y1:g} are not all finite")
             except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"voc: {annotation_file}: an object {name!r} has no readable <bndbox> "
-                                f"({type(exc).__name__}: {exc}): give it xmin, ymin, xmax, ymax") from None
+                raise DataError(f"voc: {annotation_file}: an object {name!r} has no readable <bndbox> or <difficult> "
+                                f"({type(exc).__name__}: {exc}): give it xmin, ymin, xmax, ymax as finite numbers "
+                                "(and difficult as 0 or 1)") from None
             if x1 <= x0 or y1 <= y0 or (self.training and hard):
                 continue
-            boxes.append([x0, y0, x1, y1])
+            boxes.append(list(_box_on_image(x0, y0, x1, y1, image.size, f"voc: {annotation_file}: object {name!r}")))
             labels.append(VOC_CLASSES.index(name))
             difficult.append(hard)
         target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -964,6 +1024,8 @@ def _coco(path: str, val_size: int | None) -> DataBundle:
     for split, (images, annotation_file) in files.items():
         try:
             splits[split] = CocoBoxes(images, annotation_file, training=split == "train")
+        except DataError:
+            raise
         except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
             raise DataError(f"coco: cannot read {annotation_file} ({type(exc).__name__}: {' '.join(str(exc).split())[:80]}): "
                             "it must be a COCO instances file (images, annotations, categories)") from None

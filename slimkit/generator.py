@@ -81,10 +81,26 @@ def channel_graph(arch: str, arch_kwargs: dict[str, Any] | None, input_size: tup
     key = _kwargs_key(arch, arch_kwargs, input_size)
     if key not in _GRAPHS:
         model = model if model is not None else build_model(arch, arch_kwargs)
+        _check_same_build(arch, arch_kwargs, model)
         graph = _analyze(model, tuple(input_size), arch)
         _freeze_what_g_breaks(graph, arch, arch_kwargs, tuple(input_size))
         _GRAPHS[key] = graph
     return _GRAPHS[key]
+
+
+def _check_same_build(arch: str, arch_kwargs: dict[str, Any], model: nn.Module) -> None:
+    """The user's factory builds the same shapes on every call: G rebuilds a plan's model through it, so a
+    factory that draws its widths at random makes plans no later build fits. Library models are fixed."""
+    if not registry.resolve(arch).user_code:
+        return
+    first = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    with torch.random.fork_rng(devices=[]):
+        again = {name: tuple(t.shape) for name, t in build_model(arch, arch_kwargs).state_dict().items()}
+    if again != first:
+        name = next((n for n in first if again.get(n) != first[n]), None) or next(n for n in again if n not in first)
+        raise PlanError(f"{arch} builds a different model on each call ({name}: {list(first.get(name, ()))} then "
+                        f"{list(again.get(name, ()))}): a plan must rebuild the model it was made from; make the "
+                        "factory deterministic (fix or seed its random choices)")
 
 
 # A forward pass holds an op's input and output, a norm's output beside them and often a residual:

@@ -108,10 +108,18 @@ class Candidate:
     feed: np.ndarray | None = None
 
 
+_NO_TIMING_OFF, _NO_TIMING_ON = ("", "0", "false", "no", "off"), ("1", "true", "yes", "on")
+
+
 def timing_enabled() -> bool:
     """False under ``SLIMKIT_NO_TIMING=1``: for machines whose timings mean nothing (shared CI runners),
-    where no plan or export choice may depend on a measurement (rounding, int8 configuration)."""
-    return os.environ.get("SLIMKIT_NO_TIMING", "") in ("", "0")
+    where no plan or export choice may depend on a measurement (rounding, int8 configuration). Any other
+    value is refused: ``SLIMKIT_NO_TIMING=false`` turned timing off."""
+    text = os.environ.get("SLIMKIT_NO_TIMING", "").strip().lower()
+    if text not in _NO_TIMING_OFF + _NO_TIMING_ON:
+        raise SlimkitError(f"SLIMKIT_NO_TIMING={show(os.environ['SLIMKIT_NO_TIMING'], 40)} is not 1 or 0: set it to 1 "
+                           "to turn timing off, or unset it")
+    return text in _NO_TIMING_OFF
 
 
 def _ort_runner(c: Candidate, backend: str, threads: int, mode: str = DEFAULT_TIMING_MODE) -> Callable[[], None]:

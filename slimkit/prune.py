@@ -41,7 +41,7 @@ from slimkit import validate as limits
 from slimkit.checkpoint import CheckpointError, full_model_weights, missing_checkpoint, parent_shape
 from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_widths, parse_budget,
                             search_cost_aware, search_threshold, search_uniform)
-from slimkit.data import load_data
+from slimkit.data import DEFAULT_DATASET, load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
@@ -92,7 +92,7 @@ class GateOptions:
     """How ``method='scratch'`` learns its gates. ``None`` means: the preset's value (or, on a CPU, the
     short default run). ``epochs`` and ``steps`` count gate-learning epochs and steps."""
 
-    data: str = "fashion-mnist"
+    data: str | None = None  # None: the model's default (fashion-mnist for a classifier, shapes for a dense model)
     data_dir: str | None = None
     preset: str | None = None  # cifar | imagenet; default from the data
     gamma: float | None = None
@@ -233,7 +233,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     task = registry.model_task(spec.canonical)
     # dense prediction: the task's own loss on the shapes data, unless the user gives theirs
     dense = task if method == "scratch" and task != "classification" and user_task is None else None
-    if dense and gates.data not in (GateOptions.data, DENSE_DATA):
+    if dense and gates.data not in (None, DENSE_DATA):
         raise SlimkitError(f"{spec.canonical} is a {dense} model: it learns gates on --data {DENSE_DATA} "
                            f"({'masks' if dense == 'segmentation' else 'boxes'}), not {gates.data}; drop --data, or "
                            "pass loss_fn= and data= (Python API)")
@@ -256,7 +256,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     say = log or (lambda _msg: None)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     bundle = None
-    data_name = DENSE_DATA if dense else gates.data
+    data_name = DENSE_DATA if dense else gates.data or DEFAULT_DATASET
     if method == "scratch" and user_task is None:
         dev = resolve_device(gates.device)
         side = gates.search_size or (size[1] if dev.type == "cuda" else min(size[1], CPU_SEARCH_SIDE))
@@ -473,7 +473,7 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
     check_type("prune", "latency", latency, (LatencyOptions, type(None)), "a slimkit.LatencyOptions or None")
     text, text_or_none = (str,), (str, os.PathLike, type(None))
     for prefix, options, kinds in (  # their text fields too: GateOptions(data=3) is no AttributeError later
-            ("gates", gates, {"data": text, "data_dir": text_or_none, "preset": text_or_none, "device": text,
+            ("gates", gates, {"data": (str, type(None)), "data_dir": text_or_none, "preset": text_or_none, "device": text,
                               "weights": text_or_none, "selection": text, "search_space": text}),
             ("latency", latency, {"backend": text, "precision": text, "mode": text, "check": (bool,)})):
         for field, allowed in kinds.items() if options is not None else ():
@@ -509,7 +509,7 @@ def _user_task(loss_fn: Any, data: Any, val_data: Any, method: str, opts: GateOp
         raise TypeError(f"prune: 'loss_fn' must be a function loss_fn(model, batch) -> scalar tensor, got {show(loss_fn)}")
     if method != "scratch":
         raise SlimkitError(f"loss_fn and data are for learning gates: use method='scratch', not '{method}'")
-    if opts.data != GateOptions.data or opts.data_dir is not None:
+    if opts.data is not None or opts.data_dir is not None:
         raise SlimkitError("give the gate-learning data once: as a loader (data=) or by name (GateOptions.data)")
     check_loader(data, "data")
     if val_data is not None:
@@ -585,7 +585,8 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
 
     Default space: all groups gated, r against the expanded supernet, γ adaptive so a short run
     reaches r. Paper space: the official code's settings (module docstring), γ fixed."""
-    preset = opts.preset or ("shapes" if dense else "imagenet" if opts.data.startswith("imagefolder:") else "cifar")
+    preset = opts.preset or ("shapes" if dense else "imagenet" if (opts.data or "").startswith("imagefolder:")
+                             else "cifar")
     if preset not in PRESETS:
         raise SlimkitError(f"unknown --preset '{preset}': choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]

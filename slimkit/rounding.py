@@ -272,7 +272,8 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
         meter.close()
     if not sweep:  # nothing pruned at this budget (100%), or no multiple reaches it (1%): nothing to time
         m, why = documented_multiple(backend, precision, device)
-        why = f"{why}; no multiple could be timed at {fraction:.0%} of the MACs, where no pruned width can move"
+        why = (f"{why}; no multiple could be timed at {fraction:.0%} of the MACs (nothing is pruned there, or "
+               "no multiple's uniform plan lands within 5% of it)")
         say(f"round-to auto: {m} ({why})")
         return RoundingChoice(m, "table", why, backend, precision, machine=machine)
     best = choose_multiple(sweep)

@@ -48,7 +48,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from slimkit import registry, runtime
-from slimkit.artifacts import CheckpointError, load_checkpoint, load_weights, plan_of, write_checkpoint
+from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
+                               write_checkpoint)
 from slimkit.checkpoint import missing_checkpoint
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader
 from slimkit.errors import PlanError, SlimkitError
@@ -444,6 +445,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     task = registry.model_task(plan.arch if plan is not None else str(plan_or_arch))
     segmentation, detection = task == "segmentation", task == "detection"
     if plan is not None:
+        check_kwargs_fixed_by_plan(plan, str(plan_or_arch) if isinstance(plan_or_arch, (str, Path)) else "given",
+                                   "plan", arch_kwargs)
         size = tuple(plan.input_size)
     else:
         size = registry.default_input_size(str(plan_or_arch))

@@ -163,3 +163,12 @@ def test_a_swap_with_pinned_groups_leaves_them_whole():
     res = search_uniform(g, parse_budget("50%"), round_to=8, pinned=pinned)
     assert target * 0.99 <= res.flops <= target and "swap" in res.selection
     assert all(res.widths[n] == w for n, w in pinned.items())
+
+
+def test_a_budget_missed_at_round_to_1_does_not_advise_round_to_1():
+    """Every width already moves one channel at a time: the advice is a larger tolerance or another
+    budget, not the --round-to 1 the user already gave."""
+    graph = channel_graph("resnet20", {"num_classes": 10}, (3, 32, 32))
+    with pytest.raises(BudgetError, match="larger --tolerance") as caught:
+        search_uniform(graph, parse_budget("50%"), round_to=1, tolerance=1e-9)
+    assert "--round-to 1" not in str(caught.value)

@@ -49,6 +49,14 @@ def test_cli_without_method_is_uniform_and_gate_options_mean_gates(tmp_path, ext
     assert json.loads(out.read_text())["method"] == method
 
 
+def test_cli_data_named_outright_means_gates_even_when_it_is_the_default_data(tmp_path):
+    """--data fashion-mnist is a gate option like any --data (it planned uniformly, for 5 classes here, as
+    if no data had been named); learning gates on it, the 5-class head is refused at once."""
+    r = runner.invoke(app, ["prune", "resnet20", "--flops", "50%", "--data", "fashion-mnist", "--num-classes", "5",
+                            "--no-latency-check", "--no-plot", "--out", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "fashion-mnist has 10 classes" in r.output, r.output
+
+
 def test_a_recipe_without_method_takes_the_same_default():
     r = parse_recipe({"name": "t", "arch": "resnet20", "prune": {"flops": "50%"}}, "r.yaml")
     assert r.prune.method == "uniform"

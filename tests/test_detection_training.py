@@ -208,3 +208,41 @@ def test_a_broken_coco_folder_is_one_line(ssd_plan, tmp_path, damage):
                             str(tmp_path / "run")])
     assert r.exit_code != 0 and says in r.output.replace("\n", " ") and "Traceback" not in r.output
     assert not (tmp_path / "run").exists()
+
+
+def _edit_train_annotations(root: Path, edit) -> None:
+    path = root / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+BAD_ANNOTATIONS = {  # each trained without a word or ended in an IndexError/ValueError traceback
+    "category 0 declared": (lambda d: d["categories"].append({"id": 0, "name": "bg"}), "declares a category id 0"),
+    "undeclared category": (lambda d: d["annotations"][0].update(category_id=7), "has category 7, not one the file"),
+    "negative category": (lambda d: d["annotations"][0].update(category_id=-1), "has category -1"),
+    "NaN box": (lambda d: d["annotations"][0].update(bbox=[float("nan"), 1, 5, 5]), "four finite numbers"),
+    "three numbers": (lambda d: d["annotations"][0].update(bbox=[1, 1, 5]), "four finite numbers"),
+    "text box": (lambda d: d["annotations"][0].update(bbox="1,1,5,5"), "four finite numbers"),
+    "unlisted image": (lambda d: d["annotations"][0].update(image_id=99), "image 99, which the file does not list"),
+    "repeated id": (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "two annotations with id"),
+    "box off the image": (lambda d: d["annotations"][0].update(bbox=[500, 500, 20, 20]), "lies outside the 56x48"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_ANNOTATIONS)
+def test_coco_annotations_that_would_train_on_wrong_boxes_are_one_line(tmp_path, bad):
+    edit, says = BAD_ANNOTATIONS[bad]
+    root = _coco_folder(tmp_path / "coco", images=2)
+    _edit_train_annotations(root, edit)
+    with pytest.raises(data_module.DataError, match=says):
+        bundle = data_module.load_data(f"coco:{root}", data_dir=None, input_size=(3, SIDE, SIDE), val_size=0)
+        for i in range(len(bundle.train)):  # boxes meet their image's real size when it is read
+            bundle.train[i]
+
+
+def test_coco_boxes_reaching_past_the_edge_are_clipped_to_the_image(tmp_path):
+    root = _coco_folder(tmp_path / "coco", images=1)
+    _edit_train_annotations(root, lambda d: d["annotations"][0].update(bbox=[-2, 40, 30, 20]))
+    bundle = data_module.load_data(f"coco:{root}", data_dir=None, input_size=(3, SIDE, SIDE), val_size=0)
+    assert bundle.train[0][1]["boxes"][0].tolist() == [0.0, 40.0, 28.0, 48.0]

@@ -186,3 +186,14 @@ def test_latency_budgets_time_a_detectors_dense_core_as_bench_does(nets, tmp_pat
     with torch.no_grad():
         expected = core(torch.zeros(1, *SIZE))
     assert len(timed.graph.output) == len(expected)  # the head's raw tensors, not boxes/scores/labels
+
+
+@pytest.mark.parametrize("arch", ["NETS", pytest.param("lraspp_mobilenet_v3_large", marks=pytest.mark.slow)])
+def test_cli_int8_of_a_dense_model_is_refused_before_any_export(nets, tmp_path, arch):
+    """--int8 checks top-1 agreement: a detector's dense core was exported, quantized seven ways and failed
+    minutes later on 'top-1 agreement 17%', leaving the fp32 file (a recipe's export.int8 was refused)."""
+    out = tmp_path / "o.onnx"
+    r = runner.invoke(app, ["export", nets if arch == "NETS" else arch, "--int8", "--data", "shapes", "--input-size", "64", "--num-classes", "4",
+                            "--out", str(out), "--no-bench"], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "a classifier's metric" in r.output and "drop --int8" in r.output, r.output
+    assert not list(tmp_path.iterdir())

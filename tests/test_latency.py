@@ -182,7 +182,7 @@ def test_served_mode_is_recorded_in_the_report(onnx_pair, tmp_path):
     assert LatencyReport.from_dict(rep).mode == "served"
 
 
-def test_gate_refuses_to_compare_across_timing_modes(onnx_pair, tmp_path):
+def test_gate_refuses_to_compare_across_timing_modes_and_settings(onnx_pair, tmp_path):
     base = tmp_path / "baseline.json"
     r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
             "--threads", "1", "--out", tmp_path / "rec")
@@ -192,6 +192,12 @@ def test_gate_refuses_to_compare_across_timing_modes(onnx_pair, tmp_path):
     r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--timing", "served", "--runs", "10",
             "--out", tmp_path / "chk")
     _one_line_error(r, "timing mode")
+    # so are other settings: --backend and --batch were ignored without a word (the report said ort-cpu,
+    # batch 1), and --threads 2 against this 1-thread baseline compared another ratio
+    for option, value in (("--threads", "2"), ("--backend", "torch"), ("--batch", "4")):
+        _one_line_error(run("bench", onnx_pair / "half.onnx", "--baseline", base, option, value, "--out",
+                            tmp_path / "chk"), f"recorded with {option}")
+    assert not list(tmp_path.glob("chk.*"))
     # the library refuses too: a served report against an interleaved baseline is not a regression check
     report = _report(0.5, (0.49, 0.51))
     report.mode = "served"

@@ -5,10 +5,11 @@ import json
 import math
 
 import pytest
+from torch import nn
 from typer.testing import CliRunner
 
 import slimkit
-from slimkit import rounding
+from slimkit import latency, rounding
 from slimkit.budget import Budget, search_cost_aware
 from slimkit.cli import app
 from slimkit.errors import SlimkitError
@@ -201,3 +202,32 @@ def test_layer_table_times_every_counted_layer(monkeypatch):
     assert 3 <= layers < len(counted)  # equal configurations are timed once
     assert all(v > 0 for v in table.values())
     assert sum(table.values()) / len(table) == pytest.approx(1.0)
+
+
+def test_auto_on_a_model_too_narrow_for_any_multiple_says_so_and_what_to_pass(monkeypatch, tmp_path):
+    """A 16-channel user model at 50%: no multiple of 4..32 lands the uniform plan within 5%, so nothing
+    is timed; the documented multiple is used, and the search then says what to pass (it said 'no channel
+    multiple could be measured', with no fix)."""
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(SlimkitError, match=r"channel rounding is too coarse here, pass --round-to 1"):
+        slimkit.prune(net, "50%", input_size=(3, 32, 32), method="uniform",
+                      latency=LatencyOptions(threads=1, check=False))
+
+
+@pytest.mark.parametrize("value, timing", [("", True), ("0", True), ("false", True), ("No", True), ("1", False),
+                                           ("true", False), ("yes", False)])
+def test_slimkit_no_timing_reads_as_a_switch(monkeypatch, value, timing):
+    """SLIMKIT_NO_TIMING=false turned timing *off* (any value but '' and '0' did)."""
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", value)
+    assert latency.timing_enabled() is timing
+
+
+def test_a_slimkit_no_timing_that_is_no_switch_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "sometimes")
+    r = runner.invoke(app, ["prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out",
+                            str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and "SLIMKIT_NO_TIMING='sometimes' is not 1 or 0" in r.output and "Traceback" not in r.output

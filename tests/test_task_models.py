@@ -27,6 +27,10 @@ def test_task_models_resolve_with_their_deployment_input():
 def test_a_detector_learning_gates_on_classification_data_is_refused_in_one_line():
     with pytest.raises(SlimkitError, match="is a detection model: it learns gates on --data shapes"):
         slimkit.prune("ssdlite320_mobilenet_v3_large", "50%", gates=slimkit.GateOptions(data="cifar10"))
+    # the classifiers' default data named outright too: it learned on shapes without a word
+    with pytest.raises(SlimkitError, match="not fashion-mnist"):
+        slimkit.prune("ssdlite320_mobilenet_v3_large", "50%", input_size=(3, 64, 64), num_classes=4, round_to=8,
+                      gates=slimkit.GateOptions(data="fashion-mnist", steps=1, batch_size=2), latency=None)
 
 
 def test_frozen_batchnorm_is_resized_like_batchnorm():

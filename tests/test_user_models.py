@@ -96,6 +96,23 @@ NETS = textwrap.dedent('''
 
     def build_branchy():
         return Branchy()
+
+
+    class Silent(Net):  # computes, returns nothing
+        def forward(self, x):
+            super().forward(x)
+
+
+    def build_silent():
+        return Silent()
+
+
+    _calls = [0]
+
+
+    def build_varying(num_classes=10):  # widths drawn anew on each call, as random.choice would
+        _calls[0] += 1
+        return Net(8 * (1 + _calls[0] % 2), num_classes)
 ''')
 
 
@@ -201,6 +218,8 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
     ("nets.py:build_net", ("--arch-kwargs", '{"depth": 3}'), ["does not take these arguments", "depth"]),
     ("nets.py:build_net", ("--arch-kwargs", "width=3"), ["cannot read --arch-kwargs"]),
     ("nets.py:build_branchy", (), ["could not trace the model"]),
+    ("nets.py:build_silent", (), ["Silent.forward returns no tensor"]),
+    ("nets.py:build_varying", (), ["builds a different model on each call", "make the factory deterministic"]),
 ])
 def test_bad_user_code_is_one_line(nets, arch, extra, needles):
     assert_one_line_error(run("info", arch, "--input-size", "16", *extra), *needles)
@@ -233,3 +252,17 @@ def test_a_factory_without_num_classes_must_match_the_data(nets):
     r = run("prune", "fixed.py:build", "--flops", "50%", "--input-size", "16", "--data", "synthetic", "--steps", "2",
             "--out", nets / "p.json")
     assert_one_line_error(r, "outputs [1, 7]", "[batch, 10]", "num_classes parameter")
+
+
+def test_arch_kwargs_that_contradict_a_plan_are_refused_not_ignored(nets):
+    """A plan records the factory's arguments: export and train of it took --arch-kwargs width 8 and built
+    the plan's width-16 model without a word."""
+    plan_path = nets / "p.json"
+    r = run("prune", "nets.py:build_net", "--arch-kwargs", '{"width": 16}', "--flops", "50%", "--method", "uniform",
+            "--input-size", "16", "--num-classes", "10", "--no-plot", "--no-latency-check", "--out", plan_path)
+    assert r.exit_code == 0, r.output
+    for command in (["export", plan_path, "--no-bench", "--out", nets / "p.onnx"],
+                    ["train", plan_path, "--epochs", "1", "--data", "synthetic", "--out", nets / "run"]):
+        assert_one_line_error(run(*command, "--arch-kwargs", '{"width": 8}'), "does not apply to plan",
+                              "'width': 16}")
+    assert not (nets / "p.onnx").exists() and not (nets / "run").exists()

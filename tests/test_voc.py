@@ -215,3 +215,46 @@ def test_the_voc_template_names_voc_data_and_its_21_classes(voc):
     shutil.rmtree(voc / VOC2012 / "SegmentationClass")  # what `slimkit run --dry-run` reports
     assert "SegmentationClass not found" in data_module.data_missing(recipe.data.name)
     assert data_module.data_missing(recipe.data.name, detection=True) is None  # a detector reads the boxes
+
+
+def _first_train(folder: Path, kind: str, suffix: str) -> Path:
+    return sorted((folder / kind).glob(f"2012_7*{suffix}"))[0]
+
+
+def _set_first_box(folder: Path, xmin: str, ymin: str, xmax: str, ymax: str) -> None:
+    xml = _first_train(folder, "Annotations", ".xml")
+    text = xml.read_text()
+    start, end = text.index("<xmin>"), text.index("</ymax>") + len("</ymax>")
+    xml.write_text(text[:start] + f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax>"
+                   + text[end:])
+
+
+def _small_mask(folder: Path) -> None:
+    mask = _first_train(folder, "SegmentationClass", ".png")
+    Image.open(mask).resize((10, 10), Image.NEAREST).save(mask)
+
+
+LABELS_THAT_LIE = {  # (harm, a detector's data?, what the one line says): each was read without a word
+    "a NaN box": (lambda f: _set_first_box(f, "nan", "1", "5", "5"), True, "not all finite"),
+    "a box off the image": (lambda f: _set_first_box(f, "900", "900", "950", "950"), True, "lies outside the 48x40"),
+    "a mask of another size": (_small_mask, False, "is 10x10 but its image"),
+}
+
+
+@pytest.mark.parametrize("harm", LABELS_THAT_LIE)
+def test_labels_that_do_not_fit_their_image_are_one_line(tmp_path, harm):
+    damage, detection, says = LABELS_THAT_LIE[harm]
+    root = voc_folder(tmp_path / "voc", images=1)
+    damage(root / VOC2012)
+    bundle = data_module.load_data(f"voc:{root}", data_dir=None, input_size=(3, SIDE, SIDE), val_size=0,
+                                   detection=detection)
+    with pytest.raises(data_module.DataError, match=says):
+        bundle.train[0]
+
+
+def test_voc_boxes_reaching_past_the_edge_are_clipped_to_the_image(tmp_path):
+    root = voc_folder(tmp_path / "voc", images=1)
+    _set_first_box(root / VOC2012, "-3", "10", "60", "20")  # 1-based pixels: x from -4, to 60 on a 48-wide image
+    bundle = data_module.load_data(f"voc:{root}", data_dir=None, input_size=(3, SIDE, SIDE), val_size=0,
+                                   detection=True)
+    assert bundle.train[0][1]["boxes"][0].tolist() == [0.0, 9.0, 48.0, 20.0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -97,9 +97,9 @@ def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files (or plans, checkpoints, architecture names: exported first). Ratios are to the first.")],
     arch: Annotated[Optional[str], typer.Option(help="Also time this architecture's full model, first, as the reference.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="With --baseline: the model the gate compares against (default: the full model of the checked model's plan).")] = None,
-    backend: Annotated[list[str], typer.Option(help="ort-cpu, ort-cuda, torch, torch-compile, openvino-cpu (f32; also checks each file against onnxruntime); repeat for several.")] = ["ort-cpu"],  # noqa: B006
-    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: physical cores).")] = None,
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    backend: Annotated[Optional[list[str]], typer.Option(help="ort-cpu (default), ort-cuda, torch, torch-compile, openvino-cpu (f32; also checks each file against onnxruntime); repeat for several. The gate uses its baseline's.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: physical cores; the gate: its baseline's).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size (default 1; the gate: its baseline's).")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up rounds (not timed).")] = 10,
     runs: Annotated[int, typer.Option(help="Timed rounds; each round runs every model once.")] = 100,
     mode: Annotated[Optional[str], typer.Option("--timing", help="Timing mode: interleaved (default; every model once per round, pool threads not spinning: the soundest comparison) or served (onnxruntime's defaults, each model alone in alternated blocks: what a deployed model sees). The gate uses its baseline's mode.")] = None,
@@ -114,6 +114,8 @@ def bench(
     arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP + " For architecture names and --arch.")] = None,
 ) -> None:
     """Time models side by side (interleaved rounds), or gate one against a latency baseline."""
+    given = {"--backend": backend or None, "--threads": threads, "--batch": batch}  # what a check must not change
+    backend, batch = backend or ["ort-cpu"], batch or 1
     for b in backend:
         if b not in BACKENDS:
             raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
@@ -144,7 +146,7 @@ def bench(
         if baseline is not None:
             code = _gate(models, baseline, workdir, reference=reference, arch=arch, backend=backend[0],
                          threads=threads, batch=batch, warmup=warmup, runs=runs, device=device, mode=mode,
-                         tolerance=parse_fraction(max_regression), update=update_baseline, out=out)
+                         tolerance=parse_fraction(max_regression), update=update_baseline, out=out, given=given)
             raise typer.Exit(code)
         if update_baseline:
             raise SlimkitError("--update-baseline needs --baseline PATH (the JSON file to write)")
@@ -172,7 +174,7 @@ def _report_stem(out: Path, backend: str, backends: list[str]) -> Path:
 
 
 def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, threads, batch, warmup, runs, device,
-          mode: str | None, tolerance: float, update: bool, out: Path) -> int:
+          mode: str | None, tolerance: float, update: bool, out: Path, given: dict[str, Any]) -> int:
     if len(models) != 1:
         raise SlimkitError(f"the gate checks one model at a time, got {len(models)}: "
                            "slimkit bench MODEL.onnx --baseline latency.json")
@@ -199,8 +201,16 @@ def _gate(models, baseline: Path, workdir: Path, *, reference, arch, backend, th
         raise LatencyError(f"{baseline} was recorded in {base_mode} timing mode, not {mode}: ratios from different "
                            f"modes are not comparable; drop --timing (the gate uses the baseline's) or record a new "
                            "baseline with --update-baseline")
+    recorded = {"--backend": [data["backend"]], "--threads": int(data["threads"]), "--batch": int(data["batch"])}
+    for option, value in given.items():  # the check re-measures as recorded: another setting would be ignored or
+        if value is not None and value != recorded[option]:  # give a ratio of another quantity
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            was = " ".join(map(str, recorded[option])) if isinstance(recorded[option], list) else recorded[option]
+            raise LatencyError(f"{baseline} was recorded with {option} {was}, not {shown}: ratios measured otherwise "
+                               f"are not comparable; drop {option} (the gate uses the baseline's) or record a new "
+                               "baseline with --update-baseline")
     ref, model = baseline_candidates(data, models[0], workdir, base_dir)
-    report = measure_with_progress([ref, model], backend=data["backend"], threads=threads or int(data["threads"]),
+    report = measure_with_progress([ref, model], backend=data["backend"], threads=int(data["threads"]),
                                    warmup=warmup, runs=runs, device=device, mode=base_mode)
     report.write(out)
     render_report(report)

@@ -97,6 +97,10 @@ def export(
                   inputs=[source] if Path(source).exists() else [], force=force)
     src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size),
                      arch_kwargs=parse_arch_kwargs(arch_kwargs))
+    task = "detection" if is_detector(src.model) else registry.model_task(src.plan.arch)  # a user's factory too
+    if int8 and task != "classification":  # as a recipe's export.int8: refused before anything is exported
+        raise SlimkitError(f"--int8 checks int8 top-1 against fp32, a classifier's metric; {src.plan.arch} is a {task} "
+                           "model and has none: drop --int8")
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     int8_candidates = candidates_matching(int8_format, int8_activations, int8_weights) if int8 else []
     metadata = onnx_metadata(src)

@@ -119,7 +119,7 @@ def prune(
     tolerance: Annotated[Optional[float], typer.Option(help="Relative budget tolerance of the search (default 1%; 5% for --latency).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in the plan).")] = 0,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write a channels-per-group PNG.")] = True,
-    data: Annotated[str, typer.Option(help="Gate-learning data: fashion-mnist, cifar10, cifar100, imagefolder:PATH, synthetic; segmentation models learn on shapes (drawn masks) whatever the default.")] = GateOptions.data,
+    data: Annotated[Optional[str], typer.Option(help="Gate-learning data: fashion-mnist (default), cifar10, cifar100, imagefolder:PATH, synthetic; detection and segmentation models learn on shapes (drawn boxes and masks).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives (default: Debian's /usr/share/datasets/fashion-mnist).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Paper gate settings: cifar (γ 0.5, batch 128, 10 epochs) or imagenet (γ 0.05, batch 100, 1 epoch); default from --data.")] = None,
     gamma: Annotated[Optional[float], typer.Option(help="Weight of the sparsity term γ·(mean λ − r)².")] = None,
@@ -172,7 +172,7 @@ def prune(
     check_out(out, plot=plot, weights=weights, force=force, arch=arch)
     start = time.perf_counter()
     if method is None and structure is None:
-        learns_gates = (data != GateOptions.data or selection != "threshold" or search_space != "full"
+        learns_gates = (data is not None or selection != "threshold" or search_space != "full"
                         or (weights is not None and criterion is None)
                         or any(v is not None for v in (data_dir, preset, gamma, lr, epochs, steps, batch_size,
                                                        search_size, val_size)))

@@ -14,8 +14,9 @@ from torch import nn
 
 import slimkit.graph.ops  # noqa: F401 - registers every op rule the walk dispatches to
 from slimkit.graph.channels import ChannelGraph, ChannelGroup, Segment, StoredSize
-from slimkit.graph.tracing import export_program, trace_fingerprint
+from slimkit.graph.tracing import GraphError, export_program, trace_fingerprint
 from slimkit.graph.walk import Walk
+from slimkit.validate import show
 
 __all__ = ["analyze"]
 
@@ -27,6 +28,11 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
     by default they are assumed zero, which holds for CNNs.
     """
     ep = export_program(model, input_size)
+    if not any(isinstance(out, str) for out in ep.graph_signature.user_outputs):
+        # Groups are found by what the outputs read: with none, every layer would look prunable, and
+        # the ONNX export (the latency check, export, bench) fails on a graph without outputs.
+        raise GraphError(f"{type(model).__name__}.forward returns no tensor (it returned "
+                         f"{show(ep.graph_signature.user_outputs)}): return the model's output")
     fingerprint = trace_fingerprint(ep, model, input_size)
     walk = Walk(ep, model)
     walk.run()
