@@ -155,12 +155,18 @@ _MEMORY_CHECKED: set[Any] = set()  # build_model's: models whose weights were fo
 def weights_bytes(arch: str, arch_kwargs: dict[str, Any] | None = None) -> int | None:
     """The bytes of ``arch``'s parameters, counted without allocating them (None when the model
     cannot be built that way)."""
-    try:
-        with torch.random.fork_rng(devices=[]), _parameters_on_meta():
-            model = registry.create_model(arch, **(arch_kwargs or {}))
-    except Exception:  # noqa: BLE001 - a model that cannot be built this way is built for real next
-        return None
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    # Wholly on the meta device first: nothing is allocated, not even one layer (a user's factory given
+    # width=100000 builds a single 360 GB conv). Models whose construction reads tensor values (timm's
+    # drop-path rates via .item()/.tolist()) fail there and are built with each parameter moved to meta
+    # as it is registered.
+    for on_meta in (lambda: torch.device("meta"), _parameters_on_meta):
+        try:
+            with torch.random.fork_rng(devices=[]), on_meta():
+                model = registry.create_model(arch, **(arch_kwargs or {}))
+        except Exception:  # noqa: BLE001 - a model that cannot be built this way is built for real next
+            continue
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+    return None
 
 
 def check_weights_memory(arch: str, arch_kwargs: dict[str, Any] | None = None) -> None:
@@ -171,7 +177,8 @@ def check_weights_memory(arch: str, arch_kwargs: dict[str, Any] | None = None) -
     if weights is not None and _WEIGHT_COPIES * weights > 0.8 * free:
         raise PlanError(f"{arch}'s weights take {weights / 2**30:.1f} GiB: tracing and checking it needs about "
                         f"{_WEIGHT_COPIES * weights / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free "
-                        "here: use a machine with more memory")
+                        "here: use a machine with more memory"
+                        + (", or build it smaller (--arch-kwargs)" if registry.resolve(arch).user_code else ""))
 
 
 # Probe widths: groups shrink by different factors so that two groups the analysis wrongly keeps

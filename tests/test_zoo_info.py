@@ -246,3 +246,23 @@ def test_a_model_whose_weights_cannot_fit_is_one_line_before_it_is_built(monkeyp
     result = CliRunner().invoke(app, ["info", "slimkit:resnet20", "--input-size", "8"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "use a machine with more memory" in " ".join(result.output.split()), result.output
+
+
+def test_a_single_layer_too_large_to_allocate_is_counted_not_built(tmp_path, monkeypatch):
+    """A user's factory asked for width=100000 builds one 360 GB conv: even moving each parameter to
+    the meta device as it is registered allocates it first. The model is counted wholly on meta, so the
+    answer is the memory line, not 'can't allocate memory' from inside the factory."""
+    (tmp_path / "nets.py").write_text(
+        "from torch import nn\n"
+        "def build(width=8, num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.Conv2d(width, width, 3), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(width, num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(generator, "_MEMORY_CHECKED", set())
+    assert generator.weights_bytes("python:nets.py:build", {"width": 100_000}) == 4 * (
+        100_000 * 3 * 9 + 100_000 + 100_000 ** 2 * 9 + 100_000 + 100_000 * 10 + 10)
+    result = CliRunner().invoke(app, ["info", "python:nets.py:build", "--arch-kwargs", '{"width": 100000}'])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    text = " ".join(result.output.split())
+    assert "weights take 335.3 GiB" in text and "--arch-kwargs" in text, text
+
