@@ -214,7 +214,7 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
     ("missing.py:build_net", (), ["model factory file not found: missing.py"]),
     ("python:no_such_pkg.models:build_net", (), ["cannot import no_such_pkg.models", "No module named"]),
     ("nets.py:broken", (), ["raised ValueError: width must be even"]),
-    ("nets.py:not_a_model", (), ["returned a int, not a torch.nn.Module"]),
+    ("nets.py:not_a_model", (), ["returned an int, not a torch.nn.Module"]),
     ("nets.py:build_net", ("--arch-kwargs", '{"depth": 3}'), ["does not take these arguments", "depth"]),
     ("nets.py:build_net", ("--arch-kwargs", "width=3"), ["cannot read --arch-kwargs"]),
     ("nets.py:build_branchy", (), ["could not trace the model"]),

@@ -193,7 +193,9 @@ def _call(fn: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Modu
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code (a stray sys.exit too)
         raise RegistryError(f"{label}({shown}) raised {_one_line(exc)}") from exc
     if not isinstance(model, nn.Module):
-        raise RegistryError(f"{label}({shown}) returned a {type(model).__name__}, not a torch.nn.Module")
+        kind = type(model).__name__
+        raise RegistryError(f"{label}({shown}) returned {'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind}, "
+                            "not a torch.nn.Module")
     return model
 
 
