@@ -379,8 +379,8 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
                              mode=p.timing)
     plans: dict[str, ChannelPlan] = {}
     parent = lay.checkpoint(p.weights)
-    if parent is not None and missing_checkpoint(parent):
-        raise SlimkitError(f"prune.weights: {missing_checkpoint(parent)}")
+    if parent is not None and (problem := missing_checkpoint(parent)):
+        raise SlimkitError(f"prune.weights: {problem}")
     # a plan cut from a parent is cut again when the parent changed since (e.g. train-full/ trained anew)
     parent_changed = parent is not None and record.read("prune", parent) not in (None, _digest(parent))
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
@@ -519,8 +519,8 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
                 f"from {cfg.init_from}, {cfg.schedule}" if cfg.init == "inherit" else cfg.schedule)
         hooks.stage("train", f"{label} model ({how}) -> {folder.name}/"
                     + (f" (resuming after epoch {done})" if state == "resume" else ""))
-        if cfg.init == "inherit" and state == "new" and missing_checkpoint(cfg.init_from):
-            raise SlimkitError(f"train.init_from: {missing_checkpoint(cfg.init_from)}")
+        if cfg.init == "inherit" and state == "new" and (problem := missing_checkpoint(cfg.init_from)):
+            raise SlimkitError(f"train.init_from: {problem}")
         with hooks.bars() as (progress, log):
             result = train(plan, folder, cfg, resume=state == "resume", progress=progress, log=log,
                            force=force)
@@ -839,13 +839,14 @@ def missing_parent(recipe: Recipe, lay: Layout) -> str | None:
     """Why a trained parent the recipe names by path cannot be read before any stage runs (None when
     each is a file): prune.weights, and train.init_from for a fine-tuning not yet started (a finished one
     stands without it). ``full``, the run's own parent, is trained by the run itself."""
-    if recipe.prune.weights not in (None, RUN_FULL) and missing_checkpoint(recipe.prune.weights):
-        return f"prune.weights: {missing_checkpoint(recipe.prune.weights)}"
+    if recipe.prune.weights not in (None, RUN_FULL) and (problem := missing_checkpoint(recipe.prune.weights)):
+        return f"prune.weights: {problem}"
     if recipe.train.init == "inherit" and recipe.train.init_from != RUN_FULL:
         for label, folder in _train_jobs(recipe, lay):
             cfg = _train_config(recipe, lay, label)
-            if cfg.init == "inherit" and train_state(folder)[0] == "new" and missing_checkpoint(cfg.init_from):
-                return f"train.init_from: {missing_checkpoint(cfg.init_from)}"
+            if (cfg.init == "inherit" and train_state(folder)[0] == "new"
+                    and (problem := missing_checkpoint(cfg.init_from))):
+                return f"train.init_from: {problem}"
     return None
 
 

@@ -439,8 +439,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         plan = plan_of(plan_or_arch)  # None for an architecture name: the full model, once the data gives the classes
         if main:
             check_outputs(run_outputs(out, plan), force=force)
-        if cfg.init == "inherit" and missing_checkpoint(cfg.init_from):  # a resumed run holds its weights already
-            raise CheckpointError(f"--from: {missing_checkpoint(cfg.init_from)}")
+        if cfg.init == "inherit" and (problem := missing_checkpoint(cfg.init_from)):  # a resumed run holds its weights
+            raise CheckpointError(f"--from: {problem}")
 
     task = registry.model_task(plan.arch if plan is not None else str(plan_or_arch))
     segmentation, detection = task == "segmentation", task == "detection"
