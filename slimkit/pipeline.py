@@ -450,9 +450,8 @@ def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
             except SlimkitError as exc:  # damaged, not foreign: say what is wrong with it
                 raise SlimkitError(f"{folder / name} cannot be read ({exc}): move {folder} away to train "
                                    "again, or run the recipe into a new --out") from exc
-    key = lambda p: (p.arch, p.arch_kwargs, list(p.input_size), p.widths)  # noqa: E731
-    # channels kept from a parent are part of the plan (a widths-only plan may gain them in training)
-    if not held or any(key(h) != key(plan) or (plan.has_keep and h.keep != plan.keep) for h in held):
+    # a widths-only plan may gain kept channels in training: only this plan's own keep is compared
+    if not held or not all(plan.builds_same_network_as(h) for h in held):
         raise SlimkitError(f"{folder} was trained from another plan than this run's (the plan changed after it "
                            f"was trained): its model does not belong with this run's plan; move {folder} away to "
                            "train again, or run the recipe into a new --out")

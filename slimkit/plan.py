@@ -125,6 +125,14 @@ class ChannelPlan:
         _check_keep(plan.to_dict(), "plan")
         return plan
 
+    def builds_same_network_as(self, other: ChannelPlan) -> bool:
+        """Whether ``other`` (a plan found on disk: beside a checkpoint, in a run folder) describes the
+        network this plan describes: architecture and its arguments, input size, widths and, where this
+        plan records them, the parent channels it keeps (another parent's cut is another network)."""
+        return (self.arch, self.arch_kwargs, list(self.input_size), self.widths) == (
+            other.arch, other.arch_kwargs, list(other.input_size), other.widths) and (
+            not self.has_keep or self.keep == other.keep)
+
     def keep_ratios(self) -> dict[str, float]:
         return {name: g["width"] / g["full"] for name, g in self.groups.items()}
 

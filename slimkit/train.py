@@ -304,8 +304,7 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
         return
     given = plan_of(plan_or_arch)
     if given is not None:
-        same = given.arch == plan.arch and {n: g["width"] for n, g in given.groups.items()} == {
-            n: g["width"] for n, g in plan.groups.items()} and (not given.has_keep or given.keep == plan.keep)
+        same = given.builds_same_network_as(plan)
         what = "this plan" + (" (it keeps other channels of the parent)" if given.has_keep and plan.has_keep and
                               given.keep != plan.keep else "")
     else:
@@ -379,9 +378,7 @@ def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
             old = load_plan(path)
         except PlanError:
             return False
-        # the channels kept from a parent are part of the plan: another parent's cut is another plan
-        return plan is not None and (old.arch, old.arch_kwargs, old.input_size, old.widths) == (
-            plan.arch, plan.arch_kwargs, plan.input_size, plan.widths) and (not plan.has_keep or old.keep == plan.keep)
+        return plan is not None and plan.builds_same_network_as(old)
 
     return [Output(out / "checkpoint.pt", "the checkpoint"),  # a new run: any file there is not ours to replace
             Output(out / "plan.json", "the trained plan", same_plan),

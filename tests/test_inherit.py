@@ -303,3 +303,17 @@ def test_the_parent_cannot_be_the_checkpoint_the_run_writes(tmp_path):
     with pytest.raises(SlimkitError, match="is where this run writes its checkpoint: .* choose another --out"):
         train(plan, tmp_path / "run", ft, force=True)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_plan_builds_the_same_network_only_with_the_same_arch_size_widths_and_kept_channels():
+    full = {"a": 8, "b": 16}
+    plan = ChannelPlan.from_widths("resnet20", [3, 32, 32], full, {"a": 4, "b": 16})
+    cut = plan.with_keep({"a": [0, 1, 2, 3]}, {"kind": "l1", "weights": "p.pt", "fingerprint": "sha256:" + "0" * 16})
+    assert plan.builds_same_network_as(replace(plan, method="scratch", seed=3))  # how it was found does not count
+    assert plan.builds_same_network_as(cut)  # a widths-only plan may meet the cut it gained in training
+    assert cut.builds_same_network_as(cut)
+    assert not cut.builds_same_network_as(plan)  # a cut needs those very channels
+    assert not cut.builds_same_network_as(cut.with_keep({"a": [4, 5, 6, 7]}, cut.criterion))
+    assert not plan.builds_same_network_as(replace(plan, input_size=[3, 64, 64]))
+    assert not plan.builds_same_network_as(replace(plan, arch_kwargs={"num_classes": 5}))
+    assert not plan.builds_same_network_as(plan.with_widths({"a": 8, "b": 8}))
