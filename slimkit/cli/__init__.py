@@ -19,7 +19,9 @@ from slimkit.version import __version__
 
 app = typer.Typer(
     name="slimkit",
-    help="Prune any timm/torchvision CNN from scratch to a FLOPs or latency budget.",
+    help=("Prune a timm, torchvision or your own model (classifier, detector, segmenter) to a FLOPs, "
+          "parameter or measured-latency budget; train it from scratch or fine-tune a trained parent; "
+          "export verified ONNX."),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -38,7 +40,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
-    """Prune any timm/torchvision CNN from scratch to a FLOPs or latency budget."""
+    """Prune a model to a FLOPs, parameter or measured-latency budget, train it, export it."""
 
 
 for _name, _fn in (("models", _info.models), ("info", _info.info), ("prune", _prune.prune), ("train", _train.train),
