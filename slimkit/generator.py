@@ -217,13 +217,14 @@ def _freeze_what_g_breaks(graph: ChannelGraph, arch: str, arch_kwargs: dict[str,
             return
         except _ThinnedFailure as failure:  # freeze what broke, and try again
             exc, thin = failure.error, failure.model
-            where = failing_module(exc, thin)
+            failed_in = failing_module(exc, thin)
             text = " ".join(str(exc).split())[:120] or type(exc).__name__
-            touched = _groups_in_module(graph, where)
+            where, touched = _module_to_freeze(graph, failed_in)
             if not touched:
                 raise model_error(f"running a thinned {arch}", exc, thin) from exc
+            inside = f", failed in {failed_in}" if failed_in != where else ""
             graph.freeze_groups(touched, f"G cannot resize {where or 'the model'} "
-                                         f"({type(thin.get_submodule(where) if where else thin).__name__}): {text}")
+                                         f"({type(thin.get_submodule(where) if where else thin).__name__}{inside}): {text}")
     raise GraphError(f"{arch}: a thinned copy still fails after freezing the groups of {_PROBE_ROUNDS} modules: "
                      "this model cannot be pruned yet")
 
@@ -252,6 +253,21 @@ def _run_thinned(arch: str, arch_kwargs: dict[str, Any], graph: ChannelGraph, wi
     except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means
         raise _ThinnedFailure(exc, thin) from exc
     return thin
+
+
+def _module_to_freeze(graph: ChannelGraph, failed_in: str | None) -> tuple[str | None, set[str]]:
+    """The module whose groups to freeze after a thinned copy failed in ``failed_in``, and those groups:
+    the failing module's own, or, where it holds none still resized, the nearest enclosing module's
+    (not the whole model's). A wrong width often comes from the enclosing module's code: PVT-v2's
+    attention reshapes its reduced keys to the block's width (``sr(x).reshape(B, C, -1)``), and the
+    norm after it is where that fails."""
+    where = failed_in
+    while where:
+        touched = _groups_in_module(graph, where)
+        if touched:
+            return where, touched
+        where = where.rpartition(".")[0]
+    return failed_in, set()
 
 
 def _groups_in_module(graph: ChannelGraph, module: str | None) -> set[str]:

@@ -201,6 +201,46 @@ def test_groups_a_thinned_copy_cannot_run_with_are_frozen(monkeypatch):
     assert plan.widths["stem1"] < 16  # and prune's own check ran the thinned model and counted its MACs
 
 
+class _ReducedAttention(nn.Module):
+    """PVT-v2's spatial reduction: the reduced keys are reshaped to the block's width ``C``, read from the
+    input, so a thinned ``sr`` fails in the norm after it, a module with no fault of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.sr = nn.Conv2d(16, 16, 2, stride=2)
+        self.norm = nn.LayerNorm(16)
+        self.kv = nn.Linear(16, 16)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        keys = self.kv(self.norm(self.sr(x).reshape(B, C, -1).transpose(1, 2)))
+        return x + keys.mean(1)[:, :, None, None]
+
+
+class ReducedAttentionNet(nn.Module):
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 1)
+        self.attn = _ReducedAttention()
+        self.mlp = nn.Sequential(nn.Conv2d(16, 32, 1), nn.ReLU(), nn.Conv2d(32, 16, 1))
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.attn(self.stem(x))
+        return self.head((x + self.mlp(x)).mean((2, 3)))
+
+
+def test_a_width_read_by_the_enclosing_module_freezes_its_groups(monkeypatch):
+    monkeypatch.setitem(BUILTIN_MODELS, "reduced_probe", ReducedAttentionNet)
+    # 3x5 keys: the probe's thinned widths reshape without error, so the failure shows in the norm
+    graph = channel_graph("slimkit:reduced_probe", {}, (3, 6, 10))
+    assert "stem" in graph.frozen and "G cannot resize attn (_ReducedAttention, failed in attn.norm)" in " ".join(
+        graph.frozen["stem"].split())
+    assert "mlp.0" in graph.groups  # what the failure did not touch still prunes
+    plan = slimkit.prune("slimkit:reduced_probe", "80%", method="uniform", input_size=(3, 6, 10), round_to=1)
+    assert plan.widths["mlp.0"] < 32
+
+
 def test_a_model_that_fails_in_its_own_code_is_one_line_naming_the_module(monkeypatch):
     class Broken(nn.Module):
         def __init__(self, num_classes: int = 4):
