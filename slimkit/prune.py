@@ -43,6 +43,7 @@ from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_
                             search_cost_aware, search_threshold, search_uniform)
 from slimkit.data import DEFAULT_DATASET, load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
+from slimkit.exporters.int8 import int8_unsupported
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
@@ -248,6 +249,9 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         raise SlimkitError("--criterion takes a FLOPs or parameter budget (--flops, --params), not --latency")
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
+    no_int8 = int8_unsupported(task, spec.canonical) if latency_options.precision == "int8" else None
+    if no_int8:  # the file it would time could never be exported (as `slimkit export --int8` refuses it)
+        raise SlimkitError(f"--precision int8 times candidates as int8 files: {no_int8}: drop --precision")
     if latency_options.precision != "fp32" and b.kind != "latency" and round_to != AUTO:
         raise SlimkitError(f"--precision {latency_options.precision} says how a latency budget (or --round-to auto) is "
                            f"measured; a {b.kind} budget at --round-to {round_to} does not depend on it: drop --precision")
