@@ -62,7 +62,7 @@ from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outp
 from slimkit.flops import format_count
 from slimkit.budget import Budget
 from slimkit.generator import full_plan, verified_plan
-from slimkit.latency import LatencyReport, measure
+from slimkit.latency import LatencyReport, backend_missing, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
@@ -902,7 +902,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     if not str(out if out is not None else lay.root).strip():
         raise SlimkitError("--out is empty: give a folder for the run")
     same = check_folder(recipe, lay)
-    problem = missing_parent(recipe, lay)
+    problem = missing_parent(recipe, lay) or missing_backend(recipe)
     if problem is not None:  # before the run writes anything (it wrote the plans, then stopped at training)
         raise SlimkitError(problem)
     if not lay.owned():  # not a run folder (yet): nothing in it is the run's, so nothing may be replaced
@@ -950,6 +950,13 @@ def missing_parent(recipe: Recipe, lay: Layout) -> str | None:
                     and (problem := missing_checkpoint(cfg.init_from))):
                 return f"train.init_from: {problem}"
     return None
+
+
+def missing_backend(recipe: Recipe) -> str | None:
+    """Why this install cannot time on prune.backend, which the bench stage (and a latency budget) times
+    on (None when it can): said before the first stage, not after the trainings."""
+    problem = backend_missing(recipe.prune.backend)
+    return f"prune.backend {recipe.prune.backend}: {problem}" if problem else None
 
 
 def missing_data(recipe: Recipe) -> str | None:

@@ -52,7 +52,7 @@ from slimkit.generator import (build_model, channel_graph, choose_channels, gene
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.layer_latency import layer_latency_per_mac
 from slimkit.plan import CRITERIA, ChannelPlan
-from slimkit.latency import check_mode, timing_enabled
+from slimkit.latency import BACKENDS, LatencyError, check_backend, check_mode, timing_enabled
 from slimkit.rounding import AUTO, RoundingChoice, auto_round_to, documented_multiple, is_ragged, parse_round_to
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, GateTask, search_gates, steps_for_epochs
@@ -255,6 +255,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     if latency_options.precision != "fp32" and b.kind != "latency" and round_to != AUTO:
         raise SlimkitError(f"--precision {latency_options.precision} says how a latency budget (or --round-to auto) is "
                            f"measured; a {b.kind} budget at --round-to {round_to} does not depend on it: drop --precision")
+    _check_timing_backend(latency_options, timed=b.kind == "latency" or gates.selection == "latency-aware")
     if tolerance is None:
         tolerance = 0.05 if b.kind == "latency" else 0.01  # measured latency is noisier than counted FLOPs
     say = log or (lambda _msg: None)
@@ -666,6 +667,21 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
                       "zero": sum(1 for v in flat if v <= 0.0), "one": sum(1 for v in flat if v >= 1.0)},
             "history": [{k: round(v, 4) for k, v in h.items()} for h in res.history]}
     return res, info
+
+
+def _check_timing_backend(options: LatencyOptions, *, timed: bool) -> None:
+    """--backend is known, and this install can time on it when the search or the latency check will (before
+    any gate learning: the check runs last, and a missing runtime lost the minutes before it)."""
+    if options.backend not in BACKENDS:
+        check_backend(options.backend)  # unknown: said, though nothing may be timed
+    if not (timed or (options.check and timing_enabled())):
+        return
+    try:
+        check_backend(options.backend)
+    except LatencyError as exc:
+        if timed:
+            raise
+        raise LatencyError(f"{exc}; or plan without the latency check: --no-latency-check") from None
 
 
 def _layer_costs(selection: str, base: ChannelPlan, graph, options: LatencyOptions, say,
