@@ -53,6 +53,7 @@ from slimkit.exporters import ExportError, ExportResult, onnx_output
 from slimkit.files import Output, atomic_write, atomic_write_text, is_json_with
 
 __all__ = ["QuantizeSettings", "Int8Check", "Int8CheckError", "CALIBRATION_METHODS", "QUANT_FORMATS", "int8_path",
+           "int8_unsupported",
            "calibration_images", "quantize_onnx", "quantize_for_timing", "settings_of", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
            "DEFAULT_MAX_OUTPUT_ERROR"]
 
@@ -151,6 +152,16 @@ class Int8Check:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "drop_points": self.drop_points, "passed": self.passed}
+
+
+def int8_unsupported(task: str, model: str) -> str | None:
+    """Why ``model``, a ``task`` model, can have no int8 file, or None when it can. The one rule behind
+    every way of asking for int8 (``export --int8``, ``prune --precision int8``, a recipe's export.int8
+    and prune.precision int8): a file that cannot ship must not be planned or timed for either."""
+    if task == "classification":
+        return None
+    return (f"int8 files are checked by top-1 against fp32, a classifier's metric; {model} is a {task} model "
+            "and has none")
 
 
 def int8_path(fp32_path: str | Path) -> Path:

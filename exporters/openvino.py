@@ -14,6 +14,7 @@ quantized layers in int8 whatever the hint; the hint governs the rest of the gra
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 
 from slimkit.exporters import ExportError
 
-__all__ = ["OpenVINOMissing", "PRECISIONS", "Parity", "openvino_version", "compile_onnx", "openvino_parity"]
+__all__ = ["OpenVINOMissing", "openvino_missing", "PRECISIONS", "Parity", "openvino_version", "compile_onnx", "openvino_parity"]
 
 PRECISIONS = ("f32", "bf16", "f16")
 FP32_RTOL = 1e-4  # OpenVINO f32 vs onnxruntime on an fp32 file, relative to the largest |output|
@@ -32,12 +33,20 @@ class OpenVINOMissing(ExportError):
     """OpenVINO is not installed."""
 
 
+MISSING = "OpenVINO is not installed: pip install 'slimkit[openvino]' (or pip install openvino)"
+
+
+def openvino_missing() -> str | None:
+    """Why OpenVINO cannot run here (what to install), or None: asked before any work that would need it,
+    without importing it."""
+    return MISSING if importlib.util.find_spec("openvino") is None else None
+
+
 def _openvino():
     try:
         return importlib.import_module("openvino")
     except ImportError:
-        raise OpenVINOMissing("OpenVINO is not installed: pip install 'slimkit[openvino]' "
-                              "(or pip install openvino)") from None
+        raise OpenVINOMissing(MISSING) from None
 
 
 def openvino_version() -> str:

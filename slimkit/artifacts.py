@@ -211,7 +211,8 @@ def _check_fixed_by_plan(plan: ChannelPlan, source: str, kind: str, num_classes:
     if num_classes is not None and num_classes != classes:
         held = f"{classes} classes" if classes is not None else "the architecture's own number of classes"
         fix = ("prune again with --num-classes" if kind == "plan"
-               else "train a model with that many classes (`slimkit train PLAN --num-classes N`)")
+               else "train a model with that many classes (`slimkit prune ARCH --num-classes N`, then "
+               "`slimkit train PLAN`)")
         raise SlimkitError(f"--num-classes {num_classes} does not apply to {kind} {source}: it has {held}; "
                            f"drop the option, or {fix}")
     if input_size is not None and tuple(input_size[1:]) != tuple(plan.input_size[1:]):

@@ -43,14 +43,14 @@ import torch
 
 from slimkit import validate as limits
 from slimkit.errors import SlimkitError
-from slimkit.exporters.openvino import compile_onnx, openvino_version  # imports OpenVINO itself only when used
+from slimkit.exporters.openvino import compile_onnx, openvino_missing, openvino_version  # imports OpenVINO itself only when used
 from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with
 from slimkit.generator import generate
 from slimkit.registry import traced_part
 from slimkit.plots import plot_latency
 from slimkit.validate import check_number, show
 
-__all__ = ["timing_enabled", "BACKENDS", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
+__all__ = ["timing_enabled", "BACKENDS", "backend_missing", "check_backend", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
            "physical_cores", "measure", "paired_ratio", "paired_difference", "postprocessing_text", "check_regression", "GateResult", "REPORT_FORMAT",
            "model_fingerprint", "report_outputs", "baseline_output",
            "read_baseline", "write_baseline"]
@@ -122,13 +122,33 @@ def timing_enabled() -> bool:
     return text in _NO_TIMING_OFF
 
 
+def backend_missing(backend: str) -> str | None:
+    """Why this install cannot time on ``backend`` (what to install), or None when it can. Asked before any
+    work that ends in timing (a search, an export, a training), so a missing runtime costs nothing."""
+    if backend.startswith("ort"):
+        provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            return (f"this onnxruntime install lacks its {provider}: install onnxruntime-gpu, or use "
+                    "--backend ort-cpu")
+    if backend == "openvino-cpu":
+        return openvino_missing()
+    return None
+
+
+def check_backend(backend: str, option: str = "--backend") -> str:
+    """``backend`` when it is known and this install can time on it; a one-line LatencyError otherwise."""
+    if backend not in BACKENDS:
+        raise LatencyError(f"unknown {option} '{backend}': choose one of {', '.join(BACKENDS)}")
+    problem = backend_missing(backend)
+    if problem is not None:
+        raise LatencyError(f"{option} {backend}: {problem}")
+    return backend
+
+
 def _ort_runner(c: Candidate, backend: str, threads: int, mode: str = DEFAULT_TIMING_MODE) -> Callable[[], None]:
     if c.onnx_path is None:
         raise LatencyError(f"{c.name}: backend {backend} needs an ONNX file")
     provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
-    if provider not in ort.get_available_providers():
-        raise LatencyError(f"backend {backend} needs onnxruntime's {provider}, which this install lacks "
-                           "(install onnxruntime-gpu, or use --backend ort-cpu)")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -188,8 +208,7 @@ def _torch_runner(c: Candidate, backend: str, device: str) -> Callable[[], None]
 
 def make_runner(c: Candidate, backend: str, threads: int, device: str = "cpu",
                 mode: str = DEFAULT_TIMING_MODE) -> Callable[[], None]:
-    if backend not in BACKENDS:
-        raise LatencyError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    check_backend(backend, "backend")
     if backend.startswith("ort"):
         return _ort_runner(c, backend, threads, mode)
     if backend == "openvino-cpu":

@@ -62,7 +62,7 @@ from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outp
 from slimkit.flops import format_count
 from slimkit.budget import Budget
 from slimkit.generator import full_plan, verified_plan
-from slimkit.latency import LatencyReport, measure
+from slimkit.latency import LatencyReport, backend_missing, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
 from slimkit.prune import GateOptions, LatencyOptions, prune
@@ -257,48 +257,125 @@ def _train_config(recipe: Recipe, lay: Layout, label: str) -> TrainConfig:
 
 
 def stage_list(recipe: Recipe, lay: Layout) -> list[tuple[str, list[tuple[Path, str]]]]:
-    """For --dry-run: each stage, what it writes and whether it would run now."""
+    """For --dry-run: each stage, what it writes and what a run would do with it now. Every answer comes from
+    the function the stage itself decides with (:func:`_kept_plan`, :func:`checked_train_state`, the
+    ``_*_done`` checks); a stage whose input a run would make again first (a plan cut again, a model
+    trained further) would run, and a refusal stops the run there, as it would."""
     record = StageRecord(lay)
+    stopped: list[str] = []  # the stage a run would stop at, once one refuses
 
-    def status(p: Path) -> str:  # what _prune_stage (and run_recipe's check of a new folder) would do
+    def refused(stage: str, exc: SlimkitError) -> str:
+        stopped.append(stage)
+        return f"refused: {exc}"
+
+    def not_reached() -> str:
+        return f"not reached (the run stops at {stopped[0]})"
+
+    first = recipe.prune.weights == RUN_FULL  # the parent trains before the prune stage (as run_recipe runs it)
+    jobs = _train_jobs(recipe, lay)
+    trains_again: set[str] = set()  # training jobs a run would (re)start: their checkpoints change
+    full_text = None
+    if first:  # train-full/ goes first: the plan is cut from what it holds after
+        full_text = _train_status(recipe, lay, "full", lay.train_full, _parent_plan(recipe), trains_again, refused,
+                                  first=True)
+
+    # prune: plan.json, uniform.json, plan.png
+    parent_changed = _parent_changed(recipe, lay, record) or "full" in trains_again
+    prune_runs = False
+
+    def plan_status(p: Path) -> str:
+        nonlocal prune_runs
+        if stopped:
+            return not_reached()
         if not p.exists():
+            prune_runs = True
             return "would run"
-        if not lay.owned():
+        if not lay.owned():  # refused before any stage; with --force, replaced
+            prune_runs = True
             return "exists but not a run's: refused (--force replaces it)"
-        recorded = record.wrote("prune", p)
-        if recorded is not None and recorded != _digest(p):
-            return "would run" if p == lay.plan_png else "changed since the run wrote it: refused"
-        return "exists: skip" if recorded is not None or record.legacy else "would run"
+        if p == lay.plan_png:  # redrawn whenever a plan is cut, or when it changed
+            recorded = record.wrote("prune", p)
+            return ("would run" if prune_runs or (recorded is not None and recorded != _digest(p))
+                    or (recorded is None and not record.legacy) else "exists: skip")
+        try:
+            kept = _kept_plan(recipe, lay, record, p, parent_changed)
+        except SlimkitError as exc:
+            return refused("prune", exc)
+        if kept is None:
+            prune_runs = True
+            return "would run" + (" (its parent checkpoint changed since it was cut)" if parent_changed else "")
+        return "exists: skip"
+
+    prune_rows = [(lay.plan, (f"structure {recipe.prune.structure}" if recipe.prune.structure else
+                              f"{recipe.prune.method} plan")
+                   + (f", channels kept by {recipe.prune.criterion} on {lay.checkpoint(recipe.prune.weights)}"
+                      if recipe.prune.weights else "") + f": {plan_status(lay.plan)}"),
+                  (lay.uniform, f"uniform plan, same budget: {plan_status(lay.uniform)}"),
+                  (lay.plan_png, f"channels per group: {plan_status(lay.plan_png)}")]
 
     trains = []
-    first = RUN_FULL in (recipe.prune.weights, recipe.train.init_from)  # the parent trains before the prune stage
-    for label, folder in _train_jobs(recipe, lay):
-        state, done, total = train_state(folder)
-        text = {"done": f"done ({done} epochs): skip", "resume": f"resume after epoch {done}",
-                "new": "would run"}[state]
-        how = _training_text(_train_config(recipe, lay, label))
-        trains.append((folder, f"{label} ({how}{', before prune' if first and label == 'full' else ''}): {text}"))
+    for label, folder in jobs:
+        if first and label == "full":
+            trains.append((folder, full_text))
+            continue
+        # the plan the train stage checks the folder against (as run_recipe builds them), once the prune stage kept it
+        plan = None
+        if not prune_runs and not stopped and lay.plan.is_file():
+            plan = (verified_plan(lay.uniform) if label == "uniform" else
+                    verified_plan(lay.plan).unpruned() if label == "full" else verified_plan(lay.plan))
+        trains.append((folder, _train_status(recipe, lay, label, folder, plan, trains_again, refused, first=False,
+                                             stopped=stopped, recut=prune_runs)))
     if "uniform" in recipe.train.compare and recipe.prune.method == "uniform" and recipe.prune.structure is None:
         trains.append((lay.train_uniform, "uniform: same as train/ (prune.method is uniform), not trained twice"))
+
     int8 = recipe.export.int8
-    onnx_state = "exists: skip" if _export_done(lay, record) else "would run"
-    int8_state = "exists: skip" if _int8_done(recipe, lay, record) else "would run"
-    bench_state = "exists: skip" if _bench_done(recipe, lay, record) else "would run"
+    export_runs = "pruned" in trains_again or not _export_done(lay, record)
+    int8_runs = export_runs or not _int8_done(recipe, lay, record)
+    bench_runs = export_runs or int8_runs or prune_runs or not _bench_done(recipe, lay, record)
+
+    def downstream(runs: bool) -> str:
+        return not_reached() if stopped else "would run" if runs else "exists: skip"
+
     return [
-        ("prune", [(lay.plan, (f"structure {recipe.prune.structure}" if recipe.prune.structure else
-                               f"{recipe.prune.method} plan")
-                    + (f", channels kept by {recipe.prune.criterion} on {lay.checkpoint(recipe.prune.weights)}"
-                       if recipe.prune.weights else "") + f": {status(lay.plan)}"),
-                   (lay.uniform, f"uniform plan, same budget: {status(lay.uniform)}"),
-                   (lay.plan_png, f"channels per group: {status(lay.plan_png)}")]),
+        ("prune", prune_rows),
         ("train", trains),
-        ("export", [(lay.onnx, f"ONNX of train/checkpoint.pt: {onnx_state}")]
-         + ([(lay.onnx_int8, f"int8 ONNX, top-1 checked against fp32: {int8_state}")] if int8 else [])),
+        ("export", [(lay.onnx, f"ONNX of train/checkpoint.pt: {downstream(export_runs)}")]
+         + ([(lay.onnx_int8, f"int8 ONNX, top-1 checked against fp32: {downstream(int8 and int8_runs)}")]
+            if int8 else [])),
         ("bench", [(lay.root / "latency.{json,md,png}", "full vs uniform vs pruned" + (" (fp32 and int8)" if int8 else "")
-                    + f", interleaved: {bench_state}")]),
+                    + f", interleaved: {downstream(bench_runs)}")]),
         ("summary", [(lay.root / "summary.{json,md}",
-                      f"MACs, params, {headline_metric(recipe.arch)[1]}, latency per model")]),
+                      f"MACs, params, {headline_metric(recipe.arch)[1]}, latency per model"
+                      + (f": {not_reached()}" if stopped else ""))]),
     ]
+
+
+def _parent_plan(recipe: Recipe) -> ChannelPlan:
+    """The full model a run trains before its prune stage, when the plan is cut from it (prune.weights full)."""
+    shape = _shape_kwargs(recipe)
+    return full_plan(recipe.arch, num_classes=shape["num_classes"], in_chans=shape["in_chans"],
+                     input_size=shape["input_size"], arch_kwargs=shape["arch_kwargs"])
+
+
+def _train_status(recipe: Recipe, lay: Layout, label: str, folder: Path, plan: ChannelPlan | None,
+                  trains_again: set[str], refused: Callable[[str, SlimkitError], str], *, first: bool,
+                  stopped: list[str] | None = None, recut: bool = False) -> str:
+    """The dry run's line for one training folder, decided by :func:`checked_train_state`."""
+    cfg = _train_config(recipe, lay, label)
+    how = _training_text(cfg) + (", before prune" if first else "")
+    if stopped:
+        return f"{label} ({how}): not reached (the run stops at {stopped[0]})"
+    try:
+        state, done, _ = checked_train_state(folder, plan, cfg)
+    except SlimkitError as exc:
+        return f"{label} ({how}): {refused('train', exc)}"
+    if state != "done":
+        trains_again.add(label)
+    text = {"done": f"done ({done} epochs): skip", "resume": f"resume after epoch {done}", "new": "would run"}[state]
+    if recut and state != "new":  # a run checks the folder against the plan it cuts first (the full model's
+        # plan does not depend on the cut, but is checked only then too)
+        text += "; refused if the plan cut again differs from the one it was trained from"
+    return f"{label} ({how}): {text}"
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
@@ -381,19 +458,11 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
     parent = lay.checkpoint(p.weights)
     if parent is not None and (problem := missing_checkpoint(parent)):
         raise SlimkitError(f"prune.weights: {problem}")
-    # a plan cut from a parent is cut again when the parent changed since (e.g. train-full/ trained anew)
-    parent_changed = parent is not None and record.read("prune", parent) not in (None, _digest(parent))
+    parent_changed = _parent_changed(recipe, lay, record)
     for key, path, method in (("plan", lay.plan, p.method), ("uniform", lay.uniform, "uniform")):
-        recorded = record.wrote("prune", path)
-        if path.exists() and recorded is not None and recorded != _digest(path):
-            raise SlimkitError(f"{path} is not the plan this run made (it changed after the prune stage wrote it, "
-                               f"e.g. a new `slimkit prune` into it): a run's stages must come from one plan; put "
-                               f"the run's plan back, or run the recipe into a new --out")
-        if path.exists() and (recorded is not None or record.legacy) and not parent_changed:
-            plans[key] = verified_plan(path)
-            if plans[key].arch != registry.resolve(recipe.arch).canonical:
-                raise SlimkitError(f"{path} is a plan of {plans[key].arch}, not of the recipe's {recipe.arch}: "
-                                   "run the recipe into a new --out")
+        kept = _kept_plan(recipe, lay, record, path, parent_changed)
+        if kept is not None:
+            plans[key] = kept
             hooks.stage("prune", f"{path.name} exists: skip")
             continue
         if key == "uniform" and p.method == "uniform" and p.structure is None:
@@ -430,6 +499,32 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
                       if plans["uniform"] is not plans["plan"] else {})
     record.record("prune", _prune_inputs(recipe, lay), [lay.plan, lay.uniform, lay.plan_png])
     return plans["plan"], plans["uniform"]
+
+
+def _parent_changed(recipe: Recipe, lay: Layout, record: StageRecord) -> bool:
+    """The parent checkpoint a plan is cut from changed since the prune stage read it (e.g. train-full/
+    trained anew): the plan is cut again."""
+    parent = lay.checkpoint(recipe.prune.weights)
+    return parent is not None and record.read("prune", parent) not in (None, _digest(parent))
+
+
+def _kept_plan(recipe: Recipe, lay: Layout, record: StageRecord, path: Path,
+               parent_changed: bool) -> ChannelPlan | None:
+    """What the prune stage does with ``path`` (plan.json or uniform.json): the plan it keeps (skip), None
+    when it cuts the plan (again), or a SlimkitError when the file is not this run's plan. The dry run asks
+    this same question, so it says what a run would do."""
+    recorded = record.wrote("prune", path)
+    if path.exists() and recorded is not None and recorded != _digest(path):
+        raise SlimkitError(f"{path} is not the plan this run made (it changed after the prune stage wrote it, "
+                           f"e.g. a new `slimkit prune` into it): a run's stages must come from one plan; put "
+                           f"the run's plan back, or run the recipe into a new --out")
+    if not (path.exists() and (recorded is not None or record.legacy) and not parent_changed):
+        return None
+    plan = verified_plan(path)
+    if plan.arch != registry.resolve(recipe.arch).canonical:
+        raise SlimkitError(f"{path} is a plan of {plan.arch}, not of the recipe's {recipe.arch}: "
+                           "run the recipe into a new --out")
+    return plan
 
 
 def _prune_inputs(recipe: Recipe, lay: Layout) -> list[Path]:
@@ -498,6 +593,20 @@ def _check_trained_parent(folder: Path, cfg: TrainConfig) -> None:
                            "new --out")
 
 
+def checked_train_state(folder: Path, plan: ChannelPlan | None, cfg: TrainConfig) -> tuple[str, int, int | None]:
+    """:func:`train_state` of a training folder, after checking that a started one belongs to this run (its
+    plan, its settings, the parent it inherited from): a SlimkitError when it does not. What the train stage
+    decides, and the dry run asks the same. ``plan`` None: the prune stage will cut the plan again, so
+    whether the folder's plan matches is known only then."""
+    state, done, total = train_state(folder)
+    if state != "new":
+        if plan is not None:
+            _check_trained_plan(folder, plan)
+        _check_trained_config(folder, cfg)
+        _check_trained_parent(folder, cfg)
+    return state, done, total
+
+
 def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hooks: RunHooks,
                  force: bool = False, only: tuple[str, ...] | None = None) -> None:
     t = recipe.train
@@ -506,11 +615,7 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
             continue
         plan = plans["pruned" if label in lay.train_scratch else label]  # scratch-e/-b: the plan, from scratch
         cfg = _train_config(recipe, lay, label)
-        state, done, total = train_state(folder)
-        if state != "new":
-            _check_trained_plan(folder, plan)
-            _check_trained_config(folder, cfg)
-            _check_trained_parent(folder, cfg)
+        state, done, total = checked_train_state(folder, plan, cfg)
         if state == "done":
             hooks.stage("train", f"{folder.name}/ done ({done}/{total} epochs): skip")
             continue
@@ -796,7 +901,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     if not str(out if out is not None else lay.root).strip():
         raise SlimkitError("--out is empty: give a folder for the run")
     same = check_folder(recipe, lay)
-    problem = missing_parent(recipe, lay)
+    problem = missing_parent(recipe, lay) or missing_backend(recipe)
     if problem is not None:  # before the run writes anything (it wrote the plans, then stopped at training)
         raise SlimkitError(problem)
     if not lay.owned():  # not a run folder (yet): nothing in it is the run's, so nothing may be replaced
@@ -812,10 +917,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
                                           "defaults filled in).\n# `slimkit run` refuses to mix another recipe into "
                                           "this folder.\n" + resolved)
         if recipe.prune.weights == RUN_FULL:  # the plan is cut from the run's own trained full model
-            shape = _shape_kwargs(recipe)
-            full = full_plan(recipe.arch, num_classes=shape["num_classes"], in_chans=shape["in_chans"],
-                             input_size=shape["input_size"], arch_kwargs=shape["arch_kwargs"])
-            _train_stage(recipe, lay, {"full": full}, hooks, force=force, only=("full",))
+            _train_stage(recipe, lay, {"full": _parent_plan(recipe)}, hooks, force=force, only=("full",))
         plan, uniform = _prune_stage(recipe, lay, hooks, record)
         plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
         _train_stage(recipe, lay, plans, hooks, force=force)
@@ -847,6 +949,13 @@ def missing_parent(recipe: Recipe, lay: Layout) -> str | None:
                     and (problem := missing_checkpoint(cfg.init_from))):
                 return f"train.init_from: {problem}"
     return None
+
+
+def missing_backend(recipe: Recipe) -> str | None:
+    """Why this install cannot time on prune.backend, which the bench stage (and a latency budget) times
+    on (None when it can): said before the first stage, not after the trainings."""
+    problem = backend_missing(recipe.prune.backend)
+    return f"prune.backend {recipe.prune.backend}: {problem}" if problem else None
 
 
 def missing_data(recipe: Recipe) -> str | None:

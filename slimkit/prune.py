@@ -43,6 +43,7 @@ from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_
                             search_cost_aware, search_threshold, search_uniform)
 from slimkit.data import DEFAULT_DATASET, load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
+from slimkit.exporters.int8 import int8_unsupported
 from slimkit.flops import count_flops, count_params
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
@@ -51,7 +52,7 @@ from slimkit.generator import (build_model, channel_graph, choose_channels, gene
 from slimkit.latency_search import PRECISIONS, LatencyMeter, resolve_target, search_latency
 from slimkit.layer_latency import layer_latency_per_mac
 from slimkit.plan import CRITERIA, ChannelPlan
-from slimkit.latency import check_mode, timing_enabled
+from slimkit.latency import BACKENDS, LatencyError, check_backend, check_mode, timing_enabled
 from slimkit.rounding import AUTO, RoundingChoice, auto_round_to, documented_multiple, is_ragged, parse_round_to
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, GateTask, search_gates, steps_for_epochs
@@ -248,9 +249,13 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         raise SlimkitError("--criterion takes a FLOPs or parameter budget (--flops, --params), not --latency")
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
+    no_int8 = int8_unsupported(task, spec.canonical) if latency_options.precision == "int8" else None
+    if no_int8:  # the file it would time could never be exported (as `slimkit export --int8` refuses it)
+        raise SlimkitError(f"--precision int8 times candidates as int8 files: {no_int8}: drop --precision")
     if latency_options.precision != "fp32" and b.kind != "latency" and round_to != AUTO:
         raise SlimkitError(f"--precision {latency_options.precision} says how a latency budget (or --round-to auto) is "
                            f"measured; a {b.kind} budget at --round-to {round_to} does not depend on it: drop --precision")
+    _check_timing_backend(latency_options, timed=b.kind == "latency" or gates.selection == "latency-aware")
     if tolerance is None:
         tolerance = 0.05 if b.kind == "latency" else 0.01  # measured latency is noisier than counted FLOPs
     say = log or (lambda _msg: None)
@@ -662,6 +667,21 @@ def _learn_gates(arch: str, kwargs: dict[str, Any], graph, budget: Budget, bundl
                       "zero": sum(1 for v in flat if v <= 0.0), "one": sum(1 for v in flat if v >= 1.0)},
             "history": [{k: round(v, 4) for k, v in h.items()} for h in res.history]}
     return res, info
+
+
+def _check_timing_backend(options: LatencyOptions, *, timed: bool) -> None:
+    """--backend is known, and this install can time on it when the search or the latency check will (before
+    any gate learning: the check runs last, and a missing runtime lost the minutes before it)."""
+    if options.backend not in BACKENDS:
+        check_backend(options.backend)  # unknown: said, though nothing may be timed
+    if not (timed or (options.check and timing_enabled())):
+        return
+    try:
+        check_backend(options.backend)
+    except LatencyError as exc:
+        if timed:
+            raise
+        raise LatencyError(f"{exc}; or plan without the latency check: --no-latency-check") from None
 
 
 def _layer_costs(selection: str, base: ChannelPlan, graph, options: LatencyOptions, say,

@@ -51,7 +51,7 @@ from slimkit import validate as limits
 from slimkit.budget import Budget, parse_budget
 from slimkit.data import DATASETS, DEFAULT_DATASET, NUM_CLASSES, VOC_CLASSES, coco_files
 from slimkit.errors import SlimkitError
-from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings
+from slimkit.exporters.int8 import DEFAULT_MAX_DROP, QuantizeSettings, int8_unsupported
 from slimkit.exporters.onnx import EXPORTERS
 from slimkit.files import same_path
 from slimkit.latency import BACKENDS, TIMING_MODES
@@ -471,9 +471,10 @@ def _validate(r: Recipe, source: str) -> Recipe:
     _check(r.num_classes is None or known is None or r.num_classes == known, source,
            f"num_classes {r.num_classes} but {r.data.name} has {known} classes: the plan would be pruned for a head "
            f"training cannot use; set num_classes: {known} (or remove it: the data's is the default)")
-    _check(task == "classification" or not r.export.int8, source,
-           f"export.int8 checks int8 top-1 against fp32, a classifier's metric; a {task} model has none: set "
-           "export.int8: false")
+    no_int8 = int8_unsupported(task, r.arch)  # before prune.precision's checks, which would ask for export.int8
+    _check(no_int8 is None or not r.export.int8, source, f"export.int8: {no_int8}: set export.int8: false")
+    _check(no_int8 is None or r.prune.precision != "int8", source,
+           f"prune.precision int8 times candidates as int8 files: {no_int8}: remove prune.precision")
 
     p = r.prune
     _check(p.method is None or p.method in METHODS, source, f"prune.method '{p.method}' is unknown: choose one of {', '.join(METHODS)}")

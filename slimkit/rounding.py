@@ -44,7 +44,7 @@ from slimkit.budget import Budget, search_uniform
 from slimkit.errors import BudgetError, SlimkitError
 from slimkit.files import cache_dir, read_cache, write_cache
 from slimkit.graph import ChannelGraph
-from slimkit.latency import cpu_description, timing_enabled
+from slimkit.latency import backend_missing, cpu_description, timing_enabled
 from slimkit.latency_search import LatencyMeter
 from slimkit.plan import ChannelPlan
 
@@ -235,7 +235,7 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
     say = say or (lambda _m: None)
     machine = cpu_description()
     timing_possible = timing_enabled()
-    if backend == "ort-cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+    if backend_missing(backend):  # a plan for another machine's runtime: the documented multiple
         timing_possible = False
     if backend.startswith("torch") and device.startswith("cuda") and not torch.cuda.is_available():
         timing_possible = False

@@ -131,9 +131,14 @@ def launch_env() -> tuple[int, int, int]:
             raise SlimkitError(f"{name}={text[:40]!r} is not a whole number; {fix}") from None
 
     rank, world, local = read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0)
-    if world < 1 or not 0 <= rank < world or local < 0:
+    # torchrun sets all three, with LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE; a rank taken as 0 by default
+    # would write as the main process beside the real one
+    local_world = read("LOCAL_WORLD_SIZE", world)
+    if world > 1 and not os.environ.get("RANK", "").strip():
+        raise SlimkitError(f"WORLD_SIZE={world} without RANK is no process of a torchrun launch; {fix}")
+    if world < 1 or not 0 <= rank < world or not 0 <= local < min(world, local_world):
         raise SlimkitError(f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} is no process of a torchrun launch "
-                           f"(0 <= RANK < WORLD_SIZE); {fix}")
+                           f"(0 <= RANK < WORLD_SIZE, 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE); {fix}")
     return rank, world, local
 
 
@@ -145,6 +150,10 @@ def setup_distributed(device_type: str = "cpu") -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
+            if local >= torch.cuda.device_count():  # torch.cuda.set_device's own error is a traceback
+                raise SlimkitError(f"LOCAL_RANK={local} names GPU {local}, but this machine has "
+                                   f"{torch.cuda.device_count()}: launch at most that many processes per node "
+                                   "(torchrun --nproc-per-node)")
             torch.cuda.set_device(local)
         try:
             dist.init_process_group(backend)

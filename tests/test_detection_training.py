@@ -121,7 +121,10 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "shapes_ssdlite_50.ya
 
 @pytest.mark.parametrize("sets, says", [
     (["data.name=fashion-mnist"], "a detection model trains on boxes: data.name shapes or coco:PATH"),
-    (["export.int8=true"], "a detection model has none: set export.int8: false"),
+    (["export.int8=true"], "is a detection model and has none: set export.int8: false"),
+    # an int8-timed latency budget plans for a file export.int8 refuses: said at once, not "set export.int8: true"
+    (["prune.flops=null", "prune.latency=50%", "prune.precision=int8"],
+     "prune.precision int8 times candidates as int8 files: int8 files are checked by top-1 against fp32"),
 ])
 def test_a_detection_recipe_needs_data_with_boxes_and_no_int8_check(sets, says):
     with pytest.raises(RecipeError, match=re.escape(says)):

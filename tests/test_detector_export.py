@@ -197,3 +197,14 @@ def test_cli_int8_of_a_dense_model_is_refused_before_any_export(nets, tmp_path, 
                             "--out", str(out), "--no-bench"], env={"COLUMNS": "300"})
     assert r.exit_code == 2 and "a classifier's metric" in r.output and "drop --int8" in r.output, r.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("arch", ["ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large"])
+def test_prune_precision_int8_of_a_dense_model_is_refused_as_export_int8_is(tmp_path, arch):
+    """--precision int8 times candidates as `export --int8` ships them; a dense model has no int8 file
+    (refused by export), so a plan timed as one was minutes of timing for a file that cannot exist."""
+    out = tmp_path / "p.json"
+    r = runner.invoke(app, ["prune", arch, "--latency", "50%", "--precision", "int8", "--input-size", "64",
+                            "--out", str(out)], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "a classifier's metric" in r.output and "drop --precision" in r.output, r.output
+    assert "Traceback" not in r.output and not list(tmp_path.iterdir())

@@ -92,14 +92,17 @@ def test_indivisible_global_batch_is_a_clear_error(plan, tmp_path):
     assert r.exit_code == 2 and "must divide by" in r.output
 
 
-STRAY = [{"WORLD_SIZE": "abc"}, {"RANK": "abc"}, {"RANK": "1"}, {"LOCAL_RANK": "-1"}, {"WORLD_SIZE": "0"}]
+STRAY = [{"WORLD_SIZE": "abc"}, {"RANK": "abc"}, {"RANK": "1"}, {"LOCAL_RANK": "-1"}, {"WORLD_SIZE": "0"},
+         # no torchrun sets these: a rank taken as 0, or a local rank past the processes on the node
+         {"WORLD_SIZE": "2"}, {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "2"},
+         {"WORLD_SIZE": "4", "RANK": "1", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"}]
 
 
 # a uniform prune joins no process group, so WORLD_SIZE alone (no torchrun peers) only fails training
 @pytest.mark.parametrize("command,env", [("train", e) for e in STRAY] + [("prune", e) for e in STRAY]
                          + [("train", {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": ""})])
 def test_stray_torchrun_variables_are_one_line_and_write_nothing(plan, tmp_path, monkeypatch, env, command):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

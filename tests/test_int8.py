@@ -252,3 +252,35 @@ def test_missing_openvino_is_a_one_line_error(untrained, tmp_path, monkeypatch):
     r = _invoke("bench", untrained["fp32"], "--backend", "openvino-cpu", "--runs", "5", "-o", tmp_path / "ov")
     assert r.exit_code == 2
     assert "OpenVINO is not installed: pip install 'slimkit[openvino]'" in " ".join(r.output.split())
+
+
+def _only_an_error(r, *needles):
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and text.startswith("error:") and "Traceback" not in text, r.output
+    assert all(n in text for n in needles), r.output
+
+
+def test_a_missing_runtime_is_said_before_any_work(untrained, tmp_path, monkeypatch):
+    """OpenVINO absent: bench timed and wrote ort-cpu's report first; prune learned gates (or timed round-to
+    auto) first and failed at the latency check; a recipe trained, exported, then failed at its bench stage."""
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError, find_spec -> None
+    missing = "--backend openvino-cpu: OpenVINO is not installed: pip install 'slimkit[openvino]'"
+    _only_an_error(_invoke("bench", untrained["fp32"], "--backend", "ort-cpu", "--backend", "openvino-cpu",
+                           "--runs", "5", "-o", tmp_path / "b"), missing)
+    _only_an_error(_invoke("prune", "resnet20", "--latency", "50%", "--backend", "openvino-cpu",
+                           "--out", tmp_path / "p.json"), missing)
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")  # the latency check times on --backend after the plan is made
+    _only_an_error(_invoke("prune", "resnet20", "--flops", "50%", "--method", "scratch", "--data", "synthetic",
+                           "--steps", "2", "--batch-size", "8", "--search-size", "16", "--round-to", "8",
+                           "--backend", "openvino-cpu", "--out", tmp_path / "p.json"), missing, "--no-latency-check")
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "1")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\narch: resnet20\ndata: {name: synthetic}\nprune: {flops: 50%, backend: openvino-cpu}\n"
+                      "train: {epochs: 1}\n")
+    _only_an_error(_invoke("run", recipe, "--out", tmp_path / "run"), "prune.backend openvino-cpu: OpenVINO is not")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+    r = _invoke("run", recipe, "--out", tmp_path / "run", "--dry-run")
+    assert r.exit_code == 0 and "would stop before its first stage: prune.backend openvino-cpu" in " ".join(r.output.split())
+    # what needs no timing still plans: round-to auto takes the documented multiple, as for an absent ort-cuda
+    assert _invoke("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--backend", "openvino-cpu",
+                   "--no-latency-check", "--no-plot", "--out", tmp_path / "q.json").exit_code == 0

@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+import typer.main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -209,3 +212,45 @@ def test_a_model_constructor_that_refuses_its_arguments_is_one_line(monkeypatch)
     with pytest.raises(RegistryError, match="slimkit:picky_probe cannot be built with img_size=50: AssertionError: "
                                             "img_size 50 must be divisible by 32"):
         slimkit.create_model("slimkit:picky_probe", img_size=50)
+
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SUGGESTED = re.compile(r"slimkit (\w+)\b([^`\n|#;]*)")  # a command and what follows, to the end of its span
+
+
+def _suggested_commands() -> list[tuple[str, str, str]]:
+    """(where, command, the text after it) for every `slimkit CMD ...` in a string of the code, the docs or a
+    recipe's comments."""
+    found = []
+    for path in sorted((ROOT / "slimkit").rglob("*.py")) + sorted((ROOT / "exporters").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            found += [(f"{path.name}:{node.lineno}", *m.groups()) for m in re.finditer(r"`slimkit (\w+)([^`]*)`", text)]
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "recipes").glob("*.yaml"))]:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            found += [(f"{path.name}:{i}", *m.groups()) for m in SUGGESTED.finditer(line)
+                      if m.group(1) in COMMANDS]
+    return found
+
+
+COMMANDS = {name: {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+            for name, cmd in typer.main.get_command(app).commands.items()}
+
+
+def test_every_command_a_message_or_doc_suggests_exists():
+    """A fix that names an option the command does not have ('slimkit train PLAN --num-classes N': train
+    has no --num-classes) sends the user from one error to the next: every `slimkit CMD ... --opt` in the
+    code's strings, the docs and the recipes names a real command and a real option of it."""
+    found = _suggested_commands()
+    assert len(found) > 50  # the scan sees them
+    wrong = [f"{where}: slimkit {cmd} has no {opt}" for where, cmd, rest in found
+             for opt in ([] if cmd not in COMMANDS else re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest))
+             if opt not in COMMANDS[cmd]] + [f"{where}: no command slimkit {cmd}" for where, cmd, _ in found
+                                              if cmd not in COMMANDS]
+    assert not wrong, wrong

@@ -170,3 +170,50 @@ def test_a_missing_parent_stops_the_run_before_it_writes_anything(tmp_path):
     assert not (tmp_path / "run").exists()
     r = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--dry-run"])
     assert r.exit_code == 0 and "would stop before its first stage: train.init_from" in " ".join(r.output.split())
+
+
+FINETUNED = """\
+name: ft
+arch: resnet20
+num_classes: 10
+data: {name: synthetic}
+prune: {method: uniform, flops: 50%, round_to: 1, weights: p.pt, criterion: l1}
+train: {epochs: 1, batch_size: 16, max_steps_per_epoch: 1, warmup_epochs: 0, schedule: finetune, init: inherit,
+        init_from: p.pt, finetune_epochs: 1, compare: []}
+"""
+
+
+def _stopped_before_export(recipe, out):
+    def stop(name, text):
+        if name == "export":
+            raise Interrupted  # as a Ctrl-C would: the plans and the fine-tuning done, nothing exported
+    with pytest.raises(Interrupted):
+        run_recipe(recipe, out, hooks=RunHooks(stage=stop))
+
+
+def _dry_run_rows(recipe_path, out) -> str:
+    r = CliRunner().invoke(app, ["run", str(recipe_path), "--out", str(out), "--dry-run"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    return " ".join(r.output.split())
+
+
+def test_the_dry_run_says_what_a_run_would_do_after_the_parent_changed(tmp_path):
+    """A fine-tuned folder whose parent was replaced since: the dry run said 'done: skip' (and the plan
+    'exists: skip') where a run cuts the plan again and refuses the folder; it asks the run's own checks."""
+    parent = tmp_path / "p.pt"
+    torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), parent)
+    (tmp_path / "r.yaml").write_text(FINETUNED)
+    recipe, out = load_recipe(tmp_path / "r.yaml"), tmp_path / "run"
+    _stopped_before_export(recipe, out)
+    rows = _dry_run_rows(tmp_path / "r.yaml", out)
+    assert "plan.json" in rows and "exists: skip" in rows and "done (1 epochs): skip" in rows, rows
+
+    state = torch.load(parent, weights_only=True)
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"].flip(0)  # another parent: other filters kept
+    torch.save(state, parent)
+    rows = _dry_run_rows(tmp_path / "r.yaml", out)
+    assert "would run (its parent checkpoint changed since it was cut)" in rows, rows
+    assert "done (1 epochs): skip" not in rows and "refused:" in rows and "was fine-tuned from weights" in rows, rows
+    assert "not reached (the run stops at train)" in rows, rows
+    with pytest.raises(SlimkitError, match="was trained from another plan|was fine-tuned from weights"):
+        run_recipe(recipe, out)  # as the dry run said

@@ -19,7 +19,7 @@ from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
 from slimkit.files import check_outputs
-from slimkit.latency import (BACKENDS, postprocessing_text, DEFAULT_TIMING_MODE, LatencyError, baseline_output, check_mode, check_regression,
+from slimkit.latency import (check_backend, postprocessing_text, DEFAULT_TIMING_MODE, LatencyError, baseline_output, check_mode, check_regression,
                              measure, read_baseline, report_mode, report_outputs, write_baseline)
 from slimkit.runtime import resolve_device
 
@@ -117,8 +117,7 @@ def bench(
     given = {"--backend": backend or None, "--threads": threads, "--batch": batch}  # what a check must not change
     backend, batch = backend or ["ort-cpu"], batch or 1
     for b in backend:
-        if b not in BACKENDS:
-            raise LatencyError(f"unknown --backend '{b}': choose from {', '.join(BACKENDS)}")
+        check_backend(b)  # every backend before the first is timed (its report written)
         if backend.count(b) > 1:  # its two reports would go to one file: say which option is at fault
             raise SlimkitError(f"--backend {b} is given twice: give each backend once")
     if reference is not None and baseline is None:  # ratios are to the first model: --reference would do nothing

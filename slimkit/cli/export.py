@@ -23,7 +23,7 @@ from slimkit.data import load_data
 from slimkit.errors import SlimkitError
 from slimkit.exporters import get_exporter, onnx_output
 from slimkit.exporters.onnx import fixed_image
-from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs
+from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs, int8_unsupported
 from slimkit.files import check_outputs
 from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
@@ -98,9 +98,9 @@ def export(
     src = load_model(source, num_classes=num_classes, input_size=parse_input_size(input_size),
                      arch_kwargs=parse_arch_kwargs(arch_kwargs))
     task = "detection" if is_detector(src.model) else registry.model_task(src.plan.arch)  # a user's factory too
-    if int8 and task != "classification":  # as a recipe's export.int8: refused before anything is exported
-        raise SlimkitError(f"--int8 checks int8 top-1 against fp32, a classifier's metric; {src.plan.arch} is a {task} "
-                           "model and has none: drop --int8")
+    no_int8 = int8_unsupported(task, src.plan.arch) if int8 else None
+    if no_int8:  # as a recipe's export.int8: refused before anything is exported
+        raise SlimkitError(f"--int8: {no_int8}: drop --int8")
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     int8_candidates = candidates_matching(int8_format, int8_activations, int8_weights) if int8 else []
     metadata = onnx_metadata(src)

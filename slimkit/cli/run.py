@@ -13,7 +13,7 @@ from slimkit import registry
 from slimkit.cli._common import console, make_progress, user_errors, warn
 from slimkit.cli.bench import render_report
 from slimkit.pipeline import (Layout, RunHooks, budget_reach, check_folder, format_cell,
-                              missing_data, missing_parent, run_recipe, stage_list, summary_columns)
+                              missing_backend, missing_data, missing_parent, run_recipe, stage_list, summary_columns)
 from slimkit.recipe import dump_recipe, load_recipe
 
 
@@ -60,9 +60,9 @@ def _dry_run(recipe, recipe_path: Path, overridden: bool, lay: Layout, same: boo
     missing = missing_data(recipe)
     if missing:
         warn(f"data not available here: {missing}")
-    parent = missing_parent(recipe, lay)
-    if parent:
-        warn(f"the run would stop before its first stage: {parent}")
+    stop = missing_parent(recipe, lay) or missing_backend(recipe)
+    if stop:
+        warn(f"the run would stop before its first stage: {stop}")
 
 
 @user_errors
