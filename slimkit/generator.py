@@ -426,7 +426,9 @@ def _classifier_in(model: nn.Module) -> int | None:
 
 
 def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
-    """The plan's groups must be exactly the architecture's groups, with the same full widths."""
+    """The plan's groups must be exactly the architecture's groups, with the same full widths; a narrowed
+    group's width and kept channels come in whole blocks of channels kept together (a grouped conv's
+    group, an attention head): every path that reads a plan against its architecture checks here."""
     mine, theirs = set(plan.groups), set(graph.groups)
     if mine != theirs:
         missing, extra = sorted(theirs - mine), sorted(mine - theirs)
@@ -441,6 +443,29 @@ def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
                 f"plan group '{name}' says full width {g['full']} but {plan.arch} has "
                 f"{graph.groups[name].width}: the plan was made for other arch_kwargs"
             )
+        _check_blocks(plan, graph, name)
+
+
+def _check_blocks(plan: ChannelPlan, graph: ChannelGraph, name: str) -> None:
+    """A narrowed group keeps whole blocks (:func:`_block`): a width between blocks leaves a head with
+    part of its channels (the model fails in its forward), and kept indices that split a block mix
+    the channels of different heads (the model runs, on weights that mean nothing)."""
+    g, block = plan.groups[name], _block(graph, name)
+    if block == 1 or g["width"] >= g["full"]:
+        return
+    what = "an attention head" if name in graph.head_dims else "channels a grouped layer reads together"
+    if g["width"] % block:
+        raise PlanError(f"plan group {show(name, 40)} is {g['width']} channels wide, but it narrows in blocks of "
+                        f"{block} ({what}): give it a multiple of {block}, or regenerate the plan with `slimkit prune`")
+    keep = g.get("keep")
+    if keep is None:
+        return
+    blocks = [keep[i:i + block] for i in range(0, len(keep), block)]
+    if any(b[0] % block or b != list(range(b[0], b[0] + block)) for b in blocks):
+        example = ", ".join(f"{k * block}..{k * block + block - 1}" for k in range(len(blocks)))
+        raise PlanError(f"plan group {show(name, 40)} keeps channels that split its blocks of {block} ({what}: kept "
+                        f"or dropped together): its 'keep' must list {len(blocks)} whole blocks k*{block}..k*{block}+"
+                        f"{block - 1} (e.g. {example}); regenerate the plan with `slimkit prune --weights`")
 
 
 def check_fingerprint(plan: ChannelPlan, graph: ChannelGraph, what: str) -> None:
