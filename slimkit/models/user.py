@@ -33,6 +33,7 @@ from typing import Any, Callable
 from torch import nn
 
 from slimkit.errors import RegistryError
+from slimkit.validate import a_kind
 
 __all__ = ["FactoryRef", "is_factory_reference", "parse_factory", "factory_file", "build_from_factory", "factory_accepts",
            "register_object", "build_from_object", "object_accepts", "reference_for", "OBJECT_PREFIX"]
@@ -137,7 +138,7 @@ def _import_module(ref: FactoryRef) -> Any:
     if added:  # `python -m` puts the current folder first; the `slimkit` script does not
         sys.path.insert(0, cwd)
     try:
-        return importlib.import_module(ref.module or "")
+        module = importlib.import_module(ref.module or "")
     except ModuleNotFoundError as exc:
         raise RegistryError(f"cannot import {ref.module} for {ref.canonical}: {exc}; install the package or run "
                             "slimkit from the folder that holds it") from exc
@@ -146,6 +147,16 @@ def _import_module(ref: FactoryRef) -> Any:
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
+    # The current folder comes first on the path, so its file loses only to a module already imported
+    # (the standard library's json, torch, slimkit itself): say so, not "json has no 'build_net'".
+    local = factory_file(ref.canonical)
+    loaded = getattr(module, "__file__", None)
+    if local is not None and (loaded is None or Path(loaded).resolve() != local.resolve()):
+        mine = os.path.relpath(local)
+        raise RegistryError(f"{ref.canonical} names {mine} in the current folder, but the module name {ref.module} "
+                            f"is taken by {loaded or 'a built-in module'}: rename your file, or name it as a file "
+                            f"({mine}:{ref.attr})")
+    return module
 
 
 def load_factory(ref: FactoryRef) -> Callable[..., Any]:
@@ -161,7 +172,7 @@ def load_factory(ref: FactoryRef) -> Callable[..., Any]:
             raise RegistryError(f"{ref.where} has no '{ref.attr}'{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise RegistryError(f"{ref.where}:{ref.attr} is a {type(obj).__name__}, not a function that builds a model")
+        raise RegistryError(f"{ref.where}:{ref.attr} is {a_kind(obj)}, not a function that builds a model")
     return obj
 
 
@@ -193,9 +204,7 @@ def _call(fn: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Modu
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code (a stray sys.exit too)
         raise RegistryError(f"{label}({shown}) raised {_one_line(exc)}") from exc
     if not isinstance(model, nn.Module):
-        kind = type(model).__name__
-        raise RegistryError(f"{label}({shown}) returned {'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind}, "
-                            "not a torch.nn.Module")
+        raise RegistryError(f"{label}({shown}) returned {a_kind(model)}, not a torch.nn.Module")
     return model
 
 
