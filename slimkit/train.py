@@ -63,7 +63,7 @@ from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.task_losses import (IGNORE_INDEX, class_scores, detection_loss, evaluate_detection, evaluate_segmentation,
                                  segmentation_output_loss, to_device)
-from slimkit.validate import check_number, check_type
+from slimkit.validate import check_number, check_type, show
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
@@ -363,6 +363,14 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     if isinstance(cfg, TrainConfig):  # a Path is a path: kept as text, as the config file records it
         cfg = replace(cfg, **{name: os.fspath(getattr(cfg, name)) for name in ("data_dir", "init_from")
                               if isinstance(getattr(cfg, name), os.PathLike)})
+    check_type("train", "plan_or_arch", plan_or_arch, (str, os.PathLike, ChannelPlan),
+               "a ChannelPlan, a plan file path or an architecture name like 'resnet20'")
+    check_type("train", "out_dir", out_dir, (str, os.PathLike), "a folder path (str or os.PathLike)")
+    for name, flag in (("resume", resume), ("force", force)):
+        check_type("train", name, flag, bool, "True or False")
+    check_type("train", "arch_kwargs", arch_kwargs, (dict, type(None)), "a dict of factory arguments, or None")
+    if log is not None and not callable(log):
+        raise TypeError(f"train: 'log' must be a function taking one string (e.g. print), got {show(log)}")
     check_config(cfg)
     if not str(out_dir).strip():
         raise SlimkitError("the run folder (--out) is empty: give a folder name")
