@@ -130,6 +130,16 @@ NETS = textwrap.dedent('''
     WIDTH = 16  # a constant named where a factory should be
 
 
+    def build_float64():  # process-wide settings changed on the way
+        torch.set_default_dtype(torch.float64)
+        return Net()
+
+
+    def build_no_grad():
+        torch.set_grad_enabled(False)
+        return Net()
+
+
     _calls = [0]
 
 
@@ -285,6 +295,18 @@ def test_a_module_named_like_one_already_imported_says_it_is_shadowed(nets):
                           "name it as a file (json.py:build_net)")
     r = run("info", "json.py:build_net", "--input-size", "16")  # the file form reads the file
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("factory, words", [("build_float64", "torch's default dtype from torch.float32 to "
+                                                                 "torch.float64"),
+                                             ("build_no_grad", "torch's gradient mode from True to False")])
+def test_a_factory_that_changes_process_wide_settings_is_refused_and_they_are_put_back(nets, factory, words):
+    """A float64 default dtype set inside a factory failed the export later ('Input type (double) and bias type
+    (float)... try another --opset'); gradients switched off failed gate learning with a traceback."""
+    import torch
+
+    assert_one_line_error(run("info", f"nets.py:{factory}", "--input-size", "16"), words, "slimkit put it back")
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
 
 
 def test_user_code_is_imported_only_when_named(nets):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from slimkit.errors import RegistryError
@@ -189,6 +190,31 @@ def _accepts(fn: Callable[..., Any], key: str) -> bool:
     return any(p.name == key or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+# What a factory may change for the whole process, and how to put each back: a float64 default dtype
+# made every later model and tensor float64 (the export then failed on a dtype mismatch), a factory that
+# switched gradients off made gate learning fail with "does not require grad", and a chdir made the
+# next import of the factory's own file fail.
+_GLOBALS = (("torch's default dtype", torch.get_default_dtype, torch.set_default_dtype),
+            ("torch's default device", torch.get_default_device, torch.set_default_device),
+            ("torch's gradient mode", torch.is_grad_enabled, torch.set_grad_enabled),
+            ("the current folder", os.getcwd, os.chdir))
+
+
+def _global_state() -> list[Any]:
+    return [get() for _, get, _ in _GLOBALS]
+
+
+def _restore_global_state(before: list[Any]) -> str:
+    """Put back what a factory changed; the changes, in words ('' when none)."""
+    changed = []
+    for (what, get, put), old in zip(_GLOBALS, before):
+        new = get()
+        if new != old:
+            put(old)
+            changed.append(f"{what} from {old} to {new}")
+    return ", ".join(changed)
+
+
 def _call(fn: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Module:
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
@@ -199,10 +225,16 @@ def _call(fn: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Modu
         raise RegistryError(f"{label} does not take these arguments ({shown}): {exc}{hint}") from exc
     except ValueError:  # no signature to check: the call decides
         pass
+    before = _global_state()
     try:
         model = fn(**kwargs)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code (a stray sys.exit too)
         raise RegistryError(f"{label}({shown}) raised {_one_line(exc)}") from exc
+    finally:
+        changed = _restore_global_state(before)
+    if changed:
+        raise RegistryError(f"{label}({shown}) changed {changed} (slimkit put it back): a factory must leave "
+                            "process-wide settings as it found them; set them on the model, or outside the factory")
     if not isinstance(model, nn.Module):
         raise RegistryError(f"{label}({shown}) returned {a_kind(model)}, not a torch.nn.Module")
     return model
