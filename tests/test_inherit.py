@@ -194,6 +194,47 @@ def test_kept_channels_and_widths_come_in_whole_attention_heads():
         generate(between)
 
 
+def test_a_full_parent_trained_with_other_arguments_is_named_as_such(tmp_path):
+    """The full model trained for 10 classes, given to a 5-class prune, was called not the full model
+    ('train the full model with `slimkit train resnet20`'): it is the full model, with other arguments."""
+    from slimkit.artifacts import write_checkpoint
+    from slimkit.checkpoint import full_model_weights
+
+    plan = slimkit.full_plan("resnet20", num_classes=10)
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, model=build_model(plan.arch, plan.arch_kwargs).state_dict(), plan=plan, config={}, epoch=1,
+                     metrics=[])
+    with pytest.raises(SlimkitError) as info:
+        full_model_weights(path, "resnet20", {"num_classes": 5})
+    assert "holds the full slimkit:resnet20 trained with other arguments (num_classes 10, not 5)" in str(info.value)
+    assert "train the full model" not in str(info.value)
+    assert full_model_weights(path, "resnet20", {"num_classes": 10}).keys() == plan_state_keys(plan)
+
+
+def plan_state_keys(plan: ChannelPlan):
+    return build_model(plan.arch, plan.arch_kwargs).state_dict().keys()
+
+
+def test_the_model_given_with_the_weights_is_the_one_they_are_loaded_into():
+    """generate(plan, weights=..., model=...) ignored the model: a model object's plan in another process
+    was refused with 'pass the model (slimkit.generate(plan, model=...))', which the caller had done."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(32, 10))
+    parent = net()
+    plan = slimkit.prune(parent, "50%", input_size=(3, 16, 16), method="uniform", tolerance=0.2)
+    kept = choose_channels(plan, parent.state_dict())
+    elsewhere = {**kept.to_dict(), "arch": "object:Sequential#999"}  # as another process reads the plan
+    with pytest.raises(slimkit.RegistryError, match="another Python process"):
+        generate(elsewhere, weights=parent.state_dict())
+    child = generate(elsewhere, weights=parent.state_dict(), model=net()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(child(x), generate(kept, weights=parent.state_dict()).eval()(x))
+
+
 def test_inheriting_needs_kept_channels_and_the_right_parent():
     plan, parent = trained_like("resnet20")
     narrow = plan.with_widths({**plan.widths, "layer1.0.conv1": 8})
