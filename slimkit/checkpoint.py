@@ -269,8 +269,15 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
     canonical = registry.resolve(arch).canonical
     if registry.resolve(plan.arch).canonical != canonical or plan.arch_kwargs != arch_kwargs or \
             any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:
-        held = f"{plan.arch} {plan.arch_kwargs}" + ("" if all(g["width"] == g["full"] for g in plan.groups.values())
-                                                    else " (a pruned plan)")
+        unpruned = all(g["width"] == g["full"] for g in plan.groups.values()) and plan.expand == 1.0
+        if unpruned and registry.resolve(plan.arch).canonical == canonical:  # the full model, other arguments
+            differ = ", ".join(f"{k} {plan.arch_kwargs.get(k, 'default')!s}, not {arch_kwargs.get(k, 'default')!s}"
+                               for k in dict.fromkeys([*plan.arch_kwargs, *arch_kwargs])
+                               if plan.arch_kwargs.get(k) != arch_kwargs.get(k))
+            raise CheckpointError(f"{path} holds the full {canonical} trained with other arguments ({differ}): give "
+                                  "the ones it was trained with (--num-classes, --in-chans, --arch-kwargs), or a "
+                                  "checkpoint trained with these")
+        held = f"{plan.arch} {plan.arch_kwargs}" + ("" if unpruned else " (a pruned plan)")
         raise CheckpointError(f"{path} holds {held}, not the full {canonical} {arch_kwargs}: train the full model "
                               f"with `slimkit train {canonical.split(':')[-1]}` and pass its checkpoint.pt")
     return state

@@ -442,7 +442,9 @@ def _classifier_in(model: nn.Module) -> int | None:
 
 
 def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
-    """The plan's groups must be exactly the architecture's groups, with the same full widths."""
+    """The plan's groups must be exactly the architecture's groups, with the same full widths; a narrowed
+    group's width and kept channels come in whole blocks of channels kept together (a grouped conv's
+    group, an attention head): every path that reads a plan against its architecture checks here."""
     mine, theirs = set(plan.groups), set(graph.groups)
     if mine != theirs:
         missing, extra = sorted(theirs - mine), sorted(mine - theirs)
@@ -457,6 +459,29 @@ def check_plan_fits(plan: ChannelPlan, graph: ChannelGraph) -> None:
                 f"plan group '{name}' says full width {g['full']} but {plan.arch} has "
                 f"{graph.groups[name].width}: the plan was made for other arch_kwargs"
             )
+        _check_blocks(plan, graph, name)
+
+
+def _check_blocks(plan: ChannelPlan, graph: ChannelGraph, name: str) -> None:
+    """A narrowed group keeps whole blocks (:func:`_block`): a width between blocks leaves a head with
+    part of its channels (the model fails in its forward), and kept indices that split a block mix
+    the channels of different heads (the model runs, on weights that mean nothing)."""
+    g, block = plan.groups[name], _block(graph, name)
+    if block == 1 or g["width"] >= g["full"]:
+        return
+    what = "an attention head" if name in graph.head_dims else "channels a grouped layer reads together"
+    if g["width"] % block:
+        raise PlanError(f"plan group {show(name, 40)} is {g['width']} channels wide, but it narrows in blocks of "
+                        f"{block} ({what}): give it a multiple of {block}, or regenerate the plan with `slimkit prune`")
+    keep = g.get("keep")
+    if keep is None:
+        return
+    blocks = [keep[i:i + block] for i in range(0, len(keep), block)]
+    if any(b[0] % block or b != list(range(b[0], b[0] + block)) for b in blocks):
+        example = ", ".join(f"{k * block}..{k * block + block - 1}" for k in range(len(blocks)))
+        raise PlanError(f"plan group {show(name, 40)} keeps channels that split its blocks of {block} ({what}: kept "
+                        f"or dropped together): its 'keep' must list {len(blocks)} whole blocks k*{block}..k*{block}+"
+                        f"{block - 1} (e.g. {example}); regenerate the plan with `slimkit prune --weights`")
 
 
 def check_fingerprint(plan: ChannelPlan, graph: ChannelGraph, what: str) -> None:
@@ -521,8 +546,8 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     model, or its state dict) the thin network inherits the trained weights of the channels the
     plan keeps (its ``keep`` indices; see :func:`choose_channels` for a widths-only plan).
     ``model`` (an instance of the plan's source architecture) is used instead of building one: a
-    copy of it is resized, the model itself is not changed. A plan made from a model object needs
-    it outside the process that made the plan.
+    copy of it is resized (with ``weights``, after they are loaded into the copy), the model itself is
+    not changed. A plan made from a model object needs it outside the process that made the plan.
     """
     check_type("generate", "plan", plan, (ChannelPlan, dict, str, os.PathLike),
                "a ChannelPlan, a plan dict or a plan file path")
@@ -532,11 +557,9 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
     check_type("generate", "model", model, (nn.Module, type(None)), "an nn.Module of the plan's architecture, or None")
     plan = load_plan(plan)
     if weights is not None:
-        return _inherit(plan, weights)
+        return _inherit(plan, weights, model)
     if model is not None:
-        graph = _analyze(model, tuple(plan.input_size))
-        check_fingerprint(plan, graph, "the model given")
-        check_plan_fits(plan, graph)
+        graph = _given_model_graph(plan, model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(plan.seed if seed is None else seed)
             thin = copy.deepcopy(model)
@@ -566,14 +589,28 @@ def _state_of(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch
     return full_model_weights(weights, plan.arch, plan.arch_kwargs)
 
 
-def _full_model(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str) -> tuple[nn.Module, ChannelGraph]:
-    """The plan's unpruned architecture holding ``state`` (one line naming the first mismatches)."""
-    graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+def _given_model_graph(plan: ChannelPlan, model: nn.Module) -> ChannelGraph:
+    """The graph of the model a caller passed for the plan's architecture, checked to be that model."""
+    graph = _analyze(model, tuple(plan.input_size))
+    check_fingerprint(plan, graph, "the model given")
     check_plan_fits(plan, graph)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(plan.seed)
-        model = build_model(plan.arch, plan.arch_kwargs)
-    return load_full_weights(model, state, source, plan.arch, plan.arch_kwargs), graph
+    return graph
+
+
+def _full_model(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str,
+                model: nn.Module | None = None) -> tuple[nn.Module, ChannelGraph]:
+    """The plan's unpruned architecture holding ``state`` (one line naming the first mismatches): built
+    from the plan, or a copy of ``model`` (the caller's instance of it; the model itself is not changed)."""
+    if model is not None:
+        graph = _given_model_graph(plan, model)
+        full = copy.deepcopy(model)
+    else:
+        graph = channel_graph(plan.arch, plan.arch_kwargs, tuple(plan.input_size))
+        check_plan_fits(plan, graph)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed)
+            full = build_model(plan.arch, plan.arch_kwargs)
+    return load_full_weights(full, state, source, plan.arch, plan.arch_kwargs), graph
 
 
 def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, arch: str,
@@ -612,7 +649,8 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
     return model
 
 
-def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
+def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor],
+             model: nn.Module | None = None) -> nn.Module:
     if plan.expand != 1.0 or any(g["width"] > g["full"] for g in plan.groups.values()):
         raise PlanError("a widened plan (--expand) has channels no trained model holds: inherit weights only "
                         "into plans at expand 1.0")
@@ -623,9 +661,9 @@ def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.
                         "choose the channels by L1 norm)")
     source = "the weights given" if isinstance(weights, Mapping) else str(weights)
     state = _state_of(plan, weights)
-    model, graph = _full_model(plan, state, source)  # weights of another architecture say so first
+    full, graph = _full_model(plan, state, source, model)  # weights of another architecture say so first
     check_parent(plan, state, source)
-    return resize_model(model, graph, plan.widths, keep=plan.keep)
+    return resize_model(full, graph, plan.widths, keep=plan.keep)
 
 
 def check_parent(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str) -> None:

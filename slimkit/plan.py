@@ -38,6 +38,7 @@ PLAN_FORMAT = "slimkit.plan/1"  # widths only
 PLAN_FORMAT_KEEP = "slimkit.plan/2"  # widths, and the channels kept from trained weights
 FORMATS = (PLAN_FORMAT, PLAN_FORMAT_KEEP)
 CRITERIA = ("l1", "gates")  # how kept channels were chosen: filter L1 norm (Li et al. 2017), gate value
+CRITERION_FIELDS = ("kind", "weights", "fingerprint")
 FINGERPRINT = re.compile(r"sha256:[0-9a-f]{16}")  # a traced graph's, or the weights a plan's channels were ranked on
 
 
@@ -287,12 +288,21 @@ def _check_keep(data: dict[str, Any], source: str) -> None:
                 and isinstance(criterion.get("weights"), str)):
             raise PlanError(f"{source}: a plan with kept channels needs 'criterion': {{\"kind\": one of "
                             f"{', '.join(CRITERIA)}, \"weights\": the checkpoint}}, got {show(criterion)}")
+        # a misspelt "fingerprint" would otherwise pass as a plan that records no parent (and skip its check)
+        unknown = sorted(set(criterion) - set(CRITERION_FIELDS))
+        if unknown:
+            raise PlanError(f"{source}: 'criterion' has unknown fields {show(unknown)}: it takes only "
+                            f"{', '.join(CRITERION_FIELDS)}")
         fingerprint = criterion.get("fingerprint")
         if fingerprint is not None and not (isinstance(fingerprint, str) and FINGERPRINT.fullmatch(fingerprint)):
             raise PlanError(f"{source}: criterion.fingerprint must be 'sha256:' and 16 hex digits (the weights the "
                             f"channels were ranked on), got {show(fingerprint)}")
-        if not has_keep and any(g["width"] < g["full"] for g in data["groups"].values()):
-            raise PlanError(f"{source}: 'criterion' is set but no group says which channels it keeps ('keep')")
+        bare = next((n for n, g in data["groups"].items() if g["width"] < g["full"] and "keep" not in g), None)
+        if bare is not None:
+            g = data["groups"][bare]
+            raise PlanError(f"{source}: group {show(bare, 40)} is narrowed ({g['width']} of {g['full']} channels) but "
+                            "does not say which channels it keeps ('keep'): a plan with a 'criterion' lists them for "
+                            "every narrowed group; regenerate the plan with `slimkit prune --weights`")
 
 
 def save_plan(plan: ChannelPlan, path: str | os.PathLike) -> Path:

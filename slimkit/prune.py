@@ -57,7 +57,7 @@ from slimkit.rounding import AUTO, RoundingChoice, auto_round_to, documented_mul
 from slimkit.runtime import resolve_device
 from slimkit.search import PRESETS, GateSearchConfig, GateTask, search_gates, steps_for_epochs
 from slimkit.shapes import ShapesLoader
-from slimkit.task_losses import (LossFn, check_classification_batch, check_loader, detection_loss,
+from slimkit.task_losses import (LossFn, check_classification_batch, class_scores, check_loader, detection_loss,
                                  evaluate_segmentation, segmentation_loss, to_device)
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
 from slimkit.structures import get_structure, structure_widths
@@ -529,14 +529,14 @@ def _user_task(loss_fn: Any, data: Any, val_data: Any, method: str, opts: GateOp
 
         def classification_loss(model: nn.Module, batch: Any) -> torch.Tensor:
             images, labels = check_classification_batch(batch)
-            return torch.nn.functional.cross_entropy(model(images).float(), labels)
+            return torch.nn.functional.cross_entropy(class_scores(model(images), model).float(), labels)
 
         def accuracy(model: nn.Module) -> float:
             hits = seen = 0
             device = next(iter(model.parameters())).device
             for batch in held_out:
                 images, labels = check_classification_batch(to_device(batch, device))
-                hits += int((model(images).argmax(1) == labels).sum())
+                hits += int((class_scores(model(images), model).argmax(1) == labels).sum())
                 seen += labels.numel()
             return hits / max(seen, 1)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,6 +165,10 @@ def resolve(name: str) -> ArchSpec:
     for source in SOURCES:
         if _exists(source, text):
             return ArchSpec(source, text)
+    if os.path.exists(text):  # a plan, checkpoint or folder given where a model name goes
+        raise RegistryError(f"'{name}' is a {'folder' if os.path.isdir(text) else 'file'}, not an architecture name: "
+                            "give the model's name (e.g. resnet20, timm:resnet50) or a factory in a .py file "
+                            "(nets.py:build_net)")
     raise RegistryError(_other_task(text) or f"unknown architecture '{name}'{_suggest(text)}")
 
 

@@ -49,7 +49,7 @@ from slimkit.data import DataBundle, make_loader
 from slimkit.errors import SlimkitError
 from slimkit.gates import GatedSupernet
 from slimkit.runtime import all_reduce_sum, autocast, place_batch, place_model
-from slimkit.task_losses import LossFn, checked_loss, to_device
+from slimkit.task_losses import LossFn, checked_loss, class_scores, to_device
 
 __all__ = ["GateSearchConfig", "GateSearchResult", "GateTask", "PRESETS", "SNAPSHOT_RULES", "search_gates"]
 
@@ -139,7 +139,7 @@ def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool, 
     with torch.no_grad(), autocast(device, amp):
         for x, y in loader:
             x, y = place_batch(x, device), y.to(device, non_blocking=True)
-            correct += int((supernet.model(x).argmax(1) == y).sum())
+            correct += int((class_scores(supernet.model(x), supernet.model).argmax(1) == y).sum())
             total += y.numel()
     correct, total = all_reduce_sum(correct, total, device=device)
     return correct / max(total, 1)
@@ -189,7 +189,7 @@ def search_gates(supernet: GatedSupernet, data: DataBundle | GateTask, cfg: Gate
         def batch_loss(batch: Any) -> torch.Tensor:
             x, y = batch
             x, y = place_batch(x, device), y.to(device, non_blocking=True)
-            return F.cross_entropy(model(x).float(), y)
+            return F.cross_entropy(class_scores(model(x), model).float(), y)
 
         def held_out() -> float:
             return _evaluate(supernet, val_loader, device, cfg.amp, cfg.eval_bn)

@@ -32,10 +32,11 @@ from torch import Tensor, nn
 from slimkit.data import VOC_VOID
 from slimkit.errors import SlimkitError
 from slimkit.runtime import all_reduce_sum, autocast, place_batch
+from slimkit.validate import a_kind
 
 __all__ = ["AUX_WEIGHT", "IGNORE_INDEX", "LossFn", "detection_loss", "segmentation_loss", "segmentation_output_loss",
            "confusion_matrix", "segmentation_scores", "evaluate_segmentation", "detection_scores",
-           "evaluate_detection", "checked_loss", "to_device",
+           "evaluate_detection", "checked_loss", "class_scores", "to_device",
            "check_classification_batch", "check_loader"]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -193,6 +194,18 @@ def checked_loss(value: Any, where: str = "loss_fn") -> Tensor:
         raise SlimkitError(f"{where} returned a tensor that does not depend on the model's output (no gradient): "
                            "compute the loss from model(batch), without torch.no_grad() or .detach()")
     return value.reshape(())
+
+
+def class_scores(out: Any, model: nn.Module) -> Tensor:
+    """``out``, a classifier's output, if it is the [batch, classes] scores slimkit's cross-entropy and
+    accuracy read: a user's model whose forward returns a tuple or dict (aux logits, features) stops
+    here in one line, at the first batch of training or gate learning, not as an AttributeError."""
+    if isinstance(out, Tensor) and out.dim() == 2:
+        return out
+    what = f"a {list(out.shape)} tensor" if isinstance(out, Tensor) else a_kind(out)
+    raise SlimkitError(f"{type(model).__name__}.forward returns {what}; slimkit trains a classifier on one "
+                       "[batch, classes] tensor of class scores: return the logits alone (a factory option, or a "
+                       "wrapper module that picks them)")
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -61,9 +61,9 @@ from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
-from slimkit.task_losses import (IGNORE_INDEX, detection_loss, evaluate_detection, evaluate_segmentation,
+from slimkit.task_losses import (IGNORE_INDEX, class_scores, detection_loss, evaluate_detection, evaluate_segmentation,
                                  segmentation_output_loss, to_device)
-from slimkit.validate import check_number, check_type
+from slimkit.validate import check_number, check_type, show
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
@@ -235,6 +235,7 @@ def train_one_epoch(model, loader, opt, sched, cfg: TrainConfig, device, progres
                 if part == 0:  # a micro-batch of void pixels only: its mean loss is 0/0, and it teaches nothing
                     continue
             else:
+                logits = class_scores(logits, model)
                 loss = F.cross_entropy(logits.float(), ym, label_smoothing=cfg.label_smoothing)
                 hits = int((logits.argmax(1) == ym).sum())
                 part = ym.numel()
@@ -262,7 +263,7 @@ def evaluate(model, loader, device, amp: bool = True, channels_last: bool = True
     with torch.no_grad(), autocast(device, amp):
         for x, y in loader:
             x, y = place_batch(x, device, channels_last), y.to(device, non_blocking=True)
-            logits = model(x).float()
+            logits = class_scores(model(x), model).float()
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             k = min(5, logits.shape[1])
             topk = logits.topk(k, dim=1).indices
@@ -361,6 +362,14 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     if isinstance(cfg, TrainConfig):  # a Path is a path: kept as text, as the config file records it
         cfg = replace(cfg, **{name: os.fspath(getattr(cfg, name)) for name in ("data_dir", "init_from")
                               if isinstance(getattr(cfg, name), os.PathLike)})
+    check_type("train", "plan_or_arch", plan_or_arch, (str, os.PathLike, ChannelPlan),
+               "a ChannelPlan, a plan file path or an architecture name like 'resnet20'")
+    check_type("train", "out_dir", out_dir, (str, os.PathLike), "a folder path (str or os.PathLike)")
+    for name, flag in (("resume", resume), ("force", force)):
+        check_type("train", name, flag, bool, "True or False")
+    check_type("train", "arch_kwargs", arch_kwargs, (dict, type(None)), "a dict of factory arguments, or None")
+    if log is not None and not callable(log):
+        raise TypeError(f"train: 'log' must be a function taking one string (e.g. print), got {show(log)}")
     check_config(cfg)
     if not str(out_dir).strip():
         raise SlimkitError("the run folder (--out) is empty: give a folder name")

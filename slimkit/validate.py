@@ -21,8 +21,8 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "INT64_MAX", "DuplicateKeyError",
-           "loads_json"]
+__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "a_kind", "INT64_MAX",
+           "DuplicateKeyError", "loads_json"]
 
 INT64_MAX = 2**63 - 1  # torch, numpy and onnxruntime all overflow past this
 
@@ -81,6 +81,12 @@ def show(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, computed in bounded time for any nesting or size."""
     text = _short.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def a_kind(value: Any) -> str:
+    """``value``'s type with its article, for a message: "an int", "a tuple"."""
+    kind = type(value).__name__
+    return f"{'an' if kind[:1] in tuple('aeiouAEIOU') else 'a'} {kind}"
 
 
 def check_number(name: str, value: Any, allowed: Range, error: type[SlimkitError] = SlimkitError,

@@ -79,6 +79,10 @@ WRONG_CALLS = [
     (lambda p: train(p, "/nonexistent/run", TrainConfig(init="inherit", init_from=3, schedule="finetune")), TypeError,
      ["train: 'cfg.init_from' must be a string"]),
     (lambda p: train(p, "/nonexistent/run", {"epochs": 1}), TypeError, ["train: 'cfg'", "TrainConfig"]),
+    (lambda p: train(p, None, TrainConfig()), TypeError, ["train: 'out_dir' must be a folder path", "None"]),
+    (lambda p: train(3, "/nonexistent/run", TrainConfig()), TypeError, ["train: 'plan_or_arch'", "ChannelPlan"]),
+    (lambda p: train(p, "/nonexistent/run", TrainConfig(), resume="yes"), TypeError, ["train: 'resume'"]),
+    (lambda p: train(p, "/nonexistent/run", TrainConfig(), log=1), TypeError, ["train: 'log'"]),
     (lambda p: load_checkpoint(None), TypeError, ["checkpoint must be given as a file path", "None"]),
     (lambda p: model_from_checkpoint(3), TypeError, ["checkpoint must be given as a file path"]),
 ]

@@ -148,14 +148,91 @@ def test_plan_formats_old_plans_load_and_kept_channels_are_checked(tmp_path):
                         (lambda d: d["groups"]["layer1.0.conv1"].update(keep=[1, 16]), "ascending distinct"),
                         (lambda d: d.update(criterion=None), "needs 'criterion'"),
                         (lambda d: d.update(format=PLAN_FORMAT), "group"),
-                        (lambda d: d["groups"]["layer1.0.conv1"].pop("keep"), "no group says"),
-                        (lambda d: d["criterion"].update(fingerprint="abc"), "criterion.fingerprint")):
+                        (lambda d: d["groups"]["layer1.0.conv1"].pop("keep"), "does not say which channels"),
+                        (lambda d: d["criterion"].update(fingerprint="abc"), "criterion.fingerprint"),
+                        # a misspelt fingerprint passed as a plan that records no parent, skipping its check
+                        (lambda d: d["criterion"].update(fingerprnt="sha256:0123456789abcdef"), "unknown fields")):
         d = json.loads(kept.to_json())
         bad(d)
         with pytest.raises(PlanError, match=needle):
             ChannelPlan.from_dict(d)
     # new widths drop the kept indices: they belonged to the old widths
     assert narrow.with_widths(plan.widths).format == PLAN_FORMAT
+
+
+def test_every_narrowed_group_of_a_plan_with_kept_channels_says_which():
+    """One narrowed group's 'keep' deleted from a plan whose others keep theirs: G read the missing list
+    as 'all channels' and stopped on an 'internal error: please report this' shape mismatch."""
+    plan, parent = trained_like("resnet20")
+    kept = choose_channels(plan.with_widths({**plan.widths, "layer1.0.conv1": 8, "layer1.1.conv1": 8}),
+                           parent.state_dict())
+    d = json.loads(kept.to_json())
+    del d["groups"]["layer1.1.conv1"]["keep"]
+    with pytest.raises(PlanError, match=r"group 'layer1.1.conv1' is narrowed \(8 of 16 channels\) but does not say"):
+        generate(d, weights=parent.state_dict())
+
+
+def test_kept_channels_and_widths_come_in_whole_attention_heads():
+    """A ViT's attention group narrows in whole heads (64 channels). Kept indices that split a head
+    (heads' channels mixed) gave a model that ran on meaningless weights, and a width between heads
+    one that failed in its forward; both are refused by the check every plan meets its graph with."""
+    plan, parent = trained_like(*VIT)
+    group = "blocks.0.attn.qkv"
+    kept = choose_channels(plan.with_widths({**plan.widths, group: 128}), parent.state_dict())
+    assert kept.keep[group] in (list(range(0, 128)), list(range(64, 192)),
+                                list(range(0, 64)) + list(range(128, 192)))
+    generate(kept, weights=parent.state_dict())  # whole heads: fine
+    split = json.loads(kept.to_json())
+    split["groups"][group]["keep"] = list(range(0, 64)) + list(range(65, 129))
+    with pytest.raises(PlanError, match=r"group 'blocks.0.attn.qkv' keeps channels that split its blocks of 64 "
+                                        r"\(an attention head.*2 whole blocks.*e.g. 0..63, 64..127"):
+        generate(split, weights=parent.state_dict())
+    with pytest.raises(PlanError, match="split its blocks of 64"):  # the scratch path reads the same plan
+        generate(split)
+    between = json.loads(plan.with_widths({**plan.widths, group: 100}).to_json())
+    with pytest.raises(PlanError, match="100 channels wide, but it narrows in blocks of 64 .an attention head"):
+        generate(between)
+
+
+def test_a_full_parent_trained_with_other_arguments_is_named_as_such(tmp_path):
+    """The full model trained for 10 classes, given to a 5-class prune, was called not the full model
+    ('train the full model with `slimkit train resnet20`'): it is the full model, with other arguments."""
+    from slimkit.artifacts import write_checkpoint
+    from slimkit.checkpoint import full_model_weights
+
+    plan = slimkit.full_plan("resnet20", num_classes=10)
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, model=build_model(plan.arch, plan.arch_kwargs).state_dict(), plan=plan, config={}, epoch=1,
+                     metrics=[])
+    with pytest.raises(SlimkitError) as info:
+        full_model_weights(path, "resnet20", {"num_classes": 5})
+    assert "holds the full slimkit:resnet20 trained with other arguments (num_classes 10, not 5)" in str(info.value)
+    assert "train the full model" not in str(info.value)
+    assert full_model_weights(path, "resnet20", {"num_classes": 10}).keys() == plan_state_keys(plan)
+
+
+def plan_state_keys(plan: ChannelPlan):
+    return build_model(plan.arch, plan.arch_kwargs).state_dict().keys()
+
+
+def test_the_model_given_with_the_weights_is_the_one_they_are_loaded_into():
+    """generate(plan, weights=..., model=...) ignored the model: a model object's plan in another process
+    was refused with 'pass the model (slimkit.generate(plan, model=...))', which the caller had done."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(32, 10))
+    parent = net()
+    plan = slimkit.prune(parent, "50%", input_size=(3, 16, 16), method="uniform", tolerance=0.2)
+    kept = choose_channels(plan, parent.state_dict())
+    elsewhere = {**kept.to_dict(), "arch": "object:Sequential#999"}  # as another process reads the plan
+    with pytest.raises(slimkit.RegistryError, match="another Python process"):
+        generate(elsewhere, weights=parent.state_dict())
+    child = generate(elsewhere, weights=parent.state_dict(), model=net()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(child(x), generate(kept, weights=parent.state_dict()).eval()(x))
 
 
 def test_inheriting_needs_kept_channels_and_the_right_parent():

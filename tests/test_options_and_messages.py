@@ -160,6 +160,13 @@ def test_a_folder_named_like_an_architecture_says_how_to_name_the_architecture(t
     assert classify("slimkit:resnet20") == "arch"
 
 
+def test_a_file_given_as_the_architecture_to_prune_is_called_a_file(plan_file, checkpoint):
+    """`slimkit prune plan.json` / `prune checkpoint.pt` said "unknown architecture 'plan.json'"."""
+    for path in (plan_file, checkpoint, checkpoint.parent):
+        one_line_error(run("prune", path, "--flops", "50%", "--method", "uniform"), f"'{path}' is a ",
+                       "not an architecture name", "nets.py:build_net")
+
+
 def test_a_plan_passed_as_a_checkpoint_is_named_and_never_to_be_deleted(plan_file, tmp_path):
     with pytest.raises(SlimkitError) as info:
         load_checkpoint(plan_file)

@@ -107,6 +107,39 @@ NETS = textwrap.dedent('''
         return Silent()
 
 
+    class Pair(Net):  # class scores and the features beside them, as many research models return
+        def forward(self, x):
+            y = super().forward(x)
+            return y, y.detach()
+
+
+    def build_pair(num_classes=10):
+        return Pair(16, num_classes)
+
+
+    class Named(Net):  # a constant where the output should be
+        def forward(self, x):
+            super().forward(x)
+            return "logits"
+
+
+    def build_named():
+        return Named()
+
+
+    WIDTH = 16  # a constant named where a factory should be
+
+
+    def build_float64():  # process-wide settings changed on the way
+        torch.set_default_dtype(torch.float64)
+        return Net()
+
+
+    def build_no_grad():
+        torch.set_grad_enabled(False)
+        return Net()
+
+
     _calls = [0]
 
 
@@ -219,10 +252,61 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
     ("nets.py:build_net", ("--arch-kwargs", "width=3"), ["cannot read --arch-kwargs"]),
     ("nets.py:build_branchy", (), ["could not trace the model"]),
     ("nets.py:build_silent", (), ["Silent.forward returns no tensor"]),
+    ("nets.py:build_named", (), ["Named.forward returns no tensor", "'logits'"]),  # a constant passed as an output
+    ("nets.py:WIDTH", (), ["nets.py:WIDTH is an int, not a function"]),
     ("nets.py:build_varying", (), ["builds a different model on each call", "make the factory deterministic"]),
 ])
 def test_bad_user_code_is_one_line(nets, arch, extra, needles):
     assert_one_line_error(run("info", arch, "--input-size", "16", *extra), *needles)
+
+
+def test_a_forward_that_returns_a_tuple_is_one_line_when_classes_are_learned(nets):
+    """A forward returning (logits, features) pruned by --method uniform, then stopped gate learning and
+    training with an AttributeError traceback ('tuple' object has no attribute 'float')."""
+    plan_path = nets / "p.json"
+    r = run("prune", "nets.py:build_pair", "--flops", "50%", "--input-size", "16", "--data", "synthetic",
+            "--steps", "2", "--no-plot", "--no-latency-check", "--out", plan_path)
+    assert_error_after_progress(r, "Pair.forward returns a tuple", "[batch, classes]", "return the logits alone")
+    assert not plan_path.exists()
+    r = run("prune", "nets.py:build_pair", "--flops", "50%", "--method", "uniform", "--input-size", "16",
+            "--num-classes", "10", "--no-plot", "--no-latency-check", "--out", plan_path)
+    assert r.exit_code == 0, r.output
+    r = run("train", plan_path, "--epochs", "1", "--data", "synthetic", "--max-steps-per-epoch", "1",
+            "--batch-size", "8", "--out", nets / "run")
+    assert_error_after_progress(r, "Pair.forward returns a tuple")
+
+
+def assert_error_after_progress(result, *needles):
+    """The command's progress lines, then its one error line (no traceback)."""
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output and "error:" in result.output, result.output
+    error = result.output[result.output.index("error:"):]
+    assert len(error.strip().splitlines()) <= 4, error  # rich may wrap one line
+    for n in needles:
+        assert n in " ".join(error.split()), error
+
+
+def test_a_module_named_like_one_already_imported_says_it_is_shadowed(nets):
+    """The user's json.py named as python:json:build_net imported the standard library's json, and the
+    error listed json's functions ('json has no build_net ... it defines JSONDecodeError ...')."""
+    (nets / "json.py").write_text(NETS)
+    assert_one_line_error(run("info", "python:json:build_net", "--input-size", "16"),
+                          "names json.py in the current folder", "the module name json is taken by",
+                          "name it as a file (json.py:build_net)")
+    r = run("info", "json.py:build_net", "--input-size", "16")  # the file form reads the file
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("factory, words", [("build_float64", "torch's default dtype from torch.float32 to "
+                                                                 "torch.float64"),
+                                             ("build_no_grad", "torch's gradient mode from True to False")])
+def test_a_factory_that_changes_process_wide_settings_is_refused_and_they_are_put_back(nets, factory, words):
+    """A float64 default dtype set inside a factory failed the export later ('Input type (double) and bias type
+    (float)... try another --opset'); gradients switched off failed gate learning with a traceback."""
+    import torch
+
+    assert_one_line_error(run("info", f"nets.py:{factory}", "--input-size", "16"), words, "slimkit put it back")
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
 
 
 def test_user_code_is_imported_only_when_named(nets):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.export.graph_signature import OutputKind, TensorArgument
 
 import slimkit.graph.ops  # noqa: F401 - registers every op rule the walk dispatches to
 from slimkit.graph.channels import ChannelGraph, ChannelGroup, Segment, StoredSize
@@ -28,7 +29,9 @@ def analyze(model: nn.Module, input_size: tuple[int, ...], other_macs: int | Non
     by default they are assumed zero, which holds for CNNs.
     """
     ep = export_program(model, input_size)
-    if not any(isinstance(out, str) for out in ep.graph_signature.user_outputs):
+    # a constant output (a string, a number) is listed by its value: only tensor arguments are outputs
+    if not any(isinstance(spec.arg, TensorArgument) for spec in ep.graph_signature.output_specs
+               if spec.kind == OutputKind.USER_OUTPUT):
         # Groups are found by what the outputs read: with none, every layer would look prunable, and
         # the ONNX export (the latency check, export, bench) fails on a graph without outputs.
         raise GraphError(f"{type(model).__name__}.forward returns no tensor (it returned "

@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from slimkit.errors import RegistryError
+from slimkit.validate import a_kind
 
 __all__ = ["FactoryRef", "is_factory_reference", "parse_factory", "factory_file", "build_from_factory", "factory_accepts",
            "register_object", "build_from_object", "object_accepts", "reference_for", "OBJECT_PREFIX"]
@@ -137,7 +139,7 @@ def _import_module(ref: FactoryRef) -> Any:
     if added:  # `python -m` puts the current folder first; the `slimkit` script does not
         sys.path.insert(0, cwd)
     try:
-        return importlib.import_module(ref.module or "")
+        module = importlib.import_module(ref.module or "")
     except ModuleNotFoundError as exc:
         raise RegistryError(f"cannot import {ref.module} for {ref.canonical}: {exc}; install the package or run "
                             "slimkit from the folder that holds it") from exc
@@ -146,6 +148,16 @@ def _import_module(ref: FactoryRef) -> Any:
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
+    # The current folder comes first on the path, so its file loses only to a module already imported
+    # (the standard library's json, torch, slimkit itself): say so, not "json has no 'build_net'".
+    local = factory_file(ref.canonical)
+    loaded = getattr(module, "__file__", None)
+    if local is not None and (loaded is None or Path(loaded).resolve() != local.resolve()):
+        mine = os.path.relpath(local)
+        raise RegistryError(f"{ref.canonical} names {mine} in the current folder, but the module name {ref.module} "
+                            f"is taken by {loaded or 'a built-in module'}: rename your file, or name it as a file "
+                            f"({mine}:{ref.attr})")
+    return module
 
 
 def load_factory(ref: FactoryRef) -> Callable[..., Any]:
@@ -161,7 +173,7 @@ def load_factory(ref: FactoryRef) -> Callable[..., Any]:
             raise RegistryError(f"{ref.where} has no '{ref.attr}'{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise RegistryError(f"{ref.where}:{ref.attr} is a {type(obj).__name__}, not a function that builds a model")
+        raise RegistryError(f"{ref.where}:{ref.attr} is {a_kind(obj)}, not a function that builds a model")
     return obj
 
 
@@ -178,6 +190,31 @@ def _accepts(fn: Callable[..., Any], key: str) -> bool:
     return any(p.name == key or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+# What a factory may change for the whole process, and how to put each back: a float64 default dtype
+# made every later model and tensor float64 (the export then failed on a dtype mismatch), a factory that
+# switched gradients off made gate learning fail with "does not require grad", and a chdir made the
+# next import of the factory's own file fail.
+_GLOBALS = (("torch's default dtype", torch.get_default_dtype, torch.set_default_dtype),
+            ("torch's default device", torch.get_default_device, torch.set_default_device),
+            ("torch's gradient mode", torch.is_grad_enabled, torch.set_grad_enabled),
+            ("the current folder", os.getcwd, os.chdir))
+
+
+def _global_state() -> list[Any]:
+    return [get() for _, get, _ in _GLOBALS]
+
+
+def _restore_global_state(before: list[Any]) -> str:
+    """Put back what a factory changed; the changes, in words ('' when none)."""
+    changed = []
+    for (what, get, put), old in zip(_GLOBALS, before):
+        new = get()
+        if new != old:
+            put(old)
+            changed.append(f"{what} from {old} to {new}")
+    return ", ".join(changed)
+
+
 def _call(fn: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Module:
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
@@ -188,14 +225,18 @@ def _call(fn: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Modu
         raise RegistryError(f"{label} does not take these arguments ({shown}): {exc}{hint}") from exc
     except ValueError:  # no signature to check: the call decides
         pass
+    before = _global_state()
     try:
         model = fn(**kwargs)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code (a stray sys.exit too)
         raise RegistryError(f"{label}({shown}) raised {_one_line(exc)}") from exc
+    finally:
+        changed = _restore_global_state(before)
+    if changed:
+        raise RegistryError(f"{label}({shown}) changed {changed} (slimkit put it back): a factory must leave "
+                            "process-wide settings as it found them; set them on the model, or outside the factory")
     if not isinstance(model, nn.Module):
-        kind = type(model).__name__
-        raise RegistryError(f"{label}({shown}) returned {'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind}, "
-                            "not a torch.nn.Module")
+        raise RegistryError(f"{label}({shown}) returned {a_kind(model)}, not a torch.nn.Module")
     return model
 
 
