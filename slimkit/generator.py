@@ -183,9 +183,8 @@ def check_weights_memory(arch: str, arch_kwargs: dict[str, Any] | None = None) -
 
 # Probe widths: groups shrink by different factors so that two groups the analysis wrongly keeps
 # apart are very likely to disagree; rounds, each freezing what the previous one broke (one module
-# a round: a transformer whose every block's attention reads a width G cannot rewrite needs a dozen).
+# a round: PVT-v2-B5, whose every block's attention reads a width G cannot rewrite, needs about 60).
 _PROBE_FACTORS = (0.5, 0.75, 0.625)
-_PROBE_ROUNDS = 32
 
 
 def _probe_widths(graph: ChannelGraph) -> dict[str, int]:
@@ -202,7 +201,8 @@ def _freeze_what_g_breaks(graph: ChannelGraph, arch: str, arch_kwargs: dict[str,
     """Run a thinned copy of the model once; where it fails (a reshape to a width computed from
     another tensor, a module that keeps its own size), freeze the groups of the failing module and
     try again. What the analysis could not prove safe costs pruning freedom, never a broken model."""
-    for _ in range(_PROBE_ROUNDS):
+    rounds = len(graph.groups) + 1  # each failed round freezes at least one group: a deep model may need one per block
+    for _ in range(rounds):
         widths = _probe_widths(graph)
         if not widths:
             return
@@ -225,7 +225,7 @@ def _freeze_what_g_breaks(graph: ChannelGraph, arch: str, arch_kwargs: dict[str,
             inside = f", failed in {failed_in}" if failed_in != where else ""
             graph.freeze_groups(touched, f"G cannot resize {where or 'the model'} "
                                          f"({type(thin.get_submodule(where) if where else thin).__name__}{inside}): {text}")
-    raise GraphError(f"{arch}: a thinned copy still fails after freezing the groups of {_PROBE_ROUNDS} modules: "
+    raise GraphError(f"{arch}: a thinned copy still fails after freezing the groups of {rounds} modules: "
                      "this model cannot be pruned yet")
 
 

@@ -241,6 +241,19 @@ def test_a_width_read_by_the_enclosing_module_freezes_its_groups(monkeypatch):
     assert plan.widths["mlp.0"] < 32
 
 
+class DeepReducedAttentionNet(ReducedAttentionNet):
+    def __init__(self, num_classes: int = 4):
+        super().__init__(num_classes)
+        self.attn = nn.Sequential(*(_ReducedAttention() for _ in range(40)))  # PVT-v2-B5 has 52 blocks
+
+
+@pytest.mark.slow  # about 40 rounds of building and running the model: a minute on a loaded 2-core machine
+def test_a_deep_model_gets_a_round_for_every_block_that_breaks(monkeypatch):
+    monkeypatch.setitem(BUILTIN_MODELS, "deep_reduced_probe", DeepReducedAttentionNet)
+    graph = channel_graph("slimkit:deep_reduced_probe", {}, (3, 6, 10))
+    assert all(f"attn.{i}.sr" in graph.frozen for i in range(40)) and "mlp.0" in graph.groups
+
+
 def test_a_model_that_fails_in_its_own_code_is_one_line_naming_the_module(monkeypatch):
     class Broken(nn.Module):
         def __init__(self, num_classes: int = 4):
