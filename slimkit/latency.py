@@ -122,11 +122,15 @@ def timing_enabled() -> bool:
     return text in _NO_TIMING_OFF
 
 
+def _ort_provider(backend: str) -> str:
+    return "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
+
+
 def backend_missing(backend: str) -> str | None:
     """Why this install cannot time on ``backend`` (what to install), or None when it can. Asked before any
     work that ends in timing (a search, an export, a training), so a missing runtime costs nothing."""
     if backend.startswith("ort"):
-        provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
+        provider = _ort_provider(backend)
         if provider not in ort.get_available_providers():
             return (f"this onnxruntime install lacks its {provider}: install onnxruntime-gpu, or use "
                     "--backend ort-cpu")
@@ -148,7 +152,7 @@ def check_backend(backend: str, option: str = "--backend") -> str:
 def _ort_runner(c: Candidate, backend: str, threads: int, mode: str = DEFAULT_TIMING_MODE) -> Callable[[], None]:
     if c.onnx_path is None:
         raise LatencyError(f"{c.name}: backend {backend} needs an ONNX file")
-    provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
+    provider = _ort_provider(backend)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
