@@ -17,7 +17,9 @@ then joins the process group (NCCL on GPUs, gloo on CPU), wraps the model in
 DistributedDataParallel and shards every batch. ``--batch-size`` is always the *global* batch
 (what one process would use alone), so the LR rule and the loss curve do not depend on N; each
 process takes batch / (N x accumulation steps) per micro-step. Only rank 0 writes files and draws
-progress bars.
+progress bars. The same variables set by hand (a SLURM script, one terminal per process) work too:
+rank 0 serves the rendezvous at MASTER_ADDR:MASTER_PORT and every process waits for the others, for
+at most ``HAND_LAUNCH_JOIN_SECONDS``, interruptibly.
 """
 
 from __future__ import annotations
@@ -156,12 +158,59 @@ def setup_distributed(device_type: str = "cpu") -> DistInfo:
                                    "(torchrun --nproc-per-node)")
             torch.cuda.set_device(local)
         try:
-            dist.init_process_group(backend)
+            if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun: its agent has gathered every peer
+                dist.init_process_group(backend)
+            else:
+                rank = launch_env()[0]
+                dist.init_process_group(backend, store=_join_by_hand(rank, world), rank=rank, world_size=world)
         except (ValueError, RuntimeError) as exc:  # WORLD_SIZE set by hand: no MASTER_ADDR, no peers
             raise SlimkitError(f"WORLD_SIZE={world} asks for {world} processes, but joining their process group "
                                f"failed ({str(exc).splitlines()[0][:160]}): launch with torchrun, or unset "
                                "WORLD_SIZE") from None
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
+
+
+# How long a process launched without torchrun waits for its peers. torch's own wait (30 min) sits in
+# C++, where neither Ctrl-C nor SIGTERM reach Python; this one polls from Python, so both stop it.
+HAND_LAUNCH_JOIN_SECONDS = 300.0
+
+
+def _join_by_hand(rank: int, world: int, patience: float | None = None) -> dist.TCPStore:
+    """The rendezvous store of a launch whose RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT were set by
+    hand (a script, srun, two terminals): rank 0 serves it, the others connect, and every process
+    waits, interruptibly, until all ``world`` have joined or ``patience`` seconds have passed."""
+    import socket
+    import time
+    from datetime import timedelta
+
+    host, port_text = os.environ.get("MASTER_ADDR", "").strip(), os.environ.get("MASTER_PORT", "").strip()
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"MASTER_ADDR={host!r} MASTER_PORT={port_text!r}: both must be set (a host and a port)")
+    port, patience = int(port_text), HAND_LAUNCH_JOIN_SECONDS if patience is None else patience
+    deadline = time.monotonic() + patience
+    short = timedelta(seconds=10)
+    if rank == 0:
+        store = dist.TCPStore(host, port, world, is_master=True, timeout=short, wait_for_workers=False)
+    else:  # a plain socket first: the store's own connect retries log C++ errors while it waits
+        while True:
+            try:
+                with socket.create_connection((host, port), timeout=1.0):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"RANK={rank} waited {patience:.0f} s for rank 0 at {host}:{port}, which "
+                                     "never answered (is it running?)") from None
+                time.sleep(0.5)
+        store = dist.TCPStore(host, port, world, is_master=False, timeout=short, wait_for_workers=False)
+    joined = store.add("slimkit/joined", 1)
+    while joined < world:
+        if time.monotonic() > deadline:
+            raise ValueError(f"{joined} of WORLD_SIZE={world} processes joined at {host}:{port} within "
+                             f"{patience:.0f} s (is every RANK from 0 to {world - 1} running?)")
+        time.sleep(0.2)
+        joined = store.add("slimkit/joined", 0)
+    store.set_timeout(timedelta(minutes=30))  # torch's default for what follows (collectives, barriers)
+    return store
 
 
 def local_device(device: str) -> tuple[torch.device, DistInfo]:

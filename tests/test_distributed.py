@@ -112,3 +112,43 @@ def test_stray_torchrun_variables_are_one_line_and_write_nothing(plan, tmp_path,
     r = runner.invoke(app, args + ["--out", str(out)])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert ("torchrun" in r.output) and not out.exists(), r.output
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rank,missing", [("1", "rank 0"), ("0", "1 of WORLD_SIZE=2")])
+def test_a_hand_set_launch_without_its_peer_stops_with_one_line(plan, tmp_path, monkeypatch, rank, missing):
+    """RANK / WORLD_SIZE / MASTER_* set by hand (no torchrun) and the other process never starts:
+    torch would wait 30 minutes deaf to Ctrl-C and SIGTERM; slimkit waits interruptibly, then says so."""
+    from slimkit import runtime
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(runtime, "HAND_LAUNCH_JOIN_SECONDS", 1.0)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    r = runner.invoke(app, ["train", str(plan), *TRAIN, "--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and missing in lines[0] and "torchrun" in lines[0], r.output
+    assert time.monotonic() - start < 30 and not out.exists()
+
+
+def test_two_processes_launched_by_hand_train_together(plan, tmp_path):
+    """The launch a SLURM script or two terminals make: the same variables torchrun sets, no agent."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
+    env.update(OMP_NUM_THREADS="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()))
+    out = tmp_path / "hand"
+    procs = [subprocess.Popen([sys.executable, "-m", "slimkit", "train", str(plan), *TRAIN, "--out", str(out)],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (1, 0)]  # rank 1 first: it waits
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert json.loads((out / "metrics.json").read_text())["final"]["epoch"] == 2
