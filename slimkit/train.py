@@ -40,7 +40,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 import torch.nn.functional as F
@@ -352,12 +352,16 @@ def check_config(cfg: TrainConfig) -> None:
 
 def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,
           extend_to: int | None = None, progress: Any | None = None, log: Any | None = None,
-          force: bool = False, arch_kwargs: dict[str, Any] | None = None) -> TrainResult:
+          force: bool = False, arch_kwargs: dict[str, Any] | None = None,
+          asked: Collection[str] | None = None) -> TrainResult:
     """Train ``plan_or_arch`` (a plan, a plan file, or an architecture name: its full model, built with
     ``arch_kwargs``) from scratch.
 
     ``resume`` continues the run in ``out_dir``; with ``extend_to`` (more epochs than it was started
     with, finished or not) the cosine schedule is stretched to end there instead, from the step reached.
+    A resumed run keeps the checkpoint's settings and says which of ``asked`` (the ``cfg`` fields the
+    caller set on purpose; the CLI passes the options typed) it overrode; None: the fields that differ
+    from TrainConfig's defaults.
     A new run refuses to replace files in ``out_dir`` that are not a training run's (``force`` replaces them)."""
     if isinstance(cfg, TrainConfig):  # a Path is a path: kept as text, as the config file records it
         cfg = replace(cfg, **{name: os.fspath(getattr(cfg, name)) for name in ("data_dir", "init_from")
@@ -368,6 +372,8 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     for name, flag in (("resume", resume), ("force", force)):
         check_type("train", name, flag, bool, "True or False")
     check_type("train", "arch_kwargs", arch_kwargs, (dict, type(None)), "a dict of factory arguments, or None")
+    check_type("train", "asked", asked, (list, tuple, set, frozenset, type(None)), "a collection of TrainConfig "
+               "field names, or None")
     if log is not None and not callable(log):
         raise TypeError(f"train: 'log' must be a function taking one string (e.g. print), got {show(log)}")
     check_config(cfg)
@@ -376,7 +382,7 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     writer = runtime.launch_env()[0] == 0  # under torchrun, rank 0 alone writes the folder
     with folder_lock(out_dir, "train") if writer else contextlib.nullcontext():
         return _train(plan_or_arch, out_dir, cfg, resume=resume, extend_to=extend_to, progress=progress, log=log,
-                      force=force, arch_kwargs=arch_kwargs)
+                      force=force, arch_kwargs=arch_kwargs, asked=asked)
 
 
 def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
@@ -398,7 +404,7 @@ def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
 
 def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
            extend_to: int | None, progress: Any | None, log: Any | None, force: bool = False,
-           arch_kwargs: dict[str, Any] | None = None) -> TrainResult:
+           arch_kwargs: dict[str, Any] | None = None, asked: Collection[str] | None = None) -> TrainResult:
     device, dist_info = runtime.local_device(cfg.device)
     main = dist_info.is_main
     say = (log or (lambda _m: None)) if main else (lambda _m: None)
@@ -417,7 +423,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         how = ("device", "workers", "accum_steps", "sync_bn")  # how to run it may change on resume; what to run may not
         defaults = TrainConfig()
         for key, value in asdict(cfg).items():
-            if key in saved and key not in how and saved[key] != value and value != getattr(defaults, key) \
+            chosen = key in asked if asked is not None else value != getattr(defaults, key)
+            if key in saved and key not in how and saved[key] != value and chosen \
                     and not (key == "epochs" and extend_to is not None):
                 say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {value!r})")
         cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg) and k not in how}})

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
+from slimkit.plan import save_plan
 from slimkit.prune import prune
 from slimkit.artifacts import CheckpointError, load_checkpoint, model_from_checkpoint
 from slimkit.train import TrainConfig, scratch_b_cap, scratch_b_epochs, train
@@ -121,6 +122,19 @@ def test_resume_refuses_another_model_and_names_ignored_options(plan, tmp_path):
     res = train(plan, run, cfg(epochs=2, max_steps_per_epoch=1, lr=0.5), resume=True, log=said.append)
     assert any("using the checkpoint's lr=None (asked 0.5)" in m for m in said)
     assert any("using the checkpoint's epochs=1 (asked 2)" in m for m in said) and res.epochs == 1
+
+
+def test_resume_names_a_typed_option_even_when_it_equals_the_default(plan, tmp_path):
+    run = tmp_path / "run"
+    train(plan, run, cfg(epochs=1, max_steps_per_epoch=1, seed=1))
+    said = []
+    train(plan, run, cfg(epochs=1, max_steps_per_epoch=1, seed=0), resume=True, log=said.append, asked={"seed"})
+    assert any("using the checkpoint's seed=1 (asked 0)" in m for m in said), said
+    # the CLI passes what was typed: `--seed 0` is the default, and was still asked for
+    save_plan(plan, tmp_path / "plan.json")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "plan.json"), "--out", str(run), "--resume", "--seed", "0", "--data",
+                                 "synthetic", "--epochs", "1", "--max-steps-per-epoch", "1"])
+    assert r.exit_code == 0 and "using the checkpoint's seed=1 (asked 0)" in r.output, r.output
 
 
 def test_plan_for_other_class_count_is_rejected(tmp_path):

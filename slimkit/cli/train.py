@@ -20,12 +20,22 @@ from slimkit.train import train as run_train
 D = TrainConfig()  # every default lives in TrainConfig; the options below show it
 
 
+def typed_options(ctx: typer.Context, cfg: TrainConfig) -> set[str]:
+    """The TrainConfig fields whose options were typed (or set from the environment), defaults included:
+    a resumed run names those it overrides with the checkpoint's."""
+    typed = {name for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    typed |= {"no_decay_bn_bias"} if "decay_bn_bias" in typed else set()
+    return typed & set(vars(cfg))
+
+
 @user_errors
 @checked_numbers(epochs=limits.COUNT, batch_size=limits.COUNT, lr=limits.LR, weight_decay=limits.WEIGHT_DECAY,
                  label_smoothing=limits.LABEL_SMOOTHING, warmup_epochs=limits.WARMUP_EPOCHS, seed=limits.SEED,
                  workers=limits.Range(0, 256, integer=True), max_steps_per_epoch=limits.COUNT,
                  accum_steps=limits.Range(1, 65_536, integer=True))
 def train(
+    ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name (or python: factory) for the unpruned baseline.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
     data: Annotated[Optional[str], typer.Option(help="fashion-mnist (the default for classifiers), cifar10, cifar100, imagefolder:PATH, synthetic; shapes (drawn masks and boxes: the default for segmentation and detection models); coco:PATH (a COCO-format folder) for detectors; voc:PATH (a PASCAL VOC-format folder: masks for segmentation models, boxes for detectors).")] = D.data,
@@ -68,7 +78,7 @@ def train(
     try:
         with progress or contextlib.nullcontext():
             result = run_train(source, out, cfg, resume=resume, extend_to=epochs if resume else None,
-                               progress=progress, arch_kwargs=kwargs,
+                               progress=progress, arch_kwargs=kwargs, asked=typed_options(ctx, cfg),
                                log=say_plain(progress) if progress else None, force=force)
     finally:
         cleanup_distributed()
