@@ -69,7 +69,7 @@ from slimkit.prune import GateOptions, LatencyOptions, prune
 from slimkit.rounding import documented_multiple
 from slimkit.recipe import RUN_FULL, Recipe, dump_recipe, num_classes_of, parse_recipe, read_yaml
 from slimkit.train import FINETUNE, TrainConfig, headline_metric, run_outputs, train
-from slimkit.validate import check_type, show
+from slimkit.validate import check_callable, check_type, show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "StageRecord", "train_state", "RECIPE_HEADER", "stage_list", "budget_reach", "check_folder",
            "missing_data", "summary_markdown", "summary_columns", "SUMMARY_FORMAT", "SUMMARY_COLUMNS",
@@ -895,6 +895,10 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     check_type("run_recipe", "out", out, (str, os.PathLike, type(None)), "a folder path or None")
     check_type("run_recipe", "hooks", hooks, (RunHooks, type(None)), "a slimkit.pipeline.RunHooks or None")
     hooks = hooks or RunHooks()
+    for name, args in (("stage", 2), ("log", 1), ("warn", 1), ("progress", 0), ("status", 1), ("report", 1),
+                       ("summary", 1)):
+        check_callable("run_recipe", f"hooks.{name}", getattr(hooks, name), args,
+                       f"a function of {args} argument{'s' if args != 1 else ''} (see RunHooks)")
     lay = Layout(Path(out) if out is not None else Path("runs") / recipe.name)
     if lay.root.exists() and not lay.root.is_dir():
         raise SlimkitError(f"--out {lay.root} is a file: give a folder for the run")

@@ -61,7 +61,7 @@ from slimkit.task_losses import (LossFn, check_classification_batch, class_score
                                  evaluate_segmentation, segmentation_loss, to_device)
 from slimkit.search_space import SEARCH_SPACES, residual_stream_groups
 from slimkit.structures import get_structure, structure_widths
-from slimkit.validate import check_input_size, check_number, check_type, show
+from slimkit.validate import check_callable, check_input_size, check_number, check_type, show
 
 __all__ = ["prune", "GateOptions", "LatencyOptions", "uniform_reference", "METHODS", "DEFAULT_METHOD",
            "DEFAULT_ROUND_TO", "default_method"]
@@ -485,8 +485,7 @@ def _check_arguments(arch: Any, budget: Any, method: Any, input_size: Any, verif
             check_type("prune", f"{prefix}.{field}", getattr(options, field), allowed,
                        "True or False" if allowed == (bool,) else "a string" + (" or None" if type(None) in allowed
                                                                                  else ""))
-    if log is not None and not callable(log):
-        raise TypeError(f"prune: 'log' must be a function taking one string (e.g. print), got {show(log)}")
+    check_callable("prune", "log", log, 1, "a function taking one string (e.g. print)")
     if progress is not None and not all(hasattr(progress, m) for m in ("add_task", "update", "remove_task")):
         raise TypeError("prune: 'progress' must be a rich.progress.Progress (or an object with add_task, update "
                         f"and remove_task), got {show(progress)}")
@@ -510,8 +509,7 @@ def _user_task(loss_fn: Any, data: Any, val_data: Any, method: str, opts: GateOp
         return None
     if data is None:
         raise SlimkitError("loss_fn and val_data need the data to learn gates on: pass data=loader")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"prune: 'loss_fn' must be a function loss_fn(model, batch) -> scalar tensor, got {show(loss_fn)}")
+    check_callable("prune", "loss_fn", loss_fn, 2, "a function loss_fn(model, batch) -> scalar tensor")
     if method != "scratch":
         raise SlimkitError(f"loss_fn and data are for learning gates: use method='scratch', not '{method}'")
     if opts.data is not None or opts.data_dir is not None:

@@ -63,7 +63,7 @@ from slimkit.plots import plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.task_losses import (IGNORE_INDEX, class_scores, detection_loss, evaluate_detection, evaluate_segmentation,
                                  segmentation_output_loss, to_device)
-from slimkit.validate import check_number, check_type, show
+from slimkit.validate import check_callable, check_number, check_type
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
@@ -374,8 +374,7 @@ def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Trai
     check_type("train", "arch_kwargs", arch_kwargs, (dict, type(None)), "a dict of factory arguments, or None")
     check_type("train", "asked", asked, (list, tuple, set, frozenset, type(None)), "a collection of TrainConfig "
                "field names, or None")
-    if log is not None and not callable(log):
-        raise TypeError(f"train: 'log' must be a function taking one string (e.g. print), got {show(log)}")
+    check_callable("train", "log", log, 1, "a function taking one string (e.g. print)")
     check_config(cfg)
     if not str(out_dir).strip():
         raise SlimkitError("the run folder (--out) is empty: give a folder name")

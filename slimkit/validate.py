@@ -12,6 +12,7 @@ to a structure whose full ``repr`` runs to gigabytes.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -115,6 +116,27 @@ def check_type(function: str, name: str, value: Any, kinds: type | tuple[type, .
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise TypeError(f"{function}: '{name}' must be {expected}, got {show(value)} ({type(value).__name__})")
+    return value
+
+
+def check_callable(function: str, name: str, value: Any, args: int, expected: str) -> Any:
+    """``value`` if it can be called with ``args`` positional arguments (None passes); else a TypeError
+    naming the public function and its argument, before any work, instead of the bare
+    "<lambda>() takes 0 positional arguments" from deep inside it. Builtins whose signature Python cannot
+    read are taken on trust."""
+    if value is None:
+        return None
+    if not callable(value):
+        raise TypeError(f"{function}: '{name}' must be {expected}, got {show(value)} ({type(value).__name__})")
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):
+        return value
+    try:
+        signature.bind(*([None] * args))
+    except TypeError:
+        raise TypeError(f"{function}: '{name}' must be {expected}; {show(value)} cannot be called with "
+                        f"{args} argument{'s' if args != 1 else ''} {signature}") from None
     return value
 
 

@@ -38,6 +38,14 @@ WRONG_CALLS = [
     (lambda p: slimkit.prune("resnet20", "50%", gates={"steps": 3}), TypeError, ["'gates'", "GateOptions"]),
     (lambda p: slimkit.prune("resnet20", "50%", latency="ort-cpu"), TypeError, ["'latency'"]),
     (lambda p: slimkit.prune("resnet20", "50%", method="uniform", log=1), TypeError, ["'log'"]),
+    # callables of the wrong shape: the caller's lambda failed deep inside, after the work began
+    (lambda p: slimkit.prune("resnet20", "50%", method="uniform", log=lambda: None), TypeError,
+     ["prune: 'log' must be a function taking one string", "cannot be called with 1 argument ()"]),
+    (lambda p: slimkit.prune("resnet20", "50%", data=[], loss_fn=lambda model: 0.0), TypeError,
+     ["prune: 'loss_fn'", "cannot be called with 2 arguments (model)"]),
+    (lambda p: slimkit.run_recipe(slimkit.load_recipe(RECIPE), "/nonexistent/run",
+                                  hooks=slimkit.pipeline.RunHooks(log=lambda: None)), TypeError,
+     ["run_recipe: 'hooks.log'"]),
     (lambda p: slimkit.prune("resnet20", "50%", method="uniform", progress=print), TypeError, ["'progress'"]),
     (lambda p: slimkit.prune("resnet20", "50%", method="uniform", verify="yes"), TypeError, ["'verify'"]),
     (lambda p: slimkit.prune("resnet20", "50%", method="uniform", round_to="eight"), SlimkitError, ["round-to"]),
@@ -83,6 +91,8 @@ WRONG_CALLS = [
     (lambda p: train(3, "/nonexistent/run", TrainConfig()), TypeError, ["train: 'plan_or_arch'", "ChannelPlan"]),
     (lambda p: train(p, "/nonexistent/run", TrainConfig(), resume="yes"), TypeError, ["train: 'resume'"]),
     (lambda p: train(p, "/nonexistent/run", TrainConfig(), log=1), TypeError, ["train: 'log'"]),
+    (lambda p: train(p, "/nonexistent/run", TrainConfig(), log=lambda a, b: None), TypeError,
+     ["train: 'log'", "cannot be called with 1 argument (a, b)"]),
     (lambda p: load_checkpoint(None), TypeError, ["checkpoint must be given as a file path", "None"]),
     (lambda p: model_from_checkpoint(3), TypeError, ["checkpoint must be given as a file path"]),
 ]
