@@ -269,6 +269,34 @@ def test_a_model_that_fails_in_its_own_code_is_one_line_naming_the_module(monkey
     assert "module 'body.1' (_Attention)" in " ".join(result.output.split())
 
 
+class _BlockCheck(nn.Module):
+    """HaloAttn's pattern: a size check with no message. (A bare ``assert`` here would get a message
+    from pytest's assertion rewriting; outside tests it takes the same path.)"""
+
+    def forward(self, x):
+        torch._assert(x.shape[-1] % 7 == 0, "")
+        return x
+
+
+def test_a_check_without_a_message_is_shown_as_the_statement_that_failed(monkeypatch):
+    """timm's HaloAttn and BAT said only 'AssertionError:' at a size they cannot take."""
+    class Checked(nn.Module):
+        def __init__(self, num_classes: int = 4):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 1), _BlockCheck())
+            self.head = nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            return self.head(self.body(x).mean((2, 3)))
+
+    monkeypatch.setitem(BUILTIN_MODELS, "checked_probe", Checked)
+    result = CliRunner().invoke(app, ["info", "slimkit:checked_probe", "--input-size", "16"])
+    line = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "(_BlockCheck): AssertionError: torch._assert(x.shape[-1] % 7 == 0, \"\") failed" in line, line
+    assert "a larger --input-size" in line, line
+
+
 def test_torch_logged_tracebacks_do_not_reach_the_terminal(monkeypatch, capfd):
     """A failed trace logs whole tracebacks through torch's loggers (fake-tensor `E...` lines) before it
     raises: the user sees slimkit's one line only."""

@@ -19,6 +19,7 @@ import json
 import linecache
 import logging
 import operator
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -85,11 +86,26 @@ def failing_module(exc: BaseException, model: nn.Module) -> str | None:
     return found
 
 
+def exception_text(exc: BaseException) -> str:
+    """``exc``'s first line, or for a bare assert in a model's code (timm's HaloAttn and BAT: no message
+    at all) the statement that failed, read from its source: ``_assert(H % self.block_size == 0, '')``."""
+    text = str(exc).splitlines()[0].strip() if str(exc).strip() else ""
+    if text or not isinstance(exc, AssertionError):
+        return text
+    torch_dir = os.path.dirname(torch.__file__)
+    line, tb = "", exc.__traceback__
+    while tb is not None:  # the innermost frame outside torch: torch._assert raises from torch's own code
+        if not tb.tb_frame.f_code.co_filename.startswith(torch_dir):
+            line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+        tb = tb.tb_next
+    return f"{line} failed" if "assert" in line else ""
+
+
 def model_error(doing: str, exc: BaseException, model: nn.Module) -> GraphError:
     """One line for an unexpected failure inside a model's own code: what slimkit was doing, the
     module and class it failed in, and torch's first line of text."""
     where = failing_module(exc, model)
-    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    text = " ".join(exception_text(exc).split())[:200] or type(exc).__name__
     if where is not None:
         module = model.get_submodule(where) if where else model
         at = f" in module '{where or 'model'}' ({type(module).__name__})"
@@ -109,7 +125,7 @@ def export_program(model: nn.Module, input_size: tuple[int, ...]) -> torch.expor
             warnings.simplefilter("ignore")
             return torch.export.export(model, (example,), strict=False)
     except Exception as exc:  # noqa: BLE001 - report any capture failure as one error
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = exception_text(exc)
         size_problem = input_size_problem(first)
         where = failing_module(exc, model)
         at = f" at module '{where}' ({type(model.get_submodule(where)).__name__})" if where else ""
@@ -120,6 +136,9 @@ def export_program(model: nn.Module, input_size: tuple[int, ...]) -> torch.expor
         if "data-dependent" in first:
             hint = ("; the forward pass branches on tensor values, which torch.export cannot trace: decide "
                     "such branches from Python settings instead")
+        if isinstance(exc, AssertionError) and not str(exc).strip():  # a bare assert: exception_text read it
+            hint = ("; a check in the model's own code, often on the size of a feature map: a larger "
+                    "--input-size (or the model's own: leave --input-size out) may pass it")
         if "channels" in first and "expected input" in first:
             hint = (f"; the input has {input_size[0]} channel(s): --input-size sets them only with the size "
                     "(3,224,224), --in-chans changes the model's")
