@@ -22,9 +22,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from slimkit.errors import SlimkitError
 from slimkit.validate import check_input_size, check_type
 
-__all__ = ["count_flops", "count_params", "count_flops_per_layer", "format_count"]
+__all__ = ["count_flops", "model_macs", "count_params", "count_flops_per_layer", "format_count"]
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -63,7 +64,19 @@ def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode
 def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     """MACs of one forward pass at ``input_size`` = (C, H, W), batch 1."""
     check_type("count_flops", "model", model, nn.Module, "a torch.nn.Module")
-    return _run_counted(model, check_input_size("count_flops", input_size)).get_total_flops() // 2
+    size = check_input_size("count_flops", input_size)
+    try:
+        return model_macs(model, size)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:  # the model rejects the input
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise SlimkitError(f"count_flops: {type(model).__name__} cannot run on a batch of shape "
+                           f"{[1, *size]}: {type(exc).__name__}: {first}") from exc
+
+
+def model_macs(model: nn.Module, input_size: Sequence[int]) -> int:
+    """:func:`count_flops` unchecked, for slimkit's own callers: a model's failure propagates as raised,
+    its traceback intact (which module failed is read from it)."""
+    return _run_counted(model, input_size).get_total_flops() // 2
 
 
 def count_flops_per_layer(model: nn.Module, input_size: Sequence[int]) -> dict[str, int]:

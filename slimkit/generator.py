@@ -45,7 +45,7 @@ from slimkit.attention import rewrite_attention_modules
 from slimkit.checkpoint import full_model_weights, weights_fingerprint
 from slimkit.errors import PlanError
 from slimkit.files import same_path
-from slimkit.flops import count_flops
+from slimkit.flops import model_macs
 from slimkit.graph import ChannelGraph, GraphError, analyze, failing_module, model_error
 from slimkit.plan import CRITERIA, ChannelPlan, load_plan
 from slimkit.runtime import available_memory_bytes
@@ -249,7 +249,7 @@ def _run_thinned(arch: str, arch_kwargs: dict[str, Any], graph: ChannelGraph, wi
         thin = build_model(arch, arch_kwargs)
         resize_model(thin, graph, widths)
     try:
-        count_flops(registry.traced_part(thin), input_size)
+        model_macs(registry.traced_part(thin), input_size)
     except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means
         raise _ThinnedFailure(exc, thin) from exc
     return thin
@@ -287,7 +287,7 @@ def _analyze(model: nn.Module, input_size: tuple[int, ...], arch: str = "the mod
         graph.frozen = {name: TASK_OUTPUT if why == "network output" else why for name, why in graph.frozen.items()}
     # MACs outside conv/linear weights and tracked attention (frozen matmuls) stay constant.
     try:
-        graph.other_macs = count_flops(traced, input_size) - graph.count_flops()
+        graph.other_macs = model_macs(traced, input_size) - graph.count_flops()
     except Exception as exc:  # noqa: BLE001 - a model's own code failing is reported as one line
         raise model_error(f"counting the MACs of {arch} at input {list(input_size)}", exc, traced) from exc
     return graph

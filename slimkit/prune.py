@@ -44,7 +44,7 @@ from slimkit.budget import (SELECTIONS, Budget, SearchResult, check_budget, max_
 from slimkit.data import DEFAULT_DATASET, load_data
 from slimkit.errors import BudgetError, PlanError, SlimkitError
 from slimkit.exporters.int8 import int8_unsupported
-from slimkit.flops import count_flops, count_params
+from slimkit.flops import count_params, model_macs
 from slimkit.attention import input_size_kwargs
 from slimkit.gates import attach_gates
 from slimkit.generator import (build_model, channel_graph, choose_channels, generate, load_full_weights, resize_model,
@@ -395,7 +395,7 @@ def _verify(plan: ChannelPlan) -> None:
     """The contract: G(plan) counts exactly the plan's FLOPs and parameters."""
     thin = generate(plan)
     try:
-        flops, params = count_flops(registry.traced_part(thin), tuple(plan.input_size)), count_params(thin)
+        flops, params = model_macs(registry.traced_part(thin), tuple(plan.input_size)), count_params(thin)
     except Exception as exc:  # noqa: BLE001 - the model's own code fails at these widths (the probe's passed)
         raise thinned_failure(plan.arch, exc, thin) from exc
     if (flops, params) != (plan.flops, plan.params):

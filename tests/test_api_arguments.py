@@ -91,6 +91,8 @@ WRONG_CALLS = [
     (lambda p: train(3, "/nonexistent/run", TrainConfig()), TypeError, ["train: 'plan_or_arch'", "ChannelPlan"]),
     (lambda p: train(p, "/nonexistent/run", TrainConfig(), resume="yes"), TypeError, ["train: 'resume'"]),
     (lambda p: train(p, "/nonexistent/run", TrainConfig(), log=1), TypeError, ["train: 'log'"]),
+    (lambda p: slimkit.count_flops(slimkit.create_model("resnet20"), (1, 32, 32)), SlimkitError,
+     ["count_flops: CifarResNet cannot run on a batch of shape [1, 1, 32, 32]", "to have 3 channels"]),
     (lambda p: train(p, "/nonexistent/run", TrainConfig(), log=lambda a, b: None), TypeError,
      ["train: 'log'", "cannot be called with 1 argument (a, b)"]),
     (lambda p: load_checkpoint(None), TypeError, ["checkpoint must be given as a file path", "None"]),
