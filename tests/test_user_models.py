@@ -255,6 +255,7 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
     ("nets.py:build_named", (), ["Named.forward returns no tensor", "'logits'"]),  # a constant passed as an output
     ("nets.py:WIDTH", (), ["nets.py:WIDTH is an int, not a function"]),
     ("nets.py:build_varying", (), ["builds a different model on each call", "make the factory deterministic"]),
+    ("nets.py:", (), ["'nets.py:' names no factory after the colon", "nets.py:build_net"]),  # was "unknown source"
 ])
 def test_bad_user_code_is_one_line(nets, arch, extra, needles):
     assert_one_line_error(run("info", arch, "--input-size", "16", *extra), *needles)

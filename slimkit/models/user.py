@@ -43,6 +43,7 @@ OBJECT_PREFIX = "object:"
 _IDENT = r"[A-Za-z_]\w*"
 _ATTR = re.compile(rf"{_IDENT}(\.{_IDENT})*")
 _MODULE = re.compile(rf"{_IDENT}(\.{_IDENT})*")
+_FILE_NO_FACTORY = re.compile(r"^[^:]+\.py:$")  # 'nets.py:': the factory's name forgotten
 _FILE_FORM = re.compile(rf"^(?P<path>[^:]+\.py):(?P<attr>{_IDENT}(\.{_IDENT})*)$")
 
 
@@ -65,7 +66,7 @@ class FactoryRef:
 
 def is_factory_reference(text: str) -> bool:
     """``python:...`` or ``something.py:name``: text that names user code, not a library model."""
-    return text.startswith("python:") or bool(_FILE_FORM.match(text))
+    return text.startswith("python:") or bool(_FILE_FORM.match(text)) or bool(_FILE_NO_FACTORY.match(text))
 
 
 def parse_factory(text: str) -> FactoryRef:
@@ -74,6 +75,9 @@ def parse_factory(text: str) -> FactoryRef:
     usage = (f"cannot read the model factory '{text[:80]}': use python:package.module:build_net or "
              "path/to/nets.py:build_net")
     where, sep, attr = body.rpartition(":")
+    if sep and where and not attr:
+        raise RegistryError(f"'{text[:80]}' names no factory after the colon: write {text[:80]}build_net, the "
+                            f"function in {where[:80]} that returns the model")
     if not sep or not where or not _ATTR.fullmatch(attr):
         raise RegistryError(usage)
     if where.endswith(".py") or "/" in where or os.sep in where:
