@@ -21,13 +21,16 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _fixed_simd_block(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _fixed_simd_block():
     """The documented multiple depends on the CPU (16 on AVX-512, 8 on AVX2): pin 8 so widths asserted
-    in tests are the same on every machine."""
+    in tests are the same on every machine. Session-scoped, so module-scoped fixtures that prune see
+    it too (a function-scoped pin came after them: test_latency's pair failed on an AVX-512 CPU)."""
     import slimkit.rounding as rounding
 
-    monkeypatch.setattr(rounding, "_simd_block", lambda: (8, "pinned to 8 for tests"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rounding, "_simd_block", lambda: (8, "pinned to 8 for tests"))
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
