@@ -116,14 +116,24 @@ def forward_bytes(graph: ChannelGraph, batch: int = 1) -> int:
     return _LIVE_ACTIVATIONS * 4 * largest * batch
 
 
+MEMORY_SHARE = 0.8  # of the memory free: the rest of the process, the system and the estimates' error
+
+
+def memory_refusal(need: int, free: int) -> str:
+    """"more than the N GiB slimkit uses here (80% of the M GiB free)": the figure compared, and where it
+    comes from (saying only "the M GiB free" read as "needs 13.7, more than 15.9")."""
+    return (f"more than the {MEMORY_SHARE * free / 2**30:.1f} GiB slimkit uses here ({MEMORY_SHARE:.0%} of the "
+            f"{free / 2**30:.1f} GiB free)")
+
+
 def check_memory(arch: str, graph: ChannelGraph) -> None:
     """Refuse, in one line, an input size whose forward pass cannot fit in this machine's free memory
     (``--input-size 8192``): the alternative is an out-of-memory traceback, or the kernel killing us."""
     need, free = forward_bytes(graph), available_memory_bytes()
-    if free is not None and need > 0.8 * free:  # the rest of the process and the OS need some too
+    if free is not None and need > MEMORY_SHARE * free:
         c, h, w = graph.input_size
-        raise PlanError(f"{arch} at input {h}x{w} needs about {need / 2**30:.1f} GiB for one forward pass, more than "
-                        f"the {free / 2**30:.1f} GiB free here: use a smaller --input-size")
+        raise PlanError(f"{arch} at input {h}x{w} needs about {need / 2**30:.1f} GiB for one forward pass, "
+                        f"{memory_refusal(need, free)}: use a smaller --input-size")
 
 
 # Tracing and checking a model holds its weights about twice: the model, and the thinned copy that
@@ -174,10 +184,10 @@ def check_weights_memory(arch: str, arch_kwargs: dict[str, Any] | None = None) -
     billion-parameter models on a small machine): the alternative is the kernel killing us."""
     free = available_memory_bytes()
     weights = weights_bytes(arch, arch_kwargs) if free is not None else None
-    if weights is not None and _WEIGHT_COPIES * weights > 0.8 * free:
+    if weights is not None and _WEIGHT_COPIES * weights > MEMORY_SHARE * free:
         raise PlanError(f"{arch}'s weights take {weights / 2**30:.1f} GiB: tracing and checking it needs about "
-                        f"{_WEIGHT_COPIES * weights / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free "
-                        "here: use a machine with more memory"
+                        f"{_WEIGHT_COPIES * weights / 2**30:.1f} GiB, {memory_refusal(_WEIGHT_COPIES * weights, free)}: "
+                        "use a machine with more memory, or free some"
                         + (", or build it smaller (--arch-kwargs)" if registry.resolve(arch).user_code else ""))
 
 

@@ -347,3 +347,14 @@ def test_a_single_layer_too_large_to_allocate_is_counted_not_built(tmp_path, mon
     text = " ".join(result.output.split())
     assert "weights take 335.3 GiB" in text and "--arch-kwargs" in text, text
 
+
+
+def test_a_memory_refusal_names_the_share_it_compared_against(monkeypatch):
+    """'needs about 13.7 GiB, more than the 15.9 GiB free here' read as nonsense: slimkit compares
+    against 80% of what is free, and the line now says so."""
+    monkeypatch.setattr(generator, "available_memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr(generator, "weights_bytes", lambda arch, kwargs=None: int(6.9 * 2**30))
+    with pytest.raises(slimkit.PlanError) as info:
+        generator.check_weights_memory("timm:vit_gigantic_patch14_224")
+    assert "needs about 13.8 GiB, more than the 12.8 GiB slimkit uses here (80% of the 16.0 GiB free)" in \
+        str(info.value), str(info.value)
