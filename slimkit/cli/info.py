@@ -56,6 +56,7 @@ def info(
     fixed_size = input_size_kwargs(model, size)  # transformers built for one image size
     if fixed_size:
         kwargs.update(fixed_size)
+        del model  # before the rebuild: two at once is twice the weights (a 7-GB ViT-gigantic was refused)
         model = build_model(spec.canonical, kwargs)
     graph = channel_graph(spec.canonical, kwargs, size, model=model)
     macs, params = graph.count_flops(), count_params(model)
