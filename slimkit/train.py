@@ -51,7 +51,7 @@ from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
 from slimkit.checkpoint import missing_checkpoint
-from slimkit.data import DEFAULT_DATASET, load_data, make_loader
+from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with,
@@ -67,7 +67,7 @@ from slimkit.validate import check_callable, check_number, check_type
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
-           "check_task_data"]
+           "check_task_data", "check_task_options"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
 # Scratch-B's stretch past which a plan is more likely wrong than meant (a plan at 5% of the full
@@ -298,6 +298,25 @@ def check_task_data(task: str, data: str, option: str = "--data") -> None:
                            "classifier on fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
 
 
+def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | None, augmentable: bool = True,
+                       option: str = "--label-smoothing") -> None:
+    """Options the model's task or data does not use are refused when the caller set them (``asked``, or
+    for None a value other than TrainConfig's default), instead of being accepted and ignored: label
+    smoothing (a segmentation or detection model trains on its task's own loss) and augmentation
+    (``augmentable`` False: the data is not augmented, as boxes and the shapes data are not; see
+    :func:`slimkit.data.takes_augment`). ``option`` names label smoothing as the caller set it."""
+    defaults = TrainConfig()
+    chosen = (lambda key: key in asked) if asked is not None else (
+        lambda key: getattr(cfg, key) != getattr(defaults, key))
+    if task != "classification" and cfg.label_smoothing and chosen("label_smoothing"):
+        raise SlimkitError(f"{option} {cfg.label_smoothing:g} applies to classifiers: a {task} model trains "
+                           f"on its task's own loss, which is not smoothed; drop the option")
+    if cfg.augment and not augmentable and chosen("augment"):
+        why = "every shapes image is drawn new" if cfg.data == "shapes" else "its boxes would have to follow a crop"
+        raise SlimkitError(f"--augment: {cfg.data} is not augmented when a {task} model trains on it ({why}); "
+                           "drop the option")
+
+
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
     """--resume continues the checkpoint's model: a different plan or architecture is an error, not
     something to ignore silently."""
@@ -466,6 +485,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         cfg = replace(cfg, data=TASK_DATA[task][0] if task in TASK_DATA else DEFAULT_DATASET)
     check_task_data(task, cfg.data)
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed, detection=detection)
+    check_task_options(task, cfg, asked, augmentable=takes_augment(data.train))
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     if plan.num_classes not in (None, data.num_classes):

@@ -101,6 +101,27 @@ def test_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_train_options_a_segmentation_or_detection_model_does_not_use_are_refused(tmp_path):
+    """--label-smoothing (only a classifier's loss is smoothed) and --augment (shapes images and boxes are never
+    augmented) were accepted for a segmentation model, ignored, and recorded in config.json as if applied."""
+    plan = tmp_path / "seg.json"
+    slimkit.save_plan(slimkit.full_plan("lraspp_mobilenet_v3_large", num_classes=4, input_size=(3, 32, 32)), plan)
+    fast = ("--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "2", "--workers", "0")
+    one_line_error(run("train", plan, *fast, "--label-smoothing", "0.2", "--out", tmp_path / "a"),
+                   "--label-smoothing 0.2 applies to classifiers: a segmentation model trains on its task's own loss")
+    one_line_error(run("train", plan, *fast, "--augment", "--out", tmp_path / "b"),
+                   "--augment: shapes is not augmented when a segmentation model trains on it")
+    from slimkit.train import TrainConfig, train
+    with pytest.raises(SlimkitError, match="--label-smoothing 0.3 applies to classifiers"):
+        train(plan, tmp_path / "c", TrainConfig(label_smoothing=0.3, epochs=1, workers=0))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: seg\narch: lraspp_mobilenet_v3_large\ndata:\n  name: shapes\nprune:\n  flops: 50%\n"
+                      "train:\n  label_smoothing: 0.2\n")
+    with pytest.raises(RecipeError, match="train.label_smoothing 0.2 applies to classifiers"):
+        load_recipe(recipe)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml", "seg.json"]
+
+
 def _image_folder(root: Path, classes: list[str]) -> Path:
     for split in ("train", "val"):
         for c in classes:
