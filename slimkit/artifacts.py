@@ -31,6 +31,7 @@ from slimkit.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpo
                                 write_checkpoint)
 from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
+from slimkit.models.tasks import is_detector, set_detector_input_size
 from slimkit.plan import ChannelPlan
 from slimkit.validate import show
 
@@ -174,7 +175,8 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     """A checkpoint, a plan or an architecture name -> the model in eval mode, with its plan.
 
     Untrained models (plans, names) get BN statistics calibrated on random inputs (see
-    :func:`calibrate_bn`) unless ``calibrate=False``.
+    :func:`calibrate_bn`) unless ``calibrate=False``. A detector's own transform resizes every image to
+    the plan's input size, as `slimkit train` trains and scores it (not the size it was built for).
     """
     kind = classify(source)
     if kind == "checkpoint":
@@ -182,7 +184,7 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
         plan = verified_plan(ckpt["plan"], f"the plan in {source}")
         _check_fixed_by_plan(plan, source, "checkpoint", num_classes, input_size)
         check_kwargs_fixed_by_plan(plan, source, "checkpoint", arch_kwargs)
-        model = load_weights(generate(plan), ckpt["model"], source)
+        model = _as_trained(load_weights(generate(plan), ckpt["model"], source), plan)
         return LoadedModel(model.eval(), plan, True, f"checkpoint {source} (trained weights)",
                            train_config=ckpt["config"])
     if kind == "onnx":
@@ -196,10 +198,19 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     else:
         plan = full_plan(source, num_classes=num_classes, input_size=input_size, arch_kwargs=arch_kwargs)
         what = f"{plan.arch} full model (fresh weights)"
-    model = generate(plan)
+    model = _as_trained(generate(plan), plan)
     if calibrate:
         calibrate_bn(model, tuple(plan.input_size), seed=plan.seed)
     return LoadedModel(model.eval(), plan, False, what)
+
+
+def _as_trained(model: nn.Module, plan: ChannelPlan) -> nn.Module:
+    """A detector resizes every image to the plan's input size, the size `slimkit train` trains and scores it
+    at (and its MACs are counted at): a whole detector exported from a 128 px plan runs at 128 px, not at the
+    320 px its builder chose."""
+    if is_detector(model):
+        set_detector_input_size(model, (plan.input_size[1], plan.input_size[2]))
+    return model
 
 
 def _check_fixed_by_plan(plan: ChannelPlan, source: str, kind: str, num_classes: int | None,

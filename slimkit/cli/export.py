@@ -27,7 +27,7 @@ from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs, 
 from slimkit.files import check_outputs
 from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
-from slimkit.models.tasks import WholeDetector, deployment_side, is_detector
+from slimkit.models.tasks import WholeDetector, is_detector
 
 
 @file_paths(out="model.onnx")
@@ -144,12 +144,7 @@ def _whole_detector(src: LoadedModel) -> WholeDetector:
     if not is_detector(src.model):
         raise SlimkitError(f"--postprocess exports a detector's box decoding and NMS, and {src.plan.arch} is not a "
                            "torchvision detector (SSD, RetinaNet, FCOS, R-CNN): drop --postprocess")
-    whole = WholeDetector(src.model)
-    side = deployment_side(src.model)
-    if tuple(src.input_size[1:]) != (side, side):
-        warn(f"the detector resizes every image to {side} px (its own transform), so this {src.input_size[1]}x"
-             f"{src.input_size[2]} export runs at {side} inside; export at --input-size {side} to time what deploys")
-    return whole
+    return WholeDetector(src.model)  # resizing to the plan's input size, as trained (load_model)
 
 
 def _detection_rows(d: dict) -> list[tuple[str, str]]:
