@@ -33,7 +33,8 @@ from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
 from slimkit.models.tasks import is_detector, set_detector_input_size
 from slimkit.plan import ChannelPlan
-from slimkit.validate import show
+from slimkit import validate as limits
+from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["classify", "LoadedModel", "load_model", "plan_of", "default_export_path", "calibrate_bn",
            "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_weights", "write_checkpoint", "model_from_checkpoint",
@@ -170,7 +171,7 @@ class LoadedModel:
         return (c, h, w)
 
 
-def load_model(source: str, *, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
+def load_model(source: str | os.PathLike, *, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
                calibrate: bool = True, arch_kwargs: dict[str, Any] | None = None) -> LoadedModel:
     """A checkpoint, a plan or an architecture name -> the model in eval mode, with its plan.
 
@@ -178,6 +179,13 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     :func:`calibrate_bn`) unless ``calibrate=False``. A detector's own transform resizes every image to
     the plan's input size, as `slimkit train` trains and scores it (not the size it was built for).
     """
+    check_type("load_model", "source", source, (str, os.PathLike),
+               "a checkpoint or plan file path, or an architecture name like 'resnet20'")
+    source = os.fspath(source)
+    check_number("load_model: 'num_classes'", num_classes, limits.SMALL_COUNT)
+    input_size = check_input_size("load_model", input_size)
+    check_type("load_model", "calibrate", calibrate, bool, "True or False")
+    check_type("load_model", "arch_kwargs", arch_kwargs, (dict, type(None)), "a dict of factory arguments, or None")
     kind = classify(source)
     if kind == "checkpoint":
         ckpt = load_checkpoint(source)

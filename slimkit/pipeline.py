@@ -894,6 +894,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     check_type("run_recipe", "recipe", recipe, Recipe, "a Recipe: read a file with slimkit.load_recipe(path)")
     check_type("run_recipe", "out", out, (str, os.PathLike, type(None)), "a folder path or None")
     check_type("run_recipe", "hooks", hooks, (RunHooks, type(None)), "a slimkit.pipeline.RunHooks or None")
+    check_type("run_recipe", "source", source, str, "a string naming where the recipe came from (its file)")
+    check_type("run_recipe", "force", force, bool, "True or False")
     hooks = hooks or RunHooks()
     for name, args in (("stage", 2), ("log", 1), ("warn", 1), ("progress", 0), ("status", 1), ("report", 1),
                        ("summary", 1)):

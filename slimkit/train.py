@@ -95,6 +95,9 @@ def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float |
     """Scratch-B (Liu et al. 2019): the same total compute as training the full model for
     ``epochs`` — epochs × full / pruned FLOPs — but at most ``cap`` × epochs when a cap is given
     (their ImageNet rule; ``scratch_b_cap`` picks it from the data)."""
+    for name, value in (("epochs", epochs), ("full_flops", full_flops), ("plan_flops", plan_flops)):
+        check_type("scratch_b_epochs", name, value, int, "a whole number")
+    check_type("scratch_b_epochs", "cap", cap, (int, float, type(None)), "a number or None")
     if plan_flops <= 0 or full_flops <= 0:
         raise ValueError("FLOPs must be positive")
     factor = full_flops / plan_flops if cap is None else min(full_flops / plan_flops, cap)
@@ -346,6 +349,8 @@ def check_config(cfg: TrainConfig) -> None:
         check_type("train", f"cfg.{name}", getattr(cfg, name), (str, type(None)), "a string (a name or a path), or None")
     for name in ("schedule", "init", "device"):
         check_type("train", f"cfg.{name}", getattr(cfg, name), str, "a string")
+    for name in ("nesterov", "no_decay_bn_bias", "augment", "amp", "channels_last", "compile", "sync_bn"):
+        check_type("train", f"cfg.{name}", getattr(cfg, name), bool, "True or False")
     if cfg.schedule not in (*SCHEDULES, FINETUNE):
         raise SlimkitError(f"unknown --schedule '{cfg.schedule}': choose one of {', '.join((*SCHEDULES, FINETUNE))}")
     if cfg.init not in INITS:
