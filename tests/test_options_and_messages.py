@@ -202,6 +202,22 @@ def test_a_plan_passed_as_a_checkpoint_is_named_and_never_to_be_deleted(plan_fil
     assert "delete" not in flat and not (tmp_path / "p.json").exists()
 
 
+def test_a_file_given_as_a_baseline_is_named_and_never_to_be_recorded_over(plan_file, tmp_path):
+    """`bench --baseline PLAN` said "is not a slimkit latency baseline; record it again with
+    --update-baseline": advice to write a baseline over the user's plan (or report, or model)."""
+    report = tmp_path / "m.latency.json"
+    report.write_text(json.dumps({"format": "slimkit.latency/1", "models": []}))
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")
+    for baseline, what in ((plan_file, "is a slimkit plan (from `slimkit prune`), not a slimkit latency baseline"),
+                           (report, "is a latency report without a gate"), (onnx_file, "is an ONNX model"),
+                           (tmp_path, "is a folder, not a baseline file")):
+        before = baseline.read_bytes() if baseline.is_file() else None
+        flat = one_line_error(run("bench", plan_file, "--baseline", baseline, "--runs", "5"), what)
+        assert "record it again" not in flat
+        assert before is None or baseline.read_bytes() == before
+
+
 def test_an_input_too_small_is_said_in_words_with_the_module():
     flat = one_line_error(run("info", "torchvision:squeezenet1_0", "--input-size", "16"),
                           "input 16x16 px does not fit this model", "module 'features.11' (MaxPool2d)",
