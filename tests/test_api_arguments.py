@@ -102,6 +102,9 @@ WRONG_CALLS = [
     (lambda p: load_model("resnet20", calibrate="no"), TypeError, ["load_model: 'calibrate' must be True or False"]),
     (lambda p: load_model("resnet20", num_classes="4"), SlimkitError, ["load_model: 'num_classes'"]),
     (lambda p: load_model("resnet20", arch_kwargs=[1]), TypeError, ["load_model: 'arch_kwargs'"]),
+    # a model where its state dict goes: one line (a module's repr spans many), saying what to pass
+    (lambda p: slimkit.generate(p, weights=slimkit.create_model("resnet20")), TypeError,
+     ["generate: 'weights'", "model.state_dict()", "got CifarResNet( (co"]),
     (lambda p: scratch_b_epochs("160", 1000, 500), TypeError, ["scratch_b_epochs: 'epochs' must be a whole number"]),
 ]
 
@@ -113,6 +116,7 @@ def test_wrong_arguments_name_the_argument(case, full):
         call(full)
     for needle in needles:
         assert needle in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("width, words", [(0, "int >= 1"), (7.5, "int >= 1"), (10_000_000, "wider than its full")])
