@@ -101,6 +101,26 @@ def test_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_bench_and_export_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
+    """`bench M.onnx --input-size 64` / `--num-classes 5` / `--arch-kwargs` (shaping architecture names only),
+    `bench --device cuda` on onnxruntime (the torch backends' device), and `export --no-bench --threads 2 /
+    --runs 7` (the report's settings) were accepted and ignored, exit 0."""
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"\x08\x07")
+    lat = tmp_path / "lat"
+    for args, needle in ((["--input-size", "64"], "--input-size sets up models built from an architecture name"),
+                         (["--num-classes", "5", "--arch-kwargs", '{"num_classes": 5}'],
+                          "--num-classes, --arch-kwargs set up models built from an architecture name"),
+                         (["--arch", "resnet20", "--num-classes", "5"], "--num-classes sets up models built"),
+                         (["--device", "cuda"], "--device sets up the torch backends")):
+        one_line_error(run("bench", onnx_file, *args, "--runs", "5", "--out", lat), needle)
+    out = tmp_path / "e.onnx"
+    one_line_error(run("export", plan_file, "--no-bench", "--threads", "2", "--out", out),
+                   "--threads sets up the latency report: drop --no-bench, or drop it")
+    one_line_error(run("export", plan_file, "--no-bench", "--runs", "7", "--out", out), "--runs sets up the latency report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 def test_train_options_a_segmentation_or_detection_model_does_not_use_are_refused(tmp_path):
     """--label-smoothing (only a classifier's loss is smoothed) and --augment (shapes images and boxes are never
     augmented) were accepted for a segmentation model, ignored, and recorded in config.json as if applied."""

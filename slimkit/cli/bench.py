@@ -14,7 +14,7 @@ from rich.table import Table
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
 from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
-                                 parse_arch_kwargs, parse_input_size, user_errors)
+                                 parse_arch_kwargs, parse_input_size, refuse_idle, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
@@ -123,7 +123,17 @@ def bench(
     if reference is not None and baseline is None:  # ratios are to the first model: --reference would do nothing
         raise SlimkitError(f"--reference chooses the gate's reference when recording a --baseline; to time models "
                            f"against {reference}, list it first: slimkit bench {reference} MODEL ...")
-    device = resolve_bench_device(backend, device)
+    files_only = all(Path(m).suffix.lower() == ".onnx" for m in models)  # an ONNX file fixes its own shape
+    if files_only:
+        refuse_idle([("--num-classes", num_classes, None), ("--input-size", input_size, None)]
+                    + ([] if arch else [("--arch-kwargs", arch_kwargs, None)]),
+                    "models built from an architecture name (every model here is an ONNX file, whose shape is fixed)",
+                    "name an architecture to time")
+    asked_device, device = device, resolve_bench_device(backend, device)  # a device name checked first
+    if given["--backend"] is not None or baseline is None:  # a gate without --backend times on its baseline's
+        refuse_idle([("--device", asked_device if asked_device not in ("cpu", "auto") else "cpu", "cpu")]
+                    if not any(b.startswith("torch") for b in backend) else [],
+                    "the torch backends (onnxruntime's device is chosen by --backend: ort-cuda)", "add --backend torch")
     if mode is not None:
         check_mode(mode)
     size = parse_input_size(input_size)
