@@ -103,8 +103,9 @@ def test_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
 
 def test_bench_and_export_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
     """`bench M.onnx --input-size 64` / `--num-classes 5` / `--arch-kwargs` (shaping architecture names only),
-    `bench --device cuda` on onnxruntime (the torch backends' device), and `export --no-bench --threads 2 /
-    --runs 7` (the report's settings) were accepted and ignored, exit 0."""
+    `bench --device cuda` on onnxruntime (the torch backends' device), `bench --update-baseline --out R` /
+    `--max-regression` (the check's), and `export --no-bench --threads 2 / --runs 7` (the report's settings)
+    were accepted and ignored, exit 0."""
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"\x08\x07")
     lat = tmp_path / "lat"
@@ -114,6 +115,10 @@ def test_bench_and_export_options_that_would_do_nothing_are_refused(plan_file, t
                          (["--arch", "resnet20", "--num-classes", "5"], "--num-classes sets up models built"),
                          (["--device", "cuda"], "--device sets up the torch backends")):
         one_line_error(run("bench", onnx_file, *args, "--runs", "5", "--out", lat), needle)
+    # recording a baseline writes it alone: a report stem or an allowed regression would be ignored
+    for args, name in ((["--out", lat], "--out"), (["--max-regression", "5%"], "--max-regression")):
+        one_line_error(run("bench", onnx_file, "--baseline", tmp_path / "b.json", "--update-baseline", *args),
+                       f"{name} sets up the gate's check, not the recording", "drop --update-baseline")
     out = tmp_path / "e.onnx"
     one_line_error(run("export", plan_file, "--no-bench", "--threads", "2", "--out", out),
                    "--threads sets up the latency report: drop --no-bench, or drop it")
