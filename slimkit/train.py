@@ -305,7 +305,8 @@ def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | Non
                        option: str = "--label-smoothing") -> None:
     """Options the model's task or data does not use are refused when the caller set them (``asked``, or
     for None a value other than TrainConfig's default), instead of being accepted and ignored: label
-    smoothing (a segmentation or detection model trains on its task's own loss) and augmentation
+    smoothing (a segmentation or detection model trains on its task's own loss), a warm-up typed for
+    ``--schedule finetune`` (constant LR), and augmentation
     (``augmentable`` False: the data is not augmented, as boxes and the shapes data are not; see
     :func:`slimkit.data.takes_augment`). ``option`` names label smoothing as the caller set it."""
     defaults = TrainConfig()
@@ -314,6 +315,11 @@ def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | Non
     if task != "classification" and cfg.label_smoothing and chosen("label_smoothing"):
         raise SlimkitError(f"{option} {cfg.label_smoothing:g} applies to classifiers: a {task} model trains "
                            f"on its task's own loss, which is not smoothed; drop the option")
+    if cfg.schedule == FINETUNE and cfg.warmup_epochs and asked is not None and "warmup_epochs" in asked:
+        # typed only: a recipe's train.warmup_epochs is its full and scratch trainings', and reaches the
+        # fine-tuning's config too
+        raise SlimkitError(f"--warmup-epochs {cfg.warmup_epochs:g} applies to training from scratch: --schedule "
+                           f"finetune trains at a constant LR with no warm-up; drop the option")
     if cfg.augment and not augmentable and chosen("augment"):
         why = "every shapes image is drawn new" if cfg.data == "shapes" else "its boxes would have to follow a crop"
         raise SlimkitError(f"--augment: {cfg.data} is not augmented when a {task} model trains on it ({why}); "

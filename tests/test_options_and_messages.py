@@ -101,6 +101,17 @@ def test_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_warm_up_typed_for_a_fine_tuning_is_refused(plan_file, tmp_path):
+    """`train PLAN --init inherit --from W --schedule finetune --warmup-epochs 2` trained at a constant LR with
+    no warm-up, exit 0: the option was accepted and ignored."""
+    parent = tmp_path / "parent.pt"
+    torch.save(slimkit.create_model("resnet20", num_classes=10).state_dict(), parent)
+    one_line_error(run("train", plan_file, "--init", "inherit", "--from", parent, "--schedule", "finetune",
+                       "--warmup-epochs", "2", "--data", "synthetic", "--epochs", "1", "--out", tmp_path / "ft"),
+                   "--warmup-epochs 2 applies to training from scratch", "drop the option")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parent.pt"]
+
+
 def test_bench_and_export_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
     """`bench M.onnx --input-size 64` / `--num-classes 5` / `--arch-kwargs` (shaping architecture names only),
     `bench --device cuda` on onnxruntime (the torch backends' device), `bench --update-baseline --out R` /
