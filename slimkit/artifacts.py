@@ -31,8 +31,10 @@ from slimkit.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpo
                                 write_checkpoint)
 from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
+from slimkit.models.tasks import is_detector, set_detector_input_size
 from slimkit.plan import ChannelPlan
-from slimkit.validate import show
+from slimkit import validate as limits
+from slimkit.validate import check_input_size, check_number, check_type, show
 
 __all__ = ["classify", "LoadedModel", "load_model", "plan_of", "default_export_path", "calibrate_bn",
            "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "load_weights", "write_checkpoint", "model_from_checkpoint",
@@ -169,20 +171,28 @@ class LoadedModel:
         return (c, h, w)
 
 
-def load_model(source: str, *, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
+def load_model(source: str | os.PathLike, *, num_classes: int | None = None, input_size: tuple[int, int, int] | None = None,
                calibrate: bool = True, arch_kwargs: dict[str, Any] | None = None) -> LoadedModel:
     """A checkpoint, a plan or an architecture name -> the model in eval mode, with its plan.
 
     Untrained models (plans, names) get BN statistics calibrated on random inputs (see
-    :func:`calibrate_bn`) unless ``calibrate=False``.
+    :func:`calibrate_bn`) unless ``calibrate=False``. A detector's own transform resizes every image to
+    the plan's input size, as `slimkit train` trains and scores it (not the size it was built for).
     """
+    check_type("load_model", "source", source, (str, os.PathLike),
+               "a checkpoint or plan file path, or an architecture name like 'resnet20'")
+    source = os.fspath(source)
+    check_number("load_model: 'num_classes'", num_classes, limits.SMALL_COUNT)
+    input_size = check_input_size("load_model", input_size)
+    check_type("load_model", "calibrate", calibrate, bool, "True or False")
+    check_type("load_model", "arch_kwargs", arch_kwargs, (dict, type(None)), "a dict of factory arguments, or None")
     kind = classify(source)
     if kind == "checkpoint":
         ckpt = load_checkpoint(source)
         plan = verified_plan(ckpt["plan"], f"the plan in {source}")
         _check_fixed_by_plan(plan, source, "checkpoint", num_classes, input_size)
         check_kwargs_fixed_by_plan(plan, source, "checkpoint", arch_kwargs)
-        model = load_weights(generate(plan), ckpt["model"], source)
+        model = _as_trained(load_weights(generate(plan), ckpt["model"], source), plan)
         return LoadedModel(model.eval(), plan, True, f"checkpoint {source} (trained weights)",
                            train_config=ckpt["config"])
     if kind == "onnx":
@@ -196,10 +206,19 @@ def load_model(source: str, *, num_classes: int | None = None, input_size: tuple
     else:
         plan = full_plan(source, num_classes=num_classes, input_size=input_size, arch_kwargs=arch_kwargs)
         what = f"{plan.arch} full model (fresh weights)"
-    model = generate(plan)
+    model = _as_trained(generate(plan), plan)
     if calibrate:
         calibrate_bn(model, tuple(plan.input_size), seed=plan.seed)
     return LoadedModel(model.eval(), plan, False, what)
+
+
+def _as_trained(model: nn.Module, plan: ChannelPlan) -> nn.Module:
+    """A detector resizes every image to the plan's input size, the size `slimkit train` trains and scores it
+    at (and its MACs are counted at): a whole detector exported from a 128 px plan runs at 128 px, not at the
+    320 px its builder chose."""
+    if is_detector(model):
+        set_detector_input_size(model, (plan.input_size[1], plan.input_size[2]))
+    return model
 
 
 def _check_fixed_by_plan(plan: ChannelPlan, source: str, kind: str, num_classes: int | None,

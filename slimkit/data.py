@@ -562,7 +562,14 @@ class VocBoxes(Dataset[tuple[Tensor, dict[str, Tensor]]]):
 
 
 BOX_DATASETS = (CocoBoxes, VocBoxes)
+# Data that training does not augment: boxes would have to follow a crop, and every shapes image is new anyway.
+UNAUGMENTED = (ShapesDataset, CocoBoxes, VocBoxes)
 AnyDataset = ImageTensorDataset | ImageFolderDataset | ShapesDataset | CocoBoxes | VocMasks | VocBoxes
+
+
+def takes_augment(dataset: AnyDataset) -> bool:
+    """Whether ``make_loader(..., augment=True)`` augments ``dataset`` (crop/flip); False where it is ignored."""
+    return not isinstance(dataset, UNAUGMENTED)
 
 
 # --------------------------------------------------------------------------------------------

@@ -563,7 +563,7 @@ def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = No
                "a ChannelPlan, a plan dict or a plan file path")
     check_number("generate: 'seed'", seed, limits.SEED)
     check_type("generate", "weights", weights, (str, os.PathLike, Mapping, type(None)),
-               "a checkpoint path or a state dict of the full model, or None")
+               "a checkpoint path or a state dict of the full model (model.state_dict() for a model), or None")
     check_type("generate", "model", model, (nn.Module, type(None)), "an nn.Module of the plan's architecture, or None")
     plan = load_plan(plan)
     if weights is not None:

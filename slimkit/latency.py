@@ -524,13 +524,38 @@ def write_baseline(path: str | os.PathLike, report: LatencyReport, reference: Ca
 MAX_RATIO = 1e6
 
 
+def _what_json(path: Path, data: Any) -> str:
+    """What a file given as a baseline is instead, as a noun phrase."""
+    if data is None:
+        return {".onnx": "an ONNX model", ".pt": "a PyTorch checkpoint", ".pth": "a PyTorch checkpoint",
+                ".png": "an image"}.get(path.suffix.lower(), "not a JSON file")
+    if isinstance(data, dict) and str(data.get("format", "")).startswith("slimkit.plan"):
+        return "a slimkit plan (from `slimkit prune`)"
+    if isinstance(data, dict) and data.get("format") == REPORT_FORMAT:
+        return "a latency report without a gate (from `slimkit bench --out` or an export)"
+    if isinstance(data, dict) and isinstance(data.get("format"), str):
+        return f"a {data['format']} file"
+    return "a JSON file"
+
+
 def read_baseline(path: Path) -> dict[str, Any]:
     """A baseline file, validated: any doubt about it is an error, never a silent pass."""
     redo = "record it again with --update-baseline"
+    if path.is_dir():
+        raise LatencyError(f"--baseline {path} is a folder, not a baseline file: pass the JSON file "
+                           "`slimkit bench --update-baseline` wrote (or name a new file to record one)")
     if not path.is_file():
         raise LatencyError(f"baseline not found: {path}; record one with --update-baseline")
     try:
         data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if not (isinstance(data, dict) and "gate" in data and str(data.get("format", "")).startswith("slimkit.latency")):
+        # Not a baseline at all (a damaged one is said below): say what it is, and never advise recording
+        # over it, which would replace the user's plan, report or model (--update-baseline refuses without --force).
+        raise LatencyError(f"{path} is {_what_json(path, data)}, not a slimkit latency baseline: pass the file "
+                           "`slimkit bench --baseline FILE --update-baseline` wrote, or record one under a new name")
+    try:
         gate = data["gate"]
         ratio, ci = float(gate["ratio"]), [float(x) for x in gate["ratio_ci"]]
         shape = [int(d) for d in gate["input_shape"]]

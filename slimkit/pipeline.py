@@ -58,7 +58,7 @@ from slimkit.exporters import get_exporter
 from slimkit.exporters.int8 import (Int8CheckError, QuantizeSettings, export_int8, int8_path, quantize_for_timing,
                                     settings_of)
 from slimkit.int8_speed import ordered_settings, rank_int8_configs
-from slimkit.files import RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
+from slimkit.files import LOCK_NAME, RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
 from slimkit.flops import format_count
 from slimkit.budget import Budget
 from slimkit.generator import full_plan, verified_plan
@@ -396,9 +396,15 @@ def _identity(resolved: dict[str, Any]) -> dict[str, Any]:
             for k, v in resolved.items()}
 
 
+def _holds_a_stage(lay: Layout) -> bool:
+    """Whether the run folder holds anything besides the recipe.yaml a run wrote (and a run's lock)."""
+    return any(p.name not in (lay.recipe.name, LOCK_NAME) for p in lay.root.iterdir())
+
+
 def check_folder(recipe: Recipe, lay: Layout) -> bool:
     """True when ``lay.root`` already holds this recipe (up to :data:`INT8_ONLY_KEYS`); an error when
-    it holds another one. A ``recipe.yaml`` written before a key existed reads with that key at
+    it holds a run of another one (False when that run stopped before its first stage wrote anything:
+    only its recipe.yaml is there, to be rewritten). A ``recipe.yaml`` written before a key existed reads with that key at
     its default, so folders of older versions resume."""
     if lay.root.exists() and not lay.root.is_dir():
         raise SlimkitError(f"--out {lay.root} is a file: give a folder for the run")
@@ -411,6 +417,8 @@ def check_folder(recipe: Recipe, lay: Layout) -> bool:
     except Exception:  # noqa: BLE001 - any damage (or a key no longer known): refuse rather than guess
         old = None
     new = recipe.to_dict()
+    if (old is None or _identity(old) != _identity(new)) and not _holds_a_stage(lay):
+        return False  # a run that stopped before its first stage (bad weights, say): nothing of it to keep or mix
     if old is None or _identity(old) != _identity(new):
         what = _first_difference(_identity(old), _identity(new)) if old is not None else "unreadable recipe.yaml"
         raise SlimkitError(f"{lay.root} holds a run of a different recipe ({what}): pick another --out "
@@ -894,6 +902,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     check_type("run_recipe", "recipe", recipe, Recipe, "a Recipe: read a file with slimkit.load_recipe(path)")
     check_type("run_recipe", "out", out, (str, os.PathLike, type(None)), "a folder path or None")
     check_type("run_recipe", "hooks", hooks, (RunHooks, type(None)), "a slimkit.pipeline.RunHooks or None")
+    check_type("run_recipe", "source", source, str, "a string naming where the recipe came from (its file)")
+    check_type("run_recipe", "force", force, bool, "True or False")
     hooks = hooks or RunHooks()
     for name, args in (("stage", 2), ("log", 1), ("warn", 1), ("progress", 0), ("status", 1), ("report", 1),
                        ("summary", 1)):

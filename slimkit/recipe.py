@@ -60,7 +60,8 @@ from slimkit.plan import CRITERIA
 from slimkit.prune import DEFAULT_ROUND_TO, METHODS, LatencyOptions, default_method
 from slimkit.search import PRESETS
 from slimkit.structures import get_structure
-from slimkit.train import FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig, check_task_data
+from slimkit.train import (FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig, check_task_data,
+                           check_task_options)
 from slimkit.validate import Range, check_number, check_type, show
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
@@ -465,6 +466,8 @@ def _validate(r: Recipe, source: str) -> Recipe:
     task = registry.model_task(r.arch)
     try:  # a dense model names its data: the classes it is pruned for come from it
         check_task_data(task, r.data.name, option="data.name")
+        check_task_options(task, TrainConfig(data=r.data.name, label_smoothing=r.train.label_smoothing), None,
+                           option="train.label_smoothing")
     except SlimkitError as exc:
         raise RecipeError(f"{source}: {exc}") from None
     known = NUM_CLASSES.get(r.data.name) if task == "classification" else None

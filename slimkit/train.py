@@ -51,7 +51,7 @@ from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
 from slimkit.checkpoint import missing_checkpoint
-from slimkit.data import DEFAULT_DATASET, load_data, make_loader
+from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with,
@@ -67,7 +67,7 @@ from slimkit.validate import check_callable, check_number, check_type
 
 __all__ = ["TrainConfig", "scratch_b_epochs", "scratch_b_cap", "train", "SCHEDULES", "FINETUNE", "FINETUNE_LR",
            "FINETUNE_EPOCHS", "INITS", "TASK_DATA", "HEADLINE_METRICS", "headline_metric",
-           "check_task_data"]
+           "check_task_data", "check_task_options"]
 
 SCHEDULES = ("fixed", "scratch-e", "scratch-b")  # how many epochs a pruned model trains (Rethinking)
 # Scratch-B's stretch past which a plan is more likely wrong than meant (a plan at 5% of the full
@@ -95,6 +95,9 @@ def scratch_b_epochs(epochs: int, full_flops: int, plan_flops: int, cap: float |
     """Scratch-B (Liu et al. 2019): the same total compute as training the full model for
     ``epochs`` — epochs × full / pruned FLOPs — but at most ``cap`` × epochs when a cap is given
     (their ImageNet rule; ``scratch_b_cap`` picks it from the data)."""
+    for name, value in (("epochs", epochs), ("full_flops", full_flops), ("plan_flops", plan_flops)):
+        check_type("scratch_b_epochs", name, value, int, "a whole number")
+    check_type("scratch_b_epochs", "cap", cap, (int, float, type(None)), "a number or None")
     if plan_flops <= 0 or full_flops <= 0:
         raise ValueError("FLOPs must be positive")
     factor = full_flops / plan_flops if cap is None else min(full_flops / plan_flops, cap)
@@ -298,6 +301,31 @@ def check_task_data(task: str, data: str, option: str = "--data") -> None:
                            "classifier on fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
 
 
+def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | None, augmentable: bool = True,
+                       option: str = "--label-smoothing") -> None:
+    """Options the model's task or data does not use are refused when the caller set them (``asked``, or
+    for None a value other than TrainConfig's default), instead of being accepted and ignored: label
+    smoothing (a segmentation or detection model trains on its task's own loss), a warm-up typed for
+    ``--schedule finetune`` (constant LR), and augmentation
+    (``augmentable`` False: the data is not augmented, as boxes and the shapes data are not; see
+    :func:`slimkit.data.takes_augment`). ``option`` names label smoothing as the caller set it."""
+    defaults = TrainConfig()
+    chosen = (lambda key: key in asked) if asked is not None else (
+        lambda key: getattr(cfg, key) != getattr(defaults, key))
+    if task != "classification" and cfg.label_smoothing and chosen("label_smoothing"):
+        raise SlimkitError(f"{option} {cfg.label_smoothing:g} applies to classifiers: a {task} model trains "
+                           f"on its task's own loss, which is not smoothed; drop the option")
+    if cfg.schedule == FINETUNE and cfg.warmup_epochs and asked is not None and "warmup_epochs" in asked:
+        # typed only: a recipe's train.warmup_epochs is its full and scratch trainings', and reaches the
+        # fine-tuning's config too
+        raise SlimkitError(f"--warmup-epochs {cfg.warmup_epochs:g} applies to training from scratch: --schedule "
+                           f"finetune trains at a constant LR with no warm-up; drop the option")
+    if cfg.augment and not augmentable and chosen("augment"):
+        why = "every shapes image is drawn new" if cfg.data == "shapes" else "its boxes would have to follow a crop"
+        raise SlimkitError(f"--augment: {cfg.data} is not augmented when a {task} model trains on it ({why}); "
+                           "drop the option")
+
+
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
     """--resume continues the checkpoint's model: a different plan or architecture is an error, not
     something to ignore silently."""
@@ -327,6 +355,8 @@ def check_config(cfg: TrainConfig) -> None:
         check_type("train", f"cfg.{name}", getattr(cfg, name), (str, type(None)), "a string (a name or a path), or None")
     for name in ("schedule", "init", "device"):
         check_type("train", f"cfg.{name}", getattr(cfg, name), str, "a string")
+    for name in ("nesterov", "no_decay_bn_bias", "augment", "amp", "channels_last", "compile", "sync_bn"):
+        check_type("train", f"cfg.{name}", getattr(cfg, name), bool, "True or False")
     if cfg.schedule not in (*SCHEDULES, FINETUNE):
         raise SlimkitError(f"unknown --schedule '{cfg.schedule}': choose one of {', '.join((*SCHEDULES, FINETUNE))}")
     if cfg.init not in INITS:
@@ -466,6 +496,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         cfg = replace(cfg, data=TASK_DATA[task][0] if task in TASK_DATA else DEFAULT_DATASET)
     check_task_data(task, cfg.data)
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed, detection=detection)
+    check_task_options(task, cfg, asked, augmentable=takes_augment(data.train))
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     if plan.num_classes not in (None, data.num_classes):

@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import numbers
+import re
 import reprlib
 from dataclasses import dataclass
 from typing import Any
@@ -79,8 +80,9 @@ _short.maxstring, _short.maxother, _short.maxlong = 40, 40, 40
 
 
 def show(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, computed in bounded time for any nesting or size."""
-    text = _short.repr(value)
+    """``repr(value)`` on one line (a module's repr spans many), cut to ``limit`` characters, computed in
+    bounded time for any nesting or size."""
+    text = re.sub(r"\s*\n\s*", " ", _short.repr(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

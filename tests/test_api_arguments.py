@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import slimkit
-from slimkit.artifacts import model_from_checkpoint
+from slimkit.artifacts import load_model, model_from_checkpoint
 from slimkit.checkpoint import load_checkpoint
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.generator import build_model, choose_channels
-from slimkit.train import TrainConfig, train
+from slimkit.train import TrainConfig, scratch_b_epochs, train
 
 RECIPE = "recipes/fmnist_resnet20_50.yaml"
 
@@ -97,6 +97,15 @@ WRONG_CALLS = [
      ["train: 'log'", "cannot be called with 1 argument (a, b)"]),
     (lambda p: load_checkpoint(None), TypeError, ["checkpoint must be given as a file path", "None"]),
     (lambda p: model_from_checkpoint(3), TypeError, ["checkpoint must be given as a file path"]),
+    # load_model (the docs' "any checkpoint / plan / name -> model"), TrainConfig's switches, scratch_b_epochs
+    (lambda p: load_model(None), TypeError, ["load_model: 'source' must be a checkpoint or plan file path", "None"]),
+    (lambda p: load_model("resnet20", calibrate="no"), TypeError, ["load_model: 'calibrate' must be True or False"]),
+    (lambda p: load_model("resnet20", num_classes="4"), SlimkitError, ["load_model: 'num_classes'"]),
+    (lambda p: load_model("resnet20", arch_kwargs=[1]), TypeError, ["load_model: 'arch_kwargs'"]),
+    # a model where its state dict goes: one line (a module's repr spans many), saying what to pass
+    (lambda p: slimkit.generate(p, weights=slimkit.create_model("resnet20")), TypeError,
+     ["generate: 'weights'", "model.state_dict()", "got CifarResNet( (co"]),
+    (lambda p: scratch_b_epochs("160", 1000, 500), TypeError, ["scratch_b_epochs: 'epochs' must be a whole number"]),
 ]
 
 
@@ -107,6 +116,7 @@ def test_wrong_arguments_name_the_argument(case, full):
         call(full)
     for needle in needles:
         assert needle in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("width, words", [(0, "int >= 1"), (7.5, "int >= 1"), (10_000_000, "wider than its full")])
@@ -144,3 +154,29 @@ def test_paths_in_a_train_config_may_be_paths(tmp_path):
                       init="inherit", init_from=tmp_path / "parent.pt")
     train(slimkit.full_plan("resnet20", num_classes=10), tmp_path / "run", cfg)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["init_from"] == str(tmp_path / "parent.pt")
+
+
+def test_run_recipe_checks_force_and_source_before_writing_the_folder(tmp_path):
+    """run_recipe(force='yes') wrote recipe.yaml into the run folder, then failed inside the train stage with
+    "train: 'force'"; source=5 was a raw "expected str, bytes or os.PathLike object"."""
+    recipe = slimkit.load_recipe(RECIPE)
+    with pytest.raises(TypeError, match="run_recipe: 'force' must be True or False"):
+        slimkit.run_recipe(recipe, tmp_path / "a", force="yes")
+    with pytest.raises(TypeError, match="run_recipe: 'source' must be a string"):
+        slimkit.run_recipe(recipe, tmp_path / "b", source=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_model_takes_a_path_object(tmp_path, full):
+    path = tmp_path / "plan.json"
+    slimkit.save_plan(full, path)
+    assert load_model(path, calibrate=False).plan.builds_same_network_as(full)
+
+
+@pytest.mark.parametrize("switch", ["augment", "compile", "sync_bn", "nesterov"])
+def test_train_config_switches_must_be_booleans(switch, tmp_path, full):
+    """TrainConfig(augment="no") trained with augmentation: any non-empty string is true."""
+    cfg = TrainConfig(epochs=1, max_steps_per_epoch=1, data="synthetic", workers=0, **{switch: "no"})
+    with pytest.raises(TypeError, match=f"train: 'cfg.{switch}' must be True or False, got 'no'"):
+        train(full, tmp_path / "run", cfg)
+    assert list(tmp_path.iterdir()) == []

@@ -144,6 +144,26 @@ def test_cli_export_postprocess_writes_the_detector_and_names_postprocessing_in_
     assert "Postprocessing" in (tmp_path / "det.latency.md").read_text()
 
 
+def test_a_detector_plan_or_checkpoint_loads_resizing_to_the_size_it_trains_at(nets, tmp_path):
+    """A detector trains and is scored at its plan's input size (`slimkit train` resizes to it), yet
+    `export CKPT --postprocess` wrote a file whose transform resized every image to the size the
+    detector was built for (64 px here; 320 for SSDlite), with a warning advising an --input-size that
+    a checkpoint refuses: the deployed file ran the model at a size it never saw."""
+    from slimkit.artifacts import load_model, write_checkpoint
+    from slimkit.models.tasks import deployment_side
+    plan = slimkit.full_plan(nets, input_size=(3, 32, 32))
+    plan_file, ckpt = tmp_path / "plan.json", tmp_path / "checkpoint.pt"
+    slimkit.save_plan(plan, plan_file)
+    write_checkpoint(ckpt, model=slimkit.generate(plan).state_dict(), plan=plan, config={}, epoch=1, metrics=[])
+    for source in (str(plan_file), str(ckpt)):
+        assert deployment_side(load_model(source).model) == 32, source
+    out = tmp_path / "det.onnx"
+    r = runner.invoke(app, ["export", str(ckpt), "--postprocess", "--out", str(out), "--no-bench"],
+                      env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "resizes every image" not in r.output and out.is_file()
+
+
 @pytest.mark.parametrize("source,args,needle", [
     ("resnet20", [], "not a torchvision detector"),
     ("NETS", ["--batch", "2"], "one image at a time"),

@@ -87,7 +87,7 @@ def test_bench_side_by_side_writes_report(onnx_pair, tmp_path):
 def test_gate_records_passes_and_catches_a_slower_model(onnx_pair, tmp_path):
     base = tmp_path / "baseline.json"
     r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "30",
-            "--threads", "1", "--out", tmp_path / "rec")
+            "--threads", "1")
     assert r.exit_code == 0, r.output
     gate = json.loads(base.read_text())["gate"]
     assert gate["reference"] == "full-resnet20" and 0.2 < gate["ratio"] < 0.7
@@ -125,7 +125,7 @@ def test_bench_errors_are_one_line(onnx_pair, tmp_path):
 def test_gate_rejects_a_model_with_another_input_shape(onnx_pair, tmp_path):
     base = tmp_path / "baseline.json"
     assert run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
-               "--threads", "1", "--out", tmp_path / "rec").exit_code == 0
+               "--threads", "1").exit_code == 0
     other = tmp_path / "r20_64.onnx"
     assert run("export", "resnet20", "--num-classes", "10", "--input-size", "64", "--out", other, "--no-bench",
                "--exporter", "torchscript").exit_code == 0
@@ -136,7 +136,7 @@ def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
     """Another model's baseline, impossible ratios, another format: exit 2 and one line, never a verdict."""
     base = tmp_path / "baseline.json"
     assert run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
-               "--threads", "1", "--out", tmp_path / "rec").exit_code == 0
+               "--threads", "1").exit_code == 0
     good = json.loads(base.read_text())
 
     def check_with(change, needle):
@@ -185,7 +185,7 @@ def test_served_mode_is_recorded_in_the_report(onnx_pair, tmp_path):
 def test_gate_refuses_to_compare_across_timing_modes_and_settings(onnx_pair, tmp_path):
     base = tmp_path / "baseline.json"
     r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
-            "--threads", "1", "--out", tmp_path / "rec")
+            "--threads", "1")
     assert r.exit_code == 0, r.output
     data = json.loads(base.read_text())
     assert data["mode"] == "interleaved" and data["gate"]["mode"] == "interleaved"

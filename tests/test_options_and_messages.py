@@ -101,6 +101,63 @@ def test_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_warm_up_typed_for_a_fine_tuning_is_refused(plan_file, tmp_path):
+    """`train PLAN --init inherit --from W --schedule finetune --warmup-epochs 2` trained at a constant LR with
+    no warm-up, exit 0: the option was accepted and ignored."""
+    parent = tmp_path / "parent.pt"
+    torch.save(slimkit.create_model("resnet20", num_classes=10).state_dict(), parent)
+    one_line_error(run("train", plan_file, "--init", "inherit", "--from", parent, "--schedule", "finetune",
+                       "--warmup-epochs", "2", "--data", "synthetic", "--epochs", "1", "--out", tmp_path / "ft"),
+                   "--warmup-epochs 2 applies to training from scratch", "drop the option")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parent.pt"]
+
+
+def test_bench_and_export_options_that_would_do_nothing_are_refused(plan_file, tmp_path):
+    """`bench M.onnx --input-size 64` / `--num-classes 5` / `--arch-kwargs` (shaping architecture names only),
+    `bench --device cuda` on onnxruntime (the torch backends' device), `bench --update-baseline --out R` /
+    `--max-regression` (the check's), and `export --no-bench --threads 2 / --runs 7` (the report's settings)
+    were accepted and ignored, exit 0."""
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"\x08\x07")
+    lat = tmp_path / "lat"
+    for args, needle in ((["--input-size", "64"], "--input-size sets up models built from an architecture name"),
+                         (["--num-classes", "5", "--arch-kwargs", '{"num_classes": 5}'],
+                          "--num-classes, --arch-kwargs set up models built from an architecture name"),
+                         (["--arch", "resnet20", "--num-classes", "5"], "--num-classes sets up models built"),
+                         (["--device", "cuda"], "--device sets up the torch backends")):
+        one_line_error(run("bench", onnx_file, *args, "--runs", "5", "--out", lat), needle)
+    # recording a baseline writes it alone: a report stem or an allowed regression would be ignored
+    for args, name in ((["--out", lat], "--out"), (["--max-regression", "5%"], "--max-regression")):
+        one_line_error(run("bench", onnx_file, "--baseline", tmp_path / "b.json", "--update-baseline", *args),
+                       f"{name} sets up the gate's check, not the recording", "drop --update-baseline")
+    out = tmp_path / "e.onnx"
+    one_line_error(run("export", plan_file, "--no-bench", "--threads", "2", "--out", out),
+                   "--threads sets up the latency report: drop --no-bench, or drop it")
+    one_line_error(run("export", plan_file, "--no-bench", "--runs", "7", "--out", out), "--runs sets up the latency report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_train_options_a_segmentation_or_detection_model_does_not_use_are_refused(tmp_path):
+    """--label-smoothing (only a classifier's loss is smoothed) and --augment (shapes images and boxes are never
+    augmented) were accepted for a segmentation model, ignored, and recorded in config.json as if applied."""
+    plan = tmp_path / "seg.json"
+    slimkit.save_plan(slimkit.full_plan("lraspp_mobilenet_v3_large", num_classes=4, input_size=(3, 32, 32)), plan)
+    fast = ("--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "2", "--workers", "0")
+    one_line_error(run("train", plan, *fast, "--label-smoothing", "0.2", "--out", tmp_path / "a"),
+                   "--label-smoothing 0.2 applies to classifiers: a segmentation model trains on its task's own loss")
+    one_line_error(run("train", plan, *fast, "--augment", "--out", tmp_path / "b"),
+                   "--augment: shapes is not augmented when a segmentation model trains on it")
+    from slimkit.train import TrainConfig, train
+    with pytest.raises(SlimkitError, match="--label-smoothing 0.3 applies to classifiers"):
+        train(plan, tmp_path / "c", TrainConfig(label_smoothing=0.3, epochs=1, workers=0))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: seg\narch: lraspp_mobilenet_v3_large\ndata:\n  name: shapes\nprune:\n  flops: 50%\n"
+                      "train:\n  label_smoothing: 0.2\n")
+    with pytest.raises(RecipeError, match="train.label_smoothing 0.2 applies to classifiers"):
+        load_recipe(recipe)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml", "seg.json"]
+
+
 def _image_folder(root: Path, classes: list[str]) -> Path:
     for split in ("train", "val"):
         for c in classes:
@@ -179,6 +236,22 @@ def test_a_plan_passed_as_a_checkpoint_is_named_and_never_to_be_deleted(plan_fil
     flat = one_line_error(run("prune", "resnet20", "--flops", "50%", "--weights", plan_file, "--data", "synthetic",
                               "--steps", "2", "--out", tmp_path / "p.json"), "is a ChannelPlan")
     assert "delete" not in flat and not (tmp_path / "p.json").exists()
+
+
+def test_a_file_given_as_a_baseline_is_named_and_never_to_be_recorded_over(plan_file, tmp_path):
+    """`bench --baseline PLAN` said "is not a slimkit latency baseline; record it again with
+    --update-baseline": advice to write a baseline over the user's plan (or report, or model)."""
+    report = tmp_path / "m.latency.json"
+    report.write_text(json.dumps({"format": "slimkit.latency/1", "models": []}))
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"\x08\x07\x12\x07pytorch")
+    for baseline, what in ((plan_file, "is a slimkit plan (from `slimkit prune`), not a slimkit latency baseline"),
+                           (report, "is a latency report without a gate"), (onnx_file, "is an ONNX model"),
+                           (tmp_path, "is a folder, not a baseline file")):
+        before = baseline.read_bytes() if baseline.is_file() else None
+        flat = one_line_error(run("bench", plan_file, "--baseline", baseline, "--runs", "5"), what)
+        assert "record it again" not in flat
+        assert before is None or baseline.read_bytes() == before
 
 
 def test_an_input_too_small_is_said_in_words_with_the_module():

@@ -217,3 +217,28 @@ def test_the_dry_run_says_what_a_run_would_do_after_the_parent_changed(tmp_path)
     assert "not reached (the run stops at train)" in rows, rows
     with pytest.raises(SlimkitError, match="was trained from another plan|was fine-tuned from weights"):
         run_recipe(recipe, out)  # as the dry run said
+
+
+def test_a_run_that_stopped_before_its_first_stage_does_not_lock_its_folder_to_that_recipe(tmp_path):
+    """prune.weights naming a plan (or a pruned or diverged checkpoint) wrote the run folder's recipe.yaml and
+    then failed at the prune stage; the corrected recipe was then refused: "holds a run of a different recipe
+    (prune.weights ...): delete the folder", though nothing of that run existed."""
+    full = build_model("resnet20", {"num_classes": 10})
+    torch.save(full.state_dict(), tmp_path / "parent.pt")
+    (tmp_path / "plan.json").write_text(json.dumps({"format": "slimkit.plan/1"}))
+    text = ("name: r\narch: resnet20\nnum_classes: 10\ndata: {name: synthetic}\n"
+            "prune: {flops: 50%, method: uniform, weights: WEIGHTS, criterion: l1}\n")
+    recipe = tmp_path / "r.yaml"
+    out = tmp_path / "run"
+    recipe.write_text(text.replace("WEIGHTS", "plan.json"))
+    with pytest.raises(SlimkitError, match="is a ChannelPlan .*, not trained weights"):
+        run_recipe(load_recipe(recipe), out, source=str(recipe))
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]
+    recipe.write_text(text.replace("WEIGHTS", "parent.pt"))
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "different recipe" not in result.output
+    # a folder where a stage did run stays bound to its recipe (recipe.yaml still names plan.json: a dry run writes none)
+    (out / "plan.json").write_text("{}")
+    with pytest.raises(SlimkitError, match="holds a run of a different recipe"):
+        run_recipe(load_recipe(recipe), out, source=str(recipe))

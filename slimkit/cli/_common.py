@@ -143,6 +143,16 @@ def say_plain(progress: Progress) -> Callable[[str], None]:
     return lambda msg: progress.console.print(msg, markup=False, highlight=False, soft_wrap=True)
 
 
+def refuse_idle(options: list[tuple[str, Any, Any]], purpose: str, fix: str) -> None:
+    """Options that would do nothing in this command, each ``(name, value, default)`` and given when its value is
+    not the default: one line naming them, what they set up and how to make them count, instead of accepting
+    and ignoring them (the user who gave one expects it to have done something)."""
+    given = [name for name, value, default in options if value != default]
+    if given:
+        raise SlimkitError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up {purpose}: {fix}, or drop "
+                           f"{'it' if len(given) == 1 else 'them'}")
+
+
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 

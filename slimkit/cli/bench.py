@@ -14,7 +14,7 @@ from rich.table import Table
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
 from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
-                                 parse_arch_kwargs, parse_input_size, user_errors)
+                                 parse_arch_kwargs, parse_input_size, refuse_idle, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
 from slimkit.flops import format_count
@@ -64,6 +64,10 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+DEFAULT_OUT = Path("runs/bench/latency")
+DEFAULT_MAX_REGRESSION = "10%"
+
+
 def measure_with_progress(candidates, *, backend, threads, warmup, runs, device, mode=DEFAULT_TIMING_MODE):
     """:func:`slimkit.latency.measure` with a progress bar."""
     progress = make_progress()
@@ -106,9 +110,9 @@ def bench(
     device: Annotated[str, typer.Option(help="Device for the torch backends: cpu, cuda or auto (ort-cuda needs no --device).")] = "cpu",
     num_classes: Annotated[Optional[int], typer.Option(help="Classes for architecture names (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Input size for architecture names, e.g. 224.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png (lat and lat.json both write lat.json, lat.md, lat.png).")] = Path("runs/bench/latency"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png (lat and lat.json both write lat.json, lat.md, lat.png).")] = DEFAULT_OUT,
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare MODEL against this baseline JSON; exit 1 on a regression.")] = None,
-    max_regression: Annotated[str, typer.Option(help="Allowed slow-down of MODEL/reference vs the baseline.")] = "10%",
+    max_regression: Annotated[str, typer.Option(help="Allowed slow-down of MODEL/reference vs the baseline.")] = DEFAULT_MAX_REGRESSION,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Measure and (re)write --baseline instead of checking it.")] = False,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     arch_kwargs: Annotated[Optional[str], typer.Option(help=ARCH_KWARGS_HELP + " For architecture names and --arch.")] = None,
@@ -123,7 +127,20 @@ def bench(
     if reference is not None and baseline is None:  # ratios are to the first model: --reference would do nothing
         raise SlimkitError(f"--reference chooses the gate's reference when recording a --baseline; to time models "
                            f"against {reference}, list it first: slimkit bench {reference} MODEL ...")
-    device = resolve_bench_device(backend, device)
+    files_only = all(Path(m).suffix.lower() == ".onnx" for m in models)  # an ONNX file fixes its own shape
+    if files_only:
+        refuse_idle([("--num-classes", num_classes, None), ("--input-size", input_size, None)]
+                    + ([] if arch else [("--arch-kwargs", arch_kwargs, None)]),
+                    "models built from an architecture name (every model here is an ONNX file, whose shape is fixed)",
+                    "name an architecture to time")
+    if baseline is not None and update_baseline:  # recording writes the baseline alone and checks nothing
+        refuse_idle([("--out", out, DEFAULT_OUT), ("--max-regression", max_regression, DEFAULT_MAX_REGRESSION)],
+                    "the gate's check, not the recording (which writes --baseline alone)", "drop --update-baseline")
+    asked_device, device = device, resolve_bench_device(backend, device)  # a device name checked first
+    if given["--backend"] is not None or baseline is None:  # a gate without --backend times on its baseline's
+        refuse_idle([("--device", asked_device if asked_device not in ("cpu", "auto") else "cpu", "cpu")]
+                    if not any(b.startswith("torch") for b in backend) else [],
+                    "the torch backends (onnxruntime's device is chosen by --backend: ort-cuda)", "add --backend torch")
     if mode is not None:
         check_mode(mode)
     size = parse_input_size(input_size)

@@ -17,7 +17,7 @@ from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, export_for_timing, load_model, onnx_metadata,
                                reference_candidate)
 from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
-                                 parse_arch_kwargs, parse_input_size, user_errors, warn)
+                                 parse_arch_kwargs, parse_input_size, refuse_idle, user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
 from slimkit.errors import SlimkitError
@@ -27,7 +27,7 @@ from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs, 
 from slimkit.files import check_outputs
 from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
-from slimkit.models.tasks import WholeDetector, deployment_side, is_detector
+from slimkit.models.tasks import WholeDetector, is_detector
 
 
 @file_paths(out="model.onnx")
@@ -73,17 +73,17 @@ def export(
     With --int8, also quantize (onnxruntime, calibrated on --data's training split), check top-1 vs
     fp32 (or output agreement for untrained weights), and time full fp32, fp32 and int8 together."""
     del onnx  # always ONNX: the flag exists so a script may say so
-    if not int8:  # the --int8 options do nothing alone: a user who gave one expects it to have done something
-        given = [name for name, value, default in (
+    if not int8:  # the --int8 options do nothing alone
+        refuse_idle([
             ("--data", data, None), ("--data-dir", data_dir, None),
             ("--calib-images", calib_images, QuantizeSettings.calib_images),
             ("--calib-method", calib_method, QuantizeSettings.calib_method), ("--int8-format", int8_format, "auto"),
             ("--int8-activations", int8_activations, "auto"), ("--int8-weights", int8_weights, "auto"),
             ("--max-drop", max_drop, 1.0), ("--max-output-error", max_output_error, 1.0),
-            ("--eval-images", eval_images, None)) if value != default]
-        if given:
-            raise SlimkitError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up the int8 file: add --int8, "
-                               f"or drop {'it' if len(given) == 1 else 'them'}")
+            ("--eval-images", eval_images, None)], "the int8 file", "add --int8")
+    if not bench:  # nor do the latency report's (--threads also times the int8 configurations)
+        refuse_idle([("--runs", runs, 100), *([] if int8 else [("--threads", threads, None)])], "the latency report",
+                    "drop --no-bench")
     if postprocess and int8:
         raise SlimkitError("--int8 is checked by top-1 agreement, which a whole detector's detections do not give: "
                            "drop --int8, or drop --postprocess to quantize the dense core")
@@ -144,12 +144,7 @@ def _whole_detector(src: LoadedModel) -> WholeDetector:
     if not is_detector(src.model):
         raise SlimkitError(f"--postprocess exports a detector's box decoding and NMS, and {src.plan.arch} is not a "
                            "torchvision detector (SSD, RetinaNet, FCOS, R-CNN): drop --postprocess")
-    whole = WholeDetector(src.model)
-    side = deployment_side(src.model)
-    if tuple(src.input_size[1:]) != (side, side):
-        warn(f"the detector resizes every image to {side} px (its own transform), so this {src.input_size[1]}x"
-             f"{src.input_size[2]} export runs at {side} inside; export at --input-size {side} to time what deploys")
-    return whole
+    return WholeDetector(src.model)  # resizing to the plan's input size, as trained (load_model)
 
 
 def _detection_rows(d: dict) -> list[tuple[str, str]]:
