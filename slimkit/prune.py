@@ -186,17 +186,17 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         raise SlimkitError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     round_to = parse_round_to(round_to)
     check_mode(latency_options.mode)
-    for name, value, allowed in (  # the CLI checks the same ranges; this is for Python callers
+    for name, value, allowed in (  # the CLI checks the same ranges by its options' names; this is for Python callers
             ("expand", expand, limits.EXPAND), ("round_to", None if round_to == AUTO else round_to, limits.ROUND_TO),
             ("seed", seed, limits.SEED),
-            ("tolerance", tolerance, limits.TOLERANCE), ("gamma", gates.gamma, limits.GAMMA), ("lr", gates.lr, limits.LR),
-            ("batch_size", gates.batch_size, limits.COUNT), ("epochs", gates.epochs, limits.EPOCHS_FRACTIONAL),
-            ("steps", gates.steps, limits.COUNT), ("search_size", gates.search_size, limits.SIDE),
-            ("val_size", gates.val_size, limits.NON_NEGATIVE_COUNT),
-            ("threads", latency_options.threads, limits.SMALL_COUNT),
-            ("batch", latency_options.batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
+            ("tolerance", tolerance, limits.TOLERANCE), ("gates.gamma", gates.gamma, limits.GAMMA), ("gates.lr", gates.lr, limits.LR),
+            ("gates.batch_size", gates.batch_size, limits.COUNT), ("gates.epochs", gates.epochs, limits.EPOCHS_FRACTIONAL),
+            ("gates.steps", gates.steps, limits.COUNT), ("gates.search_size", gates.search_size, limits.SIDE),
+            ("gates.val_size", gates.val_size, limits.NON_NEGATIVE_COUNT),
+            ("latency.threads", latency_options.threads, limits.SMALL_COUNT),
+            ("latency.batch", latency_options.batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
             ("in_chans", in_chans, limits.IN_CHANS)):
-        check_number(f"--{name.replace('_', '-')}", value, allowed)
+        check_number(f"prune: '{name}'", value, allowed)
     if gates.weights is not None and missing_checkpoint(gates.weights):  # before any tracing
         raise CheckpointError(f"--weights: {missing_checkpoint(gates.weights)}")
     if structure is not None:

@@ -234,8 +234,8 @@ def create_model(name: str, num_classes: int | None = None, in_chans: int | None
         if spec.source == "object":
             return user.build_from_object(spec.canonical, opts)
         return user.build_from_factory(user.parse_factory(spec.canonical), opts)
-    check_number("--num-classes", num_classes, limits.SMALL_COUNT, RegistryError)
-    check_number("--in-chans", in_chans, limits.IN_CHANS, RegistryError)
+    check_number("create_model: 'num_classes'", num_classes, limits.SMALL_COUNT, RegistryError)
+    check_number("create_model: 'in_chans'", in_chans, limits.IN_CHANS, RegistryError)
     if spec.source == "torchvision" and in_chans not in (None, 3):
         raise RegistryError(
             f"torchvision:{spec.name} takes 3-channel input; drop --in-chans (slimkit's data "

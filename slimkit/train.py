@@ -377,7 +377,7 @@ def check_config(cfg: TrainConfig) -> None:
             ("workers", cfg.workers, limits.Range(0, 256, integer=True)),
             ("max_steps_per_epoch", cfg.max_steps_per_epoch, limits.COUNT),
             ("accum_steps", cfg.accum_steps, limits.Range(1, 65_536, integer=True))):
-        check_number(f"--{name.replace('_', '-')}", value, allowed)
+        check_number(f"train: 'cfg.{name}'", value, allowed)  # the CLI checked its options by their own names
 
 
 def train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool = False,

@@ -104,13 +104,14 @@ def test_gamma_nan_no_longer_plans_every_group_at_width_one(tmp_path):
 
 
 def test_python_api_checks_the_same_numbers(tmp_path):
-    with pytest.raises(SlimkitError, match="--gamma must be a finite"):
+    """...by the names a Python caller wrote (the CLI says --gamma, the API gates.gamma)."""
+    with pytest.raises(SlimkitError, match="prune: 'gates.gamma' must be a finite"):
         slimkit.prune("resnet20", "50%", gates=slimkit.GateOptions(gamma=float("nan"), data="synthetic"))
-    with pytest.raises(SlimkitError, match="--expand must be in"):
+    with pytest.raises(SlimkitError, match="prune: 'expand' must be in"):
         slimkit.prune("resnet20", "50%", method="uniform", expand=-1.0)
     from slimkit.train import TrainConfig, train
 
-    with pytest.raises(SlimkitError, match="--lr must be a finite"):
+    with pytest.raises(SlimkitError, match="train: 'cfg.lr' must be a finite"):
         train("resnet20", tmp_path / "run", TrainConfig(data="synthetic", lr=float("inf")))
     assert not (tmp_path / "run").exists()
 
