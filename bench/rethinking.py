@@ -29,6 +29,9 @@ Scratch-E runs), its record is reused, marked ``reused_from``. Resumable and inc
 structure study: each finished training is written at once to ``<results>/runs/<name>.json`` (and
 each plan to ``<results>/plans/`` before it trains), rerunning skips finished runs and resumes a
 training from its last epoch checkpoint under ``--work``; ``--summarize`` only rebuilds the table.
+A machine whose ``--work`` folder will not outlive the session runs ``--stash`` before it stops: each
+unfinished training's last checkpoint goes to ``<results>/inprogress/<name>/`` (commit it), and the
+next machine continues from there.
 
     python bench/rethinking.py --workers 2              # the study (about 8 h on 2 CPU cores; resumes anywhere:
                                                         # the trained parent is kept in <results>/parent/)
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -98,10 +102,44 @@ def train_config(job: Job, args):
     return cfg
 
 
+# A machine's run folders do not outlive its session; an unfinished training's last epoch checkpoint
+# is committed under <results>/inprogress/<name>/ (--stash) and picked up by the next machine.
+INPROGRESS = "inprogress"
+STASHED = ("checkpoint.pt", "metrics.json", "config.json", "plan.json")
+
+
+def restore_stashed(job: Job) -> None:
+    """Continue from a stashed checkpoint when this machine has none of its own."""
+    stash = job.out.parent.parent / INPROGRESS / job.out.stem
+    if (stash / "checkpoint.pt").is_file() and not (job.folder / "checkpoint.pt").exists():
+        job.folder.mkdir(parents=True, exist_ok=True)
+        for name in STASHED:
+            if (stash / name).is_file():
+                shutil.copyfile(stash / name, job.folder / name)
+        print(f"[{job.out.stem}] continues from the stashed {stash / 'checkpoint.pt'}", flush=True)
+
+
+def stash_unfinished(results: Path, work: Path) -> list[str]:
+    """Copy every unfinished training's last checkpoint (and what resuming it checks) beside the results."""
+    stashed = []
+    for folder in sorted(p for p in work.iterdir() if p.is_dir()) if work.is_dir() else []:
+        if (results / "runs" / f"{folder.name}.json").exists() or not (folder / "checkpoint.pt").is_file():
+            continue
+        target = results / INPROGRESS / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in STASHED:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, target / f".{name}.tmp")
+                os.replace(target / f".{name}.tmp", target / name)
+        stashed.append(folder.name)
+    return stashed
+
+
 def run_job(job: Job, args) -> float:
     """Train one job (here or in a worker) and write its record; return its test top-1."""
     name = job.out.stem
     print(f"[{name}] train ({job.schedule})", flush=True)
+    restore_stashed(job)
     metrics = study.run_training(job.plan, job.folder, train_config(job, args))
     plan = load_plan(job.folder / "plan.json")  # what trained: a fine-tuned widths-only plan gains its kept channels
     hist = metrics["history"]
@@ -118,6 +156,7 @@ def run_job(job: Job, args) -> float:
               "environment": study.environment(args)}
     job.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job.out, json.dumps(record, indent=1) + "\n")
+    shutil.rmtree(job.out.parent.parent / INPROGRESS / name, ignore_errors=True)  # finished: the stash is spent
     print(f"[{name}] test top-1 {record['test_top1']:.4f} after {metrics['epochs']} epochs", flush=True)
     return record["test_top1"]
 
@@ -350,6 +389,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny settings end to end (8 steps/epoch, 4 epochs, "
                                                          "20 gate steps, 2 seeds; with --data synthetic, minutes)")
     ap.add_argument("--summarize", action="store_true", help="only rebuild the table from finished runs")
+    ap.add_argument("--stash", action="store_true", help="copy unfinished trainings' last checkpoints beside the "
+                    "results (commit them; the next machine continues from them), then stop")
     ap.add_argument("--work", default="runs/rethinking")
     ap.add_argument("--results", default=str(HERE / "results" / "rethinking"))
     args = ap.parse_args()
@@ -373,6 +414,9 @@ def main() -> int:
         args.work = str(Path(args.work) / protocol)
     results, work = Path(args.results), Path(args.work)
     (results / "runs").mkdir(parents=True, exist_ok=True)
+    if args.stash:
+        print(f"stashed: {', '.join(stash_unfinished(results, work)) or 'nothing unfinished'}")
+        return 0
     failed = 0
     if not args.summarize:
         parent = parent_checkpoint(args, results, work)
