@@ -548,6 +548,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     out_of_place_activations(model)
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif cfg.sync_bn:  # not refused: the same command runs alone and under torchrun
+        say("--sync-bn: this is one process (no torchrun), so BatchNorm statistics are its own, as without it")
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
                                augment=cfg.augment, num_workers=cfg.workers, detection=detection
                                ).shard(dist_info.rank, world)

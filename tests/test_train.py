@@ -252,3 +252,10 @@ def test_train_refuses_a_slimkit_run_folder(plan, tmp_path):
     with pytest.raises(SlimkitError, match="slimkit run` folder"):
         train(plan, run_folder, cfg(epochs=1))
     assert (run_folder / "plan.json").read_text() == plan.to_json()
+
+
+def test_sync_bn_in_a_single_process_says_it_changes_nothing(plan, tmp_path):
+    """Not refused (the same command runs under torchrun), but not silently ignored either."""
+    said = []
+    train(plan, tmp_path / "run", cfg(epochs=1, max_steps_per_epoch=1, sync_bn=True), log=said.append)
+    assert any("--sync-bn: this is one process" in m for m in said), said
