@@ -20,6 +20,8 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.segment import Segments
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -42,6 +44,29 @@ def _never_fail_on_encoding() -> None:
 _never_fail_on_encoding()
 console = Console()
 err_console = Console(stderr=True)
+
+# A column that may fold (a file or model name) is given at most this many cells when a table is squeezed.
+FOLD_WIDTH = 10
+
+
+def print_table(table: Any, target: Console | None = None) -> None:
+    """Print ``table`` without cutting a cell short. Rich squeezes a table wider than the terminal by
+    cutting its widest columns, numbers too ("120.…", "10.9…" in the run summary at 80 columns, nothing
+    readable at 40). Here such a table gets each column at its longest word (a number is one word;
+    headers and texts wrap, names fold at :data:`FOLD_WIDTH`), and when even that is wider than the
+    terminal it is printed at the width it needs (the terminal wraps its lines; a log keeps them whole)."""
+    target = target or console
+    opts = target.options.update_width(1 << 16)
+    if Measurement.get(target, opts, table).maximum > target.width:
+        for column in table.columns:
+            widest = max((Measurement.get(target, opts, cell).minimum for cell in [column.header, *column.cells]),
+                         default=1)
+            column.width = min(widest, FOLD_WIDTH) if column.overflow == "fold" and widest > FOLD_WIDTH else widest
+    need = Measurement.get(target, opts, table).maximum
+    if need > target.width:  # Console.print clamps `width` to the terminal's: render at `need`, print uncropped
+        target.print(Segments(target.render(table, target.options.update_width(need))), crop=False)
+    else:
+        target.print(table)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.budget import parse_budget
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
+from slimkit.cli._common import (print_table, ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, say_plain, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.files import Output, check_outputs, has_mark
@@ -36,7 +36,7 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
         ratio = g["width"] / g["full"]
         style = "green" if ratio > 1 else ("yellow" if ratio < 0.5 else "")
         table.add_row(escape(name), str(g["full"]), str(g["width"]), f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}")
-    console.print(table)
+    print_table(table, console)
     full_flops = plan.search.get("full_flops")
     full_params = plan.search.get("full_params")
     line = f"MACs {format_count(plan.flops)}"
