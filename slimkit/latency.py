@@ -44,10 +44,10 @@ import torch
 from slimkit import validate as limits
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_missing, openvino_version  # imports OpenVINO itself only when used
-from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with
+from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, plot_of
 from slimkit.generator import generate
 from slimkit.registry import traced_part
-from slimkit.plots import plot_latency
+from slimkit.plots import LATENCY, plot_latency
 from slimkit.validate import check_number, show
 
 __all__ = ["timing_enabled", "BACKENDS", "backend_missing", "check_backend", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
@@ -361,7 +361,7 @@ def report_outputs(stem: str | os.PathLike) -> list[Output]:
     stem = str(stem)  # "model.latency" -> model.latency.json: append, never replace a suffix
     return [Output(Path(f"{stem}.json"), "the latency report", is_json_with(format=REPORT_FORMAT)),
             Output(Path(f"{stem}.md"), "the latency report (Markdown)", has_mark),
-            Output(Path(f"{stem}.png"), "the latency plot", has_mark)]
+            Output(Path(f"{stem}.png"), "the latency plot", plot_of(LATENCY))]
 
 
 def baseline_output(path: str | os.PathLike) -> Output:

@@ -54,12 +54,12 @@ from slimkit.checkpoint import missing_checkpoint
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
-from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with,
+from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, is_json_with, plot_of,
                            same_path)
 from slimkit.generator import choose_channels, full_plan, generate, verified_plan
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
-from slimkit.plots import plot_training
+from slimkit.plots import TRAINING, plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.task_losses import (IGNORE_INDEX, class_scores, detection_loss, evaluate_detection, evaluate_segmentation,
                                  segmentation_output_loss, to_device)
@@ -428,7 +428,7 @@ def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
             Output(out / "plan.json", "the trained plan", same_plan),
             Output(out / "config.json", "the training config", is_json_with("epochs_run", "schedule", "seed")),
             Output(out / "metrics.json", "the training metrics", is_json_with("history", "final", "epochs")),
-            Output(out / "curves.png", "the training curves", has_mark)]
+            Output(out / "curves.png", "the training curves", plot_of(TRAINING))]
 
 
 def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,

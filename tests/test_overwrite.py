@@ -408,3 +408,29 @@ def test_sigterm_during_export_leaves_no_temporary_folder(tmp_path, plan_file):
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
     assert list(tmp.glob("slimkit-*")) == [] and out.is_file()  # the ONNX file was finished before the report began
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no atomic-write leftovers
+
+
+def test_a_plot_of_one_kind_is_never_replaced_by_a_plot_of_another(tmp_path):
+    """slimkit's mark alone let `prune --out RUN/curves.json` and `bench --out RUN/curves` replace a
+    training run's curves.png with a channel or latency plot (exit 0): each plot records its kind."""
+    from slimkit.plots import plot_training
+
+    folder = tmp_path / "run"
+    history = [{"epoch": 1, "train_loss": 2.3, "train_accuracy": 0.1, "test_loss": 2.3, "test_top1": 0.1, "lr": 0.1}]
+    plot_training(history, folder / "curves.png", "run")
+    before = snapshot(tmp_path)
+    assert_refused(run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out", folder / "curves.json"),
+                   "curves.png exists", "channels-per-group plot")
+    assert_refused(run("bench", tmp_path / "absent.onnx", "--out", folder / "curves"), "curves.png exists",
+                   "latency plot")
+    assert snapshot(tmp_path) == before
+    # a plot from before kinds were recorded (slimkit's mark alone) is still slimkit's to replace
+    folder.joinpath("curves.png").unlink()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = plt.figure()
+    fig.savefig(folder / "old.png", format="png", metadata={"Software": "slimkit"})
+    plt.close(fig)
+    r = run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out", folder / "old.json")
+    assert r.exit_code == 0, r.output

@@ -15,11 +15,11 @@ from slimkit.budget import parse_budget
 from slimkit.cli._common import (print_table, ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, say_plain, user_errors)
 from slimkit.errors import SlimkitError
-from slimkit.files import Output, check_outputs, has_mark
+from slimkit.files import Output, check_outputs, plot_of
 from slimkit.flops import format_count
 from slimkit.models.user import factory_file
 from slimkit.plan import ChannelPlan, plan_output, save_plan
-from slimkit.plots import plot_channels
+from slimkit.plots import CHANNELS, plot_channels
 from slimkit.prune import DEFAULT_ROUND_TO, GateOptions, LatencyOptions, default_method, uniform_reference
 from slimkit.rounding import parse_round_to
 from slimkit.prune import prune as run_prune
@@ -79,7 +79,7 @@ def check_out(out: Path, *, plot: bool, weights: str | None = None, force: bool 
     file of a model factory), even with --force."""
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
-    outputs = [plan_output(out)] + ([Output(plot_path(out), "the channels-per-group plot", has_mark)] if plot else [])
+    outputs = [plan_output(out)] + ([Output(plot_path(out), "the channels-per-group plot", plot_of(CHANNELS))] if plot else [])
     factory = factory_file(arch)
     check_outputs(outputs, inputs=([weights] if weights else []) + ([factory] if factory else []), force=force)
 
