@@ -21,12 +21,13 @@ import slimkit
 from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import (MARKDOWN_MARK, NAME_MAX, Output, OutputError, atomic_write, atomic_write_text,
-                           check_outputs, has_mark, scratch_path)
+                           check_outputs, has_mark, plot_of, scratch_path)
 from slimkit.checkpoint import write_checkpoint
 from slimkit.generator import channel_graph, check_memory, verified_plan
 from slimkit.pipeline import (Layout, RunHooks, StageRecord, _check_trained_config, _check_trained_plan,
                               _prune_stage, build_summary, summary_markdown)
 from slimkit.plan import save_plan
+from slimkit.plots import CHANNELS
 from slimkit.recipe import parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
 
@@ -366,6 +367,20 @@ def test_an_ascii_console_never_loses_a_finished_plan(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "slimkit:resnet20 ? uniform plan" in r.stdout
     assert json.loads(out.read_text())["arch"] == "slimkit:resnet20" and has_mark(out.with_suffix(".png"))
+
+
+def test_a_closed_output_pipe_never_loses_a_finished_plan(tmp_path):
+    """`slimkit prune ... | head -1`: click's EPIPE handling ended the command at its next line of output
+    (exit 1, nothing on stderr) before the plan was written; the rest of the output is dropped instead."""
+    out = tmp_path / "p.json"
+    p = subprocess.Popen([sys.executable, "-m", "slimkit", "prune", "resnet20", "--flops", "50%", "--method",
+                          "uniform", "--round-to", "8", "--num-classes", "10", "--out", str(out)], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # the reader is gone before the first line (head -1 after its line)
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and json.loads(out.read_text())["arch"] == "slimkit:resnet20", err
+    assert plot_of(CHANNELS)(out.with_suffix(".png"))
 
 
 def test_an_input_size_that_cannot_fit_in_memory_is_one_line(monkeypatch, tmp_path):

@@ -42,6 +42,49 @@ def _never_fail_on_encoding() -> None:
 
 
 _never_fail_on_encoding()
+
+
+class _ClosedOutputSafe:
+    """sys.stdout / sys.stderr for the command line: when the reader goes away (``slimkit prune ... |
+    head -1``) the rest of the output is dropped and the command finishes its work, instead of dying
+    on the next line it prints (click's handling of EPIPE: exit 1, the plan never written)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._closed = stream, False
+
+    def _drop_the_rest(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # later flushes (at exit too) go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop_the_rest()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop_the_rest()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def survive_closed_output() -> None:
+    """Install :class:`_ClosedOutputSafe` on stdout and stderr (the ``slimkit`` command only: a library
+    leaves its caller's streams alone)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _ClosedOutputSafe):
+            setattr(sys, name, _ClosedOutputSafe(stream))
 console = Console()
 err_console = Console(stderr=True)
 
