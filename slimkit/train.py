@@ -503,8 +503,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
-        raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune with --num-classes "
-                        f"{data.num_classes} (or with --data {cfg.data}) for this data")
+        raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune again with --num-classes "
+                        f"{data.num_classes} for {cfg.data} (a plan learned with --method scratch --data "
+                        f"{cfg.data} gets it too)")
 
     plan = verified_plan(plan, f"the plan in {ckpt_path}" if ckpt is not None else None)  # counts from widths
     full_flops = plan.search["full_flops"]

@@ -334,3 +334,15 @@ def test_every_command_a_message_or_doc_suggests_exists():
              if opt not in COMMANDS[cmd]] + [f"{where}: no command slimkit {cmd}" for where, cmd, _ in found
                                               if cmd not in COMMANDS]
     assert not wrong, wrong
+
+
+def test_prune_refuses_gate_learning_options_a_uniform_plan_would_ignore(tmp_path):
+    """`prune --method uniform --data synthetic` wrote a plan with the model's default head (exit 0) and
+    `train` then advised pruning "with --data synthetic", which is what the user had done."""
+    for args in (["--flops", "50%", "--method", "uniform", "--data", "synthetic"],
+                 ["--flops", "50%", "--method", "uniform", "--steps", "5"],
+                 ["--structure", "resnet56-a", "--epochs", "1"]):
+        r = run("prune", "resnet56", *args, "--out", tmp_path / "p.json")
+        assert r.exit_code == 2 and "gate learning" in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "p.json").exists()
+    assert not list(tmp_path.iterdir())

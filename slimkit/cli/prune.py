@@ -12,7 +12,7 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.budget import parse_budget
-from slimkit.cli._common import (print_table, ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
+from slimkit.cli._common import (print_table, refuse_idle, ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, say_plain, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.files import Output, check_outputs, plot_of
@@ -177,6 +177,15 @@ def prune(
                         or any(v is not None for v in (data_dir, preset, gamma, lr, epochs, steps, batch_size,
                                                        search_size, val_size)))
         method = default_method(arch, criterion=criterion, learns_gates=learns_gates)
+    if method == "uniform" or structure is not None:  # no gates are learned: these would be ignored
+        refuse_idle([("--data", data, None), ("--data-dir", data_dir, None), ("--preset", preset, None),
+                     ("--gamma", gamma, None), ("--lr", lr, None), ("--epochs", epochs, None),
+                     ("--steps", steps, None), ("--batch-size", batch_size, None),
+                     ("--search-size", search_size, None), ("--val-size", val_size, None)],
+                    "gate learning, which " + (f"--structure {structure}" if structure else "--method uniform")
+                    + " does not do (size the head for your data with --num-classes)",
+                    "drop --structure for a budget with --method scratch" if structure else
+                    "use --method scratch")
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
                         weights=weights, selection=selection, search_space=search_space)
