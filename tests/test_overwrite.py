@@ -173,6 +173,19 @@ def test_an_out_ending_in_a_slash_is_a_folder_not_a_file_name(tmp_path, plan_fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+def test_a_report_stem_naming_a_folder_is_refused_not_written_beside_it(tmp_path, plan_file, monkeypatch):
+    """`bench MODEL --out reports` (an existing folder) wrote reports.json, .md and .png beside the folder,
+    in a place the user did not choose."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    for out in (["--out", "reports"], ["--out=reports"], ["-o", str(tmp_path / "reports")]):
+        r = run("bench", plan_file, "--runs", "5", *out)
+        flat = " ".join(r.output.replace("│", " ").split())
+        assert r.exit_code == 2 and "reports is a folder" in flat and "give a name inside it" in flat, r.output
+        assert "reports/latency" in flat or out[0] == "-o", r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "reports"] and not any((tmp_path / "reports").iterdir())
+
+
 def test_export_and_bench_never_replace_inputs_or_foreign_side_files(tmp_path, plan_file):
     keep = tmp_path / "keep.latency.json"
     keep.write_text('{"mine": 1}\n')

@@ -438,6 +438,12 @@ class SlimkitCommand(typer.core.TyperCommand):
                     raise typer.BadParameter(f"{value} ends in '/', a folder, but this option names a file: give a "
                                              f"file name, e.g. {value.rstrip('/' + os.sep)}/{files[p.name]}",
                                              ctx=ctx, param=p)
+                if p.name in files and "." not in files[p.name] and os.path.isdir(value):
+                    # a report's stem (bench --out lat: lat.json, lat.md, lat.png) would put the files beside
+                    # the folder the user named, not in it (an option naming one file refuses a folder itself)
+                    raise typer.BadParameter(f"{value} is a folder, but this option names the report's files (its "
+                                             f"stem): give a name inside it, e.g. {value.rstrip('/' + os.sep)}/"
+                                             f"{files[p.name]}", ctx=ctx, param=p)
         return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
