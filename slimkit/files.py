@@ -105,10 +105,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def scratch_path(path: str | os.PathLike, tag: str) -> Path:
     """A hidden working file beside ``path`` (``.NAME.TAG``, plus room for a ``.data`` sibling), its
-    name cut to fit :data:`NAME_MAX` bytes whenever ``path``'s own name does."""
+    name cut to fit :data:`NAME_MAX` bytes whenever ``path``'s own name does, and never the name of a
+    file already there (``.NAME.TAG1``, ``2``, ... instead)."""
     path = Path(path)
     room = NAME_MAX - len(os.fsencode(tag)) - 2 - 16
-    return path.parent / f".{os.fsdecode(os.fsencode(path.name)[:room])}.{tag}"
+    base = path.parent / f".{os.fsdecode(os.fsencode(path.name)[:room])}.{tag}"
+    scratch, n = base, 0
+    # the caller writes and then removes it (and its .data): a file of that name already there is someone
+    # else's (a user's .model.onnx.export was deleted by `export --out model.onnx`): take the next free name
+    while any(p.exists() or p.is_symlink() for p in (scratch, Path(f"{scratch}.data"))):
+        n += 1
+        scratch = base.with_name(f"{base.name}{n}")
+    return scratch
 
 
 def _temp_prefix(name: str) -> str:

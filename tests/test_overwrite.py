@@ -462,3 +462,15 @@ def test_a_plot_of_one_kind_is_never_replaced_by_a_plot_of_another(tmp_path):
     plt.close(fig)
     r = run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out", folder / "old.json")
     assert r.exit_code == 0, r.output
+
+
+def test_the_export_scratch_file_never_replaces_a_file_already_there(tmp_path, plan_file):
+    """export wrote and then deleted `.NAME.export` beside --out: a user's file of that name was lost."""
+    theirs = {tmp_path / ".m.onnx.export": b"mine", tmp_path / ".m.onnx.export.data": b"mine too"}
+    for path, data in theirs.items():
+        path.write_bytes(data)
+    assert scratch_path(tmp_path / "m.onnx", "export") not in theirs
+    r = run("export", plan_file, "--out", tmp_path / "m.onnx", "--no-bench", "--exporter", "torchscript")
+    assert r.exit_code == 0, r.output
+    assert all(path.read_bytes() == data for path, data in theirs.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.onnx.export", ".m.onnx.export.data", "in", "m.onnx"]
