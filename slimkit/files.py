@@ -27,6 +27,7 @@ from slimkit.errors import SlimkitError
 __all__ = ["atomic_write", "atomic_write_text", "cache_dir", "read_cache", "write_cache", "folder_lock", "LOCK_NAME",
            "RUN_RECIPE_NAME", "Output",
            "OutputError", "check_outputs", "MARK", "MARKDOWN_MARK", "PNG_MARK", "has_mark", "is_json_with",
+           "png_mark", "plot_of",
            "same_path", "scratch_path"]
 
 # What slimkit writes into files that have no format field of their own, so that a later command can
@@ -34,6 +35,7 @@ __all__ = ["atomic_write", "atomic_write_text", "cache_dir", "read_cache", "writ
 MARK = "slimkit"
 PNG_MARK = {"Software": MARK}
 MARKDOWN_MARK = "<!-- written by slimkit -->"
+PLOT_KEY = "slimkit-plot"  # a PNG's tEXt entry naming which plot it is: "training curves", "channels", ...
 NAME_MAX = 255  # bytes in one file name on every file system slimkit targets
 
 
@@ -103,10 +105,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def scratch_path(path: str | os.PathLike, tag: str) -> Path:
     """A hidden working file beside ``path`` (``.NAME.TAG``, plus room for a ``.data`` sibling), its
-    name cut to fit :data:`NAME_MAX` bytes whenever ``path``'s own name does."""
+    name cut to fit :data:`NAME_MAX` bytes whenever ``path``'s own name does, and never the name of a
+    file already there (``.NAME.TAG1``, ``2``, ... instead)."""
     path = Path(path)
     room = NAME_MAX - len(os.fsencode(tag)) - 2 - 16
-    return path.parent / f".{os.fsdecode(os.fsencode(path.name)[:room])}.{tag}"
+    base = path.parent / f".{os.fsdecode(os.fsencode(path.name)[:room])}.{tag}"
+    scratch, n = base, 0
+    # the caller writes and then removes it (and its .data): a file of that name already there is someone
+    # else's (a user's .model.onnx.export was deleted by `export --out model.onnx`): take the next free name
+    while any(p.exists() or p.is_symlink() for p in (scratch, Path(f"{scratch}.data"))):
+        n += 1
+        scratch = base.with_name(f"{base.name}{n}")
+    return scratch
 
 
 def _temp_prefix(name: str) -> str:
@@ -190,6 +200,42 @@ def has_mark(path: Path) -> bool:
     if head.startswith(b"\x89PNG"):
         return b"tEXtSoftware\x00" + MARK.encode() in head
     return MARKDOWN_MARK.encode() in head or _tail(path, MARKDOWN_MARK.encode())
+
+
+def png_mark(kind: str) -> dict[str, str]:
+    """The PNG metadata slimkit writes into a plot: its mark, and which plot it is (``kind``), so a
+    plot of one kind is never taken for another's to replace (a run's training curves for a plan's
+    channel plot, `prune --out RUN/curves.json`)."""
+    return {**PNG_MARK, PLOT_KEY: kind}
+
+
+def _png_text(path: Path) -> dict[str, str]:
+    """The tEXt entries of a PNG (up to its image data), {} for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return {}
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return {}
+    text, at = {}, 8
+    while at + 8 <= len(head):
+        length, kind = int.from_bytes(head[at:at + 4], "big"), head[at + 4:at + 8]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"tEXt":
+            key, _, value = head[at + 8:at + 8 + length].partition(b"\x00")
+            text[key.decode("latin-1")] = value.decode("latin-1")
+        at += 12 + length
+    return text
+
+
+def plot_of(kind: str) -> Callable[[Path], bool]:
+    """A recogniser for one kind of slimkit plot (see :func:`png_mark`): slimkit's mark, and either this
+    kind or none recorded (a plot written before kinds were)."""
+    def ours(path: Path) -> bool:
+        return has_mark(path) and _png_text(path).get(PLOT_KEY, kind) == kind
+    return ours
 
 
 def _tail(path: Path, needle: bytes) -> bool:

@@ -44,10 +44,10 @@ import torch
 from slimkit import validate as limits
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_missing, openvino_version  # imports OpenVINO itself only when used
-from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with
+from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, plot_of
 from slimkit.generator import generate
 from slimkit.registry import traced_part
-from slimkit.plots import plot_latency
+from slimkit.plots import LATENCY, plot_latency
 from slimkit.validate import check_number, show
 
 __all__ = ["timing_enabled", "BACKENDS", "backend_missing", "check_backend", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
@@ -361,7 +361,7 @@ def report_outputs(stem: str | os.PathLike) -> list[Output]:
     stem = str(stem)  # "model.latency" -> model.latency.json: append, never replace a suffix
     return [Output(Path(f"{stem}.json"), "the latency report", is_json_with(format=REPORT_FORMAT)),
             Output(Path(f"{stem}.md"), "the latency report (Markdown)", has_mark),
-            Output(Path(f"{stem}.png"), "the latency plot", has_mark)]
+            Output(Path(f"{stem}.png"), "the latency plot", plot_of(LATENCY))]
 
 
 def baseline_output(path: str | os.PathLike) -> Output:
@@ -538,6 +538,29 @@ def _what_json(path: Path, data: Any) -> str:
     return "a JSON file"
 
 
+# How far a baseline's stored gate ratio (and its CI) may differ from the one its own per-round times give:
+# the times are stored rounded to 0.1 µs, so a recount is close, never exact.
+RECOUNT_TOLERANCE = 0.01
+
+
+def _check_recorded_ratio(path: Path, data: dict[str, Any], ratio: float, ci: list[float], redo: str) -> None:
+    """The gate's ratio is what the baseline's own recorded times give (a median of per-round ratios,
+    recomputed here): a ratio edited by hand (say to 5.0, CI 4.9-5.1, so that a model five times slower
+    passes) is refused, never trusted."""
+    gate, times = data["gate"], data.get("times_ms")
+    rounds = ([times.get(gate["model"]), times.get(gate["reference"])] if isinstance(times, dict)
+              and isinstance(gate["model"], str) else [None, None])
+    if not all(isinstance(t, list) and len(t) == len(rounds[0]) >= 1 and
+               all(type(x) in (int, float) and math.isfinite(x) and x > 0 for x in t) for t in rounds):
+        raise LatencyError(f"{path} does not hold the per-round times of {show(gate['model'])} and "
+                           f"{show(gate['reference'])} that its ratio was measured from; {redo}")
+    got = paired_ratio(np.array(rounds[0]), np.array(rounds[1]))
+    if any(abs(a - b) > RECOUNT_TOLERANCE * b for a, b in zip((ratio, *ci), got)):
+        raise LatencyError(f"{path}: its gate ratio {ratio:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}) is not what its "
+                           f"recorded times give ({got[0]:.3f}, 95% CI {got[1]:.3f}-{got[2]:.3f}): the baseline was "
+                           f"edited or damaged; {redo}")
+
+
 def read_baseline(path: Path) -> dict[str, Any]:
     """A baseline file, validated: any doubt about it is an error, never a silent pass."""
     redo = "record it again with --update-baseline"
@@ -586,4 +609,5 @@ def read_baseline(path: Path) -> dict[str, Any]:
             (spec.get("kind") in ("onnx", "checkpoint") and isinstance(spec.get("path"), str) and spec["path"])
             or (spec.get("kind") == "plan" and isinstance(spec.get("plan"), dict)))):
         raise LatencyError(f"{path} holds a damaged reference ({show(gate['reference'])}: {show(spec)}); {redo}")
+    _check_recorded_ratio(path, data, ratio, ci, redo)
     return data

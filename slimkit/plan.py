@@ -37,6 +37,10 @@ __all__ = ["ChannelPlan", "checked", "load_plan", "save_plan", "plan_output", "P
 PLAN_FORMAT = "slimkit.plan/1"  # widths only
 PLAN_FORMAT_KEEP = "slimkit.plan/2"  # widths, and the channels kept from trained weights
 FORMATS = (PLAN_FORMAT, PLAN_FORMAT_KEEP)
+# What slimkit's other JSON files are, for the message when one is given where a plan goes.
+_OTHER_FORMATS = {"slimkit.latency": "latency report from `slimkit bench` or `slimkit export`",
+                  "slimkit.run-summary": "run summary from `slimkit run`",
+                  "slimkit.run-stages": "run's stage record from `slimkit run`"}
 CRITERIA = ("l1", "gates")  # how kept channels were chosen: filter L1 norm (Li et al. 2017), gate value
 CRITERION_FIELDS = ("kind", "weights", "fingerprint")
 FINGERPRINT = re.compile(r"sha256:[0-9a-f]{16}")  # a traced graph's, or the weights a plan's channels were ranked on
@@ -167,6 +171,12 @@ class ChannelPlan:
             raise PlanError(f"{source} is not a ChannelPlan (expected a JSON object)")
         fmt = data.get("format")
         if fmt not in FORMATS:
+            if not (isinstance(fmt, str) and fmt.startswith("slimkit.plan")):
+                # another file (a latency report, a run summary, a check record): say what it is; never advise
+                # writing a plan over it
+                what = (f"a {_OTHER_FORMATS.get(fmt.split('/')[0], 'slimkit file')} (format {fmt})" if isinstance(fmt, str)
+                        and fmt.startswith("slimkit.") else "a JSON object without a plan's format field")
+                raise PlanError(f"{source} is {what}, not a plan: pass the plan JSON `slimkit prune` wrote")
             raise PlanError(
                 f"{source} has format {show(fmt)}, expected one of {', '.join(map(repr, FORMATS))}: regenerate it "
                 "with `slimkit prune` (or update slimkit, if a newer one wrote it)"

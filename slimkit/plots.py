@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.files import PNG_MARK, atomic_write
+from slimkit.files import atomic_write, png_mark
 from slimkit.plan import ChannelPlan
 
 
@@ -22,11 +22,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+CHANNELS, TRAINING, LATENCY = "channels per group", "training curves", "latency"  # png_mark kinds
+
+
+def _save(fig: Any, path: str | os.PathLike, kind: str) -> Path:
     plt = _pyplot()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
-                                                             metadata=PNG_MARK))  # marks it as slimkit's
+                                                             metadata=png_mark(kind)))  # slimkit's, and which plot
     finally:
         plt.close(fig)
 
@@ -49,7 +52,7 @@ def plot_channels(plan: ChannelPlan, path: str | os.PathLike,
     ax.set_ylabel("channels")
     ax.set_title(f"{plan.arch}: channels per group", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, CHANNELS)
 
 
 def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "") -> Path:
@@ -78,7 +81,7 @@ def plot_training(metrics: list[dict], path: str | os.PathLike, title: str = "")
     ax2.set_ylabel("mAP" if "test_map" in metrics[0] else "accuracy")
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, TRAINING)
 
 
 def plot_latency(report, path: str | os.PathLike) -> Path:
@@ -101,4 +104,4 @@ def plot_latency(report, path: str | os.PathLike) -> Path:
     ax.set_ylim(0, max(tops, default=1.0) * 1.3 or 1.0)  # headroom for the two-line labels
     ax.set_title(f"{report.backend}, batch {report.batch}, {report.threads} thread(s), {report.runs} "
                  "interleaved rounds", fontsize=9, pad=8)
-    return _save(fig, path)
+    return _save(fig, path, LATENCY)

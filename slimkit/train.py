@@ -54,12 +54,12 @@ from slimkit.checkpoint import missing_checkpoint
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
-from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, has_mark, is_json_with,
+from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, is_json_with, plot_of,
                            same_path)
 from slimkit.generator import choose_channels, full_plan, generate, verified_plan
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
-from slimkit.plots import plot_training
+from slimkit.plots import TRAINING, plot_training
 from slimkit.runtime import all_reduce_sum, autocast, out_of_place_activations, place_batch, place_model
 from slimkit.task_losses import (IGNORE_INDEX, class_scores, detection_loss, evaluate_detection, evaluate_segmentation,
                                  segmentation_output_loss, to_device)
@@ -428,7 +428,7 @@ def run_outputs(out: Path, plan: ChannelPlan | None) -> list[Output]:
             Output(out / "plan.json", "the trained plan", same_plan),
             Output(out / "config.json", "the training config", is_json_with("epochs_run", "schedule", "seed")),
             Output(out / "metrics.json", "the training metrics", is_json_with("history", "final", "epochs")),
-            Output(out / "curves.png", "the training curves", has_mark)]
+            Output(out / "curves.png", "the training curves", plot_of(TRAINING))]
 
 
 def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: TrainConfig, *, resume: bool,
@@ -503,8 +503,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
-        raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune with --num-classes "
-                        f"{data.num_classes} (or with --data {cfg.data}) for this data")
+        raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune again with --num-classes "
+                        f"{data.num_classes} for {cfg.data} (a plan learned with --method scratch --data "
+                        f"{cfg.data} gets it too)")
 
     plan = verified_plan(plan, f"the plan in {ckpt_path}" if ckpt is not None else None)  # counts from widths
     full_flops = plan.search["full_flops"]

@@ -58,3 +58,37 @@ def test_the_demo_ends_with_what_was_made_where_how_fast_and_how_accurate(tmp_pa
                    f"{r20}/model.int8.onnx   int8 ONNX (0.17 MB)", "20.4M MACs of 40.8M", "Try next:",
                    f"{root}/mobilenet_v1_150M.onnx   it as ONNX (missing)"):
         assert needle in text, text
+
+
+def _summary() -> dict:
+    row = {"macs": 20_361_616, "params": 120_186, "test_top1": 0.10938, "epochs": 1, "latency_median_ms": 0.311,
+           "latency_ratio": 0.805, "int8_top1": 0.10938, "int8_latency_median_ms": 0.205, "int8_latency_ratio": 0.464}
+    return {"recipe": "tiny", "arch": "slimkit:resnet20",
+            "models": [{"name": "pruned", **row}, {"name": "uniform", **row}, {"name": "full", **row}]}
+
+
+def test_the_run_summary_keeps_every_number_whole_at_80_and_at_40_columns(monkeypatch):
+    """Rich squeezed the ten columns of an int8 run's summary by cutting every cell ("120.…", "10.9…",
+    "prun…") at 80 columns, and to nothing but "…" at 40."""
+    from slimkit.cli import run as run_cli
+
+    for width in (80, 40):
+        out = io.StringIO()
+        monkeypatch.setattr(run_cli, "console", Console(file=out, width=width))
+        run_cli.render_summary(_summary())
+        text = out.getvalue()
+        assert "…" not in text, text
+        for cell in ("pruned", "uniform", "20.4M", "120.2K", "10.94%", "0.311", "0.805×", "0.464×"):
+            assert cell in text, text
+        if width == 80:
+            assert max(len(line) for line in text.splitlines()) <= 80, text
+
+
+def test_the_latency_table_keeps_numbers_whole_at_40_columns(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(bench_cli, "console", Console(file=out, width=40))
+    bench_cli.render_report(_report())
+    text = out.getvalue()
+    for cell in ("20.4M", "0.620", "0.610–0.630"):
+        assert cell in text, text
+    assert "resnet20_" in text, text

@@ -152,6 +152,13 @@ def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
     check_with(lambda d: d["gate"].update(ratio="1e308"), "impossible latency ratio")  # text, and huge
     check_with(lambda d: d["gate"].update(ratio=1e308, ratio_ci=[1e307, 1e308]), "impossible latency ratio")
     check_with(lambda d: d["gate"].update(ratio=d["gate"]["ratio_ci"][1] * 2), "impossible latency ratio")
+    # a ratio edited to let a slower model pass (CI edited to match) is not what the recorded times give
+    check_with(lambda d: d["gate"].update(ratio=5.0, ratio_ci=[4.9, 5.1]), "not what its recorded times give")
+    check_with(lambda d: d["times_ms"].update({d["gate"]["model"]: [t / 5 for t in d["times_ms"][d["gate"]["model"]]]}),
+               "not what its recorded times give")
+    check_with(lambda d: d.pop("times_ms"), "per-round times")
+    check_with(lambda d: d["times_ms"].update({d["gate"]["reference"]: [0.0] * len(d["times_ms"][d["gate"]["reference"]])}),
+               "per-round times")
     check_with(lambda d: d.update(format="slimkit.latency/0"), "format")
     check_with(lambda d: d["gate"].pop("model_fingerprint"), "which model")
     # the settings the check re-measures with are the CLI's own ranges: a billion threads is not an allocation error

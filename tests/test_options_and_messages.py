@@ -334,3 +334,31 @@ def test_every_command_a_message_or_doc_suggests_exists():
              if opt not in COMMANDS[cmd]] + [f"{where}: no command slimkit {cmd}" for where, cmd, _ in found
                                               if cmd not in COMMANDS]
     assert not wrong, wrong
+
+
+def test_prune_refuses_gate_learning_options_a_uniform_plan_would_ignore(tmp_path):
+    """`prune --method uniform --data synthetic` wrote a plan with the model's default head (exit 0) and
+    `train` then advised pruning "with --data synthetic", which is what the user had done."""
+    for args in (["--flops", "50%", "--method", "uniform", "--data", "synthetic"],
+                 ["--flops", "50%", "--method", "uniform", "--steps", "5"],
+                 ["--structure", "resnet56-a", "--epochs", "1"]):
+        r = run("prune", "resnet56", *args, "--out", tmp_path / "p.json")
+        assert r.exit_code == 2 and "gate learning" in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "p.json").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_another_slimkit_file_given_as_a_plan_is_named_and_never_to_be_regenerated(tmp_path):
+    """`train latency.json` said "has format 'slimkit.latency/1' ...: regenerate it with `slimkit prune`":
+    advice to write a plan over the user's report."""
+    for name, data, what in (("lat.json", {"format": "slimkit.latency/1", "models": []}, "is a latency report"),
+                             ("summary.json", {"format": "slimkit.run-summary/1"}, "is a run summary"),
+                             ("check.json", {"fp32": {}, "int8": {}}, "without a plan's format field")):
+        path = tmp_path / name
+        path.write_text(json.dumps(data))
+        before = path.read_bytes()
+        for args in (["train", path, "--data", "synthetic", "--out", tmp_path / "t"], ["export", path, "--no-bench"]):
+            r = run(*args)
+            flat = " ".join(r.output.split())
+            assert r.exit_code == 2 and what in flat and "not a plan" in flat and "regenerate" not in flat, r.output
+        assert path.read_bytes() == before

@@ -21,12 +21,13 @@ import slimkit
 from slimkit.cli import app
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import (MARKDOWN_MARK, NAME_MAX, Output, OutputError, atomic_write, atomic_write_text,
-                           check_outputs, has_mark, scratch_path)
+                           check_outputs, has_mark, plot_of, scratch_path)
 from slimkit.checkpoint import write_checkpoint
 from slimkit.generator import channel_graph, check_memory, verified_plan
 from slimkit.pipeline import (Layout, RunHooks, StageRecord, _check_trained_config, _check_trained_plan,
                               _prune_stage, build_summary, summary_markdown)
 from slimkit.plan import save_plan
+from slimkit.plots import CHANNELS
 from slimkit.recipe import parse_recipe, read_yaml
 from slimkit.train import TrainConfig, train
 
@@ -170,6 +171,19 @@ def test_an_out_ending_in_a_slash_is_a_folder_not_a_file_name(tmp_path, plan_fil
             r = run(*args, *out)
             assert r.exit_code == 2 and "ends in '/'" in r.output and example in r.output, (args, out, r.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_a_report_stem_naming_a_folder_is_refused_not_written_beside_it(tmp_path, plan_file, monkeypatch):
+    """`bench MODEL --out reports` (an existing folder) wrote reports.json, .md and .png beside the folder,
+    in a place the user did not choose."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    for out in (["--out", "reports"], ["--out=reports"], ["-o", str(tmp_path / "reports")]):
+        r = run("bench", plan_file, "--runs", "5", *out)
+        flat = " ".join(r.output.replace("│", " ").split())
+        assert r.exit_code == 2 and "reports is a folder" in flat and "give a name inside it" in flat, r.output
+        assert "reports/latency" in flat or out[0] == "-o", r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "reports"] and not any((tmp_path / "reports").iterdir())
 
 
 def test_export_and_bench_never_replace_inputs_or_foreign_side_files(tmp_path, plan_file):
@@ -368,6 +382,20 @@ def test_an_ascii_console_never_loses_a_finished_plan(tmp_path):
     assert json.loads(out.read_text())["arch"] == "slimkit:resnet20" and has_mark(out.with_suffix(".png"))
 
 
+def test_a_closed_output_pipe_never_loses_a_finished_plan(tmp_path):
+    """`slimkit prune ... | head -1`: click's EPIPE handling ended the command at its next line of output
+    (exit 1, nothing on stderr) before the plan was written; the rest of the output is dropped instead."""
+    out = tmp_path / "p.json"
+    p = subprocess.Popen([sys.executable, "-m", "slimkit", "prune", "resnet20", "--flops", "50%", "--method",
+                          "uniform", "--round-to", "8", "--num-classes", "10", "--out", str(out)], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # the reader is gone before the first line (head -1 after its line)
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0, err
+    assert "Traceback" not in err and json.loads(out.read_text())["arch"] == "slimkit:resnet20", err
+    assert plot_of(CHANNELS)(out.with_suffix(".png"))
+
+
 def test_an_input_size_that_cannot_fit_in_memory_is_one_line(monkeypatch, tmp_path):
     import slimkit.generator as generator
 
@@ -408,3 +436,41 @@ def test_sigterm_during_export_leaves_no_temporary_folder(tmp_path, plan_file):
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
     assert list(tmp.glob("slimkit-*")) == [] and out.is_file()  # the ONNX file was finished before the report began
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no atomic-write leftovers
+
+
+def test_a_plot_of_one_kind_is_never_replaced_by_a_plot_of_another(tmp_path):
+    """slimkit's mark alone let `prune --out RUN/curves.json` and `bench --out RUN/curves` replace a
+    training run's curves.png with a channel or latency plot (exit 0): each plot records its kind."""
+    from slimkit.plots import plot_training
+
+    folder = tmp_path / "run"
+    history = [{"epoch": 1, "train_loss": 2.3, "train_accuracy": 0.1, "test_loss": 2.3, "test_top1": 0.1, "lr": 0.1}]
+    plot_training(history, folder / "curves.png", "run")
+    before = snapshot(tmp_path)
+    assert_refused(run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out", folder / "curves.json"),
+                   "curves.png exists", "channels-per-group plot")
+    assert_refused(run("bench", tmp_path / "absent.onnx", "--out", folder / "curves"), "curves.png exists",
+                   "latency plot")
+    assert snapshot(tmp_path) == before
+    # a plot from before kinds were recorded (slimkit's mark alone) is still slimkit's to replace
+    folder.joinpath("curves.png").unlink()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = plt.figure()
+    fig.savefig(folder / "old.png", format="png", metadata={"Software": "slimkit"})
+    plt.close(fig)
+    r = run("prune", "resnet20", "--flops", "50%", "--method", "uniform", "--out", folder / "old.json")
+    assert r.exit_code == 0, r.output
+
+
+def test_the_export_scratch_file_never_replaces_a_file_already_there(tmp_path, plan_file):
+    """export wrote and then deleted `.NAME.export` beside --out: a user's file of that name was lost."""
+    theirs = {tmp_path / ".m.onnx.export": b"mine", tmp_path / ".m.onnx.export.data": b"mine too"}
+    for path, data in theirs.items():
+        path.write_bytes(data)
+    assert scratch_path(tmp_path / "m.onnx", "export") not in theirs
+    r = run("export", plan_file, "--out", tmp_path / "m.onnx", "--no-bench", "--exporter", "torchscript")
+    assert r.exit_code == 0, r.output
+    assert all(path.read_bytes() == data for path, data in theirs.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.onnx.export", ".m.onnx.export.data", "in", "m.onnx"]

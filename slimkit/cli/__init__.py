@@ -14,7 +14,7 @@ from slimkit.cli import info as _info
 from slimkit.cli import prune as _prune
 from slimkit.cli import run as _run
 from slimkit.cli import train as _train
-from slimkit.cli._common import SlimkitCommand, SlimkitGroup
+from slimkit.cli._common import SlimkitCommand, SlimkitGroup, survive_closed_output
 from slimkit.version import __version__
 
 app = typer.Typer(
@@ -57,4 +57,5 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    survive_closed_output()
     app()

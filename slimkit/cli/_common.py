@@ -20,6 +20,8 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.segment import Segments
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -40,8 +42,74 @@ def _never_fail_on_encoding() -> None:
 
 
 _never_fail_on_encoding()
+
+
+class _ClosedOutputSafe:
+    """sys.stdout / sys.stderr for the command line: when the reader goes away (``slimkit prune ... |
+    head -1``) the rest of the output is dropped and the command finishes its work, instead of dying
+    on the next line it prints (click's handling of EPIPE: exit 1, the plan never written)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._closed = stream, False
+
+    def _drop_the_rest(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # later flushes (at exit too) go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop_the_rest()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop_the_rest()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def survive_closed_output() -> None:
+    """Install :class:`_ClosedOutputSafe` on stdout and stderr (the ``slimkit`` command only: a library
+    leaves its caller's streams alone)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _ClosedOutputSafe):
+            setattr(sys, name, _ClosedOutputSafe(stream))
 console = Console()
 err_console = Console(stderr=True)
+
+# A column that may fold (a file or model name) is given at most this many cells when a table is squeezed.
+FOLD_WIDTH = 10
+
+
+def print_table(table: Any, target: Console | None = None) -> None:
+    """Print ``table`` without cutting a cell short. Rich squeezes a table wider than the terminal by
+    cutting its widest columns, numbers too ("120.…", "10.9…" in the run summary at 80 columns, nothing
+    readable at 40). Here such a table gets each column at its longest word (a number is one word;
+    headers and texts wrap, names fold at :data:`FOLD_WIDTH`), and when even that is wider than the
+    terminal it is printed at the width it needs (the terminal wraps its lines; a log keeps them whole)."""
+    target = target or console
+    opts = target.options.update_width(1 << 16)
+    if Measurement.get(target, opts, table).maximum > target.width:
+        for column in table.columns:
+            widest = max((Measurement.get(target, opts, cell).minimum for cell in [column.header, *column.cells]),
+                         default=1)
+            column.width = min(widest, FOLD_WIDTH) if column.overflow == "fold" and widest > FOLD_WIDTH else widest
+    need = Measurement.get(target, opts, table).maximum
+    if need > target.width:  # Console.print clamps `width` to the terminal's: render at `need`, print uncropped
+        target.print(Segments(target.render(table, target.options.update_width(need))), crop=False)
+    else:
+        target.print(table)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -370,6 +438,12 @@ class SlimkitCommand(typer.core.TyperCommand):
                     raise typer.BadParameter(f"{value} ends in '/', a folder, but this option names a file: give a "
                                              f"file name, e.g. {value.rstrip('/' + os.sep)}/{files[p.name]}",
                                              ctx=ctx, param=p)
+                if p.name in files and "." not in files[p.name] and os.path.isdir(value):
+                    # a report's stem (bench --out lat: lat.json, lat.md, lat.png) would put the files beside
+                    # the folder the user named, not in it (an option naming one file refuses a folder itself)
+                    raise typer.BadParameter(f"{value} is a folder, but this option names the report's files (its "
+                                             f"stem): give a name inside it, e.g. {value.rstrip('/' + os.sep)}/"
+                                             f"{files[p.name]}", ctx=ctx, param=p)
         return super().parse_args(ctx, args)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:

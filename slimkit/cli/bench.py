@@ -13,7 +13,7 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.artifacts import baseline_candidates, load_candidate, reference_candidate
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
+from slimkit.cli._common import (print_table, ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, refuse_idle, user_errors)
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import openvino_parity
@@ -39,7 +39,7 @@ def render_report(report) -> None:
         s = m["stats"]
         table.add_row(escape(m["name"]), format_count(m["flops"]) if m.get("flops") else "–",
                       f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{m['ratio']:.3f}", f"{m['ratio_ci'][0]:.3f}–{m['ratio_ci'][1]:.3f}")
-    console.print(table)
+    print_table(table, console)
     if report.postprocessing is not None:
         console.print(postprocessing_text(report.postprocessing), markup=False, highlight=False)
 

@@ -16,7 +16,7 @@ from slimkit import registry
 from slimkit import validate as limits
 from slimkit.artifacts import (LoadedModel, default_export_path, export_for_timing, load_model, onnx_metadata,
                                reference_candidate)
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
+from slimkit.cli._common import (print_table, ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, refuse_idle, user_errors, warn)
 from slimkit.cli.bench import measure_with_progress, render_report
 from slimkit.data import load_data
@@ -129,7 +129,7 @@ def export(
                            ("parity", f"max |ORT − PyTorch| {d['parity_max_abs_diff']:.1e} (≤ {d['parity_limit']:.2g}; "
                                       f"outputs up to {d['parity_output_scale']:.3g})")])):
         table.add_row(key, escape(value))
-    console.print(table)
+    print_table(table, console)
     int8_file = _export_int8(out, src, quant_data, calib_images=calib_images, calib_method=calib_method,
                              candidates=int8_candidates, batch=batch,
                              max_drop=max_drop, max_output_error=max_output_error, eval_images=eval_images,
@@ -226,7 +226,7 @@ def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str,
                        ("top-1 agreement", f"{100 * check['top1_agreement']:.2f}%"),
                        ("quantize time", f"{result.export_seconds:.1f} s")):
         table.add_row(key, value)
-    console.print(table)
+    print_table(table, console)
     return result.path
 
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.attention import input_size_kwargs
-from slimkit.cli._common import ARCH_KWARGS_HELP, checked_numbers, console, parse_arch_kwargs, parse_input_size, user_errors
+from slimkit.cli._common import print_table, ARCH_KWARGS_HELP, checked_numbers, console, parse_arch_kwargs, parse_input_size, user_errors
 from slimkit.flops import count_flops_per_layer, count_params, format_count
 from slimkit.generator import build_model, channel_graph
 
@@ -30,7 +30,7 @@ def models(
     table.add_column("source / note")
     for name, desc in rows[: limit or None]:
         table.add_row(escape(name), escape(desc))
-    console.print(table)
+    print_table(table, console)
     if limit and len(rows) > limit:
         console.print(f"... {len(rows) - limit} more; narrow with --filter or pass --limit 0")
 
@@ -78,7 +78,7 @@ def info(
             mods = g.producers + [c for c in g.consumers if c not in g.producers]
             table.add_row(escape(g.name), str(g.width), str(g.divisor),
                           escape(", ".join(mods[:4]) + (" ..." if len(mods) > 4 else "")))
-        console.print(table)
+        print_table(table, console)
         for stored in graph.stored_sizes:  # split sizes that G rewrites instead of freezing
             console.print(f"  G rewrites [cyan]{stored.module or 'model'}.{stored.attr}[/] = {stored.original!r} "
                           f"({stored.op})", highlight=False)
@@ -90,4 +90,4 @@ def info(
         table.add_column("share", justify="right")
         for name, n in per.items():
             table.add_row(escape(name), format_count(n), f"{100 * n / max(macs, 1):.1f}%")
-        console.print(table)
+        print_table(table, console)

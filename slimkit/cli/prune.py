@@ -12,14 +12,14 @@ from rich.table import Table
 
 from slimkit import validate as limits
 from slimkit.budget import parse_budget
-from slimkit.cli._common import (ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
+from slimkit.cli._common import (print_table, refuse_idle, ARCH_KWARGS_HELP, FORCE_HELP, checked_numbers, console, file_paths, make_progress,
                                  parse_arch_kwargs, parse_input_size, say_plain, user_errors)
 from slimkit.errors import SlimkitError
-from slimkit.files import Output, check_outputs, has_mark
+from slimkit.files import Output, check_outputs, plot_of
 from slimkit.flops import format_count
 from slimkit.models.user import factory_file
 from slimkit.plan import ChannelPlan, plan_output, save_plan
-from slimkit.plots import plot_channels
+from slimkit.plots import CHANNELS, plot_channels
 from slimkit.prune import DEFAULT_ROUND_TO, GateOptions, LatencyOptions, default_method, uniform_reference
 from slimkit.rounding import parse_round_to
 from slimkit.prune import prune as run_prune
@@ -36,7 +36,7 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
         ratio = g["width"] / g["full"]
         style = "green" if ratio > 1 else ("yellow" if ratio < 0.5 else "")
         table.add_row(escape(name), str(g["full"]), str(g["width"]), f"[{style}]{ratio:.2f}[/]" if style else f"{ratio:.2f}")
-    console.print(table)
+    print_table(table, console)
     full_flops = plan.search.get("full_flops")
     full_params = plan.search.get("full_params")
     line = f"MACs {format_count(plan.flops)}"
@@ -79,7 +79,7 @@ def check_out(out: Path, *, plot: bool, weights: str | None = None, force: bool 
     file of a model factory), even with --force."""
     if out.is_dir():
         raise SlimkitError(f"--out {out} is a directory; give a file name like {out / 'plan.json'}")
-    outputs = [plan_output(out)] + ([Output(plot_path(out), "the channels-per-group plot", has_mark)] if plot else [])
+    outputs = [plan_output(out)] + ([Output(plot_path(out), "the channels-per-group plot", plot_of(CHANNELS))] if plot else [])
     factory = factory_file(arch)
     check_outputs(outputs, inputs=([weights] if weights else []) + ([factory] if factory else []), force=force)
 
@@ -177,6 +177,15 @@ def prune(
                         or any(v is not None for v in (data_dir, preset, gamma, lr, epochs, steps, batch_size,
                                                        search_size, val_size)))
         method = default_method(arch, criterion=criterion, learns_gates=learns_gates)
+    if method == "uniform" or structure is not None:  # no gates are learned: these would be ignored
+        refuse_idle([("--data", data, None), ("--data-dir", data_dir, None), ("--preset", preset, None),
+                     ("--gamma", gamma, None), ("--lr", lr, None), ("--epochs", epochs, None),
+                     ("--steps", steps, None), ("--batch-size", batch_size, None),
+                     ("--search-size", search_size, None), ("--val-size", val_size, None)],
+                    "gate learning, which " + (f"--structure {structure}" if structure else "--method uniform")
+                    + " does not do (size the head for your data with --num-classes)",
+                    "drop --structure for a budget with --method scratch" if structure else
+                    "use --method scratch")
     gates = GateOptions(data=data, data_dir=data_dir, preset=preset, gamma=gamma, lr=lr, batch_size=batch_size,
                         epochs=epochs, steps=steps, search_size=search_size, val_size=val_size, device=device,
                         weights=weights, selection=selection, search_space=search_space)

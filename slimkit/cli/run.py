@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from slimkit import registry
-from slimkit.cli._common import console, make_progress, user_errors, warn
+from slimkit.cli._common import print_table, console, make_progress, user_errors, warn
 from slimkit.cli.bench import render_report
 from slimkit.pipeline import (Layout, RunHooks, budget_reach, check_folder, format_cell,
                               missing_backend, missing_data, missing_parent, run_recipe, stage_list, summary_columns)
@@ -18,13 +19,15 @@ from slimkit.recipe import dump_recipe, load_recipe
 
 
 def render_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=escape(f"{summary['recipe']} — {summary['arch']}"))
+    # no vertical rules: the ten columns of an int8 run fit 80 columns with every number whole
+    table = Table(title=escape(f"{summary['recipe']} — {summary['arch']}"), box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     columns = summary_columns(summary)
     for title, _, kind in columns:
         table.add_column(title, justify="left" if kind is None else "right")
     for row in summary["models"]:
         table.add_row(row["name"], *[format_cell(row.get(key), kind) for _, key, kind in columns[1:]])
-    console.print(table)
+    print_table(table, console)
 
 
 def rich_hooks() -> RunHooks:
@@ -56,7 +59,7 @@ def _dry_run(recipe, recipe_path: Path, overridden: bool, lay: Layout, same: boo
         for i, (path, text) in enumerate(outputs):
             name = path.relative_to(lay.root).as_posix() + ("/" if path.name.startswith("train") else "")
             table.add_row(stage if i == 0 else "", escape(name), escape(text))
-    console.print(table)
+    print_table(table, console)
     missing = missing_data(recipe)
     if missing:
         warn(f"data not available here: {missing}")
