@@ -27,7 +27,7 @@ from slimkit.errors import SlimkitError
 __all__ = ["atomic_write", "atomic_write_text", "cache_dir", "read_cache", "write_cache", "folder_lock", "LOCK_NAME",
            "RUN_RECIPE_NAME", "Output",
            "OutputError", "check_outputs", "MARK", "MARKDOWN_MARK", "PNG_MARK", "has_mark", "is_json_with",
-           "png_mark", "plot_of",
+           "png_mark", "plot_of", "JSON_KINDS", "json_kind",
            "same_path", "scratch_path"]
 
 # What slimkit writes into files that have no format field of their own, so that a later command can
@@ -200,6 +200,20 @@ def has_mark(path: Path) -> bool:
     if head.startswith(b"\x89PNG"):
         return b"tEXtSoftware\x00" + MARK.encode() in head
     return MARKDOWN_MARK.encode() in head or _tail(path, MARKDOWN_MARK.encode())
+
+
+# slimkit's JSON files by the name in their format field, for a message when one is given where another
+# kind goes (a plan where a baseline goes, a report where a plan goes): say what it is, never advise
+# writing over it.
+JSON_KINDS = {"slimkit.plan": "a slimkit plan (from `slimkit prune`)",
+              "slimkit.latency": "a latency report (from `slimkit bench` or `slimkit export`)",
+              "slimkit.run-summary": "a run summary (from `slimkit run`)",
+              "slimkit.run-stages": "a run's stage record (from `slimkit run`)"}
+
+
+def json_kind(fmt: str) -> str:
+    """What a JSON file whose format field is ``fmt`` is, as a noun phrase."""
+    return JSON_KINDS.get(fmt.split("/")[0], "a slimkit file" if fmt.startswith("slimkit.") else f"a {fmt} file")
 
 
 def png_mark(kind: str) -> dict[str, str]:

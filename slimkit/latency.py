@@ -44,7 +44,7 @@ import torch
 from slimkit import validate as limits
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_missing, openvino_version  # imports OpenVINO itself only when used
-from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, plot_of
+from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, json_kind, plot_of
 from slimkit.generator import generate
 from slimkit.registry import traced_part
 from slimkit.plots import LATENCY, plot_latency
@@ -529,12 +529,10 @@ def _what_json(path: Path, data: Any) -> str:
     if data is None:
         return {".onnx": "an ONNX model", ".pt": "a PyTorch checkpoint", ".pth": "a PyTorch checkpoint",
                 ".png": "an image"}.get(path.suffix.lower(), "not a JSON file")
-    if isinstance(data, dict) and str(data.get("format", "")).startswith("slimkit.plan"):
-        return "a slimkit plan (from `slimkit prune`)"
     if isinstance(data, dict) and data.get("format") == REPORT_FORMAT:
         return "a latency report without a gate (from `slimkit bench --out` or an export)"
     if isinstance(data, dict) and isinstance(data.get("format"), str):
-        return f"a {data['format']} file"
+        return json_kind(data["format"])
     return "a JSON file"
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from slimkit import validate as limits
 from slimkit.errors import PlanError
-from slimkit.files import Output, atomic_write_text, is_json_with
+from slimkit.files import Output, atomic_write_text, is_json_with, json_kind
 from slimkit.validate import DuplicateKeyError, Range, check_number, loads_json, show
 from slimkit.version import __version__
 
@@ -37,10 +37,6 @@ __all__ = ["ChannelPlan", "checked", "load_plan", "save_plan", "plan_output", "P
 PLAN_FORMAT = "slimkit.plan/1"  # widths only
 PLAN_FORMAT_KEEP = "slimkit.plan/2"  # widths, and the channels kept from trained weights
 FORMATS = (PLAN_FORMAT, PLAN_FORMAT_KEEP)
-# What slimkit's other JSON files are, for the message when one is given where a plan goes.
-_OTHER_FORMATS = {"slimkit.latency": "latency report from `slimkit bench` or `slimkit export`",
-                  "slimkit.run-summary": "run summary from `slimkit run`",
-                  "slimkit.run-stages": "run's stage record from `slimkit run`"}
 CRITERIA = ("l1", "gates")  # how kept channels were chosen: filter L1 norm (Li et al. 2017), gate value
 CRITERION_FIELDS = ("kind", "weights", "fingerprint")
 FINGERPRINT = re.compile(r"sha256:[0-9a-f]{16}")  # a traced graph's, or the weights a plan's channels were ranked on
@@ -174,8 +170,8 @@ class ChannelPlan:
             if not (isinstance(fmt, str) and fmt.startswith("slimkit.plan")):
                 # another file (a latency report, a run summary, a check record): say what it is; never advise
                 # writing a plan over it
-                what = (f"a {_OTHER_FORMATS.get(fmt.split('/')[0], 'slimkit file')} (format {fmt})" if isinstance(fmt, str)
-                        and fmt.startswith("slimkit.") else "a JSON object without a plan's format field")
+                what = (f"{json_kind(fmt)} (format {fmt})" if isinstance(fmt, str) and fmt.startswith("slimkit.")
+                        else "a JSON object without a plan's format field")
                 raise PlanError(f"{source} is {what}, not a plan: pass the plan JSON `slimkit prune` wrote")
             raise PlanError(
                 f"{source} has format {show(fmt)}, expected one of {', '.join(map(repr, FORMATS))}: regenerate it "
