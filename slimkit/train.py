@@ -301,6 +301,15 @@ def check_task_data(task: str, data: str, option: str = "--data") -> None:
                            "classifier on fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
 
 
+_DEFAULT_CONFIG = TrainConfig()  # read only: what "not set on purpose" compares against
+
+
+def was_asked(cfg: TrainConfig, key: str, asked: Collection[str] | None) -> bool:
+    """Whether the caller set ``cfg.key`` on purpose: named in ``asked`` (the CLI passes the options typed,
+    defaults included), or for None, set to something other than TrainConfig's default."""
+    return key in asked if asked is not None else getattr(cfg, key) != getattr(_DEFAULT_CONFIG, key)
+
+
 def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | None, augmentable: bool = True,
                        option: str = "--label-smoothing") -> None:
     """Options the model's task or data does not use are refused when the caller set them (``asked``, or
@@ -309,9 +318,9 @@ def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | Non
     ``--schedule finetune`` (constant LR), and augmentation
     (``augmentable`` False: the data is not augmented, as boxes and the shapes data are not; see
     :func:`slimkit.data.takes_augment`). ``option`` names label smoothing as the caller set it."""
-    defaults = TrainConfig()
-    chosen = (lambda key: key in asked) if asked is not None else (
-        lambda key: getattr(cfg, key) != getattr(defaults, key))
+    def chosen(key: str) -> bool:
+        return was_asked(cfg, key, asked)
+
     if task != "classification" and cfg.label_smoothing and chosen("label_smoothing"):
         raise SlimkitError(f"{option} {cfg.label_smoothing:g} applies to classifiers: a {task} model trains "
                            f"on its task's own loss, which is not smoothed; drop the option")
@@ -450,10 +459,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         if "budget" in saved and "schedule" not in saved:  # written before the field was renamed
             saved["schedule"] = saved.pop("budget")
         how = ("device", "workers", "accum_steps", "sync_bn")  # how to run it may change on resume; what to run may not
-        defaults = TrainConfig()
         for key, value in asdict(cfg).items():
-            chosen = key in asked if asked is not None else value != getattr(defaults, key)
-            if key in saved and key not in how and saved[key] != value and chosen \
+            if key in saved and key not in how and saved[key] != value and was_asked(cfg, key, asked) \
                     and not (key == "epochs" and extend_to is not None):
                 say(f"resume: using the checkpoint's {key}={saved[key]!r} (asked {value!r})")
         cfg = TrainConfig(**{**asdict(cfg), **{k: v for k, v in saved.items() if k in asdict(cfg) and k not in how}})
