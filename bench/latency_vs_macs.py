@@ -1,11 +1,14 @@
 """Does latency track MACs? The deployable zoo pruned to 50% and 25% of its MACs, timed at 224 px.
 
 For each model (MobileNet-V1/V2/V3-Large, ResNet-50, EfficientNet-B0, ConvNeXt-Atto, ViT-Tiny), at its
-deployment resolution (224 px), four plans beside the full model: ``uniform`` and the default method
-(``slimkit prune``'s, learned gates + threshold) at 50% and 25% of the full model's MACs, all at the same
+deployment resolution (224 px), four plans beside the full model: ``uniform`` (``slimkit prune``'s default for
+classifiers) and ``scratch`` (learned gates + threshold) at 50% and 25% of the full model's MACs, all at the same
 ``--round-to``. Every plan is exported to ONNX (fp32) and quantized as ``slimkit export --int8`` ships it
 (``quantize_for_timing``), then each precision's five files are timed side by side with
-:func:`slimkit.latency.measure` (onnxruntime CPU, batch 1, 2 threads, interleaved rounds, spinning off).
+:func:`slimkit.latency.measure` (onnxruntime CPU, batch 1, 2 threads; ``--timing served``, the default, runs
+each model alone with onnxruntime's defaults in alternated blocks, as a deployed model runs; ``interleaved``
+runs every model once per round with pool threads not spinning). ``--repeats`` times everything again in
+fresh sessions: on a shared VM separate runs differ by more than one run's interval.
 The figure of merit is **latency ratio / MAC ratio** (both to the full model in the same precision):
 1.0 means latency falls exactly as MACs do; above 1 the plan is slower than its MACs promise.
 
@@ -14,7 +17,7 @@ time goes: every node's kernel time is put in a category (depthwise conv, pointw
 matmul/gemm, layout reorders between blocked NCHWc / NHWC and plain NCHW, quantize/dequantize, other) and
 each category's time ratio (plan / full) is set beside its MAC ratio.
 
-The default method learns gates; a CPU cannot run its full gate search for seven 224-px models in one
+``scratch`` learns gates; a CPU cannot run its full gate search for seven 224-px models in one
 sitting, so this benchmark uses a short run (``--gate-steps``, recorded in the results): the widths it
 picks are the method's, not converged ones.
 
@@ -46,7 +49,7 @@ from slimkit.artifacts import plan_candidate
 from slimkit.exporters.int8 import quantize_for_timing
 from slimkit.files import atomic_write, atomic_write_text
 from slimkit.generator import full_plan
-from slimkit.latency import Candidate, cpu_description, measure
+from slimkit.latency import TIMING_MODES, Candidate, cpu_description, describe_mode, measure
 from slimkit.ort_profile import compare_profiles, profile
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.prune import DEFAULT_ROUND_TO, GateOptions, prune
@@ -64,7 +67,7 @@ MODELS = {  # label -> slimkit architecture name
 BUDGETS = ("50%", "25%")
 METHODS = ("uniform", "scratch")  # the default for classifiers, and learned gates
 SIDE = 224
-NUM_CLASSES = 10  # the default method learns gates on Fashion-MNIST (10 classes); the head is <0.3% of MACs
+NUM_CLASSES = 10  # scratch learns gates on Fashion-MNIST (10 classes); the head is <0.3% of MACs
 GATE_VAL_IMAGES = 128  # held out to pick the gate snapshot; the short run evaluates 10 times
 HIGH = 1.15  # latency ratio / MAC ratio above this is "slower than its MACs promise"
 
@@ -131,18 +134,24 @@ def bench_model(label: str, arch: str, args, log) -> dict[str, Any]:
     for precision, index in (("fp32", 0), ("int8", 1)):
         cands = [Candidate(name=name, input_shape=shape, onnx_path=files[name][index], spec={"kind": "onnx"},
                            flops=plans[name].flops, params=plans[name].params) for name in plans]
-        report = measure(cands, backend="ort-cpu", threads=args.threads, warmup=5, runs=args.runs)
-        for m in report.models:
+        # each repeat opens fresh sessions (new thread pools, arenas): a run's CI holds for its sessions,
+        # and on a shared VM two runs' ratios differed by more than that, so repeats give the spread too
+        reports = [measure(cands, backend="ort-cpu", threads=args.threads, warmup=5, runs=args.runs,
+                           mode=args.timing, blocks=args.blocks) for _ in range(args.repeats)]
+        for j in range(len(cands)):  # per plan, its median repeat is reported (odd --repeats: a real run)
+            mid = sorted(range(len(reports)), key=lambda r: reports[r].models[j]["ratio"])[len(reports) // 2]
+            m = reports[mid].models[j]
             entry = row["plans"][m["name"]]
             mac = entry["mac_ratio"]
-            entry["timed_with"] = list(plans)  # the files of one interleaved run: ratios are to its full model
+            entry["timed_with"] = list(plans)  # the files of one timing run: ratios are to its full model
             entry[precision] = {"median_ms": round(m["stats"]["median_ms"], 4), "ratio": round(m["ratio"], 4),
-                                "full_median_ms": round(report.models[0]["stats"]["median_ms"], 4),
+                                "full_median_ms": round(reports[mid].models[0]["stats"]["median_ms"], 4),
                                 "ratio_ci": [round(x, 4) for x in m["ratio_ci"]],
-                                "ratio_over_macs": round(m["ratio"] / mac, 4)}
+                                "ratio_over_macs": round(m["ratio"] / mac, 4),
+                                "repeat_ratios": [round(r.models[j]["ratio"], 4) for r in reports]}
         # where the time goes: every plan against its full model, same precision
         profs = profile({name: files[name][index] for name in plans}, shape, threads=args.threads,
-                        runs=args.profile_runs)
+                        runs=args.profile_runs, mode=args.timing)
         if precision == "fp32":
             fp32_profiles = profs
         for name in plans:
@@ -186,9 +195,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--round-to", type=lambda v: v if v == "auto" else int(v), default=DEFAULT_ROUND_TO,
                     help="channel multiple of every plan (default: slimkit prune's default)")
-    ap.add_argument("--gate-steps", type=int, default=30, help="gate-learning steps of the default method")
-    ap.add_argument("--gate-batch", type=int, default=32, help="gate-learning batch size of the default method")
-    ap.add_argument("--runs", type=int, default=60, help="interleaved timing rounds per precision")
+    ap.add_argument("--gate-steps", type=int, default=30, help="gate-learning steps of --method scratch")
+    ap.add_argument("--gate-batch", type=int, default=32, help="gate-learning batch size of --method scratch")
+    ap.add_argument("--runs", type=int, default=60, help="timed runs per model and precision")
+    ap.add_argument("--timing", choices=TIMING_MODES, default="served",
+                    help="served (default: onnxruntime's defaults, each model alone in alternated blocks, as the "
+                         "issue's numbers are measured) or interleaved (every model once per round, no spinning)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="time each precision this many times, fresh sessions each; the median repeat is reported")
+    ap.add_argument("--blocks", type=int, default=10,
+                    help="served timing: alternated blocks per model (drift on a shared machine outlasts a block)")
     ap.add_argument("--profile-runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="model labels (or parts of them) to run")
@@ -220,7 +236,8 @@ def main() -> None:
                        lambda m: print(m, flush=True), tuple(args.methods), tuple(args.budgets))
             continue
         row = bench_model(label, arch, args, lambda m: print(m, flush=True))
-        row.update(round_to=args.round_to, gate_steps=args.gate_steps, gate_batch=args.gate_batch, runs=args.runs, threads=args.threads,
+        row.update(round_to=args.round_to, gate_steps=args.gate_steps, gate_batch=args.gate_batch, runs=args.runs,
+                   threads=args.threads, timing=args.timing, blocks=args.blocks, repeats=args.repeats,
                    load_average=[round(x, 2) for x in os.getloadavg()])
         rows = earlier_rows(out, args)  # read again now: another run (other methods) may have written meanwhile
         if label in rows:  # a run of some methods keeps the other methods' plans from an earlier run
@@ -245,13 +262,19 @@ def earlier_rows(out: Path, args) -> dict[str, dict[str, Any]]:
         return {}
     return {r["model"]: r for r in previous.get("rows", [])
             if r.get("round_to") == args.round_to and r.get("gate_steps") == args.gate_steps
-            and r.get("gate_batch") == args.gate_batch}
+            and r.get("gate_batch") == args.gate_batch and r.get("timing", "interleaved") == args.timing
+            and (args.timing != "served" or r.get("blocks", 3) == args.blocks)}
 
 
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], args) -> None:
     meta = {**meta, "load_average_end": [round(x, 2) for x in os.getloadavg()],
-            "command": f"nice -n 5 python bench/latency_vs_macs.py --round-to {args.round_to} "
-                       f"--gate-steps {args.gate_steps} --gate-batch {args.gate_batch} --runs {args.runs}"}
+            "command": ("MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824 "
+                        if meta.get("malloc") == "tuned" else "")
+                       + f"python bench/latency_vs_macs.py --round-to {args.round_to} "
+                       + f"--gate-steps {args.gate_steps} --gate-batch {args.gate_batch} --runs {args.runs} "
+                       + f"--profile-runs {args.profile_runs} --timing {args.timing} --blocks {args.blocks} "
+                       + f"--repeats {args.repeats} --methods {' '.join(args.methods)} --budgets {' '.join(args.budgets)}"
+                       + (" --no-learn" if args.no_learn else "") + (f" --out {args.out}" if args.out != str(RESULTS / "latency_vs_macs") else "")}
     atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), markdown(meta, rows))
     plot(rows, out.with_suffix(".png"))
@@ -262,17 +285,19 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    timing = rows[0].get("timing", "interleaved") if rows else "interleaved"  # rows before the option: interleaved
+    runs = rows[0].get("runs", 0) if rows else 0
     lines = ["# Latency vs MACs: the zoo pruned to 50% and 25% at 224 px", "",
              f"CPU: **{meta['cpu']}** ({meta['cores']} cores; SIMD flags: {' '.join(meta['simd_flags'])}), "
              f"onnxruntime {meta['onnxruntime']}, batch 1, {rows[0]['threads'] if rows else 2} threads, "
-             "`slimkit.latency.measure` (each precision's five files interleaved, spinning off), "
+             f"`slimkit.latency.measure`, {describe_mode(timing, runs, 5, rows[0].get('blocks', 3) if rows else 3)}, "
              f"malloc {meta['malloc']}. Load average at start {meta['load_average'][0]}, at end "
-             f"{meta['load_average_end'][0]}: the machine was shared with other jobs, so read the interleaved "
-             "ratios (per-round, drift cancels), not the milliseconds.", "",
+             f"{meta['load_average_end'][0]}: read the paired ratios (drift cancels), not the milliseconds.", "",
              f"Regenerate: `{meta['command']}`" + (f". {meta['note']}" if meta.get("note") else ""), "",
-             "Plans: `uniform` and the default method (`scratch`: gates learned on random weights, then a threshold) "
+             "Plans: `uniform` (`slimkit prune`'s default for classifiers) and `scratch` (gates learned on random "
+             "weights, then a threshold) "
              f"at 50% / 25% of the full model's MACs, round-to {rows[0]['round_to'] if rows else '?'}, 10-class head. "
-             f"**The default method ran a short gate search of {rows[0]['gate_steps'] if rows else '?'} steps of batch "
+             f"**`scratch` ran a short gate search of {rows[0]['gate_steps'] if rows else '?'} steps of batch "
              f"{rows[0]['gate_batch'] if rows else '?'}** ({GATE_VAL_IMAGES} held-out images pick the snapshot) "
              "(64 px Fashion-MNIST for CNNs, 224 px for the ViT, which is built for one size), not its CPU default "
              "of 300: its widths are the method's, not converged ones. int8 = `quantize_for_timing` "
@@ -280,10 +305,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              "**lat/MAC** = (latency / full model's latency) ÷ (MACs / full model's MACs); above "
              f"{HIGH} (bold) the plan is slower than its MACs promise.", "",
              "Ratios are medians of per-round ratios with their 95% bootstrap interval; each plan's ratio is to "
-             "the full model timed in the same interleaved run.", "",
+             f"the full model timed in the same {timing} run (paired run by run).", "",
              "**kernel** = the same ratio from onnxruntime's profiler: the plan's summed kernel time over the full "
-             "model's, each node at its fastest profiled run (profiles interleaved too). It leaves out what "
-             "preemption and thread wake-ups add on a loaded machine, so it is the steadier of the two here.", "",
+             "model's, each node at its fastest profiled run (profiled as timed: " + timing + "). It leaves out what "
+             "preemption, thread wake-ups and the time between nodes add.", "",
              "| model | plan | MACs | MAC ratio | fp32 ms | fp32 ratio (95% CI) | fp32 lat/MAC | fp32 kernel/MAC | "
              "int8 ms | int8 ratio (95% CI) | int8 lat/MAC | int8 kernel/MAC |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -313,10 +338,20 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines += ["", f"fp32 plans at 50% with lat/MAC ≤ {HIGH}: **{ok} of {len(fp32_50)}** "
                       f"({100 * ok / len(fp32_50):.0f}%); by kernel time: **{ok_kernel} of {len(fp32_50)}** "
                       f"({100 * ok_kernel / len(fp32_50):.0f}%)."]
+    repeats = rows[0].get("repeats", 1) if rows else 1
+    if repeats > 1:
+        per_repeat = [sum(p["fp32"]["repeat_ratios"][i] / p["mac_ratio"] <= HIGH for r in rows
+                          for name, p in r["plans"].items() if name.endswith("50%")) for i in range(repeats)]
+        lines += ["", f"Each precision was timed in {repeats} repeats, fresh onnxruntime sessions each; the table "
+                      "shows each plan's median repeat (its 95% CI is that run's). fp32 lat/MAC in every repeat: "
+                  + "; ".join(f"{r['model']} {name} " + ", ".join(f"{x / p['mac_ratio']:.2f}"
+                                                                  for x in p["fp32"]["repeat_ratios"])
+                              for r in rows for name, p in r["plans"].items() if name != "full")
+                  + f". fp32 plans at 50% within {HIGH}, repeat by repeat: "
+                  + ", ".join(f"{k} of {len(fp32_50)}" for k in per_repeat) + "."]
     lines += ["", "## Where the time goes (onnxruntime profiler)", "",
               "For every plan above {HIGH} in either precision: each node category's share of the plan's kernel "
-              "time, and its time ratio beside its MAC ratio (both plan / full; profiled runs interleaved with the "
-              "full model's). A category whose time ratio "
+              "time, and its time ratio beside its MAC ratio (both plan / full, profiled as timed). A category whose time ratio "
               "is far above its MAC ratio is where the plan loses. Layout reorder = `ReorderInput`/"
               "`ReorderOutput` (plain NCHW <-> blocked NCHWc, fp32) and `Transpose` (NCHW <-> NHWC around int8 "
               "kernels). Each node's fastest profiled run (preemption on the shared machine only adds time).".replace("{HIGH}", str(HIGH)), ""]

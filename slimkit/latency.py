@@ -343,9 +343,9 @@ def report_mode(d: dict[str, Any]) -> str:
     return mode
 
 
-def describe_mode(mode: str, runs: int, warmup: int) -> str:
+def describe_mode(mode: str, runs: int, warmup: int, blocks: int = SERVED_BLOCKS) -> str:
     if mode == "served":
-        return (f"served: onnxruntime defaults (pool threads spin), each model alone in {SERVED_BLOCKS} alternated "
+        return (f"served: onnxruntime defaults (pool threads spin), each model alone in {blocks} alternated "
                 f"blocks, {runs} timed runs each after warm-up")
     return f"{runs} interleaved rounds (pool threads not spinning) after {warmup} warm-up rounds"
 
@@ -371,19 +371,21 @@ def baseline_output(path: str | os.PathLike) -> Output:
 
 def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", threads: int | None = None,
             warmup: int = 10, runs: int = 100, device: str = "cpu", mode: str = DEFAULT_TIMING_MODE,
-            progress: Callable[[int, int], None] | None = None) -> LatencyReport:
+            progress: Callable[[int, int], None] | None = None, blocks: int = SERVED_BLOCKS) -> LatencyReport:
     """Time every candidate ``runs`` times; ratios are to ``candidates[0]``, paired run by run.
 
     ``mode="interleaved"``: each round runs every model once, in a rotating order, pool threads not
     spinning. ``mode="served"``: onnxruntime's default session settings, each model run alone in
     blocks of consecutive runs (as a served model runs), the blocks alternated over
-    :data:`SERVED_BLOCKS` rounds; the i-th run of a block is paired with the i-th run of the other
-    models' blocks of the same round."""
+    ``blocks`` rounds (:data:`SERVED_BLOCKS`; more rounds average out drift that outlasts a block);
+    the i-th run of a block is paired with the i-th run of the other models' blocks of the same round."""
     if not candidates:
         raise LatencyError("nothing to measure: give at least one model")
     if runs < 5:
         raise LatencyError(f"--runs must be >= 5 for stable statistics, got {runs}")
     check_mode(mode)
+    if mode == "served" and not 1 <= blocks <= runs:
+        raise LatencyError(f"served timing needs 1 to {runs} blocks (one run each at least), got {blocks}")
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise LatencyError(f"two models share a name ({', '.join(names)}); rename one file")
@@ -408,9 +410,9 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
                 progress(i + 1, runs)  # outside the timed region
                 last = time.monotonic()
     else:
-        bounds = np.linspace(0, runs, SERVED_BLOCKS + 1).astype(int)
-        block_warmup = max(3, warmup // SERVED_BLOCKS)
-        for b in range(SERVED_BLOCKS):
+        bounds = np.linspace(0, runs, blocks + 1).astype(int)
+        block_warmup = max(3, warmup // blocks)
+        for b in range(blocks):
             for k in range(n):
                 j = (b + k) % n  # rotate which model opens the round
                 time.sleep(0.02)  # let the previous model's pool threads stop spinning

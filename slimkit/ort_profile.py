@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,14 @@ def classify_node(op: str, name: str, inputs: list[dict[str, Any]], outputs: lis
 
 
 def profile(files: dict[str, Path], shape: tuple[int, ...], *, threads: int = 2, runs: int = 20,
-            warmup: int = 3) -> dict[str, dict[str, Any]]:
-    """onnxruntime's profiler on every file of ``files`` (name -> path), their runs interleaved as
-    :func:`slimkit.latency.measure` interleaves them (so load on a shared machine hits all alike):
-    per name, µs per run and MACs per category, and the slowest nodes."""
+            warmup: int = 3, mode: str = "interleaved") -> dict[str, dict[str, Any]]:
+    """onnxruntime's profiler on every file of ``files`` (name -> path), run as
+    :func:`slimkit.latency.measure` runs them in ``mode``: interleaved (every file once per round, pool
+    threads not spinning, so load on a shared machine hits all alike) or served (onnxruntime's defaults,
+    each file alone in one block of runs): per name, µs per run and MACs per category, and the slowest
+    nodes."""
+    if mode not in ("served", "interleaved"):
+        raise ValueError(f"unknown timing mode {mode!r}")
     feed_x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="slimkit-profile-") as tmp:
         sessions = {}
@@ -111,17 +116,24 @@ def profile(files: dict[str, Path], shape: tuple[int, ...], *, threads: int = 2,
             opts.intra_op_num_threads = threads
             opts.enable_profiling = True
             opts.log_severity_level = 3
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as measure() times
+            if mode == "interleaved":  # as measure() times in that mode; served keeps onnxruntime's spinning
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.profile_file_prefix = str(Path(tmp) / f"prof{i}")
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             sessions[name] = (session, {session.get_inputs()[0].name: feed_x})
         order = list(sessions.values())
-        for i in range(warmup + runs):  # warm-up runs are profiled too: dropped in summarize_profile
-            for k in range(len(order)):
-                # rotate as measure() does: on a loaded machine the first run of a round waits for its
-                # sleeping pool threads, and that wait must not always land on one model's first node
-                session, feed = order[(i + k) % len(order)]
-                session.run(None, feed)
+        if mode == "served":
+            for session, feed in order:
+                time.sleep(0.02)  # let the previous session's pool threads stop spinning
+                for _ in range(warmup + runs):  # warm-up runs are profiled too: dropped in summarize_profile
+                    session.run(None, feed)
+        else:
+            for i in range(warmup + runs):  # warm-up runs are profiled too: dropped in summarize_profile
+                for k in range(len(order)):
+                    # rotate as measure() does: on a loaded machine the first run of a round waits for its
+                    # sleeping pool threads, and that wait must not always land on one model's first node
+                    session, feed = order[(i + k) % len(order)]
+                    session.run(None, feed)
         events = {name: json.loads(Path(session.end_profiling()).read_text())
                   for name, (session, _) in sessions.items()}
     return {name: summarize_profile(events[name], source_conv_shapes(files[name]), runs, warmup=warmup)

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from slimkit.cli import app
-from slimkit.latency import LatencyError, LatencyReport, check_regression, paired_ratio, physical_cores, summarize
+from slimkit.latency import (Candidate, LatencyError, LatencyReport, check_regression, measure, paired_ratio,
+                             physical_cores, summarize)
 
 runner = CliRunner()
 
@@ -187,6 +188,16 @@ def test_served_mode_is_recorded_in_the_report(onnx_pair, tmp_path):
     assert len(rep["times_ms"]["half"]) == 12 and 0 < rep["models"][1]["ratio"] < 1
     assert "served" in (tmp_path / "lat.md").read_text()
     assert LatencyReport.from_dict(rep).mode == "served"
+
+
+def test_served_timing_in_more_blocks_pairs_every_run(onnx_pair):
+    cands = [Candidate(name=n, input_shape=(1, 3, 32, 32), onnx_path=onnx_pair / f"{n}.onnx", spec={"kind": "onnx"})
+             for n in ("full", "half")]
+    rep = measure(cands, threads=1, warmup=3, runs=10, mode="served", blocks=5)
+    assert all(len(t) == 10 and min(t) > 0 for t in rep.times_ms.values())  # 5 blocks of 2 runs, none left at 0
+    assert 0 < rep.models[1]["ratio"] < 1
+    with pytest.raises(LatencyError, match="1 to 10 blocks"):
+        measure(cands, threads=1, runs=10, mode="served", blocks=11)
 
 
 def test_gate_refuses_to_compare_across_timing_modes_and_settings(onnx_pair, tmp_path):

@@ -1,6 +1,7 @@
 """onnxruntime profiles put into categories: depthwise / pointwise / other conv, layout reorders,
 quantize/dequantize; fp32 MACs counted from the profiled shapes; int8 kernels matched back by name."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -67,3 +68,14 @@ def test_profile_of_a_real_file_fp32_and_int8(tmp_path):
     assert q["quantize/dequantize"]["nodes"] >= 1
     rows = {r["category"]: r for r in compare_profiles(profs["int8"], profs["fp32"], profs["fp32"], profs["fp32"])}
     assert rows["pointwise conv"]["mac_ratio"] == 1.0 and rows["pointwise conv"]["time_ratio"] > 0
+
+
+def test_profile_in_served_mode_profiles_every_file_as_measure_times_it(tmp_path):
+    fp32 = tmp_path / "m.onnx"
+    export(_DwPw().eval(), (3, 16, 16), fp32, exporter="torchscript")
+    profs = profile({"full": fp32, "same": fp32}, (1, 3, 16, 16), threads=1, runs=3, mode="served")
+    for name in ("full", "same"):
+        cats = profs[name]["categories"]
+        assert cats["pointwise conv"]["nodes"] == 1 and cats["pointwise conv"]["us"] > 0
+    with pytest.raises(ValueError, match="timing mode"):
+        profile({"full": fp32}, (1, 3, 16, 16), threads=1, runs=3, mode="spinning")
