@@ -628,6 +628,11 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
     """``state`` into the full ``model``, or one line naming the first missing, unexpected and misshapen
     keys: how every trained full model (a slimkit checkpoint or a state dict from elsewhere) is loaded."""
     mine = model.state_dict()
+    # A BatchNorm's step counter is no weight: PyTorch before 0.4.1 did not save it, converted and older
+    # published weights lack it, and torch's own load_state_dict accepts a state dict without it.
+    counters = {f"{name}.num_batches_tracked" for name, m in model.named_modules()
+                if isinstance(m, _BatchNorm) and m.num_batches_tracked is not None}
+    state = {**{k: mine[k] for k in counters if k in mine and k not in state}, **state}
     missing = [k for k in mine if k not in state]
     unexpected = [k for k in state if k not in mine]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()

@@ -161,3 +161,25 @@ def test_diverged_integer_empty_and_misplaced_weights_say_what_is_wrong(tmp_path
     keep_all = slimkit.full_plan("resnet20", num_classes=10)
     with pytest.raises(PlanError, match="NaN or infinite"):
         slimkit.generate(keep_all, weights=files["nan.pt"])
+
+
+def test_a_state_dict_without_batchnorm_step_counters_loads(tmp_path):
+    """PyTorch before 0.4.1 saved no ``num_batches_tracked`` (nor do converted and older published weights),
+    and torch's load_state_dict accepts such a file; slimkit refused it as 'not the full model'."""
+    torch.manual_seed(0)
+    parent = build_model("resnet20", {"num_classes": 10}).eval()
+    with torch.no_grad():
+        for m in parent.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "old.pt"
+    torch.save({k: v for k, v in parent.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    keep_all = slimkit.full_plan("resnet20", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slimkit.generate(keep_all, weights=path).eval()(x), parent(x), atol=1e-5)
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["prune", "resnet20", "--weights", str(path), "--criterion", "l1", "--flops", "50%",
+                                 "--round-to", "1", "--out", str(out), "--no-plot", "--no-latency-check"])
+    assert r.exit_code == 0 and load_plan(out).has_keep, r.output
