@@ -12,9 +12,12 @@ the common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and DataParall
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import pickletools
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -136,12 +139,34 @@ def _what_file(p: Path, exc: Exception) -> str:
             return (f"is a plain pickle (protocol {head[1]}), not a file written by torch.save: save the weights "
                     "with torch.save(model.state_dict(), path) where the file came from")
         named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        whole = _pickled_object_class(p)
+        if whole is not None and named is not None and whole == named.group(1):  # torch.save(model), not a dict
+            return (f"is a whole pickled {whole.rsplit('.', 1)[-1]} ({whole}), not a state dict: weights_only=True "
+                    "refuses to unpickle it; save its weights with torch.save(model.state_dict(), 'weights.pt') "
+                    "where the file came from")
         return ("holds Python objects besides tensors" + (f" ({named.group(1)})" if named else "") + ", which "
                 "weights_only=True refuses to unpickle: re-save only its weights with "
                 "torch.save(ckpt['state_dict'], 'weights.pt') where the file came from")
     # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
     return (f"is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
             "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`")
+
+
+def _pickled_object_class(p: Path) -> str | None:
+    """The class of the object a torch.save zip file holds at its top, when that is an instance of a class
+    (``torch.save(model)``) rather than a dict; read from the pickle's first opcodes, never unpickled."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                return None
+            with z.open(name) as f:
+                ops = [(op.name, arg) for op, arg, _ in itertools.islice(pickletools.genops(f), 2)]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(ops) == 2 and ops[0][0] == "PROTO" and ops[1][0] == "GLOBAL" and isinstance(ops[1][1], str):
+        return ops[1][1].replace(" ", ".")
+    return None
 
 
 def _checked(ckpt: dict[str, Any], p: Path) -> dict[str, Any]:

@@ -183,3 +183,15 @@ def test_a_state_dict_without_batchnorm_step_counters_loads(tmp_path):
     r = CliRunner().invoke(app, ["prune", "resnet20", "--weights", str(path), "--criterion", "l1", "--flops", "50%",
                                  "--round-to", "1", "--out", str(out), "--no-plot", "--no-latency-check"])
     assert r.exit_code == 0 and load_plan(out).has_keep, r.output
+
+
+def test_a_whole_pickled_model_is_told_to_save_its_state_dict(tmp_path):
+    """torch.save(model) was told to re-save torch.save(ckpt['state_dict'], ...): advice for a checkpoint
+    dict, wrong for a model object, which has no 'state_dict' entry."""
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), path)
+    with pytest.raises(CheckpointError) as info:
+        read_weights(path)
+    text = str(info.value)
+    assert "whole pickled Sequential" in text and "torch.save(model.state_dict()" in text, text
+    assert "ckpt['state_dict']" not in text and "\n" not in text
