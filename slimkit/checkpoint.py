@@ -126,12 +126,13 @@ def _what_file(p: Path, exc: Exception) -> str:
                 "(a .pt file written by torch.save)")
     # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle: protocol byte 0x80).
     if not head.startswith((b"PK\x03\x04", b"\x80")):
-        try:
-            if head.decode("utf-8").strip():
-                return ("is a text file, not a PyTorch checkpoint: pass a checkpoint.pt or a "
-                        "torch.save(model.state_dict(), path) file")
-        except UnicodeDecodeError:
-            pass
+        if not head:
+            return ("is empty (0 bytes), not a checkpoint: if `slimkit train` or a copy wrote it, it was cut off "
+                    "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt or a "
+                    "torch.save(model.state_dict(), path) file")
+        if _is_text(head):
+            return ("is a text file, not a PyTorch checkpoint: pass a checkpoint.pt or a "
+                    "torch.save(model.state_dict(), path) file")
         return ("is not a PyTorch checkpoint (not a file written by torch.save): pass a checkpoint.pt or a "
                 "torch.save(model.state_dict(), path) file")
     if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):  # read, but refused: not damage
@@ -150,6 +151,18 @@ def _what_file(p: Path, exc: Exception) -> str:
     # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
     return (f"is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
             "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes read as text: UTF-8 (a character cut at the end aside) with no control
+    characters but whitespace. NUL and other control bytes decode as UTF-8 too, yet mark a binary file."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return bool(text.strip()) and not any(ord(c) < 32 and c not in "\t\n\r\f\v" for c in text)
 
 
 def _pickled_object_class(p: Path) -> str | None:

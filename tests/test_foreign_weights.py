@@ -195,3 +195,17 @@ def test_a_whole_pickled_model_is_told_to_save_its_state_dict(tmp_path):
     text = str(info.value)
     assert "whole pickled Sequential" in text and "torch.save(model.state_dict()" in text, text
     assert "ckpt['state_dict']" not in text and "\n" not in text
+
+
+def test_binary_and_empty_files_are_not_called_text(tmp_path):
+    """Bytes with NULs decode as UTF-8, so a binary file was 'a text file'; an empty one was 'not a file
+    written by torch.save' without saying it is empty."""
+    binary, empty, text = tmp_path / "binary.pt", tmp_path / "empty.pt", tmp_path / "notes.pt"
+    binary.write_bytes(b"\x00\x01\x02garbage" * 50)
+    empty.write_bytes(b"")
+    text.write_text("weights: see the shared drive\n" * 200 + "café", encoding="utf-8")
+    for path, note in ((binary, "is not a PyTorch checkpoint"), (empty, "is empty (0 bytes)"),
+                       (text, "is a text file")):
+        with pytest.raises(CheckpointError, match=re.escape(note)) as info:
+            read_weights(path)
+        assert "\n" not in str(info.value)
