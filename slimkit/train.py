@@ -596,8 +596,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                     warnings.simplefilter("ignore", UserWarning)
                     for _ in range(ckpt["epoch"] * steps_per_epoch):
                         sched.step()
-                say(f"extending to {epochs} epochs: the cosine schedule now ends at epoch {epochs}; LR {was:.4g} "
-                    f"-> {opt.param_groups[0]['lr']:.4g} at epoch {ckpt['epoch']}")
+                if constant:  # fine-tuning: no schedule to stretch
+                    say(f"extending to {epochs} epochs at the constant LR of {opt.param_groups[0]['lr']:.4g}")
+                else:
+                    say(f"extending to {epochs} epochs: the cosine schedule now ends at epoch {epochs}; LR {was:.4g} "
+                        f"-> {opt.param_groups[0]['lr']:.4g} at epoch {ckpt['epoch']}")
             torch.set_rng_state(ckpt["rng"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{ckpt_path}: its optimizer, schedule or RNG state does not fit this run "

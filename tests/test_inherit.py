@@ -296,7 +296,10 @@ def test_finetune_inherits_keeps_the_lr_constant_and_resumes(tmp_path):
     ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2, batch_size=16, schedule="finetune",
                      init="inherit", init_from=parent_ckpt)
     result = train(plan, tmp_path / "ft", ft)
-    train(plan, tmp_path / "ft", ft, resume=True, extend_to=2)
+    said = []
+    train(plan, tmp_path / "ft", ft, resume=True, extend_to=2, log=said.append)
+    # a constant LR has no cosine schedule to stretch (the message said it had)
+    assert "extending to 2 epochs at the constant LR of 0.001" in said and not any("cosine" in m for m in said)
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())["history"]
     assert [h["lr"] for h in history] == [0.001, 0.001] and result.epochs == 1
     assert load_plan(tmp_path / "ft" / "plan.json").keep == plan.keep
