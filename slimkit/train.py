@@ -507,6 +507,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     if plan.num_classes not in (None, data.num_classes):
+        if cfg.init == "inherit":  # pruning again with --num-classes would not fit the parent's classifier either
+            raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
+                            "--init inherit keeps the classifier of the model it inherits from, so fine-tune on "
+                            f"data with its {plan.num_classes} classes (slimkit does not replace a trained "
+                            f"classifier), or prune and inherit from a model trained on {cfg.data}")
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head

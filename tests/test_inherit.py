@@ -397,3 +397,18 @@ def test_a_plan_builds_the_same_network_only_with_the_same_arch_size_widths_and_
     assert not plan.builds_same_network_as(replace(plan, input_size=[3, 64, 64]))
     assert not plan.builds_same_network_as(replace(plan, arch_kwargs={"num_classes": 5}))
     assert not plan.builds_same_network_as(plan.with_widths({"a": 8, "b": 8}))
+
+
+def test_inheriting_into_data_with_other_classes_does_not_advise_pruning_again(tmp_path):
+    """A plan cut from a 1000-class parent, fine-tuned on 10-class data, was told 'prune again with this
+    data (or --num-classes)': pruning with --num-classes 10 then refuses the 1000-class weights."""
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model("resnet20", {"num_classes": 5}).state_dict(), parent)
+    plan = choose_channels(prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5), parent, "l1")
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    with pytest.raises(PlanError) as info:
+        train(plan, tmp_path / "ft", ft)
+    text = str(info.value)
+    assert "keeps the classifier of the model it inherits from" in text and "prune again" not in text, text
+    assert not (tmp_path / "ft").exists()
