@@ -641,7 +641,8 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
         what = "; ".join(f"{label} {', '.join(items[:3])}" + (f" (+{len(items) - 3})" if len(items) > 3 else "")
                          for label, items in (("missing", missing), ("unexpected", unexpected),
                                               ("shape", wrong)) if items)
-        raise PlanError(f"{source} does not hold weights of the full {arch} {arch_kwargs} ({what}); pass a checkpoint "
+        named = arch + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
+        raise PlanError(f"{source} does not hold weights of the full {named} ({what}); pass a checkpoint "
                         "of that architecture, or name the architecture (and --num-classes) it was trained as")
     # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers
     # into float weights: a diverged training's checkpoint (or a wrong file) is refused before either.

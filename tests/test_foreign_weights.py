@@ -209,3 +209,13 @@ def test_binary_and_empty_files_are_not_called_text(tmp_path):
         with pytest.raises(CheckpointError, match=re.escape(note)) as info:
             read_weights(path)
         assert "\n" not in str(info.value)
+
+
+def test_weights_of_another_model_name_the_architecture_without_an_empty_dict(tmp_path):
+    """With no classifier to read the classes from, the refusal read 'the full slimkit:resnet20 {} (...)'."""
+    path = tmp_path / "other.pt"
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, path)
+    r = CliRunner().invoke(app, ["prune", "resnet20", "--weights", str(path), "--criterion", "l1", "--flops", "50%",
+                                 "--round-to", "1", "--out", str(tmp_path / "p.json"), "--no-plot"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "the full slimkit:resnet20 (missing conv1.weight" in text and "{}" not in text, text
