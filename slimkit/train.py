@@ -547,12 +547,15 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
 
     torch.manual_seed(cfg.seed)
     if cfg.init == "inherit" and ckpt is None:
+        narrowed = any(g["width"] < g["full"] for g in plan.groups.values())
         if not plan.has_keep:  # a widths-only plan (e.g. the default method's): keep the largest filters
             plan = choose_channels(plan, cfg.init_from, "l1")
-            say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
-                f"L1 norm in {cfg.init_from}")
+            if narrowed:  # the full model (an architecture name) keeps every channel: nothing was chosen
+                say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
+                    f"L1 norm in {cfg.init_from}")
         model = generate(plan, weights=cfg.init_from)
-        say(f"init: inherited the kept channels' weights of {cfg.init_from} ({plan.criterion['kind']} criterion)")
+        say(f"init: inherited the kept channels' weights of {cfg.init_from} ({plan.criterion['kind']} criterion)"
+            if narrowed else f"init: every weight of {cfg.init_from} (the plan keeps every channel)")
     else:
         model = generate(plan)
     if detection:  # at the size its MACs were counted at, not the one its builder chose (320 for SSDlite)

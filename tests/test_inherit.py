@@ -412,3 +412,16 @@ def test_inheriting_into_data_with_other_classes_does_not_advise_pruning_again(t
     text = str(info.value)
     assert "keeps the classifier of the model it inherits from" in text and "prune again" not in text, text
     assert not (tmp_path / "ft").exists()
+
+
+def test_fine_tuning_the_full_model_does_not_claim_channels_were_chosen(tmp_path):
+    """`slimkit train resnet20 --init inherit --from CKPT` said 'the plan records widths only; keeping each
+    group's channels with the largest filter L1 norm': nothing is narrowed, every weight is the parent's."""
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), parent)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    said = []
+    train("resnet20", tmp_path / "ft", ft, log=said.append)
+    assert f"init: every weight of {parent} (the plan keeps every channel)" in said, said
+    assert not any("widths only" in m or "kept channels' weights" in m for m in said), said
