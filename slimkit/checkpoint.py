@@ -18,7 +18,7 @@ import os
 import pickletools
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from slimkit.plan import ChannelPlan
 from slimkit.validate import show
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "load_checkpoint", "load_weights",
-           "full_model_weights", "read_weights", "parent_shape", "weights_fingerprint",
+           "full_model_weights", "read_weights", "parent_shape", "weights_fingerprint", "fitted_to", "model_keys",
            "missing_checkpoint"]
 
 CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
@@ -257,6 +257,40 @@ def _unwrapped_state(obj: Any) -> dict[str, torch.Tensor] | None:
     return dict(found)
 
 
+def fitted_to(state: Mapping[str, torch.Tensor], keys_of_model: Collection[str], source: str) -> dict[str, torch.Tensor]:
+    """``state`` with the prefix a wrapping module puts before its model's keys removed (a Lightning
+    module's ``model.``, a training wrapper's ``net.`` or ``backbone.``), when the keys under exactly one
+    prefix are the model's own (BatchNorm step counters may be absent); otherwise ``state`` as it is, and
+    loading it names the mismatches. Only the model's weights are kept: a loss's or metric's beside
+    them are not the model's."""
+    keys = set(keys_of_model)
+    needed = {k for k in keys if not k.endswith(".num_batches_tracked")}
+    if not needed or needed <= set(state):
+        return dict(state)
+    ref = min(needed)  # any key of the model: where it sits in ``state`` gives the candidate prefixes
+    prefixes = sorted({k[:-len(ref)] for k in state if k.endswith("." + ref)})
+    fits = {}
+    for prefix in prefixes:
+        under = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if needed <= set(under) <= keys:
+            fits[prefix] = under
+    if len(fits) > 1:
+        raise CheckpointError(f"{source} holds the model's weights under several prefixes ({', '.join(fits)}): save "
+                              "the one to use with torch.save(model.state_dict(), path) and pass that file")
+    return next(iter(fits.values())) if fits else dict(state)
+
+
+def model_keys(arch: str, arch_kwargs: dict[str, Any]) -> list[str]:
+    """The state-dict keys of ``arch`` built with ``arch_kwargs``, without allocating its weights where the
+    builder allows (the meta device)."""
+    try:
+        with torch.device("meta"):
+            model = registry.create_model(arch, **arch_kwargs)
+    except Exception:  # noqa: BLE001 - a builder that cannot build on the meta device: build it for real
+        model = registry.create_model(arch, **arch_kwargs)
+    return list(model.state_dict())
+
+
 def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     """``sha256:`` and 16 hex digits of a state dict's contents (names, dtypes, shapes and values, not the
     file that held them): a plan's kept channels record the parent they were ranked on, and inheriting
@@ -285,6 +319,7 @@ def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | 
         next((m for m in reversed(list(default.modules())) if isinstance(m, nn.Linear)), None)
     first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
     names = {id(m): n for n, m in default.named_modules()}
+    state = fitted_to(state, default.state_dict(), str(path))  # under a wrapper's prefix: its classifier too
 
     def size(module: nn.Module | None, dim: int) -> int | None:
         w = state.get(f"{names.get(id(module))}.weight") if module is not None else None
@@ -302,8 +337,12 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
     ``arch_kwargs``: what inheriting weights and learning gates on trained weights start from. A plain
     state dict is returned as it is: loading it into ``arch`` is what checks it fits."""
     state, plan = read_weights(path)
-    if plan is None:
-        return state
+    if plan is None:  # from outside slimkit: under the model's own names, as its fingerprint is taken
+        try:
+            keys = model_keys(arch, arch_kwargs)
+        except Exception:  # noqa: BLE001 - not buildable here (a model object's plan): loading it names mismatches
+            return state
+        return fitted_to(state, keys, str(path))
     canonical = registry.resolve(arch).canonical
     if registry.resolve(plan.arch).canonical != canonical or plan.arch_kwargs != arch_kwargs or \
             any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:

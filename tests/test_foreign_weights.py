@@ -219,3 +219,34 @@ def test_weights_of_another_model_name_the_architecture_without_an_empty_dict(tm
                                  "--round-to", "1", "--out", str(tmp_path / "p.json"), "--no-plot"])
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "the full slimkit:resnet20 (missing conv1.weight" in text and "{}" not in text, text
+
+
+def test_a_lightning_checkpoint_loads_under_its_models_own_names(timm_resnet18, tmp_path):
+    """A LightningModule's checkpoint keeps the network under its attribute ('model.conv1.weight'), beside
+    a loss's buffers: it was refused as 'missing conv1.weight ...'. Its fingerprint is the plain file's, so
+    a plan cut from one inherits from the other."""
+    parent, plain = timm_resnet18
+    state = parent.state_dict()
+    lightning = tmp_path / "epoch=3.ckpt"
+    torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
+                "state_dict": {**{f"model.{k}": v for k, v in state.items()}, "criterion.weight": torch.ones(CLASSES)},
+                "hyper_parameters": {"lr": 0.1}, "optimizer_states": [], "lr_schedulers": []}, lightning)
+    plan_path = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["prune", "timm:resnet18", "--weights", str(lightning), "--criterion", "l1", "--flops",
+                                 "50%", "--input-size", "64", "--round-to", "1", "--out", str(plan_path), "--no-plot",
+                                 "--no-latency-check"])
+    assert r.exit_code == 0, r.output
+    plan = load_plan(plan_path)
+    assert plan.num_classes == CLASSES  # its classifier found under the prefix too
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.allclose(slimkit.generate(plan, weights=plain).eval()(x),
+                              slimkit.generate(plan, weights=lightning).eval()(x))
+        keep_all = slimkit.full_plan("timm:resnet18", num_classes=CLASSES, input_size=SIZE)
+        assert torch.allclose(slimkit.generate(keep_all, weights=lightning).eval()(x), parent(x), atol=1e-5)
+    both = tmp_path / "ema.ckpt"  # the model and its EMA copy: which one is meant cannot be told
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in state.items()},
+                               **{f"model_ema.{k}": v for k, v in state.items()}}}, both)
+    with pytest.raises(CheckpointError, match=r"under several prefixes \(model., model_ema.\)") as info:
+        slimkit.generate(keep_all, weights=both)
+    assert "\n" not in str(info.value)
