@@ -425,3 +425,25 @@ def test_fine_tuning_the_full_model_does_not_claim_channels_were_chosen(tmp_path
     train("resnet20", tmp_path / "ft", ft, log=said.append)
     assert f"init: every weight of {parent} (the plan keeps every channel)" in said, said
     assert not any("widths only" in m or "kept channels' weights" in m for m in said), said
+
+
+def test_a_latency_budget_keeps_the_trained_models_channels_too(tmp_path):
+    """`prune --weights CKPT --criterion l1|gates --latency 60%` (issue 28's CLI) was refused: 'takes a FLOPs
+    or parameter budget'. The measured-latency search gives the widths, the criterion the channels."""
+    parent_plan, parent = trained_like("resnet20")
+    weights = tmp_path / "parent.pt"
+    torch.save(parent.state_dict(), weights)
+    common = ["--latency", "60%", "--input-size", "32", "--round-to", "1", "--threads", "1", "--tolerance", "0.15",
+              "--no-plot", "--weights", str(weights)]
+    for criterion, extra in (("l1", []), ("gates", ["--data", "synthetic", "--steps", "2"])):
+        out = tmp_path / f"{criterion}.json"
+        r = CliRunner().invoke(app, ["prune", "resnet20", "--criterion", criterion, "-o", str(out), *common, *extra])
+        assert r.exit_code == 0, r.output
+        plan = load_plan(out)
+        assert plan.budget["kind"] == "latency" and plan.has_keep and plan.criterion["kind"] == criterion
+        assert plan.flops < parent_plan.flops
+        assert generate(plan, weights=weights)(torch.randn(1, *SIZE)).shape == (1, 10)
+    from slimkit.recipe import parse_recipe, read_yaml
+    recipe = parse_recipe(read_yaml("name: r\narch: resnet20\nnum_classes: 10\nprune: {latency: 60%, method: uniform, "
+                                    f"weights: {weights}, criterion: l1}}\n"))
+    assert recipe.prune.criterion == "l1" and recipe.prune.budget_key == "latency"
