@@ -356,6 +356,8 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
                                   "checkpoint trained with these")
         held = plan.arch + (f" {plan.arch_kwargs}" if plan.arch_kwargs else "") + ("" if unpruned else " (a pruned plan)")
         wanted = canonical + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
+        own = "" if unpruned else (" (to use that trained pruned model itself: `slimkit export` it, or load it with "
+                                   "slimkit.artifacts.model_from_checkpoint)")
         raise CheckpointError(f"{path} holds {held}, not the full {wanted}: train the full model "
-                              f"with `slimkit train {canonical.split(':')[-1]}` and pass its checkpoint.pt")
+                              f"with `slimkit train {canonical.split(':')[-1]}` and pass its checkpoint.pt{own}")
     return state

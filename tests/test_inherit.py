@@ -447,3 +447,16 @@ def test_a_latency_budget_keeps_the_trained_models_channels_too(tmp_path):
     recipe = parse_recipe(read_yaml("name: r\narch: resnet20\nnum_classes: 10\nprune: {latency: 60%, method: uniform, "
                                     f"weights: {weights}, criterion: l1}}\n"))
     assert recipe.prune.criterion == "l1" and recipe.prune.budget_key == "latency"
+
+
+def test_a_pruned_runs_checkpoint_given_as_the_parent_says_how_to_use_it(tmp_path):
+    """generate(plan, weights=<the fine-tuned run's checkpoint>) (loading the trained thin model) was told
+    only to train a full model; the message now also names the way to load or export that model."""
+    from slimkit.checkpoint import CheckpointError, write_checkpoint
+    thin = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
+    path = write_checkpoint(tmp_path / "checkpoint.pt", model=generate(thin).state_dict(), plan=thin, config={},
+                            epoch=1, metrics=[])
+    with pytest.raises(CheckpointError) as info:
+        generate(thin, weights=path)
+    text = str(info.value)
+    assert "(a pruned plan), not the full" in text and "slimkit.artifacts.model_from_checkpoint" in text, text
