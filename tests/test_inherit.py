@@ -454,6 +454,7 @@ def test_a_pruned_runs_checkpoint_given_as_the_parent_says_how_to_use_it(tmp_pat
     only to train a full model; the message now also names the way to load or export that model."""
     from slimkit.checkpoint import CheckpointError, write_checkpoint
     thin = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
+    thin = choose_channels(thin, build_model(thin.arch, thin.arch_kwargs).state_dict(), "l1")
     path = write_checkpoint(tmp_path / "checkpoint.pt", model=generate(thin).state_dict(), plan=thin, config={},
                             epoch=1, metrics=[])
     with pytest.raises(CheckpointError) as info:
