@@ -642,8 +642,14 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                          for label, items in (("missing", missing), ("unexpected", unexpected),
                                               ("shape", wrong)) if items)
         named = arch + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
-        raise PlanError(f"{source} does not hold weights of the full {named} ({what}); pass a checkpoint "
-                        "of that architecture, or name the architecture (and --num-classes) it was trained as")
+        size_key = next((k for k in ("img_size", "image_size") if k in arch_kwargs), None)
+        if size_key is not None and not missing and not unexpected and \
+                any("pos" in w.split(" ")[0].lower() for w in wrong):  # a transformer built for another size
+            fix = (f"its position embeddings are for another image size than {arch_kwargs[size_key]}: prune at the "
+                   "input size it was trained at (--input-size; without it, the architecture's default)")
+        else:
+            fix = "pass a checkpoint of that architecture, or name the architecture (and --num-classes) it was trained as"
+        raise PlanError(f"{source} does not hold weights of the full {named} ({what}); {fix}")
     # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers
     # into float weights: a diverged training's checkpoint (or a wrong file) is refused before either.
     hollow = [f"{k} ({'on the meta device: shapes without values' if v.is_meta else v.layout})" for k, v in state.items()

@@ -250,3 +250,18 @@ def test_a_lightning_checkpoint_loads_under_its_models_own_names(timm_resnet18, 
     with pytest.raises(CheckpointError, match=r"under several prefixes \(model., model_ema.\)") as info:
         slimkit.generate(keep_all, weights=both)
     assert "\n" not in str(info.value)
+
+
+def test_a_transformer_checkpoint_at_another_image_size_is_told_to_prune_at_its_size(tmp_path):
+    """A ViT trained at one size, pruned with another --input-size, was told to 'pass a checkpoint of that
+    architecture, or name the architecture (and --num-classes)': its position embeddings are the problem."""
+    path = tmp_path / "vit.pt"
+    vit = build_model("timm:vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 8})
+    torch.save(vit.state_dict(), path)
+    other_size = slimkit.full_plan("timm:vit_tiny_patch16_224", num_classes=10, input_size=(3, 64, 64),
+                                   arch_kwargs={"patch_size": 8, "img_size": 64})
+    with pytest.raises(PlanError) as info:
+        slimkit.generate(other_size, weights=path)
+    text = str(info.value)
+    assert "shape pos_embed" in text and "position embeddings are for another image size than 64" in text, text
+    assert "--num-classes" not in text and "\n" not in text
