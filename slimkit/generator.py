@@ -643,10 +643,11 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                                               ("shape", wrong)) if items)
         named = arch + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
         size_key = next((k for k in ("img_size", "image_size") if k in arch_kwargs), None)
-        if size_key is not None and not missing and not unexpected and \
+        if not missing and not unexpected and \
                 any("pos" in w.split(" ")[0].lower() for w in wrong):  # a transformer built for another size
-            fix = (f"its position embeddings are for another image size than {arch_kwargs[size_key]}: prune at the "
-                   "input size it was trained at (--input-size; without it, the architecture's default)")
+            built = arch_kwargs[size_key] if size_key is not None else "the architecture's default"
+            fix = (f"its position embeddings are for another image size than {built}: prune at the input size it "
+                   "was trained at (--input-size; without it, the architecture's default)")
         else:
             fix = "pass a checkpoint of that architecture, or name the architecture (and --num-classes) it was trained as"
         raise PlanError(f"{source} does not hold weights of the full {named} ({what}); {fix}")

@@ -265,3 +265,6 @@ def test_a_transformer_checkpoint_at_another_image_size_is_told_to_prune_at_its_
     text = str(info.value)
     assert "shape pos_embed" in text and "position embeddings are for another image size than 64" in text, text
     assert "--num-classes" not in text and "\n" not in text
+    at_default = slimkit.full_plan("timm:vit_tiny_patch16_224", num_classes=10, arch_kwargs={"patch_size": 8})
+    with pytest.raises(PlanError, match="another image size than the architecture's default: prune at the input size"):
+        slimkit.generate(at_default, weights=path)  # no --input-size: 224 px, 785 positions
