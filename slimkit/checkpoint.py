@@ -12,10 +12,13 @@ the common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and DataParall
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import pickletools
 import re
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from slimkit.plan import ChannelPlan
 from slimkit.validate import show
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "load_checkpoint", "load_weights",
-           "full_model_weights", "read_weights", "parent_shape", "weights_fingerprint",
+           "full_model_weights", "read_weights", "parent_shape", "weights_fingerprint", "fitted_to", "model_keys",
            "missing_checkpoint"]
 
 CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
@@ -123,12 +126,13 @@ def _what_file(p: Path, exc: Exception) -> str:
                 "(a .pt file written by torch.save)")
     # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle: protocol byte 0x80).
     if not head.startswith((b"PK\x03\x04", b"\x80")):
-        try:
-            if head.decode("utf-8").strip():
-                return ("is a text file, not a PyTorch checkpoint: pass a checkpoint.pt or a "
-                        "torch.save(model.state_dict(), path) file")
-        except UnicodeDecodeError:
-            pass
+        if not head:
+            return ("is empty (0 bytes), not a checkpoint: if `slimkit train` or a copy wrote it, it was cut off "
+                    "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt or a "
+                    "torch.save(model.state_dict(), path) file")
+        if _is_text(head):
+            return ("is a text file, not a PyTorch checkpoint: pass a checkpoint.pt or a "
+                    "torch.save(model.state_dict(), path) file")
         return ("is not a PyTorch checkpoint (not a file written by torch.save): pass a checkpoint.pt or a "
                 "torch.save(model.state_dict(), path) file")
     if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):  # read, but refused: not damage
@@ -136,12 +140,46 @@ def _what_file(p: Path, exc: Exception) -> str:
             return (f"is a plain pickle (protocol {head[1]}), not a file written by torch.save: save the weights "
                     "with torch.save(model.state_dict(), path) where the file came from")
         named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        whole = _pickled_object_class(p)
+        if whole is not None and named is not None and whole == named.group(1):  # torch.save(model), not a dict
+            return (f"is a whole pickled {whole.rsplit('.', 1)[-1]} ({whole}), not a state dict: weights_only=True "
+                    "refuses to unpickle it; save its weights with torch.save(model.state_dict(), 'weights.pt') "
+                    "where the file came from")
         return ("holds Python objects besides tensors" + (f" ({named.group(1)})" if named else "") + ", which "
                 "weights_only=True refuses to unpickle: re-save only its weights with "
                 "torch.save(ckpt['state_dict'], 'weights.pt') where the file came from")
     # Never advise deleting a file that could not be read as a checkpoint: it may be something else.
     return (f"is not a readable checkpoint ({type(exc).__name__}): if `slimkit train` wrote it, it is truncated "
             "(restore a good copy, or move it aside to train again); otherwise pass a checkpoint.pt from `slimkit train`")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes read as text: UTF-8 (a character cut at the end aside) with no control
+    characters but whitespace. NUL and other control bytes decode as UTF-8 too, yet mark a binary file."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return bool(text.strip()) and not any(ord(c) < 32 and c not in "\t\n\r\f\v" for c in text)
+
+
+def _pickled_object_class(p: Path) -> str | None:
+    """The class of the object a torch.save zip file holds at its top, when that is an instance of a class
+    (``torch.save(model)``) rather than a dict; read from the pickle's first opcodes, never unpickled."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                return None
+            with z.open(name) as f:
+                ops = [(op.name, arg) for op, arg, _ in itertools.islice(pickletools.genops(f), 2)]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(ops) == 2 and ops[0][0] == "PROTO" and ops[1][0] == "GLOBAL" and isinstance(ops[1][1], str):
+        return ops[1][1].replace(" ", ".")
+    return None
 
 
 def _checked(ckpt: dict[str, Any], p: Path) -> dict[str, Any]:
@@ -219,6 +257,40 @@ def _unwrapped_state(obj: Any) -> dict[str, torch.Tensor] | None:
     return dict(found)
 
 
+def fitted_to(state: Mapping[str, torch.Tensor], keys_of_model: Collection[str], source: str) -> dict[str, torch.Tensor]:
+    """``state`` with the prefix a wrapping module puts before its model's keys removed (a Lightning
+    module's ``model.``, a training wrapper's ``net.`` or ``backbone.``), when the keys under exactly one
+    prefix are the model's own (BatchNorm step counters may be absent); otherwise ``state`` as it is, and
+    loading it names the mismatches. Only the model's weights are kept: a loss's or metric's beside
+    them are not the model's."""
+    keys = set(keys_of_model)
+    needed = {k for k in keys if not k.endswith(".num_batches_tracked")}
+    if not needed or needed <= set(state):
+        return dict(state)
+    ref = min(needed)  # any key of the model: where it sits in ``state`` gives the candidate prefixes
+    prefixes = sorted({k[:-len(ref)] for k in state if k.endswith("." + ref)})
+    fits = {}
+    for prefix in prefixes:
+        under = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if needed <= set(under) <= keys:
+            fits[prefix] = under
+    if len(fits) > 1:
+        raise CheckpointError(f"{source} holds the model's weights under several prefixes ({', '.join(fits)}): save "
+                              "the one to use with torch.save(model.state_dict(), path) and pass that file")
+    return next(iter(fits.values())) if fits else dict(state)
+
+
+def model_keys(arch: str, arch_kwargs: dict[str, Any]) -> list[str]:
+    """The state-dict keys of ``arch`` built with ``arch_kwargs``, without allocating its weights where the
+    builder allows (the meta device)."""
+    try:
+        with torch.device("meta"):
+            model = registry.create_model(arch, **arch_kwargs)
+    except Exception:  # noqa: BLE001 - a builder that cannot build on the meta device: build it for real
+        model = registry.create_model(arch, **arch_kwargs)
+    return list(model.state_dict())
+
+
 def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     """``sha256:`` and 16 hex digits of a state dict's contents (names, dtypes, shapes and values, not the
     file that held them): a plan's kept channels record the parent they were ranked on, and inheriting
@@ -247,6 +319,7 @@ def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | 
         next((m for m in reversed(list(default.modules())) if isinstance(m, nn.Linear)), None)
     first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
     names = {id(m): n for n, m in default.named_modules()}
+    state = fitted_to(state, default.state_dict(), str(path))  # under a wrapper's prefix: its classifier too
 
     def size(module: nn.Module | None, dim: int) -> int | None:
         w = state.get(f"{names.get(id(module))}.weight") if module is not None else None
@@ -264,8 +337,12 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
     ``arch_kwargs``: what inheriting weights and learning gates on trained weights start from. A plain
     state dict is returned as it is: loading it into ``arch`` is what checks it fits."""
     state, plan = read_weights(path)
-    if plan is None:
-        return state
+    if plan is None:  # from outside slimkit: under the model's own names, as its fingerprint is taken
+        try:
+            keys = model_keys(arch, arch_kwargs)
+        except Exception:  # noqa: BLE001 - not buildable here (a model object's plan): loading it names mismatches
+            return state
+        return fitted_to(state, keys, str(path))
     canonical = registry.resolve(arch).canonical
     if registry.resolve(plan.arch).canonical != canonical or plan.arch_kwargs != arch_kwargs or \
             any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:
@@ -277,7 +354,10 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
             raise CheckpointError(f"{path} holds the full {canonical} trained with other arguments ({differ}): give "
                                   "the ones it was trained with (--num-classes, --in-chans, --arch-kwargs), or a "
                                   "checkpoint trained with these")
-        held = f"{plan.arch} {plan.arch_kwargs}" + ("" if unpruned else " (a pruned plan)")
-        raise CheckpointError(f"{path} holds {held}, not the full {canonical} {arch_kwargs}: train the full model "
-                              f"with `slimkit train {canonical.split(':')[-1]}` and pass its checkpoint.pt")
+        held = plan.arch + (f" {plan.arch_kwargs}" if plan.arch_kwargs else "") + ("" if unpruned else " (a pruned plan)")
+        wanted = canonical + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
+        own = "" if unpruned else (" (to use that trained pruned model itself: `slimkit export` it, or load it with "
+                                   "slimkit.artifacts.model_from_checkpoint)")
+        raise CheckpointError(f"{path} holds {held}, not the full {wanted}: train the full model "
+                              f"with `slimkit train {canonical.split(':')[-1]}` and pass its checkpoint.pt{own}")
     return state

@@ -628,6 +628,11 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
     """``state`` into the full ``model``, or one line naming the first missing, unexpected and misshapen
     keys: how every trained full model (a slimkit checkpoint or a state dict from elsewhere) is loaded."""
     mine = model.state_dict()
+    # A BatchNorm's step counter is no weight: PyTorch before 0.4.1 did not save it, converted and older
+    # published weights lack it, and torch's own load_state_dict accepts a state dict without it.
+    counters = {f"{name}.num_batches_tracked" for name, m in model.named_modules()
+                if isinstance(m, _BatchNorm) and m.num_batches_tracked is not None}
+    state = {**{k: mine[k] for k in counters if k in mine and k not in state}, **state}
     missing = [k for k in mine if k not in state]
     unexpected = [k for k in state if k not in mine]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
@@ -636,8 +641,16 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
         what = "; ".join(f"{label} {', '.join(items[:3])}" + (f" (+{len(items) - 3})" if len(items) > 3 else "")
                          for label, items in (("missing", missing), ("unexpected", unexpected),
                                               ("shape", wrong)) if items)
-        raise PlanError(f"{source} does not hold weights of the full {arch} {arch_kwargs} ({what}); pass a checkpoint "
-                        "of that architecture, or name the architecture (and --num-classes) it was trained as")
+        named = arch + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
+        size_key = next((k for k in ("img_size", "image_size") if k in arch_kwargs), None)
+        if not missing and not unexpected and \
+                any("pos" in w.split(" ")[0].lower() for w in wrong):  # a transformer built for another size
+            built = arch_kwargs[size_key] if size_key is not None else "the architecture's default"
+            fix = (f"its position embeddings are for another image size than {built}: prune at the input size it "
+                   "was trained at (--input-size; without it, the architecture's default)")
+        else:
+            fix = "pass a checkpoint of that architecture, or name the architecture (and --num-classes) it was trained as"
+        raise PlanError(f"{source} does not hold weights of the full {named} ({what}); {fix}")
     # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers
     # into float weights: a diverged training's checkpoint (or a wrong file) is refused before either.
     hollow = [f"{k} ({'on the meta device: shapes without values' if v.is_meta else v.layout})" for k, v in state.items()

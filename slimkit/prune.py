@@ -245,8 +245,6 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
             input_size = parent_size
         in_chans = parent_chans if in_chans is None else in_chans
     b = parse_budget(budget) if isinstance(budget, str) else budget
-    if criterion is not None and b.kind == "latency":
-        raise SlimkitError("--criterion takes a FLOPs or parameter budget (--flops, --params), not --latency")
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
     no_int8 = int8_unsupported(task, spec.canonical) if latency_options.precision == "int8" else None
@@ -328,14 +326,14 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     elif user_task is not None and method == "scratch":
         say(f"data: {user_task.description}")
     learned = None
-    learned_gates = None  # the gate values of a FLOPs/params search, for --criterion gates
+    learned_gates = None  # the gate values the search learned, for --criterion gates
     latency_record = None
     if meter is not None:
         if method == "scratch":
             gates_result, search = _learn_gates(spec.canonical, kwargs, graph, flops_guess, bundle, gates,
                                                 expand=expand, seed=seed, progress=progress, say=say,
                                                 user_task=user_task, dense=dense)
-            learned = gates_result.gates
+            learned = learned_gates = gates_result.gates
         else:
             search = {}
         weights = _layer_costs(gates.selection, base, graph, latency_options, say, search) if learned else None

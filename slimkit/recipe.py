@@ -557,8 +557,6 @@ def _check_parent(r: Recipe, source: str) -> None:
         else:
             _check(p.method in (None, wanted), source, f"prune.criterion {p.criterion} goes with prune.method {wanted}")
         _check(p.expand == 1.0, source, "prune.criterion keeps channels of a trained model: remove prune.expand")
-        _check(p.budget_key != "latency", source, "prune.criterion takes prune.flops, prune.params or prune.structure, "
-                                                  "not prune.latency")
     _check(p.weights != RUN_FULL or RUN_FULL in r.train.compare, source,
            f"prune.weights: {RUN_FULL} prunes the run's own trained full model: add {RUN_FULL} to train.compare")
 

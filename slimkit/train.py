@@ -507,6 +507,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     if plan.num_classes not in (None, data.num_classes):
+        if cfg.init == "inherit":  # pruning again with --num-classes would not fit the parent's classifier either
+            raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
+                            "--init inherit keeps the classifier of the model it inherits from, so fine-tune on "
+                            f"data with its {plan.num_classes} classes (slimkit does not replace a trained "
+                            f"classifier), or prune and inherit from a model trained on {cfg.data}")
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
@@ -542,12 +547,15 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
 
     torch.manual_seed(cfg.seed)
     if cfg.init == "inherit" and ckpt is None:
+        narrowed = any(g["width"] < g["full"] for g in plan.groups.values())
         if not plan.has_keep:  # a widths-only plan (e.g. the default method's): keep the largest filters
             plan = choose_channels(plan, cfg.init_from, "l1")
-            say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
-                f"L1 norm in {cfg.init_from}")
+            if narrowed:  # the full model (an architecture name) keeps every channel: nothing was chosen
+                say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
+                    f"L1 norm in {cfg.init_from}")
         model = generate(plan, weights=cfg.init_from)
-        say(f"init: inherited the kept channels' weights of {cfg.init_from} ({plan.criterion['kind']} criterion)")
+        say(f"init: inherited the kept channels' weights of {cfg.init_from} ({plan.criterion['kind']} criterion)"
+            if narrowed else f"init: every weight of {cfg.init_from} (the plan keeps every channel)")
     else:
         model = generate(plan)
     if detection:  # at the size its MACs were counted at, not the one its builder chose (320 for SSDlite)
@@ -596,8 +604,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                     warnings.simplefilter("ignore", UserWarning)
                     for _ in range(ckpt["epoch"] * steps_per_epoch):
                         sched.step()
-                say(f"extending to {epochs} epochs: the cosine schedule now ends at epoch {epochs}; LR {was:.4g} "
-                    f"-> {opt.param_groups[0]['lr']:.4g} at epoch {ckpt['epoch']}")
+                if constant:  # fine-tuning: no schedule to stretch
+                    say(f"extending to {epochs} epochs at the constant LR of {opt.param_groups[0]['lr']:.4g}")
+                else:
+                    say(f"extending to {epochs} epochs: the cosine schedule now ends at epoch {epochs}; LR {was:.4g} "
+                        f"-> {opt.param_groups[0]['lr']:.4g} at epoch {ckpt['epoch']}")
             torch.set_rng_state(ckpt["rng"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{ckpt_path}: its optimizer, schedule or RNG state does not fit this run "

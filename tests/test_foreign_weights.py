@@ -161,3 +161,110 @@ def test_diverged_integer_empty_and_misplaced_weights_say_what_is_wrong(tmp_path
     keep_all = slimkit.full_plan("resnet20", num_classes=10)
     with pytest.raises(PlanError, match="NaN or infinite"):
         slimkit.generate(keep_all, weights=files["nan.pt"])
+
+
+def test_a_state_dict_without_batchnorm_step_counters_loads(tmp_path):
+    """PyTorch before 0.4.1 saved no ``num_batches_tracked`` (nor do converted and older published weights),
+    and torch's load_state_dict accepts such a file; slimkit refused it as 'not the full model'."""
+    torch.manual_seed(0)
+    parent = build_model("resnet20", {"num_classes": 10}).eval()
+    with torch.no_grad():
+        for m in parent.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "old.pt"
+    torch.save({k: v for k, v in parent.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    keep_all = slimkit.full_plan("resnet20", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slimkit.generate(keep_all, weights=path).eval()(x), parent(x), atol=1e-5)
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["prune", "resnet20", "--weights", str(path), "--criterion", "l1", "--flops", "50%",
+                                 "--round-to", "1", "--out", str(out), "--no-plot", "--no-latency-check"])
+    assert r.exit_code == 0 and load_plan(out).has_keep, r.output
+
+
+def test_a_whole_pickled_model_is_told_to_save_its_state_dict(tmp_path):
+    """torch.save(model) was told to re-save torch.save(ckpt['state_dict'], ...): advice for a checkpoint
+    dict, wrong for a model object, which has no 'state_dict' entry."""
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), path)
+    with pytest.raises(CheckpointError) as info:
+        read_weights(path)
+    text = str(info.value)
+    assert "whole pickled Sequential" in text and "torch.save(model.state_dict()" in text, text
+    assert "ckpt['state_dict']" not in text and "\n" not in text
+
+
+def test_binary_and_empty_files_are_not_called_text(tmp_path):
+    """Bytes with NULs decode as UTF-8, so a binary file was 'a text file'; an empty one was 'not a file
+    written by torch.save' without saying it is empty."""
+    binary, empty, text = tmp_path / "binary.pt", tmp_path / "empty.pt", tmp_path / "notes.pt"
+    binary.write_bytes(b"\x00\x01\x02garbage" * 50)
+    empty.write_bytes(b"")
+    text.write_text("weights: see the shared drive\n" * 200 + "café", encoding="utf-8")
+    for path, note in ((binary, "is not a PyTorch checkpoint"), (empty, "is empty (0 bytes)"),
+                       (text, "is a text file")):
+        with pytest.raises(CheckpointError, match=re.escape(note)) as info:
+            read_weights(path)
+        assert "\n" not in str(info.value)
+
+
+def test_weights_of_another_model_name_the_architecture_without_an_empty_dict(tmp_path):
+    """With no classifier to read the classes from, the refusal read 'the full slimkit:resnet20 {} (...)'."""
+    path = tmp_path / "other.pt"
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, path)
+    r = CliRunner().invoke(app, ["prune", "resnet20", "--weights", str(path), "--criterion", "l1", "--flops", "50%",
+                                 "--round-to", "1", "--out", str(tmp_path / "p.json"), "--no-plot"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "the full slimkit:resnet20 (missing conv1.weight" in text and "{}" not in text, text
+
+
+def test_a_lightning_checkpoint_loads_under_its_models_own_names(timm_resnet18, tmp_path):
+    """A LightningModule's checkpoint keeps the network under its attribute ('model.conv1.weight'), beside
+    a loss's buffers: it was refused as 'missing conv1.weight ...'. Its fingerprint is the plain file's, so
+    a plan cut from one inherits from the other."""
+    parent, plain = timm_resnet18
+    state = parent.state_dict()
+    lightning = tmp_path / "epoch=3.ckpt"
+    torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
+                "state_dict": {**{f"model.{k}": v for k, v in state.items()}, "criterion.weight": torch.ones(CLASSES)},
+                "hyper_parameters": {"lr": 0.1}, "optimizer_states": [], "lr_schedulers": []}, lightning)
+    plan_path = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["prune", "timm:resnet18", "--weights", str(lightning), "--criterion", "l1", "--flops",
+                                 "50%", "--input-size", "64", "--round-to", "1", "--out", str(plan_path), "--no-plot",
+                                 "--no-latency-check"])
+    assert r.exit_code == 0, r.output
+    plan = load_plan(plan_path)
+    assert plan.num_classes == CLASSES  # its classifier found under the prefix too
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.allclose(slimkit.generate(plan, weights=plain).eval()(x),
+                              slimkit.generate(plan, weights=lightning).eval()(x))
+        keep_all = slimkit.full_plan("timm:resnet18", num_classes=CLASSES, input_size=SIZE)
+        assert torch.allclose(slimkit.generate(keep_all, weights=lightning).eval()(x), parent(x), atol=1e-5)
+    both = tmp_path / "ema.ckpt"  # the model and its EMA copy: which one is meant cannot be told
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in state.items()},
+                               **{f"model_ema.{k}": v for k, v in state.items()}}}, both)
+    with pytest.raises(CheckpointError, match=r"under several prefixes \(model., model_ema.\)") as info:
+        slimkit.generate(keep_all, weights=both)
+    assert "\n" not in str(info.value)
+
+
+def test_a_transformer_checkpoint_at_another_image_size_is_told_to_prune_at_its_size(tmp_path):
+    """A ViT trained at one size, pruned with another --input-size, was told to 'pass a checkpoint of that
+    architecture, or name the architecture (and --num-classes)': its position embeddings are the problem."""
+    path = tmp_path / "vit.pt"
+    vit = build_model("timm:vit_tiny_patch16_224", {"num_classes": 10, "img_size": 32, "patch_size": 8})
+    torch.save(vit.state_dict(), path)
+    other_size = slimkit.full_plan("timm:vit_tiny_patch16_224", num_classes=10, input_size=(3, 64, 64),
+                                   arch_kwargs={"patch_size": 8, "img_size": 64})
+    with pytest.raises(PlanError) as info:
+        slimkit.generate(other_size, weights=path)
+    text = str(info.value)
+    assert "shape pos_embed" in text and "position embeddings are for another image size than 64" in text, text
+    assert "--num-classes" not in text and "\n" not in text
+    at_default = slimkit.full_plan("timm:vit_tiny_patch16_224", num_classes=10, arch_kwargs={"patch_size": 8})
+    with pytest.raises(PlanError, match="another image size than the architecture's default: prune at the input size"):
+        slimkit.generate(at_default, weights=path)  # no --input-size: 224 px, 785 positions

@@ -296,7 +296,10 @@ def test_finetune_inherits_keeps_the_lr_constant_and_resumes(tmp_path):
     ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=2, batch_size=16, schedule="finetune",
                      init="inherit", init_from=parent_ckpt)
     result = train(plan, tmp_path / "ft", ft)
-    train(plan, tmp_path / "ft", ft, resume=True, extend_to=2)
+    said = []
+    train(plan, tmp_path / "ft", ft, resume=True, extend_to=2, log=said.append)
+    # a constant LR has no cosine schedule to stretch (the message said it had)
+    assert "extending to 2 epochs at the constant LR of 0.001" in said and not any("cosine" in m for m in said)
     history = json.loads((tmp_path / "ft" / "metrics.json").read_text())["history"]
     assert [h["lr"] for h in history] == [0.001, 0.001] and result.epochs == 1
     assert load_plan(tmp_path / "ft" / "plan.json").keep == plan.keep
@@ -394,3 +397,67 @@ def test_a_plan_builds_the_same_network_only_with_the_same_arch_size_widths_and_
     assert not plan.builds_same_network_as(replace(plan, input_size=[3, 64, 64]))
     assert not plan.builds_same_network_as(replace(plan, arch_kwargs={"num_classes": 5}))
     assert not plan.builds_same_network_as(plan.with_widths({"a": 8, "b": 8}))
+
+
+def test_inheriting_into_data_with_other_classes_does_not_advise_pruning_again(tmp_path):
+    """A plan cut from a 1000-class parent, fine-tuned on 10-class data, was told 'prune again with this
+    data (or --num-classes)': pruning with --num-classes 10 then refuses the 1000-class weights."""
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model("resnet20", {"num_classes": 5}).state_dict(), parent)
+    plan = choose_channels(prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5), parent, "l1")
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    with pytest.raises(PlanError) as info:
+        train(plan, tmp_path / "ft", ft)
+    text = str(info.value)
+    assert "keeps the classifier of the model it inherits from" in text and "prune again" not in text, text
+    assert not (tmp_path / "ft").exists()
+
+
+def test_fine_tuning_the_full_model_does_not_claim_channels_were_chosen(tmp_path):
+    """`slimkit train resnet20 --init inherit --from CKPT` said 'the plan records widths only; keeping each
+    group's channels with the largest filter L1 norm': nothing is narrowed, every weight is the parent's."""
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), parent)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    said = []
+    train("resnet20", tmp_path / "ft", ft, log=said.append)
+    assert f"init: every weight of {parent} (the plan keeps every channel)" in said, said
+    assert not any("widths only" in m or "kept channels' weights" in m for m in said), said
+
+
+def test_a_latency_budget_keeps_the_trained_models_channels_too(tmp_path):
+    """`prune --weights CKPT --criterion l1|gates --latency 60%` (issue 28's CLI) was refused: 'takes a FLOPs
+    or parameter budget'. The measured-latency search gives the widths, the criterion the channels."""
+    parent_plan, parent = trained_like("resnet20")
+    weights = tmp_path / "parent.pt"
+    torch.save(parent.state_dict(), weights)
+    common = ["--latency", "60%", "--input-size", "32", "--round-to", "1", "--threads", "1", "--tolerance", "0.15",
+              "--no-plot", "--weights", str(weights)]
+    for criterion, extra in (("l1", []), ("gates", ["--data", "synthetic", "--steps", "2"])):
+        out = tmp_path / f"{criterion}.json"
+        r = CliRunner().invoke(app, ["prune", "resnet20", "--criterion", criterion, "-o", str(out), *common, *extra])
+        assert r.exit_code == 0, r.output
+        plan = load_plan(out)
+        assert plan.budget["kind"] == "latency" and plan.has_keep and plan.criterion["kind"] == criterion
+        assert plan.flops < parent_plan.flops
+        assert generate(plan, weights=weights)(torch.randn(1, *SIZE)).shape == (1, 10)
+    from slimkit.recipe import parse_recipe, read_yaml
+    recipe = parse_recipe(read_yaml("name: r\narch: resnet20\nnum_classes: 10\nprune: {latency: 60%, method: uniform, "
+                                    f"weights: {weights}, criterion: l1}}\n"))
+    assert recipe.prune.criterion == "l1" and recipe.prune.budget_key == "latency"
+
+
+def test_a_pruned_runs_checkpoint_given_as_the_parent_says_how_to_use_it(tmp_path):
+    """generate(plan, weights=<the fine-tuned run's checkpoint>) (loading the trained thin model) was told
+    only to train a full model; the message now also names the way to load or export that model."""
+    from slimkit.checkpoint import CheckpointError, write_checkpoint
+    thin = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=10)
+    thin = choose_channels(thin, build_model(thin.arch, thin.arch_kwargs).state_dict(), "l1")
+    path = write_checkpoint(tmp_path / "checkpoint.pt", model=generate(thin).state_dict(), plan=thin, config={},
+                            epoch=1, metrics=[])
+    with pytest.raises(CheckpointError) as info:
+        generate(thin, weights=path)
+    text = str(info.value)
+    assert "(a pruned plan), not the full" in text and "slimkit.artifacts.model_from_checkpoint" in text, text
