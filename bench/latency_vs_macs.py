@@ -219,6 +219,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "latency_vs_macs"))
     ap.add_argument("--render", action="store_true", help="only rewrite the .md and .png from the .json")
     args = ap.parse_args()
+    args.blocks = min(args.blocks, args.runs)  # a short run: one timed run per block at least
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.render:
