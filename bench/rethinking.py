@@ -279,6 +279,8 @@ def study_jobs(parent: str, args, results: Path, work: Path) -> Iterator[Job]:
                 continue
             todo = []
             for schedule in schedules:
+                if args.schedules and schedule not in args.schedules:
+                    continue
                 out = results / "runs" / f"{config}-{schedule}-s{seed}.json"
                 if not out.exists() and not reuse_structure_run(config, schedule, seed, args, out):
                     todo.append((schedule, out))
@@ -368,6 +370,9 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=study.DEFAULT_SEEDS)
     ap.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=None,
                     help="train only these configurations (e.g. extra seeds for an undecided comparison)")
+    ap.add_argument("--schedules", nargs="+", choices=sorted({s for v in CONFIGS.values() for s in v}), default=None,
+                    help="train only these schedules: extra seeds for one comparison (e.g. --configs default "
+                         "--schedules finetune scratch-e for Scratch-E - fine-tuned) need not pay for the others")
     ap.add_argument("--epochs", type=int, default=12, help="the parent's epochs (Scratch-E; Scratch-B stretches "
                     "them; fine-tuning takes a quarter), as in the structure study")
     ap.add_argument("--side", type=int, default=24, help="input side (Fashion-MNIST resized), as in the structure study")
