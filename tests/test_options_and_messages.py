@@ -341,11 +341,17 @@ def test_prune_refuses_gate_learning_options_a_uniform_plan_would_ignore(tmp_pat
     `train` then advised pruning "with --data synthetic", which is what the user had done."""
     for args in (["--flops", "50%", "--method", "uniform", "--data", "synthetic"],
                  ["--flops", "50%", "--method", "uniform", "--steps", "5"],
-                 ["--structure", "resnet56-a", "--epochs", "1"]):
+                 ["--structure", "resnet56-a", "--epochs", "1"],
+                 ["--flops", "50%", "--method", "uniform", "--device", "cuda"],  # accepted, nothing ran on it
+                 ["--flops", "50%", "--device", "cpu"]):  # uniform by default for a classifier
         r = run("prune", "resnet56", *args, "--out", tmp_path / "p.json")
         assert r.exit_code == 2 and "gate learning" in r.output and "Traceback" not in r.output, r.output
         assert not (tmp_path / "p.json").exists()
     assert not list(tmp_path.iterdir())
+    # where --device places the timing (--backend torch), a uniform plan takes it
+    r = run("prune", "resnet20", "--flops", "50%", "--device", "cpu", "--backend", "torch", "--no-latency-check",
+            "--round-to", "8", "--no-plot", "--out", tmp_path / "q.json")
+    assert r.exit_code == 0, r.output
 
 
 def test_another_slimkit_file_given_as_a_plan_is_named_and_never_to_be_regenerated(tmp_path):

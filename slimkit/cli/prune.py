@@ -181,7 +181,9 @@ def prune(
         refuse_idle([("--data", data, None), ("--data-dir", data_dir, None), ("--preset", preset, None),
                      ("--gamma", gamma, None), ("--lr", lr, None), ("--epochs", epochs, None),
                      ("--steps", steps, None), ("--batch-size", batch_size, None),
-                     ("--search-size", search_size, None), ("--val-size", val_size, None)],
+                     ("--search-size", search_size, None), ("--val-size", val_size, None),
+                     # --device also places --backend torch timing; with onnxruntime it has nothing to run
+                     *([] if backend.startswith("torch") else [("--device", device, GateOptions.device)])],
                     "gate learning, which " + (f"--structure {structure}" if structure else "--method uniform")
                     + " does not do (size the head for your data with --num-classes)",
                     "drop --structure for a budget with --method scratch" if structure else
