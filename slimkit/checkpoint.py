@@ -354,10 +354,10 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
             raise CheckpointError(f"{path} holds the full {canonical} trained with other arguments ({differ}): give "
                                   "the ones it was trained with (--num-classes, --in-chans, --arch-kwargs), or a "
                                   "checkpoint trained with these")
-        held = plan.arch + (f" {plan.arch_kwargs}" if plan.arch_kwargs else "") + ("" if unpruned else " (a pruned plan)")
-        wanted = canonical + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
+        held = registry.arch_text(plan.arch, plan.arch_kwargs) + ("" if unpruned else " (a pruned plan)")
         own = "" if unpruned else (" (to use that trained pruned model itself: `slimkit export` it, or load it with "
                                    "slimkit.artifacts.model_from_checkpoint)")
-        raise CheckpointError(f"{path} holds {held}, not the full {wanted}: train the full model "
+        raise CheckpointError(f"{path} holds {held}, not the full {registry.arch_text(canonical, arch_kwargs)}: "
+                              "train the full model "
                               f"with `slimkit train {canonical.split(':')[-1]}` and pass its checkpoint.pt{own}")
     return state

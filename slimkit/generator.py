@@ -510,7 +510,7 @@ def _plan_graph(plan: ChannelPlan) -> ChannelGraph:
         raise
     except (ValueError, TypeError) as exc:
         raise PlanError(f"cannot build {plan.arch} from the plan: {exc}") from exc
-    check_fingerprint(plan, graph, plan.arch + (f" {plan.arch_kwargs}" if plan.arch_kwargs else ""))
+    check_fingerprint(plan, graph, registry.arch_text(plan.arch, plan.arch_kwargs))
     check_plan_fits(plan, graph)
     return graph
 
@@ -641,7 +641,6 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
         what = "; ".join(f"{label} {', '.join(items[:3])}" + (f" (+{len(items) - 3})" if len(items) > 3 else "")
                          for label, items in (("missing", missing), ("unexpected", unexpected),
                                               ("shape", wrong)) if items)
-        named = arch + (f" {arch_kwargs}" if arch_kwargs else "")  # not "resnet20 {}"
         size_key = next((k for k in ("img_size", "image_size") if k in arch_kwargs), None)
         if not missing and not unexpected and \
                 any("pos" in w.split(" ")[0].lower() for w in wrong):  # a transformer built for another size
@@ -650,7 +649,8 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                    "was trained at (--input-size; without it, the architecture's default)")
         else:
             fix = "pass a checkpoint of that architecture, or name the architecture (and --num-classes) it was trained as"
-        raise PlanError(f"{source} does not hold weights of the full {named} ({what}); {fix}")
+        raise PlanError(f"{source} does not hold weights of the full {registry.arch_text(arch, arch_kwargs)} "
+                        f"({what}); {fix}")
     # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers
     # into float weights: a diverged training's checkpoint (or a wrong file) is refused before either.
     hollow = [f"{k} ({'on the meta device: shapes without values' if v.is_meta else v.layout})" for k, v in state.items()

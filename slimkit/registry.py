@@ -34,7 +34,7 @@ from slimkit.models.tasks import deployment_side, traced_part
 from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
 
 __all__ = ["ArchSpec", "resolve", "create_model", "default_input_size", "list_archs", "ALIASES", "model_source",
-           "is_user_code", "accepts", "arch_kwargs_for", "traced_part"]
+           "is_user_code", "accepts", "arch_kwargs_for", "traced_part", "arch_text"]
 
 SOURCES = ("slimkit", "torchvision", "timm")
 USER_SOURCES = ("python", "object")  # the user's code: plans record a fingerprint of its traced graph
@@ -183,6 +183,11 @@ def _suggest(name: str, source: str | None = None) -> str:
     close = difflib.get_close_matches(name, list(dict.fromkeys(pool)), n=4, cutoff=0.6)  # resnet50: timm and torchvision
     hint = " (see `slimkit models --filter PATTERN`)"
     return f"; did you mean {', '.join(close)}?{hint}" if close else hint
+
+
+def arch_text(arch: str, arch_kwargs: dict[str, Any] | None) -> str:
+    """An architecture as messages name it: with its builder's arguments when it has any (not "resnet20 {}")."""
+    return arch + (f" {arch_kwargs}" if arch_kwargs else "")
 
 
 def arch_kwargs_for(num_classes: int | None, in_chans: int | None,
