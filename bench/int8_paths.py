@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -111,7 +113,8 @@ def main() -> None:
                      f"({plan.flops / 1e6:.1f}M MACs) at {'x'.join(map(str, plan.input_size))}",
             "malloc": "tuned" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default",
             "load_average": [round(x, 2) for x in os.getloadavg()],
-            "command": f"nice -n 5 python bench/int8_paths.py --runs {args.runs} --threads {args.threads}"}
+            # what was run, --out and --plan included, so the file says how to regenerate itself
+            "command": shlex.join(["python", "bench/int8_paths.py", *sys.argv[1:]])}
     out = Path(args.out)
     data = {"meta": meta, "rows": rows, "skipped": skipped, "profiles": profiles,
             "export_choice": ranking.to_dict()}
