@@ -546,6 +546,17 @@ def verified_plan(plan: ChannelPlan | dict | str | os.PathLike, source: str | No
                    search={**plan.search, "full_flops": counted["full_flops"], "full_params": counted["full_params"]})
 
 
+def with_num_classes(plan: ChannelPlan, num_classes: int) -> ChannelPlan:
+    """The plan with its classifier sized for ``num_classes`` and every count recomputed: a plan that
+    keeps the model's default head (no ``num_classes``), trained from scratch on data with its own
+    classes. The widths are the plan's; only the head's output changes (``search.head_sized_for_data``
+    records it, so the run's plan says so and ``--resume`` knows the plan it came from)."""
+    resized = replace(plan, arch_kwargs={**plan.arch_kwargs, "num_classes": num_classes}, flops=None, params=None,
+                      search={**plan.search, "full_flops": None, "full_params": None,
+                              "head_sized_for_data": num_classes})
+    return verified_plan(resized)
+
+
 def generate(plan: ChannelPlan | dict | str | os.PathLike, seed: int | None = None,
              weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
              model: nn.Module | None = None) -> nn.Module:

@@ -56,7 +56,7 @@ from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, is_json_with, plot_of,
                            same_path)
-from slimkit.generator import choose_channels, full_plan, generate, verified_plan
+from slimkit.generator import choose_channels, full_plan, generate, verified_plan, with_num_classes
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import TRAINING, plot_training
@@ -341,6 +341,8 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
     if plan_or_arch is None:
         return
     given = plan_of(plan_or_arch)
+    if given is not None and given.num_classes is None and plan.search.get("head_sized_for_data"):
+        given = replace(given, arch_kwargs={**given.arch_kwargs, "num_classes": plan.num_classes})  # as the run sized it
     if given is not None:
         same = given.builds_same_network_as(plan)
         what = "this plan" + (" (it keeps other channels of the parent)" if given.has_keep and plan.has_keep and
@@ -514,6 +516,14 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                             f"classifier), or prune and inherit from a model trained on {cfg.data}")
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
+    if (plan.num_classes is None and cfg.init == "scratch" and task == "classification"
+            and not registry.is_user_code(plan.arch) and registry.accepts(plan.arch, "num_classes")):
+        # training from scratch: the head is random either way, so it takes the data's classes (as
+        # `slimkit train ARCH` does) instead of refusing the plan `slimkit prune ARCH` wrote by default
+        before = verified_plan(plan).flops
+        plan = with_num_classes(plan, data.num_classes)
+        say(f"classes: the plan keeps {plan.arch}'s default classifier; training from scratch sizes it for "
+            f"{cfg.data}'s {data.num_classes} classes (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
         raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune again with --num-classes "
                         f"{data.num_classes} for {cfg.data} (a plan learned with --method scratch --data "

@@ -144,6 +144,25 @@ def test_plan_for_other_class_count_is_rejected(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_plan_with_the_models_default_head_trains_from_scratch_on_the_datas_classes(tmp_path):
+    """`slimkit prune ARCH` keeps the model's 1000-class head by default; training that plan from scratch
+    on 10-class data sizes the (random) head for the data, as `slimkit train ARCH` does, instead of
+    refusing the plan the headline commands write. The run's plan says so and --resume accepts the plan."""
+    p = prune("timm:test_resnet", "50%", method="uniform", input_size=(3, 32, 32), round_to=1)
+    assert p.num_classes is None
+    said = []
+    res = train(p, tmp_path / "run", cfg(epochs=1, max_steps_per_epoch=1), log=said.append)
+    model, ran = model_from_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert ran.num_classes == 10 and ran.search["head_sized_for_data"] == 10 and ran.widths == p.widths
+    assert ran.flops < p.flops and res.epochs == 1  # counted with the 10-class head
+    assert any("sizes it for synthetic's 10 classes" in m for m in said), said
+    train(p, tmp_path / "run", cfg(epochs=2, max_steps_per_epoch=1), resume=True)  # the same plan resumes
+    # inheriting keeps the parent's classifier: still refused, nothing resized
+    with pytest.raises(PlanError, match="default classifier"):
+        train(p, tmp_path / "inherit", cfg(init="inherit", init_from=str(tmp_path / "run" / "checkpoint.pt")))
+
+
 def test_scratch_b_budget_stretches_epochs(plan, tmp_path):
     res = train(plan, tmp_path / "run", cfg(epochs=1, schedule="scratch-b", max_steps_per_epoch=1))
     # 50% FLOPs (2.02x fewer MACs after rounding) -> at least 2x the compute, in whole epochs; uncapped
