@@ -65,9 +65,10 @@ def info(
                   f"MACs {format_count(macs)}  params {format_count(params)}"
                   + (f" ({classes}-class head)" if classes else "") + "  "
                   f"channel groups {len(graph.groups)} prunable, {len(graph.frozen)} frozen")
-    if classes and classes != 10 and num_classes is None:  # why `prune` says "of 567.7M" where this says 568.7M
-        console.print("  [dim]prune sizes the head for the data (10 classes for Fashion-MNIST), so its totals differ "
-                      "by the head: `--num-classes 10` shows them[/]", highlight=False)
+    if classes and classes != 10 and num_classes is None:  # why `prune --method scratch` says "of 567.7M" here
+        console.print("  [dim]`prune --method scratch` sizes the head for its gate-learning data (10 classes for "
+                      "Fashion-MNIST), so its totals differ by the head: `--num-classes 10` shows them; a uniform "
+                      "plan (the default) keeps this head unless you pass --num-classes[/]", highlight=False)
     for name, why in graph.frozen.items():
         console.print(f"  frozen [cyan]{escape(name)}[/]: {escape(why)}", highlight=False)
     if groups:
