@@ -50,13 +50,13 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import missing_checkpoint
+from slimkit.checkpoint import classifier_of, missing_checkpoint
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, is_json_with, plot_of,
                            same_path)
-from slimkit.generator import choose_channels, full_plan, generate, verified_plan
+from slimkit.generator import build_model, choose_channels, full_plan, generate, verified_plan
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import TRAINING, plot_training
@@ -515,9 +515,13 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
-        raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune again with --num-classes "
-                        f"{data.num_classes} for {cfg.data} (a plan learned with --method scratch --data "
-                        f"{cfg.data} gets it too)")
+        # a default head that already has the data's classes (the CIFAR nets' 10 on Fashion-MNIST) trains as is
+        rows = getattr(classifier_of(build_model(plan.arch, plan.arch_kwargs)), "out_features", None)
+        if task != "classification" or rows != data.num_classes:
+            raise PlanError(f"the plan keeps {plan.arch}'s default classifier"
+                            + (f" ({rows} classes)" if task == "classification" and rows else "")
+                            + f"; prune again with --num-classes {data.num_classes} for {cfg.data} (a plan learned "
+                            f"with --method scratch --data {cfg.data} gets it too)")
 
     plan = verified_plan(plan, f"the plan in {ckpt_path}" if ckpt is not None else None)  # counts from widths
     full_flops = plan.search["full_flops"]
