@@ -51,6 +51,17 @@ def test_info_s_note_on_the_head_says_which_prune_resizes_it(tmp_path):
     assert json.loads(out.read_text())["search"]["full_flops"] == 37_523_456  # the 1000-class head, as info counts
 
 
+def test_prune_help_lists_every_backend_it_takes():
+    """prune --backend's help listed ort-cpu, ort-cuda, torch, torch-compile, but prune also takes
+    openvino-cpu (the latency check and --round-to auto's documented multiple, docs/guide.md)."""
+    from slimkit.latency import BACKENDS
+
+    r = runner.invoke(app, ["prune", "--help"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.lstrip("│ ").startswith("--backend"))
+    assert all(b in line for b in BACKENDS), line
+
+
 def test_prune_uniform_writes_plan_and_plot(tmp_path):
     out = tmp_path / "plan.json"
     r = run("prune", "mobilenet_v1", "--flops", "150M", "--method", "uniform", "--out", out)
