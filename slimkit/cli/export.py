@@ -85,8 +85,8 @@ def export(
         refuse_idle([("--runs", runs, 100), *([] if int8 else [("--threads", threads, None)])], "the latency report",
                     "drop --no-bench")
     if postprocess and int8:
-        raise SlimkitError("--int8 is checked by top-1 agreement, which a whole detector's detections do not give: "
-                           "drop --int8, or drop --postprocess to quantize the dense core")
+        raise SlimkitError("--int8 is checked by top-1 agreement, which a detector does not give (neither its "
+                           "detections nor its dense core's raw class and box tensors): drop --int8")
     out = out or default_export_path(source)
     if out.suffix != ".onnx":
         raise SlimkitError(f"--out {out} should end in .onnx")
