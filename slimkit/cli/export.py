@@ -23,7 +23,7 @@ from slimkit.data import load_data
 from slimkit.errors import SlimkitError
 from slimkit.exporters import get_exporter, onnx_output
 from slimkit.exporters.onnx import fixed_image
-from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs, int8_unsupported
+from slimkit.exporters.int8 import QuantizeSettings, check_calib_images, export_int8, int8_outputs, int8_unsupported
 from slimkit.files import check_outputs
 from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
@@ -103,6 +103,9 @@ def export(
         raise SlimkitError(f"--int8: {no_int8}: drop --int8")
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     int8_candidates = candidates_matching(int8_format, int8_activations, int8_weights) if int8 else []
+    if int8:  # the quantization's own settings are refused before the fp32 export, not after it
+        replace(int8_candidates[0], calib_images=calib_images, calib_method=calib_method).validate()
+        check_calib_images(quant_data, calib_images)
     metadata = onnx_metadata(src)
     if postprocess:
         exported = _whole_detector(src)
