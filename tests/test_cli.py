@@ -49,6 +49,9 @@ def test_info_s_note_on_the_head_says_which_prune_resizes_it(tmp_path):
             "--no-latency-check", "--no-plot", "--out", out)
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["search"]["full_flops"] == 37_523_456  # the 1000-class head, as info counts
+    r = run("info", "torchvision:resnet18", "--input-size", "32")  # no num_classes attribute: its fc's rows
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "1000-class head" in text and "--method scratch" in text, r.output
 
 
 def test_prune_help_lists_every_backend_it_takes():
