@@ -25,7 +25,7 @@ from slimkit.exporters import get_exporter, onnx_output
 from slimkit.exporters.onnx import fixed_image
 from slimkit.exporters.int8 import QuantizeSettings, check_calib_images, export_int8, int8_outputs, int8_unsupported
 from slimkit.files import check_outputs
-from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
+from slimkit.int8_speed import MIN_GAIN, Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
 from slimkit.models.tasks import WholeDetector, is_detector
 
@@ -244,8 +244,10 @@ def _choice_text(ranking: Int8Ranking, attempts: list[dict]) -> str:
                 + (f"; failed the check: {', '.join(failed)}" if failed else ""))
     timed = ", ".join(f"{c['label']} {c['ratio']:.2f}" for c in ranking.configurations)
     fp32 = f", fp32 {ranking.fp32_ratio:.2f}" if ranking.fp32_ratio else ""
-    return (f"{attempts[-1]['configuration']}: the fastest of {len(ranking.configurations)} that passed the check "
-            f"(latency here, {ranking.source}, relative to {ranking.reference}: {timed}{fp32})"
+    # not "the fastest": the default stays first unless another's whole 95% interval is MIN_GAIN faster
+    return (f"{attempts[-1]['configuration']}: the first of {len(ranking.configurations)}, in the order ranked here, "
+            f"that passed the check ({ranking.reference} stays first unless another's whole 95% interval is "
+            f"{MIN_GAIN:.0%} faster; latency here, {ranking.source}, relative to {ranking.reference}: {timed}{fp32})"
             + (f"; failed the check: {', '.join(failed)}" if failed else ""))
 
 
