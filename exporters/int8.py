@@ -54,7 +54,7 @@ from slimkit.files import Output, atomic_write, atomic_write_text, is_json_with
 
 __all__ = ["QuantizeSettings", "Int8Check", "Int8CheckError", "CALIBRATION_METHODS", "QUANT_FORMATS", "int8_path",
            "int8_unsupported",
-           "calibration_images", "quantize_onnx", "quantize_for_timing", "settings_of", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
+           "calibration_images", "check_calib_images", "quantize_onnx", "quantize_for_timing", "settings_of", "check_int8", "export_int8", "DEFAULT_MAX_DROP",
            "DEFAULT_MAX_OUTPUT_ERROR"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -235,11 +235,16 @@ def _images(dataset, rows: torch.Tensor, batch_size: int = 64) -> Iterable[tuple
         yield x.numpy().astype(np.float32, copy=False), y.numpy()
 
 
-def calibration_images(data: DataBundle, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` images of the training split (seeded random choice), normalised like training did."""
+def check_calib_images(data: DataBundle, n: int) -> None:
+    """``n`` calibration images can be drawn from ``data``'s training split (said before any export)."""
     if n > len(data.train):
         raise ExportError(f"--calib-images {n} is more than the {len(data.train):,} training images of "
                           f"{data.name}: pass at most {len(data.train)}")
+
+
+def calibration_images(data: DataBundle, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` images of the training split (seeded random choice), normalised like training did."""
+    check_calib_images(data, n)
     return np.concatenate([x for x, _ in _images(data.train, _rows(len(data.train), n, seed))])
 
 

@@ -29,6 +29,7 @@ from slimkit.errors import PlanError, SlimkitError
 from slimkit.exporters.onnx import export, input_shape, slimkit_metadata
 from slimkit.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_weights,  # noqa: F401 (re-exported)
                                 write_checkpoint)
+from slimkit.flops import format_count
 from slimkit.generator import full_plan, generate, verified_plan
 from slimkit.latency import Candidate, LatencyError, model_fingerprint
 from slimkit.models.tasks import is_detector, set_detector_input_size
@@ -407,8 +408,15 @@ def baseline_candidates(baseline: dict[str, Any], model_text: str, workdir: Path
         raise LatencyError(f"{model_text} takes input {'x'.join(map(str, model.input_shape))} but the baseline was "
                            f"recorded at {'x'.join(map(str, gate['input_shape']))}: re-record it with --update-baseline")
     if model_fingerprint(model) != gate["model_fingerprint"]:
-        raise LatencyError(f"the baseline was recorded for another model ({gate['model']}), not {model_text}: check "
-                           "the model it was recorded for, or re-record it with --update-baseline")
+        # name both by file and MACs: two runs' files are both "model" (model.onnx)
+        recorded = next((m for m in baseline.get("models", []) if isinstance(m, dict) and m.get("name") == gate["model"]),
+                        {})
+        def described(name: Any, path: Any, flops: Any) -> str:
+            return (f"{path or name}" + (f", {format_count(flops)} MACs" if isinstance(flops, int) else ""))
+        raise LatencyError(f"the baseline was recorded for another model "
+                           f"({described(gate['model'], recorded.get('onnx'), recorded.get('flops'))}), not "
+                           f"{described(model_text, None, model.flops)}: check the model it was recorded for, "
+                           "or re-record it with --update-baseline")
     ref = candidate_from_spec(gate["reference_spec"], workdir, batch, gate["reference"], base_dir)
     if list(ref.input_shape) != list(gate["input_shape"]):  # a ratio to another input size means nothing
         raise LatencyError(f"the baseline's reference {ref.name} takes input {'x'.join(map(str, ref.input_shape))} but "

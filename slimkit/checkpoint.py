@@ -305,6 +305,30 @@ def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+def classifier_of(model: nn.Module) -> nn.Module | None:
+    """A classifier's output layer: timm names it (``get_classifier()``); elsewhere (torchvision,
+    slimkit's own) it is the last linear layer. ``None`` where there is none."""
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+
+
+def same_arch_kwargs(arch: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether ``a`` and ``b`` build the same ``arch``: equal, or differing only by a ``num_classes`` or
+    ``in_chans`` that one side leaves at the model's default and the other gives as that default (a
+    checkpoint of `slimkit train resnet20` records num_classes 10, a uniform plan of resnet20 none)."""
+    if a == b:
+        return True
+    keys = {k for k in {*a, *b} if a.get(k) != b.get(k)}
+    if not keys <= {"num_classes", "in_chans"} or any(k in a and k in b for k in keys):
+        return False
+    default = registry.create_model(arch, **{k: v for k, v in a.items() if k not in keys})
+    first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
+    defaults = {"num_classes": getattr(classifier_of(default), "out_features", None),
+                "in_chans": getattr(first_conv, "in_channels", None)}
+    return all(defaults[k] is not None and a.get(k, defaults[k]) == b.get(k, defaults[k]) for k in keys)
+
+
 def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | None, tuple[int, ...] | None]:
     """``(num_classes, in_chans, input_size)`` of the model whose weights ``path`` holds, as far as the file
     says: a slimkit checkpoint records all three; a plain state dict gives the classes from its
@@ -314,9 +338,7 @@ def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | 
     if plan is not None:
         return plan.num_classes, plan.arch_kwargs.get("in_chans"), tuple(plan.input_size)
     default = registry.create_model(arch)
-    # timm names its classifier; elsewhere (torchvision, slimkit's own) it is the last linear layer.
-    head = default.get_classifier() if hasattr(default, "get_classifier") else \
-        next((m for m in reversed(list(default.modules())) if isinstance(m, nn.Linear)), None)
+    head = classifier_of(default)
     first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
     names = {id(m): n for n, m in default.named_modules()}
     state = fitted_to(state, default.state_dict(), str(path))  # under a wrapper's prefix: its classifier too
@@ -344,7 +366,8 @@ def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str
             return state
         return fitted_to(state, keys, str(path))
     canonical = registry.resolve(arch).canonical
-    if registry.resolve(plan.arch).canonical != canonical or plan.arch_kwargs != arch_kwargs or \
+    if registry.resolve(plan.arch).canonical != canonical or \
+            not same_arch_kwargs(canonical, plan.arch_kwargs, arch_kwargs) or \
             any(g["width"] != g["full"] for g in plan.groups.values()) or plan.expand != 1.0:
         unpruned = all(g["width"] == g["full"] for g in plan.groups.values()) and plan.expand == 1.0
         if unpruned and registry.resolve(plan.arch).canonical == canonical:  # the full model, other arguments

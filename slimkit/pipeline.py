@@ -639,7 +639,7 @@ def _train_stage(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan], hoo
         if result.metrics:
             final = result.metrics[-1]
             key, name = headline_metric(plan.arch)
-            hooks.log(f"  {name} {final[key]:.4f} after {final['epoch']} epochs")
+            hooks.log(f"  {name} {final[key]:.4f} after {final['epoch']} epoch{'' if final['epoch'] == 1 else 's'}")
     if "uniform" in t.compare and recipe.prune.method == "uniform" and recipe.prune.structure is None and only is None:
         hooks.stage("train", "uniform: the pruned model is the uniform one (prune.method uniform); see train/")
 

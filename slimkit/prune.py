@@ -295,7 +295,8 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
                      else "cpu")  # ort-*: the backend says where
     if round_to == AUTO:  # measured before any gate learning: it decides which widths exist
         probe = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
-                                        arch_kwargs=kwargs, expand=expand, round_to=1, method=method, seed=seed)
+                                        arch_kwargs=kwargs, expand=expand, round_to=1, method=method, seed=seed,
+                                        **source_fields(spec.canonical, graph))
         rounding = auto_round_to(graph, probe, b, backend=latency_options.backend,
                                  precision=latency_options.precision, threads=latency_options.threads, batch=latency_options.batch, device=timing_device,
                                  say=say)

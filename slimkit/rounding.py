@@ -197,6 +197,8 @@ def _cache_key(template: ChannelPlan, fraction: float, backend: str, precision: 
                threads: int | None, batch: int) -> str:
     key = [cpu_description(), sorted(cpu_flags()), ort.__version__, backend, precision, threads, batch,
            template.arch, template.arch_kwargs, list(template.input_size), template.expand, round(fraction, 2)]
+    if template.graph_fingerprint is not None:  # a user's factory: its name stays when its code changes
+        key.append(template.graph_fingerprint)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -50,13 +50,13 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import missing_checkpoint
+from slimkit.checkpoint import classifier_of, missing_checkpoint
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, is_json_with, plot_of,
                            same_path)
-from slimkit.generator import choose_channels, full_plan, generate, verified_plan, with_num_classes
+from slimkit.generator import build_model, choose_channels, full_plan, generate, verified_plan, with_num_classes
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import TRAINING, plot_training
@@ -522,12 +522,21 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         # `slimkit train ARCH` does) instead of refusing the plan `slimkit prune ARCH` wrote by default
         before = verified_plan(plan).flops
         plan = with_num_classes(plan, data.num_classes)
-        say(f"classes: the plan keeps {plan.arch}'s default classifier; training from scratch sizes it for "
-            f"{cfg.data}'s {data.num_classes} classes (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
+        if plan.flops != before:  # a default head with the data's classes already (the CIFAR nets') is news to no one
+            say(f"classes: the plan keeps {plan.arch}'s default classifier; training from scratch sizes it for "
+                f"{cfg.data}'s {data.num_classes} classes (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
-        raise PlanError(f"the plan keeps {plan.arch}'s default classifier; prune again with --num-classes "
-                        f"{data.num_classes} for {cfg.data} (a plan learned with --method scratch --data "
-                        f"{cfg.data} gets it too)")
+        # a default head that already has the data's classes (the CIFAR nets' 10 on Fashion-MNIST) trains as is
+        rows = getattr(classifier_of(build_model(plan.arch, plan.arch_kwargs)), "out_features", None)
+        if task != "classification" or rows != data.num_classes:
+            held = f"the plan keeps {plan.arch}'s default classifier" + (
+                f" ({rows} classes)" if task == "classification" and rows else "")
+            if cfg.init == "inherit":  # pruning again with --num-classes would not fit the parent's classifier either
+                raise PlanError(f"{held} but {cfg.data} has {data.num_classes}: --init inherit keeps the classifier of "
+                                "the model it inherits from, so fine-tune on data with its classes (slimkit does not "
+                                f"replace a trained classifier), or prune and inherit from a model trained on {cfg.data}")
+            raise PlanError(f"{held}; prune again with --num-classes {data.num_classes} for {cfg.data} (a plan learned "
+                            f"with --method scratch --data {cfg.data} gets it too)")
 
     plan = verified_plan(plan, f"the plan in {ckpt_path}" if ckpt is not None else None)  # counts from widths
     full_flops = plan.search["full_flops"]

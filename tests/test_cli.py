@@ -36,6 +36,35 @@ def test_info_shows_counts_and_groups():
     assert "layer1.0.conv1" in r.output
 
 
+def test_info_s_note_on_the_head_says_which_prune_resizes_it(tmp_path):
+    """info said "prune sizes the head for the data (10 classes for Fashion-MNIST)" for every 1000-class
+    model, but the default (uniform) prune keeps the model's head: README's `prune mobilenet_v1 --flops
+    150M` planned a 1000-class network. Only gate learning takes the classes from its data."""
+    r = run("info", "timm:resnet18", "--input-size", "32")
+    assert r.exit_code == 0, r.output
+    note = " ".join(r.output.split())
+    assert "1000-class head" in note and "--method scratch" in note and "uniform" in note, r.output
+    out = tmp_path / "plan.json"
+    r = run("prune", "timm:resnet18", "--flops", "50%", "--input-size", "32", "--round-to", "8",
+            "--no-latency-check", "--no-plot", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["search"]["full_flops"] == 37_523_456  # the 1000-class head, as info counts
+    r = run("info", "torchvision:resnet18", "--input-size", "32")  # no num_classes attribute: its fc's rows
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "1000-class head" in text and "--method scratch" in text, r.output
+
+
+def test_prune_help_lists_every_backend_it_takes():
+    """prune --backend's help listed ort-cpu, ort-cuda, torch, torch-compile, but prune also takes
+    openvino-cpu (the latency check and --round-to auto's documented multiple, docs/guide.md)."""
+    from slimkit.latency import BACKENDS
+
+    r = runner.invoke(app, ["prune", "--help"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.lstrip("│ ").startswith("--backend"))
+    assert all(b in line for b in BACKENDS), line
+
+
 def test_prune_uniform_writes_plan_and_plot(tmp_path):
     out = tmp_path / "plan.json"
     r = run("prune", "mobilenet_v1", "--flops", "150M", "--method", "uniform", "--out", out)

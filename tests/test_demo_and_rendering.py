@@ -92,3 +92,27 @@ def test_the_latency_table_keeps_numbers_whole_at_40_columns(monkeypatch):
     for cell in ("20.4M", "0.620", "0.610–0.630"):
         assert cell in text, text
     assert "resnet20_" in text, text
+
+
+def test_a_table_too_wide_for_the_terminal_uses_the_terminal_s_width(monkeypatch):
+    """print_table gave a table wider than the terminal each column at its longest word, and no more: the
+    export table's parity text ('300 detections on both, 300 matched; max |ORT − PyTorch|: ...') wrapped a
+    word or two a line in a 13-cell column of a 120-column terminal."""
+    from rich.table import Table
+
+    from slimkit.cli._common import print_table
+
+    parity = ("300 detections on both, 300 matched; max |ORT − PyTorch|: boxes 4.6e-04 (≤ 0.013); "
+              "scores 4.3e-06 (≤ 0.0001); and a few more words so that the row is wider than the terminal")
+    for width in (120, 80):
+        table = Table(title="ONNX export of torchvision:ssdlite320_mobilenet_v3_large", show_header=False)
+        table.add_column("key")
+        table.add_column("value", justify="right")
+        table.add_row("file", "ssd50.onnx")
+        table.add_row("parity (fixed image)", parity)
+        out = io.StringIO()
+        print_table(table, Console(file=out, width=width))
+        lines = out.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width, out.getvalue()
+        assert max(len(line) for line in lines) >= width - 4, out.getvalue()  # the spare width is used
+        assert sum("│" in line for line in lines) <= 4, out.getvalue()  # parity in 3 lines at most, not 20

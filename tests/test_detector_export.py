@@ -181,6 +181,18 @@ def test_cli_postprocess_bad_input_is_one_line(nets, tmp_path, source, args, nee
     assert not out.exists()
 
 
+def test_int8_with_postprocess_does_not_advise_a_command_that_is_refused_too(tmp_path):
+    """--postprocess --int8 said 'or drop --postprocess to quantize the dense core', and the dense core's
+    --int8 is refused in turn (a detector has no top-1)."""
+    plan = tmp_path / "ssd.json"
+    slimkit.save_plan(slimkit.full_plan("ssdlite320_mobilenet_v3_large", num_classes=4, input_size=(3, 64, 64)), plan)
+    for extra in (["--postprocess"], []):
+        r = runner.invoke(app, ["export", str(plan), *extra, "--int8", "--data", "shapes", "--no-bench",
+                                "--out", str(tmp_path / "o.onnx")], env={"COLUMNS": "300"})
+        assert r.exit_code == 2 and r.output.startswith("error:"), r.output
+        assert "drop --int8" in r.output and "drop --postprocess" not in r.output, r.output
+
+
 @pytest.mark.slow
 def test_ssdlite_exports_whole_at_its_deployment_input(tmp_path):
     detector = registry.create_model("ssdlite320_mobilenet_v3_large")

@@ -211,6 +211,40 @@ def test_a_full_parent_trained_with_other_arguments_is_named_as_such(tmp_path):
     assert full_model_weights(path, "resnet20", {"num_classes": 10}).keys() == plan_state_keys(plan)
 
 
+def test_a_parent_trained_with_the_default_classes_given_explicitly_is_the_same_full_model(tmp_path):
+    """`slimkit train resnet20` records num_classes 10; `slimkit prune resnet20 --flops 50%` (uniform, no
+    data) records none, and resnet20's default is 10: inheriting was refused as 'trained with other
+    arguments (num_classes 10, not default)'."""
+    from slimkit.artifacts import write_checkpoint
+    from slimkit.checkpoint import full_model_weights
+
+    plan = slimkit.full_plan("resnet20", num_classes=10)
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, model=build_model(plan.arch, plan.arch_kwargs).state_dict(), plan=plan, config={}, epoch=1,
+                     metrics=[])
+    assert full_model_weights(path, "resnet20", {}).keys() == plan_state_keys(plan)
+    assert full_model_weights(path, "resnet20", {"in_chans": 3}).keys() == plan_state_keys(plan)
+    with pytest.raises(SlimkitError, match="num_classes 10, not 100"):
+        full_model_weights(path, "resnet20", {"num_classes": 100})
+
+
+def test_a_plan_with_a_default_head_that_fits_the_data_trains_and_inherits(tmp_path):
+    """The demo's `prune resnet20 --flops 50%` then `train` was refused ('the plan keeps slimkit:resnet20's
+    default classifier; prune again with --num-classes 10') although that head has the data's 10 classes."""
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16)
+    thin = prune("resnet20", "50%", method="uniform", round_to=8)
+    assert thin.num_classes is None
+    train(thin, tmp_path / "scratch", cfg)
+    train("resnet20", tmp_path / "full", cfg)
+    ft = replace(cfg, schedule="finetune", init="inherit", init_from=str(tmp_path / "full" / "checkpoint.pt"))
+    train(thin, tmp_path / "ft", ft)
+    wide = prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE)  # 1000 classes
+    # inheriting keeps the parent's classifier: a 1000-class default head on 10-class data is refused, and
+    # the advice is not to prune again with --num-classes (the parent's 1000 rows would not fit that either)
+    with pytest.raises(PlanError, match=r"default classifier \(1000 classes\) but synthetic has 10: --init inherit"):
+        train(wide, tmp_path / "wide", ft)
+
+
 def plan_state_keys(plan: ChannelPlan):
     return build_model(plan.arch, plan.arch_kwargs).state_dict().keys()
 

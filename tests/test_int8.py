@@ -186,6 +186,7 @@ def test_int8_bad_input_is_one_line_error(untrained, tmp_path, args, needle):
     assert needle.lower() in r.output.lower(), r.output
     assert "Traceback" not in r.output
     assert not out.with_name("m.int8.onnx").exists()
+    assert not out.exists()  # refused before the fp32 export (a bad --calib-method was said after it)
 
 
 def test_negative_max_drop_is_a_usage_error(untrained, tmp_path):

@@ -133,6 +133,21 @@ def test_gate_rejects_a_model_with_another_input_shape(onnx_pair, tmp_path):
     _one_line_error(run("bench", other, "--baseline", base), "recorded at 1x3x32x32")
 
 
+def test_another_models_baseline_names_both_models_by_file_and_macs(onnx_pair, tmp_path):
+    """The refusal said 'recorded for another model (model), not runs/u20/model.onnx': the recorded name
+    is the file's stem, and every training run's export is model.onnx."""
+    base = tmp_path / "baseline.json"
+    assert run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",
+               "--threads", "1").exit_code == 0
+    data = json.loads(base.read_text())
+    data["gate"]["model_fingerprint"] = "0123456789abcdef"
+    base.write_text(json.dumps(data))
+    r = run("bench", onnx_pair / "full.onnx", "--baseline", base, "--runs", "10")
+    _one_line_error(r, "recorded for another model")
+    text = " ".join(r.output.split())
+    assert f"({onnx_pair / 'half.onnx'}, " in text and f"not {onnx_pair / 'full.onnx'}, 40.8M MACs" in text, text
+
+
 def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
     """Another model's baseline, impossible ratios, another format: exit 2 and one line, never a verdict."""
     base = tmp_path / "baseline.json"

@@ -259,3 +259,27 @@ def test_run_with_an_int8_stage(tmp_path, monkeypatch):
     (out / "recipe.yaml").write_text(text)
     older = run(recipe, "--out", out, *TINY)
     assert older.exit_code == 0 and "train/ done" in older.output, older.output
+
+
+class _StopAtExport(Exception):
+    pass
+
+
+def test_the_run_log_counts_one_epoch_in_the_singular(tmp_path):
+    """`slimkit run` logged "test top-1 0.1006 after 1 epochs" under each training (`slimkit train` says
+    "after 1 epoch")."""
+    from slimkit.pipeline import RunHooks, run_recipe
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("name: tiny\narch: resnet20\ndata: {name: synthetic}\nprune: {method: uniform, flops: 50%, "
+                      "round_to: 8}\ntrain: {epochs: 1, batch_size: 8, max_steps_per_epoch: 1, compare: []}\n")
+    logs = []
+
+    def stop(name, text):
+        if name == "export":
+            raise _StopAtExport
+
+    with pytest.raises(_StopAtExport):
+        run_recipe(load_recipe(recipe), tmp_path / "run", hooks=RunHooks(stage=stop, log=logs.append))
+    done = [line for line in logs if "after 1 epoch" in line]
+    assert done and all("after 1 epochs" not in line for line in done), logs

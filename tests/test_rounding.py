@@ -99,6 +99,32 @@ def test_auto_measures_once_then_uses_the_cache(monkeypatch, tmp_path):
 
 
 
+def test_a_users_factory_whose_code_changed_is_measured_again(monkeypatch, tmp_path):
+    """The cache was keyed by the factory's name and arguments only: after nets.py's build_net was edited
+    to build another network, `prune ./nets.py:build_net` reused the multiple measured on the old one."""
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    from slimkit import generator
+    from slimkit.models import user
+
+    opts = LatencyOptions(threads=1, check=False)
+    hows = []
+    for width in (16, 24, 24):
+        monkeypatch.setattr(user, "_FILE_MODULES", {})  # as a new `slimkit prune` process reads the file anew
+        monkeypatch.setattr(generator, "_GRAPHS", {})
+        (tmp_path / "nets.py").write_text(
+            "from torch import nn\n"
+            "def build_net(num_classes=10):\n"
+            f"    return nn.Sequential(nn.Conv2d(3, {width}, 3, padding=1), nn.BatchNorm2d({width}), nn.ReLU(),\n"
+            f"        nn.Conv2d({width}, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),\n"
+            "        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))\n")
+        plan = slimkit.prune("nets.py:build_net", "50%", method="uniform", input_size=(3, 16, 16), latency=opts,
+                             tolerance=0.5)
+        hows.append(plan.search["rounding"]["how"])
+    assert hows == ["measured", "measured", "cached"], hows
+
+
 def test_a_budget_with_no_width_to_time_takes_the_documented_multiple(monkeypatch, tmp_path):
     """At 100% nothing is pruned, so no multiple can be timed: the documented one is used and said,
     not 'no channel multiple could be measured' (exit 2 on `prune --flops 100%`), and nothing is cached."""

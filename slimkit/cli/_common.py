@@ -96,15 +96,26 @@ def print_table(table: Any, target: Console | None = None) -> None:
     """Print ``table`` without cutting a cell short. Rich squeezes a table wider than the terminal by
     cutting its widest columns, numbers too ("120.…", "10.9…" in the run summary at 80 columns, nothing
     readable at 40). Here such a table gets each column at its longest word (a number is one word;
-    headers and texts wrap, names fold at :data:`FOLD_WIDTH`), and when even that is wider than the
-    terminal it is printed at the width it needs (the terminal wraps its lines; a log keeps them whole)."""
+    headers and texts wrap, names fold at :data:`FOLD_WIDTH`), then the terminal's remaining width,
+    shared among the columns in proportion to what their text would still use (without it, the export
+    table's parity text wrapped in a 13-cell column of a 120-column terminal); and when even the
+    longest words are wider than the terminal it is printed at the width it needs (the terminal wraps
+    its lines; a log keeps them whole)."""
     target = target or console
     opts = target.options.update_width(1 << 16)
     if Measurement.get(target, opts, table).maximum > target.width:
+        lows, wants = [], []
         for column in table.columns:
-            widest = max((Measurement.get(target, opts, cell).minimum for cell in [column.header, *column.cells]),
-                         default=1)
-            column.width = min(widest, FOLD_WIDTH) if column.overflow == "fold" and widest > FOLD_WIDTH else widest
+            sizes = [Measurement.get(target, opts, cell) for cell in [column.header, *column.cells]]
+            widest = max((m.minimum for m in sizes), default=1)
+            low = min(widest, FOLD_WIDTH) if column.overflow == "fold" and widest > FOLD_WIDTH else widest
+            lows.append(low)
+            wants.append(max(max((m.maximum for m in sizes), default=1) - low, 0))
+            column.width = low
+        spare = target.width - Measurement.get(target, opts, table).maximum
+        if spare > 0 and any(wants):
+            for column, low, want in zip(table.columns, lows, wants):
+                column.width = low + min(want, spare * want // sum(wants))
     need = Measurement.get(target, opts, table).maximum
     if need > target.width:  # Console.print clamps `width` to the terminal's: render at `need`, print uncropped
         target.print(Segments(target.render(table, target.options.update_width(need))), crop=False)

@@ -110,7 +110,7 @@ def bench(
     device: Annotated[str, typer.Option(help="Device for the torch backends: cpu, cuda or auto (ort-cuda needs no --device).")] = "cpu",
     num_classes: Annotated[Optional[int], typer.Option(help="Classes for architecture names (default: the model's).")] = None,
     input_size: Annotated[Optional[str], typer.Option(help="Input size for architecture names, e.g. 224.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png (lat and lat.json both write lat.json, lat.md, lat.png).")] = DEFAULT_OUT,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report stem: writes .json, .md and .png (lat and lat.json both write lat.json, lat.md, lat.png; with several --backend, one set each: lat-ort-cpu.json, lat-torch.json, ...).")] = DEFAULT_OUT,
     baseline: Annotated[Optional[Path], typer.Option(help="CI gate: compare MODEL against this baseline JSON; exit 1 on a regression.")] = None,
     max_regression: Annotated[str, typer.Option(help="Allowed slow-down of MODEL/reference vs the baseline.")] = DEFAULT_MAX_REGRESSION,
     update_baseline: Annotated[bool, typer.Option("--update-baseline", help="Measure and (re)write --baseline instead of checking it.")] = False,

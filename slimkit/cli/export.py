@@ -23,9 +23,9 @@ from slimkit.data import load_data
 from slimkit.errors import SlimkitError
 from slimkit.exporters import get_exporter, onnx_output
 from slimkit.exporters.onnx import fixed_image
-from slimkit.exporters.int8 import QuantizeSettings, export_int8, int8_outputs, int8_unsupported
+from slimkit.exporters.int8 import QuantizeSettings, check_calib_images, export_int8, int8_outputs, int8_unsupported
 from slimkit.files import check_outputs
-from slimkit.int8_speed import Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
+from slimkit.int8_speed import MIN_GAIN, Int8Ranking, candidates_matching, ordered_settings, rank_int8_configs
 from slimkit.latency import Candidate, report_outputs
 from slimkit.models.tasks import WholeDetector, is_detector
 
@@ -38,7 +38,7 @@ from slimkit.models.tasks import WholeDetector, is_detector
 def export(
     source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name or python: factory.")],
     onnx: Annotated[bool, typer.Option("--onnx", show_default=False, help="Export to ONNX: always on (the only backend so far); the flag may be given for clarity.")] = True,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: model.onnx beside a checkpoint, PLAN.onnx beside a plan).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: model.onnx beside a checkpoint, PLAN.onnx beside a plan, NAME.onnx here for an architecture name: resnet20.onnx).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make the batch dimension dynamic.")] = False,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnx-simplifier (a failure only warns).")] = True,
@@ -85,8 +85,8 @@ def export(
         refuse_idle([("--runs", runs, 100), *([] if int8 else [("--threads", threads, None)])], "the latency report",
                     "drop --no-bench")
     if postprocess and int8:
-        raise SlimkitError("--int8 is checked by top-1 agreement, which a whole detector's detections do not give: "
-                           "drop --int8, or drop --postprocess to quantize the dense core")
+        raise SlimkitError("--int8 is checked by top-1 agreement, which a detector does not give (neither its "
+                           "detections nor its dense core's raw class and box tensors): drop --int8")
     out = out or default_export_path(source)
     if out.suffix != ".onnx":
         raise SlimkitError(f"--out {out} should end in .onnx")
@@ -103,6 +103,9 @@ def export(
         raise SlimkitError(f"--int8: {no_int8}: drop --int8")
     quant_data = _int8_data(src, data, data_dir) if int8 else None  # before exporting: fail fast
     int8_candidates = candidates_matching(int8_format, int8_activations, int8_weights) if int8 else []
+    if int8:  # the quantization's own settings are refused before the fp32 export, not after it
+        replace(int8_candidates[0], calib_images=calib_images, calib_method=calib_method).validate()
+        check_calib_images(quant_data, calib_images)
     metadata = onnx_metadata(src)
     if postprocess:
         exported = _whole_detector(src)
@@ -241,8 +244,10 @@ def _choice_text(ranking: Int8Ranking, attempts: list[dict]) -> str:
                 + (f"; failed the check: {', '.join(failed)}" if failed else ""))
     timed = ", ".join(f"{c['label']} {c['ratio']:.2f}" for c in ranking.configurations)
     fp32 = f", fp32 {ranking.fp32_ratio:.2f}" if ranking.fp32_ratio else ""
-    return (f"{attempts[-1]['configuration']}: the fastest of {len(ranking.configurations)} that passed the check "
-            f"(latency here, {ranking.source}, relative to {ranking.reference}: {timed}{fp32})"
+    # not "the fastest": the default stays first unless another's whole 95% interval is MIN_GAIN faster
+    return (f"{attempts[-1]['configuration']}: the first of {len(ranking.configurations)}, in the order ranked here, "
+            f"that passed the check ({ranking.reference} stays first unless another's whole 95% interval is "
+            f"{MIN_GAIN:.0%} faster; latency here, {ranking.source}, relative to {ranking.reference}: {timed}{fp32})"
             + (f"; failed the check: {', '.join(failed)}" if failed else ""))
 
 

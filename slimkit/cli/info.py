@@ -12,6 +12,7 @@ from rich.markup import escape
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.attention import input_size_kwargs
+from slimkit.checkpoint import classifier_of
 from slimkit.cli._common import print_table, ARCH_KWARGS_HELP, checked_numbers, console, parse_arch_kwargs, parse_input_size, user_errors
 from slimkit.flops import count_flops_per_layer, count_params, format_count
 from slimkit.generator import build_model, channel_graph
@@ -61,13 +62,16 @@ def info(
     graph = channel_graph(spec.canonical, kwargs, size, model=model)
     macs, params = graph.count_flops(), count_params(model)
     classes = getattr(model, "num_classes", None) or num_classes
+    if classes is None and registry.model_task(spec.canonical) == "classification":  # torchvision's keep no attribute
+        classes = getattr(classifier_of(model), "out_features", None)
     console.print(f"[bold]{escape(spec.canonical)}[/]  input {list(size)}  "
                   f"MACs {format_count(macs)}  params {format_count(params)}"
                   + (f" ({classes}-class head)" if classes else "") + "  "
                   f"channel groups {len(graph.groups)} prunable, {len(graph.frozen)} frozen")
-    if classes and classes != 10 and num_classes is None:  # why `prune` says "of 567.7M" where this says 568.7M
-        console.print("  [dim]prune sizes the head for the data (10 classes for Fashion-MNIST), so its totals differ "
-                      "by the head: `--num-classes 10` shows them[/]", highlight=False)
+    if classes and classes != 10 and num_classes is None:  # why `prune --method scratch` says "of 567.7M" here
+        console.print("  [dim]`prune --method scratch` sizes the head for its gate-learning data (10 classes for "
+                      "Fashion-MNIST), so its totals differ by the head: `--num-classes 10` shows them; a uniform "
+                      "plan (the default) keeps this head unless you pass --num-classes[/]", highlight=False)
     for name, why in graph.frozen.items():
         console.print(f"  frozen [cyan]{escape(name)}[/]: {escape(why)}", highlight=False)
     if groups:

@@ -17,6 +17,7 @@ from slimkit.cli._common import (print_table, refuse_idle, ARCH_KWARGS_HELP, FOR
 from slimkit.errors import SlimkitError
 from slimkit.files import Output, check_outputs, plot_of
 from slimkit.flops import format_count
+from slimkit.latency import BACKENDS
 from slimkit.models.user import factory_file
 from slimkit.plan import ChannelPlan, plan_output, save_plan
 from slimkit.plots import CHANNELS, plot_channels
@@ -102,7 +103,7 @@ def prune(
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter budget: 2.1M.")] = None,
     latency: Annotated[Optional[str], typer.Option("--latency", help="Measured-latency budget: 8ms, or 50% of the full model's latency on --backend.")] = None,
     structure: Annotated[Optional[str], typer.Option("--structure", help=f"A published pruned structure instead of a budget: {', '.join(STRUCTURES)} (Li et al. 2017's ResNet-56/110-A/B, the rows of 'Rethinking the Value of Network Pruning': per-stage shares of block-internal channels, sensitive layers kept whole). With --weights CKPT the channels with the largest filter L1 norm are kept.")] = None,
-    backend: Annotated[str, typer.Option(help="Where --latency is measured: ort-cpu, ort-cuda, torch, torch-compile.")] = LatencyOptions.backend,
+    backend: Annotated[str, typer.Option(help=f"Where --latency, the latency check and --round-to auto are timed: {', '.join(BACKENDS)}.")] = LatencyOptions.backend,
     threads: Annotated[Optional[int], typer.Option(help="Threads for --latency (default: physical cores).")] = None,
     batch: Annotated[int, typer.Option(help="Batch size for --latency.")] = LatencyOptions.batch,
     timing: Annotated[str, typer.Option(help="How --latency is timed: served (default: onnxruntime's defaults, each model alone, as a deployed model runs) or interleaved (every model once per round, pool threads not spinning). Recorded in the plan.")] = LatencyOptions.mode,

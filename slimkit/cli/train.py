@@ -37,7 +37,7 @@ def typed_options(ctx: typer.Context, cfg: TrainConfig) -> set[str]:
 def train(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="A plan JSON from `slimkit prune`, or an architecture name (or python: factory) for the unpruned baseline.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, curves.png, plan.json.")] = Path("runs/train"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint.pt, metrics.json, config.json, curves.png, plan.json.")] = Path("runs/train"),
     data: Annotated[Optional[str], typer.Option(help="fashion-mnist (the default for classifiers), cifar10, cifar100, imagefolder:PATH, synthetic; shapes (drawn masks and boxes: the default for segmentation and detection models); coco:PATH (a COCO-format folder) for detectors; voc:PATH (a PASCAL VOC-format folder: masks for segmentation models, boxes for detectors).")] = D.data,
     data_dir: Annotated[Optional[str], typer.Option(help="Where the dataset lives.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Epochs of the full model (default {D.epochs}); --schedule scratch-b stretches them. With --resume: extend the run to this many (the cosine schedule is stretched from where it stands; --schedule finetune keeps its constant LR).")] = None,
