@@ -71,7 +71,8 @@ def info(
     if classes and classes != 10 and num_classes is None:  # why `prune --method scratch` says "of 567.7M" here
         console.print("  [dim]`prune --method scratch` sizes the head for its gate-learning data (10 classes for "
                       "Fashion-MNIST), so its totals differ by the head: `--num-classes 10` shows them; a uniform "
-                      "plan (the default) keeps this head unless you pass --num-classes[/]", highlight=False)
+                      "plan (the default) keeps this head unless you pass --num-classes, and `slimkit train` "
+                      "sizes it for its data when it trains from scratch[/]", highlight=False)
     for name, why in graph.frozen.items():
         console.print(f"  frozen [cyan]{escape(name)}[/]: {escape(why)}", highlight=False)
     if groups:
