@@ -141,3 +141,27 @@ def test_a_budget_inside_a_latency_step_takes_the_largest_plan_under_it(graph):
     assert res.selection == "largest under budget" and res.measurement.ratio == pytest.approx(0.3)
     assert graph.count_flops(res.widths) / meter.full_flops < 0.55
     assert any("steps over the budget" in s for s in said)
+
+
+class DriftingMeter(CurveMeter):
+    """The machine slows down after the first run: the full model reads 10 ms, then 20 ms."""
+
+    def measure(self, widths, runs=None):
+        full_ms = 10.0 if not self._cache else 20.0
+        r = self.curve(self.graph.count_flops(widths) / self.full_flops)
+        m = Measurement(r, (r * 0.99, r * 1.01), r * full_ms, full_ms, runs or 40, {"p90_ms": 0.0, "std_ms": 0.0})
+        self._cache[tuple(sorted(widths.items()))] = m
+        return m
+
+
+def test_the_plans_latency_record_pairs_milliseconds_from_one_run(graph):
+    """A plan's median_ms and full_median_ms came from two runs (the plan's last one, the full model's
+    first): after drift they read 9.9 against 69 ms at a 0.50 ratio. Both now come from the plan's run;
+    the budget in ms stays the one the first run fixed."""
+    from slimkit.prune import _search_latency
+
+    meter = DriftingMeter(graph, lambda f: 0.1 + 0.9 * f)
+    _, _, latency = _search_latency(meter, graph, parse_budget("4ms", "latency"), None, 1, 1.0, 0.05, lambda m: None)
+    assert latency["full_median_ms"] == 20.0
+    assert latency["median_ms"] == pytest.approx(latency["ratio_to_full"] * 20.0, rel=1e-3)
+    assert latency["budget_ms"] == pytest.approx(4.0)

@@ -65,8 +65,8 @@ def render_plan(plan: ChannelPlan, title: str) -> None:
                       markup=False)
     if plan.latency:
         lat = plan.latency
-        target_ms = lat["target_ratio"] * lat["full_median_ms"]
-        console.print(f"latency {lat['ratio_to_full'] * lat['full_median_ms']:.3f} ms = {lat['ratio_to_full']:.3f}x the full "
+        target_ms = lat.get("budget_ms", lat["target_ratio"] * lat["full_median_ms"])  # plans before budget_ms
+        console.print(f"latency {lat['median_ms']:.3f} ms = {lat['ratio_to_full']:.3f}x the full "
                       f"model (95% CI {lat['ratio_ci'][0]:.3f}-{lat['ratio_ci'][1]:.3f}); budget {target_ms:.3f} ms, "
                       f"measured on {lat['backend']}{' (int8)' if lat.get('precision') == 'int8' else ''}, "
                       f"{lat['threads']} thread(s), batch {lat['batch']}, {lat.get('mode', 'interleaved')} timing",
