@@ -397,13 +397,13 @@ NUMBER_RANGES: dict[str, Range] = {
     "prune.expand": limits.EXPAND, "prune.round_to": limits.ROUND_TO, "prune.tolerance": limits.TOLERANCE,
     "prune.gamma": limits.GAMMA, "prune.lr": limits.LR, "prune.epochs": limits.EPOCHS_FRACTIONAL,
     "prune.steps": limits.COUNT, "prune.batch_size": limits.COUNT, "prune.seed": limits.SEED,
-    "prune.threads": limits.SMALL_COUNT,
+    "prune.threads": limits.THREADS,
     "train.epochs": limits.COUNT, "train.batch_size": limits.COUNT, "train.lr": limits.LR,
     "train.weight_decay": limits.WEIGHT_DECAY, "train.label_smoothing": limits.LABEL_SMOOTHING,
     "train.warmup_epochs": limits.WARMUP_EPOCHS, "train.seed": limits.SEED, "train.max_steps_per_epoch": limits.COUNT,
     "train.finetune_epochs": limits.COUNT, "train.finetune_lr": limits.LR,
     "export.opset": limits.OPSET, "export.calib_images": limits.COUNT, "export.max_drop": Range(0.0, 100.0),
-    "bench.threads": limits.SMALL_COUNT, "bench.runs": limits.RUNS, "bench.batch": limits.SMALL_COUNT,
+    "bench.threads": limits.THREADS, "bench.runs": limits.RUNS, "bench.batch": limits.SMALL_COUNT,
 }
 
 

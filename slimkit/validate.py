@@ -142,9 +142,10 @@ def check_callable(function: str, name: str, value: Any, args: int, expected: st
     return value
 
 
-def check_input_size(function: str, value: Any) -> tuple[int, int, int] | None:
-    """An API ``input_size`` as (C, H, W) positive whole numbers in range (None passes: the model's own)."""
-    if value is None:
+def check_input_size(function: str, value: Any, required: bool = False) -> tuple[int, int, int] | None:
+    """An API ``input_size`` as (C, H, W) positive whole numbers in range (None passes: the model's own,
+    unless ``required``: a bare module has no size of its own)."""
+    if value is None and not required:
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 3 or \
             any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
@@ -162,7 +163,11 @@ def check_input_size(function: str, value: Any) -> tuple[int, int, int] | None:
 # real use; they exist so absurd values fail here in one line rather than as an overflow or an
 # out-of-memory deep inside torch.
 COUNT = Range(1, 1_000_000_000, integer=True)  # epochs, steps, runs, batch sizes...
-SMALL_COUNT = Range(1, 65_536, integer=True)  # threads, batch, classes, channels
+SMALL_COUNT = Range(1, 65_536, integer=True)  # batch, classes, channels
+# Intra-op threads: onnxruntime and torch start that many OS threads at once; at tens of thousands the
+# process hangs for minutes in thread creation, gigabytes of stacks, deaf to SIGTERM. 1024 still starts
+# in a second.
+THREADS = Range(1, 1024, integer=True)
 NON_NEGATIVE_COUNT = Range(0, 1_000_000_000, integer=True)  # warm-up rounds, workers, val images
 SEED = Range(0, 2**32 - 1, integer=True)  # numpy's legacy seeding and most tools take 32 bits
 EXPAND = Range(1.0, 16.0)  # channel expansion: widens, never thins (the paper uses 1.25)

@@ -646,3 +646,15 @@ def test_a_folder_given_as_a_plan_or_recipe_says_so(tmp_path, args, needle):
     d = tmp_path / "plan.json"
     d.mkdir()
     assert_one_line_error(run(*[a.format(d=d) for a in args]), needle)
+
+
+@pytest.mark.parametrize("command", [["bench", "m.onnx"], ["export", "resnet20", "--out", "m.onnx"],
+                                     ["prune", "resnet20", "--latency", "50%", "--out", "p.json"]])
+def test_threads_beyond_what_a_runtime_can_start_are_refused_up_front(command, tmp_path):
+    # --threads 65536 was accepted: onnxruntime started 32,000 threads and hung for minutes on 9 GB,
+    # deaf to SIGTERM, before timing anything
+    r = run(*command, "--threads", "65536")
+    assert_one_line_error(r, "--threads must be in [1, 1024], got 65536")
+    (tmp_path / "r.yaml").write_text(MINIMAL + "bench:\n  threads: 65536\n")
+    with pytest.raises(RecipeError, match=r"bench.threads must be in \[1, 1024\]"):
+        load_recipe(tmp_path / "r.yaml")
