@@ -12,18 +12,20 @@ to a structure whose full ``repr`` runs to gigabytes.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import math
 import numbers
 import re
 import reprlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "a_kind", "INT64_MAX",
+__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "a_kind", "did_you_mean", "INT64_MAX",
            "DuplicateKeyError", "loads_json"]
 
 INT64_MAX = 2**63 - 1  # torch, numpy and onnxruntime all overflow past this
@@ -84,6 +86,14 @@ def show(value: Any, limit: int = 60) -> str:
     bounded time for any nesting or size."""
     text = re.sub(r"\s*\n\s*", " ", _short.repr(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def did_you_mean(name: Any, choices: Iterable[str]) -> str:
+    """``" (did you mean 'X'?)"`` naming the choice nearest ``name`` (a typo's intended word), or ``""``."""
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def a_kind(value: Any) -> str:

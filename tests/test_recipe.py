@@ -86,7 +86,12 @@ def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("text,sets,needles", [
-    (MINIMAL + "train:\n  epoch: 3\n", [], ["unknown key 'epoch'", "section 'train'", "epochs"]),
+    # a typo is named with the key it was meant to be, at every level and in --set
+    (MINIMAL + "train:\n  epoch: 3\n", [], ["unknown key 'epoch'", "section 'train'", "(did you mean 'epochs'?)"]),
+    (MINIMAL + "trian:\n  epochs: 3\n", [], ["unknown key 'trian' at the top level (did you mean 'train'?)"]),
+    (MINIMAL + "bench:\n  run: 10\n", [], ["unknown key 'run' in section 'bench' (did you mean 'runs'?)"]),
+    (MINIMAL.replace("round_to: 1", "round_to: 1\n  exapnd: 1.25"), [], ["(did you mean 'expand'?)"]),
+    (MINIMAL, ["nmae=x"], ["unknown key 'nmae' (did you mean 'name'?)"]),
     (MINIMAL + "colour: red\n", [], ["unknown key 'colour' at the top level", "arch"]),
     (MINIMAL + "train:\n  epochs: ten\n", [], ["train.epochs must be an integer", "'ten'"]),
     (MINIMAL + "train:\n  augment: 1\n", [], ["train.augment must be true or false"]),
@@ -97,8 +102,9 @@ def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
     (MINIMAL + "data:\n  name: mnist\n", [], ["unknown data.name 'mnist'"]),
     ("name: tiny\nprune: {flops: 50%}\n", [], ["missing required key 'arch'"]),
     ("name: [tiny\n", [], ["not valid YAML", "line"]),
-    (MINIMAL, ["train.epoch=3"], ["--set 'train.epoch=3'", "unknown key 'epoch'", "section 'train'"]),
-    (MINIMAL, ["trian.epochs=3"], ["--set 'trian.epochs=3'", "unknown section 'trian'"]),
+    (MINIMAL, ["train.epoch=3"], ["--set 'train.epoch=3'", "unknown key 'epoch'", "section 'train'",
+                                  "(did you mean 'epochs'?)"]),
+    (MINIMAL, ["trian.epochs=3"], ["--set 'trian.epochs=3'", "unknown section 'trian' (did you mean 'train'?)"]),
     (MINIMAL, ["epochs=3"], ["--set 'epochs=3'", "unknown key 'epochs'"]),
     (MINIMAL, ["train.epochs"], ["--set 'train.epochs'", "section.key=value"]),
     (MINIMAL, ["prune.latency=8ms"], ["exactly one budget"]),
