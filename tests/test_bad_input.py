@@ -309,6 +309,24 @@ def test_write_failures_from_libraries_are_named(exc, needle):
         assert_one_line_error(r, needle)
 
 
+def test_a_full_disk_met_by_torch_save_names_the_checkpoint(tmp_path, monkeypatch):
+    # torch.save on a full disk (a 400 KB tmpfs) raised "basic_ios::clear: iostream error" and, closing the
+    # archive, "[enforce fail at inline_container.cc:672] . unexpected pos 343872 vs 343760": no errno, no
+    # file name, and the run ended in a traceback
+    def full_disk(obj, f, *args, **kwargs):
+        try:
+            raise RuntimeError("basic_ios::clear: iostream error")
+        except RuntimeError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 343872 vs 343760")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "run"
+    r = run("train", "resnet20", "--data", "synthetic", "--epochs", "1", "--max-steps-per-epoch", "1",
+            "--batch-size", "4", "--out", out)
+    assert_one_line_error(r, f"torch.save could not write the file: {out / 'checkpoint.pt'}", "is the disk full")
+    assert not list(out.glob(".checkpoint.pt*"))  # no temporary file left behind
+
+
 def test_a_full_disk_wrapped_by_a_library_is_found_through_the_cause():
     from slimkit.errors import os_error_in
 
