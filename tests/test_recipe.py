@@ -265,3 +265,42 @@ def test_run_with_an_int8_stage(tmp_path, monkeypatch):
     (out / "recipe.yaml").write_text(text)
     older = run(recipe, "--out", out, *TINY)
     assert older.exit_code == 0 and "train/ done" in older.output, older.output
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_a_run_names_the_recipe_key_that_fixes_it_not_a_cli_option(tmp_path, dry):
+    # `slimkit run` said "widen the supernet with --expand" and "pass a smaller --round-to": options that
+    # command does not have; the recipe key of that meaning is what the user can change
+    path = write(tmp_path, "name: tiny\narch: resnet20\ndata: {name: synthetic}\n"
+                           "prune: {flops: 150%, method: uniform, round_to: 1}\n")
+    r = run(path, "--out", tmp_path / "run", *(["--dry-run"] if dry else []))
+    _last_line_error(r, "above the largest model", "widen the supernet with prune.expand")
+    assert "--expand" not in r.output
+    path = write(tmp_path, "name: tiny\narch: resnet20\ndata: {name: cifar10, data_dir: nope}\n"
+                           "prune: {flops: 50%, method: uniform, round_to: 1}\n", name="c.yaml")
+    if not dry:  # the data is read by the train stage
+        r = run(path, "--out", tmp_path / "run2")
+        _last_line_error(r, "CIFAR-10 not found", "or pass data.data_dir")
+        assert "--data-dir" not in r.output
+        assert (tmp_path / "run2" / "plan.json").is_file()  # the finished prune stage is kept
+
+
+def _last_line_error(r, *needles):
+    """Exit 2, no traceback, the output ending in one error line (after the stages' own lines)."""
+    text = r.output.strip()
+    assert r.exit_code == 2 and "Traceback" not in text, text
+    error = text[text.rindex("error:"):].replace("\n", " ")
+    for needle in needles:
+        assert needle in error, text
+
+
+def test_recipe_terms_follow_the_stage():
+    from slimkit.pipeline import in_recipe_terms
+
+    assert in_recipe_terms("raise --epochs", "prune") == "raise prune.epochs"
+    assert in_recipe_terms("raise --epochs", "train") == "raise train.epochs"
+    assert in_recipe_terms("lower --threads or --batch", "bench") == "lower bench.threads or bench.batch"
+    # options `slimkit run` has, and words that only look like options, stay
+    assert in_recipe_terms("choose another --out, or --force; --set train.epochs=3", "train") == \
+        "choose another --out, or --force; --set train.epochs=3"
+    assert in_recipe_terms("--batch-size 8", "train") == "train.batch_size 8"
