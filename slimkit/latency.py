@@ -44,7 +44,8 @@ import torch
 from slimkit import validate as limits
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_missing, openvino_version  # imports OpenVINO itself only when used
-from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, json_kind, plot_of
+from slimkit.files import (MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, json_kind, plot_of,
+                           same_path)
 from slimkit.generator import generate
 from slimkit.registry import traced_part
 from slimkit.plots import LATENCY, plot_latency
@@ -411,6 +412,12 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
         raise LatencyError(f"served timing needs 1 to {runs} blocks (one run each at least), got {blocks}")
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
+        a, b = [c.spec for c in candidates if names.count(c.name) > 1][:2]
+        paths = [a.get("path"), b.get("path")]
+        if (all(paths) and same_path(*paths)) or (a.get("plan") is not None and a == b):
+            # `slimkit bench m.onnx ./m.onnx`: renaming a file would not help
+            what = paths[0] or f"model '{next(n for n in names if names.count(n) > 1)}' (the same plan)"
+            raise LatencyError(f"{what} is given twice: give each model once")
         raise LatencyError(f"two models share a name ({', '.join(names)}); rename one file")
     threads = threads or physical_cores()
     batch = candidates[0].input_shape[0]
