@@ -55,6 +55,7 @@ def classify(text: str) -> str:
     names nothing is "file not found"; anything else is an architecture name. A factory reference
     (``nets.py:build_net``) is an architecture, though it names a file.
     """
+    text = _text_argument("classify", "text", text)
     if registry.is_user_code(text):
         return "arch"
     path = Path(text)
@@ -80,6 +81,13 @@ def classify(text: str) -> str:
     return "arch"
 
 
+def _text_argument(function: str, name: str, value: Any) -> str:
+    """A command-line-like argument of a public function here (a path or an architecture name) as text; a
+    TypeError naming the function and argument for anything else (None, a plan, a model)."""
+    check_type(function, name, value, (str, os.PathLike), "a file path or an architecture name like 'resnet20'")
+    return os.fspath(value)
+
+
 def _also_an_arch(text: str) -> str:
     """When a file or folder here has an architecture's name: how to name the architecture instead."""
     try:
@@ -92,9 +100,12 @@ def _also_an_arch(text: str) -> str:
 def plan_of(source: str | ChannelPlan) -> ChannelPlan | None:
     """The plan a training source names (a plan or a plan file), its counts verified
     (:func:`slimkit.generator.verified_plan`), or None for an architecture name."""
+    check_type("plan_of", "source", source, (str, os.PathLike, ChannelPlan),
+               "a ChannelPlan, a plan file path or an architecture name like 'resnet20'")
     if isinstance(source, ChannelPlan):
         return verified_plan(source)
-    kind = classify(str(source))
+    source = os.fspath(source)
+    kind = classify(source)
     if kind == "plan":
         return verified_plan(source)
     if kind == "arch":
@@ -107,6 +118,7 @@ def plan_of(source: str | ChannelPlan) -> ChannelPlan | None:
 
 def default_export_path(source: str) -> Path:
     """Where ``slimkit export SOURCE`` writes by default: beside the checkpoint or plan it came from."""
+    source = _text_argument("default_export_path", "source", source)
     kind = classify(source)
     p = Path(source)
     if kind == "checkpoint":
@@ -138,6 +150,11 @@ def calibrate_bn(model: nn.Module, input_size: tuple[int, ...], *, batches: int 
     statistics give the activation ranges a trained network has, so checks on untrained models
     (ONNX parity, numerics, latency) test something real. Weights are untouched.
     """
+    check_type("calibrate_bn", "model", model, nn.Module, "a torch.nn.Module")
+    input_size = check_input_size("calibrate_bn", input_size, required=True)
+    for name, value in (("batches", batches), ("batch_size", batch_size)):
+        check_number(f"calibrate_bn: '{name}'", value, limits.COUNT)
+    check_number("calibrate_bn: 'seed'", seed, limits.SEED)
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return model
@@ -253,6 +270,7 @@ def check_kwargs_fixed_by_plan(plan: ChannelPlan, source: str, kind: str, arch_k
 
 def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
     """What every exported file carries: slimkit version, plan, where it came from, weights, input size."""
+    check_type("onnx_metadata", "loaded", loaded, LoadedModel, "a LoadedModel (from slimkit.artifacts.load_model)")
     return slimkit_metadata(loaded.plan.to_json(), source=loaded.description, input_size=loaded.input_size,
                             weights="trained" if loaded.trained else "random init, BN statistics calibrated on noise")
 
@@ -260,6 +278,8 @@ def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
 # ---------------------------------------------------------------------------- models to time
 def onnx_candidate(path: Path, batch: int, name: str | None = None) -> Candidate:
     """An ONNX file as it is; slimkit's metadata (when present) gives its plan, MACs and params."""
+    path = Path(_text_argument("onnx_candidate", "path", path))
+    check_number("onnx_candidate: 'batch'", batch, limits.SMALL_COUNT, LatencyError)
     if not path.is_file():
         raise LatencyError(f"model file not found: {path}")
     try:
@@ -331,6 +351,7 @@ def _plan_metadata(text: str, path: Path) -> dict[str, Any]:
 def export_for_timing(loaded: LoadedModel, out: Path, batch: int, name: str, spec: dict[str, Any],
                       **export_options: Any) -> Candidate:
     """A loaded model exported to ONNX at ``out`` for timing (weights do not change latency)."""
+    check_type("export_for_timing", "loaded", loaded, LoadedModel, "a LoadedModel (from slimkit.artifacts.load_model)")
     export(registry.traced_part(loaded.model), loaded.input_size, out, batch=batch,  # a detector: its dense core
            metadata={"slimkit.plan": loaded.plan.to_json()}, **export_options)
     return Candidate(name=name, input_shape=(batch, *loaded.input_size), onnx_path=out,
@@ -342,6 +363,8 @@ def load_candidate(text: str, workdir: Path, *, batch: int = 1, num_classes: int
                    input_size: tuple[int, int, int] | None = None, name: str | None = None,
                    arch_kwargs: dict[str, Any] | None = None) -> Candidate:
     """An ONNX file as is; a checkpoint, plan or architecture name exported to ``workdir`` first."""
+    text = _text_argument("load_candidate", "text", text)
+    workdir = Path(_text_argument("load_candidate", "workdir", workdir))
     path = Path(text)
     kind = classify(text)
     if kind == "onnx":
@@ -355,6 +378,7 @@ def load_candidate(text: str, workdir: Path, *, batch: int = 1, num_classes: int
 
 def plan_candidate(plan: ChannelPlan, workdir: Path, batch: int, name: str, **export_options: Any) -> Candidate:
     """A plan's model (fresh weights, BN calibrated) exported for timing."""
+    check_type("plan_candidate", "plan", plan, ChannelPlan, "a ChannelPlan (slimkit.load_plan reads a plan file)")
     model = calibrate_bn(generate(plan), tuple(plan.input_size), seed=plan.seed).eval()
     loaded = LoadedModel(model, plan, False, name)
     return export_for_timing(loaded, workdir / f"{name}.onnx", batch, name, {"kind": "plan", "plan": plan.to_dict()},
@@ -363,12 +387,14 @@ def plan_candidate(plan: ChannelPlan, workdir: Path, batch: int, name: str, **ex
 
 def candidate_from_spec(spec: dict[str, Any], workdir: Path, batch: int, name: str, base_dir: Path) -> Candidate:
     """Rebuild a baseline's reference model from its recorded spec."""
-    kind = spec.get("kind")
-    if kind == "onnx":
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind in ("onnx", "checkpoint"):
+        if not isinstance(spec.get("path"), str) or not spec["path"]:
+            raise LatencyError(f"baseline reference ({kind}) records no file path; re-record it with --update-baseline")
         p = Path(spec["path"])
+    if kind == "onnx":
         return onnx_candidate(p if p.is_absolute() else base_dir / p, batch, name)
     if kind == "checkpoint":
-        p = Path(spec["path"])
         return load_candidate(str(p if p.is_absolute() else base_dir / p), workdir, batch=batch, name=name)
     if kind == "plan":
         try:
@@ -384,6 +410,8 @@ def reference_candidate(model: Candidate, workdir: Path, batch: int, *, referenc
                         arch: str | None = None, arch_kwargs: dict[str, Any] | None = None) -> Candidate:
     """What ``model`` is compared against in the same run: ``reference`` (any artifact), the full
     ``arch``, or by default the full model of the plan ``model`` carries."""
+    check_type("reference_candidate", "model", model, Candidate,
+               "a slimkit.latency.Candidate (slimkit.artifacts.load_candidate makes one from a file)")
     if reference:
         return load_candidate(reference, workdir, batch=batch, name=None)
     plan = verified_plan(model.plan, f"the plan of {model.name}") if model.plan else None

@@ -29,7 +29,7 @@ from slimkit import registry
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.files import atomic_write
 from slimkit.plan import ChannelPlan
-from slimkit.validate import show
+from slimkit.validate import check_type, show
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "write_checkpoint", "load_checkpoint", "load_weights",
            "full_model_weights", "read_weights", "parent_shape", "weights_fingerprint", "fitted_to", "model_keys",
@@ -210,6 +210,8 @@ def _checked(ckpt: dict[str, Any], p: Path) -> dict[str, Any]:
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> nn.Module:
     """``state`` into ``model``, or a one-line error when the weights do not fit the plan's model."""
+    check_type("load_weights", "model", model, nn.Module, "a torch.nn.Module (slimkit.generate(plan) builds one)")
+    check_type("load_weights", "state", state, Mapping, "a state dict (load_checkpoint(path)['model'])")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -27,6 +27,10 @@ _OS_ERROR_TEXTS = ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Rea
                    (errno.EDQUOT, "Disk quota exceeded"))
 
 
+_TORCH_WRITE_TEXTS = ("PytorchStreamWriter failed writing file", "basic_ios::clear: iostream error",
+                      "unexpected pos")
+
+
 def os_error_in(exc: BaseException | None) -> OSError | None:
     """The OSError behind ``exc`` (itself, its cause chain, or its text), or None: a full disk must be
     reported as a full disk, not as whatever the library that hit it was doing."""
@@ -39,7 +43,9 @@ def os_error_in(exc: BaseException | None) -> OSError | None:
         for code, name in _OS_ERROR_TEXTS:
             if name in text:
                 return OSError(code, name)
-        if "PytorchStreamWriter failed writing file" in text:  # torch.save keeps no errno
+        # torch.save keeps no errno: a short write says "failed writing file", a full disk met while
+        # closing the archive "basic_ios::clear: iostream error" then "unexpected pos N vs M"
+        if any(t in text for t in _TORCH_WRITE_TEXTS):
             return OSError(errno.EIO, "torch.save could not write the file")
         exc = exc.__cause__ or exc.__context__
     return None

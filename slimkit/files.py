@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimkit.errors import SlimkitError
+from slimkit.errors import SlimkitError, os_error_in
 
 __all__ = ["atomic_write", "atomic_write_text", "cache_dir", "read_cache", "write_cache", "folder_lock", "LOCK_NAME",
            "RUN_RECIPE_NAME", "Output",
@@ -99,6 +99,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename == tmp:
             exc.filename = str(path)  # the user named `path`; the temporary name means nothing to them
+        elif not isinstance(exc, OSError) and (os_err := os_error_in(exc)) is not None:
+            # a library that wrapped the failed write (torch.save on a full disk: a RuntimeError naming no
+            # file): the write failed, on the file the user named
+            raise OSError(os_err.errno, os_err.strerror, str(path)) from exc
         raise
     return path
 

@@ -64,7 +64,7 @@ def _run_counted(model: nn.Module, input_size: Sequence[int]) -> FlopCounterMode
 def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     """MACs of one forward pass at ``input_size`` = (C, H, W), batch 1."""
     check_type("count_flops", "model", model, nn.Module, "a torch.nn.Module")
-    size = check_input_size("count_flops", input_size)
+    size = check_input_size("count_flops", input_size, required=True)
     try:
         return model_macs(model, size)
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:  # the model rejects the input

@@ -44,11 +44,12 @@ import torch
 from slimkit import validate as limits
 from slimkit.errors import SlimkitError
 from slimkit.exporters.openvino import compile_onnx, openvino_missing, openvino_version  # imports OpenVINO itself only when used
-from slimkit.files import MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, json_kind, plot_of
+from slimkit.files import (MARKDOWN_MARK, Output, atomic_write_text, has_mark, is_json_with, json_kind, plot_of,
+                           same_path)
 from slimkit.generator import generate
 from slimkit.registry import traced_part
 from slimkit.plots import LATENCY, plot_latency
-from slimkit.validate import check_number, show
+from slimkit.validate import check_callable, check_number, check_type, show
 
 __all__ = ["timing_enabled", "BACKENDS", "backend_missing", "check_backend", "TIMING_MODES", "DEFAULT_TIMING_MODE", "LatencyError", "Candidate", "LatencyReport",
            "physical_cores", "measure", "paired_ratio", "paired_difference", "postprocessing_text", "check_regression", "GateResult", "REPORT_FORMAT",
@@ -369,6 +370,32 @@ def baseline_output(path: str | os.PathLike) -> Output:
     return Output(Path(path), "the latency baseline", is_json_with("gate", format=REPORT_FORMAT))
 
 
+def _check_measure_arguments(candidates: Any, backend: Any, threads: Any, warmup: Any, runs: Any, device: Any,
+                             progress: Any, blocks: Any) -> None:
+    """:func:`measure`'s arguments, each named in one line before anything is timed (a Python caller's
+    ``runs="10"`` or ``threads=10**6`` otherwise fails deep inside, or hangs starting a million threads)."""
+    check_type("measure", "candidates", candidates, (list, tuple),
+               "a list of slimkit.latency.Candidate (slimkit.artifacts.load_candidate makes one from a file)")
+    if not candidates:
+        raise LatencyError("nothing to measure: give at least one model")
+    for i, c in enumerate(candidates):
+        check_type("measure", f"candidates[{i}]", c, Candidate,
+                   "a slimkit.latency.Candidate (slimkit.artifacts.load_candidate makes one from a file)")
+        shape = c.input_shape
+        if not isinstance(shape, (tuple, list)) or len(shape) < 2 or \
+                any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+            raise TypeError(f"measure: candidates[{i}].input_shape must be the input's shape with its batch, like "
+                            f"(1, 3, 224, 224), got {show(shape)}")
+    check_type("measure", "backend", backend, str, f"one of {', '.join(BACKENDS)}")
+    check_type("measure", "device", device, str, "a torch device like 'cpu' or 'cuda'")
+    for name, value, allowed in (("runs", runs, limits.RUNS), ("warmup", warmup, limits.NON_NEGATIVE_COUNT),
+                                 ("threads", threads, limits.THREADS), ("blocks", blocks, limits.COUNT)):
+        if value is None and name != "threads":  # threads None: the physical cores
+            raise TypeError(f"measure: '{name}' must be a whole number {allowed.text()}, got None")
+        check_number(f"measure: '{name}'", value, allowed, LatencyError)
+    check_callable("measure", "progress", progress, 2, "a function of (done, total) or None")
+
+
 def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", threads: int | None = None,
             warmup: int = 10, runs: int = 100, device: str = "cpu", mode: str = DEFAULT_TIMING_MODE,
             progress: Callable[[int, int], None] | None = None, blocks: int = SERVED_BLOCKS) -> LatencyReport:
@@ -379,15 +406,18 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
     blocks of consecutive runs (as a served model runs), the blocks alternated over
     ``blocks`` rounds (:data:`SERVED_BLOCKS`; more rounds average out drift that outlasts a block);
     the i-th run of a block is paired with the i-th run of the other models' blocks of the same round."""
-    if not candidates:
-        raise LatencyError("nothing to measure: give at least one model")
-    if runs < 5:
-        raise LatencyError(f"--runs must be >= 5 for stable statistics, got {runs}")
+    _check_measure_arguments(candidates, backend, threads, warmup, runs, device, progress, blocks)
     check_mode(mode)
     if mode == "served" and not 1 <= blocks <= runs:
         raise LatencyError(f"served timing needs 1 to {runs} blocks (one run each at least), got {blocks}")
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
+        a, b = [c.spec for c in candidates if names.count(c.name) > 1][:2]
+        paths = [a.get("path"), b.get("path")]
+        if (all(paths) and same_path(*paths)) or (a.get("plan") is not None and a == b):
+            # `slimkit bench m.onnx ./m.onnx`: renaming a file would not help
+            what = paths[0] or f"model '{next(n for n in names if names.count(n) > 1)}' (the same plan)"
+            raise LatencyError(f"{what} is given twice: give each model once")
         raise LatencyError(f"two models share a name ({', '.join(names)}); rename one file")
     threads = threads or physical_cores()
     batch = candidates[0].input_shape[0]
@@ -592,8 +622,8 @@ def read_baseline(path: Path) -> dict[str, Any]:
         raise LatencyError(f"{path} is not a slimkit latency baseline; {redo}") from None
     if data.get("format") != REPORT_FORMAT:
         raise LatencyError(f"{path} has format {data.get('format')!r}, not {REPORT_FORMAT!r}; {redo}")
-    for key in ("threads", "batch"):  # what the check re-measures with: the CLI's own ranges, no bool
-        check_number(f"{path}: '{key}'", data[key], limits.SMALL_COUNT, LatencyError, fix=redo)
+    for key, allowed in (("threads", limits.THREADS), ("batch", limits.SMALL_COUNT)):  # the CLI's own ranges, no bool
+        check_number(f"{path}: '{key}'", data[key], allowed, LatencyError, fix=redo)
     numbers = [gate["ratio"], *gate["ratio_ci"]]
     if not (all(type(x) in (int, float) for x in numbers) and len(ci) == 2  # as written: numbers, not text
             and all(math.isfinite(x) and 0 < x <= MAX_RATIO for x in numbers) and 0.99 * ci[0] <= ratio <= 1.01 * ci[1]):

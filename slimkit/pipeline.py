@@ -41,9 +41,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -435,9 +436,56 @@ def _shape_kwargs(recipe: Recipe) -> dict[str, Any]:
                 input_size=size, arch_kwargs=recipe.arch_kwargs, expand=recipe.prune.expand, round_to=recipe.prune.round_to)
 
 
+# ---------------------------------------------------------------------------- messages
+# The library's messages name the CLI option that fixes a problem ("widen the supernet with --expand");
+# `slimkit run` has no such option: the recipe key of that meaning does it, and that key depends on the
+# stage (--epochs is prune.epochs while gates are learned, train.epochs while training).
+_SHARED_TERMS = {"--data-dir": "data.data_dir", "--data": "data.name", "--input-size": "input_size",
+                 "--num-classes": "num_classes", "--arch-kwargs": "arch_kwargs", "--backend": "prune.backend"}
+_STAGE_TERMS: dict[str, dict[str, str]] = {
+    "prune": {f"--{k.replace('_', '-')}": f"prune.{k}" for k in (
+        "flops", "params", "latency", "expand", "round_to", "tolerance", "preset", "gamma", "lr", "epochs", "steps",
+        "batch_size", "seed", "threads", "precision", "timing", "structure", "weights", "criterion", "method")},
+    "train": {f"--{k.replace('_', '-')}": f"train.{k}" for k in (
+        "epochs", "schedule", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "seed",
+        "max_steps_per_epoch", "init", "init_from")},
+    "export": {"--opset": "export.opset", "--exporter": "export.exporter", "--dynamic-batch": "export.dynamic_batch",
+               "--int8": "export.int8", "--calib-images": "export.calib_images", "--max-drop": "export.max_drop"},
+    "bench": {"--threads": "bench.threads", "--runs": "bench.runs", "--batch": "bench.batch"},
+}
+_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def in_recipe_terms(message: str, stage: str) -> str:
+    """``message`` with each CLI option that has a recipe key in ``stage`` written as that key."""
+    terms = {**_SHARED_TERMS, **_STAGE_TERMS[stage]}
+    return _OPTION.sub(lambda m: terms.get(m.group(0), m.group(0)), message)
+
+
+@contextlib.contextmanager
+def recipe_terms(stage: str) -> Iterator[None]:
+    """Re-raise a SlimkitError from ``stage`` in the recipe's terms (see :func:`in_recipe_terms`)."""
+    try:
+        yield
+    except SlimkitError as exc:
+        text = in_recipe_terms(str(exc), stage)
+        if text == str(exc):
+            raise
+        try:
+            new = type(exc)(text)
+        except TypeError:  # an error class that takes more than its message
+            new = SlimkitError(text)
+        raise new from exc
+
+
 def budget_reach(recipe: Recipe) -> str | None:
     """Dry run: is a FLOPs/params budget reachable for this model at all? (The uniform plan at that
     budget, seconds to find; a latency budget needs the machine it is measured on.)"""
+    with recipe_terms("prune"):
+        return _budget_reach(recipe)
+
+
+def _budget_reach(recipe: Recipe) -> str | None:
     b = recipe.prune.budget()
     if b is None:  # a structure: its widths are fixed, so it fits by construction
         plan = prune(recipe.arch, structure=recipe.prune.structure, verify=False,
@@ -931,13 +979,18 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
                                           "defaults filled in).\n# `slimkit run` refuses to mix another recipe into "
                                           "this folder.\n" + resolved)
         if recipe.prune.weights == RUN_FULL:  # the plan is cut from the run's own trained full model
-            _train_stage(recipe, lay, {"full": _parent_plan(recipe)}, hooks, force=force, only=("full",))
-        plan, uniform = _prune_stage(recipe, lay, hooks, record)
+            with recipe_terms("train"):
+                _train_stage(recipe, lay, {"full": _parent_plan(recipe)}, hooks, force=force, only=("full",))
+        with recipe_terms("prune"):
+            plan, uniform = _prune_stage(recipe, lay, hooks, record)
         plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
-        _train_stage(recipe, lay, plans, hooks, force=force)
-        _export_stage(recipe, lay, hooks, record)
-        refused = _int8_stage(recipe, lay, hooks, record)
-        _bench_stage(recipe, lay, plans, hooks, record)
+        with recipe_terms("train"):
+            _train_stage(recipe, lay, plans, hooks, force=force)
+        with recipe_terms("export"):
+            _export_stage(recipe, lay, hooks, record)
+            refused = _int8_stage(recipe, lay, hooks, record)
+        with recipe_terms("bench"):
+            _bench_stage(recipe, lay, plans, hooks, record)
         summary = build_summary(recipe, lay, plans)
         _write_if_changed(lay.summary_json, json.dumps(summary, indent=1) + "\n")
         _write_if_changed(lay.summary_md, summary_markdown(summary))

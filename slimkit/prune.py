@@ -193,7 +193,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
             ("gates.batch_size", gates.batch_size, limits.COUNT), ("gates.epochs", gates.epochs, limits.EPOCHS_FRACTIONAL),
             ("gates.steps", gates.steps, limits.COUNT), ("gates.search_size", gates.search_size, limits.SIDE),
             ("gates.val_size", gates.val_size, limits.NON_NEGATIVE_COUNT),
-            ("latency.threads", latency_options.threads, limits.SMALL_COUNT),
+            ("latency.threads", latency_options.threads, limits.THREADS),
             ("latency.batch", latency_options.batch, limits.SMALL_COUNT), ("num_classes", num_classes, limits.SMALL_COUNT),
             ("in_chans", in_chans, limits.IN_CHANS)):
         check_number(f"prune: '{name}'", value, allowed)

@@ -62,7 +62,7 @@ from slimkit.search import PRESETS
 from slimkit.structures import get_structure
 from slimkit.train import (FINETUNE, FINETUNE_EPOCHS, INITS, SCHEDULES, TrainConfig, check_task_data,
                            check_task_options)
-from slimkit.validate import Range, check_number, check_type, show
+from slimkit.validate import Range, check_number, check_type, did_you_mean, show
 
 __all__ = ["Recipe", "DataSection", "PruneSection", "TrainSection", "ExportSection", "BenchSection",
            "RecipeError", "load_recipe", "parse_recipe", "apply_overrides", "dump_recipe", "read_yaml",
@@ -369,7 +369,8 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
                               "rename the key")
         if key not in known:
             place = "at the top level" if where == "top level" else f"in section '{where}'"
-            raise RecipeError(f"{source}: unknown key {_show(key)} {place}: allowed keys are {', '.join(known)}")
+            raise RecipeError(f"{source}: unknown key {_show(key)} {place}{did_you_mean(key, known)}: allowed keys "
+                              f"are {', '.join(known)}")
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         path = f.name if where == "top level" else f"{where}.{f.name}"
@@ -397,13 +398,13 @@ NUMBER_RANGES: dict[str, Range] = {
     "prune.expand": limits.EXPAND, "prune.round_to": limits.ROUND_TO, "prune.tolerance": limits.TOLERANCE,
     "prune.gamma": limits.GAMMA, "prune.lr": limits.LR, "prune.epochs": limits.EPOCHS_FRACTIONAL,
     "prune.steps": limits.COUNT, "prune.batch_size": limits.COUNT, "prune.seed": limits.SEED,
-    "prune.threads": limits.SMALL_COUNT,
+    "prune.threads": limits.THREADS,
     "train.epochs": limits.COUNT, "train.batch_size": limits.COUNT, "train.lr": limits.LR,
     "train.weight_decay": limits.WEIGHT_DECAY, "train.label_smoothing": limits.LABEL_SMOOTHING,
     "train.warmup_epochs": limits.WARMUP_EPOCHS, "train.seed": limits.SEED, "train.max_steps_per_epoch": limits.COUNT,
     "train.finetune_epochs": limits.COUNT, "train.finetune_lr": limits.LR,
     "export.opset": limits.OPSET, "export.calib_images": limits.COUNT, "export.max_drop": Range(0.0, 100.0),
-    "bench.threads": limits.SMALL_COUNT, "bench.runs": limits.RUNS, "bench.batch": limits.SMALL_COUNT,
+    "bench.threads": limits.THREADS, "bench.runs": limits.RUNS, "bench.batch": limits.SMALL_COUNT,
 }
 
 
@@ -618,15 +619,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
                 raise RecipeError(f"--set '{item}': '{parts[0]}' is a section: set one key, e.g. "
                                   f"--set {parts[0]}.{_keys(SECTIONS[parts[0]])[0]}=...")
             if parts[0] not in _TOP:
-                raise RecipeError(f"--set '{item}': unknown key '{parts[0]}': top-level keys are {', '.join(_TOP)}; "
-                                  f"sections are {', '.join(SECTIONS)} (section.key=value)")
+                raise RecipeError(f"--set '{item}': unknown key '{parts[0]}'{did_you_mean(parts[0], _TOP)}: top-level "
+                                  f"keys are {', '.join(_TOP)}; sections are {', '.join(SECTIONS)} (section.key=value)")
             out[parts[0]] = value
         elif len(parts) == 2:
             section, name = parts
             if section not in SECTIONS:
-                raise RecipeError(f"--set '{item}': unknown section '{section}': sections are {', '.join(SECTIONS)}")
+                raise RecipeError(f"--set '{item}': unknown section '{section}'{did_you_mean(section, SECTIONS)}: "
+                                  f"sections are {', '.join(SECTIONS)}")
             if name not in _keys(SECTIONS[section]):
-                raise RecipeError(f"--set '{item}': unknown key '{name}' in section '{section}': allowed keys are "
+                raise RecipeError(f"--set '{item}': unknown key '{name}' in section '{section}'"
+                                  f"{did_you_mean(name, _keys(SECTIONS[section]))}: allowed keys are "
                                   f"{_allowed(SECTIONS[section])}")
             current = out.get(section)
             if current is None:

@@ -12,18 +12,20 @@ to a structure whose full ``repr`` runs to gigabytes.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import math
 import numbers
 import re
 import reprlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "a_kind", "INT64_MAX",
+__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "a_kind", "did_you_mean", "INT64_MAX",
            "DuplicateKeyError", "loads_json"]
 
 INT64_MAX = 2**63 - 1  # torch, numpy and onnxruntime all overflow past this
@@ -86,6 +88,14 @@ def show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def did_you_mean(name: Any, choices: Iterable[str]) -> str:
+    """``" (did you mean 'X'?)"`` naming the choice nearest ``name`` (a typo's intended word), or ``""``."""
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def a_kind(value: Any) -> str:
     """``value``'s type with its article, for a message: "an int", "a tuple"."""
     kind = type(value).__name__
@@ -142,9 +152,10 @@ def check_callable(function: str, name: str, value: Any, args: int, expected: st
     return value
 
 
-def check_input_size(function: str, value: Any) -> tuple[int, int, int] | None:
-    """An API ``input_size`` as (C, H, W) positive whole numbers in range (None passes: the model's own)."""
-    if value is None:
+def check_input_size(function: str, value: Any, required: bool = False) -> tuple[int, int, int] | None:
+    """An API ``input_size`` as (C, H, W) positive whole numbers in range (None passes: the model's own,
+    unless ``required``: a bare module has no size of its own)."""
+    if value is None and not required:
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 3 or \
             any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
@@ -162,7 +173,11 @@ def check_input_size(function: str, value: Any) -> tuple[int, int, int] | None:
 # real use; they exist so absurd values fail here in one line rather than as an overflow or an
 # out-of-memory deep inside torch.
 COUNT = Range(1, 1_000_000_000, integer=True)  # epochs, steps, runs, batch sizes...
-SMALL_COUNT = Range(1, 65_536, integer=True)  # threads, batch, classes, channels
+SMALL_COUNT = Range(1, 65_536, integer=True)  # batch, classes, channels
+# Intra-op threads: onnxruntime and torch start that many OS threads at once; at tens of thousands the
+# process hangs for minutes in thread creation, gigabytes of stacks, deaf to SIGTERM. 1024 still starts
+# in a second.
+THREADS = Range(1, 1024, integer=True)
 NON_NEGATIVE_COUNT = Range(0, 1_000_000_000, integer=True)  # warm-up rounds, workers, val images
 SEED = Range(0, 2**32 - 1, integer=True)  # numpy's legacy seeding and most tools take 32 bits
 EXPAND = Range(1.0, 16.0)  # channel expansion: widens, never thins (the paper uses 1.25)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 import slimkit
+from slimkit import artifacts
 from slimkit.artifacts import load_model, model_from_checkpoint
 from slimkit.checkpoint import load_checkpoint
 from slimkit.errors import PlanError, SlimkitError
 from slimkit.generator import build_model, choose_channels
+from slimkit.latency import Candidate, measure
 from slimkit.train import TrainConfig, scratch_b_epochs, train
 
 RECIPE = "recipes/fmnist_resnet20_50.yaml"
@@ -111,7 +114,42 @@ WRONG_CALLS = [
     (lambda p: slimkit.generate(p, weights=slimkit.create_model("resnet20")), TypeError,
      ["generate: 'weights'", "model.state_dict()", "got CifarResNet( (co"]),
     (lambda p: scratch_b_epochs("160", 1000, 500), TypeError, ["scratch_b_epochs: 'epochs' must be a whole number"]),
+    # latency.measure and the artifacts helpers a library user times with: named, never an AttributeError,
+    # a KeyError, a str < int comparison, or a million threads started
+    (lambda p: measure("m.onnx"), TypeError, ["measure: 'candidates' must be a list of slimkit.latency.Candidate"]),
+    (lambda p: measure(["m.onnx"]), TypeError, ["measure: 'candidates[0]' must be a slimkit.latency.Candidate"]),
+    (lambda p: measure([Candidate("m", 32, onnx_path=Path("m.onnx"))]), TypeError,
+     ["measure: candidates[0].input_shape", "(1, 3, 224, 224)"]),
+    (lambda p: measure([_candidate()], runs="10"), SlimkitError, ["measure: 'runs' must be a number"]),
+    (lambda p: measure([_candidate()], runs=10, threads=2000), SlimkitError, ["measure: 'threads' must be in [1, 1024]"]),
+    (lambda p: measure([_candidate()], runs=10, threads=0), SlimkitError, ["measure: 'threads'"]),
+    (lambda p: measure([_candidate()], runs=10, warmup=-1), SlimkitError, ["measure: 'warmup'"]),
+    (lambda p: measure([_candidate()], runs=10, progress=3), TypeError, ["measure: 'progress'"]),
+    (lambda p: slimkit.count_flops(torch.nn.Conv2d(3, 8, 3), None), TypeError, ["count_flops: 'input_size'", "None"]),
+    (lambda p: artifacts.classify(None), TypeError, ["classify: 'text'"]),
+    (lambda p: artifacts.default_export_path(None), TypeError, ["default_export_path: 'source'"]),
+    (lambda p: artifacts.plan_of(p.to_dict()), TypeError, ["plan_of: 'source'", "ChannelPlan"]),
+    (lambda p: artifacts.onnx_candidate(None, 1), TypeError, ["onnx_candidate: 'path'"]),
+    (lambda p: artifacts.onnx_candidate(Path("m.onnx"), "1"), SlimkitError, ["onnx_candidate: 'batch'"]),
+    (lambda p: artifacts.calibrate_bn("resnet20", (3, 32, 32)), TypeError, ["calibrate_bn: 'model'"]),
+    (lambda p: artifacts.calibrate_bn(torch.nn.Conv2d(3, 8, 3), 32), TypeError, ["calibrate_bn: 'input_size'"]),
+    (lambda p: artifacts.calibrate_bn(torch.nn.Conv2d(3, 8, 3), None), TypeError, ["calibrate_bn: 'input_size'"]),
+    (lambda p: artifacts.load_weights("resnet20", {}, "x.pt"), TypeError, ["load_weights: 'model'"]),
+    (lambda p: artifacts.plan_candidate(p.to_dict(), Path("/nonexistent"), 1, "x"), TypeError,
+     ["plan_candidate: 'plan'"]),
+    (lambda p: artifacts.reference_candidate("m.onnx", Path("/nonexistent"), 1), TypeError,
+     ["reference_candidate: 'model'"]),
+    (lambda p: artifacts.onnx_metadata(torch.nn.Conv2d(3, 8, 3)), TypeError, ["onnx_metadata: 'loaded'"]),
+    (lambda p: artifacts.export_for_timing(torch.nn.Conv2d(3, 8, 3), Path("/nonexistent/x.onnx"), 1, "x", {}),
+     TypeError, ["export_for_timing: 'loaded'"]),
+    (lambda p: artifacts.candidate_from_spec({"kind": "onnx"}, Path("/nonexistent"), 1, "x", Path(".")), SlimkitError,
+     ["records no file path", "--update-baseline"]),
 ]
+
+
+def _candidate():
+    """A candidate measure() would time, were its arguments right (its file is never opened)."""
+    return Candidate("m", (1, 3, 32, 32), onnx_path=Path("/nonexistent/m.onnx"))
 
 
 @pytest.mark.parametrize("case", range(len(WRONG_CALLS)))
@@ -185,3 +223,11 @@ def test_train_config_switches_must_be_booleans(switch, tmp_path, full):
     with pytest.raises(TypeError, match=f"train: 'cfg.{switch}' must be True or False, got 'no'"):
         train(full, tmp_path / "run", cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_path_objects_name_files_to_the_artifacts_helpers(tmp_path, full):
+    path = tmp_path / "plan.json"
+    slimkit.save_plan(full, path)
+    assert artifacts.classify(path) == "plan"
+    assert artifacts.default_export_path(path) == tmp_path / "plan.onnx"
+    assert artifacts.plan_of(path).arch == full.arch

@@ -309,6 +309,24 @@ def test_write_failures_from_libraries_are_named(exc, needle):
         assert_one_line_error(r, needle)
 
 
+def test_a_full_disk_met_by_torch_save_names_the_checkpoint(tmp_path, monkeypatch):
+    # torch.save on a full disk (a 400 KB tmpfs) raised "basic_ios::clear: iostream error" and, closing the
+    # archive, "[enforce fail at inline_container.cc:672] . unexpected pos 343872 vs 343760": no errno, no
+    # file name, and the run ended in a traceback
+    def full_disk(obj, f, *args, **kwargs):
+        try:
+            raise RuntimeError("basic_ios::clear: iostream error")
+        except RuntimeError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 343872 vs 343760")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "run"
+    r = run("train", "resnet20", "--data", "synthetic", "--epochs", "1", "--max-steps-per-epoch", "1",
+            "--batch-size", "4", "--out", out)
+    assert_one_line_error(r, f"torch.save could not write the file: {out / 'checkpoint.pt'}", "is the disk full")
+    assert not list(out.glob(".checkpoint.pt*"))  # no temporary file left behind
+
+
 def test_a_full_disk_wrapped_by_a_library_is_found_through_the_cause():
     from slimkit.errors import os_error_in
 
@@ -646,3 +664,15 @@ def test_a_folder_given_as_a_plan_or_recipe_says_so(tmp_path, args, needle):
     d = tmp_path / "plan.json"
     d.mkdir()
     assert_one_line_error(run(*[a.format(d=d) for a in args]), needle)
+
+
+@pytest.mark.parametrize("command", [["bench", "m.onnx"], ["export", "resnet20", "--out", "m.onnx"],
+                                     ["prune", "resnet20", "--latency", "50%", "--out", "p.json"]])
+def test_threads_beyond_what_a_runtime_can_start_are_refused_up_front(command, tmp_path):
+    # --threads 65536 was accepted: onnxruntime started 32,000 threads and hung for minutes on 9 GB,
+    # deaf to SIGTERM, before timing anything
+    r = run(*command, "--threads", "65536")
+    assert_one_line_error(r, "--threads must be in [1, 1024], got 65536")
+    (tmp_path / "r.yaml").write_text(MINIMAL + "bench:\n  threads: 65536\n")
+    with pytest.raises(RecipeError, match=r"bench.threads must be in \[1, 1024\]"):
+        load_recipe(tmp_path / "r.yaml")

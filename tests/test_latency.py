@@ -178,7 +178,7 @@ def test_gate_refuses_a_baseline_it_cannot_trust(onnx_pair, tmp_path):
     check_with(lambda d: d.update(format="slimkit.latency/0"), "format")
     check_with(lambda d: d["gate"].pop("model_fingerprint"), "which model")
     # the settings the check re-measures with are the CLI's own ranges: a billion threads is not an allocation error
-    check_with(lambda d: d.update(threads=10**9), "'threads' must be in [1, 65536]")
+    check_with(lambda d: d.update(threads=10**9), "'threads' must be in [1, 1024]")
     check_with(lambda d: d.update(threads=True), "'threads' must be a number")
     check_with(lambda d: d.update(batch=10**7), "'batch' must be in [1, 65536]")
     # a damaged reference is one line, and a reference of another input size is no ratio at all
@@ -242,3 +242,17 @@ def test_gate_refuses_to_compare_across_timing_modes_and_settings(onnx_pair, tmp
 
 def test_unknown_timing_mode_is_one_line(onnx_pair, tmp_path):
     _one_line_error(run("bench", onnx_pair / "half.onnx", "--timing", "fast", "--out", tmp_path / "x"), "timing mode")
+
+
+def test_one_file_given_twice_is_named_not_blamed_on_its_name(onnx_pair, tmp_path, monkeypatch):
+    # `slimkit bench m.onnx ./m.onnx` said "two models share a name (m, m); rename one file": renaming
+    # would not help, the same file is given twice
+    monkeypatch.chdir(onnx_pair)
+    r = run("bench", "half.onnx", "./half.onnx", "--runs", "5", "--out", tmp_path / "lat")
+    _one_line_error(r, "half.onnx is given twice: give each model once")
+    r = run("bench", "half.json", "half.json", "--runs", "5", "--out", tmp_path / "lat")
+    _one_line_error(r, "model 'half' (the same plan) is given twice")
+    (tmp_path / "other").mkdir()  # two files of one name: renaming one is the fix
+    (tmp_path / "other" / "half.onnx").write_bytes((onnx_pair / "half.onnx").read_bytes())
+    r = run("bench", "half.onnx", tmp_path / "other" / "half.onnx", "--runs", "5", "--out", tmp_path / "lat")
+    _one_line_error(r, "two models share a name (half, half); rename one file")

@@ -86,7 +86,12 @@ def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("text,sets,needles", [
-    (MINIMAL + "train:\n  epoch: 3\n", [], ["unknown key 'epoch'", "section 'train'", "epochs"]),
+    # a typo is named with the key it was meant to be, at every level and in --set
+    (MINIMAL + "train:\n  epoch: 3\n", [], ["unknown key 'epoch'", "section 'train'", "(did you mean 'epochs'?)"]),
+    (MINIMAL + "trian:\n  epochs: 3\n", [], ["unknown key 'trian' at the top level (did you mean 'train'?)"]),
+    (MINIMAL + "bench:\n  run: 10\n", [], ["unknown key 'run' in section 'bench' (did you mean 'runs'?)"]),
+    (MINIMAL.replace("round_to: 1", "round_to: 1\n  exapnd: 1.25"), [], ["(did you mean 'expand'?)"]),
+    (MINIMAL, ["nmae=x"], ["unknown key 'nmae' (did you mean 'name'?)"]),
     (MINIMAL + "colour: red\n", [], ["unknown key 'colour' at the top level", "arch"]),
     (MINIMAL + "train:\n  epochs: ten\n", [], ["train.epochs must be an integer", "'ten'"]),
     (MINIMAL + "train:\n  augment: 1\n", [], ["train.augment must be true or false"]),
@@ -97,8 +102,9 @@ def test_overrides_are_yaml_and_defaults_are_the_cli_defaults(tmp_path):
     (MINIMAL + "data:\n  name: mnist\n", [], ["unknown data.name 'mnist'"]),
     ("name: tiny\nprune: {flops: 50%}\n", [], ["missing required key 'arch'"]),
     ("name: [tiny\n", [], ["not valid YAML", "line"]),
-    (MINIMAL, ["train.epoch=3"], ["--set 'train.epoch=3'", "unknown key 'epoch'", "section 'train'"]),
-    (MINIMAL, ["trian.epochs=3"], ["--set 'trian.epochs=3'", "unknown section 'trian'"]),
+    (MINIMAL, ["train.epoch=3"], ["--set 'train.epoch=3'", "unknown key 'epoch'", "section 'train'",
+                                  "(did you mean 'epochs'?)"]),
+    (MINIMAL, ["trian.epochs=3"], ["--set 'trian.epochs=3'", "unknown section 'trian' (did you mean 'train'?)"]),
     (MINIMAL, ["epochs=3"], ["--set 'epochs=3'", "unknown key 'epochs'"]),
     (MINIMAL, ["train.epochs"], ["--set 'train.epochs'", "section.key=value"]),
     (MINIMAL, ["prune.latency=8ms"], ["exactly one budget"]),
@@ -283,3 +289,42 @@ def test_the_run_log_counts_one_epoch_in_the_singular(tmp_path):
         run_recipe(load_recipe(recipe), tmp_path / "run", hooks=RunHooks(stage=stop, log=logs.append))
     done = [line for line in logs if "after 1 epoch" in line]
     assert done and all("after 1 epochs" not in line for line in done), logs
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_a_run_names_the_recipe_key_that_fixes_it_not_a_cli_option(tmp_path, dry):
+    # `slimkit run` said "widen the supernet with --expand" and "pass a smaller --round-to": options that
+    # command does not have; the recipe key of that meaning is what the user can change
+    path = write(tmp_path, "name: tiny\narch: resnet20\ndata: {name: synthetic}\n"
+                           "prune: {flops: 150%, method: uniform, round_to: 1}\n")
+    r = run(path, "--out", tmp_path / "run", *(["--dry-run"] if dry else []))
+    _last_line_error(r, "above the largest model", "widen the supernet with prune.expand")
+    assert "--expand" not in r.output
+    path = write(tmp_path, "name: tiny\narch: resnet20\ndata: {name: cifar10, data_dir: nope}\n"
+                           "prune: {flops: 50%, method: uniform, round_to: 1}\n", name="c.yaml")
+    if not dry:  # the data is read by the train stage
+        r = run(path, "--out", tmp_path / "run2")
+        _last_line_error(r, "CIFAR-10 not found", "or pass data.data_dir")
+        assert "--data-dir" not in r.output
+        assert (tmp_path / "run2" / "plan.json").is_file()  # the finished prune stage is kept
+
+
+def _last_line_error(r, *needles):
+    """Exit 2, no traceback, the output ending in one error line (after the stages' own lines)."""
+    text = r.output.strip()
+    assert r.exit_code == 2 and "Traceback" not in text, text
+    error = text[text.rindex("error:"):].replace("\n", " ")
+    for needle in needles:
+        assert needle in error, text
+
+
+def test_recipe_terms_follow_the_stage():
+    from slimkit.pipeline import in_recipe_terms
+
+    assert in_recipe_terms("raise --epochs", "prune") == "raise prune.epochs"
+    assert in_recipe_terms("raise --epochs", "train") == "raise train.epochs"
+    assert in_recipe_terms("lower --threads or --batch", "bench") == "lower bench.threads or bench.batch"
+    # options `slimkit run` has, and words that only look like options, stay
+    assert in_recipe_terms("choose another --out, or --force; --set train.epochs=3", "train") == \
+        "choose another --out, or --force; --set train.epochs=3"
+    assert in_recipe_terms("--batch-size 8", "train") == "train.batch_size 8"

@@ -95,7 +95,7 @@ def _openvino_parity(report, cands, threads: int | None) -> None:
 
 @file_paths(out="latency", baseline="baseline.json")
 @user_errors
-@checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, warmup=limits.NON_NEGATIVE_COUNT,
+@checked_numbers(threads=limits.THREADS, batch=limits.SMALL_COUNT, warmup=limits.NON_NEGATIVE_COUNT,
                  runs=limits.RUNS, num_classes=limits.SMALL_COUNT)
 def bench(
     models: Annotated[list[str], typer.Argument(help="ONNX files (or plans, checkpoints, architecture names: exported first). Ratios are to the first.")],

@@ -33,7 +33,7 @@ from slimkit.models.tasks import WholeDetector, is_detector
 @file_paths(out="model.onnx")
 @user_errors
 @checked_numbers(opset=limits.OPSET, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT, atol=limits.ATOL,
-                 threads=limits.SMALL_COUNT, runs=limits.RUNS, calib_images=limits.COUNT,
+                 threads=limits.THREADS, runs=limits.RUNS, calib_images=limits.COUNT,
                  max_drop=limits.Range(0.0, 100.0), max_output_error=limits.Range(0.0, 1e6), eval_images=limits.COUNT)
 def export(
     source: Annotated[str, typer.Argument(help="A checkpoint from `slimkit train`, a plan JSON (fresh weights), or an architecture name or python: factory.")],

@@ -92,7 +92,7 @@ def plot_path(out: Path) -> Path:
 
 @file_paths(out="plan.json")
 @user_errors
-@checked_numbers(threads=limits.SMALL_COUNT, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT,
+@checked_numbers(threads=limits.THREADS, batch=limits.SMALL_COUNT, num_classes=limits.SMALL_COUNT,
                  in_chans=limits.IN_CHANS, expand=limits.EXPAND,
                  tolerance=limits.TOLERANCE, seed=limits.SEED, gamma=limits.GAMMA, lr=limits.LR,
                  epochs=limits.EPOCHS_FRACTIONAL, steps=limits.COUNT, batch_size=limits.COUNT,
