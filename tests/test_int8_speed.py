@@ -190,6 +190,13 @@ def test_quantizer_advice_for_configurations_timed_on_purpose_stays_out_of_the_t
     assert not [r for r in caplog.records if "QuantFormat.QDQ" in r.getMessage()]
 
 
+def _export_int8(fp32, out, *options):
+    """`slimkit export PLAN --int8` on a few Fashion-MNIST images, untimed by bench, at a wide terminal."""
+    return runner.invoke(app, ["export", str(fp32["plan_path"]), "-o", str(out), "--exporter", "torchscript",
+                               "--no-bench", "--int8", "--data", "fashion-mnist", "--calib-images", "32",
+                               "--eval-images", "64", *options], terminal_width=200)
+
+
 def test_cli_export_reports_which_configuration_ran(fp32, monkeypatch, tmp_path):
     monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")  # this test is about the timed ranking
     calls = []
@@ -197,9 +204,7 @@ def test_cli_export_reports_which_configuration_ran(fp32, monkeypatch, tmp_path)
     monkeypatch.setattr(int8_speed, "measure", _fake_measure({qdq_s8: (0.6, 0.55, 0.65), "fp32": (1.5, 1.4, 1.6)},
                                                              calls))
     out = tmp_path / "m.onnx"
-    r = runner.invoke(app, ["export", str(fp32["plan_path"]), "-o", str(out), "--exporter", "torchscript",
-                            "--no-bench", "--int8", "--data", "fashion-mnist", "--calib-images", "32",
-                            "--eval-images", "64", "--int8-format", "QDQ"], terminal_width=200)
+    r = _export_int8(fp32, out, "--int8-format", "QDQ")
     assert r.exit_code == 0, r.output
     assert calls and all("QOperator" not in name for name in calls[0])  # --int8-format QDQ: only QDQ timed
     assert "QDQ s8/s8 per-channel: the first of 4, in the order ranked here, that passed" in \
@@ -212,10 +217,7 @@ def test_cli_export_reports_which_configuration_ran(fp32, monkeypatch, tmp_path)
 def test_cli_explicit_configuration_is_not_timed(fp32, monkeypatch, tmp_path):
     monkeypatch.setattr(int8_speed, "measure", lambda *a, **k: pytest.fail("timed an explicit configuration"))
     out = tmp_path / "m.onnx"
-    r = runner.invoke(app, ["export", str(fp32["plan_path"]), "-o", str(out), "--exporter", "torchscript",
-                            "--no-bench", "--int8", "--data", "fashion-mnist", "--calib-images", "32",
-                            "--eval-images", "64", "--int8-format", "QDQ", "--int8-activations", "int8",
-                            "--int8-weights", "int8"], terminal_width=200)
+    r = _export_int8(fp32, out, "--int8-format", "QDQ", "--int8-activations", "int8", "--int8-weights", "int8")
     assert r.exit_code == 0, r.output
     assert "as asked" in r.output
 
@@ -228,10 +230,7 @@ def test_the_default_kept_within_the_noise_is_not_called_the_fastest(fp32, monke
     monkeypatch.setattr(int8_speed, "measure", _fake_measure({seven_bit: (0.96, 0.90, 1.02), "fp32": (1.5, 1.4, 1.6)},
                                                              []))
     out = tmp_path / "m.onnx"
-    r = runner.invoke(app, ["export", str(fp32["plan_path"]), "-o", str(out), "--exporter", "torchscript",
-                            "--no-bench", "--int8", "--data", "fashion-mnist", "--calib-images", "32",
-                            "--eval-images", "64", "--int8-format", "QDQ", "--int8-activations", "uint8",
-                            "--int8-weights", "int8"], terminal_width=200)
+    r = _export_int8(fp32, out, "--int8-format", "QDQ", "--int8-activations", "uint8", "--int8-weights", "int8")
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.replace("│", " ").split())
     assert "QDQ u8/s8 per-channel: the first of 2" in text and f"{seven_bit} 0.96" in text, text
