@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 
 class SlimkitError(ValueError):
@@ -27,8 +28,8 @@ _OS_ERROR_TEXTS = ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Rea
                    (errno.EDQUOT, "Disk quota exceeded"))
 
 
-_TORCH_WRITE_TEXTS = ("PytorchStreamWriter failed writing file", "basic_ios::clear: iostream error",
-                      "unexpected pos")
+_TORCH_WRITE_TEXTS = re.compile(r"PytorchStreamWriter failed writing file|basic_ios::clear: iostream error|"
+                                r"unexpected pos \d+ vs \d+")
 
 
 def os_error_in(exc: BaseException | None) -> OSError | None:
@@ -45,7 +46,8 @@ def os_error_in(exc: BaseException | None) -> OSError | None:
                 return OSError(code, name)
         # torch.save keeps no errno: a short write says "failed writing file", a full disk met while
         # closing the archive "basic_ios::clear: iostream error" then "unexpected pos N vs M"
-        if any(t in text for t in _TORCH_WRITE_TEXTS):
+        if _TORCH_WRITE_TEXTS.search(text):
             return OSError(errno.EIO, "torch.save could not write the file")
-        exc = exc.__cause__ or exc.__context__
+        # `raise ... from None` says the error it replaced is beside the point: do not read it
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return None

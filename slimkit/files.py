@@ -99,7 +99,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename == tmp:
             exc.filename = str(path)  # the user named `path`; the temporary name means nothing to them
-        elif not isinstance(exc, OSError) and (os_err := os_error_in(exc)) is not None:
+        elif isinstance(exc, RuntimeError) and (os_err := os_error_in(exc)) is not None:
             # a library that wrapped the failed write (torch.save on a full disk: a RuntimeError naming no
             # file): the write failed, on the file the user named
             raise OSError(os_err.errno, os_err.strerror, str(path)) from exc

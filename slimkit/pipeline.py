@@ -448,7 +448,7 @@ _STAGE_TERMS: dict[str, dict[str, str]] = {
         "batch_size", "seed", "threads", "precision", "timing", "structure", "weights", "criterion", "method")},
     "train": {f"--{k.replace('_', '-')}": f"train.{k}" for k in (
         "epochs", "schedule", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "seed",
-        "max_steps_per_epoch", "init", "init_from")},
+        "max_steps_per_epoch", "init", "init_from")} | {"--from": "train.init_from"},  # train's option is --from
     "export": {"--opset": "export.opset", "--exporter": "export.exporter", "--dynamic-batch": "export.dynamic_batch",
                "--int8": "export.int8", "--calib-images": "export.calib_images", "--max-drop": "export.max_drop"},
     "bench": {"--threads": "bench.threads", "--runs": "bench.runs", "--batch": "bench.batch"},

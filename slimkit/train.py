@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import classifier_of, missing_checkpoint
+from slimkit.checkpoint import classifier_of, missing_checkpoint, parent_shape
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -335,6 +335,15 @@ def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | Non
                            "drop the option")
 
 
+def _parent_classes(path: str | None, arch: str) -> int | None:
+    """The classes of the model whose weights ``path`` holds, None where it has ``arch``'s default head or
+    cannot be told (an unreadable file is reported where the weights are loaded)."""
+    try:
+        return parent_shape(path, arch)[0] if path else None
+    except SlimkitError:
+        return None
+
+
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
     """--resume continues the checkpoint's model: a different plan or architecture is an error, not
     something to ignore silently."""
@@ -527,16 +536,24 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 f"{cfg.data}'s {data.num_classes} classes (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
         # a default head that already has the data's classes (the CIFAR nets' 10 on Fashion-MNIST) trains as is
-        rows = getattr(classifier_of(build_model(plan.arch, plan.arch_kwargs)), "out_features", None)
+        rows = (getattr(classifier_of(build_model(plan.arch, plan.arch_kwargs)), "out_features", None)
+                if task == "classification" else None)
         if task != "classification" or rows != data.num_classes:
-            held = f"the plan keeps {plan.arch}'s default classifier" + (
-                f" ({rows} classes)" if task == "classification" and rows else "")
-            if cfg.init == "inherit":  # pruning again with --num-classes would not fit the parent's classifier either
+            held = f"the plan keeps {plan.arch}'s default classifier" + (f" ({rows} classes)" if rows else "")
+            if (cfg.init == "inherit" and rows is not None and registry.accepts(plan.arch, "num_classes")
+                    and _parent_classes(cfg.init_from, plan.arch) == data.num_classes):
+                # the parent was trained on this data: its classifier has the rows the head needs
+                before = verified_plan(plan).flops
+                plan = with_num_classes(plan, data.num_classes)
+                say(f"classes: {held}; {cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head "
+                    f"takes them (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
+            elif cfg.init == "inherit":  # pruning again with --num-classes would not fit the parent's classifier either
                 raise PlanError(f"{held} but {cfg.data} has {data.num_classes}: --init inherit keeps the classifier of "
                                 "the model it inherits from, so fine-tune on data with its classes (slimkit does not "
                                 f"replace a trained classifier), or prune and inherit from a model trained on {cfg.data}")
-            raise PlanError(f"{held}; prune again with --num-classes {data.num_classes} for {cfg.data} (a plan learned "
-                            f"with --method scratch --data {cfg.data} gets it too)")
+            else:
+                raise PlanError(f"{held}; prune again with --num-classes {data.num_classes} for {cfg.data} (a plan "
+                                f"learned with --method scratch --data {cfg.data} gets it too)")
 
     plan = verified_plan(plan, f"the plan in {ckpt_path}" if ckpt is not None else None)  # counts from widths
     full_flops = plan.search["full_flops"]

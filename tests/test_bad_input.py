@@ -327,6 +327,28 @@ def test_a_full_disk_met_by_torch_save_names_the_checkpoint(tmp_path, monkeypatc
     assert not list(out.glob(".checkpoint.pt*"))  # no temporary file left behind
 
 
+def test_a_writer_s_own_error_is_not_taken_for_a_failed_write(tmp_path):
+    """atomic_write reported any error whose context held an OSError as a write error on the output file:
+    an error raised `from None` inside `except OSError`, or any text with 'unexpected pos' in it."""
+    from slimkit.errors import SlimkitError
+    from slimkit.files import atomic_write
+
+    def damaged(_tmp):
+        try:
+            open(tmp_path / "missing.bin")
+        except OSError:
+            raise SlimkitError("the plan is damaged") from None
+
+    with pytest.raises(SlimkitError, match="the plan is damaged"):
+        atomic_write(tmp_path / "out.bin", damaged)
+
+    def odd(_tmp):
+        raise RuntimeError("unexpected position of the gates")
+
+    with pytest.raises(RuntimeError, match="unexpected position"):
+        atomic_write(tmp_path / "out.bin", odd)
+
+
 def test_a_full_disk_wrapped_by_a_library_is_found_through_the_cause():
     from slimkit.errors import os_error_in
 

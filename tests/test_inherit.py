@@ -241,8 +241,10 @@ def test_a_plan_with_a_default_head_that_fits_the_data_trains_and_inherits(tmp_p
     wide = prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE)  # 1000 classes
     # inheriting keeps the parent's classifier: a 1000-class default head on 10-class data is refused, and
     # the advice is not to prune again with --num-classes (the parent's 1000 rows would not fit that either)
+    imagenet = tmp_path / "resnet18-imagenet.pt"  # a parent with timm's own 1000-class head
+    torch.save(build_model("timm:resnet18", {}).state_dict(), imagenet)
     with pytest.raises(PlanError, match=r"default classifier \(1000 classes\) but synthetic has 10: --init inherit"):
-        train(wide, tmp_path / "wide", ft)
+        train(wide, tmp_path / "wide", replace(ft, init_from=str(imagenet)))
 
 
 def plan_state_keys(plan: ChannelPlan):

@@ -324,6 +324,7 @@ def test_recipe_terms_follow_the_stage():
     assert in_recipe_terms("raise --epochs", "prune") == "raise prune.epochs"
     assert in_recipe_terms("raise --epochs", "train") == "raise train.epochs"
     assert in_recipe_terms("lower --threads or --batch", "bench") == "lower bench.threads or bench.batch"
+    assert in_recipe_terms("--from: no such file", "train") == "train.init_from: no such file"  # train's --from
     # options `slimkit run` has, and words that only look like options, stay
     assert in_recipe_terms("choose another --out, or --force; --set train.epochs=3", "train") == \
         "choose another --out, or --force; --set train.epochs=3"

@@ -158,9 +158,18 @@ def test_plan_with_the_models_default_head_trains_from_scratch_on_the_datas_clas
     assert ran.flops < p.flops and res.epochs == 1  # counted with the 10-class head
     assert any("sizes it for synthetic's 10 classes" in m for m in said), said
     train(p, tmp_path / "run", cfg(epochs=2, max_steps_per_epoch=1), resume=True)  # the same plan resumes
-    # inheriting keeps the parent's classifier: still refused, nothing resized
-    with pytest.raises(PlanError, match="default classifier"):
-        train(p, tmp_path / "inherit", cfg(init="inherit", init_from=str(tmp_path / "run" / "checkpoint.pt")))
+    # inheriting from a parent trained on this data: its classifier has the data's rows, so the head takes them
+    # (the refusal told the user to inherit from a model trained on this data, which this parent is)
+    from slimkit.generator import full_plan
+
+    train(full_plan("timm:test_resnet", num_classes=10, input_size=(3, 32, 32)), tmp_path / "parent",
+          cfg(epochs=1, max_steps_per_epoch=1))
+    said.clear()
+    train(p, tmp_path / "inherit", cfg(epochs=1, max_steps_per_epoch=1, init="inherit", schedule="finetune",
+                                       init_from=str(tmp_path / "parent" / "checkpoint.pt")), log=said.append)
+    model, ran = model_from_checkpoint(tmp_path / "inherit" / "checkpoint.pt")
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10) and ran.num_classes == 10
+    assert any("has synthetic's 10 classes, so the head takes them" in m for m in said), said
 
 
 def test_scratch_b_budget_stretches_epochs(plan, tmp_path):
