@@ -122,7 +122,7 @@ def export(
     d = result.details
     table = Table(title=escape(f"ONNX export of {src.plan.arch}"), show_header=False)
     table.add_column(justify="left")
-    table.add_column(justify="right")
+    table.add_column(justify="left")  # values hold sentences too: right-aligned, short ones sat at the far edge
     for key, value in (("file", str(out)), ("size", f"{result.size_bytes / 1e6:.2f} MB"),
                        ("exporter", f"{d['exporter']} (opset {d['opset']})"),
                        ("nodes", f"{d['nodes_before']} → {d['nodes_after']}" + ("" if d["simplified"] else " (not simplified)")),
@@ -211,7 +211,7 @@ def _export_int8(out: Path, src, data, *, calib_images: int, calib_method: str,
     q, check = result.details["quantization"], result.details["check"]
     table = Table(title=f"int8 export of {src.plan.arch}", show_header=False)
     table.add_column(justify="left")
-    table.add_column(justify="right")
+    table.add_column(justify="left")  # values hold sentences too: right-aligned, short ones sat at the far edge
     drop = check["drop_points"]
     for key, value in (("file", str(result.path)),
                        ("size", f"{result.size_bytes / 1e6:.2f} MB (fp32 {result.details['fp32_size_bytes'] / 1e6:.2f} MB)"),
