@@ -315,6 +315,12 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
     return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
 
 
+def head_classes(model: nn.Module) -> int | None:
+    """How many classes ``model``'s classifier outputs (its output layer's rows), None where it has no
+    linear one (a conv head, no head)."""
+    return getattr(classifier_of(model), "out_features", None)
+
+
 def same_arch_kwargs(arch: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Whether ``a`` and ``b`` build the same ``arch``: equal, or differing only by a ``num_classes`` or
     ``in_chans`` that one side leaves at the model's default and the other gives as that default (a
@@ -326,7 +332,7 @@ def same_arch_kwargs(arch: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> b
         return False
     default = registry.create_model(arch, **{k: v for k, v in a.items() if k not in keys})
     first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
-    defaults = {"num_classes": getattr(classifier_of(default), "out_features", None),
+    defaults = {"num_classes": head_classes(default),
                 "in_chans": getattr(first_conv, "in_channels", None)}
     return all(defaults[k] is not None and a.get(k, defaults[k]) == b.get(k, defaults[k]) for k in keys)
 

@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import classifier_of, missing_checkpoint, parent_shape
+from slimkit.checkpoint import head_classes, missing_checkpoint, parent_shape
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -536,8 +536,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 f"{cfg.data}'s {data.num_classes} classes (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
         # a default head that already has the data's classes (the CIFAR nets' 10 on Fashion-MNIST) trains as is
-        rows = (getattr(classifier_of(build_model(plan.arch, plan.arch_kwargs)), "out_features", None)
-                if task == "classification" else None)
+        rows = head_classes(build_model(plan.arch, plan.arch_kwargs)) if task == "classification" else None
         if task != "classification" or rows != data.num_classes:
             held = f"the plan keeps {plan.arch}'s default classifier" + (f" ({rows} classes)" if rows else "")
             if (cfg.init == "inherit" and rows is not None and registry.accepts(plan.arch, "num_classes")

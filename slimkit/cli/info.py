@@ -12,7 +12,7 @@ from rich.markup import escape
 from slimkit import registry
 from slimkit import validate as limits
 from slimkit.attention import input_size_kwargs
-from slimkit.checkpoint import classifier_of
+from slimkit.checkpoint import head_classes
 from slimkit.cli._common import print_table, ARCH_KWARGS_HELP, checked_numbers, console, parse_arch_kwargs, parse_input_size, user_errors
 from slimkit.flops import count_flops_per_layer, count_params, format_count
 from slimkit.generator import build_model, channel_graph
@@ -63,7 +63,7 @@ def info(
     macs, params = graph.count_flops(), count_params(model)
     classes = getattr(model, "num_classes", None) or num_classes
     if classes is None and registry.model_task(spec.canonical) == "classification":  # torchvision's keep no attribute
-        classes = getattr(classifier_of(model), "out_features", None)
+        classes = head_classes(model)
     console.print(f"[bold]{escape(spec.canonical)}[/]  input {list(size)}  "
                   f"MACs {format_count(macs)}  params {format_count(params)}"
                   + (f" ({classes}-class head)" if classes else "") + "  "
