@@ -344,6 +344,15 @@ def _parent_classes(path: str | None, arch: str) -> int | None:
         return None
 
 
+def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int) -> PlanError:
+    """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
+    fit the parent's classifier either, so the advice is about the data or the parent."""
+    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit keeps the classifier of the model "
+                     f"it inherits from, so fine-tune on data with its {f'{classes} ' if classes else ''}classes "
+                     f"(slimkit does not replace a trained classifier), or prune and inherit from a model trained "
+                     f"on {cfg.data}")
+
+
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
     """--resume continues the checkpoint's model: a different plan or architecture is an error, not
     something to ignore silently."""
@@ -518,38 +527,27 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     if plan.num_classes not in (None, data.num_classes):
-        if cfg.init == "inherit":  # pruning again with --num-classes would not fit the parent's classifier either
-            raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
-                            "--init inherit keeps the classifier of the model it inherits from, so fine-tune on "
-                            f"data with its {plan.num_classes} classes (slimkit does not replace a trained "
-                            f"classifier), or prune and inherit from a model trained on {cfg.data}")
+        if cfg.init == "inherit":
+            raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes)
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
-    if (plan.num_classes is None and cfg.init == "scratch" and task == "classification"
-            and not registry.is_user_code(plan.arch) and registry.accepts(plan.arch, "num_classes")):
-        # training from scratch: the head is random either way, so it takes the data's classes (as
-        # `slimkit train ARCH` does) instead of refusing the plan `slimkit prune ARCH` wrote by default
-        before = verified_plan(plan).flops
-        plan = with_num_classes(plan, data.num_classes)
-        if plan.flops != before:  # a default head with the data's classes already (the CIFAR nets') is news to no one
-            say(f"classes: the plan keeps {plan.arch}'s default classifier; training from scratch sizes it for "
-                f"{cfg.data}'s {data.num_classes} classes (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
-        # a default head that already has the data's classes (the CIFAR nets' 10 on Fashion-MNIST) trains as is
-        rows = head_classes(build_model(plan.arch, plan.arch_kwargs)) if task == "classification" else None
-        if task != "classification" or rows != data.num_classes:
+        classifier = task == "classification"
+        rows = head_classes(build_model(plan.arch, plan.arch_kwargs)) if classifier else None
+        if rows != data.num_classes:  # a default head with the data's classes (the CIFAR nets' 10) trains as is
             held = f"the plan keeps {plan.arch}'s default classifier" + (f" ({rows} classes)" if rows else "")
-            if (cfg.init == "inherit" and rows is not None and registry.accepts(plan.arch, "num_classes")
-                    and _parent_classes(cfg.init_from, plan.arch) == data.num_classes):
-                # the parent was trained on this data: its classifier has the rows the head needs
+            if classifier and registry.accepts(plan.arch, "num_classes") and (
+                    cfg.init == "scratch" or _parent_classes(cfg.init_from, plan.arch) == data.num_classes):
+                # from scratch the head is random either way (as with `slimkit train ARCH`); inheriting, a parent
+                # trained on this data has the rows the head needs
                 before = verified_plan(plan).flops
                 plan = with_num_classes(plan, data.num_classes)
-                say(f"classes: {held}; {cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head "
-                    f"takes them (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
-            elif cfg.init == "inherit":  # pruning again with --num-classes would not fit the parent's classifier either
-                raise PlanError(f"{held} but {cfg.data} has {data.num_classes}: --init inherit keeps the classifier of "
-                                "the model it inherits from, so fine-tune on data with its classes (slimkit does not "
-                                f"replace a trained classifier), or prune and inherit from a model trained on {cfg.data}")
+                why = (f"training from scratch sizes it for {cfg.data}'s {data.num_classes} classes"
+                       if cfg.init == "scratch" else
+                       f"{cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head takes them")
+                say(f"classes: {held}; {why} (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
+            elif cfg.init == "inherit":
+                raise _inherit_mismatch(held, rows, cfg, data.num_classes)
             else:
                 raise PlanError(f"{held}; prune again with --num-classes {data.num_classes} for {cfg.data} (a plan "
                                 f"learned with --method scratch --data {cfg.data} gets it too)")
