@@ -24,7 +24,8 @@ picks are the method's, not converged ones.
     python bench/latency_vs_macs.py [--round-to 8] [--gate-steps 30] [--gate-batch 32] [--runs 60] [--only NAME ...]
 
 Plans, ONNX files and profiles are cached under ``--work`` (default /tmp/slimkit-latency-vs-macs), so a
-re-run only times. Writes bench/results/latency_vs_macs.{json,md,png}. Run with the MALLOC_* settings
+re-run only times. Each zoo model is timed in its own fresh process (a served model runs alone in its
+process). Writes bench/results/latency_vs_macs.{json,md,png}. Run with the MALLOC_* settings
 exported (DESIGN.md) and under ``nice``; on a shared machine the interleaved ratios hold, the
 milliseconds do not.
 """
@@ -33,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +174,14 @@ def bench_model(label: str, arch: str, args, log) -> dict[str, Any]:
     return row
 
 
+def bench_model_alone(label: str, arch: str, args) -> dict[str, Any]:
+    """:func:`bench_model` in the process that runs it (main() starts a fresh one per model): a served model
+    runs alone in its own process, and timings made after other models' sessions in one process can differ
+    (EfficientNet-B0 measured 1.35 lat/MAC as the fifth model of one process, 1.07-1.12 alone)."""
+    torch.set_num_threads(args.threads)
+    return bench_model(label, arch, args, lambda m: print(m, flush=True))
+
+
 def machine() -> dict[str, Any]:
     flags = ""
     model = cpu_description()
@@ -215,6 +226,8 @@ def main() -> None:
                     help="time only the default-method plans already learned (by a --plans-only run)")
     ap.add_argument("--plans-only", action="store_true",
                     help="only make (and cache) the plans: gate learning can run beside a timing pass")
+    ap.add_argument("--same-process", action="store_true",
+                    help="time every model in this process (default: a fresh process per model, as each is served)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slimkit-latency-vs-macs"))
     ap.add_argument("--out", default=str(RESULTS / "latency_vs_macs"))
     ap.add_argument("--render", action="store_true", help="only rewrite the .md and .png from the .json")
@@ -236,7 +249,12 @@ def main() -> None:
             make_plans(arch, Path(args.work), args.round_to, args.gate_steps, args.gate_batch,
                        lambda m: print(m, flush=True), tuple(args.methods), tuple(args.budgets))
             continue
-        row = bench_model(label, arch, args, lambda m: print(m, flush=True))
+        if args.same_process:
+            row = bench_model(label, arch, args, lambda m: print(m, flush=True))
+        else:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+                row = child.submit(bench_model_alone, label, arch, args).result()
+            row["own_process"] = True
         row.update(round_to=args.round_to, gate_steps=args.gate_steps, gate_batch=args.gate_batch, runs=args.runs,
                    threads=args.threads, timing=args.timing, blocks=args.blocks, repeats=args.repeats,
                    load_average=[round(x, 2) for x in os.getloadavg()])
@@ -292,7 +310,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"CPU: **{meta['cpu']}** ({meta['cores']} cores; SIMD flags: {' '.join(meta['simd_flags'])}), "
              f"onnxruntime {meta['onnxruntime']}, batch 1, {rows[0]['threads'] if rows else 2} threads, "
              f"`slimkit.latency.measure`, {describe_mode(timing, runs, 5, rows[0].get('blocks', 3) if rows else 3)}, "
-             f"malloc {meta['malloc']}. Load average at start {meta['load_average'][0]}, at end "
+             f"malloc {meta['malloc']}" + ("; each zoo model (its full model and plans) in its own fresh process" if rows and all(r.get('own_process') for r in rows) else "") + f". Load average at start {meta['load_average'][0]}, at end "
              f"{meta['load_average_end'][0]}: read the paired ratios (drift cancels), not the milliseconds.", "",
              f"Regenerate: `{meta['command']}`" + (f". {meta['note']}" if meta.get("note") else ""), "",
              "Plans: `uniform` (`slimkit prune`'s default for classifiers) and `scratch` (gates learned on random "

@@ -19,7 +19,8 @@ Two timing modes (:data:`TIMING_MODES`), recorded in every report, plan and base
   *compare* models on a noisy machine.
 * ``served``: how a deployed model runs: onnxruntime's defaults (pool threads spin between runs),
   each model timed alone in blocks, the blocks alternated over several rounds so drift still
-  cancels. Spinning makes a model measurably faster (the full MobileNet-V1 3.99 vs 4.50 ms on one
+  cancels; every block opens a fresh onnxruntime session, as every deployment starts one (a session
+  keeps the speed it started with: an unlucky one must not decide a whole run). Spinning makes a model measurably faster (the full MobileNet-V1 3.99 vs 4.50 ms on one
   2-core Xeon), so a latency *budget* must be measured this way to hold where the model ships.
 """
 
@@ -347,7 +348,7 @@ def report_mode(d: dict[str, Any]) -> str:
 def describe_mode(mode: str, runs: int, warmup: int, blocks: int = SERVED_BLOCKS) -> str:
     if mode == "served":
         return (f"served: onnxruntime defaults (pool threads spin), each model alone in {blocks} alternated "
-                f"blocks, {runs} timed runs each after warm-up")
+                f"blocks (a fresh session each), {runs} timed runs each after warm-up")
     return f"{runs} interleaved rounds (pool threads not spinning) after {warmup} warm-up rounds"
 
 
@@ -404,8 +405,8 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
     ``mode="interleaved"``: each round runs every model once, in a rotating order, pool threads not
     spinning. ``mode="served"``: onnxruntime's default session settings, each model run alone in
     blocks of consecutive runs (as a served model runs), the blocks alternated over
-    ``blocks`` rounds (:data:`SERVED_BLOCKS`; more rounds average out drift that outlasts a block);
-    the i-th run of a block is paired with the i-th run of the other models' blocks of the same round."""
+    ``blocks`` rounds (:data:`SERVED_BLOCKS`; more rounds average out drift that outlasts a block),
+    every block in a fresh session on onnxruntime backends; the i-th run of a block is paired with the i-th run of the other models' blocks of the same round."""
     _check_measure_arguments(candidates, backend, threads, warmup, runs, device, progress, blocks)
     check_mode(mode)
     if mode == "served" and not 1 <= blocks <= runs:
@@ -445,6 +446,12 @@ def measure(candidates: Sequence[Candidate], *, backend: str = "ort-cpu", thread
         for b in range(blocks):
             for k in range(n):
                 j = (b + k) % n  # rotate which model opens the round
+                if b and backend.startswith("ort"):
+                    # every block in a fresh session, as every deployment starts one: a session keeps the
+                    # speed it started with (one ViT-Tiny session ran 60% slower than five others of the
+                    # same file), so one session per model let that luck decide a whole run's ratio
+                    runners[j] = None
+                    runners[j] = make_runner(candidates[j], backend, threads, device, mode)
                 time.sleep(0.02)  # let the previous model's pool threads stop spinning
                 for _ in range(block_warmup):
                     runners[j]()

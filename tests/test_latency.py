@@ -215,6 +215,23 @@ def test_served_timing_in_more_blocks_pairs_every_run(onnx_pair):
         measure(cands, threads=1, runs=10, mode="served", blocks=11)
 
 
+def test_served_timing_opens_a_fresh_session_for_every_block(onnx_pair, monkeypatch):
+    # a session keeps the speed it started with, so served timing spreads each model over one session per block
+    # (the median pairs then outvote an unlucky one); interleaved rounds keep one session per model
+    import slimkit.latency as latency
+
+    opened = []
+    real = latency._ort_runner
+    monkeypatch.setattr(latency, "_ort_runner", lambda c, *a: opened.append(c.name) or real(c, *a))
+    cands = [Candidate(name=n, input_shape=(1, 3, 32, 32), onnx_path=onnx_pair / f"{n}.onnx", spec={"kind": "onnx"})
+             for n in ("full", "half")]
+    measure(cands, threads=1, warmup=3, runs=8, mode="served", blocks=4)
+    assert sorted(opened) == ["full"] * 4 + ["half"] * 4
+    opened.clear()
+    measure(cands, threads=1, warmup=3, runs=8, mode="interleaved")
+    assert sorted(opened) == ["full", "half"]
+
+
 def test_gate_refuses_to_compare_across_timing_modes_and_settings(onnx_pair, tmp_path):
     base = tmp_path / "baseline.json"
     r = run("bench", onnx_pair / "half.onnx", "--baseline", base, "--update-baseline", "--runs", "10",

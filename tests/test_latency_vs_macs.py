@@ -18,7 +18,7 @@ def test_one_model_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "lvm"
     monkeypatch.setattr("sys.argv", ["latency_vs_macs.py", "--methods", "uniform", "--runs", "5", "--profile-runs",
                                      "2", "--threads", "1", "--round-to", "4", "--repeats", "2", "--work", str(tmp_path / "work"),
-                                     "--out", str(out)])
+                                     "--out", str(out), "--same-process"])  # the patched globals live in this process
     bench.main()
     data = json.loads(out.with_suffix(".json").read_text())
     row = data["rows"][0]
