@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import head_classes, missing_checkpoint, parent_shape
+from slimkit.checkpoint import classifier_of, head_classes, missing_checkpoint, parent_shape
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -347,10 +347,25 @@ def _parent_classes(path: str | None, arch: str) -> int | None:
 def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int) -> PlanError:
     """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
     fit the parent's classifier either, so the advice is about the data or the parent."""
-    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit keeps the classifier of the model "
-                     f"it inherits from, so fine-tune on data with its {f'{classes} ' if classes else ''}classes "
-                     f"(slimkit does not replace a trained classifier), or prune and inherit from a model trained "
-                     f"on {cfg.data}")
+    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives the classifier new rows only to "
+                     f"a model built with a num_classes argument, so fine-tune on data with its "
+                     f"{f'{classes} ' if classes else ''}classes, or prune and inherit from a model trained on {cfg.data}")
+
+
+def _with_new_classifier(fresh: nn.Module, parent: nn.Module) -> nn.Module:
+    """``fresh`` (a new classifier) with every other weight of ``parent``, the same network with the parent's
+    head: fine-tuning onto new classes."""
+    names = {id(m): n for n, m in fresh.named_modules()}
+    head = names[id(classifier_of(fresh))]
+    inherited = {k: v for k, v in parent.state_dict().items() if not k.startswith(f"{head}.")}
+    mine = fresh.state_dict()
+    wrong = sorted(set(inherited) ^ {k for k in mine if not k.startswith(f"{head}.")}) + \
+        [k for k, v in inherited.items() if k in mine and v.shape != mine[k].shape]
+    if wrong:  # only the classifier may differ between the two builds of one plan
+        raise PlanError(f"the parent's network and the plan's differ outside the classifier ({wrong[0]}): fine-tune "
+                        "on data with the parent's classes")
+    fresh.load_state_dict({**mine, **inherited})
+    return fresh
 
 
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
@@ -359,7 +374,7 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
     if plan_or_arch is None:
         return
     given = plan_of(plan_or_arch)
-    if given is not None and given.num_classes is None and plan.search.get("head_sized_for_data"):
+    if given is not None and given.num_classes != plan.num_classes and plan.search.get("head_sized_for_data"):
         given = replace(given, arch_kwargs={**given.arch_kwargs, "num_classes": plan.num_classes})  # as the run sized it
     if given is not None:
         same = given.builds_same_network_as(plan)
@@ -526,26 +541,47 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     check_task_options(task, cfg, asked, augmentable=takes_augment(data.train))
     if plan is None:
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
+    classifier = task == "classification"
+    # Fine-tuning a parent trained on other classes (an ImageNet checkpoint onto the user's 10 classes): every
+    # weight is inherited but the classifier's, which gets rows for the data's classes, as timm's
+    # create_model(pretrained=True, num_classes=N) does. new_head holds the parent's classes then.
+    new_head = None
+    if cfg.init == "inherit" and ckpt is None and classifier and registry.accepts(plan.arch, "num_classes"):
+        parent = _parent_classes(cfg.init_from, plan.arch) or head_classes(build_model(
+            plan.arch, {k: v for k, v in plan.arch_kwargs.items() if k != "num_classes"}))
+        plan_classes = plan.num_classes
+        rows = plan_classes or head_classes(build_model(plan.arch, plan.arch_kwargs))
+        macs = None
+        if parent is not None and rows != data.num_classes:
+            before = verified_plan(plan).flops
+            plan = with_num_classes(plan, data.num_classes)
+            macs = f"MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M"
+        if parent is not None and parent != data.num_classes:
+            new_head = parent
+            say(f"classes: {cfg.init_from} was trained for {parent} classes and {cfg.data} has {data.num_classes}: "
+                f"every weight but the classifier's is inherited, and the classifier gets {data.num_classes} new "
+                f"rows (fine-tuning onto new classes" + (f"; {macs})" if macs else ")"))
+        elif macs:
+            held = (f"the plan is for {rows} classes" if plan_classes else
+                    f"the plan keeps {plan.arch}'s default classifier ({rows} classes)")
+            say(f"classes: {held}; {cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head takes them "
+                f"({macs})")
     if plan.num_classes not in (None, data.num_classes):
         if cfg.init == "inherit":
             raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes)
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
-        classifier = task == "classification"
         rows = head_classes(build_model(plan.arch, plan.arch_kwargs)) if classifier else None
         if rows != data.num_classes:  # a default head with the data's classes (the CIFAR nets' 10) trains as is
             held = f"the plan keeps {plan.arch}'s default classifier" + (f" ({rows} classes)" if rows else "")
-            if classifier and registry.accepts(plan.arch, "num_classes") and (
-                    cfg.init == "scratch" or _parent_classes(cfg.init_from, plan.arch) == data.num_classes):
-                # from scratch the head is random either way (as with `slimkit train ARCH`); inheriting, a parent
-                # trained on this data has the rows the head needs
+            if classifier and registry.accepts(plan.arch, "num_classes") and cfg.init == "scratch":
+                # from scratch the head is random either way (as with `slimkit train ARCH`); inheriting, it was
+                # sized above
                 before = verified_plan(plan).flops
                 plan = with_num_classes(plan, data.num_classes)
-                why = (f"training from scratch sizes it for {cfg.data}'s {data.num_classes} classes"
-                       if cfg.init == "scratch" else
-                       f"{cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head takes them")
-                say(f"classes: {held}; {why} (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
+                say(f"classes: {held}; training from scratch sizes it for {cfg.data}'s {data.num_classes} classes "
+                    f"(MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
             elif cfg.init == "inherit":
                 raise _inherit_mismatch(held, rows, cfg, data.num_classes)
             else:
@@ -581,14 +617,21 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     torch.manual_seed(cfg.seed)
     if cfg.init == "inherit" and ckpt is None:
         narrowed = any(g["width"] < g["full"] for g in plan.groups.values())
-        if not plan.has_keep:  # a widths-only plan (e.g. the default method's): keep the largest filters
-            plan = choose_channels(plan, cfg.init_from, "l1")
+        parent_plan = plan if new_head is None else with_num_classes(plan, new_head)  # the head the parent has
+        if not parent_plan.has_keep:  # a widths-only plan (e.g. the default method's): keep the largest filters
+            parent_plan = choose_channels(parent_plan, cfg.init_from, "l1")
             if narrowed:  # the full model (an architecture name) keeps every channel: nothing was chosen
                 say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
                     f"L1 norm in {cfg.init_from}")
-        model = generate(plan, weights=cfg.init_from)
-        say(f"init: inherited the kept channels' weights of {cfg.init_from} ({plan.criterion['kind']} criterion)"
-            if narrowed else f"init: every weight of {cfg.init_from} (the plan keeps every channel)")
+        model = generate(parent_plan, weights=cfg.init_from)
+        if new_head is None:
+            plan = parent_plan
+        else:  # the same channels, the data's classifier
+            plan = with_num_classes(parent_plan, data.num_classes)
+            model = _with_new_classifier(generate(plan), model)
+        but = "" if new_head is None else " but the classifier's"
+        say(f"init: inherited the kept channels' weights of {cfg.init_from}{but} ({plan.criterion['kind']} criterion)"
+            if narrowed else f"init: every weight of {cfg.init_from}{but} (the plan keeps every channel)")
     else:
         model = generate(plan)
     if detection:  # at the size its MACs were counted at, not the one its builder chose (320 for SSDlite)

@@ -238,13 +238,39 @@ def test_a_plan_with_a_default_head_that_fits_the_data_trains_and_inherits(tmp_p
     train("resnet20", tmp_path / "full", cfg)
     ft = replace(cfg, schedule="finetune", init="inherit", init_from=str(tmp_path / "full" / "checkpoint.pt"))
     train(thin, tmp_path / "ft", ft)
-    wide = prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE)  # 1000 classes
-    # inheriting keeps the parent's classifier: a 1000-class default head on 10-class data is refused, and
-    # the advice is not to prune again with --num-classes (the parent's 1000 rows would not fit that either)
+
+
+def test_fine_tuning_onto_other_classes_inherits_every_weight_but_the_classifier(tmp_path):
+    """An ImageNet checkpoint fine-tuned on the user's 10 classes was refused ('slimkit does not replace a trained
+    classifier'), the commonest fine-tuning there is: now the classifier gets the data's rows, as timm's
+    create_model(pretrained=True, num_classes=10) gives it, and every other weight is the parent's."""
+    wide = prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE)  # its default 1000 classes
     imagenet = tmp_path / "resnet18-imagenet.pt"  # a parent with timm's own 1000-class head
     torch.save(build_model("timm:resnet18", {}).state_dict(), imagenet)
-    with pytest.raises(PlanError, match=r"default classifier \(1000 classes\) but synthetic has 10: --init inherit"):
-        train(wide, tmp_path / "wide", replace(ft, init_from=str(imagenet)))
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(imagenet), lr=1e-9)  # a step that leaves the weights as loaded
+    said = []
+    train(wide, tmp_path / "wide", ft, log=said.append)
+    assert any(m.startswith(f"classes: {imagenet} was trained for 1000 classes and synthetic has 10: every weight "
+                            "but the classifier's is inherited") for m in said), said
+    run_plan = load_plan(tmp_path / "wide" / "plan.json")
+    assert run_plan.num_classes == 10 and run_plan.has_keep and run_plan.criterion["kind"] == "l1"
+    trained = load_checkpoint(tmp_path / "wide" / "checkpoint.pt")["model"]
+    parent_cut = generate(choose_channels(wide, imagenet, "l1"), weights=imagenet).state_dict()
+    assert trained["fc.weight"].shape[0] == 10 and parent_cut["fc.weight"].shape[0] == 1000
+    inherited = [k for k in trained if not k.startswith("fc.") and "running_" not in k  # BN statistics train on
+                 and trained[k].is_floating_point()]
+    assert inherited and all(torch.allclose(trained[k], parent_cut[k], atol=1e-5) for k in inherited)
+    train(wide, tmp_path / "wide", ft, resume=True, extend_to=2)  # the user's plan resumes the run it sized
+    # a plan cut from the parent (its 1000 classes recorded), and the full architecture by name, the same way
+    cut = choose_channels(prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE,
+                                num_classes=1000), imagenet, "l1")
+    train(cut, tmp_path / "cut", ft)
+    assert load_plan(tmp_path / "cut" / "plan.json").keep == cut.keep
+    said.clear()
+    train("timm:resnet18", tmp_path / "full", ft, log=said.append)
+    assert load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]["fc.weight"].shape[0] == 10
+    assert f"init: every weight of {imagenet} but the classifier's (the plan keeps every channel)" in said, said
 
 
 def plan_state_keys(plan: ChannelPlan):
@@ -435,19 +461,17 @@ def test_a_plan_builds_the_same_network_only_with_the_same_arch_size_widths_and_
     assert not plan.builds_same_network_as(plan.with_widths({"a": 8, "b": 8}))
 
 
-def test_inheriting_into_data_with_other_classes_does_not_advise_pruning_again(tmp_path):
-    """A plan cut from a 1000-class parent, fine-tuned on 10-class data, was told 'prune again with this
-    data (or --num-classes)': pruning with --num-classes 10 then refuses the 1000-class weights."""
+def test_a_plan_cut_from_a_parent_with_other_classes_fine_tunes_on_the_datas(tmp_path):
+    """It was refused: 'prune again with this data (or --num-classes)', then 'slimkit does not replace a trained
+    classifier'."""
     parent = tmp_path / "parent.pt"
     torch.save(build_model("resnet20", {"num_classes": 5}).state_dict(), parent)
     plan = choose_channels(prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5), parent, "l1")
     ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
                      init="inherit", init_from=str(parent))
-    with pytest.raises(PlanError) as info:
-        train(plan, tmp_path / "ft", ft)
-    text = str(info.value)
-    assert "keeps the classifier of the model it inherits from" in text and "prune again" not in text, text
-    assert not (tmp_path / "ft").exists()
+    said = []
+    train(plan, tmp_path / "ft", ft, log=said.append)  # resnet20 takes num_classes: its head is sized for the data
+    assert any("was trained for 5 classes and synthetic has 10" in m for m in said), said
 
 
 def test_fine_tuning_the_full_model_does_not_claim_channels_were_chosen(tmp_path):
