@@ -13,7 +13,6 @@ function passed to the Python API is held in this process as ``object:NAME#N``.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -28,7 +27,7 @@ from torch import nn
 
 from slimkit import validate as limits
 from slimkit.errors import RegistryError
-from slimkit.validate import check_number, check_type
+from slimkit.validate import check_number, check_type, close_matches
 from slimkit.models import user
 from slimkit.models.tasks import deployment_side, traced_part
 from slimkit.models.cifar import BUILTIN_DESCRIPTIONS, BUILTIN_MODELS
@@ -180,7 +179,7 @@ def _suggest(name: str, source: str | None = None) -> str:
         pool += list(_torchvision_names())
     if source in (None, "timm"):
         pool += sorted(_timm_names())
-    close = difflib.get_close_matches(name, list(dict.fromkeys(pool)), n=4, cutoff=0.6)  # resnet50: timm and torchvision
+    close = close_matches(name, pool, n=4)  # one entry for resnet50, in timm and torchvision
     hint = " (see `slimkit models --filter PATTERN`)"
     return f"; did you mean {', '.join(close)}?{hint}" if close else hint
 

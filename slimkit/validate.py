@@ -88,11 +88,17 @@ def show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def close_matches(name: Any, choices: Iterable[str], n: int = 1) -> list[str]:
+    """The ``n`` choices nearest ``name`` (a typo's intended words), nearest first: every "did you mean" in
+    slimkit's messages comes from here."""
+    if not isinstance(name, str):
+        return []
+    return difflib.get_close_matches(name, list(dict.fromkeys(choices)), n=n, cutoff=0.6)
+
+
 def did_you_mean(name: Any, choices: Iterable[str]) -> str:
     """``" (did you mean 'X'?)"`` naming the choice nearest ``name`` (a typo's intended word), or ``""``."""
-    if not isinstance(name, str):
-        return ""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    close = close_matches(name, choices)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

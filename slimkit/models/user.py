@@ -18,7 +18,6 @@ the model to ``slimkit.generate(plan, model=...)``).
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import RegistryError
-from slimkit.validate import a_kind
+from slimkit.validate import a_kind, close_matches
 
 __all__ = ["FactoryRef", "is_factory_reference", "parse_factory", "factory_file", "build_from_factory", "factory_accepts",
            "register_object", "build_from_object", "object_accepts", "reference_for", "OBJECT_PREFIX"]
@@ -171,7 +170,7 @@ def load_factory(ref: FactoryRef) -> Callable[..., Any]:
     for part in ref.attr.split("."):
         if not hasattr(obj, part):
             names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
+            close = close_matches(part, names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else \
                 f" (it defines {', '.join(sorted(names)[:6]) or 'no functions'})"
             raise RegistryError(f"{ref.where} has no '{ref.attr}'{hint}")
