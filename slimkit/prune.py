@@ -293,6 +293,10 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     full_flops = graph.count_flops()
     timing_device = (str(resolve_device(gates.device)) if latency_options.backend.startswith("torch")
                      else "cpu")  # ort-*: the backend says where
+    if round_to == AUTO and expand == 1.0 and b.kind in ("flops", "params"):
+        # a budget above the full model fails at every multiple (at expand 1 the largest plan is the full
+        # model): say so before timing the multiples, not after
+        check_budget(graph, b, 1, expand)
     if round_to == AUTO:  # measured before any gate learning: it decides which widths exist
         probe = ChannelPlan.from_widths(spec.canonical, size, {n: g.width for n, g in graph.groups.items()},
                                         arch_kwargs=kwargs, expand=expand, round_to=1, method=method, seed=seed,

@@ -1,6 +1,7 @@
 """``--round-to auto``: the measured choice of channel multiple, its cache, the documented fallback,
 the ragged-widths warning, and prune's latency comparison with the uniform plan."""
 
+import importlib
 import json
 import math
 
@@ -134,6 +135,19 @@ def test_a_budget_with_no_width_to_time_takes_the_documented_multiple(monkeypatc
                          latency=LatencyOptions(threads=1, check=False))
     rec = plan.search["rounding"]
     assert rec["how"] == "table" and plan.round_to == 8 and "no multiple could be timed at 100%" in rec["why"]
+    assert not (tmp_path / rounding.CACHE_FILE).exists()
+
+
+def test_a_budget_above_the_full_model_fails_before_any_multiple_is_timed(monkeypatch, tmp_path):
+    """`prune --flops 150%` timed every channel multiple and cached a choice, then said the budget was above the
+    largest model."""
+    prune_module = importlib.import_module("slimkit.prune")  # the module: slimkit.prune is also the function
+    monkeypatch.setenv("SLIMKIT_NO_TIMING", "0")
+    monkeypatch.setenv("SLIMKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(prune_module, "auto_round_to", lambda *a, **k: pytest.fail("round-to was timed"))
+    for budget in ("150%", "1G"):
+        with pytest.raises(SlimkitError, match="above the largest model"):
+            slimkit.prune("resnet20", budget, method="uniform", latency=LatencyOptions(threads=1, check=False))
     assert not (tmp_path / rounding.CACHE_FILE).exists()
 
 
