@@ -683,11 +683,16 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
     return model
 
 
-def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor],
-             model: nn.Module | None = None) -> nn.Module:
+def check_not_widened(plan: ChannelPlan) -> None:
+    """A plan wider than its full model cannot inherit trained weights: refused before anything runs."""
     if plan.expand != 1.0 or any(g["width"] > g["full"] for g in plan.groups.values()):
         raise PlanError("a widened plan (--expand) has channels no trained model holds: inherit weights only "
                         "into plans at expand 1.0")
+
+
+def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.Tensor],
+             model: nn.Module | None = None) -> nn.Module:
+    check_not_widened(plan)
     narrowed = [n for n, g in plan.groups.items() if g["width"] < g["full"]]
     if narrowed and not plan.has_keep:
         raise PlanError(f"the plan records widths only (group '{narrowed[0]}' is narrowed, with no 'keep'): make it "

@@ -56,7 +56,8 @@ from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
 from slimkit.files import (RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock, is_json_with, plot_of,
                            same_path)
-from slimkit.generator import build_model, choose_channels, full_plan, generate, verified_plan, with_num_classes
+from slimkit.generator import (build_model, check_not_widened, choose_channels, full_plan, generate, verified_plan,
+                               with_num_classes)
 from slimkit.models.tasks import set_detector_input_size
 from slimkit.plan import ChannelPlan, load_plan
 from slimkit.plots import TRAINING, plot_training
@@ -525,6 +526,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             check_outputs(run_outputs(out, plan), force=force)
         if cfg.init == "inherit" and (problem := missing_checkpoint(cfg.init_from)):  # a resumed run holds its weights
             raise CheckpointError(f"--from: {problem}")
+        if cfg.init == "inherit" and plan is not None:
+            check_not_widened(plan)  # before the data is loaded
 
     task = registry.model_task(plan.arch if plan is not None else str(plan_or_arch))
     segmentation, detection = task == "segmentation", task == "detection"

@@ -521,3 +521,18 @@ def test_a_pruned_runs_checkpoint_given_as_the_parent_says_how_to_use_it(tmp_pat
         generate(thin, weights=path)
     text = str(info.value)
     assert "(a pruned plan), not the full" in text and "slimkit.artifacts.model_from_checkpoint" in text, text
+
+
+def test_a_widened_plan_is_refused_before_the_data_is_loaded(tmp_path, monkeypatch):
+    """`train --init inherit` of an --expand plan loaded the whole dataset, then said no trained model holds its
+    channels."""
+    import slimkit.train as train_module
+
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), parent)
+    wide = prune("resnet20", "50%", method="uniform", round_to=8, expand=1.25, num_classes=10)
+    monkeypatch.setattr(train_module, "load_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    ft = TrainConfig(data="synthetic", epochs=1, schedule="finetune", init="inherit", init_from=str(parent))
+    with pytest.raises(PlanError, match="widened plan"):
+        train(wide, tmp_path / "ft", ft)
+    assert not (tmp_path / "ft").exists()
