@@ -107,6 +107,15 @@ CACHE_DIR = Path.home() / ".cache" / "slimkit"
 _FMNIST_TORCHVISION_RAW = Path("FashionMNIST") / "raw"  # where torchvision's own download puts the files
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's layout
 
+
+_CIFAR_TITLES = {"cifar10": ("CIFAR-10", "cifar-10-python.tar.gz"), "cifar100": ("CIFAR-100", "cifar-100-python.tar.gz")}
+
+
+def _cifar_not_found(name: str, root: Path) -> str:
+    title, archive = _CIFAR_TITLES[name]
+    return (f"{title} not found in {root}: extract https://www.cs.toronto.edu/~kriz/{archive} there so that "
+            f"{root / _CIFAR_FOLDERS[name]} exists, or pass --data-dir")
+
 # Paper settings (Wang et al. 2020): 5,000 held-out CIFAR-10 training images; 50 per ImageNet class.
 PAPER_VAL_SIZE = 5000
 PAPER_VAL_PER_CLASS = 50
@@ -882,19 +891,13 @@ def _fashion_mnist(data_dir: str | None, input_size: InputSize) -> _Splits:
 def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Splits:
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    cls, title, folder, archive, num_classes = {
-        "cifar10": (CIFAR10, "CIFAR-10", _CIFAR_FOLDERS["cifar10"], "cifar-10-python.tar.gz", 10),
-        "cifar100": (CIFAR100, "CIFAR-100", _CIFAR_FOLDERS["cifar100"], "cifar-100-python.tar.gz", 100),
-    }[name]
+    cls, num_classes = {"cifar10": (CIFAR10, 10), "cifar100": (CIFAR100, 100)}[name]
     root = Path(data_dir).expanduser() if data_dir is not None else CACHE_DIR
     try:
         train_set = cls(str(root), train=True, download=False)
         test_set = cls(str(root), train=False, download=False)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
-        raise DataError(
-            f"{title} not found in {root}: extract https://www.cs.toronto.edu/~kriz/{archive} there "
-            f"so that {root / folder} exists, or pass --data-dir"
-        ) from exc
+        raise DataError(_cifar_not_found(name, root)) from exc
     mean, std = _STATS[name]
 
     def to_dataset(ds: CIFAR10) -> ImageTensorDataset:
@@ -907,8 +910,8 @@ def _cifar(name: str, data_dir: str | None, input_size: InputSize) -> _Splits:
         test=to_dataset(test_set),
         num_classes=num_classes,
         in_chans_source=3,
-        title=title,
-        origin=str(root / folder),
+        title=_CIFAR_TITLES[name][0],
+        origin=str(root / _CIFAR_FOLDERS[name]),
         default_val_size=PAPER_VAL_SIZE,
         stratified=False,
     )
@@ -1174,7 +1177,7 @@ def data_missing(name: str, data_dir: str | None = None, *, detection: bool = Fa
     if name in ("cifar10", "cifar100"):
         root = Path(data_dir).expanduser() if data_dir else CACHE_DIR
         folder = _CIFAR_FOLDERS[name]
-        return None if (root / folder).is_dir() else f"{name}: {root / folder} does not exist (set data.data_dir)"
+        return None if (root / folder).is_dir() else _cifar_not_found(name, root)
     if name.startswith("imagefolder:"):
         root = Path(name.removeprefix("imagefolder:")).expanduser()
         missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]

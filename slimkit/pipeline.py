@@ -73,7 +73,7 @@ from slimkit.train import FINETUNE, TrainConfig, headline_metric, run_outputs, t
 from slimkit.validate import check_callable, check_type, show
 
 __all__ = ["run_recipe", "RunHooks", "Layout", "StageRecord", "train_state", "RECIPE_HEADER", "stage_list", "budget_reach", "check_folder",
-           "missing_data", "summary_markdown", "summary_columns", "SUMMARY_FORMAT", "SUMMARY_COLUMNS",
+           "missing_data", "missing_training_data", "summary_markdown", "summary_columns", "SUMMARY_FORMAT", "SUMMARY_COLUMNS",
            "format_cell"]
 
 SUMMARY_FORMAT = "slimkit.run-summary/1"
@@ -963,7 +963,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
     if not str(out if out is not None else lay.root).strip():
         raise SlimkitError("--out is empty: give a folder for the run")
     same = check_folder(recipe, lay)
-    problem = missing_parent(recipe, lay) or missing_backend(recipe)
+    problem = missing_parent(recipe, lay) or missing_backend(recipe) or missing_training_data(recipe, lay)
     if problem is not None:  # before the run writes anything (it wrote the plans, then stopped at training)
         raise SlimkitError(problem)
     if not lay.owned():  # not a run folder (yet): nothing in it is the run's, so nothing may be replaced
@@ -1025,6 +1025,19 @@ def missing_backend(recipe: Recipe) -> str | None:
     return f"prune.backend {recipe.prune.backend}: {problem}" if problem else None
 
 
+def missing_training_data(recipe: Recipe, lay: Layout) -> str | None:
+    """Why a training the run has still to do cannot read its data (None when it can, or when every training has
+    finished): said before the first stage, not after the prune stage. Fashion-MNIST without a data_dir is
+    downloaded at run time when it is not installed, so only a run can tell."""
+    if all(train_state(folder)[0] == "done" for _, folder in _train_jobs(recipe, lay)):
+        return None
+    if recipe.data.name == "fashion-mnist" and not recipe.data.data_dir:
+        return None
+    return missing_data(recipe)
+
+
 def missing_data(recipe: Recipe) -> str | None:
-    """Dry run: why the recipe's data is not on this machine (None when it is)."""
-    return data_missing(recipe.data.name, recipe.data.data_dir, detection=registry.model_task(recipe.arch) == "detection")
+    """Dry run: why the recipe's data is not on this machine (None when it is), in the recipe's terms."""
+    return in_recipe_terms(data_missing(recipe.data.name, recipe.data.data_dir, detection=registry.model_task(
+        recipe.arch) == "detection") or "", "train") or None
+

@@ -302,11 +302,11 @@ def test_a_run_names_the_recipe_key_that_fixes_it_not_a_cli_option(tmp_path, dry
     assert "--expand" not in r.output
     path = write(tmp_path, "name: tiny\narch: resnet20\ndata: {name: cifar10, data_dir: nope}\n"
                            "prune: {flops: 50%, method: uniform, round_to: 1}\n", name="c.yaml")
-    if not dry:  # the data is read by the train stage
+    if not dry:  # the data is checked before the first stage
         r = run(path, "--out", tmp_path / "run2")
         _last_line_error(r, "CIFAR-10 not found", "or pass data.data_dir")
         assert "--data-dir" not in r.output
-        assert (tmp_path / "run2" / "plan.json").is_file()  # the finished prune stage is kept
+        assert not (tmp_path / "run2").exists()  # said before the first stage: nothing is written
 
 
 def _last_line_error(r, *needles):
@@ -329,3 +329,17 @@ def test_recipe_terms_follow_the_stage():
     assert in_recipe_terms("choose another --out, or --force; --set train.epochs=3", "train") == \
         "choose another --out, or --force; --set train.epochs=3"
     assert in_recipe_terms("--batch-size 8", "train") == "train.batch_size 8"
+
+
+def test_a_run_whose_data_is_missing_stops_before_its_first_stage(tmp_path):
+    """A CIFAR-10 recipe without the data wrote its plans (a uniform prune needs no data) and stopped at training."""
+    from slimkit.pipeline import run_recipe
+
+    recipe = load_recipe(Path("recipes/cifar10_resnet20_50.yaml"),
+                         [f"data.data_dir={tmp_path / 'nowhere'}", "prune.method=uniform", "prune.round_to=8"])
+    with pytest.raises(SlimkitError, match=r"^CIFAR-10 not found in .*nowhere: extract .* or pass data.data_dir$"):
+        run_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    r = CliRunner().invoke(app, ["run", "recipes/cifar10_resnet20_50.yaml", "--dry-run", "--out", str(tmp_path / "run"),
+                                 "--set", f"data.data_dir={tmp_path / 'nowhere'}"])
+    assert r.exit_code == 0 and "the run would stop before its first stage: CIFAR-10 not found" in " ".join(r.output.split())

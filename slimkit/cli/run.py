@@ -14,7 +14,7 @@ from slimkit import registry
 from slimkit.cli._common import print_table, console, make_progress, user_errors, warn
 from slimkit.cli.bench import render_report
 from slimkit.pipeline import (Layout, RunHooks, budget_reach, check_folder, format_cell,
-                              missing_backend, missing_data, missing_parent, run_recipe, stage_list, summary_columns)
+                              missing_backend, missing_data, missing_parent, missing_training_data, run_recipe, stage_list, summary_columns)
 from slimkit.recipe import dump_recipe, load_recipe
 
 
@@ -63,7 +63,7 @@ def _dry_run(recipe, recipe_path: Path, overridden: bool, lay: Layout, same: boo
     missing = missing_data(recipe)
     if missing:
         warn(f"data not available here: {missing}")
-    stop = missing_parent(recipe, lay) or missing_backend(recipe)
+    stop = missing_parent(recipe, lay) or missing_backend(recipe) or missing_training_data(recipe, lay)
     if stop:
         warn(f"the run would stop before its first stage: {stop}")
 
