@@ -294,7 +294,7 @@ class LatencyReport:
     def markdown(self) -> str:
         ref = self.models[0]["name"]
         lines = [f"# Latency: {self.backend}, batch {self.batch}, {self.threads} thread(s)", "",
-                 f"{self.device}; {describe_mode(self.mode, self.runs, self.warmup)}. "
+                 f"{self.device}; {describe_mode(self.mode, self.runs, self.warmup, backend=self.backend)}. "
                  f"Ratio = median of per-round ratios to **{ref}** ({int(CONFIDENCE * 100)}% CI)."
                  + (f" OpenVINO {self.environment.get('openvino', '')}, inference precision "
                     f"{', '.join(sorted({m.get('precision', '?') for m in self.models}))}."
@@ -345,10 +345,11 @@ def report_mode(d: dict[str, Any]) -> str:
     return mode
 
 
-def describe_mode(mode: str, runs: int, warmup: int, blocks: int = SERVED_BLOCKS) -> str:
+def describe_mode(mode: str, runs: int, warmup: int, blocks: int = SERVED_BLOCKS, backend: str = "ort-cpu") -> str:
     if mode == "served":
+        fresh = " (a fresh session each)" if backend.startswith("ort") else ""
         return (f"served: onnxruntime defaults (pool threads spin), each model alone in {blocks} alternated "
-                f"blocks (a fresh session each), {runs} timed runs each after warm-up")
+                f"blocks{fresh}, {runs} timed runs each after warm-up")
     return f"{runs} interleaved rounds (pool threads not spinning) after {warmup} warm-up rounds"
 
 

@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import classifier_of, head_classes, missing_checkpoint, parent_shape
+from slimkit.checkpoint import head_classes, missing_checkpoint, parent_shape
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -348,24 +348,23 @@ def _parent_classes(path: str | None, arch: str) -> int | None:
 def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int) -> PlanError:
     """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
     fit the parent's classifier either, so the advice is about the data or the parent."""
-    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives the classifier new rows only to "
-                     f"a model built with a num_classes argument, so fine-tune on data with its "
-                     f"{f'{classes} ' if classes else ''}classes, or prune and inherit from a model trained on {cfg.data}")
+    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives a new classifier only to timm, "
+                     f"torchvision and slimkit models whose parent's classes it can read, so fine-tune on data with "
+                     f"its {f'{classes} ' if classes else ''}classes, or prune and inherit from a model trained on "
+                     f"{cfg.data}")
 
 
 def _with_new_classifier(fresh: nn.Module, parent: nn.Module) -> nn.Module:
-    """``fresh`` (a new classifier) with every other weight of ``parent``, the same network with the parent's
-    head: fine-tuning onto new classes."""
-    names = {id(m): n for n, m in fresh.named_modules()}
-    head = names[id(classifier_of(fresh))]
-    inherited = {k: v for k, v in parent.state_dict().items() if not k.startswith(f"{head}.")}
-    mine = fresh.state_dict()
-    wrong = sorted(set(inherited) ^ {k for k in mine if not k.startswith(f"{head}.")}) + \
-        [k for k, v in inherited.items() if k in mine and v.shape != mine[k].shape]
-    if wrong:  # only the classifier may differ between the two builds of one plan
-        raise PlanError(f"the parent's network and the plan's differ outside the classifier ({wrong[0]}): fine-tune "
+    """``fresh`` (the plan built for the data's classes) with every weight of ``parent`` (the same plan built
+    for the parent's classes) whose shape the classes do not change: fine-tuning onto new classes. What the
+    classes shape is the classifier wherever it is: a last linear, a conv head (SqueezeNet), a distilled
+    model's two heads, GoogLeNet's auxiliary classifiers."""
+    mine, theirs = fresh.state_dict(), parent.state_dict()
+    if set(mine) != set(theirs):  # one plan, two numbers of classes: only shapes may differ
+        other = sorted(set(mine) ^ set(theirs))[0]
+        raise PlanError(f"the parent's network and the plan's differ in more than the classifier ({other}): fine-tune "
                         "on data with the parent's classes")
-    fresh.load_state_dict({**mine, **inherited})
+    fresh.load_state_dict({k: theirs[k] if theirs[k].shape == v.shape else v for k, v in mine.items()})
     return fresh
 
 
@@ -375,7 +374,8 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
     if plan_or_arch is None:
         return
     given = plan_of(plan_or_arch)
-    if given is not None and given.num_classes != plan.num_classes and plan.search.get("head_sized_for_data"):
+    if given is not None and plan.search.get("head_sized_for_data") and given.num_classes in (
+            None, plan.search.get("head_replaced_from")):  # the user's plan, before the run sized its head
         given = replace(given, arch_kwargs={**given.arch_kwargs, "num_classes": plan.num_classes})  # as the run sized it
     if given is not None:
         same = given.builds_same_network_as(plan)
@@ -549,7 +549,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     # weight is inherited but the classifier's, which gets rows for the data's classes, as timm's
     # create_model(pretrained=True, num_classes=N) does. new_head holds the parent's classes then.
     new_head = None
-    if cfg.init == "inherit" and ckpt is None and classifier and registry.accepts(plan.arch, "num_classes"):
+    if cfg.init == "inherit" and ckpt is None and classifier and not registry.is_user_code(plan.arch) \
+            and registry.accepts(plan.arch, "num_classes"):  # a user's model builds its own head
         parent = _parent_classes(cfg.init_from, plan.arch) or head_classes(build_model(
             plan.arch, {k: v for k, v in plan.arch_kwargs.items() if k != "num_classes"}))
         plan_classes = plan.num_classes
@@ -566,7 +567,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 f"rows (fine-tuning onto new classes" + (f"; {macs})" if macs else ")"))
         elif macs:
             held = (f"the plan is for {rows} classes" if plan_classes else
-                    f"the plan keeps {plan.arch}'s default classifier ({rows} classes)")
+                    f"the plan keeps {plan.arch}'s default classifier" + (f" ({rows} classes)" if rows else ""))
             say(f"classes: {held}; {cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head takes them "
                 f"({macs})")
     if plan.num_classes not in (None, data.num_classes):
@@ -629,8 +630,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         model = generate(parent_plan, weights=cfg.init_from)
         if new_head is None:
             plan = parent_plan
-        else:  # the same channels, the data's classifier
+        else:  # the same channels, the data's classifier; --resume with the parent's plan knows it
             plan = with_num_classes(parent_plan, data.num_classes)
+            plan = replace(plan, search={**plan.search, "head_replaced_from": new_head})
             model = _with_new_classifier(generate(plan), model)
         but = "" if new_head is None else " but the classifier's"
         say(f"init: inherited the kept channels' weights of {cfg.init_from}{but} ({plan.criterion['kind']} criterion)"

@@ -25,7 +25,7 @@ from typing import Any
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "a_kind", "did_you_mean", "INT64_MAX",
+__all__ = ["Range", "check_number", "check_type", "check_input_size", "show", "a_kind", "did_you_mean", "close_matches", "INT64_MAX",
            "DuplicateKeyError", "loads_json"]
 
 INT64_MAX = 2**63 - 1  # torch, numpy and onnxruntime all overflow past this

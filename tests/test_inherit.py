@@ -14,7 +14,7 @@ from slimkit.checkpoint import load_checkpoint, weights_fingerprint
 from slimkit.cli import app
 from slimkit.cli.prune import gate_summary
 from slimkit.errors import PlanError, SlimkitError
-from slimkit.generator import build_model, channel_graph, choose_channels, generate, kept_index
+from slimkit.generator import build_model, channel_graph, choose_channels, generate, kept_index, with_num_classes
 from slimkit.plan import PLAN_FORMAT, PLAN_FORMAT_KEEP, ChannelPlan, load_plan
 from slimkit.prune import GateOptions, prune
 from slimkit.search_space import residual_stream_groups
@@ -261,7 +261,10 @@ def test_fine_tuning_onto_other_classes_inherits_every_weight_but_the_classifier
     inherited = [k for k in trained if not k.startswith("fc.") and "running_" not in k  # BN statistics train on
                  and trained[k].is_floating_point()]
     assert inherited and all(torch.allclose(trained[k], parent_cut[k], atol=1e-5) for k in inherited)
+    assert not torch.allclose(trained["fc.weight"], parent_cut["fc.weight"][:10], atol=1e-3)  # new rows, not the first 10
     train(wide, tmp_path / "wide", ft, resume=True, extend_to=2)  # the user's plan resumes the run it sized
+    with pytest.raises(SlimkitError, match="not this plan"):  # a plan for yet other classes does not
+        train(with_num_classes(wide, 100), tmp_path / "wide", ft, resume=True, extend_to=3)
     # a plan cut from the parent (its 1000 classes recorded), and the full architecture by name, the same way
     cut = choose_channels(prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE,
                                 num_classes=1000), imagenet, "l1")
@@ -536,3 +539,21 @@ def test_a_widened_plan_is_refused_before_the_data_is_loaded(tmp_path, monkeypat
     with pytest.raises(PlanError, match="widened plan"):
         train(wide, tmp_path / "ft", ft)
     assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("arch", ["torchvision:squeezenet1_1", "torchvision:googlenet", "timm:deit_tiny_distilled_patch16_224"])
+def test_a_new_classifier_is_whatever_the_classes_shape(arch):
+    """The classifier was the last linear (or timm's get_classifier()): a conv head (SqueezeNet) and a distilled
+    model's (head, head_dist) pair crashed with a KeyError, GoogLeNet's auxiliary classifiers were refused as
+    'differing outside the classifier'. Every weight the classes shape is new; every other is the parent's."""
+    from slimkit.generator import full_plan
+    from slimkit.train import _with_new_classifier
+
+    size = (3, 224, 224) if "deit" in arch else (3, 64, 64)
+    parent = generate(full_plan(arch, num_classes=100, input_size=size), seed=1)
+    fresh = generate(full_plan(arch, num_classes=10, input_size=size), seed=2)
+    new = _with_new_classifier(fresh, parent).state_dict()
+    old = parent.state_dict()
+    replaced = {k for k in new if new[k].shape != old[k].shape}
+    assert replaced and all(new[k].shape[0] == 10 for k in replaced if new[k].dim() > 0 and old[k].shape[0] == 100)
+    assert all(torch.equal(new[k], old[k]) for k in new if k not in replaced)

@@ -351,3 +351,22 @@ def test_arch_kwargs_that_contradict_a_plan_are_refused_not_ignored(nets):
         assert_one_line_error(run(*command, "--arch-kwargs", '{"width": 8}'), "does not apply to plan",
                               "'width': 16}")
     assert not (nets / "p.onnx").exists() and not (nets / "run").exists()
+
+
+def test_a_users_model_without_a_default_num_classes_inherits_a_parent_with_the_datas_classes(nets):
+    """The fine-tuning-onto-new-classes check built the user's model without arguments to read its default head:
+    a factory whose num_classes has no default failed with 'missing a required argument: num_classes' where
+    inheriting a 10-class parent on 10-class data had trained."""
+    import torch
+
+    from slimkit.generator import build_model
+    from slimkit.train import TrainConfig, train
+
+    (nets / "nets.py").write_text(NETS + "\n\ndef required(num_classes):\n    return Net(16, num_classes)\n")
+    parent = nets / "parent.pt"
+    torch.save(build_model("./nets.py:required", {"num_classes": 10}).state_dict(), parent)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=8, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    said = []
+    train("./nets.py:required", nets / "ft", ft, log=said.append)
+    assert any(m.startswith("init: every weight of") for m in said), said
