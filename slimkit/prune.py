@@ -239,7 +239,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
                            f"({'masks' if dense == 'segmentation' else 'boxes'}), not {gates.data}; drop --data, or "
                            "pass loss_fn= and data= (Python API)")
     if criterion is not None:  # the parent's classes and resolution, unless asked otherwise
-        parent_classes, parent_chans, parent_size = parent_shape(gates.weights, arch)
+        parent_classes, parent_chans, parent_size = _parent_shape(gates.weights, arch)
         num_classes = parent_classes if num_classes is None else num_classes
         if input_size is None and in_chans is None:
             input_size = parent_size
@@ -426,7 +426,7 @@ def _prune_structure(arch: Any, name: str, *, num_classes: int | None, in_chans:
     spec = registry.resolve(registry.model_source(arch))
     structure = get_structure(name, spec.canonical)
     if weights is not None:  # the parent's classes and resolution, unless asked otherwise
-        parent_classes, parent_chans, parent_size = parent_shape(weights, arch)
+        parent_classes, parent_chans, parent_size = _parent_shape(weights, arch)
         num_classes = parent_classes if num_classes is None else num_classes
         if input_size is None and in_chans is None:
             input_size = parent_size
@@ -739,6 +739,17 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
     widths = res.widths
     return (SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), None, 0,
                          selection="latency search"), resolved, latency)
+
+
+def _parent_shape(path: str, arch: str) -> tuple[int | None, int | None, tuple[int, ...] | None]:
+    """:func:`slimkit.checkpoint.parent_shape`, refusing a backbone saved without its classifier: its channels
+    are ranked on the full model, and training inherits them from it on a widths-only plan."""
+    shape = parent_shape(path, arch)
+    if shape[0] == 0:
+        raise SlimkitError(f"{path} holds {arch} without its classifier (a backbone, timm's num_classes=0): prune "
+                           f"without --weights (the widths alone) and train with `--init inherit --from {path}`, "
+                           "which keeps the channels with the largest filters and gives the classifier new rows")
+    return shape
 
 
 def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import classifier_of, head_classes, missing_checkpoint, parent_shape
+from slimkit.checkpoint import classifier_of, full_model_weights, head_classes, missing_checkpoint, parent_shape
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -336,8 +336,9 @@ def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | Non
 
 
 def _parent_classes(path: str | None, arch: str) -> int | None:
-    """The classes of the model whose weights ``path`` holds, None where it has ``arch``'s default head or
-    cannot be told (an unreadable file is reported where the weights are loaded)."""
+    """The classes of the model whose weights ``path`` holds, 0 where it holds no classifier (a backbone), None
+    where it has ``arch``'s default head or cannot be told (an unreadable file is reported where the weights
+    are loaded)."""
     try:
         return parent_shape(path, arch)[0] if path else None
     except SlimkitError:
@@ -366,6 +367,16 @@ def _with_new_classifier(fresh: nn.Module, parent: nn.Module) -> nn.Module:
                         "on data with the parent's classes")
     fresh.load_state_dict({**mine, **inherited})
     return fresh
+
+
+def _with_stand_in_classifier(path: str, plan: ChannelPlan) -> dict[str, torch.Tensor]:
+    """The weights of a backbone saved without its classifier (timm's ``num_classes=0``) in ``path``, with a
+    fresh full-width classifier for ``plan``'s classes beside them: what choosing and slicing the channels of
+    the full model reads. The classifier is replaced by :func:`_with_new_classifier` afterwards."""
+    full = build_model(plan.arch, plan.arch_kwargs)
+    head = {id(m): n for n, m in full.named_modules()}[id(classifier_of(full))]
+    stand_in = {k: v for k, v in full.state_dict().items() if k.startswith(f"{head}.")}
+    return {**stand_in, **full_model_weights(path, plan.arch, plan.arch_kwargs)}
 
 
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
@@ -547,8 +558,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     # create_model(pretrained=True, num_classes=N) does. new_head holds the parent's classes then.
     new_head = None
     if cfg.init == "inherit" and ckpt is None and classifier and registry.accepts(plan.arch, "num_classes"):
-        parent = _parent_classes(cfg.init_from, plan.arch) or head_classes(build_model(
-            plan.arch, {k: v for k, v in plan.arch_kwargs.items() if k != "num_classes"}))
+        parent = _parent_classes(cfg.init_from, plan.arch)
+        if parent is None:  # the architecture's default head
+            parent = head_classes(build_model(plan.arch, {k: v for k, v in plan.arch_kwargs.items()
+                                                          if k != "num_classes"}))
         plan_classes = plan.num_classes
         rows = plan_classes or head_classes(build_model(plan.arch, plan.arch_kwargs))
         macs = None
@@ -558,9 +571,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             macs = f"MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M"
         if parent is not None and parent != data.num_classes:
             new_head = parent
-            say(f"classes: {cfg.init_from} was trained for {parent} classes and {cfg.data} has {data.num_classes}: "
-                f"every weight but the classifier's is inherited, and the classifier gets {data.num_classes} new "
-                f"rows (fine-tuning onto new classes" + (f"; {macs})" if macs else ")"))
+            held = "holds no classifier (a backbone)" if parent == 0 else f"was trained for {parent} classes"
+            say(f"classes: {cfg.init_from} {held} and {cfg.data} has {data.num_classes}: every weight but the "
+                f"classifier's is inherited, and the classifier gets {data.num_classes} new rows (fine-tuning onto "
+                f"new classes" + (f"; {macs})" if macs else ")"))
         elif macs:
             held = (f"the plan is for {rows} classes" if plan_classes else
                     f"the plan keeps {plan.arch}'s default classifier ({rows} classes)")
@@ -617,13 +631,15 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     torch.manual_seed(cfg.seed)
     if cfg.init == "inherit" and ckpt is None:
         narrowed = any(g["width"] < g["full"] for g in plan.groups.values())
-        parent_plan = plan if new_head is None else with_num_classes(plan, new_head)  # the head the parent has
+        # the head the parent has; a backbone without one is given a stand-in, replaced below like any other
+        parent_plan = plan if new_head in (None, 0) else with_num_classes(plan, new_head)
+        weights = cfg.init_from if new_head != 0 else _with_stand_in_classifier(cfg.init_from, plan)
         if not parent_plan.has_keep:  # a widths-only plan (e.g. the default method's): keep the largest filters
-            parent_plan = choose_channels(parent_plan, cfg.init_from, "l1")
+            parent_plan = choose_channels(parent_plan, weights, "l1", weights_name=cfg.init_from)
             if narrowed:  # the full model (an architecture name) keeps every channel: nothing was chosen
                 say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
                     f"L1 norm in {cfg.init_from}")
-        model = generate(parent_plan, weights=cfg.init_from)
+        model = generate(parent_plan, weights=weights)
         if new_head is None:
             plan = parent_plan
         else:  # the same channels, the data's classifier

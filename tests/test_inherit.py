@@ -273,6 +273,31 @@ def test_fine_tuning_onto_other_classes_inherits_every_weight_but_the_classifier
     assert f"init: every weight of {imagenet} but the classifier's (the plan keeps every channel)" in said, said
 
 
+def test_a_backbone_saved_without_its_classifier_fine_tunes_with_a_new_one(tmp_path):
+    """timm's num_classes=0 backbone (every weight but the classifier's, what fine-tuning onto new classes
+    needs) was said to be 'trained for 1000 classes', then refused: 'missing fc.weight, fc.bias'. Pruning with
+    it as --weights said 'create_model: num_classes must be in [1, 65536], got 0'."""
+    wide = prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE)
+    full = build_model("timm:resnet18", {}).state_dict()
+    backbone = tmp_path / "resnet18-backbone.pt"
+    torch.save({k: v for k, v in full.items() if not k.startswith("fc.")}, backbone)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(backbone), lr=1e-9)  # a step that leaves the weights as loaded
+    said = []
+    train(wide, tmp_path / "ft", ft, log=said.append)
+    assert any(m.startswith(f"classes: {backbone} holds no classifier (a backbone) and synthetic has 10: every "
+                            "weight but the classifier's is inherited") for m in said), said
+    trained = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["model"]
+    parent_cut = generate(choose_channels(wide, full, "l1"), weights=full).state_dict()  # the same, headed
+    inherited = [k for k in trained if not k.startswith("fc.") and "running_" not in k
+                 and trained[k].is_floating_point()]
+    assert trained["fc.weight"].shape[0] == 10
+    assert inherited and all(torch.allclose(trained[k], parent_cut[k], atol=1e-5) for k in inherited)
+    with pytest.raises(SlimkitError, match=r"without its classifier \(a backbone.*prune without --weights"):
+        prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE,
+              gates=GateOptions(weights=str(backbone)), criterion="l1")
+
+
 def plan_state_keys(plan: ChannelPlan):
     return build_model(plan.arch, plan.arch_kwargs).state_dict().keys()
 
