@@ -546,3 +546,18 @@ def test_a_pruned_runs_checkpoint_given_as_the_parent_says_how_to_use_it(tmp_pat
         generate(thin, weights=path)
     text = str(info.value)
     assert "(a pruned plan), not the full" in text and "slimkit.artifacts.model_from_checkpoint" in text, text
+
+
+def test_a_size_alone_with_a_parent_of_other_input_channels_takes_the_parents_channels(tmp_path):
+    """`slimkit prune timm:resnet18 --weights GRAY --criterion l1 --input-size 64` (a 1-channel parent) read the
+    size as 3x64x64, took the parent's in_chans 1 for the model, and failed tracing it: 'expected input[1, 3,
+    64, 64] to have 1 channels ... --in-chans changes the model's', an option the user never gave."""
+    gray = tmp_path / "gray.pt"
+    torch.save(build_model("resnet20", {"in_chans": 1}).state_dict(), gray)
+    result = CliRunner().invoke(app, ["prune", "resnet20", "--weights", str(gray), "--criterion", "l1", "--flops",
+                                      "50%", "--input-size", "32", "--round-to", "1",
+                                      "--out", str(tmp_path / "gray.json")])
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "gray.json")
+    assert tuple(plan.input_size) == (1, 32, 32) and plan.arch_kwargs.get("in_chans") == 1
+    generate(plan, weights=str(gray))  # the parent's weights load into it
