@@ -703,9 +703,10 @@ def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.
 def check_parent(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str) -> None:
     """The weights to inherit are the parent the plan's channels were ranked on (its criterion's
     fingerprint): channels chosen on one trained model mean nothing in another. Plans written before
-    the fingerprint was recorded cannot be checked."""
+    the fingerprint was recorded cannot be checked; a plan that keeps every channel (a fine-tuned full
+    model's run plan) chose none, and inherits from any parent of its architecture."""
     recorded = (plan.criterion or {}).get("fingerprint")
-    if recorded is None:
+    if recorded is None or all(g["width"] == g["full"] for g in plan.groups.values()):
         return
     held = weights_fingerprint(state)
     if held != recorded:

@@ -298,6 +298,19 @@ def test_a_backbone_saved_without_its_classifier_fine_tunes_with_a_new_one(tmp_p
               gates=GateOptions(weights=str(backbone)), criterion="l1")
 
 
+def test_a_plan_that_keeps_every_channel_inherits_from_any_parent(tmp_path):
+    """A fine-tuned full model's run plan (`slimkit train ARCH --init inherit` records the parent's fingerprint)
+    given as the plan of the next fine-tuning, from that run's checkpoint, was refused: 'the plan's channels were
+    chosen on imagenet.pt, but runs/ft/checkpoint.pt holds other weights'. It chose no channels."""
+    plan, parent = trained_like("resnet20")
+    kept = choose_channels(plan, parent.state_dict())
+    assert kept.has_keep and kept.criterion["fingerprint"] == weights_fingerprint(parent.state_dict())
+    other = {k: v.clone() for k, v in parent.state_dict().items()}
+    other["layer3.2.conv2.weight"][0, 0, 0, 0] += 1.0
+    assert torch.equal(generate(kept, weights=other).state_dict()["layer3.2.conv2.weight"],
+                       other["layer3.2.conv2.weight"])
+
+
 def plan_state_keys(plan: ChannelPlan):
     return build_model(plan.arch, plan.arch_kwargs).state_dict().keys()
 
