@@ -550,8 +550,14 @@ def with_num_classes(plan: ChannelPlan, num_classes: int) -> ChannelPlan:
     """The plan with its classifier sized for ``num_classes`` and every count recomputed: a plan that
     keeps the model's default head (no ``num_classes``), trained from scratch on data with its own
     classes. The widths are the plan's; only the head's output changes (``search.head_sized_for_data``
-    records it, so the run's plan says so and ``--resume`` knows the plan it came from)."""
-    resized = replace(plan, arch_kwargs={**plan.arch_kwargs, "num_classes": num_classes}, flops=None, params=None,
+    records it, so the run's plan says so and ``--resume`` knows the plan it came from). A plan of user
+    code pins the graph of its new head, once its own build is checked to be the one it was made from."""
+    kwargs = {**plan.arch_kwargs, "num_classes": num_classes}
+    fingerprint = plan.graph_fingerprint
+    if fingerprint is not None:  # the same code built with another num_classes: not code that changed
+        _plan_graph(plan)
+        fingerprint = channel_graph(plan.arch, kwargs, tuple(plan.input_size)).fingerprint
+    resized = replace(plan, arch_kwargs=kwargs, flops=None, params=None, graph_fingerprint=fingerprint,
                       search={**plan.search, "full_flops": None, "full_params": None,
                               "head_sized_for_data": num_classes})
     return verified_plan(resized)
