@@ -345,12 +345,17 @@ def _parent_classes(path: str | None, arch: str) -> int | None:
         return None
 
 
-def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int) -> PlanError:
+def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int, arch: str,
+                      classifier: bool) -> PlanError:
     """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
-    fit the parent's classifier either, so the advice is about the data or the parent."""
-    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives the classifier new rows only to "
-                     f"a model built with a num_classes argument, so fine-tune on data with its "
-                     f"{f'{classes} ' if classes else ''}classes, or prune and inherit from a model trained on {cfg.data}")
+    fit the parent's classifier either, so the advice is about the data or the parent. Why no new rows: the
+    model takes no num_classes, or (a classifier that takes one) slimkit finds no output layer to resize."""
+    why = ("only to a classifier whose output layer it finds (timm's get_classifier(), else the last nn.Linear; "
+           f"{arch}'s is neither)" if classifier and registry.accepts(arch, "num_classes") else
+           "only to a model built with a num_classes argument")
+    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives the classifier new rows {why}, "
+                     f"so fine-tune on data with its {f'{classes} ' if classes else ''}classes, or prune and inherit "
+                     f"from a model trained on {cfg.data}")
 
 
 def _with_new_classifier(fresh: nn.Module, parent: nn.Module) -> nn.Module:
@@ -582,7 +587,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 f"({macs})")
     if plan.num_classes not in (None, data.num_classes):
         if cfg.init == "inherit":
-            raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes)
+            raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes,
+                                    plan.arch, classifier)
         raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
                         "prune again with this data (or --num-classes)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
@@ -597,7 +603,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 say(f"classes: {held}; training from scratch sizes it for {cfg.data}'s {data.num_classes} classes "
                     f"(MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
             elif cfg.init == "inherit":
-                raise _inherit_mismatch(held, rows, cfg, data.num_classes)
+                raise _inherit_mismatch(held, rows, cfg, data.num_classes, plan.arch, classifier)
             else:
                 raise PlanError(f"{held}; prune again with --num-classes {data.num_classes} for {cfg.data} (a plan "
                                 f"learned with --method scratch --data {cfg.data} gets it too)")

@@ -574,3 +574,19 @@ def test_a_size_alone_with_a_parent_of_other_input_channels_takes_the_parents_ch
     plan = load_plan(tmp_path / "gray.json")
     assert tuple(plan.input_size) == (1, 32, 32) and plan.arch_kwargs.get("in_chans") == 1
     generate(plan, weights=str(gray))  # the parent's weights load into it
+
+
+def test_a_classifier_whose_output_layer_slimkit_cannot_find_is_refused_for_that_reason(tmp_path):
+    """SqueezeNet (its classifier a 1x1 conv, no get_classifier()) fine-tuned on other classes was refused
+    because '--init inherit gives the classifier new rows only to a model built with a num_classes argument':
+    torchvision's squeezenet1_1 takes one."""
+    parent = tmp_path / "squeezenet.pt"
+    torch.save(build_model("torchvision:squeezenet1_1", {}).state_dict(), parent)
+    plan = slimkit.full_plan("torchvision:squeezenet1_1", input_size=(3, 64, 64))
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=8, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    with pytest.raises(PlanError) as info:
+        train(plan, tmp_path / "ft", ft)
+    text = str(info.value)
+    assert "torchvision:squeezenet1_1's is neither" in text and "num_classes argument" not in text, text
+    assert not (tmp_path / "ft").exists()
