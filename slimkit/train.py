@@ -390,9 +390,8 @@ def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPl
     if plan_or_arch is None:
         return
     given = plan_of(plan_or_arch)
-    if given is not None and given.num_classes != plan.num_classes and plan.search.get("head_sized_for_data"):
-        given = replace(given, arch_kwargs={**given.arch_kwargs, "num_classes": plan.num_classes})  # as the run sized it
     if given is not None:
+        given = given.sized_as(plan)
         same = given.builds_same_network_as(plan)
         what = "this plan" + (" (it keeps other channels of the parent)" if given.has_keep and plan.has_keep and
                               given.keep != plan.keep else "")
