@@ -588,8 +588,16 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         if cfg.init == "inherit":
             raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes,
                                     plan.arch, classifier)
-        raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
-                        "prune again with this data (or --num-classes)")
+        if not (plan.criterion and classifier and registry.accepts(plan.arch, "num_classes")):
+            raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
+                            "prune again with this data (or --num-classes)")
+        # a plan cut from a parent holds the parent's classes, not a choice (Scratch-E/B of an ImageNet
+        # parent's cut, on the user's data): from scratch the head is random either way
+        before = verified_plan(plan).flops
+        held = plan.num_classes
+        plan = with_num_classes(plan, data.num_classes)
+        say(f"classes: the plan holds its parent's {held} classes; training from scratch sizes it for {cfg.data}'s "
+            f"{data.num_classes} (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
         rows = head_classes(build_model(plan.arch, plan.arch_kwargs)) if classifier else None
         if rows != data.num_classes:  # a default head with the data's classes (the CIFAR nets' 10) trains as is

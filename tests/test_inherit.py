@@ -590,3 +590,23 @@ def test_a_classifier_whose_output_layer_slimkit_cannot_find_is_refused_for_that
     text = str(info.value)
     assert "torchvision:squeezenet1_1's is neither" in text and "num_classes argument" not in text, text
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_plan_cut_from_a_parent_with_other_classes_trains_from_scratch_on_the_datas(tmp_path):
+    """Scratch-E/B of a plan cut from an ImageNet parent, on the user's data (the recipe's compare: [scratch-e]
+    beside the fine-tuning): 'the plan is for 1000 classes but synthetic has 10: prune again with this data (or
+    --num-classes)', and pruning with --num-classes 10 then refuses the 1000-class parent. The plan's classes
+    are the parent's, not a choice; from scratch the head is random either way."""
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model("resnet20", {"num_classes": 5}).state_dict(), parent)
+    plan = choose_channels(prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5), parent, "l1")
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="scratch-e")
+    said = []
+    train(plan, tmp_path / "se", cfg, log=said.append)
+    assert any(m.startswith("classes: the plan holds its parent's 5 classes; training from scratch sizes it for "
+                            "synthetic's 10") for m in said), said
+    assert load_plan(tmp_path / "se" / "plan.json").num_classes == 10
+    train(plan, tmp_path / "se", cfg, resume=True, extend_to=2)
+    chosen = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5)  # 5 classes asked for: refused
+    with pytest.raises(PlanError, match="the plan is for 5 classes but synthetic has 10: prune again"):
+        train(chosen, tmp_path / "chosen", cfg)
