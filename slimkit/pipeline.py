@@ -62,7 +62,7 @@ from slimkit.int8_speed import ordered_settings, rank_int8_configs
 from slimkit.files import LOCK_NAME, RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
 from slimkit.flops import format_count
 from slimkit.budget import Budget
-from slimkit.generator import full_plan, verified_plan
+from slimkit.generator import full_plan, verified_plan, with_num_classes
 from slimkit.latency import LatencyReport, backend_missing, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
@@ -835,6 +835,13 @@ def _final_metrics(folder: Path) -> dict[str, Any] | None:
     return metrics[-1] if metrics else None
 
 
+def _for_data(recipe: Recipe, plan: ChannelPlan) -> ChannelPlan:
+    """``plan`` with the recipe's classes, where it holds those of the parent it was cut from (prune.weights
+    trained on other classes): what a model trained from scratch on the recipe's data has."""
+    classes = num_classes_of(recipe)
+    return plan if plan.num_classes in (None, classes) else with_num_classes(plan, classes)
+
+
 def _as_trained(plan: ChannelPlan, folder: Path) -> ChannelPlan:
     """``plan`` as its training in ``folder`` built it: with the classifier sized for the data (a parent's
     other classes fine-tuned onto the data's), whose MACs and parameters the exported model has."""
@@ -995,7 +1002,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
                 _train_stage(recipe, lay, {"full": _parent_plan(recipe)}, hooks, force=force, only=("full",))
         with recipe_terms("prune"):
             plan, uniform = _prune_stage(recipe, lay, hooks, record)
-        plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
+        # the models trained from scratch have the data's classes, where the plan holds a parent's others
+        plans = {"pruned": plan, "uniform": _for_data(recipe, uniform), "full": _for_data(recipe, plan.unpruned())}
         with recipe_terms("train"):
             _train_stage(recipe, lay, plans, hooks, force=force)
         with recipe_terms("export"):
