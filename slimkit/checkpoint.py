@@ -340,8 +340,9 @@ def same_arch_kwargs(arch: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> b
 def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | None, tuple[int, ...] | None]:
     """``(num_classes, in_chans, input_size)`` of the model whose weights ``path`` holds, as far as the file
     says: a slimkit checkpoint records all three; a plain state dict gives the classes from its
-    classifier's rows and the input channels from its first conv (``None`` where they match ``arch``'s
-    default or cannot be told), and no input size."""
+    classifier's rows (0 where the file holds the model without its classifier, a backbone) and the input
+    channels from its first conv (``None`` where they match ``arch``'s default or cannot be told), and no
+    input size."""
     state, plan = read_weights(path)
     if plan is not None:
         return plan.num_classes, plan.arch_kwargs.get("in_chans"), tuple(plan.input_size)
@@ -359,7 +360,13 @@ def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | 
     # The classes are always recorded (training checks them against the data); the input channels only
     # when they differ from the default, as a user's --in-chans would be.
     default_chans = first_conv.in_channels if first_conv is not None else None
-    return size(head, 0), (in_chans if in_chans != default_chans else None), None
+    classes = size(head, 0)
+    head_name = names.get(id(head)) if head is not None else None
+    own = set(default.state_dict())
+    if classes is None and head_name is not None and any(k.startswith(f"{head_name}.") for k in own) and \
+            not any(k.startswith(f"{head_name}.") for k in state) and own & set(state):
+        classes = 0  # the rest of the model without its classifier: a backbone saved with timm's num_classes=0
+    return classes, (in_chans if in_chans != default_chans else None), None
 
 
 def full_model_weights(path: str | os.PathLike, arch: str, arch_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:

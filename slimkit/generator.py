@@ -550,10 +550,20 @@ def with_num_classes(plan: ChannelPlan, num_classes: int) -> ChannelPlan:
     """The plan with its classifier sized for ``num_classes`` and every count recomputed: a plan that
     keeps the model's default head (no ``num_classes``), trained from scratch on data with its own
     classes. The widths are the plan's; only the head's output changes (``search.head_sized_for_data``
-    records it, so the run's plan says so and ``--resume`` knows the plan it came from)."""
-    resized = replace(plan, arch_kwargs={**plan.arch_kwargs, "num_classes": num_classes}, flops=None, params=None,
+    records it, so the run's plan says so and ``--resume`` knows the plan it came from). A plan of user
+    code pins the graph of its new head, once its own build is checked to be the one it was made from."""
+    kwargs = {**plan.arch_kwargs, "num_classes": num_classes}
+    fingerprint = plan.graph_fingerprint
+    if fingerprint is not None:  # the same code built with another num_classes: not code that changed
+        _plan_graph(plan)
+        fingerprint = channel_graph(plan.arch, kwargs, tuple(plan.input_size)).fingerprint
+    resized = replace(plan, arch_kwargs=kwargs, flops=None, params=None, graph_fingerprint=fingerprint,
                       search={**plan.search, "full_flops": None, "full_params": None,
-                              "head_sized_for_data": num_classes})
+                              "head_sized_for_data": num_classes,
+                              # the classes of the plan the user gave (None: the default head), however many
+                              # times it is resized on the way: what --resume recognises it by
+                              "head_sized_from": plan.search["head_sized_from"] if "head_sized_from" in plan.search
+                              else plan.num_classes})
     return verified_plan(resized)
 
 
@@ -708,9 +718,10 @@ def _inherit(plan: ChannelPlan, weights: str | os.PathLike | Mapping[str, torch.
 def check_parent(plan: ChannelPlan, state: Mapping[str, torch.Tensor], source: str) -> None:
     """The weights to inherit are the parent the plan's channels were ranked on (its criterion's
     fingerprint): channels chosen on one trained model mean nothing in another. Plans written before
-    the fingerprint was recorded cannot be checked."""
+    the fingerprint was recorded cannot be checked; a plan that keeps every channel (a fine-tuned full
+    model's run plan) chose none, and inherits from any parent of its architecture."""
     recorded = (plan.criterion or {}).get("fingerprint")
-    if recorded is None:
+    if recorded is None or all(g["width"] == g["full"] for g in plan.groups.values()):
         return
     held = weights_fingerprint(state)
     if held != recorded:

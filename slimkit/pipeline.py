@@ -62,7 +62,7 @@ from slimkit.int8_speed import ordered_settings, rank_int8_configs
 from slimkit.files import LOCK_NAME, RUN_RECIPE_NAME, Output, atomic_write_text, check_outputs, folder_lock
 from slimkit.flops import format_count
 from slimkit.budget import Budget
-from slimkit.generator import full_plan, verified_plan
+from slimkit.generator import full_plan, verified_plan, with_num_classes
 from slimkit.latency import LatencyReport, backend_missing, measure
 from slimkit.plan import ChannelPlan, load_plan, save_plan
 from slimkit.plots import plot_channels
@@ -538,6 +538,8 @@ def _prune_stage(recipe: Recipe, lay: Layout, hooks: RunHooks, record: StageReco
                 if budget is None and key == "uniform":  # uniform widths at the structure's MACs
                     budget = Budget("flops", f"{p.structure} MACs", plans["plan"].flops)
                 from_parent = key == "plan" and parent is not None
+                if from_parent and recipe.num_classes is None:  # the parent's classes, as `slimkit prune --weights`
+                    shape["num_classes"] = None  # takes them; fine-tuning gives the classifier the data's rows
                 plans[key] = prune(recipe.arch, budget, method=method, seed=p.seed, tolerance=p.tolerance,
                                    gates=replace(gates, weights=str(parent)) if from_parent else gates,
                                    criterion=p.criterion if key == "plan" else None,
@@ -602,7 +604,7 @@ def _check_trained_plan(folder: Path, plan: ChannelPlan) -> None:
                 raise SlimkitError(f"{folder / name} cannot be read ({exc}): move {folder} away to train "
                                    "again, or run the recipe into a new --out") from exc
     # a widths-only plan may gain kept channels in training: only this plan's own keep is compared
-    if not held or not all(plan.builds_same_network_as(h) for h in held):
+    if not held or not all(plan.sized_as(h).builds_same_network_as(h) for h in held):
         raise SlimkitError(f"{folder} was trained from another plan than this run's (the plan changed after it "
                            f"was trained): its model does not belong with this run's plan; move {folder} away to "
                            "train again, or run the recipe into a new --out")
@@ -833,6 +835,23 @@ def _final_metrics(folder: Path) -> dict[str, Any] | None:
     return metrics[-1] if metrics else None
 
 
+def _for_data(recipe: Recipe, plan: ChannelPlan) -> ChannelPlan:
+    """``plan`` with the recipe's classes, where it holds those of the parent it was cut from (prune.weights
+    trained on other classes): what a model trained from scratch on the recipe's data has."""
+    classes = num_classes_of(recipe)
+    return plan if plan.num_classes in (None, classes) else with_num_classes(plan, classes)
+
+
+def _as_trained(plan: ChannelPlan, folder: Path) -> ChannelPlan:
+    """``plan`` as its training in ``folder`` built it: with the classifier sized for the data (a parent's
+    other classes fine-tuned onto the data's), whose MACs and parameters the exported model has."""
+    try:
+        trained = load_plan(folder / "plan.json")
+    except (OSError, SlimkitError):
+        return plan
+    return trained if plan.sized_as(trained).builds_same_network_as(trained) else plan
+
+
 def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) -> dict[str, Any]:
     report = json.loads((lay.root / "latency.json").read_text()) if (lay.root / "latency.json").is_file() else None
     by_name = {m["name"]: m for m in report["models"]} if report else {}
@@ -851,8 +870,8 @@ def build_summary(recipe: Recipe, lay: Layout, plans: dict[str, ChannelPlan]) ->
     rows = []
     names = ["pruned"] + [label for label in lay.train_scratch if label in recipe.train.compare] + ["uniform", "full"]
     for name in names:
-        plan = plans[name]
         final = _final_metrics(folders[name])
+        plan = _as_trained(plans[name], folders[name]) if final else plans[name]
         lat, lat8 = by_name.get(name), by_name.get(f"{name}-int8")
         check = int8_check["check"] if name == "pruned" and int8_check and int8_check.get("written") else None
         rows.append({
@@ -983,7 +1002,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, source: str = "
                 _train_stage(recipe, lay, {"full": _parent_plan(recipe)}, hooks, force=force, only=("full",))
         with recipe_terms("prune"):
             plan, uniform = _prune_stage(recipe, lay, hooks, record)
-        plans = {"pruned": plan, "uniform": uniform, "full": plan.unpruned()}
+        # the models trained from scratch have the data's classes, where the plan holds a parent's others
+        plans = {"pruned": plan, "uniform": _for_data(recipe, uniform), "full": _for_data(recipe, plan.unpruned())}
         with recipe_terms("train"):
             _train_stage(recipe, lay, plans, hooks, force=force)
         with recipe_terms("export"):

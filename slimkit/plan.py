@@ -134,6 +134,17 @@ class ChannelPlan:
             other.arch, other.arch_kwargs, list(other.input_size), other.widths) and (
             not self.has_keep or self.keep == other.keep)
 
+    def sized_as(self, run: ChannelPlan) -> ChannelPlan:
+        """This plan with its classifier sized as ``run`` (the plan of a training run of it) sized it for the
+        run's data (``search.head_sized_for_data``: a default head, or a parent's classes fine-tuned onto
+        the data's), so that run is recognised as this plan's, by --resume and by a recipe's stages."""
+        if not run.search.get("head_sized_for_data") or self.num_classes == run.num_classes:
+            return self
+        # only the plan the run was sized from (runs before 'head_sized_from' was recorded: a default head)
+        if self.num_classes != run.search.get("head_sized_from"):
+            return self
+        return replace(self, arch_kwargs={**self.arch_kwargs, "num_classes": run.num_classes})
+
     def keep_ratios(self) -> dict[str, float]:
         return {name: g["width"] / g["full"] for name, g in self.groups.items()}
 

@@ -239,11 +239,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
                            f"({'masks' if dense == 'segmentation' else 'boxes'}), not {gates.data}; drop --data, or "
                            "pass loss_fn= and data= (Python API)")
     if criterion is not None:  # the parent's classes and resolution, unless asked otherwise
-        parent_classes, parent_chans, parent_size = parent_shape(gates.weights, arch)
-        num_classes = parent_classes if num_classes is None else num_classes
-        if input_size is None and in_chans is None:
-            input_size = parent_size
-        in_chans = parent_chans if in_chans is None else in_chans
+        num_classes, in_chans, input_size = _parent_shape(gates.weights, arch, num_classes, in_chans, input_size)
     b = parse_budget(budget) if isinstance(budget, str) else budget
     if latency_options.precision not in PRECISIONS:
         raise SlimkitError(f"unknown --precision '{latency_options.precision}': choose one of {', '.join(PRECISIONS)}")
@@ -430,11 +426,7 @@ def _prune_structure(arch: Any, name: str, *, num_classes: int | None, in_chans:
     spec = registry.resolve(registry.model_source(arch))
     structure = get_structure(name, spec.canonical)
     if weights is not None:  # the parent's classes and resolution, unless asked otherwise
-        parent_classes, parent_chans, parent_size = parent_shape(weights, arch)
-        num_classes = parent_classes if num_classes is None else num_classes
-        if input_size is None and in_chans is None:
-            input_size = parent_size
-        in_chans = parent_chans if in_chans is None else in_chans
+        num_classes, in_chans, input_size = _parent_shape(weights, arch, num_classes, in_chans, input_size)
     kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     graph = channel_graph(spec.canonical, kwargs, size)
@@ -743,6 +735,27 @@ def _search_latency(meter, graph, budget: Budget, gates, round_to: int, expand: 
     widths = res.widths
     return (SearchResult(widths, graph.count_flops(widths), graph.count_params(widths), None, 0,
                          selection="latency search"), resolved, latency)
+
+
+def _parent_shape(path: str, arch: str, num_classes: int | None, in_chans: int | None,
+                  input_size: tuple[int, ...] | None) -> tuple[int | None, int | None, tuple[int, ...] | None]:
+    """``(num_classes, in_chans, input_size)`` of a plan of the parent in ``path``: the parent's
+    (:func:`slimkit.checkpoint.parent_shape`) where not given. A size given without ``in_chans`` takes the
+    parent's input channels (``--input-size 64`` reads as 3x64x64 before the parent is read, and no other
+    number of channels loads its first conv). A backbone saved without its classifier is refused: its
+    channels are ranked on the full model, and training inherits them from it on a widths-only plan."""
+    parent_classes, parent_chans, parent_size = parent_shape(path, arch)
+    if parent_classes == 0:
+        raise SlimkitError(f"{path} holds {arch} without its classifier (a backbone, timm's num_classes=0): prune "
+                           f"without --weights (the widths alone) and train with `--init inherit --from {path}`, "
+                           "which keeps the channels with the largest filters and gives the classifier new rows")
+    num_classes = parent_classes if num_classes is None else num_classes
+    if input_size is None and in_chans is None:
+        input_size = parent_size
+    if in_chans is None and parent_chans is not None and input_size is not None:
+        input_size = (parent_chans, *tuple(input_size)[1:])
+    in_chans = parent_chans if in_chans is None else in_chans
+    return num_classes, in_chans, input_size
 
 
 def _load_full_weights(model, path: str, arch: str, kwargs: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import head_classes, missing_checkpoint, parent_shape
+from slimkit.checkpoint import classifier_of, full_model_weights, head_classes, missing_checkpoint, parent_shape
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -337,21 +337,35 @@ def check_task_options(task: str, cfg: TrainConfig, asked: Collection[str] | Non
 
 
 def _parent_classes(path: str | None, arch: str) -> int | None:
-    """The classes of the model whose weights ``path`` holds, None where it has ``arch``'s default head or
-    cannot be told (an unreadable file is reported where the weights are loaded)."""
+    """The classes of the model whose weights ``path`` holds, 0 where it holds no classifier (a backbone), None
+    where it has ``arch``'s default head or cannot be told (an unreadable file is reported where the weights
+    are loaded)."""
     try:
         return parent_shape(path, arch)[0] if path else None
     except SlimkitError:
         return None
 
 
-def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int) -> PlanError:
+def _default_classes(plan: ChannelPlan) -> int | None:
+    """The classes of ``plan``'s architecture built without a num_classes (its default head), None where it has
+    no linear head or no default (a user's factory whose num_classes must be given)."""
+    try:
+        return head_classes(build_model(plan.arch, {k: v for k, v in plan.arch_kwargs.items() if k != "num_classes"}))
+    except SlimkitError:
+        return None
+
+
+def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int, arch: str,
+                      classifier: bool) -> PlanError:
     """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
-    fit the parent's classifier either, so the advice is about the data or the parent."""
-    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives a new classifier only to timm, "
-                     f"torchvision and slimkit models whose parent's classes it can read, so fine-tune on data with "
-                     f"its {f'{classes} ' if classes else ''}classes, or prune and inherit from a model trained on "
-                     f"{cfg.data}")
+    fit the parent's classifier either, so the advice is about the data or the parent. Why no new rows: the
+    model takes no num_classes, or (a classifier that takes one) slimkit finds no output layer to resize."""
+    why = ("only to a classifier whose output layer it finds (timm's get_classifier(), else the last nn.Linear; "
+           f"{arch}'s is neither)" if classifier and registry.accepts(arch, "num_classes") else
+           "only to a model built with a num_classes argument")
+    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives the classifier new rows {why}, "
+                     f"so fine-tune on data with its {f'{classes} ' if classes else ''}classes, or prune and inherit "
+                     f"from a model trained on {cfg.data}")
 
 
 def _with_new_classifier(fresh: nn.Module, parent: nn.Module) -> nn.Module:
@@ -368,16 +382,24 @@ def _with_new_classifier(fresh: nn.Module, parent: nn.Module) -> nn.Module:
     return fresh
 
 
+def _with_stand_in_classifier(path: str, plan: ChannelPlan) -> dict[str, torch.Tensor]:
+    """The weights of a backbone saved without its classifier (timm's ``num_classes=0``) in ``path``, with a
+    fresh full-width classifier for ``plan``'s classes beside them: what choosing and slicing the channels of
+    the full model reads. The classifier is replaced by :func:`_with_new_classifier` afterwards."""
+    full = build_model(plan.arch, plan.arch_kwargs)
+    head = {id(m): n for n, m in full.named_modules()}[id(classifier_of(full))]
+    stand_in = {k: v for k, v in full.state_dict().items() if k.startswith(f"{head}.")}
+    return {**stand_in, **full_model_weights(path, plan.arch, plan.arch_kwargs)}
+
+
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:
     """--resume continues the checkpoint's model: a different plan or architecture is an error, not
     something to ignore silently."""
     if plan_or_arch is None:
         return
     given = plan_of(plan_or_arch)
-    if given is not None and plan.search.get("head_sized_for_data") and given.num_classes in (
-            None, plan.search.get("head_replaced_from")):  # the user's plan, before the run sized its head
-        given = replace(given, arch_kwargs={**given.arch_kwargs, "num_classes": plan.num_classes})  # as the run sized it
     if given is not None:
+        given = given.sized_as(plan)
         same = given.builds_same_network_as(plan)
         what = "this plan" + (" (it keeps other channels of the parent)" if given.has_keep and plan.has_keep and
                               given.keep != plan.keep else "")
@@ -549,10 +571,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     # weight is inherited but the classifier's, which gets rows for the data's classes, as timm's
     # create_model(pretrained=True, num_classes=N) does. new_head holds the parent's classes then.
     new_head = None
-    if cfg.init == "inherit" and ckpt is None and classifier and not registry.is_user_code(plan.arch) \
-            and registry.accepts(plan.arch, "num_classes"):  # a user's model builds its own head
-        parent = _parent_classes(cfg.init_from, plan.arch) or head_classes(build_model(
-            plan.arch, {k: v for k, v in plan.arch_kwargs.items() if k != "num_classes"}))
+    if cfg.init == "inherit" and ckpt is None and classifier and registry.accepts(plan.arch, "num_classes"):
+        parent = _parent_classes(cfg.init_from, plan.arch)
+        if parent is None:  # the architecture's default head
+            parent = _default_classes(plan)
         plan_classes = plan.num_classes
         rows = plan_classes or head_classes(build_model(plan.arch, plan.arch_kwargs))
         macs = None
@@ -562,9 +584,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             macs = f"MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M"
         if parent is not None and parent != data.num_classes:
             new_head = parent
-            say(f"classes: {cfg.init_from} was trained for {parent} classes and {cfg.data} has {data.num_classes}: "
-                f"every weight but the classifier's is inherited, and the classifier gets {data.num_classes} new "
-                f"rows (fine-tuning onto new classes" + (f"; {macs})" if macs else ")"))
+            held = "holds no classifier (a backbone)" if parent == 0 else f"was trained for {parent} classes"
+            say(f"classes: {cfg.init_from} {held} and {cfg.data} has {data.num_classes}: every weight but the "
+                f"classifier's is inherited, and the classifier gets {data.num_classes} new rows (fine-tuning onto "
+                f"new classes" + (f"; {macs})" if macs else ")"))
         elif macs:
             held = (f"the plan is for {rows} classes" if plan_classes else
                     f"the plan keeps {plan.arch}'s default classifier" + (f" ({rows} classes)" if rows else ""))
@@ -572,9 +595,18 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 f"({macs})")
     if plan.num_classes not in (None, data.num_classes):
         if cfg.init == "inherit":
-            raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes)
-        raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
-                        "prune again with this data (or --num-classes)")
+            raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes,
+                                    plan.arch, classifier)
+        if not (plan.criterion and classifier and registry.accepts(plan.arch, "num_classes")):
+            raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
+                            "prune again with this data (or --num-classes)")
+        # a plan cut from a parent holds the parent's classes, not a choice (Scratch-E/B of an ImageNet
+        # parent's cut, on the user's data): from scratch the head is random either way
+        before = verified_plan(plan).flops
+        held = plan.num_classes
+        plan = with_num_classes(plan, data.num_classes)
+        say(f"classes: the plan holds its parent's {held} classes; training from scratch sizes it for {cfg.data}'s "
+            f"{data.num_classes} (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
         rows = head_classes(build_model(plan.arch, plan.arch_kwargs)) if classifier else None
         if rows != data.num_classes:  # a default head with the data's classes (the CIFAR nets' 10) trains as is
@@ -587,7 +619,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                 say(f"classes: {held}; training from scratch sizes it for {cfg.data}'s {data.num_classes} classes "
                     f"(MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
             elif cfg.init == "inherit":
-                raise _inherit_mismatch(held, rows, cfg, data.num_classes)
+                raise _inherit_mismatch(held, rows, cfg, data.num_classes, plan.arch, classifier)
             else:
                 raise PlanError(f"{held}; prune again with --num-classes {data.num_classes} for {cfg.data} (a plan "
                                 f"learned with --method scratch --data {cfg.data} gets it too)")
@@ -621,18 +653,19 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     torch.manual_seed(cfg.seed)
     if cfg.init == "inherit" and ckpt is None:
         narrowed = any(g["width"] < g["full"] for g in plan.groups.values())
-        parent_plan = plan if new_head is None else with_num_classes(plan, new_head)  # the head the parent has
+        # the head the parent has; a backbone without one is given a stand-in, replaced below like any other
+        parent_plan = plan if new_head in (None, 0) else with_num_classes(plan, new_head)
+        weights = cfg.init_from if new_head != 0 else _with_stand_in_classifier(cfg.init_from, plan)
         if not parent_plan.has_keep:  # a widths-only plan (e.g. the default method's): keep the largest filters
-            parent_plan = choose_channels(parent_plan, cfg.init_from, "l1")
+            parent_plan = choose_channels(parent_plan, weights, "l1", weights_name=cfg.init_from)
             if narrowed:  # the full model (an architecture name) keeps every channel: nothing was chosen
                 say(f"init: the plan records widths only; keeping each group's channels with the largest filter "
                     f"L1 norm in {cfg.init_from}")
-        model = generate(parent_plan, weights=cfg.init_from)
+        model = generate(parent_plan, weights=weights)
         if new_head is None:
             plan = parent_plan
-        else:  # the same channels, the data's classifier; --resume with the parent's plan knows it
+        else:  # the same channels, the data's classifier
             plan = with_num_classes(parent_plan, data.num_classes)
-            plan = replace(plan, search={**plan.search, "head_replaced_from": new_head})
             model = _with_new_classifier(generate(plan), model)
         but = "" if new_head is None else " but the classifier's"
         say(f"init: inherited the kept channels' weights of {cfg.init_from}{but} ({plan.criterion['kind']} criterion)"

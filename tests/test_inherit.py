@@ -276,6 +276,44 @@ def test_fine_tuning_onto_other_classes_inherits_every_weight_but_the_classifier
     assert f"init: every weight of {imagenet} but the classifier's (the plan keeps every channel)" in said, said
 
 
+def test_a_backbone_saved_without_its_classifier_fine_tunes_with_a_new_one(tmp_path):
+    """timm's num_classes=0 backbone (every weight but the classifier's, what fine-tuning onto new classes
+    needs) was said to be 'trained for 1000 classes', then refused: 'missing fc.weight, fc.bias'. Pruning with
+    it as --weights said 'create_model: num_classes must be in [1, 65536], got 0'."""
+    wide = prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE)
+    full = build_model("timm:resnet18", {}).state_dict()
+    backbone = tmp_path / "resnet18-backbone.pt"
+    torch.save({k: v for k, v in full.items() if not k.startswith("fc.")}, backbone)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(backbone), lr=1e-9)  # a step that leaves the weights as loaded
+    said = []
+    train(wide, tmp_path / "ft", ft, log=said.append)
+    assert any(m.startswith(f"classes: {backbone} holds no classifier (a backbone) and synthetic has 10: every "
+                            "weight but the classifier's is inherited") for m in said), said
+    trained = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["model"]
+    parent_cut = generate(choose_channels(wide, full, "l1"), weights=full).state_dict()  # the same, headed
+    inherited = [k for k in trained if not k.startswith("fc.") and "running_" not in k
+                 and trained[k].is_floating_point()]
+    assert trained["fc.weight"].shape[0] == 10
+    assert inherited and all(torch.allclose(trained[k], parent_cut[k], atol=1e-5) for k in inherited)
+    with pytest.raises(SlimkitError, match=r"without its classifier \(a backbone.*prune without --weights"):
+        prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE,
+              gates=GateOptions(weights=str(backbone)), criterion="l1")
+
+
+def test_a_plan_that_keeps_every_channel_inherits_from_any_parent(tmp_path):
+    """A fine-tuned full model's run plan (`slimkit train ARCH --init inherit` records the parent's fingerprint)
+    given as the plan of the next fine-tuning, from that run's checkpoint, was refused: 'the plan's channels were
+    chosen on imagenet.pt, but runs/ft/checkpoint.pt holds other weights'. It chose no channels."""
+    plan, parent = trained_like("resnet20")
+    kept = choose_channels(plan, parent.state_dict())
+    assert kept.has_keep and kept.criterion["fingerprint"] == weights_fingerprint(parent.state_dict())
+    other = {k: v.clone() for k, v in parent.state_dict().items()}
+    other["layer3.2.conv2.weight"][0, 0, 0, 0] += 1.0
+    assert torch.equal(generate(kept, weights=other).state_dict()["layer3.2.conv2.weight"],
+                       other["layer3.2.conv2.weight"])
+
+
 def plan_state_keys(plan: ChannelPlan):
     return build_model(plan.arch, plan.arch_kwargs).state_dict().keys()
 
@@ -557,3 +595,54 @@ def test_a_new_classifier_is_whatever_the_classes_shape(arch):
     replaced = {k for k in new if new[k].shape != old[k].shape}
     assert replaced and all(new[k].shape[0] == 10 for k in replaced if new[k].dim() > 0 and old[k].shape[0] == 100)
     assert all(torch.equal(new[k], old[k]) for k in new if k not in replaced)
+
+
+def test_a_size_alone_with_a_parent_of_other_input_channels_takes_the_parents_channels(tmp_path):
+    """`slimkit prune timm:resnet18 --weights GRAY --criterion l1 --input-size 64` (a 1-channel parent) read the
+    size as 3x64x64, took the parent's in_chans 1 for the model, and failed tracing it: 'expected input[1, 3,
+    64, 64] to have 1 channels ... --in-chans changes the model's', an option the user never gave."""
+    gray = tmp_path / "gray.pt"
+    torch.save(build_model("resnet20", {"in_chans": 1}).state_dict(), gray)
+    result = CliRunner().invoke(app, ["prune", "resnet20", "--weights", str(gray), "--criterion", "l1", "--flops",
+                                      "50%", "--input-size", "32", "--round-to", "1",
+                                      "--out", str(tmp_path / "gray.json")])
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "gray.json")
+    assert tuple(plan.input_size) == (1, 32, 32) and plan.arch_kwargs.get("in_chans") == 1
+    generate(plan, weights=str(gray))  # the parent's weights load into it
+
+
+def test_a_classifier_whose_output_layer_slimkit_cannot_find_is_refused_for_that_reason(tmp_path):
+    """SqueezeNet (its classifier a 1x1 conv, no get_classifier()) fine-tuned on other classes was refused
+    because '--init inherit gives the classifier new rows only to a model built with a num_classes argument':
+    torchvision's squeezenet1_1 takes one."""
+    parent = tmp_path / "squeezenet.pt"
+    torch.save(build_model("torchvision:squeezenet1_1", {}).state_dict(), parent)
+    plan = slimkit.full_plan("torchvision:squeezenet1_1", input_size=(3, 64, 64))
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=8, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    with pytest.raises(PlanError) as info:
+        train(plan, tmp_path / "ft", ft)
+    text = str(info.value)
+    assert "torchvision:squeezenet1_1's is neither" in text and "num_classes argument" not in text, text
+    assert not (tmp_path / "ft").exists()
+
+
+def test_a_plan_cut_from_a_parent_with_other_classes_trains_from_scratch_on_the_datas(tmp_path):
+    """Scratch-E/B of a plan cut from an ImageNet parent, on the user's data (the recipe's compare: [scratch-e]
+    beside the fine-tuning): 'the plan is for 1000 classes but synthetic has 10: prune again with this data (or
+    --num-classes)', and pruning with --num-classes 10 then refuses the 1000-class parent. The plan's classes
+    are the parent's, not a choice; from scratch the head is random either way."""
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model("resnet20", {"num_classes": 5}).state_dict(), parent)
+    plan = choose_channels(prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5), parent, "l1")
+    cfg = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="scratch-e")
+    said = []
+    train(plan, tmp_path / "se", cfg, log=said.append)
+    assert any(m.startswith("classes: the plan holds its parent's 5 classes; training from scratch sizes it for "
+                            "synthetic's 10") for m in said), said
+    assert load_plan(tmp_path / "se" / "plan.json").num_classes == 10
+    train(plan, tmp_path / "se", cfg, resume=True, extend_to=2)
+    chosen = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5)  # 5 classes asked for: refused
+    with pytest.raises(PlanError, match="the plan is for 5 classes but synthetic has 10: prune again"):
+        train(chosen, tmp_path / "chosen", cfg)

@@ -242,3 +242,33 @@ def test_a_run_that_stopped_before_its_first_stage_does_not_lock_its_folder_to_t
     (out / "plan.json").write_text("{}")
     with pytest.raises(SlimkitError, match="holds a run of a different recipe"):
         run_recipe(load_recipe(recipe), out, source=str(recipe))
+
+
+def test_a_recipe_fine_tunes_a_parent_trained_on_other_classes(tmp_path):
+    """prune.weights and train.init_from a 5-class parent, data with 10 classes: the prune stage built the
+    data's 10-class model and refused the parent ('fc.weight (5, 64) vs (10, 64)'), where `slimkit prune
+    --weights` takes the parent's classes and `slimkit train --init inherit` gives the classifier new rows.
+    Then the run's own fine-tuned folder was refused on the next run ('trained from another plan'), the
+    summary gave the 5-class plan's MACs and parameters instead of the trained model's, and the full model
+    and the uniform plan were benched and counted with the parent's 5 classes."""
+    torch.save(build_model("resnet20", {"num_classes": 5}).state_dict(), tmp_path / "parent.pt")
+    (tmp_path / "r.yaml").write_text(
+        "name: other_classes\narch: resnet20\ndata: {name: synthetic}\n"
+        "prune: {method: uniform, flops: 50%, round_to: 1, weights: parent.pt, criterion: l1}\n"
+        "train: {epochs: 1, batch_size: 16, max_steps_per_epoch: 1, schedule: finetune, init: inherit,\n"
+        "        init_from: parent.pt, finetune_epochs: 1, compare: [full, scratch-e]}\n"
+        "export: {exporter: torchscript}\nbench: {runs: 5, threads: 1}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "run"
+    summary = run_recipe(recipe, out)
+    assert load_plan(out / "plan.json").num_classes == 5
+    trained = load_plan(out / "train" / "plan.json")
+    assert trained.num_classes == 10
+    rows = {row["name"]: row for row in summary["models"]}
+    assert (rows["pruned"]["macs"], rows["pruned"]["params"]) == (trained.flops, trained.params)
+    for name, folder in (("scratch-e", "train-scratch-e"), ("full", "train-full")):  # from scratch: 10 classes
+        held = load_plan(out / folder / "plan.json")
+        assert held.num_classes == 10 and (rows[name]["macs"], rows[name]["params"]) == (held.flops, held.params)
+    again = []
+    run_recipe(recipe, out, hooks=RunHooks(stage=lambda name, text: again.append(text)))
+    assert all("skip" in s for s in again), again

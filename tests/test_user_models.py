@@ -370,3 +370,28 @@ def test_a_users_model_without_a_default_num_classes_inherits_a_parent_with_the_
     said = []
     train("./nets.py:required", nets / "ft", ft, log=said.append)
     assert any(m.startswith("init: every weight of") for m in said), said
+
+
+def test_the_users_model_fine_tunes_from_a_parent_trained_on_other_classes(nets):
+    """A factory that takes num_classes, fine-tuned from its 100-class weights on 10-class data: the head was
+    resized, the plan kept the graph fingerprint of the 100-class build, and G refused its own plan: 'now traces
+    to a different graph than the plan was made from: its code or arguments changed'."""
+    import torch
+    sys.path.insert(0, str(nets))
+    try:
+        import nets as user_nets
+        torch.save(user_nets.build_net(num_classes=100).state_dict(), nets / "parent.pt")
+    finally:
+        sys.path.remove(str(nets))
+        sys.modules.pop("nets", None)
+    r = run("prune", "nets.py:build_net", "--flops", "50%", "--method", "uniform", "--input-size", "16",
+            "--num-classes", "100", "--round-to", "1", "--out", "p.json")
+    assert r.exit_code == 0, r.output
+    r = run("train", "p.json", "--init", "inherit", "--from", "parent.pt", "--schedule", "finetune", "--data",
+            "synthetic", "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--workers", "0",
+            "--out", "ft")
+    assert r.exit_code == 0, r.output
+    assert "was trained for 100 classes and synthetic has 10" in " ".join(r.output.split())
+    run_plan = json.loads((nets / "ft" / "plan.json").read_text())
+    assert run_plan["arch_kwargs"]["num_classes"] == 10
+    assert slimkit.generate(run_plan).head.fc2.out_features == 10  # the run's plan builds again
