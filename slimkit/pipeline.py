@@ -51,7 +51,7 @@ from typing import Any
 
 from slimkit import registry
 from slimkit.artifacts import load_checkpoint, load_model, onnx_candidate, onnx_metadata, plan_candidate
-from slimkit.checkpoint import full_model_weights, missing_checkpoint, weights_fingerprint
+from slimkit.checkpoint import full_model_weights, missing_checkpoint, read_weights, weights_fingerprint
 from slimkit.data import data_missing
 from slimkit.errors import SlimkitError
 from slimkit.data import load_data
@@ -643,7 +643,9 @@ def _check_trained_parent(folder: Path, cfg: TrainConfig) -> None:
     recorded = (held.criterion or {}).get("fingerprint")
     if recorded is None:  # written before slimkit recorded the parent
         return
-    now = weights_fingerprint(full_model_weights(cfg.init_from, held.arch, held.arch_kwargs))
+    # a slimkit checkpoint is read with its own arguments: a parent trained on other classes than this run's
+    own = read_weights(cfg.init_from)[1]
+    now = weights_fingerprint(full_model_weights(cfg.init_from, held.arch, own.arch_kwargs if own else held.arch_kwargs))
     if now != recorded:
         raise SlimkitError(f"{folder} was fine-tuned from weights {recorded}, but train.init_from {cfg.init_from} now "
                            f"holds {now} (replaced or trained again since): its model does not belong with this "

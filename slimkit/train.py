@@ -50,7 +50,8 @@ from torch.nn.parallel import DistributedDataParallel
 from slimkit import registry, runtime
 from slimkit.artifacts import (CheckpointError, check_kwargs_fixed_by_plan, load_checkpoint, load_weights, plan_of,
                                write_checkpoint)
-from slimkit.checkpoint import classifier_of, full_model_weights, head_classes, missing_checkpoint, parent_shape
+from slimkit.checkpoint import (classifier_of, full_model_weights, head_classes, missing_checkpoint, parent_shape,
+                                weights_fingerprint)
 from slimkit.data import DEFAULT_DATASET, load_data, make_loader, takes_augment
 from slimkit.errors import PlanError, SlimkitError
 from slimkit import validate as limits
@@ -544,6 +545,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                            "or choose another --out")
     else:
         plan = plan_of(plan_or_arch)  # None for an architecture name: the full model, once the data gives the classes
+        given_classes = plan.num_classes if plan is not None else None  # what --resume recognises the plan by
         if main:
             check_outputs(run_outputs(out, plan), force=force)
         if cfg.init == "inherit" and (problem := missing_checkpoint(cfg.init_from)):  # a resumed run holds its weights
@@ -667,11 +669,16 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         else:  # the same channels, the data's classifier
             plan = with_num_classes(parent_plan, data.num_classes)
             model = _with_new_classifier(generate(plan), model)
+        if new_head == 0 and (plan.criterion or {}).get("fingerprint"):  # the backbone file's, not its stand-in's
+            plan = plan.with_keep(plan.keep, {**plan.criterion, "fingerprint": weights_fingerprint(
+                full_model_weights(cfg.init_from, plan.arch, plan.arch_kwargs))})
         but = "" if new_head is None else " but the classifier's"
         say(f"init: inherited the kept channels' weights of {cfg.init_from}{but} ({plan.criterion['kind']} criterion)"
             if narrowed else f"init: every weight of {cfg.init_from}{but} (the plan keeps every channel)")
     else:
         model = generate(plan)
+    if ckpt is None and plan.search.get("head_sized_for_data"):  # the plan given, however often resized on the way
+        plan = replace(plan, search={**plan.search, "head_sized_from": given_classes})
     if detection:  # at the size its MACs were counted at, not the one its builder chose (320 for SSDlite)
         set_detector_input_size(model, (plan.input_size[1], plan.input_size[2]))
     model = place_model(model, device, cfg.channels_last)

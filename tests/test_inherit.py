@@ -646,3 +646,51 @@ def test_a_plan_cut_from_a_parent_with_other_classes_trains_from_scratch_on_the_
     chosen = prune("resnet20", "50%", method="uniform", round_to=1, num_classes=5)  # 5 classes asked for: refused
     with pytest.raises(PlanError, match="the plan is for 5 classes but synthetic has 10: prune again"):
         train(chosen, tmp_path / "chosen", cfg)
+
+
+def test_a_run_fine_tuned_from_a_slimkit_checkpoint_or_a_backbone_is_recognised_by_its_parent(tmp_path):
+    """A recipe's next run refused its own fine-tuned folder: a slimkit checkpoint parent with other classes was read
+    with the run's classes ('trained with other arguments (num_classes 5, not 10)'), and a backbone run had recorded
+    the fingerprint of the random stand-in head it was given, not of the file."""
+    from slimkit.checkpoint import write_checkpoint
+    from slimkit.generator import full_plan
+    from slimkit.pipeline import _check_trained_parent
+
+    write_checkpoint(tmp_path / "parent.pt", model=build_model("resnet20", {"num_classes": 5}).state_dict(),
+                     plan=full_plan("resnet20", num_classes=5, input_size=SIZE), config={}, epoch=1, metrics=[])
+    torch.save({k: v for k, v in build_model("resnet20", {}).state_dict().items() if not k.startswith("fc.")},
+               tmp_path / "backbone.pt")
+    plan = prune("resnet20", "50%", method="uniform", round_to=1)
+    for parent in ("parent.pt", "backbone.pt"):
+        ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                         init="inherit", init_from=str(tmp_path / parent))
+        train(plan, tmp_path / parent.replace(".pt", ""), ft)
+        _check_trained_parent(tmp_path / parent.replace(".pt", ""), ft)  # raised for both
+
+
+def test_a_chained_fine_tuning_resumes_with_the_plan_it_was_given(tmp_path):
+    """Run 1 fine-tunes the full ImageNet model (its default head) onto 3 classes; run 2 fine-tunes run 1's plan.json
+    from run 1 onto 10:
+    --resume of run 2 with that plan.json was refused ('not this plan'): the run recorded the classes of run 1's
+    original plan, not of the plan it was given."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(3):
+            (tmp_path / "three" / split / f"c{c}").mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (80 * c, 10 * i, 0)).save(tmp_path / "three" / split / f"c{c}" / f"{i}.png")
+    imagenet = tmp_path / "in1k.pt"
+    torch.save(build_model("timm:resnet18", {}).state_dict(), imagenet)
+    base = dict(epochs=1, max_steps_per_epoch=1, batch_size=2, schedule="finetune", init="inherit")
+    from slimkit.generator import full_plan
+
+    default_head = full_plan("timm:resnet18", input_size=SIZE)  # a plan that keeps the 1000-class head
+    assert default_head.num_classes is None
+    train(default_head, tmp_path / "run1", TrainConfig(data=f"imagefolder:{tmp_path / 'three'}",
+                                                       init_from=str(imagenet), **base))
+    given = load_plan(tmp_path / "run1" / "plan.json")
+    assert given.num_classes == 3
+    second = TrainConfig(data="synthetic", init_from=str(tmp_path / "run1" / "checkpoint.pt"), **base)
+    train(given, tmp_path / "run2", second)
+    train(given, tmp_path / "run2", second, resume=True, extend_to=2)
