@@ -384,13 +384,23 @@ def _with_new_classifier(fresh: nn.Module, parent: nn.Module) -> nn.Module:
 
 
 def _with_stand_in_classifier(path: str, plan: ChannelPlan) -> dict[str, torch.Tensor]:
-    """The weights of a backbone saved without its classifier (timm's ``num_classes=0``) in ``path``, with a
-    fresh full-width classifier for ``plan``'s classes beside them: what choosing and slicing the channels of
-    the full model reads. The classifier is replaced by :func:`_with_new_classifier` afterwards."""
+    """The weights of a backbone saved without its classifier (timm's ``num_classes=0``, ``fc = nn.Identity()``) in
+    ``path``, with a fresh stand-in for every head weight the file lacks (a whole ``classifier`` Sequential too)
+    and for every weight the number of classes shapes (GoogLeNet's auxiliary heads): what choosing and slicing
+    the channels of the full model reads. The head is replaced by :func:`_with_new_classifier` afterwards."""
     full = build_model(plan.arch, plan.arch_kwargs)
-    head = {id(m): n for n, m in full.named_modules()}[id(classifier_of(full))]
-    stand_in = {k: v for k, v in full.state_dict().items() if k.startswith(f"{head}.")}
-    return {**stand_in, **full_model_weights(path, plan.arch, plan.arch_kwargs)}
+    head = classifier_of(full)
+    names = {id(m): n for n, m in full.named_modules()}
+    if not isinstance(head, nn.Module) or id(head) not in names:
+        raise PlanError(f"{path} holds no classifier and slimkit cannot find {plan.arch}'s to give it a new one: "
+                        "pass the checkpoint with its classifier")
+    top = names[id(head)].split(".")[0]  # the head's module tree: a last linear's Sequential too
+    mine = full.state_dict()
+    other = build_model(plan.arch, {**plan.arch_kwargs, "num_classes": (plan.num_classes or 1) + 1}).state_dict()
+    by_classes = {k for k, v in mine.items() if k in other and other[k].shape != v.shape}
+    theirs = full_model_weights(path, plan.arch, plan.arch_kwargs)
+    stand_in = {k: v for k, v in mine.items() if k in by_classes or (k.startswith(f"{top}.") and k not in theirs)}
+    return {**theirs, **stand_in}
 
 
 def _check_resumed_model(plan_or_arch: str | ChannelPlan | None, plan: ChannelPlan, out: Path) -> None:

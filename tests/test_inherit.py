@@ -694,3 +694,21 @@ def test_a_chained_fine_tuning_resumes_with_the_plan_it_was_given(tmp_path):
     second = TrainConfig(data="synthetic", init_from=str(tmp_path / "run1" / "checkpoint.pt"), **base)
     train(given, tmp_path / "run2", second)
     train(given, tmp_path / "run2", second, resume=True, extend_to=2)
+
+
+def test_a_backbone_whose_head_is_a_sequential_fine_tunes_with_a_new_one(tmp_path):
+    """torchvision's MobileNet-V3 saved with classifier = nn.Identity() lacks a whole Sequential head (two linears),
+    and the stand-in filled only the last one: 'missing classifier.0.weight, classifier.0.bias'."""
+    import torchvision
+
+    backbone = torchvision.models.mobilenet_v3_small()
+    backbone.classifier = nn.Identity()
+    torch.save(backbone.state_dict(), tmp_path / "mbv3s.pt")
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=4, schedule="finetune",
+                     init="inherit", init_from=str(tmp_path / "mbv3s.pt"))
+    said = []
+    train(prune("torchvision:mobilenet_v3_small", "50%", method="uniform", round_to=8, input_size=(3, 64, 64)),
+          tmp_path / "ft", ft, log=said.append)
+    assert any("holds no classifier (a backbone)" in m for m in said), said
+    trained = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["model"]
+    assert trained["classifier.3.weight"].shape[0] == 10
