@@ -311,7 +311,9 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
     """A classifier's output layer: timm names it (``get_classifier()``); elsewhere (torchvision,
     slimkit's own) it is the last linear layer. ``None`` where there is none."""
     if hasattr(model, "get_classifier"):
-        return model.get_classifier()
+        head = model.get_classifier()
+        # a distilled model's (head, head_dist): the class head comes first, the distillation head has the same rows
+        return head[0] if isinstance(head, tuple) and head and isinstance(head[0], nn.Module) else head
     return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
 
 

@@ -596,6 +596,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             macs = f"MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M"
         if parent is not None and parent != data.num_classes:
             new_head = parent
+            if parent == 0 and plan.has_keep:  # its channels were ranked on a whole model, not on this backbone
+                raise PlanError(f"{cfg.init_from} holds no classifier, but the plan's channels were chosen on "
+                                f"{plan.criterion.get('weights', 'a trained model')}: inherit from that checkpoint, or "
+                                "give a widths-only plan (`slimkit prune` without --weights) to fine-tune this backbone")
             held = "holds no classifier (a backbone)" if parent == 0 else f"was trained for {parent} classes"
             say(f"classes: {cfg.init_from} {held} and {cfg.data} has {data.num_classes}: every weight but the "
                 f"classifier's is inherited, and the classifier gets {data.num_classes} new rows (fine-tuning onto "
@@ -611,7 +615,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                                     plan.arch, classifier)
         if not (plan.criterion and classifier and registry.accepts(plan.arch, "num_classes")):
             raise PlanError(f"the plan is for {plan.num_classes} classes but {cfg.data} has {data.num_classes}: "
-                            "prune again with this data (or --num-classes)")
+                            "prune again with this data (or `slimkit prune ... --num-classes N`)")
         # a plan cut from a parent holds the parent's classes, not a choice (Scratch-E/B of an ImageNet
         # parent's cut, on the user's data): from scratch the head is random either way
         before = verified_plan(plan).flops

@@ -712,3 +712,30 @@ def test_a_backbone_whose_head_is_a_sequential_fine_tunes_with_a_new_one(tmp_pat
     assert any("holds no classifier (a backbone)" in m for m in said), said
     trained = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["model"]
     assert trained["classifier.3.weight"].shape[0] == 10
+
+
+def test_a_distilled_transformer_fine_tunes_onto_new_classes(tmp_path):
+    """timm's distilled DeiT returns (head, head_dist) from get_classifier(): its parent's classes could not be read,
+    and a 1000-class state dict fine-tuned on 10 classes was refused with a shape mismatch of head.weight."""
+    parent = tmp_path / "deit.pt"
+    torch.save(build_model("timm:deit_tiny_distilled_patch16_224", {}).state_dict(), parent)
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=2, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    said = []
+    train("timm:deit_tiny_distilled_patch16_224", tmp_path / "ft", ft, log=said.append)
+    assert any("was trained for 1000 classes" in m for m in said), said
+    trained = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["model"]
+    assert trained["head.weight"].shape[0] == 10 and trained["head_dist.weight"].shape[0] == 10
+
+
+def test_a_plan_cut_from_a_whole_model_refuses_a_backbone_parent_up_front(tmp_path):
+    """It was refused after the log said weights were inherited, advising `slimkit prune --weights the weights given`."""
+    parent, backbone = tmp_path / "whole.pt", tmp_path / "backbone.pt"
+    state = build_model("resnet20", {}).state_dict()
+    torch.save(state, parent)
+    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, backbone)
+    cut = choose_channels(prune("resnet20", "50%", method="uniform", round_to=1), parent, "l1")
+    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
+                     init="inherit", init_from=str(backbone))
+    with pytest.raises(PlanError, match=r"holds no classifier, but the plan's channels were chosen on .*whole\.pt"):
+        train(cut, tmp_path / "ft", ft)
