@@ -23,6 +23,15 @@ from slimkit.train import TrainConfig, train
 SIZE = (3, 32, 32)
 
 
+def finetune(source, out, parent, **options) -> list[str]:
+    """``source`` fine-tuned from ``parent`` for one step on synthetic data (10 classes): the lines it logged."""
+    said = []
+    cfg = {"epochs": 1, "max_steps_per_epoch": 1, "batch_size": 16, **options}
+    train(source, out, TrainConfig(data="synthetic", schedule="finetune", init="inherit", init_from=str(parent), **cfg),
+          log=said.append)
+    return said
+
+
 def trained_like(arch: str, arch_kwargs: dict | None = None) -> tuple[ChannelPlan, nn.Module]:
     """A full plan and a parent whose norms are not at their init (BatchNorm scales, shifts and running
     stats, LayerNorm scales and shifts, ConvNeXt's layer scales all differ per channel), so a channel
@@ -249,8 +258,7 @@ def test_fine_tuning_onto_other_classes_inherits_every_weight_but_the_classifier
     torch.save(build_model("timm:resnet18", {}).state_dict(), imagenet)
     ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
                      init="inherit", init_from=str(imagenet), lr=1e-9)  # a step that leaves the weights as loaded
-    said = []
-    train(wide, tmp_path / "wide", ft, log=said.append)
+    said = finetune(wide, tmp_path / "wide", imagenet, lr=1e-9)
     assert any(m.startswith(f"classes: {imagenet} was trained for 1000 classes and synthetic has 10: every weight "
                             "but the classifier's is inherited") for m in said), said
     run_plan = load_plan(tmp_path / "wide" / "plan.json")
@@ -284,10 +292,7 @@ def test_a_backbone_saved_without_its_classifier_fine_tunes_with_a_new_one(tmp_p
     full = build_model("timm:resnet18", {}).state_dict()
     backbone = tmp_path / "resnet18-backbone.pt"
     torch.save({k: v for k, v in full.items() if not k.startswith("fc.")}, backbone)
-    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
-                     init="inherit", init_from=str(backbone), lr=1e-9)  # a step that leaves the weights as loaded
-    said = []
-    train(wide, tmp_path / "ft", ft, log=said.append)
+    said = finetune(wide, tmp_path / "ft", backbone, lr=1e-9)  # a step that leaves the weights as loaded
     assert any(m.startswith(f"classes: {backbone} holds no classifier (a backbone) and synthetic has 10: every "
                             "weight but the classifier's is inherited") for m in said), said
     trained = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")["model"]
@@ -520,10 +525,7 @@ def test_fine_tuning_the_full_model_does_not_claim_channels_were_chosen(tmp_path
     group's channels with the largest filter L1 norm': nothing is narrowed, every weight is the parent's."""
     parent = tmp_path / "parent.pt"
     torch.save(build_model("resnet20", {"num_classes": 10}).state_dict(), parent)
-    ft = TrainConfig(data="synthetic", epochs=1, max_steps_per_epoch=1, batch_size=16, schedule="finetune",
-                     init="inherit", init_from=str(parent))
-    said = []
-    train("resnet20", tmp_path / "ft", ft, log=said.append)
+    said = finetune("resnet20", tmp_path / "ft", parent)
     assert f"init: every weight of {parent} (the plan keeps every channel)" in said, said
     assert not any("widths only" in m or "kept channels' weights" in m for m in said), said
 
