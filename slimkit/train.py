@@ -583,6 +583,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     # weight is inherited but the classifier's, which gets rows for the data's classes, as timm's
     # create_model(pretrained=True, num_classes=N) does. new_head holds the parent's classes then.
     new_head = None
+    head_note = None  # said once the parent's weights are in: a refusal on the way must not follow a claim they are
     if cfg.init == "inherit" and ckpt is None and classifier and registry.accepts(plan.arch, "num_classes"):
         parent = _parent_classes(cfg.init_from, plan.arch)
         if parent is None:  # the architecture's default head
@@ -601,14 +602,14 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                                 f"{plan.criterion.get('weights', 'a trained model')}: inherit from that checkpoint, or "
                                 "give a widths-only plan (`slimkit prune` without --weights) to fine-tune this backbone")
             held = "holds no classifier (a backbone)" if parent == 0 else f"was trained for {parent} classes"
-            say(f"classes: {cfg.init_from} {held} and {cfg.data} has {data.num_classes}: every weight but the "
-                f"classifier's is inherited, and the classifier gets {data.num_classes} new rows (fine-tuning onto "
-                f"new classes" + (f"; {macs})" if macs else ")"))
+            head_note = (f"classes: {cfg.init_from} {held} and {cfg.data} has {data.num_classes}: every weight but "
+                         f"the classifier's is inherited, and the classifier gets {data.num_classes} new rows "
+                         f"(fine-tuning onto new classes" + (f"; {macs})" if macs else ")"))
         elif macs:
             held = (f"the plan is for {rows} classes" if plan_classes else
                     f"the plan keeps {plan.arch}'s default classifier" + (f" ({rows} classes)" if rows else ""))
-            say(f"classes: {held}; {cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head takes them "
-                f"({macs})")
+            head_note = (f"classes: {held}; {cfg.init_from} has {cfg.data}'s {data.num_classes} classes, so the head "
+                         f"takes them ({macs})")
     if plan.num_classes not in (None, data.num_classes):
         if cfg.init == "inherit":
             raise _inherit_mismatch(f"the plan is for {plan.num_classes} classes", plan.num_classes, cfg, data.num_classes,
@@ -686,6 +687,8 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         if new_head == 0 and (plan.criterion or {}).get("fingerprint"):  # the backbone file's, not its stand-in's
             plan = plan.with_keep(plan.keep, {**plan.criterion, "fingerprint": weights_fingerprint(
                 full_model_weights(cfg.init_from, plan.arch, plan.arch_kwargs))})
+        if head_note:
+            say(head_note)
         but = "" if new_head is None else " but the classifier's"
         say(f"init: inherited the kept channels' weights of {cfg.init_from}{but} ({plan.criterion['kind']} criterion)"
             if narrowed else f"init: every weight of {cfg.init_from}{but} (the plan keeps every channel)")

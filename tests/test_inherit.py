@@ -23,9 +23,10 @@ from slimkit.train import TrainConfig, train
 SIZE = (3, 32, 32)
 
 
-def finetune(source, out, parent, **options) -> list[str]:
-    """``source`` fine-tuned from ``parent`` for one step on synthetic data (10 classes): the lines it logged."""
-    said = []
+def finetune(source, out, parent, said: list[str] | None = None, **options) -> list[str]:
+    """``source`` fine-tuned from ``parent`` for one step on synthetic data (10 classes): the lines it logged (into
+    ``said`` when given: kept when it raises)."""
+    said = [] if said is None else said
     cfg = {"epochs": 1, "max_steps_per_epoch": 1, "batch_size": 16, **options}
     train(source, out, TrainConfig(data="synthetic", schedule="finetune", init="inherit", init_from=str(parent), **cfg),
           log=said.append)
@@ -741,3 +742,16 @@ def test_a_plan_cut_from_a_whole_model_refuses_a_backbone_parent_up_front(tmp_pa
                      init="inherit", init_from=str(backbone))
     with pytest.raises(PlanError, match=r"holds no classifier, but the plan's channels were chosen on .*whole\.pt"):
         train(cut, tmp_path / "ft", ft)
+
+
+def test_a_refused_parent_is_not_first_said_to_be_inherited(tmp_path):
+    """The 'classes: ... every weight but the classifier's is inherited' line came before the weights were read,
+    so a parent of another architecture was first said to be inherited, then refused."""
+    other = tmp_path / "resnet34.pt"
+    torch.save(build_model("timm:resnet34", {}).state_dict(), other)
+    said = []
+    with pytest.raises(SlimkitError, match="does not hold weights of the full timm:resnet18"):
+        finetune(prune("timm:resnet18", "50%", method="uniform", round_to=8, input_size=SIZE), tmp_path / "ft", other,
+                 said)
+    assert said and not any(m.startswith("classes:") for m in said), said
+
