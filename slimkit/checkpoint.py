@@ -348,7 +348,12 @@ def parent_shape(path: str | os.PathLike, arch: str) -> tuple[int | None, int | 
     state, plan = read_weights(path)
     if plan is not None:
         return plan.num_classes, plan.arch_kwargs.get("in_chans"), tuple(plan.input_size)
-    default = registry.create_model(arch)
+    try:
+        default = registry.create_model(arch)
+    except SlimkitError:
+        if not registry.accepts(arch, "num_classes"):
+            raise
+        default = registry.create_model(arch, num_classes=1)  # a factory whose num_classes must be given: same names
     head = classifier_of(default)
     first_conv = next((m for m in default.modules() if isinstance(m, nn.Conv2d)), None)
     names = {id(m): n for n, m in default.named_modules()}

@@ -370,6 +370,12 @@ def test_a_users_model_without_a_default_num_classes_inherits_a_parent_with_the_
     said = []
     train("./nets.py:required", nets / "ft", ft, log=said.append)
     assert any(m.startswith("init: every weight of") for m in said), said
+    # a parent trained on other classes: its classes were unreadable (the factory was built without arguments),
+    # and the run was refused with a shape mismatch and advice about --num-classes
+    torch.save(build_model("./nets.py:required", {"num_classes": 100}).state_dict(), parent)
+    said.clear()
+    train("./nets.py:required", nets / "ft100", ft, log=said.append)
+    assert any("was trained for 100 classes and synthetic has 10" in m for m in said), said
 
 
 def test_the_users_model_fine_tunes_from_a_parent_trained_on_other_classes(nets):
