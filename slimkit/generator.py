@@ -559,11 +559,7 @@ def with_num_classes(plan: ChannelPlan, num_classes: int) -> ChannelPlan:
         fingerprint = channel_graph(plan.arch, kwargs, tuple(plan.input_size)).fingerprint
     resized = replace(plan, arch_kwargs=kwargs, flops=None, params=None, graph_fingerprint=fingerprint,
                       search={**plan.search, "full_flops": None, "full_params": None,
-                              "head_sized_for_data": num_classes,
-                              # the classes of the plan the user gave (None: the default head), however many
-                              # times it is resized on the way: what --resume recognises it by
-                              "head_sized_from": plan.search["head_sized_from"] if "head_sized_from" in plan.search
-                              else plan.num_classes})
+                              "head_sized_for_data": num_classes})
     return verified_plan(resized)
 
 

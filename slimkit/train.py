@@ -356,6 +356,13 @@ def _default_classes(plan: ChannelPlan) -> int | None:
         return None
 
 
+def _sized_for(plan: ChannelPlan, classes: int) -> tuple[ChannelPlan, str]:
+    """``plan`` with its head sized for ``classes``, and what that did to its MACs, for the log."""
+    before = verified_plan(plan).flops
+    plan = with_num_classes(plan, classes)
+    return plan, f"MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M"
+
+
 def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_classes: int, arch: str,
                       classifier: bool) -> PlanError:
     """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
@@ -586,15 +593,14 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     head_note = None  # said once the parent's weights are in: a refusal on the way must not follow a claim they are
     if cfg.init == "inherit" and ckpt is None and classifier and registry.accepts(plan.arch, "num_classes"):
         parent = _parent_classes(cfg.init_from, plan.arch)
-        if parent is None:  # the architecture's default head
-            parent = _default_classes(plan)
         plan_classes = plan.num_classes
-        rows = plan_classes or head_classes(build_model(plan.arch, plan.arch_kwargs))
+        default = _default_classes(plan) if parent is None or not plan_classes else None  # one build
+        if parent is None:  # the architecture's default head
+            parent = default
+        rows = plan_classes or default
         macs = None
         if parent is not None and rows != data.num_classes:
-            before = verified_plan(plan).flops
-            plan = with_num_classes(plan, data.num_classes)
-            macs = f"MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M"
+            plan, macs = _sized_for(plan, data.num_classes)
         if parent is not None and parent != data.num_classes:
             new_head = parent
             if parent == 0 and plan.has_keep:  # its channels were ranked on a whole model, not on this backbone
@@ -619,11 +625,10 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
                             "prune again with this data (or `slimkit prune ... --num-classes N`)")
         # a plan cut from a parent holds the parent's classes, not a choice (Scratch-E/B of an ImageNet
         # parent's cut, on the user's data): from scratch the head is random either way
-        before = verified_plan(plan).flops
         held = plan.num_classes
-        plan = with_num_classes(plan, data.num_classes)
+        plan, macs = _sized_for(plan, data.num_classes)
         say(f"classes: the plan holds its parent's {held} classes; training from scratch sizes it for {cfg.data}'s "
-            f"{data.num_classes} (MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
+            f"{data.num_classes} ({macs})")
     if plan.num_classes is None and not registry.is_user_code(plan.arch):  # user models build their own head
         rows = head_classes(build_model(plan.arch, plan.arch_kwargs)) if classifier else None
         if rows != data.num_classes:  # a default head with the data's classes (the CIFAR nets' 10) trains as is
@@ -631,10 +636,9 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
             if classifier and registry.accepts(plan.arch, "num_classes") and cfg.init == "scratch":
                 # from scratch the head is random either way (as with `slimkit train ARCH`); inheriting, it was
                 # sized above
-                before = verified_plan(plan).flops
-                plan = with_num_classes(plan, data.num_classes)
+                plan, macs = _sized_for(plan, data.num_classes)
                 say(f"classes: {held}; training from scratch sizes it for {cfg.data}'s {data.num_classes} classes "
-                    f"(MACs {before / 1e6:.1f}M -> {plan.flops / 1e6:.1f}M)")
+                    f"({macs})")
             elif cfg.init == "inherit":
                 raise _inherit_mismatch(held, rows, cfg, data.num_classes, plan.arch, classifier)
             else:
