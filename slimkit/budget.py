@@ -3,15 +3,10 @@
 * Budget strings (docs/method.md): ``150M`` / ``1.2G`` / ``150000000`` are MACs ("FLOPs" in the
   papers' tables), ``50%`` is a fraction of the full model's MACs, ``3.5Mp`` is parameters,
   ``20ms`` / ``500us`` is a measured latency. Anything else is an error.
-* Channel rounding takes the multiple of the divisor nearest to the unrounded width *in ratio*
-  (the two neighbours split at their geometric mean), never below the divisor: a width factor is a
-  ratio, so no group ends further from its share than the multiple forces. torchvision's
-  ``_make_divisible`` also never rounds more than 10% down, which at the coarse multiples
-  ``--round-to auto`` picks on AVX-512 (16, 32) kept narrow early groups up to 1.8x their share
-  (MobileNet-V1's 32-channel stem whole at 50%), so the search cut the wide late groups harder: the
-  slow shape at 224 px (MobileNet-V1 and EfficientNet-B0 uniform 50% ran 3-6% slower, docs/results.md).
-  Rounding to a multiple matters on real runtimes: onnxruntime runs MobileNet-V1 at 150M MACs
-  1.6-2.2x slower with ragged counts than with multiples of 8 (docs/method.md).
+* Channel rounding follows torchvision's ``_make_divisible``: round to the nearest multiple of the
+  divisor, never below the divisor and never more than 10% below the unrounded width. Rounding
+  to 8 matters on real runtimes: onnxruntime runs MobileNet-V1 at 150M MACs 1.6-2.2x slower with
+  ragged counts than with multiples of 8 (docs/method.md).
 * ``search_uniform`` binary-searches one width factor shared by all groups (the papers' uniform
   baseline); ``search_threshold`` is Algorithm 1 of "Pruning from Scratch": a binary search of a
   global threshold over learned gate values.
@@ -35,7 +30,7 @@ from slimkit.errors import BudgetError
 from slimkit.flops import format_count
 from slimkit.graph import ChannelGraph
 
-__all__ = ["Budget", "parse_budget", "check_budget", "nearest_multiple", "round_width", "uniform_widths",
+__all__ = ["Budget", "parse_budget", "check_budget", "make_divisible", "round_width", "uniform_widths",
            "min_widths", "max_widths", "search_uniform", "search_threshold", "search_cost_aware", "SearchResult",
            "SELECTIONS"]
 
@@ -112,12 +107,14 @@ def _finite(value: float, raw: str) -> float:
     return value
 
 
-def nearest_multiple(v: float, divisor: int) -> int:
-    """The multiple of ``divisor`` nearest to ``v`` in ratio, and at least ``divisor``: between
-    ``lo`` and ``lo + divisor`` the split is their geometric mean (ties go up)."""
-    lo = max(divisor, int(v // divisor) * divisor)
-    hi = lo + divisor
-    return lo if v * v < lo * hi else hi
+def make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
+    """torchvision's rule: nearest multiple of ``divisor``, >= min_value, and not more than
+    10% below ``v``."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
 
 
 def _divisor(graph: ChannelGraph, name: str, round_to: int) -> int:
@@ -146,7 +143,7 @@ def round_width(graph: ChannelGraph, name: str, factor: float, round_to: int = 8
     target = g.width * factor
     if g.width <= d:  # too narrow to round: keep as is (or scale without rounding when expanding)
         return g.width if factor <= 1.0 else max(g.width, math.ceil(target / g.divisor) * g.divisor)
-    w = nearest_multiple(target, d)
+    w = make_divisible(target, d)
     if factor <= 1.0:
         w = min(w, g.width)
     return w
