@@ -169,12 +169,13 @@ class LatencyMeter:
         self._cache[key] = result
         return result
 
-    def compare(self, widths: dict[str, int], reference: dict[str, int], runs: int | None = None) -> Measurement:
-        """Plan ``widths`` timed against plan ``reference`` directly (paired, one run): finer than two
-        ratios to the full model when the two differ by a few percent. Not cached."""
+    def compare(self, widths: dict[str, int], reference: dict[str, int], runs: int | None = None,
+                mode: str | None = None) -> Measurement:
+        """Plan ``widths`` timed against plan ``reference`` directly (paired, one run; in ``mode``, default
+        the meter's): finer than two ratios to the full model when the two differ by a few percent. Not cached."""
         a, b = self._candidate(widths), self._candidate(reference)
         rep = measure([b, a], backend=self.backend, threads=self.threads, warmup=self.warmup, runs=runs or self.runs,
-                      device=self.device, mode=self.mode)
+                      device=self.device, mode=check_mode(mode or self.mode))
         m0, m1 = rep.models
         self.device_text, self.threads = rep.device, rep.threads
         return Measurement(m1["ratio"], tuple(m1["ratio_ci"]), m1["stats"]["median_ms"], m0["stats"]["median_ms"],

@@ -17,8 +17,15 @@ the CPU, the runtime, the precision and the model, so it is measured, never assu
   granularity, A is faster than B in proportion to its fewer MACs; if it pads to 2m internally, A
   costs what B costs. m's *efficiency* is the time A saves over B divided by the MACs it saves
   (about 1: m is a real granularity here; about 0: m is padded away);
-* the smallest multiple with efficiency >= :data:`MIN_EFFICIENCY` wins (finer widths let the
-  search land budgets more closely and keep more of the channels that matter);
+* the smallest multiple with efficiency >= :data:`MIN_EFFICIENCY` is the runtime's granularity
+  (finer widths let the search land budgets more closely and keep more of the channels that matter);
+* a coarser multiple (twice, four times that, up to :data:`COARSEST`) still wins when the uniform plan
+  at the budget rounded to it runs faster *per MAC* than the one at the granularity, timed against it
+  as served (onnxruntime's defaults, alternated blocks: how the plan will run), by at least
+  :data:`MIN_GAIN` and with its whole 95% interval below 1. Padding is not the only cost: on a 2-core
+  AVX-512 EPYC at 224 px the uniform 50% plans of MobileNet-V2 and V3-Large, ResNet-50 ran 3-7% faster
+  per MAC at multiples of 32 or 64 than at 16 (the blocked kernels' granularity there), ConvNeXt-Atto
+  slower, and which way it goes depends on the CPU (on a Xeon, MobileNet-V1 ran best at 16);
 * the choice is cached per machine (CPU model and flags), runtime version, backend, precision,
   threads, batch, model and budget, so the sweep runs once (``SLIMKIT_CACHE_DIR``).
 
@@ -48,14 +55,18 @@ from slimkit.latency import backend_missing, cpu_description, timing_enabled
 from slimkit.latency_search import LatencyMeter
 from slimkit.plan import ChannelPlan
 
-__all__ = ["AUTO", "CANDIDATES", "MIN_EFFICIENCY", "RoundingChoice", "choose_multiple", "sweep_multiples",
+__all__ = ["AUTO", "CANDIDATES", "COARSEST", "MULTIPLES", "MIN_EFFICIENCY", "MIN_GAIN", "RoundingChoice",
+           "choose_multiple", "choose_coarser", "sweep_multiples", "time_coarser_multiples",
            "auto_round_to", "odd_multiples", "documented_multiple", "parse_round_to", "cpu_flags", "is_ragged"]
 
 AUTO = "auto"
-CANDIDATES = (4, 8, 16, 32)
+CANDIDATES = (4, 8, 16, 32)  # the granularities the sweep tests (plan A at odd multiples vs B one step wider)
+COARSEST = 64  # the coarsest multiple auto may choose, when its plan at the budget runs faster per MAC
+MULTIPLES = tuple(sorted({*CANDIDATES, COARSEST}))  # every multiple auto can choose
 MIN_EFFICIENCY = 0.5  # at least half the MACs saved by m's finer step must show up as time saved
+MIN_GAIN = 0.02  # a coarser multiple must run at least 2% faster per MAC (beyond noise) to be chosen
 CACHE_FILE = "round_to.json"
-CACHE_FORMAT = "slimkit.round_to/1"
+CACHE_FORMAT = "slimkit.round_to/2"  # /2: the choice also weighs coarser multiples at the budget
 
 
 def cpu_flags() -> set[str]:
@@ -121,6 +132,8 @@ class RoundingChoice:
     threads: int | None = None
     sweep: dict[int, dict[str, float]] = field(default_factory=dict)  # per multiple: MAC and time ratios A/B
     machine: str = ""
+    # per coarser multiple: its uniform plan at the budget against the granularity's (time, MACs, per MAC)
+    coarser: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = {"round_to": self.multiple, "how": self.how, "why": self.why, "backend": self.backend,
@@ -129,6 +142,8 @@ class RoundingChoice:
             out.update({"mode": self.mode, "threads": self.threads})
         if self.sweep:
             out["sweep"] = {str(m): {k: round(v, 4) for k, v in r.items()} for m, r in sorted(self.sweep.items())}
+        if self.coarser:
+            out["coarser"] = {str(m): {k: round(v, 4) for k, v in r.items()} for m, r in sorted(self.coarser.items())}
         return out
 
 
@@ -139,6 +154,44 @@ def choose_multiple(sweep: dict[int, dict[str, float]], min_efficiency: float = 
         raise SlimkitError("no channel multiple could be measured")
     good = [m for m, r in sweep.items() if r["efficiency"] >= min_efficiency]
     return min(good) if good else max(sweep)
+
+
+def choose_coarser(finest: int, coarser: dict[int, dict[str, float]], min_gain: float = MIN_GAIN) -> int:
+    """``finest`` unless a coarser multiple's plan ran faster per MAC by at least ``min_gain`` with its whole
+    95% interval below 1 (``per_mac``, ``per_mac_high``: time ratio / MAC ratio against ``finest``'s plan);
+    then the fastest such."""
+    good = {m: r for m, r in coarser.items() if r["per_mac"] <= 1 - min_gain and r["per_mac_high"] < 1}
+    return min(good, key=lambda m: (good[m]["per_mac"], m)) if good else finest
+
+
+def time_coarser_multiples(graph: ChannelGraph, budget: Budget, finest: int,
+                           compare: Callable[[dict[str, int], dict[str, int]], tuple[float, tuple[float, float]]],
+                           *, expand: float = 1.0, coarsest: int = COARSEST,
+                           say: Callable[[str], None] | None = None) -> dict[int, dict[str, float]]:
+    """The uniform plan at ``budget`` rounded to each multiple 2·finest, 4·finest, ... up to ``coarsest``,
+    timed against the one rounded to ``finest`` (``compare(widths, reference)`` gives the time ratio and
+    its 95% interval). Returns {m: {"mac_ratio", "time_ratio", "per_mac", "per_mac_high"}}; multiples whose
+    plan is the same, or cannot meet the budget, are left out."""
+    out: dict[int, dict[str, float]] = {}
+    try:
+        base = search_uniform(graph, budget, round_to=finest, expand=expand).widths
+    except BudgetError:
+        return out
+    m = 2 * finest
+    while m <= coarsest:
+        try:
+            widths = search_uniform(graph, budget, round_to=m, expand=expand).widths
+        except BudgetError:
+            widths = base
+        if widths != base:
+            mac_ratio = graph.count_flops(widths) / graph.count_flops(base)
+            t, (_, high) = compare(widths, base)
+            out[m] = {"mac_ratio": mac_ratio, "time_ratio": t, "per_mac": t / mac_ratio, "per_mac_high": high / mac_ratio}
+            if say:
+                say(f"  round-to {m:>2} at the budget: {t:.3f}x the time of round-to {finest}'s plan at "
+                    f"{mac_ratio:.3f}x its MACs ({t / mac_ratio:.3f}x per MAC)")
+        m *= 2
+    return out
 
 
 def odd_multiples(graph: ChannelGraph, widths: dict[str, int], m: int) -> dict[str, int]:
@@ -213,15 +266,15 @@ def _cached_choice(hit: Any) -> dict[str, Any] | None:
     """A cache entry as :func:`auto_round_to` wrote it, or None (measure again): the multiple is one the
     sweep measures and its sweep reads back, so a damaged or hand-edited cache (round_to 0, -8, true,
     a billion) never becomes a plan's channel multiple."""
-    if not isinstance(hit, dict) or type(hit.get("round_to")) is not int or hit["round_to"] not in CANDIDATES:
+    if not isinstance(hit, dict) or type(hit.get("round_to")) is not int or hit["round_to"] not in MULTIPLES:
         return None
     if hit.get("threads") is not None and (type(hit["threads"]) is not int or hit["threads"] < 1):
         return None
-    sweep = hit.get("sweep", {})
     try:
-        if not isinstance(sweep, dict) or not all(int(k) in CANDIDATES and isinstance(v, dict)
-                                                  for k, v in sweep.items()):
-            return None
+        for table in (hit.get("sweep", {}), hit.get("coarser", {})):
+            if not isinstance(table, dict) or not all(int(k) in MULTIPLES and isinstance(v, dict)
+                                                      for k, v in table.items()):
+                return None
     except ValueError:
         return None
     return hit
@@ -258,17 +311,25 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
     hit = _cached_choice(cache["entries"].get(key))
     if hit is not None:
         sweep = {int(k): dict(v) for k, v in hit.get("sweep", {}).items()}
+        coarser = {int(k): dict(v) for k, v in hit.get("coarser", {}).items()}
         choice = RoundingChoice(hit["round_to"], "cached", str(hit.get("why", "")), backend, precision, mode,
-                                hit.get("threads"), sweep, machine)
+                                hit.get("threads"), sweep, machine, coarser)
         say(f"round-to auto: {choice.multiple} (measured earlier on this machine; cache {path})")
         return choice
     say(f"round-to auto: timing the uniform plan at {fraction:.0%} at each channel multiple on {backend} "
         f"({machine}, {mode} timing); cached for next time")
     meter = LatencyMeter(template, graph, backend=backend, threads=threads, batch=batch, device=device,
                          precision=precision, mode=mode)
+    coarser: dict[int, dict[str, float]] = {}
     try:
         sweep = sweep_multiples(graph, sweep_budget, lambda a, b: meter.compare(a, b, runs=3 * meter.runs // 2).ratio,
                                 expand=template.expand, say=say)
+        if sweep and sweep[choose_multiple(sweep)]["efficiency"] >= MIN_EFFICIENCY:
+            def served(a: dict[str, int], b: dict[str, int]) -> tuple[float, tuple[float, float]]:
+                got = meter.compare(a, b, runs=3 * meter.runs // 2, mode="served")
+                return got.ratio, got.ci
+            coarser = time_coarser_multiples(graph, sweep_budget, choose_multiple(sweep), served,
+                                             expand=template.expand, say=say)
         threads = meter.threads
     finally:
         meter.close()
@@ -278,13 +339,20 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
                "no multiple's uniform plan lands within 5% of it)")
         say(f"round-to auto: {m} ({why})")
         return RoundingChoice(m, "table", why, backend, precision, machine=machine)
-    best = choose_multiple(sweep)
-    finer = [m for m in sweep if m < best]
-    why = (f"the finest multiple {backend} computes at here (efficiency {sweep[best]['efficiency']:.2f}"
+    granularity = choose_multiple(sweep)
+    finer = [m for m in sweep if m < granularity]
+    why = (f"the finest multiple {backend} computes at here (efficiency {sweep[granularity]['efficiency']:.2f}"
            + (f"; {', '.join(map(str, finer))} padded away" if finer else "") + ")"
-           if sweep[best]["efficiency"] >= MIN_EFFICIENCY else
-           f"no multiple up to {best} showed its MACs saved as time saved on {backend} here")
-    choice = RoundingChoice(best, "measured", why, backend, precision, mode, threads, sweep, machine)
+           if sweep[granularity]["efficiency"] >= MIN_EFFICIENCY else
+           f"no multiple up to {granularity} showed its MACs saved as time saved on {backend} here")
+    best = choose_coarser(granularity, coarser)
+    if best != granularity:
+        why = (f"its uniform plan at {fraction:.0%} ran {coarser[best]['per_mac']:.2f}x per MAC of the one at "
+               f"{granularity} as served; {granularity} is {why}")
+    elif coarser:
+        why += (f"; coarser multiples ran no faster per MAC at {fraction:.0%} as served ("
+                + ", ".join(f"{m}: {r['per_mac']:.2f}x" for m, r in sorted(coarser.items())) + ")")
+    choice = RoundingChoice(best, "measured", why, backend, precision, mode, threads, sweep, machine, coarser)
     cache["entries"][key] = choice.to_json()
     write_cache(path, cache, say)
     say(f"round-to auto: {best} ({why})")

@@ -52,6 +52,43 @@ def test_sweep_finds_the_block_size_of_a_fake_runtime():
     assert rounding.choose_multiple(sweep) == 16
 
 
+def test_a_coarser_multiple_wins_only_when_its_plan_runs_faster_per_mac_beyond_noise():
+    def row(per_mac, high):
+        return {"mac_ratio": 1.0, "time_ratio": per_mac, "per_mac": per_mac, "per_mac_high": high}
+    assert rounding.choose_coarser(16, {}) == 16  # nothing coarser timed
+    assert rounding.choose_coarser(16, {32: row(0.97, 0.99), 64: row(0.95, 0.98)}) == 64  # the fastest per MAC
+    assert rounding.choose_coarser(16, {32: row(0.95, 0.98), 64: row(0.95, 0.97)}) == 32  # a tie: the finer
+    assert rounding.choose_coarser(16, {32: row(0.99, 0.995)}) == 16  # faster, but by less than MIN_GAIN
+    assert rounding.choose_coarser(16, {32: row(0.95, 1.01)}) == 16  # its interval reaches 1: noise
+    assert rounding.choose_coarser(8, {16: row(1.04, 1.06)}) == 8  # slower
+
+
+def test_coarser_multiples_are_timed_at_the_budget_against_the_granularity():
+    """A fake runtime that computes at 16 channels but runs widths that are multiples of 64 8% faster per
+    MAC (a kernel that likes wide blocks): the plan at 64 wins, the one at 32 (widths not all multiples of
+    64) does not, and every plan compared lands at the budget."""
+    graph = channel_graph("mobilenet_v1", {"num_classes": 10}, (3, 64, 64))
+    budget = Budget("flops", "50%", graph.count_flops() // 2)
+    full = graph.full_widths()
+
+    def cost(widths):
+        pruned = [w for n, w in widths.items() if w != full[n]]
+        return graph.count_flops(widths) * (0.92 if all(w % 64 == 0 for w in pruned) else 1.0)
+
+    seen = []
+
+    def compare(widths, reference):
+        seen.append((widths, reference))
+        t = cost(widths) / cost(reference)
+        return t, (t * 0.99, t * 1.01)
+
+    coarser = rounding.time_coarser_multiples(graph, budget, 16, compare)
+    assert set(coarser) == {32, 64}
+    assert all(abs(graph.count_flops(w) - budget.value) / budget.value <= 0.01 for pair in seen for w in pair)
+    assert coarser[64]["per_mac"] == pytest.approx(0.92) and coarser[32]["per_mac"] == pytest.approx(1.0)
+    assert rounding.choose_coarser(16, coarser) == 64
+
+
 def test_sweep_widths_are_odd_multiples_so_each_multiple_is_really_tested():
     graph = channel_graph("mobilenet_v1", {"num_classes": 10}, (3, 64, 64))
     full = graph.full_widths()
@@ -88,8 +125,9 @@ def test_auto_measures_once_then_uses_the_cache(monkeypatch, tmp_path):
     opts = LatencyOptions(threads=1, check=False)
     plan = slimkit.prune("resnet20", "50%", method="uniform", num_classes=10, latency=opts, log=logs.append)
     rec = plan.search["rounding"]
-    assert rec["how"] == "measured" and plan.round_to == rec["round_to"] in rounding.CANDIDATES
+    assert rec["how"] == "measured" and plan.round_to == rec["round_to"] in rounding.MULTIPLES
     assert set(rec["sweep"]) <= {str(m) for m in rounding.CANDIDATES} and len(rec["sweep"]) >= 2
+    assert set(rec.get("coarser", {})) <= {str(m) for m in rounding.MULTIPLES if m > min(map(int, rec["sweep"]))}
     assert all({"mac_ratio", "time_ratio", "efficiency"} <= set(r) for r in rec["sweep"].values())
     assert all(w % plan.round_to == 0 or w == g["full"] for g in plan.groups.values() for w in [g["width"]])
     assert any("round-to" in line for line in logs)
