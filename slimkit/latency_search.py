@@ -41,7 +41,7 @@ from slimkit.int8_speed import Int8Ranking, ordered_settings, rank_int8_configs
 from slimkit.exporters.onnx import TIMING_EXPORTERS, export
 from slimkit.generator import generate, thinned_failure
 from slimkit.graph import ChannelGraph
-from slimkit.latency import Candidate, LatencyError, check_mode, measure
+from slimkit.latency import SERVED_BLOCKS, Candidate, LatencyError, check_mode, measure
 from slimkit.registry import traced_part
 from slimkit.plan import ChannelPlan
 
@@ -170,12 +170,13 @@ class LatencyMeter:
         return result
 
     def compare(self, widths: dict[str, int], reference: dict[str, int], runs: int | None = None,
-                mode: str | None = None) -> Measurement:
+                mode: str | None = None, blocks: int = SERVED_BLOCKS) -> Measurement:
         """Plan ``widths`` timed against plan ``reference`` directly (paired, one run; in ``mode``, default
-        the meter's): finer than two ratios to the full model when the two differ by a few percent. Not cached."""
+        the meter's, served in ``blocks`` alternated blocks): finer than two ratios to the full model when the
+        two differ by a few percent. Not cached."""
         a, b = self._candidate(widths), self._candidate(reference)
         rep = measure([b, a], backend=self.backend, threads=self.threads, warmup=self.warmup, runs=runs or self.runs,
-                      device=self.device, mode=check_mode(mode or self.mode))
+                      device=self.device, mode=check_mode(mode or self.mode), blocks=blocks)
         m0, m1 = rep.models
         self.device_text, self.threads = rep.device, rep.threads
         return Measurement(m1["ratio"], tuple(m1["ratio_ci"]), m1["stats"]["median_ms"], m0["stats"]["median_ms"],

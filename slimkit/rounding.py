@@ -22,7 +22,7 @@ the CPU, the runtime, the precision and the model, so it is measured, never assu
 * a coarser multiple (twice, four times that, up to :data:`COARSEST`) still wins when the uniform plan
   at the budget rounded to it runs faster *per MAC* than the one at the granularity, timed against it
   as served (onnxruntime's defaults, alternated blocks: how the plan will run), by at least
-  :data:`MIN_GAIN` and with its whole 95% interval below 1. Padding is not the only cost: on a 2-core
+  :data:`MIN_GAIN` and with its whole 95% interval below 1 (in :data:`COARSER_BLOCKS` blocks). Padding is not the only cost: on a 2-core
   AVX-512 EPYC at 224 px the uniform 50% plans of MobileNet-V2 and V3-Large, ResNet-50 ran 3-7% faster
   per MAC at multiples of 32 or 64 than at 16 (the blocked kernels' granularity there), ConvNeXt-Atto
   slower, and which way it goes depends on the CPU (on a Xeon, MobileNet-V1 ran best at 16);
@@ -64,7 +64,10 @@ CANDIDATES = (4, 8, 16, 32)  # the granularities the sweep tests (plan A at odd 
 COARSEST = 64  # the coarsest multiple auto may choose, when its plan at the budget runs faster per MAC
 MULTIPLES = tuple(sorted({*CANDIDATES, COARSEST}))  # every multiple auto can choose
 MIN_EFFICIENCY = 0.5  # at least half the MACs saved by m's finer step must show up as time saved
-MIN_GAIN = 0.02  # a coarser multiple must run at least 2% faster per MAC (beyond noise) to be chosen
+MIN_GAIN = 0.03  # a coarser multiple must run at least 3% faster per MAC (beyond noise) to be chosen
+# Served timing of the coarser plans: every block opens fresh sessions, and one session can run 5-10% off
+# another of the same file for its whole life on a shared VM, so many short blocks, not 3 long ones
+COARSER_RUNS, COARSER_BLOCKS = 100, 10
 CACHE_FILE = "round_to.json"
 CACHE_FORMAT = "slimkit.round_to/2"  # /2: the choice also weighs coarser multiples at the budget
 
@@ -185,11 +188,13 @@ def time_coarser_multiples(graph: ChannelGraph, budget: Budget, finest: int,
             widths = base
         if widths != base:
             mac_ratio = graph.count_flops(widths) / graph.count_flops(base)
-            t, (_, high) = compare(widths, base)
-            out[m] = {"mac_ratio": mac_ratio, "time_ratio": t, "per_mac": t / mac_ratio, "per_mac_high": high / mac_ratio}
+            t, (low, high) = compare(widths, base)
+            out[m] = {"mac_ratio": mac_ratio, "time_ratio": t, "per_mac": t / mac_ratio,
+                      "per_mac_low": low / mac_ratio, "per_mac_high": high / mac_ratio}
             if say:
                 say(f"  round-to {m:>2} at the budget: {t:.3f}x the time of round-to {finest}'s plan at "
-                    f"{mac_ratio:.3f}x its MACs ({t / mac_ratio:.3f}x per MAC)")
+                    f"{mac_ratio:.3f}x its MACs ({t / mac_ratio:.3f}x per MAC, 95% interval "
+                    f"{low / mac_ratio:.3f}-{high / mac_ratio:.3f})")
         m *= 2
     return out
 
@@ -326,7 +331,7 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
                                 expand=template.expand, say=say)
         if sweep and sweep[choose_multiple(sweep)]["efficiency"] >= MIN_EFFICIENCY:
             def served(a: dict[str, int], b: dict[str, int]) -> tuple[float, tuple[float, float]]:
-                got = meter.compare(a, b, runs=3 * meter.runs // 2, mode="served")
+                got = meter.compare(a, b, runs=COARSER_RUNS, mode="served", blocks=COARSER_BLOCKS)
                 return got.ratio, got.ci
             coarser = time_coarser_multiples(graph, sweep_budget, choose_multiple(sweep), served,
                                              expand=template.expand, say=say)
@@ -348,10 +353,11 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
     best = choose_coarser(granularity, coarser)
     if best != granularity:
         why = (f"its uniform plan at {fraction:.0%} ran {coarser[best]['per_mac']:.2f}x per MAC of the one at "
-               f"{granularity} as served; {granularity} is {why}")
+               f"{granularity} as served (95% interval to {coarser[best]['per_mac_high']:.2f}); {granularity} is {why}")
     elif coarser:
-        why += (f"; coarser multiples ran no faster per MAC at {fraction:.0%} as served ("
-                + ", ".join(f"{m}: {r['per_mac']:.2f}x" for m, r in sorted(coarser.items())) + ")")
+        why += (f"; no coarser multiple ran {MIN_GAIN:.0%} faster per MAC beyond noise at {fraction:.0%} as served ("
+                + ", ".join(f"{m}: {r['per_mac']:.2f}x, interval {r.get('per_mac_low', r['per_mac']):.2f}-"
+                            f"{r['per_mac_high']:.2f}" for m, r in sorted(coarser.items())) + ")")
     choice = RoundingChoice(best, "measured", why, backend, precision, mode, threads, sweep, machine, coarser)
     cache["entries"][key] = choice.to_json()
     write_cache(path, cache, say)
