@@ -64,7 +64,7 @@ CANDIDATES = (4, 8, 16, 32)  # the granularities the sweep tests (plan A at odd 
 COARSEST = 64  # the coarsest multiple auto may choose, when its plan at the budget runs faster per MAC
 MULTIPLES = tuple(sorted({*CANDIDATES, COARSEST}))  # every multiple auto can choose
 MIN_EFFICIENCY = 0.5  # at least half the MACs saved by m's finer step must show up as time saved
-MIN_GAIN = 0.03  # a coarser multiple must run at least 3% faster per MAC (beyond noise) to be chosen
+MIN_GAIN = 0.02  # a coarser multiple must run at least 2% faster per MAC (beyond noise) to be chosen
 # Served timing of the coarser plans: every block opens fresh sessions, and one session can run 5-10% off
 # another of the same file for its whole life on a shared VM, so many short blocks, not 3 long ones
 COARSER_RUNS, COARSER_BLOCKS = 100, 10
