@@ -367,11 +367,17 @@ def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_cla
                       classifier: bool) -> PlanError:
     """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
     fit the parent's classifier either, so the advice is about the data or the parent. Why no new rows: the
-    model takes no num_classes, or (a classifier that takes one) slimkit finds no output layer to resize."""
-    why = ("only to a classifier whose output layer it finds (timm's get_classifier(), else the last nn.Linear; "
-           f"{arch}'s is neither)" if classifier and registry.accepts(arch, "num_classes") else
-           "only to a model built with a num_classes argument")
-    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives the classifier new rows {why}, "
+    model is a detector or segmenter, takes no num_classes, or (a classifier that takes one) slimkit finds no
+    output layer to resize."""
+    if not classifier:
+        why = (f"new class rows only to a classifier, and {arch} is a {registry.model_task(arch)} model (its class "
+               "outputs keep the parent's classes)")
+    elif registry.accepts(arch, "num_classes"):
+        why = ("the classifier new rows only to a classifier whose output layer it finds (timm's get_classifier(), "
+               f"else the last nn.Linear; {arch}'s is neither)")
+    else:
+        why = "the classifier new rows only to a model built with a num_classes argument"
+    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives {why}, "
                      f"so fine-tune on data with its {f'{classes} ' if classes else ''}classes, or prune and inherit "
                      f"from a model trained on {cfg.data}")
 
