@@ -590,6 +590,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed, detection=detection)
     check_task_options(task, cfg, asked, augmentable=takes_augment(data.train))
     if plan is None:
+        registry.arch_kwargs_for(data.num_classes, None, arch_kwargs, classes_from=cfg.data)  # --arch-kwargs' classes
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     classifier = task == "classification"
     # Fine-tuning a parent trained on other classes (an ImageNet checkpoint onto the user's 10 classes): every
