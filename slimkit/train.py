@@ -709,6 +709,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         plan = replace(plan, search={**plan.search, "head_sized_from": given_classes})
     if detection:  # at the size its MACs were counted at, not the one its builder chose (320 for SSDlite)
         set_detector_input_size(model, (plan.input_size[1], plan.input_size[2]))
+    if cfg.channels_last and registry.is_user_code(plan.arch) and \
+            not runtime.runs_channels_last(model, torch.zeros(1, *plan.input_size)):
+        cfg = replace(cfg, channels_last=False)
+        say(f"layout: {type(model).__name__} fails on channels-last batches (a .view over a feature map, say): it "
+            "trains in the NCHW layout its code needs (slower steps, the same maths)")
     model = place_model(model, device, cfg.channels_last)
     out_of_place_activations(model)
     if cfg.sync_bn and world > 1:

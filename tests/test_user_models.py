@@ -140,6 +140,22 @@ NETS = textwrap.dedent('''
         return Net()
 
 
+    class Flat(nn.Module):  # LeNet-style: flattens a feature map with .view, as written for NCHW tensors
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.fc = nn.Linear(16 * 16 * 16, num_classes)
+
+        def forward(self, x):
+            x = self.conv(x)
+            return self.fc(x.view(x.size(0), -1))
+
+
+    def build_flat(num_classes=10):
+        return Flat(num_classes)
+
+
     _calls = [0]
 
 
@@ -401,3 +417,17 @@ def test_the_users_model_fine_tunes_from_a_parent_trained_on_other_classes(nets)
     run_plan = json.loads((nets / "ft" / "plan.json").read_text())
     assert run_plan["arch_kwargs"]["num_classes"] == 10
     assert slimkit.generate(run_plan).head.fc2.out_features == 10  # the run's plan builds again
+
+
+def test_a_model_that_flattens_with_view_learns_gates_and_trains(nets):
+    """`x.view(x.size(0), -1)` over a feature map (LeNet, VGG-style heads) pruned, then crashed with a traceback in
+    gate learning and in training: 'view size is not compatible with input tensor's size and stride', because
+    slimkit runs models channels-last. Such a model learns and trains in the NCHW layout its code needs."""
+    common = ("--data", "synthetic", "--batch-size", "8")
+    r = run("prune", "./nets.py:build_flat", "--flops", "50%", "--input-size", "16", "--method", "scratch", "--steps",
+            "2", "--val-size", "16", "--round-to", "1", "--tolerance", "0.1", "--no-plot", "--no-latency-check",
+            "--out", nets / "p.json", *common)
+    assert r.exit_code == 0, r.output
+    r = run("train", nets / "p.json", "--epochs", "1", "--max-steps-per-epoch", "2", "--out", nets / "run", *common)
+    assert r.exit_code == 0, r.output
+    assert "trains in the NCHW layout" in " ".join(r.output.split())
