@@ -431,3 +431,16 @@ def test_a_model_that_flattens_with_view_learns_gates_and_trains(nets):
     r = run("train", nets / "p.json", "--epochs", "1", "--max-steps-per-epoch", "2", "--out", nets / "run", *common)
     assert r.exit_code == 0, r.output
     assert "trains in the NCHW layout" in " ".join(r.output.split())
+
+
+def test_weights_of_the_factory_at_other_arguments_name_arch_kwargs(nets):
+    """`prune nets.py:build_net --weights W` where W is build_net(width=32)'s: the refusal's fix was 'name the
+    architecture (and --num-classes) it was trained as'; the same factory at other widths needs --arch-kwargs."""
+    import torch
+
+    weights = nets / "w32.pt"
+    torch.save(registry.create_model("nets.py:build_net", width=32).state_dict(), weights)
+    assert_one_line_error(run("prune", "nets.py:build_net", "--weights", weights, "--criterion", "l1", "--flops", "50%",
+                              "--input-size", "16", "--round-to", "1", "--no-plot", "--no-latency-check",
+                              "--out", nets / "p.json"), "does not hold weights of the full", "--arch-kwargs")
+    assert not (nets / "p.json").exists()
