@@ -156,6 +156,15 @@ NETS = textwrap.dedent('''
         return Flat(num_classes)
 
 
+    class BatchOfOne(Flat):  # traces at batch 1, fails at any other batch size
+        def forward(self, x):
+            return self.fc(self.conv(x).reshape(1, -1))
+
+
+    def build_batch_of_one(num_classes=10):
+        return BatchOfOne(num_classes)
+
+
     _calls = [0]
 
 
@@ -444,3 +453,20 @@ def test_weights_of_the_factory_at_other_arguments_name_arch_kwargs(nets):
                               "--input-size", "16", "--round-to", "1", "--no-plot", "--no-latency-check",
                               "--out", nets / "p.json"), "does not hold weights of the full", "--arch-kwargs")
     assert not (nets / "p.json").exists()
+
+
+def test_a_forward_that_fails_on_a_batch_is_one_line_naming_the_users_code(nets):
+    """A model written for one image (`x.reshape(1, -1)`) traces and prunes at batch 1, then training, gate learning
+    and export (BatchNorm calibration on batches) ended in a traceback through the user's forward."""
+    plan = nets / "p.json"
+    r = run("prune", "./nets.py:build_batch_of_one", "--flops", "50%", "--input-size", "16", "--round-to", "1",
+            "--tolerance", "0.1", "--no-plot", "--no-latency-check", "--out", plan)
+    assert r.exit_code == 0, r.output
+    for args in (["train", plan, "--data", "synthetic", "--batch-size", "8", "--epochs", "1", "--out", nets / "run"],
+                 ["export", plan, "--no-bench", "--out", nets / "m.onnx"]):
+        r = run(*args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        error = " ".join(r.output[r.output.index("error:"):].split())
+        assert all(n in error for n in ("your model's code raised RuntimeError", "(nets.py, line", "in forward",
+                                        "batches of any size")), error
+    assert not (nets / "m.onnx").exists() and not (nets / "run" / "checkpoint.pt").exists()
