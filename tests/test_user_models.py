@@ -269,6 +269,7 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
 
 @pytest.mark.parametrize("arch, extra, needles", [
     ("nets.py:build_nett", (), ["has no 'build_nett'", "did you mean build_net"]),
+    ("nets.py:qqq", (), ["has no 'qqq' (it defines ", ", ...)"]),  # more than the six named: not all of them
     ("missing.py:build_net", (), ["model factory file not found: missing.py"]),
     ("python:no_such_pkg.models:build_net", (), ["cannot import no_such_pkg.models", "No module named"]),
     ("nets.py:broken", (), ["raised ValueError: width must be even"]),

@@ -189,7 +189,7 @@ def load_factory(ref: FactoryRef) -> Callable[..., Any]:
             names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
             close = close_matches(part, names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else \
-                f" (it defines {', '.join(sorted(names)[:6]) or 'no functions'})"
+                f" (it defines {', '.join(sorted(names)[:6]) or 'no functions'}{', ...' if len(names) > 6 else ''})"
             raise RegistryError(f"{ref.where} has no '{ref.attr}'{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
