@@ -39,6 +39,9 @@ CHECKPOINT_FORMAT = "slimkit.checkpoint/1"
 # Where other training code keeps the state dict inside its checkpoint (timm's train.py: "state_dict";
 # torchvision's references and many scripts: "model"; others: "model_state"...), in the order tried.
 STATE_DICT_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "net")
+# Where they keep the weights' exponential moving average beside them (timm's train.py: "state_dict_ema";
+# torchvision's references: "model_ema"): weights too, but which of the two is meant cannot be told.
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
 # Prefixes a wrapper adds to every key: DataParallel/DistributedDataParallel, torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -232,7 +235,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Chan
     if _is_slimkit(obj):
         ckpt = _checked(obj, p)
         return ckpt["model"], ckpt["plan"]
-    state = _unwrapped_state(obj)
+    state = _unwrapped_state(obj, p)
     if state is None:
         held = f"a {type(obj).__name__}" if not isinstance(obj, dict) else "an empty dict" if not obj else \
             f"a dict of {', '.join(repr(k) for k in list(obj)[:4])}" + (" ..." if len(obj) > 4 else "")
@@ -241,16 +244,24 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Chan
     return state, None
 
 
-def _unwrapped_state(obj: Any) -> dict[str, torch.Tensor] | None:
-    """A state dict of tensors found in ``obj`` (itself, or under one of :data:`STATE_DICT_KEYS`), with a
-    prefix every key shares from a wrapper removed; ``None`` when there is none."""
+def _unwrapped_state(obj: Any, p: Path) -> dict[str, torch.Tensor] | None:
+    """A state dict of tensors found in ``obj`` (itself, or under one of :data:`STATE_DICT_KEYS` or, alone,
+    :data:`EMA_KEYS`), with a prefix every key shares from a wrapper removed; ``None`` when there is none.
+    The model's weights beside their moving average are refused: which one is meant cannot be told."""
     def is_state(d: Any) -> bool:
         return isinstance(d, dict) and bool(d) and all(isinstance(k, str) for k in d) and \
             any(isinstance(v, torch.Tensor) for v in d.values())
 
-    wrapped = [obj[k] for k in STATE_DICT_KEYS if isinstance(obj, dict) and k in obj]
+    def first(keys: tuple[str, ...]) -> str | None:
+        return next((k for k in keys if isinstance(obj, dict) and is_state(obj.get(k))), None)
+
+    plain, ema = first(STATE_DICT_KEYS), first(EMA_KEYS)
+    if plain and ema:
+        raise CheckpointError(f"{p} holds two sets of weights, the model's ('{plain}') and their moving average "
+                              f"('{ema}'): save the one to use, e.g. torch.save(ckpt['{ema}'], 'weights.pt'), and "
+                              "pass that file")
     # A wrapper also holds non-tensor entries (epoch, metrics); a state dict holds tensors only.
-    found = next((c for c in wrapped if is_state(c)), None) or (obj if is_state(obj) else None)
+    found = obj[plain or ema] if plain or ema else obj if is_state(obj) else None
     if found is None or not all(isinstance(v, torch.Tensor) for v in found.values()):
         return None
     for prefix in WRAPPER_PREFIXES:

@@ -665,7 +665,8 @@ def load_full_weights(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
             fix = (f"its position embeddings are for another image size than {built}: prune at the input size it "
                    "was trained at (--input-size; without it, the architecture's default)")
         else:
-            fix = "pass a checkpoint of that architecture, or name the architecture (and --num-classes) it was trained as"
+            fix = ("pass a checkpoint of that architecture, or name the architecture and the arguments it was trained "
+                   "with (--num-classes, --in-chans, --arch-kwargs)")
         raise PlanError(f"{source} does not hold weights of the full {registry.arch_text(arch, arch_kwargs)} "
                         f"({what}); {fix}")
     # Ranking channels by NaN norms keeps arbitrary ones, and load_state_dict would silently round integers

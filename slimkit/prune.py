@@ -255,6 +255,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
     say = log or (lambda _msg: None)
     size = tuple(input_size) if input_size else registry.default_input_size(spec.canonical, in_chans=in_chans)
     bundle = None
+    classes_from = None  # the data's name, where the classes are its and not --num-classes
     data_name = DENSE_DATA if dense else gates.data or DEFAULT_DATASET
     if method == "scratch" and user_task is None:
         dev = resolve_device(gates.device)
@@ -268,7 +269,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
         bundle = load_data(data_name, data_dir=gates.data_dir, input_size=(size[0], side, side * size[2] // size[1]),
                            val_size=gates.val_size, seed=seed)
         if num_classes is None:
-            num_classes = bundle.num_classes
+            num_classes, classes_from = bundle.num_classes, data_name
         elif num_classes != bundle.num_classes:
             raise SlimkitError(f"--num-classes {num_classes} but {data_name} has {bundle.num_classes} classes: "
                                "drop --num-classes or use matching data")
@@ -276,7 +277,7 @@ def prune(arch: str | nn.Module | Callable[..., nn.Module], budget: str | Budget
             _check_outputs(spec.canonical, registry.arch_kwargs_for(None, in_chans, arch_kwargs), size,
                            bundle.num_classes, data_name)
             num_classes = None  # the model builds its own head, of the data's size (checked above)
-    kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs)
+    kwargs = registry.arch_kwargs_for(num_classes, in_chans, arch_kwargs, classes_from=classes_from)
     if input_size and tuple(size) != registry.default_input_size(spec.canonical, in_chans=in_chans):
         # transformers with a stored image size (timm's img_size, torchvision ViT's image_size)
         # are built for the asked size; the plan records it in arch_kwargs, so G rebuilds the same

@@ -190,14 +190,19 @@ def arch_text(arch: str, arch_kwargs: dict[str, Any] | None) -> str:
 
 
 def arch_kwargs_for(num_classes: int | None, in_chans: int | None,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    extra: dict[str, Any] | None = None, *, classes_from: str | None = None) -> dict[str, Any]:
     """The model keyword arguments a plan records: only what the user set (defaults stay the library's).
-    ``extra`` holds any other keyword arguments (``--arch-kwargs``); they must be JSON, as plans are."""
+    ``extra`` holds any other keyword arguments (``--arch-kwargs``); they must be JSON, as plans are.
+    ``classes_from`` names the data ``num_classes`` was read from, when the user did not give it."""
     out: dict[str, Any] = dict(check_arch_kwargs(extra) if extra else {})
     for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if value is None:
             continue
         if key in out and out[key] != value:
+            if key == "num_classes" and classes_from:
+                raise RegistryError(f"--arch-kwargs sets num_classes={out[key]!r} but {classes_from} has {value} "
+                                    "classes: drop num_classes from --arch-kwargs (the data's classes size the "
+                                    "head), or use data with that many classes")
             raise RegistryError(f"--arch-kwargs sets {key}={out[key]!r} but --{key.replace('_', '-')} is {value}: "
                                 "give it once")
         out[key] = value

@@ -1,7 +1,9 @@
 """Where slimkit computes: the device, the memory layout, mixed precision and ``torchrun`` processes.
 
 **Device and layout.** Models and image batches are placed channels-last (NHWC) on every device,
-CPU included: oneDNN's CPU convolutions and cuDNN's both run faster in that layout. The layout
+CPU included: oneDNN's CPU convolutions and cuDNN's both run faster in that layout (a user's model
+whose code needs NCHW, such as ``x.view(x.size(0), -1)`` over a feature map, keeps it:
+:func:`runs_channels_last`). The layout
 changes strides, not the maths (float rounding aside), so checkpoints and exports are unaffected.
 Activations that PyTorch runs in place by cloning their input when autograd needs it (ReLU6 /
 Hardtanh, Hardswish, SiLU) are switched to out-of-place while slimkit trains or learns gates: the
@@ -33,7 +35,7 @@ from torch import nn
 
 from slimkit.errors import SlimkitError
 
-__all__ = ["resolve_device", "place_model", "place_batch", "out_of_place_activations", "autocast",
+__all__ = ["resolve_device", "place_model", "place_batch", "runs_channels_last", "out_of_place_activations", "autocast",
            "DistInfo", "launch_env", "setup_distributed", "local_device", "is_main", "all_reduce_sum", "barrier", "world_size",
            "cleanup_distributed", "replicas_identical"]
 
@@ -80,6 +82,29 @@ def place_batch(x: torch.Tensor, device: torch.device, channels_last: bool = Tru
     """Move an input batch to ``device``; image batches (N, C, H, W) go channels-last to match the model."""
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def runs_channels_last(model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether ``model`` (on the CPU) runs on ``example``, one image batch, in the channels-last layout. A user's
+    model that flattens a feature map with ``.view`` (``x.view(x.size(0), -1)``, written for NCHW) fails in it and
+    runs in the layout it was written for (the layout changes speed, not the maths); a model that fails either way
+    is left to fail where it runs, with its own error. Tried in eval mode without gradients: nothing changes."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                model.to(memory_format=torch.channels_last)(example.contiguous(memory_format=torch.channels_last))
+                return True
+            except RuntimeError:
+                pass
+            try:
+                model.to(memory_format=torch.contiguous_format)(example.contiguous())
+            except RuntimeError:
+                return True
+            return False
+    finally:
+        model.train(was_training)
 
 
 def out_of_place_activations(model: nn.Module) -> list[nn.Module]:

@@ -132,13 +132,14 @@ def _lags(mean: float, step: int, steps: int, target: float) -> bool:
     return mean > (pace + 0.02 if pace > _aim(target) else target)
 
 
-def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool, eval_bn: bool = False) -> float:
+def _evaluate(supernet: GatedSupernet, loader, device: torch.device, amp: bool, eval_bn: bool = False,
+              channels_last: bool = True) -> float:
     correct = total = 0
     if eval_bn:
         supernet.model.eval()
     with torch.no_grad(), autocast(device, amp):
         for x, y in loader:
-            x, y = place_batch(x, device), y.to(device, non_blocking=True)
+            x, y = place_batch(x, device, channels_last), y.to(device, non_blocking=True)
             correct += int((class_scores(supernet.model(x), supernet.model).argmax(1) == y).sum())
             total += y.numel()
     correct, total = all_reduce_sum(correct, total, device=device)
@@ -154,7 +155,9 @@ def search_gates(supernet: GatedSupernet, data: DataBundle | GateTask, cfg: Gate
     device, _ = runtime.local_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = supernet.model
-    place_model(model, device)
+    first = None if isinstance(data, GateTask) else data.train[0][0]  # one image: the layout the model runs in
+    channels_last = not isinstance(first, torch.Tensor) or runtime.runs_channels_last(model, first.unsqueeze(0))
+    place_model(model, device, channels_last)
     for g in supernet.gates.values():
         g.data = g.data.to(device)
     supernet.set_search_mode()
@@ -188,11 +191,11 @@ def search_gates(supernet: GatedSupernet, data: DataBundle | GateTask, cfg: Gate
 
         def batch_loss(batch: Any) -> torch.Tensor:
             x, y = batch
-            x, y = place_batch(x, device), y.to(device, non_blocking=True)
+            x, y = place_batch(x, device, channels_last), y.to(device, non_blocking=True)
             return F.cross_entropy(class_scores(model(x), model).float(), y)
 
         def held_out() -> float:
-            return _evaluate(supernet, val_loader, device, cfg.amp, cfg.eval_bn)
+            return _evaluate(supernet, val_loader, device, cfg.amp, cfg.eval_bn, channels_last)
     opt = torch.optim.Adam(supernet.parameters(), lr=cfg.lr)
     eval_at = {max(1, round(cfg.steps * (i + 1) / cfg.evals)) for i in range(cfg.evals)}
     # γ may double at most every 5 steps (50 times a run) and at most 10 times in all: the gates

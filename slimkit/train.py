@@ -367,11 +367,17 @@ def _inherit_mismatch(held: str, classes: int | None, cfg: TrainConfig, data_cla
                       classifier: bool) -> PlanError:
     """A plan whose head does not fit the data, to inherit into: pruning again with --num-classes would not
     fit the parent's classifier either, so the advice is about the data or the parent. Why no new rows: the
-    model takes no num_classes, or (a classifier that takes one) slimkit finds no output layer to resize."""
-    why = ("only to a classifier whose output layer it finds (timm's get_classifier(), else the last nn.Linear; "
-           f"{arch}'s is neither)" if classifier and registry.accepts(arch, "num_classes") else
-           "only to a model built with a num_classes argument")
-    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives the classifier new rows {why}, "
+    model is a detector or segmenter, takes no num_classes, or (a classifier that takes one) slimkit finds no
+    output layer to resize."""
+    if not classifier:
+        why = (f"new class rows only to a classifier, and {arch} is a {registry.model_task(arch)} model (its class "
+               "outputs keep the parent's classes)")
+    elif registry.accepts(arch, "num_classes"):
+        why = ("the classifier new rows only to a classifier whose output layer it finds (timm's get_classifier(), "
+               f"else the last nn.Linear; {arch}'s is neither)")
+    else:
+        why = "the classifier new rows only to a model built with a num_classes argument"
+    return PlanError(f"{held} but {cfg.data} has {data_classes}: --init inherit gives {why}, "
                      f"so fine-tune on data with its {f'{classes} ' if classes else ''}classes, or prune and inherit "
                      f"from a model trained on {cfg.data}")
 
@@ -584,6 +590,7 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
     data = load_data(cfg.data, data_dir=cfg.data_dir, input_size=size, val_size=0, seed=cfg.seed, detection=detection)
     check_task_options(task, cfg, asked, augmentable=takes_augment(data.train))
     if plan is None:
+        registry.arch_kwargs_for(data.num_classes, None, arch_kwargs, classes_from=cfg.data)  # --arch-kwargs' classes
         plan = full_plan(str(plan_or_arch), num_classes=data.num_classes, input_size=size, arch_kwargs=arch_kwargs)
     classifier = task == "classification"
     # Fine-tuning a parent trained on other classes (an ImageNet checkpoint onto the user's 10 classes): every
@@ -702,6 +709,11 @@ def _train(plan_or_arch: str | ChannelPlan, out_dir: str | os.PathLike, cfg: Tra
         plan = replace(plan, search={**plan.search, "head_sized_from": given_classes})
     if detection:  # at the size its MACs were counted at, not the one its builder chose (320 for SSDlite)
         set_detector_input_size(model, (plan.input_size[1], plan.input_size[2]))
+    if cfg.channels_last and registry.is_user_code(plan.arch) and \
+            not runtime.runs_channels_last(model, torch.zeros(1, *plan.input_size)):
+        cfg = replace(cfg, channels_last=False)
+        say(f"layout: {type(model).__name__} fails on channels-last batches (a .view over a feature map, say): it "
+            "trains in the NCHW layout its code needs (slower steps, the same maths)")
     model = place_model(model, device, cfg.channels_last)
     out_of_place_activations(model)
     if cfg.sync_bn and world > 1:

@@ -72,6 +72,32 @@ def test_wrapped_and_data_parallel_state_dicts_load(timm_resnet18, tmp_path):
         assert torch.allclose(slimkit.generate(keep_all, weights=path).eval()(x), parent(x), atol=1e-5)
 
 
+def test_a_moving_average_alone_loads_and_beside_the_model_is_refused(timm_resnet18, tmp_path):
+    """timm's train.py keeps 'state_dict_ema' beside 'state_dict', torchvision's references 'model_ema' (an
+    AveragedModel: 'n_averaged' and 'module.'-prefixed keys) beside 'model'. The pair loaded 'state_dict' silently
+    (timm's own loader prefers the EMA), and an EMA saved alone was refused as 'not model weights'."""
+    parent, _ = timm_resnet18
+    keep_all = slimkit.full_plan("timm:resnet18", num_classes=CLASSES, input_size=SIZE)
+    x = torch.randn(1, *SIZE)
+    state = parent.state_dict()
+    averaged = {"n_averaged": torch.tensor(7), **{f"module.{k}": v for k, v in state.items()}}
+    for i, (wrapper, key) in enumerate(((({"state_dict_ema": state, "epoch": 3}), None),
+                                        ({"model_ema": averaged}, None),
+                                        ({"state_dict": state, "state_dict_ema": state, "epoch": 3}, "state_dict_ema"),
+                                        ({"model": state, "model_ema": averaged}, "model_ema"))):
+        path = tmp_path / f"ema{i}.pt"
+        torch.save(wrapper, path)
+        if key is None:
+            assert parent_shape(path, "timm:resnet18") == (CLASSES, None, None)
+            with torch.no_grad():
+                assert torch.allclose(slimkit.generate(keep_all, weights=path).eval()(x), parent(x), atol=1e-5)
+        else:
+            with pytest.raises(CheckpointError) as info:
+                read_weights(path)
+            text = str(info.value)
+            assert "two sets of weights" in text and f"torch.save(ckpt['{key}']" in text and "\n" not in text, text
+
+
 def test_weights_of_another_architecture_are_refused_in_one_line(timm_resnet18):
     _, path = timm_resnet18
     r = CliRunner().invoke(app, ["prune", "timm:resnet34", "--weights", str(path), "--criterion", "l1", "--flops",

@@ -631,6 +631,24 @@ def test_a_classifier_whose_output_layer_slimkit_cannot_find_is_refused_for_that
     assert not (tmp_path / "ft").exists()
 
 
+@pytest.mark.parametrize("arch,task", [("torchvision:lraspp_mobilenet_v3_large", "segmentation"),
+                                       ("torchvision:ssdlite320_mobilenet_v3_large", "detection")])
+def test_a_task_model_fine_tuned_on_other_classes_is_refused_for_that_reason(tmp_path, arch, task):
+    """A COCO-style detector (91 classes) or a 21-class segmenter fine-tuned on shapes' 4 was refused because
+    '--init inherit gives the classifier new rows only to a model built with a num_classes argument': both take
+    one. New class rows are given to classifiers only."""
+    parent = tmp_path / "parent.pt"
+    torch.save(build_model(arch, {"num_classes": 21}).state_dict(), parent)
+    plan = slimkit.full_plan(arch, num_classes=21, input_size=(3, 64, 64))
+    ft = TrainConfig(data="shapes", epochs=1, max_steps_per_epoch=1, batch_size=2, schedule="finetune",
+                     init="inherit", init_from=str(parent))
+    with pytest.raises(PlanError) as info:
+        train(plan, tmp_path / "ft", ft)
+    text = str(info.value)
+    assert f"{arch} is a {task} model" in text and "num_classes argument" not in text, text
+    assert not (tmp_path / "ft").exists()
+
+
 def test_a_plan_cut_from_a_parent_with_other_classes_trains_from_scratch_on_the_datas(tmp_path):
     """Scratch-E/B of a plan cut from an ImageNet parent, on the user's data (the recipe's compare: [scratch-e]
     beside the fine-tuning): 'the plan is for 1000 classes but synthetic has 10: prune again with this data (or

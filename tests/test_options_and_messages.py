@@ -368,3 +368,19 @@ def test_another_slimkit_file_given_as_a_plan_is_named_and_never_to_be_regenerat
             flat = " ".join(r.output.split())
             assert r.exit_code == 2 and what in flat and "not a plan" in flat and "regenerate" not in flat, r.output
         assert path.read_bytes() == before
+
+
+def test_num_classes_in_arch_kwargs_against_the_datas_classes_names_the_data(tmp_path):
+    """`train resnet20 --arch-kwargs '{"num_classes": 7}' --data synthetic` (and a scratch prune on that data) said
+    '--arch-kwargs sets num_classes=7 but --num-classes is 10: give it once': train has no --num-classes, and
+    prune was given none; the 10 are the data's classes."""
+    runner = CliRunner()
+    for args in (["train", "resnet20", "--epochs", "1", "--max-steps-per-epoch", "1", "--out", str(tmp_path / "run")],
+                 ["prune", "resnet20", "--flops", "50%", "--method", "scratch", "--steps", "1",
+                  "--out", str(tmp_path / "plan.json")]):
+        result = runner.invoke(app, [*args, "--data", "synthetic", "--arch-kwargs", '{"num_classes": 7}'])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "num_classes=7 but synthetic has 10 classes: drop num_classes from --arch-kwargs" in text, text
+        assert "--num-classes is" not in text and "Traceback" not in text, text
+    assert not (tmp_path / "run").exists() and not (tmp_path / "plan.json").exists()

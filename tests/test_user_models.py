@@ -140,6 +140,31 @@ NETS = textwrap.dedent('''
         return Net()
 
 
+    class Flat(nn.Module):  # LeNet-style: flattens a feature map with .view, as written for NCHW tensors
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.fc = nn.Linear(16 * 16 * 16, num_classes)
+
+        def forward(self, x):
+            x = self.conv(x)
+            return self.fc(x.view(x.size(0), -1))
+
+
+    def build_flat(num_classes=10):
+        return Flat(num_classes)
+
+
+    class BatchOfOne(Flat):  # traces at batch 1, fails at any other batch size
+        def forward(self, x):
+            return self.fc(self.conv(x).reshape(1, -1))
+
+
+    def build_batch_of_one(num_classes=10):
+        return BatchOfOne(num_classes)
+
+
     _calls = [0]
 
 
@@ -244,6 +269,7 @@ def test_a_factory_that_now_traces_differently_is_refused(nets):
 
 @pytest.mark.parametrize("arch, extra, needles", [
     ("nets.py:build_nett", (), ["has no 'build_nett'", "did you mean build_net"]),
+    ("nets.py:qqq", (), ["has no 'qqq' (it defines ", ", ...)"]),  # more than the six named: not all of them
     ("missing.py:build_net", (), ["model factory file not found: missing.py"]),
     ("python:no_such_pkg.models:build_net", (), ["cannot import no_such_pkg.models", "No module named"]),
     ("nets.py:broken", (), ["raised ValueError: width must be even"]),
@@ -401,3 +427,47 @@ def test_the_users_model_fine_tunes_from_a_parent_trained_on_other_classes(nets)
     run_plan = json.loads((nets / "ft" / "plan.json").read_text())
     assert run_plan["arch_kwargs"]["num_classes"] == 10
     assert slimkit.generate(run_plan).head.fc2.out_features == 10  # the run's plan builds again
+
+
+def test_a_model_that_flattens_with_view_learns_gates_and_trains(nets):
+    """`x.view(x.size(0), -1)` over a feature map (LeNet, VGG-style heads) pruned, then crashed with a traceback in
+    gate learning and in training: 'view size is not compatible with input tensor's size and stride', because
+    slimkit runs models channels-last. Such a model learns and trains in the NCHW layout its code needs."""
+    common = ("--data", "synthetic", "--batch-size", "8")
+    r = run("prune", "./nets.py:build_flat", "--flops", "50%", "--input-size", "16", "--method", "scratch", "--steps",
+            "2", "--val-size", "16", "--round-to", "1", "--tolerance", "0.1", "--no-plot", "--no-latency-check",
+            "--out", nets / "p.json", *common)
+    assert r.exit_code == 0, r.output
+    r = run("train", nets / "p.json", "--epochs", "1", "--max-steps-per-epoch", "2", "--out", nets / "run", *common)
+    assert r.exit_code == 0, r.output
+    assert "trains in the NCHW layout" in " ".join(r.output.split())
+
+
+def test_weights_of_the_factory_at_other_arguments_name_arch_kwargs(nets):
+    """`prune nets.py:build_net --weights W` where W is build_net(width=32)'s: the refusal's fix was 'name the
+    architecture (and --num-classes) it was trained as'; the same factory at other widths needs --arch-kwargs."""
+    import torch
+
+    weights = nets / "w32.pt"
+    torch.save(registry.create_model("nets.py:build_net", width=32).state_dict(), weights)
+    assert_one_line_error(run("prune", "nets.py:build_net", "--weights", weights, "--criterion", "l1", "--flops", "50%",
+                              "--input-size", "16", "--round-to", "1", "--no-plot", "--no-latency-check",
+                              "--out", nets / "p.json"), "does not hold weights of the full", "--arch-kwargs")
+    assert not (nets / "p.json").exists()
+
+
+def test_a_forward_that_fails_on_a_batch_is_one_line_naming_the_users_code(nets):
+    """A model written for one image (`x.reshape(1, -1)`) traces and prunes at batch 1, then training, gate learning
+    and export (BatchNorm calibration on batches) ended in a traceback through the user's forward."""
+    plan = nets / "p.json"
+    r = run("prune", "./nets.py:build_batch_of_one", "--flops", "50%", "--input-size", "16", "--round-to", "1",
+            "--tolerance", "0.1", "--no-plot", "--no-latency-check", "--out", plan)
+    assert r.exit_code == 0, r.output
+    for args in (["train", plan, "--data", "synthetic", "--batch-size", "8", "--epochs", "1", "--out", nets / "run"],
+                 ["export", plan, "--no-bench", "--out", nets / "m.onnx"]):
+        r = run(*args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        error = " ".join(r.output[r.output.index("error:"):].split())
+        assert all(n in error for n in ("your model's code raised RuntimeError", "(nets.py, line", "in forward",
+                                        "batches of any size")), error
+    assert not (nets / "m.onnx").exists() and not (nets / "run" / "checkpoint.pt").exists()

@@ -26,6 +26,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from slimkit.errors import SlimkitError, os_error_in
+from slimkit.models import user
 from slimkit import validate as limits
 from slimkit.validate import DuplicateKeyError, Range, check_number, loads_json
 
@@ -298,13 +299,26 @@ def user_errors(fn: F) -> F:
                 fail(OUT_OF_MEMORY)
             os_err = os_error_in(exc)
             if os_err is None:
-                raise
+                _fail_in_user_code(exc)
             fail(os_error_message(os_err))
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the user's model code: theirs to fix, in one line
+            _fail_in_user_code(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail_in_user_code(exc: Exception) -> None:
+    """One line for an error raised in the user's own model code (their forward on a batch of several images,
+    say); any other exception is slimkit's and keeps its traceback."""
+    where = user.user_code_frame(exc)
+    if where is None:
+        raise exc
+    text = " ".join(str(exc).split())[:200]
+    fail(f"your model's code raised {type(exc).__name__}{': ' + text if text else ''} ({where}): fix the model; its "
+         "forward must run on batches of any size, in train and eval mode")
 
 
 FORCE_HELP = "Replace files at the outputs' paths that slimkit cannot recognise as its own (by default it refuses)."

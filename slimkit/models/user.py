@@ -36,7 +36,7 @@ from slimkit.errors import RegistryError
 from slimkit.validate import a_kind, close_matches
 
 __all__ = ["FactoryRef", "is_factory_reference", "parse_factory", "factory_file", "build_from_factory", "factory_accepts",
-           "register_object", "build_from_object", "object_accepts", "reference_for", "OBJECT_PREFIX"]
+           "register_object", "build_from_object", "object_accepts", "reference_for", "OBJECT_PREFIX", "user_code_frame"]
 
 OBJECT_PREFIX = "object:"
 _IDENT = r"[A-Za-z_]\w*"
@@ -107,6 +107,20 @@ def factory_file(text: str) -> Path | None:
 
 # Files run once per process (keyed by absolute path), so repeated builds use the same classes.
 _FILE_MODULES: dict[str, Any] = {}
+# The files of every factory's module imported so far (real paths): an error raised in them is the user's code's.
+_USER_FILES: set[str] = set()
+
+
+def user_code_frame(exc: BaseException) -> str | None:
+    """Where in the user's own model code (a factory's file or module) ``exc`` was raised, as ``nets.py, line 8,
+    in forward`` (the innermost such frame); None when no frame of its traceback is theirs."""
+    where, tb = None, exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if os.path.realpath(code.co_filename) in _USER_FILES:
+            where = f"{os.path.relpath(code.co_filename)}, line {tb.tb_lineno}, in {code.co_name}"
+        tb = tb.tb_next
+    return where
 
 
 def _import_file(ref: FactoryRef) -> Any:
@@ -133,6 +147,7 @@ def _import_file(ref: FactoryRef) -> Any:
     finally:
         sys.path.remove(folder)
     _FILE_MODULES[key] = module
+    _USER_FILES.add(os.path.realpath(key))
     return module
 
 
@@ -151,6 +166,8 @@ def _import_module(ref: FactoryRef) -> Any:
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
+    if getattr(module, "__file__", None):
+        _USER_FILES.add(os.path.realpath(module.__file__))
     # The current folder comes first on the path, so its file loses only to a module already imported
     # (the standard library's json, torch, slimkit itself): say so, not "json has no 'build_net'".
     local = factory_file(ref.canonical)
@@ -172,7 +189,7 @@ def load_factory(ref: FactoryRef) -> Callable[..., Any]:
             names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
             close = close_matches(part, names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else \
-                f" (it defines {', '.join(sorted(names)[:6]) or 'no functions'})"
+                f" (it defines {', '.join(sorted(names)[:6]) or 'no functions'}{', ...' if len(names) > 6 else ''})"
             raise RegistryError(f"{ref.where} has no '{ref.attr}'{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
