@@ -118,6 +118,23 @@ def files_for(name: str, plan: ChannelPlan, folder: Path) -> tuple[Path, Path]:
     return fp32, int8
 
 
+def served_lat_per_mac(plans: dict[str, ChannelPlan], folder: Path, *, repeats: int, runs: int, blocks: int,
+                       threads: int) -> dict[str, list[float]]:
+    """Every plan but ``full`` exported (fp32) and timed against ``plans["full"]`` as served, ``repeats`` times
+    in fresh sessions: per plan, its latency ratio / MAC ratio in each repeat (compare plans within a repeat)."""
+    files = {name: files_for(name, plan, folder)[0] for name, plan in plans.items()}
+    shape = (1, *plans["full"].input_size)
+    cands = [Candidate(name=n, input_shape=shape, onnx_path=files[n], spec={"kind": "onnx"},
+                       flops=plans[n].flops, params=plans[n].params) for n in plans]
+    out: dict[str, list[float]] = {n: [] for n in plans if n != "full"}
+    for _ in range(repeats):
+        report = measure(cands, backend="ort-cpu", threads=threads, warmup=5, runs=runs, mode="served", blocks=blocks)
+        for m in report.models:
+            if m["name"] != "full":
+                out[m["name"]].append(round(m["ratio"] / (plans[m["name"]].flops / plans["full"].flops), 4))
+    return out
+
+
 # ---------------------------------------------------------------------------- the benchmark
 def bench_model(label: str, arch: str, args, log) -> dict[str, Any]:
     work = Path(args.work)

@@ -30,10 +30,10 @@ import torch
 
 from slimkit.files import atomic_write_text
 from slimkit.generator import full_plan
-from slimkit.latency import Candidate, describe_mode, measure
+from slimkit.latency import describe_mode
 from slimkit.prune import LatencyOptions, prune
 
-from latency_vs_macs import MODELS, NUM_CLASSES, RESULTS, SIDE, files_for, machine
+from latency_vs_macs import MODELS, NUM_CLASSES, RESULTS, SIDE, machine, served_lat_per_mac
 
 
 def bench_model(arch: str, args) -> dict[str, Any]:
@@ -49,18 +49,10 @@ def bench_model(arch: str, args) -> dict[str, Any]:
             continue
         plans[f"r{m}"] = p
     folder = Path(args.work) / re.sub(r"[^A-Za-z0-9]+", "_", f"{arch}_{args.budget}")
-    files = {n: files_for(n, p, folder)[0] for n, p in plans.items()}
-    cands = [Candidate(name=n, input_shape=(1, 3, SIDE, SIDE), onnx_path=files[n], spec={"kind": "onnx"},
-                       flops=plans[n].flops, params=plans[n].params) for n in plans]
+    timed = served_lat_per_mac(plans, folder, repeats=args.repeats, runs=args.runs, blocks=args.blocks,
+                               threads=args.threads)
     row: dict[str, Any] = {"arch": arch, "same_as": same, "plans": {
-        n: {"mac_ratio": p.flops / plans["full"].flops, "lat_per_mac": []} for n, p in plans.items() if n != "full"}}
-    for _ in range(args.repeats):
-        report = measure(cands, backend="ort-cpu", threads=args.threads, warmup=5, runs=args.runs,
-                         mode="served", blocks=args.blocks)
-        for m in report.models:
-            if m["name"] != "full":
-                entry = row["plans"][m["name"]]
-                entry["lat_per_mac"].append(round(m["ratio"] / entry["mac_ratio"], 4))
+        n: {"mac_ratio": p.flops / plans["full"].flops, "lat_per_mac": timed[n]} for n, p in plans.items() if n != "full"}}
     return row
 
 

@@ -38,10 +38,10 @@ import torch
 import slimkit.budget as budget_module
 from slimkit.files import atomic_write_text
 from slimkit.generator import full_plan
-from slimkit.latency import Candidate, describe_mode, measure
+from slimkit.latency import describe_mode
 from slimkit.prune import LatencyOptions, prune
 
-from latency_vs_macs import MODELS, NUM_CLASSES, RESULTS, SIDE, files_for, machine
+from latency_vs_macs import MODELS, NUM_CLASSES, RESULTS, SIDE, machine, served_lat_per_mac
 
 RULES = ("ratio", "torchvision")  # the alternative measured, and slimkit's rule
 
@@ -80,18 +80,10 @@ def bench_model(arch: str, args) -> dict[str, Any]:
         row["same_plan"] = True  # nothing to time: the rules agree on every width here
         return row
     folder = Path(args.work) / re.sub(r"[^A-Za-z0-9]+", "_", f"{arch}_{args.budget}_r{args.round_to}")
-    files = {name: files_for(name, p, folder)[0] for name, p in plans.items()}
-    cands = [Candidate(name=n, input_shape=(1, 3, SIDE, SIDE), onnx_path=files[n], spec={"kind": "onnx"},
-                       flops=plans[n].flops, params=plans[n].params) for n in plans]
+    timed = served_lat_per_mac(plans, folder, repeats=args.repeats, runs=args.runs, blocks=args.blocks,
+                               threads=args.threads)
     for rule in RULES:
-        row["plans"][rule]["lat_per_mac"] = []
-    for _ in range(args.repeats):
-        report = measure(cands, backend="ort-cpu", threads=args.threads, warmup=5, runs=args.runs,
-                         mode="served", blocks=args.blocks)
-        for m in report.models:
-            if m["name"] != "full":
-                entry = row["plans"][m["name"]]
-                entry["lat_per_mac"].append(round(m["ratio"] / entry["mac_ratio"], 4))
+        row["plans"][rule]["lat_per_mac"] = timed[rule]
     return row
 
 
