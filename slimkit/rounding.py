@@ -22,10 +22,11 @@ the CPU, the runtime, the precision and the model, so it is measured, never assu
 * a coarser multiple (twice, four times that, up to :data:`COARSEST`) still wins when the uniform plan
   at the budget rounded to it runs faster *per MAC* than the one at the granularity, timed against it
   as served (onnxruntime's defaults, alternated blocks: how the plan will run), by at least
-  :data:`MIN_GAIN` and with its whole 95% interval below 1 (in :data:`COARSER_BLOCKS` blocks). Padding is not the only cost: on a 2-core
-  AVX-512 EPYC at 224 px the uniform 50% plans of MobileNet-V2 and V3-Large, ResNet-50 ran 3-7% faster
-  per MAC at multiples of 32 or 64 than at 16 (the blocked kernels' granularity there), ConvNeXt-Atto
-  slower, and which way it goes depends on the CPU (on a Xeon, MobileNet-V1 ran best at 16);
+  :data:`MIN_GAIN` and with its whole 95% interval below 1 (in :data:`COARSER_BLOCKS` blocks). Padding
+  is not the only cost: on a 2-core AVX-512 EPYC at 224 px (granularity 16) the uniform 50% plans of
+  MobileNet-V1, V2 and ResNet-50 ran 6-7% faster per MAC at 64 than at 16, ConvNeXt-Atto 3% faster at
+  32 and 2% slower at 64 (bench/results/multiples_at_budget_avx512.md), and which way it goes
+  depends on the CPU (on a Xeon, MobileNet-V1 ran best at 16);
 * the choice is cached per machine (CPU model and flags), runtime version, backend, precision,
   threads, batch, model and budget, so the sweep runs once (``SLIMKIT_CACHE_DIR``).
 
