@@ -330,12 +330,12 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
     try:
         sweep = sweep_multiples(graph, sweep_budget, lambda a, b: meter.compare(a, b, runs=3 * meter.runs // 2).ratio,
                                 expand=template.expand, say=say)
-        if sweep and sweep[choose_multiple(sweep)]["efficiency"] >= MIN_EFFICIENCY:
+        granularity = choose_multiple(sweep) if sweep else 0
+        if sweep and sweep[granularity]["efficiency"] >= MIN_EFFICIENCY:
             def served(a: dict[str, int], b: dict[str, int]) -> tuple[float, tuple[float, float]]:
                 got = meter.compare(a, b, runs=COARSER_RUNS, mode="served", blocks=COARSER_BLOCKS)
                 return got.ratio, got.ci
-            coarser = time_coarser_multiples(graph, sweep_budget, choose_multiple(sweep), served,
-                                             expand=template.expand, say=say)
+            coarser = time_coarser_multiples(graph, sweep_budget, granularity, served, expand=template.expand, say=say)
         threads = meter.threads
     finally:
         meter.close()
@@ -345,7 +345,6 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
                "no multiple's uniform plan lands within 5% of it)")
         say(f"round-to auto: {m} ({why})")
         return RoundingChoice(m, "table", why, backend, precision, machine=machine)
-    granularity = choose_multiple(sweep)
     finer = [m for m in sweep if m < granularity]
     why = (f"the finest multiple {backend} computes at here (efficiency {sweep[granularity]['efficiency']:.2f}"
            + (f"; {', '.join(map(str, finer))} padded away" if finer else "") + ")"
@@ -357,7 +356,7 @@ def auto_round_to(graph: ChannelGraph, template: ChannelPlan, budget: Budget, *,
                f"{granularity} as served (95% interval to {coarser[best]['per_mac_high']:.2f}); {granularity} is {why}")
     elif coarser:
         why += (f"; no coarser multiple ran {MIN_GAIN:.0%} faster per MAC beyond noise at {fraction:.0%} as served ("
-                + ", ".join(f"{m}: {r['per_mac']:.2f}x, interval {r.get('per_mac_low', r['per_mac']):.2f}-"
+                + ", ".join(f"{m}: {r['per_mac']:.2f}x, interval {r['per_mac_low']:.2f}-"
                             f"{r['per_mac_high']:.2f}" for m, r in sorted(coarser.items())) + ")")
     choice = RoundingChoice(best, "measured", why, backend, precision, mode, threads, sweep, machine, coarser)
     cache["entries"][key] = choice.to_json()
