@@ -42,6 +42,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -133,6 +134,49 @@ def served_lat_per_mac(plans: dict[str, ChannelPlan], folder: Path, *, repeats: 
             if m["name"] != "full":
                 out[m["name"]].append(round(m["ratio"] / (plans[m["name"]].flops / plans["full"].flops), 4))
     return out
+
+
+def add_served_study_options(ap: argparse.ArgumentParser, name: str) -> None:
+    """The options every side-by-side served study of the zoo takes (bench/rounding_rule.py,
+    bench/multiples_at_budget.py); ``name`` names its work folder and results."""
+    ap.add_argument("--budget", default="50%")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--blocks", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", help="model labels (or parts of them) to run")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / f"slimkit-{name.replace('_', '-')}"))
+    ap.add_argument("--out", default=str(RESULTS / name))
+
+
+def served_study_header(title: str, meta: dict[str, Any], args) -> list[str]:
+    """A served study's title, machine, protocol and regenerate lines (markdown)."""
+    return [f"# {title}", "",
+            f"CPU: **{meta['cpu']}** ({meta['cores']} cores; SIMD flags: {' '.join(meta['simd_flags'])}), "
+            f"onnxruntime {meta['onnxruntime']}, batch 1, {args.threads} threads, "
+            f"{describe_mode('served', args.runs, 5, args.blocks)}, malloc {meta['malloc']}; each zoo model in its "
+            f"own fresh process, {args.repeats} repeats. Load average at start {meta['load_average'][0]}.", "",
+            f"Regenerate: `{meta['command']}`", ""]
+
+
+def run_served_study(args, meta: dict[str, Any], bench_one: Callable[[str, Any], dict[str, Any]],
+                     markdown: Callable[[dict[str, Any], list[dict[str, Any]], Any], str],
+                     show: Callable[[dict[str, Any]], str]) -> None:
+    """``bench_one(arch, args)`` for every zoo model (``--only``), each in a fresh spawned process (a served
+    model runs alone in its process); the .json and .md at ``--out`` are rewritten after every model."""
+    out = Path(args.out)
+    rows = []
+    for label, arch in MODELS.items():
+        if args.only and not any(o.lower() in label.lower() for o in args.only):
+            continue
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            row = child.submit(bench_one, arch, args).result()
+        row["label"] = label
+        rows.append(row)
+        print(f"{label}: {show(row)}", flush=True)
+        atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        atomic_write_text(out.with_suffix(".md"), markdown(meta, rows, args))
+    print(f"wrote {out}.json, {out}.md")
 
 
 # ---------------------------------------------------------------------------- the benchmark

@@ -17,23 +17,18 @@ Writes bench/results/multiples_at_budget.{json,md} (``--out``); files are cached
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import re
 import statistics
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from slimkit.files import atomic_write_text
 from slimkit.generator import full_plan
-from slimkit.latency import describe_mode
 from slimkit.prune import LatencyOptions, prune
 
-from latency_vs_macs import MODELS, NUM_CLASSES, RESULTS, SIDE, machine, served_lat_per_mac
+from latency_vs_macs import (NUM_CLASSES, SIDE, add_served_study_options, machine, run_served_study,
+                             served_lat_per_mac, served_study_header)
 
 
 def bench_model(arch: str, args) -> dict[str, Any]:
@@ -58,12 +53,7 @@ def bench_model(arch: str, args) -> dict[str, Any]:
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], args) -> str:
     mults = [f"r{m}" for m in args.multiples]
-    lines = [f"# Channel multiples: uniform {args.budget} plans at 224 px, served", "",
-             f"CPU: **{meta['cpu']}** ({meta['cores']} cores; SIMD flags: {' '.join(meta['simd_flags'])}), "
-             f"onnxruntime {meta['onnxruntime']}, batch 1, {args.threads} threads, "
-             f"{describe_mode('served', args.runs, 5, args.blocks)}, malloc {meta['malloc']}; each zoo model in its "
-             f"own fresh process, {args.repeats} repeats. Load average at start {meta['load_average'][0]}.", "",
-             f"Regenerate: `{meta['command']}`", "",
+    lines = served_study_header(f"Channel multiples: uniform {args.budget} plans at 224 px, served", meta, args) + [
              "Each cell: lat/MAC (latency ratio / MAC ratio to the full model) per repeat, then its median; "
              "**bold** = the lowest median of the row. Within a repeat the multiples share the machine's drift.", "",
              "| model | " + " | ".join(f"round-to {m[1:]}" for m in mults) + " |",
@@ -86,34 +76,15 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], args) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--multiples", type=int, nargs="+", default=[8, 16, 32, 64])
-    ap.add_argument("--budget", default="50%")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=60)
-    ap.add_argument("--blocks", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", nargs="*", help="model labels (or parts of them) to run")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slimkit-multiples-at-budget"))
-    ap.add_argument("--out", default=str(RESULTS / "multiples_at_budget"))
+    add_served_study_options(ap, "multiples_at_budget")
     args = ap.parse_args()
     args.multiples = sorted(set(args.multiples))
-    out = Path(args.out)
     meta = machine()
     meta["command"] = (f"python bench/multiples_at_budget.py --multiples {' '.join(map(str, args.multiples))} "
                        f"--budget {args.budget} --repeats {args.repeats} --runs {args.runs} --blocks {args.blocks} "
                        f"--out {args.out}")
-    rows = []
-    for label, arch in MODELS.items():
-        if args.only and not any(o.lower() in label.lower() for o in args.only):
-            continue
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-            row = child.submit(bench_model, arch, args).result()
-        row["label"] = label
-        rows.append(row)
-        print(label, {n: e["lat_per_mac"] for n, e in row["plans"].items()}, flush=True)
-        atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-        atomic_write_text(out.with_suffix(".md"), markdown(meta, rows, args))
-    print(f"wrote {out}.json, {out}.md")
-
+    run_served_study(args, meta, bench_model, markdown,
+                     lambda row: str({n: e["lat_per_mac"] for n, e in row["plans"].items()}))
 
 if __name__ == "__main__":
     main()

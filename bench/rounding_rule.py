@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import re
 import statistics
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +35,10 @@ import torch
 import slimkit.budget as budget_module
 from slimkit.files import atomic_write_text
 from slimkit.generator import full_plan
-from slimkit.latency import describe_mode
 from slimkit.prune import LatencyOptions, prune
 
-from latency_vs_macs import MODELS, NUM_CLASSES, RESULTS, SIDE, machine, served_lat_per_mac
+from latency_vs_macs import (NUM_CLASSES, SIDE, add_served_study_options, machine, run_served_study,
+                             served_lat_per_mac, served_study_header)
 
 RULES = ("ratio", "torchvision")  # the alternative measured, and slimkit's rule
 
@@ -88,12 +85,8 @@ def bench_model(arch: str, args) -> dict[str, Any]:
 
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], args) -> str:
-    lines = [f"# Rounding rule: uniform {args.budget} plans at round-to {args.round_to}, 224 px, served", "",
-             f"CPU: **{meta['cpu']}** ({meta['cores']} cores; SIMD flags: {' '.join(meta['simd_flags'])}), "
-             f"onnxruntime {meta['onnxruntime']}, batch 1, {args.threads} threads, "
-             f"{describe_mode('served', args.runs, 5, args.blocks)}, malloc {meta['malloc']}; each zoo model in its "
-             f"own fresh process, {args.repeats} repeats. Load average at start {meta['load_average'][0]}.", "",
-             f"Regenerate: `{meta['command']}`", "",
+    lines = served_study_header(f"Rounding rule: uniform {args.budget} plans at round-to {args.round_to}, 224 px, "
+                                "served", meta, args) + [
              "**torchvision** = `_make_divisible` (nearest, never more than 10% down), slimkit's rule; **ratio** = "
              "the alternative measured (the multiple nearest each width's share in ratio). "
              "lat/MAC = (latency / full model's) ÷ (MACs / full model's), per repeat; the difference is paired "
@@ -121,14 +114,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], args) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--round-to", type=int, default=16)
-    ap.add_argument("--budget", default="50%")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=60)
-    ap.add_argument("--blocks", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", nargs="*", help="model labels (or parts of them) to run")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "slimkit-rounding-rule"))
-    ap.add_argument("--out", default=str(RESULTS / "rounding_rule"))
+    add_served_study_options(ap, "rounding_rule")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = ap.parse_args()
     out = Path(args.out)
@@ -141,21 +127,9 @@ def main() -> None:
         f"--{k.replace('_', '-')} {v}" for k, v in (("round_to", args.round_to), ("budget", args.budget),
                                                       ("repeats", args.repeats), ("runs", args.runs),
                                                       ("blocks", args.blocks), ("out", args.out)))
-    rows = []
-    for label, arch in MODELS.items():
-        if args.only and not any(o.lower() in label.lower() for o in args.only):
-            continue
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-            row = child.submit(bench_model, arch, args).result()
-        row["label"] = label
-        rows.append(row)
-        r, t = row["plans"]["ratio"], row["plans"]["torchvision"]
-        print(f"{label}: " + ("the same plan" if row.get("same_plan") else
-                              f"ratio {r['lat_per_mac']} torchvision {t['lat_per_mac']}"), flush=True)
-        atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-        atomic_write_text(out.with_suffix(".md"), markdown(meta, rows, args))
-    print(f"wrote {args.out}.json, {args.out}.md")
-
+    run_served_study(args, meta, bench_model, markdown, lambda row: (
+        "the same plan" if row.get("same_plan") else
+        f"ratio {row['plans']['ratio']['lat_per_mac']} torchvision {row['plans']['torchvision']['lat_per_mac']}"))
 
 if __name__ == "__main__":
     main()
